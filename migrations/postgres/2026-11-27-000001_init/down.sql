@@ -1,0 +1,3 @@
+DROP TABLE job_output;
+DROP TABLE jobs;
+DROP TABLE servers;

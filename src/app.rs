@@ -1,0 +1,233 @@
+//! Builds the store and the HTTP server from settings, and runs them on a thread of their own.
+//!
+//! The actix system lives on its own thread, so the caller can be a plain tokio program (a
+//! test, an embedding program) or the binary: [`App::start`] returns once the server is
+//! listening, [`App::stop`] stops it gracefully, [`App::wait`] waits for it to end.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App as ActixApp, HttpServer, web};
+use tokio::sync::oneshot;
+
+use crate::domain::{ServerDraft, ServerPatch};
+use crate::http::{self, AppState};
+use crate::settings::Settings;
+use crate::store::{Store, StoreError};
+
+/// What a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// API and worker in one process (the embedded default).
+    Serve,
+    /// The HTTP API only.
+    Api,
+    /// The worker only (no HTTP listener).
+    Worker,
+}
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database could not be opened or migrated.
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// The OS's answer.
+        source: std::io::Error,
+    },
+    /// The default server from the seed's `SSH_*` variables is invalid.
+    #[error("default server (SSH_HOST…): {0}")]
+    DefaultServer(String),
+    /// The runtime thread died before the server was ready.
+    #[error("the server thread failed to start: {0}")]
+    Thread(String),
+}
+
+/// A running application.
+pub struct App {
+    addr: Option<SocketAddr>,
+    store: Store,
+    handle: Option<actix_web::dev::ServerHandle>,
+    stop_tx: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Receiver<()>>,
+    grace: Duration,
+}
+
+impl App {
+    /// Open the database (applying migrations), register the default server if the settings
+    /// name one, and start the HTTP server (unless the role is `worker`).
+    pub async fn start(settings: Settings, role: Role) -> Result<App, StartError> {
+        let settings = Arc::new(settings);
+        let store = Store::open(&settings.database).await?;
+        tracing::info!(
+            database = %settings.database.redacted_url(),
+            backend = store.backend().as_str(),
+            "database ready"
+        );
+        ensure_default_server(&store, &settings).await?;
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread_store = store.clone();
+        let thread_settings = settings.clone();
+        std::thread::Builder::new()
+            .name("job-executor".into())
+            .spawn(move || {
+                let system = actix_rt::System::new();
+                system.block_on(run(thread_settings, thread_store, role, ready_tx, stop_rx));
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| StartError::Thread(e.to_string()))?;
+        let (addr, handle) = ready_rx
+            .await
+            .map_err(|_| StartError::Thread("it exited early".into()))??;
+        if let Some(addr) = addr {
+            tracing::info!(%addr, role = ?role, "listening");
+        }
+        Ok(App {
+            addr,
+            store,
+            handle,
+            stop_tx: Some(stop_tx),
+            done: Some(done_rx),
+            grace: Duration::from_secs(settings.http.shutdown_grace_secs),
+        })
+    }
+
+    /// The address the HTTP server listens on (`None` for a worker).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    /// The database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Stop: finish in-flight requests up to the grace period, then close.
+    pub async fn stop(mut self) {
+        if let Some(handle) = self.handle.take() {
+            let _ =
+                tokio::time::timeout(self.grace + Duration::from_secs(1), handle.stop(true)).await;
+        }
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+    }
+
+    /// Wait until the application stops by itself.
+    pub async fn wait(&mut self) {
+        if let Some(done) = self.done.as_mut() {
+            let _ = done.await;
+        }
+    }
+}
+
+type Ready = Result<(Option<SocketAddr>, Option<actix_web::dev::ServerHandle>), StartError>;
+
+async fn run(
+    settings: Arc<Settings>,
+    store: Store,
+    role: Role,
+    ready: oneshot::Sender<Ready>,
+    stop: oneshot::Receiver<()>,
+) {
+    if role == Role::Worker {
+        let _ = ready.send(Ok((None, None)));
+        let _ = stop.await;
+        return;
+    }
+    let state = AppState {
+        store,
+        settings: settings.clone(),
+        queue_kind: "memory",
+    };
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        ActixApp::new()
+            .app_data(data.clone())
+            .configure(http::configure)
+            .default_service(web::to(http::not_found))
+    })
+    .disable_signals()
+    .shutdown_timeout(settings.http.shutdown_grace_secs);
+    let server = if settings.http.workers > 0 {
+        server.workers(settings.http.workers)
+    } else {
+        server
+    };
+    let server = match server.bind(&settings.http.addr) {
+        Ok(s) => s,
+        Err(source) => {
+            let _ = ready.send(Err(StartError::Bind {
+                addr: settings.http.addr.clone(),
+                source,
+            }));
+            return;
+        }
+    };
+    let addr = server.addrs().first().copied();
+    let server = server.run();
+    let _ = ready.send(Ok((addr, Some(server.handle()))));
+    let _ = server.await;
+}
+
+/// The seed's `SSH_HOST`/`SSH_USER`/… describe a default server: create or update it by name.
+async fn ensure_default_server(store: &Store, settings: &Settings) -> Result<(), StartError> {
+    use secrecy::{ExposeSecret, SecretString};
+    let d = &settings.default_server;
+    if d.host.trim().is_empty() {
+        return Ok(());
+    }
+    let key = if d.private_key_path.is_empty() {
+        None
+    } else {
+        let text = std::fs::read_to_string(&d.private_key_path).map_err(|e| {
+            StartError::DefaultServer(format!("cannot read {}: {e}", d.private_key_path))
+        })?;
+        Some(SecretString::from(text))
+    };
+    let password = (!d.password.expose_secret().is_empty()).then(|| d.password.clone());
+    let patch = || ServerPatch {
+        name: Some(d.name.clone()),
+        hostname: Some(d.host.clone()),
+        port: Some(i64::from(d.port)),
+        user: Some(if d.user.is_empty() {
+            "root".into()
+        } else {
+            d.user.clone()
+        }),
+        auth_type: Some(if key.is_some() { "key" } else { "password" }.into()),
+        password: password.clone(),
+        private_key: key.clone(),
+        ..Default::default()
+    };
+    match store.get_server_by_name(d.name.clone()).await {
+        Ok(row) => {
+            let id = uuid::Uuid::parse_str(&row.id)
+                .map_err(|e| StartError::DefaultServer(e.to_string()))?;
+            let p = patch();
+            store
+                .update_server(id, move |draft| draft.patch(p))
+                .await
+                .map_err(|e| StartError::DefaultServer(e.to_string()))?;
+        }
+        Err(StoreError::NotFound) => {
+            let draft = ServerDraft::create(patch(), settings.ssh.default_max_concurrent_jobs)
+                .map_err(|e| StartError::DefaultServer(e.to_string()))?;
+            store.insert_server(draft).await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(name = %d.name, host = %d.host, "default server registered from SSH_* settings");
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! The vocabulary of the system: ids, statuses and their allowed transitions, server and job
+//! specifications with their validation. Pure: no I/O, no database, no clock beyond what callers
+//! pass in. Everything here is tested on its own.
+
+mod job;
+mod server;
+
+pub use job::{JobKind, JobStatus, OutputStream};
+pub use server::{AuthType, HostKeyCheck, ServerDraft, ServerPatch, ServerSecrets};
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// A field of a request that failed validation. Turned into a 422 naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// The name of the offending field, as the API spells it.
+    pub field: Cow<'static, str>,
+    /// What is wrong with it, in a sentence a user can act on.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A validation failure of `field`.
+    pub fn new(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch: how every time is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Micros(pub i64);
+
+impl Micros {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        Self(chrono::Utc::now().timestamp_micros())
+    }
+
+    /// RFC 3339 with microseconds, in UTC.
+    pub fn to_rfc3339(self) -> String {
+        chrono::DateTime::from_timestamp_micros(self.0)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    }
+}
+
+impl fmt::Display for Micros {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+impl serde::Serialize for Micros {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_rfc3339())
+    }
+}
+
+/// Parse a UUID path segment, naming what it was meant to identify on failure.
+pub fn parse_id(what: &'static str, raw: &str) -> Result<uuid::Uuid, FieldError> {
+    uuid::Uuid::parse_str(raw).map_err(|_| FieldError::new(what, format!("{raw:?} is not a UUID")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn micros_format_as_rfc3339_utc() {
+        assert_eq!(Micros(0).to_rfc3339(), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            Micros(1_500_000).to_rfc3339(),
+            "1970-01-01T00:00:01.500000Z"
+        );
+    }
+
+    #[test]
+    fn parse_id_names_the_field() {
+        let err = parse_id("id", "nope").unwrap_err();
+        assert_eq!(err.field, "id");
+        assert!(parse_id("id", "0195f2a4-3b7c-7d8e-9f00-112233445566").is_ok());
+    }
+}

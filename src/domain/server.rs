@@ -1,0 +1,571 @@
+//! Servers: the SSH targets jobs run on, and the validation of what users send for them.
+//!
+//! One input shape serves create and update: on create the missing fields take their
+//! defaults (or are refused), on update they keep their stored value. Either way the result
+//! is checked whole, so an update cannot leave a password server without a password.
+
+use secrecy::{ExposeSecret, SecretString};
+use std::fmt;
+use std::str::FromStr;
+
+use super::FieldError;
+
+/// How the worker authenticates to a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthType {
+    /// Password authentication.
+    Password,
+    /// Public-key authentication with a private key held by the service.
+    Key,
+}
+
+impl AuthType {
+    /// The name used in the API and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Password => "password",
+            Self::Key => "key",
+        }
+    }
+}
+
+impl FromStr for AuthType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "password" => Ok(Self::Password),
+            "key" | "publickey" | "private_key" => Ok(Self::Key),
+            other => Err(format!(
+                "unknown auth_type {other:?}; expected \"password\" or \"key\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for AuthType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the worker does with the key a server presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostKeyCheck {
+    /// Trust on first use: the first key seen is pinned, a different one later is refused.
+    Tofu,
+    /// Accept any key (the per-server escape hatch; responses show it).
+    Off,
+}
+
+impl HostKeyCheck {
+    /// The name used in the API and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tofu => "tofu",
+            Self::Off => "off",
+        }
+    }
+}
+
+impl FromStr for HostKeyCheck {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tofu" => Ok(Self::Tofu),
+            "off" => Ok(Self::Off),
+            other => Err(format!(
+                "unknown host_key_check {other:?}; expected \"tofu\" or \"off\""
+            )),
+        }
+    }
+}
+
+/// The secrets of a server. Never printed: `Debug` says only which are present.
+#[derive(Clone, Default)]
+pub struct ServerSecrets {
+    /// Password for password authentication.
+    pub password: Option<SecretString>,
+    /// Private key text, OpenSSH or PEM.
+    pub private_key: Option<SecretString>,
+    /// Passphrase of the private key, when it is encrypted.
+    pub private_key_passphrase: Option<SecretString>,
+}
+
+impl fmt::Debug for ServerSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerSecrets")
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "private_key",
+                &self.private_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "private_key_passphrase",
+                &self.private_key_passphrase.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// A server as sent by a client, for create (`POST`) or partial update (`PUT`).
+/// Every field is optional here; [`ServerDraft::create`] and [`ServerDraft::patch`] decide.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ServerPatch {
+    /// Unique name.
+    pub name: Option<String>,
+    /// Host name or address.
+    pub hostname: Option<String>,
+    /// TCP port, 1–65535 (kept wide here so an out-of-range value gets a clear 422).
+    pub port: Option<i64>,
+    /// Login user.
+    pub user: Option<String>,
+    /// `password` or `key`.
+    pub auth_type: Option<String>,
+    /// Write-only password.
+    pub password: Option<SecretString>,
+    /// Write-only private key text.
+    pub private_key: Option<SecretString>,
+    /// The seed's clients send the key as `pem_file`: a synonym of `private_key`.
+    pub pem_file: Option<SecretString>,
+    /// Write-only passphrase of the private key.
+    pub private_key_passphrase: Option<SecretString>,
+    /// Whether jobs may run on it.
+    pub is_active: Option<bool>,
+    /// Pinned host key: `SHA256:` fingerprint or an OpenSSH public key line. Empty unpins.
+    pub host_key: Option<String>,
+    /// `tofu` or `off`.
+    pub host_key_check: Option<String>,
+    /// How many jobs may run on it at once.
+    pub max_concurrent_jobs: Option<i64>,
+}
+
+/// A complete, validated server (without its id and timestamps).
+#[derive(Debug, Clone)]
+pub struct ServerDraft {
+    /// Unique name.
+    pub name: String,
+    /// Host name or address.
+    pub hostname: String,
+    /// TCP port.
+    pub port: u16,
+    /// Login user.
+    pub user: String,
+    /// How to authenticate.
+    pub auth_type: AuthType,
+    /// Write-only secrets.
+    pub secrets: ServerSecrets,
+    /// Whether jobs may run on it.
+    pub is_active: bool,
+    /// Pinned host key, if any.
+    pub host_key: Option<String>,
+    /// Host key policy.
+    pub host_key_check: HostKeyCheck,
+    /// Cap of concurrent jobs on this server.
+    pub max_concurrent_jobs: u32,
+}
+
+/// Upper bound of `max_concurrent_jobs`.
+pub const MAX_CONCURRENT_JOBS_LIMIT: i64 = 10_000;
+
+impl ServerDraft {
+    /// Validate a create request; `default_max_jobs` fills `max_concurrent_jobs`.
+    pub fn create(input: ServerPatch, default_max_jobs: u32) -> Result<Self, FieldError> {
+        let name = input
+            .name
+            .clone()
+            .ok_or_else(|| FieldError::new("name", "is required"))?;
+        let hostname = input
+            .hostname
+            .clone()
+            .ok_or_else(|| FieldError::new("hostname", "is required"))?;
+        let user = input
+            .user
+            .clone()
+            .ok_or_else(|| FieldError::new("user", "is required"))?;
+        let has_key = input.private_key.is_some() || input.pem_file.is_some();
+        let auth_type = match &input.auth_type {
+            Some(_) => AuthType::Password, // replaced by `patch` below
+            None if has_key => AuthType::Key,
+            None if input.password.is_some() => AuthType::Password,
+            None => {
+                return Err(FieldError::new(
+                    "auth_type",
+                    "is required (\"password\" or \"key\")",
+                ));
+            }
+        };
+        let base = ServerDraft {
+            name,
+            hostname,
+            port: 22,
+            user,
+            auth_type,
+            secrets: ServerSecrets::default(),
+            is_active: true,
+            host_key: None,
+            host_key_check: HostKeyCheck::Tofu,
+            max_concurrent_jobs: default_max_jobs,
+        };
+        base.patch(input)
+    }
+
+    /// Apply a partial update: omitted fields keep their value; the result is checked whole.
+    pub fn patch(mut self, input: ServerPatch) -> Result<Self, FieldError> {
+        if let Some(name) = input.name {
+            self.name = name;
+        }
+        if let Some(hostname) = input.hostname {
+            self.hostname = hostname;
+        }
+        if let Some(port) = input.port {
+            self.port = u16::try_from(port)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    FieldError::new("port", format!("{port} is out of range (1-65535)"))
+                })?;
+        }
+        if let Some(user) = input.user {
+            self.user = user;
+        }
+        if let Some(auth) = input.auth_type {
+            self.auth_type = auth
+                .parse()
+                .map_err(|msg: String| FieldError::new("auth_type", msg))?;
+        }
+        if input.private_key.is_some() && input.pem_file.is_some() {
+            return Err(FieldError::new(
+                "pem_file",
+                "is a synonym of private_key; send only one of them",
+            ));
+        }
+        if let Some(pw) = input.password {
+            self.secrets.password = non_empty_secret(pw);
+        }
+        if let Some(key) = input.private_key.or(input.pem_file) {
+            self.secrets.private_key = non_empty_secret(key);
+            // A new key without a passphrase is taken as unencrypted.
+            self.secrets.private_key_passphrase = None;
+        }
+        if let Some(pass) = input.private_key_passphrase {
+            self.secrets.private_key_passphrase = non_empty_secret(pass);
+        }
+        if let Some(active) = input.is_active {
+            self.is_active = active;
+        }
+        if let Some(key) = input.host_key {
+            let key = key.trim();
+            self.host_key = if key.is_empty() {
+                None
+            } else {
+                Some(normalize_host_key(key)?)
+            };
+        }
+        if let Some(check) = input.host_key_check {
+            self.host_key_check = check
+                .parse()
+                .map_err(|msg: String| FieldError::new("host_key_check", msg))?;
+        }
+        if let Some(max) = input.max_concurrent_jobs {
+            self.max_concurrent_jobs = u32::try_from(max)
+                .ok()
+                .filter(|m| (1..=MAX_CONCURRENT_JOBS_LIMIT).contains(&i64::from(*m)))
+                .ok_or_else(|| {
+                    FieldError::new(
+                        "max_concurrent_jobs",
+                        format!("{max} is out of range (1-{MAX_CONCURRENT_JOBS_LIMIT})"),
+                    )
+                })?;
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        let name = self.name.trim();
+        if name.is_empty() {
+            return Err(FieldError::new("name", "must not be empty"));
+        }
+        if name.len() > 128 {
+            return Err(FieldError::new("name", "is longer than 128 characters"));
+        }
+        validate_hostname(&self.hostname)?;
+        if self.user.trim().is_empty() {
+            return Err(FieldError::new("user", "must not be empty"));
+        }
+        if self.user.len() > 64
+            || self
+                .user
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(FieldError::new(
+                "user",
+                "must be a login name without spaces (at most 64 characters)",
+            ));
+        }
+        match self.auth_type {
+            AuthType::Password => {
+                if self.secrets.password.is_none() {
+                    return Err(FieldError::new(
+                        "password",
+                        "is required when auth_type is \"password\"",
+                    ));
+                }
+            }
+            AuthType::Key => {
+                let Some(key) = &self.secrets.private_key else {
+                    return Err(FieldError::new(
+                        "private_key",
+                        "is required when auth_type is \"key\" (the key text, OpenSSH or PEM)",
+                    ));
+                };
+                check_private_key(
+                    key.expose_secret(),
+                    self.secrets
+                        .private_key_passphrase
+                        .as_ref()
+                        .map(|p| p.expose_secret()),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn non_empty_secret(s: SecretString) -> Option<SecretString> {
+    if s.expose_secret().is_empty() {
+        None
+    } else {
+        Some(s)
+    }
+}
+
+fn validate_hostname(host: &str) -> Result<(), FieldError> {
+    if host.trim().is_empty() {
+        return Err(FieldError::new("hostname", "must not be empty"));
+    }
+    if host.len() > 253 {
+        return Err(FieldError::new("hostname", "is longer than 253 characters"));
+    }
+    let ok = host.parse::<std::net::IpAddr>().is_ok()
+        || host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if !ok {
+        return Err(FieldError::new(
+            "hostname",
+            format!("{host:?} is not a host name or IP address"),
+        ));
+    }
+    Ok(())
+}
+
+/// Check that a private key decodes (with its passphrase when it has one). The message never
+/// quotes the key.
+pub fn check_private_key(key: &str, passphrase: Option<&str>) -> Result<(), FieldError> {
+    match russh::keys::decode_secret_key(key, passphrase) {
+        Ok(_) => Ok(()),
+        Err(russh::keys::Error::KeyIsEncrypted) => Err(FieldError::new(
+            "private_key_passphrase",
+            "the private key is encrypted: a passphrase is required",
+        )),
+        Err(_) if passphrase.is_some() => Err(FieldError::new(
+            "private_key_passphrase",
+            "the private key cannot be decoded with this passphrase (or it is not an OpenSSH or PEM private key)",
+        )),
+        Err(_) => Err(FieldError::new(
+            "private_key",
+            "is not an OpenSSH or PEM private key that can be decoded",
+        )),
+    }
+}
+
+/// Accept a `SHA256:` fingerprint or an OpenSSH public key line (`ssh-ed25519 AAAA… [comment]`)
+/// and return it in canonical form (the fingerprint as given, the key line without comment).
+pub fn normalize_host_key(key: &str) -> Result<String, FieldError> {
+    if let Some(b64) = key.strip_prefix("SHA256:") {
+        let ok = (42..=44).contains(&b64.len())
+            && b64
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '='));
+        return if ok {
+            Ok(key.to_string())
+        } else {
+            Err(FieldError::new(
+                "host_key",
+                "is not a SHA256 fingerprint (SHA256: followed by 43 base64 characters)",
+            ))
+        };
+    }
+    match russh::keys::PublicKey::from_openssh(key) {
+        Ok(pk) => pk
+            .to_openssh()
+            .map(|line| line.trim().to_string())
+            .map_err(|_| FieldError::new("host_key", "cannot be encoded")),
+        Err(_) => Err(FieldError::new(
+            "host_key",
+            "must be a SHA256: fingerprint or an OpenSSH public key line",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(s: &str) -> Option<SecretString> {
+        Some(SecretString::from(s.to_string()))
+    }
+
+    fn password_input() -> ServerPatch {
+        ServerPatch {
+            name: Some("web-1".into()),
+            hostname: Some("10.0.0.5".into()),
+            user: Some("deploy".into()),
+            auth_type: Some("password".into()),
+            password: secret("hunter2"),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn create_fills_defaults() {
+        let d = ServerDraft::create(password_input(), 4).unwrap();
+        assert_eq!(d.port, 22);
+        assert!(d.is_active);
+        assert_eq!(d.max_concurrent_jobs, 4);
+        assert_eq!(d.host_key_check, HostKeyCheck::Tofu);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let cases: Vec<(ServerPatch, &str)> = vec![
+            (
+                ServerPatch {
+                    port: Some(70000),
+                    ..password_input()
+                },
+                "port",
+            ),
+            (
+                ServerPatch {
+                    port: Some(0),
+                    ..password_input()
+                },
+                "port",
+            ),
+            (
+                ServerPatch {
+                    hostname: Some(" ".into()),
+                    ..password_input()
+                },
+                "hostname",
+            ),
+            (
+                ServerPatch {
+                    hostname: Some("a b".into()),
+                    ..password_input()
+                },
+                "hostname",
+            ),
+            (
+                ServerPatch {
+                    password: None,
+                    ..password_input()
+                },
+                "password",
+            ),
+            (
+                ServerPatch {
+                    auth_type: Some("kerberos".into()),
+                    ..password_input()
+                },
+                "auth_type",
+            ),
+            (
+                ServerPatch {
+                    name: None,
+                    ..password_input()
+                },
+                "name",
+            ),
+            (
+                ServerPatch {
+                    user: Some(String::new()),
+                    ..password_input()
+                },
+                "user",
+            ),
+            (
+                ServerPatch {
+                    auth_type: Some("key".into()),
+                    private_key: secret("nope"),
+                    ..password_input()
+                },
+                "private_key",
+            ),
+            (
+                ServerPatch {
+                    host_key: Some("SHA256:short".into()),
+                    ..password_input()
+                },
+                "host_key",
+            ),
+            (
+                ServerPatch {
+                    max_concurrent_jobs: Some(0),
+                    ..password_input()
+                },
+                "max_concurrent_jobs",
+            ),
+        ];
+        for (input, field) in cases {
+            let err = ServerDraft::create(input, 4).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    #[test]
+    fn patch_keeps_omitted_fields_and_checks_the_whole() {
+        let d = ServerDraft::create(password_input(), 4).unwrap();
+        let d2 = d
+            .clone()
+            .patch(ServerPatch {
+                port: Some(2222),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(d2.port, 2222);
+        assert_eq!(d2.name, "web-1");
+        assert!(d2.secrets.password.is_some());
+        let err = d
+            .patch(ServerPatch {
+                auth_type: Some("key".into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert_eq!(err.field, "private_key");
+    }
+
+    #[test]
+    fn secrets_debug_is_redacted() {
+        let d = ServerDraft::create(password_input(), 4).unwrap();
+        let shown = format!("{d:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn host_key_forms() {
+        let fp = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
+        assert_eq!(normalize_host_key(fp).unwrap(), fp);
+        let line = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl comment";
+        let canon = normalize_host_key(line).unwrap();
+        assert!(canon.starts_with("ssh-ed25519 AAAA"), "{canon}");
+        assert!(!canon.contains("comment"));
+    }
+}

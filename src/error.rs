@@ -1,0 +1,111 @@
+//! The error policy, in one place.
+//!
+//! - Every error a user can cause is a 4xx whose message names the problem (for a bad
+//!   field: the field). The body is always JSON: `{"error": "…", "code": "…"}`, plus
+//!   `"field"` for 422.
+//! - A fault of ours (a database error, a task that died) is a 500 whose body says only that
+//!   something failed; the cause goes to the log, never to the client.
+//! - An unavailable dependency (database down, pool exhausted) is a 503.
+//! - Messages never contain secrets: the types that carry secrets do not print them.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::domain::FieldError;
+use crate::store::StoreError;
+
+/// An error answered to an HTTP client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body is not JSON, or not the JSON expected.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404: the id names nothing.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the route exists, the method does not.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// 409: the change conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: the body is larger than allowed.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 422: a field is invalid.
+    #[error("{0}")]
+    Invalid(FieldError),
+    /// 503: the database (or queue) cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: our fault; the detail is logged, not sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The machine-readable code sent beside the message.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::Conflict(_) => "conflict",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::Invalid(_) => "invalid_field",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// Map a store error, naming the thing that was looked up for a 404.
+    pub fn from_store(e: StoreError, what: impl FnOnce() -> String) -> Self {
+        match e {
+            StoreError::NotFound => Self::NotFound(format!("{} does not exist", what())),
+            other => other.into(),
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        Self::Invalid(e)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => Self::NotFound("not found".into()),
+            StoreError::Conflict(msg) => Self::Conflict(msg),
+            StoreError::Unavailable(msg) => Self::Unavailable(msg),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
+        match self {
+            Self::Invalid(f) => body["field"] = serde_json::Value::from(f.field.as_ref()),
+            Self::Internal(detail) => tracing::error!(error = %detail, "request failed"),
+            Self::Unavailable(detail) => tracing::warn!(error = %detail, "dependency unavailable"),
+            _ => {}
+        }
+        HttpResponse::build(self.status_code()).json(body)
+    }
+}

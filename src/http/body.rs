@@ -1,0 +1,79 @@
+//! `JsonBody<T>`: the request body as `T`, with the error contract applied.
+//!
+//! - larger than `http.max_body_bytes` → 413 (checked on `Content-Length` first, then while
+//!   reading, so a lying or absent header changes nothing);
+//! - not JSON → 400, saying where it broke;
+//! - JSON of the wrong shape → 422 naming the field (`serde_path_to_error`).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use crate::domain::FieldError;
+use crate::error::ApiError;
+
+/// A request body parsed as JSON into `T`.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = req
+            .app_data::<web::Data<AppState>>()
+            .map(|s| s.settings.http.max_body_bytes)
+            .unwrap_or(10 * 1024 * 1024);
+        let declared = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let mut payload = payload.take();
+        Box::pin(async move {
+            if declared.is_some_and(|n| n > limit) {
+                return Err(too_large(limit));
+            }
+            let mut body = web::BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk
+                    .map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
+                if body.len() + chunk.len() > limit {
+                    return Err(too_large(limit));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            parse(&body).map(JsonBody)
+        })
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::PayloadTooLarge(format!("the request body is larger than {limit} bytes"))
+}
+
+/// Parse a JSON body: 400 when it is not JSON (or not an object), 422 naming the field when
+/// a value has the wrong type.
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::BadRequest(
+            "the request body must be a JSON object".into(),
+        ));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        ApiError::Invalid(FieldError::new(field, e.into_inner().to_string()))
+    })
+}

@@ -1,0 +1,22 @@
+//! `GET /health`: is the database reachable, which queue is in use.
+
+use actix_web::{HttpResponse, web};
+
+use super::AppState;
+
+/// 200 when the database answers, 503 when it does not. Says nothing secret.
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let db = state.store.ping().await;
+    let body = serde_json::json!({
+        "status": if db.is_ok() { "ok" } else { "unavailable" },
+        "database": match &db { Ok(()) => "ok".to_string(), Err(e) => format!("error: {e}") },
+        "database_backend": state.store.backend().as_str(),
+        "queue": state.queue_kind,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    if db.is_ok() {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

@@ -1,0 +1,34 @@
+//! # job-executor
+//!
+//! Takes shell jobs over a REST API, queues them, runs them on remote machines over SSH, and
+//! tracks their status and output.
+//!
+//! ## Layout
+//!
+//! - [`settings`]: the settings tree, loaded in layers (defaults, file, environment).
+//! - [`domain`]: ids, statuses and their allowed transitions, validation. No I/O.
+//! - [`store`]: diesel over SQLite or PostgreSQL, chosen at run time; migrations embedded.
+//! - [`ssh`]: connect, verify host keys, authenticate, classify failures.
+//! - [`http`]: the actix-web routes and the JSON error contract ([`error`]).
+//! - [`app`]: builds all of it from settings and runs it ([`App`]).
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let settings = job_executor::Settings::load(None)?;
+//! let app = job_executor::App::start(settings, job_executor::Role::Serve).await?;
+//! println!("listening on {:?}", app.local_addr());
+//! app.stop().await;
+//! # Ok(()) }
+//! ```
+
+pub mod app;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod settings;
+pub mod ssh;
+pub mod store;
+pub mod telemetry;
+
+pub use app::{App, Role, StartError};
+pub use settings::Settings;

@@ -1,0 +1,344 @@
+//! The settings tree and its layered loading.
+//!
+//! Layers, lowest first: `config/default.toml` (compiled in), the file given with `--config`,
+//! the Go seed's environment variables (`SERVER_ADDR`, `DATABASE_URL`, …), then
+//! `JOBEXEC__SECTION__KEY` variables. Values that may carry credentials (database and broker
+//! URLs, the default server's password) are wrapped so they never reach a log line.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The compiled-in defaults: `config/default.toml`.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Everything the service can be told.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// The HTTP API.
+    pub http: HttpSettings,
+    /// The database.
+    pub database: DatabaseSettings,
+    /// The message broker.
+    pub rabbitmq: RabbitSettings,
+    /// SSH connections.
+    pub ssh: SshSettings,
+    /// The seed's default SSH target.
+    pub default_server: DefaultServerSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    /// Listen address, `host:port`.
+    pub addr: String,
+    /// Largest accepted request body in bytes.
+    pub max_body_bytes: usize,
+    /// HTTP worker threads; 0 for one per core.
+    pub workers: usize,
+    /// Seconds in-flight requests get at shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// File path, `sqlite://PATH` or `postgres://…`.
+    pub url: SecretString,
+    /// Pool size.
+    pub pool_size: u32,
+    /// Seconds to wait for a connection.
+    pub connect_timeout_secs: u64,
+    /// SQLite lock wait in milliseconds.
+    pub busy_timeout_ms: u64,
+}
+
+/// `[rabbitmq]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct RabbitSettings {
+    /// AMQP URL; empty for none.
+    pub url: SecretString,
+}
+
+/// `[ssh]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct SshSettings {
+    /// Seconds to connect, exchange keys and authenticate.
+    pub connect_timeout_secs: u64,
+    /// Seconds between keepalives.
+    pub keepalive_interval_secs: u64,
+    /// Unanswered keepalives before the connection is lost.
+    pub keepalive_max: usize,
+    /// Bound of the connection test, in seconds.
+    pub test_timeout_secs: u64,
+    /// Default `max_concurrent_jobs` of new servers.
+    pub default_max_concurrent_jobs: u32,
+}
+
+/// `[default_server]`: the seed's `SSH_*` variables.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DefaultServerSettings {
+    /// Name of the server record.
+    pub name: String,
+    /// Host; empty means no default server.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Login user.
+    pub user: String,
+    /// Password, if password auth.
+    pub password: SecretString,
+    /// Path of a private key file, if key auth.
+    pub private_key_path: String,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// Tracing filter directive.
+    pub filter: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file named with `--config` does not exist.
+    #[error("config file {0} does not exist")]
+    MissingFile(String),
+    /// A layer could not be read or a value has the wrong type.
+    #[error("invalid settings: {0}")]
+    Invalid(#[from] config::ConfigError),
+}
+
+/// Which database a URL selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// SQLite at this path.
+    Sqlite(String),
+    /// PostgreSQL at this URL.
+    Postgres(String),
+}
+
+impl DatabaseSettings {
+    /// Decide the backend from the URL: `postgres://` or `postgresql://` → PostgreSQL;
+    /// `sqlite://PATH`, `sqlite:PATH` or a plain path → SQLite.
+    pub fn kind(&self) -> DatabaseKind {
+        let url = self.url.expose_secret().trim();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            DatabaseKind::Postgres(url.to_string())
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            DatabaseKind::Sqlite(path.to_string())
+        } else if let Some(path) = url.strip_prefix("sqlite:") {
+            DatabaseKind::Sqlite(path.to_string())
+        } else {
+            DatabaseKind::Sqlite(url.to_string())
+        }
+    }
+
+    /// The URL with any password replaced, fit for a log line.
+    pub fn redacted_url(&self) -> String {
+        redact_url(self.url.expose_secret())
+    }
+}
+
+/// Replace the password of `scheme://user:password@host…` with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// The seed's variables and the settings key each one sets.
+const SEED_VARS: &[(&str, &str)] = &[
+    ("SERVER_ADDR", "http.addr"),
+    ("DATABASE_URL", "database.url"),
+    ("RABBITMQ_URL", "rabbitmq.url"),
+    ("SSH_HOST", "default_server.host"),
+    ("SSH_PORT", "default_server.port"),
+    ("SSH_USER", "default_server.user"),
+    ("SSH_PASSWORD", "default_server.password"),
+    ("SSH_PRIVATE_KEY", "default_server.private_key_path"),
+];
+
+const ENV_PREFIX: &str = "JOBEXEC";
+const ENV_SEPARATOR: &str = "__";
+
+impl Settings {
+    /// Load from the process environment and an optional file.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        Self::load_from(file, &std::env::vars().collect())
+    }
+
+    /// Load from an explicit environment map (testable without touching the process env).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(SettingsError::MissingFile(path.display().to_string()));
+            }
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        // Seed variables sit between the file and JOBEXEC__ variables: a JOBEXEC__ variable
+        // for the same key wins, so they are applied only when it is absent.
+        for (var, key) in SEED_VARS {
+            let Some(value) = env.get(*var).filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            let ours = format!(
+                "{ENV_PREFIX}{ENV_SEPARATOR}{}",
+                key.replace('.', ENV_SEPARATOR).to_uppercase()
+            );
+            if env.contains_key(&ours) {
+                continue;
+            }
+            let value = if *var == "SERVER_ADDR" && value.starts_with(':') {
+                format!("0.0.0.0{value}")
+            } else {
+                value.clone()
+            };
+            builder = builder.set_override(*key, value)?;
+        }
+        let ours: HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}{ENV_SEPARATOR}")))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator(ENV_SEPARATOR)
+                .separator(ENV_SEPARATOR)
+                .try_parsing(true)
+                .source(Some(ours)),
+        );
+        Ok(builder.build()?.try_deserialize()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load() {
+        let s = Settings::load_from(None, &env(&[])).unwrap();
+        assert_eq!(s.http.addr, "127.0.0.1:8080");
+        assert_eq!(s.database.kind(), DatabaseKind::Sqlite("./jobs.db".into()));
+        assert!(s.rabbitmq.url.expose_secret().is_empty());
+        assert_eq!(s.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn seed_variables_are_honoured() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("SERVER_ADDR", ":9090"),
+                ("DATABASE_URL", "postgres://u:p@h/db"),
+                ("SSH_HOST", "10.1.2.3"),
+                ("SSH_PORT", "2222"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.http.addr, "0.0.0.0:9090");
+        assert_eq!(
+            s.database.kind(),
+            DatabaseKind::Postgres("postgres://u:p@h/db".into())
+        );
+        assert_eq!(s.default_server.host, "10.1.2.3");
+        assert_eq!(s.default_server.port, 2222);
+    }
+
+    #[test]
+    fn jobexec_variables_beat_seed_variables_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[http]\naddr = \"127.0.0.1:1111\"\n[ssh]\nconnect_timeout_secs = 3\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(
+            Some(&file),
+            &env(&[
+                ("SERVER_ADDR", "127.0.0.1:2222"),
+                ("JOBEXEC__HTTP__ADDR", "127.0.0.1:3333"),
+                ("JOBEXEC__SSH__TEST_TIMEOUT_SECS", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.http.addr, "127.0.0.1:3333");
+        assert_eq!(s.ssh.connect_timeout_secs, 3);
+        assert_eq!(s.ssh.test_timeout_secs, 7);
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Settings::load_from(Some(Path::new("/nonexistent.toml")), &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent.toml"));
+    }
+
+    #[test]
+    fn sqlite_url_forms() {
+        for (url, path) in [
+            ("sqlite:///tmp/a.db", "/tmp/a.db"),
+            ("sqlite:b.db", "b.db"),
+            ("c.db", "c.db"),
+        ] {
+            let s = Settings::load_from(None, &env(&[("DATABASE_URL", url)])).unwrap();
+            assert_eq!(s.database.kind(), DatabaseKind::Sqlite(path.into()));
+        }
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact_url("amqp://127.0.0.1:5672/%2f"),
+            "amqp://127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("./jobs.db"), "./jobs.db");
+    }
+}

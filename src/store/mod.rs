@@ -1,0 +1,234 @@
+//! Storage: one diesel code path over SQLite and PostgreSQL.
+//!
+//! Owns the connection pool, the embedded migrations and every query. Callers get plain
+//! rows and domain values; nothing outside this module builds SQL. Diesel is synchronous, so
+//! every query runs on tokio's blocking pool through [`Store::run`].
+//!
+//! Where the two backends need different SQL (claims with `FOR UPDATE SKIP LOCKED`, say),
+//! match on [`DbConnection`]; everything else is written once against the multi-backend.
+
+mod models;
+pub mod schema;
+mod servers;
+pub use servers::UpdateError;
+
+pub use models::{ServerRow, server_secrets};
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::sqlite::SqliteConnection;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::settings::{DatabaseKind, DatabaseSettings};
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// A connection to whichever database the settings chose.
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    /// PostgreSQL.
+    Pg(PgConnection),
+    /// SQLite.
+    Sqlite(SqliteConnection),
+}
+
+/// Which backend a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+impl Backend {
+    /// Name for `/health` and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// What can go wrong in the store. The HTTP layer maps these to statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row asked for does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The change conflicts with the current state (a unique name, a busy server…).
+    #[error("{0}")]
+    Conflict(String),
+    /// No connection could be had: the database is down or the pool is exhausted.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[from] diesel::result::Error),
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+impl From<diesel::r2d2::PoolError> for StoreError {
+    fn from(e: diesel::r2d2::PoolError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+#[derive(Debug)]
+struct SqlitePragmas {
+    busy_timeout_ms: u64,
+}
+
+impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut DbConnection) -> Result<(), diesel::r2d2::Error> {
+        if let DbConnection::Sqlite(c) = conn {
+            c.batch_execute(&format!(
+                "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; \
+                 PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                self.busy_timeout_ms
+            ))
+            .map_err(diesel::r2d2::Error::QueryError)?;
+        }
+        Ok(())
+    }
+}
+
+/// The database: a pool of connections and the queries over it. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool<ConnectionManager<DbConnection>>,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Open the pool the settings describe and apply pending migrations.
+    pub async fn open(settings: &DatabaseSettings) -> Result<Self, StoreError> {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&settings))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))?
+    }
+
+    fn open_blocking(settings: &DatabaseSettings) -> Result<Self, StoreError> {
+        let (url, backend) = match settings.kind() {
+            DatabaseKind::Sqlite(path) => {
+                if path.trim().is_empty() {
+                    return Err(StoreError::Unavailable("the SQLite path is empty".into()));
+                }
+                if let Some(dir) = std::path::Path::new(&path).parent()
+                    && !dir.as_os_str().is_empty()
+                    && !dir.exists()
+                {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+                (path, Backend::Sqlite)
+            }
+            DatabaseKind::Postgres(url) => (url, Backend::Postgres),
+        };
+        let manager = ConnectionManager::<DbConnection>::new(url);
+        let pool = Pool::builder()
+            .max_size(settings.pool_size.max(1))
+            .connection_timeout(Duration::from_secs(settings.connect_timeout_secs.max(1)))
+            .connection_customizer(Box::new(SqlitePragmas {
+                busy_timeout_ms: settings.busy_timeout_ms,
+            }))
+            .build(manager)
+            .map_err(|e| StoreError::Unavailable(redact_pool_error(&e.to_string(), settings)))?;
+        let store = Store { pool, backend };
+        store.migrate_blocking()?;
+        Ok(store)
+    }
+
+    /// Which backend this store uses.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn conn(&self) -> Result<PooledConnection<ConnectionManager<DbConnection>>, StoreError> {
+        Ok(self.pool.get()?)
+    }
+
+    fn migrate_blocking(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn()?;
+        let applied = match &mut *conn {
+            DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS),
+            DbConnection::Pg(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS),
+        }
+        .map_err(|e| StoreError::Migration(e.to_string()))?;
+        Ok(applied.iter().map(|v| v.to_string()).collect())
+    }
+
+    /// Apply pending migrations; returns the versions applied (empty when up to date).
+    pub async fn migrate(&self) -> Result<Vec<String>, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.migrate_blocking())
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migration task failed: {e}")))?
+    }
+
+    /// Run `f` with a pooled connection on the blocking pool.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = store.conn()?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("database task failed: {e}")))?
+    }
+
+    /// A trivial round trip, for `/health`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|conn| {
+            conn.batch_execute("SELECT 1")?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// r2d2 errors may quote the URL; keep its password out of them.
+fn redact_pool_error(msg: &str, settings: &DatabaseSettings) -> String {
+    use secrecy::ExposeSecret;
+    let url = settings.url.expose_secret();
+    if url.is_empty() {
+        return msg.to_string();
+    }
+    msg.replace(url, &settings.redacted_url())
+}
+
+/// Map a unique-constraint violation to [`StoreError::Conflict`] with `message`.
+pub(crate) fn conflict_on_unique(
+    e: diesel::result::Error,
+    message: impl FnOnce() -> String,
+) -> StoreError {
+    match e {
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        ) => StoreError::Conflict(message()),
+        diesel::result::Error::NotFound => StoreError::NotFound,
+        other => StoreError::Database(other),
+    }
+}

@@ -1,0 +1,69 @@
+// @generated-style schema shared by the SQLite and PostgreSQL backends.
+// Keep in step with migrations/sqlite and migrations/postgres.
+
+diesel::table! {
+    servers (id) {
+        id -> Text,
+        name -> Text,
+        hostname -> Text,
+        port -> Integer,
+        username -> Text,
+        auth_type -> Text,
+        password -> Nullable<Binary>,
+        private_key -> Nullable<Binary>,
+        private_key_passphrase -> Nullable<Binary>,
+        secret_version -> Integer,
+        host_key -> Nullable<Text>,
+        host_key_check -> Text,
+        max_concurrent_jobs -> Integer,
+        is_active -> Bool,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    jobs (id) {
+        id -> Text,
+        kind -> Text,
+        command -> Nullable<Text>,
+        args -> Nullable<Text>,
+        script -> Nullable<Text>,
+        shell -> Nullable<Text>,
+        server_id -> Text,
+        timeout_secs -> BigInt,
+        env -> Text,
+        cwd -> Nullable<Text>,
+        idempotency_key -> Nullable<Text>,
+        retry_safe -> Bool,
+        status -> Text,
+        exit_code -> Nullable<Integer>,
+        error -> Nullable<Text>,
+        created_at -> BigInt,
+        started_at -> Nullable<BigInt>,
+        finished_at -> Nullable<BigInt>,
+        duplicated_from -> Nullable<Text>,
+        worker -> Nullable<Text>,
+        lease_expires_at -> Nullable<BigInt>,
+        attempts -> Integer,
+        cancel_requested -> Bool,
+        published -> Bool,
+        remote_pgid -> Nullable<BigInt>,
+        output_bytes -> BigInt,
+        output_truncated -> Bool,
+        next_seq -> BigInt,
+    }
+}
+
+diesel::table! {
+    job_output (job_id, seq) {
+        job_id -> Text,
+        seq -> BigInt,
+        stream -> SmallInt,
+        data -> Binary,
+        at -> BigInt,
+    }
+}
+
+diesel::joinable!(job_output -> jobs (job_id));
+diesel::allow_tables_to_appear_in_same_query!(servers, jobs, job_output);

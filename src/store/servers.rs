@@ -1,0 +1,163 @@
+//! Queries on `servers`.
+
+use diesel::prelude::*;
+
+use super::schema::{jobs, servers};
+use super::{ServerRow, Store, StoreError, conflict_on_unique};
+use crate::domain::{FieldError, JobStatus, Micros, ServerDraft};
+
+/// Why an update could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The merged server is invalid.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// The store refused it.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<diesel::result::Error> for UpdateError {
+    fn from(e: diesel::result::Error) -> Self {
+        UpdateError::Store(StoreError::from(e))
+    }
+}
+
+fn name_taken(name: &str) -> String {
+    format!("a server named {name:?} already exists")
+}
+
+impl Store {
+    /// Insert a new server.
+    pub async fn insert_server(&self, draft: ServerDraft) -> Result<ServerRow, StoreError> {
+        self.run(move |conn| {
+            let row = ServerRow::new(uuid::Uuid::now_v7(), &draft, Micros::now());
+            diesel::insert_into(servers::table)
+                .values(&row)
+                .execute(conn)
+                .map_err(|e| conflict_on_unique(e, || name_taken(&row.name)))?;
+            Ok(row)
+        })
+        .await
+    }
+
+    /// One server by id.
+    pub async fn get_server(&self, id: uuid::Uuid) -> Result<ServerRow, StoreError> {
+        self.run(move |conn| {
+            servers::table
+                .find(id.to_string())
+                .select(ServerRow::as_select())
+                .first(conn)
+                .optional()?
+                .ok_or(StoreError::NotFound)
+        })
+        .await
+    }
+
+    /// One server by name.
+    pub async fn get_server_by_name(&self, name: String) -> Result<ServerRow, StoreError> {
+        self.run(move |conn| {
+            servers::table
+                .filter(servers::name.eq(name))
+                .select(ServerRow::as_select())
+                .first(conn)
+                .optional()?
+                .ok_or(StoreError::NotFound)
+        })
+        .await
+    }
+
+    /// All servers, by name.
+    pub async fn list_servers(&self) -> Result<Vec<ServerRow>, StoreError> {
+        self.run(|conn| {
+            Ok(servers::table
+                .order(servers::name.asc())
+                .select(ServerRow::as_select())
+                .load(conn)?)
+        })
+        .await
+    }
+
+    /// Read, change and write a server in one transaction. `change` gets the stored state as
+    /// a draft and returns the new one (or why not).
+    pub async fn update_server<F>(
+        &self,
+        id: uuid::Uuid,
+        change: F,
+    ) -> Result<ServerRow, UpdateError>
+    where
+        F: FnOnce(ServerDraft) -> Result<ServerDraft, FieldError> + Send + 'static,
+    {
+        let result = self
+            .run(move |conn| {
+                Ok(conn.transaction::<_, UpdateError, _>(|conn| {
+                    let mut row: ServerRow = servers::table
+                        .find(id.to_string())
+                        .select(ServerRow::as_select())
+                        .first(conn)
+                        .optional()?
+                        .ok_or(StoreError::NotFound)?;
+                    let draft = change(row.to_draft())?;
+                    row.apply(&draft, Micros::now());
+                    diesel::update(servers::table.find(&row.id))
+                        .set(&row)
+                        .execute(conn)
+                        .map_err(|e| conflict_on_unique(e, || name_taken(&row.name)))?;
+                    Ok(row)
+                }))
+            })
+            .await;
+        match result {
+            Ok(inner) => inner,
+            Err(e) => Err(UpdateError::Store(e)),
+        }
+    }
+
+    /// Delete a server, refused while it has queued or running jobs.
+    pub async fn delete_server(&self, id: uuid::Uuid) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            conn.transaction::<_, StoreError, _>(|conn| {
+                let id = id.to_string();
+                let exists: i64 = servers::table.find(&id).count().get_result(conn)?;
+                if exists == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                let active: i64 = jobs::table
+                    .filter(jobs::server_id.eq(&id))
+                    .filter(jobs::status.eq_any([
+                        JobStatus::Queued.as_str(),
+                        JobStatus::Running.as_str(),
+                    ]))
+                    .count()
+                    .get_result(conn)?;
+                if active > 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "server {id} has {active} queued or running job(s); cancel them or wait before deleting it"
+                    )));
+                }
+                diesel::delete(servers::table.find(&id)).execute(conn)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Pin a host key on a server if none is pinned yet (trust on first use). Returns whether
+    /// this call pinned it.
+    pub async fn pin_host_key(&self, id: uuid::Uuid, key: String) -> Result<bool, StoreError> {
+        self.run(move |conn| {
+            let n = diesel::update(
+                servers::table
+                    .find(id.to_string())
+                    .filter(servers::host_key.is_null()),
+            )
+            .set((
+                servers::host_key.eq(Some(key)),
+                servers::updated_at.eq(Micros::now().0),
+            ))
+            .execute(conn)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+}
