@@ -405,7 +405,12 @@ pub fn normalize_host_key(key: &str) -> Result<String, FieldError> {
     match russh::keys::PublicKey::from_openssh(key) {
         Ok(pk) => pk
             .to_openssh()
-            .map(|line| line.trim().to_string())
+            .map(|line| {
+                line.split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
             .map_err(|_| FieldError::new("host_key", "cannot be encoded")),
         Err(_) => Err(FieldError::new(
             "host_key",

@@ -230,7 +230,7 @@ async fn accept_loop(
 ) {
     loop {
         tokio::select! {
-            _ = raised(&mut stop) => break,
+            () = raised(&mut stop) => break,
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     tokio::spawn(serve_connection(
@@ -275,7 +275,7 @@ async fn serve_connection(
                 return;
             }
         },
-        _ = raised(&mut stop) => return,
+        () = raised(&mut stop) => return,
     };
     let handle = session.handle();
     tokio::select! {
@@ -283,7 +283,7 @@ async fn serve_connection(
             Ok(()) => log(format_args!("{peer}: connection closed")),
             Err(e) => log(format_args!("{peer}: connection ended with error: {e}")),
         },
-        _ = raised(&mut stop) => {
+        () = raised(&mut stop) => {
             let sent = handle
                 .disconnect(
                     Disconnect::ByApplication,
@@ -325,7 +325,7 @@ struct ChanState {
     /// Set to `true` (or dropped) when the client closed the channel or went away:
     /// the process task then stops forwarding output.
     closed: watch::Sender<bool>,
-    /// Set by the process task once it sent CHANNEL_CLOSE (russh then forgets the
+    /// Set by the process task once it sent `CHANNEL_CLOSE` (russh then forgets the
     /// channel and `channel_close` is never called for it).
     done: Arc<AtomicBool>,
 }
@@ -427,9 +427,9 @@ impl Conn {
                 return Err(e);
             }
         };
-        let pid = child.id().and_then(|p| i32::try_from(p).ok());
+        let leader = child.id().and_then(|p| i32::try_from(p).ok());
         let (Some(pgid), Some(stdin), Some(stdout), Some(stderr)) = (
-            pid,
+            leader,
             child.stdin.take(),
             child.stdout.take(),
             child.stderr.take(),
@@ -452,10 +452,10 @@ impl Conn {
         if !st.early_stdin.is_empty() {
             let _ = stdin_tx.send(std::mem::take(&mut st.early_stdin));
         }
-        if !st.client_eof {
-            st.stdin = Some(stdin_tx);
-        } else {
+        if st.client_eof {
             drop(stdin_tx);
+        } else {
+            st.stdin = Some(stdin_tx);
         }
         tokio::spawn(feed_stdin(stdin, stdin_rx));
 
@@ -484,10 +484,10 @@ impl Conn {
 fn hang_up(shared: &Arc<Shared>, st: ChanState) {
     st.closed.send_replace(true);
     drop(st.stdin);
-    if let Some(pgid) = st.pgid {
-        if !st.done.load(Ordering::SeqCst) {
-            shared.hangup_group(pgid);
-        }
+    if let Some(pgid) = st.pgid
+        && !st.done.load(Ordering::SeqCst)
+    {
+        shared.hangup_group(pgid);
     }
 }
 
@@ -514,7 +514,10 @@ impl Handler for Conn {
                 .as_deref()
                 .is_some_and(|expected| expected == password);
         if !ok {
-            log(format_args!("{}: password rejected for {user:?}", self.peer));
+            log(format_args!(
+                "{}: password rejected for {user:?}",
+                self.peer
+            ));
         }
         Ok(if ok { Auth::Accept } else { Auth::reject() })
     }
@@ -555,7 +558,8 @@ impl Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         // Channels we closed ourselves are over.
-        self.channels.retain(|_, st| !st.done.load(Ordering::SeqCst));
+        self.channels
+            .retain(|_, st| !st.done.load(Ordering::SeqCst));
         if self.shared.stopping.load(Ordering::SeqCst) || self.channels.len() >= MAX_SESSIONS {
             log(format_args!(
                 "{}: refusing session channel ({} open)",
@@ -626,8 +630,7 @@ impl Handler for Conn {
             Some(st)
                 if !st.started && !variable_name.is_empty() && !variable_name.contains('=') =>
             {
-                st.env
-                    .push((variable_name.into(), variable_value.into()));
+                st.env.push((variable_name.into(), variable_value.into()));
                 session.channel_success(channel)
             }
             _ => session.channel_failure(channel),
@@ -797,7 +800,11 @@ async fn run_process(task: ProcessTask) {
     let client_closed = *closed.borrow();
     log(format_args!(
         "channel {id:?}: process group {pgid} finished: {status:?}{}",
-        if client_closed { " (channel closed by client)" } else { "" }
+        if client_closed {
+            " (channel closed by client)"
+        } else {
+            ""
+        }
     ));
     if client_closed {
         done.store(true, Ordering::SeqCst);
@@ -844,7 +851,7 @@ async fn pump<R: AsyncRead + Unpin>(
         // Sending waits for the client's window; give up if the client goes away.
         tokio::select! {
             sent = send => forward = sent.is_ok(),
-            _ = raised(&mut closed) => forward = false,
+            () = raised(&mut closed) => forward = false,
         }
     }
 }

@@ -1,0 +1,284 @@
+//! Test harness: an app on port 0 with a fresh database, test SSH hosts, an HTTP client.
+//!
+//! Every test that talks to the database runs twice, against SQLite (a file of its own) and
+//! PostgreSQL (a database of its own, dropped at the end) — see [`db_test!`]. A missing
+//! PostgreSQL skips the PostgreSQL half with a note, except under `CI=true`, where it fails.
+
+#![allow(dead_code)]
+
+pub mod sshd;
+pub mod standin;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use diesel::{Connection, RunQueryDsl, pg::PgConnection};
+use job_executor::{App, Role, Settings};
+
+pub use sshd::TestHost;
+
+/// True under CI: a missing service is a failure there, never a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Which database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Where the test PostgreSQL server is (any database on it; tests create their own).
+pub fn postgres_admin_url() -> String {
+    std::env::var("JOBEXEC_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database made for one test.
+pub struct TestDb {
+    pub url: String,
+    kind: Db,
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// A fresh database; `None` when PostgreSQL is wanted but absent outside CI.
+    pub fn create(kind: Db) -> Option<TestDb> {
+        match kind {
+            Db::Sqlite => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let url = dir.path().join("jobs.db").display().to_string();
+                Some(TestDb {
+                    url,
+                    kind,
+                    pg_name: None,
+                    _dir: Some(dir),
+                })
+            }
+            Db::Postgres => {
+                let admin = postgres_admin_url();
+                let mut conn = match PgConnection::establish(&admin) {
+                    Ok(c) => c,
+                    Err(e) if in_ci() => {
+                        panic!("PostgreSQL is required under CI but {admin} does not answer: {e}")
+                    }
+                    Err(e) => {
+                        eprintln!("skipping the PostgreSQL half: {admin} does not answer: {e}");
+                        return None;
+                    }
+                };
+                let name = format!("jobexec_test_{}", uuid::Uuid::new_v4().simple());
+                diesel::sql_query(format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .expect("create test database");
+                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+                Some(TestDb {
+                    url: format!("{base}/{name}"),
+                    kind,
+                    pg_name: Some(name),
+                    _dir: None,
+                })
+            }
+        }
+    }
+
+    pub fn kind(&self) -> Db {
+        self.kind
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = &self.pg_name
+            && let Ok(mut conn) = PgConnection::establish(&postgres_admin_url())
+        {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn);
+        }
+    }
+}
+
+/// Settings for a test app: port 0, one HTTP worker, the test database, short SSH bounds.
+pub fn test_settings(db_url: &str, extra: &[(&str, &str)]) -> Settings {
+    let mut env: HashMap<String, String> = HashMap::from([
+        ("JOBEXEC__HTTP__ADDR".into(), "127.0.0.1:0".into()),
+        ("JOBEXEC__HTTP__WORKERS".into(), "1".into()),
+        ("JOBEXEC__HTTP__SHUTDOWN_GRACE_SECS".into(), "1".into()),
+        ("JOBEXEC__DATABASE__URL".into(), db_url.into()),
+        ("JOBEXEC__DATABASE__POOL_SIZE".into(), "4".into()),
+        ("JOBEXEC__SSH__CONNECT_TIMEOUT_SECS".into(), "5".into()),
+        ("JOBEXEC__SSH__TEST_TIMEOUT_SECS".into(), "8".into()),
+    ]);
+    for (k, v) in extra {
+        env.insert((*k).into(), (*v).into());
+    }
+    Settings::load_from(None, &env).expect("test settings")
+}
+
+fn init_logs() {
+    if std::env::var("TEST_LOG").is_ok() {
+        let settings = test_settings("unused.db", &[]);
+        job_executor::telemetry::init(&settings.log);
+    }
+}
+
+/// A running app and a client for it.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    app: Option<App>,
+}
+
+impl TestApp {
+    /// Start an app on `db` with extra `JOBEXEC__…` settings.
+    pub async fn start(db: &TestDb, extra: &[(&str, &str)]) -> TestApp {
+        init_logs();
+        let settings = test_settings(&db.url, extra);
+        let app = App::start(settings, Role::Serve).await.expect("app starts");
+        let addr = app.local_addr().expect("listening");
+        TestApp {
+            addr,
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            app: Some(app),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Stop the app gracefully (its database stays).
+    pub async fn stop(mut self) {
+        if let Some(app) = self.app.take() {
+            app.stop().await;
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let resp = self.client.get(self.url(path)).send().await.expect("GET");
+        split(resp).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        let resp = self
+            .client
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("DELETE");
+        split(resp).await
+    }
+
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("POST");
+        split(resp).await
+    }
+
+    pub async fn put(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = self
+            .client
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("PUT");
+        split(resp).await
+    }
+
+    /// Send raw bytes as a body with `method`.
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (u16, serde_json::Value) {
+        let resp = self
+            .client
+            .request(method, self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        split(resp).await
+    }
+
+    /// Register a server pointing at a test host with key auth; returns its id.
+    pub async fn add_key_server(&self, name: &str, host: &TestHost) -> String {
+        let (status, body) = self
+            .post(
+                "/api/v1/servers",
+                &serde_json::json!({
+                    "name": name,
+                    "hostname": host.host,
+                    "port": host.port,
+                    "user": host.user,
+                    "auth_type": "key",
+                    "private_key": host.keys.ed25519_openssh,
+                }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().expect("id").to_string()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // A test that panicked leaves its app running on its own thread; the process ends soon.
+        self.app.take();
+    }
+}
+
+async fn split(resp: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let text = resp.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| {
+        panic!("status {status}: body is not JSON (content-type {ctype:?}): {text:?}")
+    });
+    (status, body)
+}
+
+/// Run a test body against SQLite and PostgreSQL: `db_test!(name, |db| async move { … })`
+/// makes `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! db_test {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let db =
+                    $crate::helpers::TestDb::create($crate::helpers::Db::Sqlite).expect("sqlite");
+                ($body)(db).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(db) = $crate::helpers::TestDb::create($crate::helpers::Db::Postgres)
+                else {
+                    return;
+                };
+                ($body)(db).await;
+            }
+        }
+    };
+}
