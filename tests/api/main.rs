@@ -1,5 +1,7 @@
 //! Integration tests over real HTTP: one binary, a fresh database per test, test SSH hosts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 mod helpers;
 
 mod health;
