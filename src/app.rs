@@ -8,11 +8,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::Actor;
 use actix_web::{App as ActixApp, HttpServer, web};
 use tokio::sync::oneshot;
 
+use crate::actors::Dispatcher;
+use crate::actors::job::JobDeps;
+use crate::actors::messages::Drain;
 use crate::domain::{ServerDraft, ServerPatch};
+use crate::events::EventBus;
 use crate::http::{self, AppState};
+use crate::queue::{JobQueue, MemoryQueue};
 use crate::settings::Settings;
 use crate::store::{Store, StoreError};
 
@@ -141,15 +147,34 @@ async fn run(
     ready: oneshot::Sender<Ready>,
     stop: oneshot::Receiver<()>,
 ) {
+    let queue: Arc<dyn JobQueue> = Arc::new(MemoryQueue::default());
+    let events = EventBus::default();
+    let deps = JobDeps {
+        store: store.clone(),
+        events: events.clone(),
+        jobs: Arc::new(settings.jobs.clone()),
+    };
+    let runs_jobs = role != Role::Api;
+    let dispatcher = Dispatcher::new(deps, settings.clone(), queue.clone(), runs_jobs).start();
+    let drain = {
+        let d = dispatcher.clone();
+        let grace = Duration::from_secs(settings.worker.shutdown_grace_secs);
+        move || async move {
+            let _ = d.send(Drain { grace }).await;
+        }
+    };
     if role == Role::Worker {
         let _ = ready.send(Ok((None, None)));
         let _ = stop.await;
+        drain().await;
         return;
     }
     let state = AppState {
         store,
         settings: settings.clone(),
-        queue_kind: "memory",
+        queue,
+        events,
+        dispatcher: Some(dispatcher),
     };
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
@@ -179,6 +204,8 @@ async fn run(
     let server = server.run();
     let _ = ready.send(Ok((addr, Some(server.handle()))));
     let _ = server.await;
+    let _ = stop.await;
+    drain().await;
 }
 
 /// The seed's `SSH_HOST`/`SSH_USER`/… describe a default server: create or update it by name.

@@ -21,10 +21,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod actors;
 pub mod app;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod http;
+pub mod queue;
 pub mod settings;
 pub mod ssh;
 pub mod store;

@@ -25,6 +25,10 @@ pub struct Settings {
     pub rabbitmq: RabbitSettings,
     /// SSH connections.
     pub ssh: SshSettings,
+    /// Job limits and execution.
+    pub jobs: JobSettings,
+    /// The worker.
+    pub worker: WorkerSettings,
     /// The seed's default SSH target.
     pub default_server: DefaultServerSettings,
     /// Logging.
@@ -77,6 +81,76 @@ pub struct SshSettings {
     pub test_timeout_secs: u64,
     /// Default `max_concurrent_jobs` of new servers.
     pub default_max_concurrent_jobs: u32,
+}
+
+/// `[jobs]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobSettings {
+    /// Timeout when none is given.
+    pub default_timeout_secs: i64,
+    /// Largest timeout.
+    pub max_timeout_secs: i64,
+    /// Largest script.
+    pub max_script_bytes: usize,
+    /// Longest command line.
+    pub max_command_bytes: usize,
+    /// Most env entries.
+    pub max_env_entries: usize,
+    /// Output kept per job.
+    pub output_cap_bytes: u64,
+    /// TERM → KILL delay.
+    pub kill_grace_secs: u64,
+    /// Connection attempts before the command starts.
+    pub connect_attempts: u32,
+}
+
+impl JobSettings {
+    /// The validation bounds.
+    pub fn limits(&self) -> crate::domain::JobLimits {
+        crate::domain::JobLimits {
+            default_timeout_secs: self.default_timeout_secs,
+            max_timeout_secs: self.max_timeout_secs,
+            max_script_bytes: self.max_script_bytes,
+            max_command_bytes: self.max_command_bytes,
+            max_env_entries: self.max_env_entries,
+        }
+    }
+}
+
+/// `[worker]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    /// Name in job records.
+    pub id: String,
+    /// Jobs at once.
+    pub concurrency: usize,
+    /// Lease length.
+    pub lease_secs: u64,
+    /// Renewal interval.
+    pub heartbeat_secs: u64,
+    /// Shutdown grace.
+    pub shutdown_grace_secs: u64,
+    /// Connections per server.
+    pub max_connections_per_host: usize,
+    /// Channels per connection.
+    pub channels_per_connection: usize,
+    /// Idle connection lifetime.
+    pub idle_connection_secs: u64,
+}
+
+impl WorkerSettings {
+    /// The worker id: the setting, or HOSTNAME:PID.
+    pub fn worker_id(&self) -> String {
+        if !self.id.is_empty() {
+            return self.id.clone();
+        }
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{host}:{}", std::process::id())
+    }
 }
 
 /// `[default_server]`: the seed's `SSH_*` variables.

@@ -4,9 +4,11 @@
 
 mod job;
 mod server;
+mod spec;
 
 pub use job::{JobKind, JobStatus, OutputStream};
 pub use server::{AuthType, HostKeyCheck, ServerDraft, ServerPatch, ServerSecrets};
+pub use spec::{DEFAULT_SHELL, JobLimits, JobRequest, JobSpec, valid_env_name, valid_shell};
 
 use std::borrow::Cow;
 use std::fmt;

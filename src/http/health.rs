@@ -11,7 +11,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         "status": if db.is_ok() { "ok" } else { "unavailable" },
         "database": match &db { Ok(()) => "ok".to_string(), Err(e) => format!("error: {e}") },
         "database_backend": state.store.backend().as_str(),
-        "queue": state.queue_kind,
+        "queue": state.queue.kind(),
         "version": env!("CARGO_PKG_VERSION"),
     });
     if db.is_ok() {

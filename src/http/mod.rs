@@ -5,6 +5,7 @@
 
 mod body;
 mod health;
+pub mod jobs;
 mod servers;
 
 pub use body::JsonBody;
@@ -22,14 +23,59 @@ pub struct AppState {
     pub store: Store,
     /// The settings the process started with.
     pub settings: std::sync::Arc<Settings>,
-    /// `memory` or `rabbitmq`: the queue in use, for `/health`.
-    pub queue_kind: &'static str,
+    /// The queue new jobs are announced on.
+    pub queue: std::sync::Arc<dyn crate::queue::JobQueue>,
+    /// The process's event bus.
+    pub events: crate::events::EventBus,
+    /// The dispatcher, for cancels of jobs running in this process.
+    pub dispatcher: Option<actix::Addr<crate::actors::Dispatcher>>,
 }
 
 /// Register every route on an actix-web app (or a scope of the embedding program's app).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health::health)).service(
         web::scope("/api/v1")
+            .service(
+                web::resource("/jobs")
+                    .route(web::get().to(jobs::list))
+                    .route(web::post().to(jobs::submit_command))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/jobs/script")
+                    .route(web::post().to(jobs::submit_script))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/jobs/{id}")
+                    .route(web::get().to(jobs::get))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/jobs/{id}/cancel")
+                    .route(web::post().to(jobs::cancel))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/jobs/{id}/duplicate")
+                    .route(web::post().to(jobs::duplicate))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/jobs/{id}/logs")
+                    .route(web::get().to(jobs::logs))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/jobs/{id}/stdout")
+                    .route(web::get().to(jobs::stdout))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/jobs/{id}/stderr")
+                    .route(web::get().to(jobs::stderr))
+                    .default_service(web::to(method_not_allowed)),
+            )
             .service(
                 web::resource("/servers")
                     .route(web::get().to(servers::list))

@@ -18,6 +18,7 @@ use secrecy::ExposeSecret;
 use tokio::sync::oneshot;
 
 use crate::domain::{AuthType, HostKeyCheck, ServerDraft};
+pub mod exec;
 
 /// Knobs of SSH connections, from `[ssh]`.
 #[derive(Debug, Clone)]

@@ -7,11 +7,13 @@
 //! Where the two backends need different SQL (claims with `FOR UPDATE SKIP LOCKED`, say),
 //! match on [`DbConnection`]; everything else is written once against the multi-backend.
 
+mod jobs;
 mod models;
 pub mod schema;
 mod servers;
 pub use servers::UpdateError;
 
+pub use jobs::{CancelOutcome, ChunkRow, Finish, JobFilter, JobRow};
 pub use models::{ServerRow, server_secrets};
 
 use std::time::Duration;
@@ -230,5 +232,35 @@ pub(crate) fn conflict_on_unique(
         ) => StoreError::Conflict(message()),
         diesel::result::Error::NotFound => StoreError::NotFound,
         other => StoreError::Database(other),
+    }
+}
+
+/// Run `f` in a write transaction. On SQLite the transaction is `BEGIN IMMEDIATE`, so it takes
+/// the write lock up front and waits for it (busy timeout) instead of failing with "database
+/// is locked" when a read inside it would later need upgrading to a write.
+pub(crate) fn write_tx<T, E, F>(conn: &mut DbConnection, f: F) -> Result<T, E>
+where
+    E: From<diesel::result::Error>,
+    F: FnOnce(&mut DbConnection) -> Result<T, E>,
+{
+    use diesel::Connection;
+    match conn {
+        DbConnection::Pg(_) => conn.transaction(f),
+        DbConnection::Sqlite(_) => {
+            conn.batch_execute("BEGIN IMMEDIATE")?;
+            match f(conn) {
+                Ok(v) => {
+                    if let Err(e) = conn.batch_execute("COMMIT") {
+                        let _ = conn.batch_execute("ROLLBACK");
+                        return Err(e.into());
+                    }
+                    Ok(v)
+                }
+                Err(e) => {
+                    let _ = conn.batch_execute("ROLLBACK");
+                    Err(e)
+                }
+            }
+        }
     }
 }

@@ -90,7 +90,7 @@ impl Store {
     {
         let result = self
             .run(move |conn| {
-                Ok(conn.transaction::<_, UpdateError, _>(|conn| {
+                Ok(super::write_tx::<_, UpdateError, _>(conn, |conn| {
                     let mut row: ServerRow = servers::table
                         .find(id.to_string())
                         .select(ServerRow::as_select())
@@ -116,7 +116,7 @@ impl Store {
     /// Delete a server, refused while it has queued or running jobs.
     pub async fn delete_server(&self, id: uuid::Uuid) -> Result<(), StoreError> {
         self.run(move |conn| {
-            conn.transaction::<_, StoreError, _>(|conn| {
+            super::write_tx::<_, StoreError, _>(conn, |conn| {
                 let id = id.to_string();
                 let exists: i64 = servers::table.find(&id).count().get_result(conn)?;
                 if exists == 0 {

@@ -5,5 +5,7 @@
 mod helpers;
 
 mod health;
+mod jobs;
 mod servers;
+mod ssh_exec;
 mod ssh_test;

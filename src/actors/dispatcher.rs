@@ -1,0 +1,320 @@
+//! `Dispatcher`: one per process, the only bridge between the queue and the job actors.
+//!
+//! For each delivery: read the job; wait (FIFO) for a slot on its server and in this worker;
+//! claim it with one conditional update (only the winner runs it); start its `JobActor`.
+//! A job waiting for a slot stays `queued`. A heartbeat renews the leases of running jobs,
+//! picks up cancels requested through the database, and fails jobs whose worker was lost.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::host::{HostActor, PoolLimits};
+use super::job::{JobActor, JobDeps};
+use super::messages::{AcquireSlot, CancelJob, Delivery, Drain, JobEnded, StopReason};
+use crate::domain::{JobStatus, Micros};
+use crate::events::JobEvent;
+use crate::queue::JobQueue;
+use crate::settings::Settings;
+use crate::ssh::SshOptions;
+
+/// The dispatcher of one process.
+pub struct Dispatcher {
+    deps: JobDeps,
+    settings: Arc<Settings>,
+    queue: Arc<dyn JobQueue>,
+    worker_id: String,
+    runs_jobs: bool,
+    hosts: HashMap<String, Addr<HostActor>>,
+    running: HashMap<String, Addr<JobActor>>,
+    running_count: Arc<std::sync::atomic::AtomicUsize>,
+    worker_slots_held: HashMap<String, tokio::sync::OwnedSemaphorePermit>,
+    slots: Arc<Semaphore>,
+    token: CancellationToken,
+    draining: bool,
+}
+
+impl Dispatcher {
+    /// A dispatcher; with `runs_jobs` false (an API process) it only forwards cancels.
+    pub fn new(
+        deps: JobDeps,
+        settings: Arc<Settings>,
+        queue: Arc<dyn JobQueue>,
+        runs_jobs: bool,
+    ) -> Self {
+        let worker_id = settings.worker.worker_id();
+        let slots = Arc::new(Semaphore::new(settings.worker.concurrency.max(1)));
+        Self {
+            deps,
+            settings,
+            queue,
+            worker_id,
+            runs_jobs,
+            hosts: HashMap::new(),
+            running: HashMap::new(),
+            running_count: Arc::default(),
+            worker_slots_held: HashMap::new(),
+            slots,
+            token: CancellationToken::new(),
+            draining: false,
+        }
+    }
+
+    fn host(&mut self, server_id: &str, max_jobs: usize) -> Option<Addr<HostActor>> {
+        if let Some(addr) = self.hosts.get(server_id).filter(|a| a.connected()) {
+            return Some(addr.clone());
+        }
+        let id = uuid::Uuid::parse_str(server_id).ok()?;
+        let w = &self.settings.worker;
+        let addr = HostActor::new(
+            id,
+            max_jobs,
+            self.deps.store.clone(),
+            SshOptions::from_settings(&self.settings.ssh),
+            PoolLimits {
+                max_connections: w.max_connections_per_host,
+                channels_per_connection: w.channels_per_connection,
+                idle: Duration::from_secs(w.idle_connection_secs),
+            },
+        )
+        .start();
+        self.hosts.insert(server_id.to_string(), addr.clone());
+        Some(addr)
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let store = self.deps.store.clone();
+        let events = self.deps.events.clone();
+        let worker = self.worker_id.clone();
+        let ids: Vec<String> = self.running.keys().cloned().collect();
+        let lease = Duration::from_secs(self.settings.worker.lease_secs.max(1));
+        let until = Micros(Micros::now().0 + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
+        ctx.spawn(
+            async move {
+                let cancels = match store.renew_leases(worker, ids, until).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot renew leases");
+                        Vec::new()
+                    }
+                };
+                match store
+                    .reap_expired("worker lost: its lease expired while the job was running".into())
+                    .await
+                {
+                    Ok(reaped) => {
+                        for id in reaped {
+                            tracing::warn!(job_id = %id, "job failed: its worker was lost");
+                            if let Ok(uuid) = uuid::Uuid::parse_str(&id)
+                                && let Ok(row) = store.get_job(uuid).await
+                            {
+                                events.publish(JobEvent::Status(Arc::new(row)));
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot reap expired leases"),
+                }
+                cancels
+            }
+            .into_actor(self)
+            .map(|cancels, act, _| {
+                for id in cancels {
+                    if let Some(addr) = act.running.get(&id) {
+                        addr.do_send(CancelJob {
+                            job_id: id,
+                            reason: StopReason::Canceled,
+                        });
+                    }
+                }
+            }),
+        );
+    }
+}
+
+impl Actor for Dispatcher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let every = Duration::from_secs(self.settings.worker.heartbeat_secs.max(1));
+        ctx.run_interval(every, |act, ctx| act.heartbeat(ctx));
+        if !self.runs_jobs {
+            return;
+        }
+        if let Some(rx) = self.queue.take_consumer() {
+            ctx.add_stream(tokio_stream_from(rx));
+        }
+        // Jobs queued before this start (an in-memory queue forgets them): announce again.
+        let store = self.deps.store.clone();
+        let queue = self.queue.clone();
+        ctx.spawn(
+            async move {
+                match store.queued_job_ids(100_000).await {
+                    Ok(ids) => {
+                        if !ids.is_empty() {
+                            tracing::info!(count = ids.len(), "re-announcing queued jobs");
+                        }
+                        for id in ids {
+                            let _ = queue.publish(id).await;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read queued jobs"),
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> impl futures::Stream<Item = Delivery> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Delivery)))
+}
+
+impl StreamHandler<Delivery> for Dispatcher {
+    fn handle(&mut self, msg: Delivery, ctx: &mut Self::Context) {
+        <Self as Handler<Delivery>>::handle(self, msg, ctx);
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {
+        tracing::debug!("queue consumer ended");
+    }
+}
+
+impl Handler<Delivery> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, Delivery(job_id): Delivery, ctx: &mut Self::Context) {
+        if self.draining || !self.runs_jobs || self.running.contains_key(&job_id) {
+            return;
+        }
+        let store = self.deps.store.clone();
+        let id = job_id.clone();
+        ctx.spawn(
+            async move {
+                let uuid = uuid::Uuid::parse_str(&id).ok()?;
+                let row = store.get_job(uuid).await.ok()?;
+                let max = store
+                    .get_server(uuid::Uuid::parse_str(&row.server_id).ok()?)
+                    .await
+                    .map(|s| usize::try_from(s.max_concurrent_jobs).unwrap_or(1))
+                    .unwrap_or(1);
+                (row.status() == JobStatus::Queued).then_some((row, max))
+            }
+            .into_actor(self)
+            .then(move |found, act, _| {
+                let host = found
+                    .as_ref()
+                    .and_then(|(row, max)| act.host(&row.server_id, *max));
+                let slots = act.slots.clone();
+                let store = act.deps.store.clone();
+                let worker = act.worker_id.clone();
+                let lease = Duration::from_secs(act.settings.worker.lease_secs.max(1));
+                let events = act.deps.events.clone();
+                async move {
+                    let (row, _) = found?;
+                    let host = host?;
+                    let worker_slot = slots.acquire_owned().await.ok()?;
+                    let host_slot = host.send(AcquireSlot).await.ok()?.ok()?;
+                    let until = Micros(
+                        Micros::now().0 + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX),
+                    );
+                    match store.claim_job(row.id.clone(), worker, until).await {
+                        Ok(Some(claimed)) => {
+                            events.publish(JobEvent::Status(Arc::new(claimed.clone())));
+                            Some((claimed, host, host_slot, worker_slot))
+                        }
+                        Ok(None) => None,
+                        Err(e) => {
+                            tracing::warn!(job_id = %row.id, error = %e, "claim failed");
+                            None
+                        }
+                    }
+                }
+                .into_actor(act)
+            })
+            .map(|claimed, act, ctx| {
+                let Some((row, host, host_slot, worker_slot)) = claimed else {
+                    return;
+                };
+                let id = row.id.clone();
+                tracing::info!(job_id = %id, server_id = %row.server_id, "job started");
+                let actor = JobActor::new(
+                    row,
+                    act.deps.clone(),
+                    host,
+                    ctx.address().recipient(),
+                    &act.token,
+                    host_slot,
+                )
+                .start();
+                act.running.insert(id.clone(), actor);
+                act.running_count
+                    .store(act.running.len(), std::sync::atomic::Ordering::Release);
+                // The worker slot is held until the job ends.
+                act.worker_slots_held.insert(id, worker_slot);
+            }),
+        );
+    }
+}
+
+impl Handler<JobEnded> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, JobEnded(id): JobEnded, _: &mut Self::Context) {
+        self.running.remove(&id);
+        self.worker_slots_held.remove(&id);
+        self.running_count
+            .store(self.running.len(), std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Handler<CancelJob> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: CancelJob, _: &mut Self::Context) {
+        if let Some(addr) = self.running.get(&msg.job_id) {
+            addr.do_send(msg);
+        }
+    }
+}
+
+impl Handler<Drain> for Dispatcher {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: Drain, _: &mut Self::Context) -> Self::Result {
+        self.draining = true;
+        let grace = msg.grace;
+        let kill_grace =
+            Duration::from_secs(self.deps.jobs.kill_grace_secs) + Duration::from_secs(5);
+        let count = self.running_count.clone();
+        let count2 = count.clone();
+        Box::pin(
+            wait_until_idle(count, grace)
+                .into_actor(self)
+                .then(move |_, act, _| {
+                    for (id, addr) in &act.running {
+                        addr.do_send(CancelJob {
+                            job_id: id.clone(),
+                            reason: StopReason::Shutdown,
+                        });
+                    }
+                    wait_until_idle(count2, kill_grace).into_actor(act)
+                }),
+        )
+    }
+}
+
+/// Wait until no job runs, or `bound` passes.
+async fn wait_until_idle(count: Arc<std::sync::atomic::AtomicUsize>, bound: Duration) {
+    let until = tokio::time::Instant::now() + bound;
+    while count.load(std::sync::atomic::Ordering::Acquire) > 0
+        && tokio::time::Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

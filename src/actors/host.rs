@@ -1,0 +1,257 @@
+//! `HostActor`: one per server. Caps the jobs running on it, keeps a small pool of
+//! authenticated SSH connections, hands out channel leases on them, reconnects on demand,
+//! closes idle connections, and pins the host key on first use.
+//!
+//! Channels per connection stay below sshd's `MaxSessions` (10) — five by default, since
+//! sshd refuses some opens under churn from about six — and more connections are opened
+//! instead, with at most a few handshakes in flight (sshd's `MaxStartups`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use async_ssh2_tokio::Client;
+use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore};
+
+use super::messages::{AcquireSlot, Checkout};
+use crate::domain::HostKeyCheck;
+use crate::ssh::{self, SshError, SshOptions, SshTarget};
+use crate::store::{Store, StoreError};
+
+/// How a host's pool is shaped.
+#[derive(Debug, Clone)]
+pub struct PoolLimits {
+    /// Connections kept at most.
+    pub max_connections: usize,
+    /// Channels run on one connection at most.
+    pub channels_per_connection: usize,
+    /// An unused connection is closed after this long.
+    pub idle: Duration,
+}
+
+struct PooledConn {
+    client: Client,
+    in_use: Arc<AtomicUsize>,
+    last_used: Instant,
+}
+
+#[derive(Default)]
+struct PoolState {
+    conns: Vec<PooledConn>,
+    connecting: usize,
+}
+
+struct Pool {
+    state: Mutex<PoolState>,
+    freed: Arc<Notify>,
+    handshakes: Semaphore,
+    limits: PoolLimits,
+}
+
+/// The right to run one channel on a pooled connection; dropping it frees the room.
+pub struct ChannelLease {
+    /// The connection (a cheap clone).
+    pub client: Client,
+    in_use: Arc<AtomicUsize>,
+    freed: Arc<Notify>,
+}
+
+impl std::fmt::Debug for ChannelLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelLease").finish_non_exhaustive()
+    }
+}
+
+impl Drop for ChannelLease {
+    fn drop(&mut self) {
+        self.in_use.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_waiters();
+    }
+}
+
+/// The actor of one server.
+pub struct HostActor {
+    server_id: uuid::Uuid,
+    store: Store,
+    opts: SshOptions,
+    slots: Arc<Semaphore>,
+    pool: Arc<Pool>,
+}
+
+impl HostActor {
+    /// A host actor for `server_id`, running at most `max_jobs` jobs at once.
+    pub fn new(
+        server_id: uuid::Uuid,
+        max_jobs: usize,
+        store: Store,
+        opts: SshOptions,
+        limits: PoolLimits,
+    ) -> Self {
+        Self {
+            server_id,
+            store,
+            opts,
+            slots: Arc::new(Semaphore::new(max_jobs.max(1))),
+            pool: Arc::new(Pool {
+                state: Mutex::new(PoolState::default()),
+                freed: Arc::new(Notify::new()),
+                handshakes: Semaphore::new(4),
+                limits,
+            }),
+        }
+    }
+}
+
+impl Actor for HostActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let pool = self.pool.clone();
+        let every = (pool.limits.idle / 2).max(Duration::from_secs(1));
+        ctx.run_interval(every, move |act, ctx| {
+            let pool = pool.clone();
+            ctx.spawn(
+                async move {
+                    let mut st = pool.state.lock().await;
+                    let idle = pool.limits.idle;
+                    st.conns.retain(|c| {
+                        let unused = c.in_use.load(Ordering::Acquire) == 0;
+                        let keep =
+                            !(c.client.is_closed() || unused && c.last_used.elapsed() > idle);
+                        if !keep && unused {
+                            let client = c.client.clone();
+                            tokio::spawn(async move {
+                                let _ = client.disconnect().await;
+                            });
+                        }
+                        keep
+                    });
+                }
+                .into_actor(act),
+            );
+        });
+    }
+}
+
+impl Handler<AcquireSlot> for HostActor {
+    type Result = ResponseFuture<Result<OwnedSemaphorePermit, SshError>>;
+
+    fn handle(&mut self, _: AcquireSlot, _: &mut Self::Context) -> Self::Result {
+        let slots = self.slots.clone();
+        Box::pin(async move {
+            slots.acquire_owned().await.map_err(|_| SshError::Protocol {
+                addr: String::new(),
+                reason: "the server's job slots are closed".into(),
+            })
+        })
+    }
+}
+
+impl Handler<Checkout> for HostActor {
+    type Result = ResponseFuture<Result<ChannelLease, SshError>>;
+
+    fn handle(&mut self, _: Checkout, _: &mut Self::Context) -> Self::Result {
+        let pool = self.pool.clone();
+        let store = self.store.clone();
+        let opts = self.opts.clone();
+        let id = self.server_id;
+        Box::pin(async move { checkout(pool, store, opts, id).await })
+    }
+}
+
+async fn checkout(
+    pool: Arc<Pool>,
+    store: Store,
+    opts: SshOptions,
+    id: uuid::Uuid,
+) -> Result<ChannelLease, SshError> {
+    loop {
+        let freed = pool.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        {
+            let mut st = pool.state.lock().await;
+            st.conns.retain(|c| !c.client.is_closed());
+            let cap = pool.limits.channels_per_connection.max(1);
+            if let Some(c) = st
+                .conns
+                .iter_mut()
+                .filter(|c| c.in_use.load(Ordering::Acquire) < cap)
+                .min_by_key(|c| c.in_use.load(Ordering::Acquire))
+            {
+                c.in_use.fetch_add(1, Ordering::AcqRel);
+                c.last_used = Instant::now();
+                return Ok(ChannelLease {
+                    client: c.client.clone(),
+                    in_use: c.in_use.clone(),
+                    freed: pool.freed.clone(),
+                });
+            }
+            if st.conns.len() + st.connecting < pool.limits.max_connections.max(1) {
+                st.connecting += 1;
+                drop(st);
+                let made = connect_new(&pool, &store, &opts, id).await;
+                let mut st = pool.state.lock().await;
+                st.connecting -= 1;
+                let client = made?;
+                let in_use = Arc::new(AtomicUsize::new(1));
+                st.conns.push(PooledConn {
+                    client: client.clone(),
+                    in_use: in_use.clone(),
+                    last_used: Instant::now(),
+                });
+                pool.freed.notify_waiters();
+                return Ok(ChannelLease {
+                    client,
+                    in_use,
+                    freed: pool.freed.clone(),
+                });
+            }
+        }
+        // Full: wait for a lease to be returned or a connection to be made.
+        let _ = tokio::time::timeout(Duration::from_millis(500), freed).await;
+    }
+}
+
+async fn connect_new(
+    pool: &Pool,
+    store: &Store,
+    opts: &SshOptions,
+    id: uuid::Uuid,
+) -> Result<Client, SshError> {
+    let _handshake = pool
+        .handshakes
+        .acquire()
+        .await
+        .map_err(|_| SshError::Protocol {
+            addr: String::new(),
+            reason: "the connection pool is closed".into(),
+        })?;
+    // Read the server afresh: credentials or the pinned key may have changed.
+    let row = store.get_server(id).await.map_err(|e| match e {
+        StoreError::NotFound => SshError::BadKey(format!("server {id} no longer exists")),
+        other => SshError::Protocol {
+            addr: String::new(),
+            reason: format!("cannot read the server record: {other}"),
+        },
+    })?;
+    let draft = row.to_draft();
+    let target = SshTarget::from_server(&draft)?;
+    let conn = ssh::connect(&target, opts).await?;
+    if draft.host_key.is_none()
+        && draft.host_key_check == HostKeyCheck::Tofu
+        && let Ok(line) = conn.host_key.to_openssh()
+    {
+        let line = line
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        if let Ok(true) = store.pin_host_key(id, line).await {
+            tracing::info!(server_id = %id, fingerprint = %ssh::fingerprint(&conn.host_key), "host key pinned on first use");
+        }
+    }
+    tracing::debug!(server_id = %id, "SSH connection opened");
+    Ok(conn.client)
+}

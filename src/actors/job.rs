@@ -1,0 +1,326 @@
+//! `JobActor`: one per running job. Owns the job's SSH channel (through a lease from its
+//! host), its cancellation token, its timeout and the output writer. Whatever happens inside
+//! — a lost connection, an error, a panic — the job ends in a terminal status with an
+//! `error` that says why; actix does not catch panics for us, so the run future is wrapped
+//! in `catch_unwind` and a panic becomes `failed`.
+//!
+//! ```text
+//! started ─▶ lease a channel (retry connects, bounded) ─▶ exec ─▶ Started{pgid} ─▶ output…
+//!    │ cancel / timeout at any point: before the command started → end at once;
+//!    │ after → TERM the group, KILL after the grace, over a fresh channel
+//!    ▼
+//! finish (conditional update) ─▶ status event ─▶ JobEnded to the dispatcher ─▶ stop
+//! ```
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures::FutureExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use super::host::HostActor;
+use super::messages::{CancelJob, Checkout, JobEnded, StopReason};
+use super::output;
+use crate::domain::{JobKind, JobStatus};
+use crate::events::{EventBus, JobEvent};
+use crate::settings::JobSettings;
+use crate::ssh::exec::{self, ExecEnd, RemoteJob, RemoteWork};
+use crate::store::{Finish, JobRow, Store};
+
+/// What a job actor needs from its process.
+#[derive(Clone)]
+pub struct JobDeps {
+    /// The database.
+    pub store: Store,
+    /// The event bus.
+    pub events: EventBus,
+    /// `[jobs]` settings.
+    pub jobs: Arc<JobSettings>,
+}
+
+/// The actor of one running job.
+pub struct JobActor {
+    row: Option<JobRow>,
+    deps: JobDeps,
+    host: Addr<HostActor>,
+    dispatcher: Recipient<JobEnded>,
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl JobActor {
+    /// An actor for the claimed job `row`, holding its host slot `permit`.
+    pub fn new(
+        row: JobRow,
+        deps: JobDeps,
+        host: Addr<HostActor>,
+        dispatcher: Recipient<JobEnded>,
+        parent: &CancellationToken,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        Self {
+            row: Some(row),
+            deps,
+            host,
+            dispatcher,
+            cancel: parent.child_token(),
+            reason: Arc::new(Mutex::new(None)),
+            permit: Some(permit),
+        }
+    }
+}
+
+impl Actor for JobActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let Some(row) = self.row.take() else {
+            ctx.stop();
+            return;
+        };
+        let id = row.id.clone();
+        let deps = self.deps.clone();
+        let ctx_run = RunCtx {
+            host: self.host.clone(),
+            cancel: self.cancel.clone(),
+            reason: self.reason.clone(),
+            deps: deps.clone(),
+        };
+        let fut = async move {
+            let finish = match AssertUnwindSafe(run(row, ctx_run)).catch_unwind().await {
+                Ok(finish) => finish,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    tracing::error!(job_id = %id, panic = %what, "job supervisor panicked");
+                    Finish {
+                        status: JobStatus::Failed,
+                        exit_code: None,
+                        error: Some(format!(
+                            "internal error: the job's supervisor failed ({what})"
+                        )),
+                    }
+                }
+            };
+            record(&deps, id.clone(), finish).await;
+            id
+        };
+        ctx.spawn(fut.into_actor(self).map(|id, act, ctx| {
+            act.permit.take();
+            act.dispatcher.do_send(JobEnded(id));
+            ctx.stop();
+        }));
+    }
+}
+
+impl Handler<CancelJob> for JobActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CancelJob, _: &mut Self::Context) {
+        if let Ok(mut r) = self.reason.lock() {
+            r.get_or_insert(msg.reason);
+        }
+        self.cancel.cancel();
+    }
+}
+
+/// Store the end (if the job may still reach it) and publish it.
+async fn record(deps: &JobDeps, id: String, finish: Finish) {
+    let status = finish.status;
+    let mut tries = 0;
+    loop {
+        match deps.store.finish_job(id.clone(), finish.clone()).await {
+            Ok(Some(row)) => {
+                tracing::info!(job_id = %id, status = %status, exit_code = ?row.exit_code, "job finished");
+                deps.events.publish(JobEvent::Status(Arc::new(row)));
+                return;
+            }
+            Ok(None) => {
+                tracing::warn!(job_id = %id, status = %status, "job had already ended elsewhere");
+                return;
+            }
+            Err(e) if tries < 20 => {
+                tries += 1;
+                tracing::warn!(job_id = %id, error = %e, "cannot record the job's end yet; retrying");
+                tokio::time::sleep(Duration::from_millis(250 * tries)).await;
+            }
+            Err(e) => {
+                tracing::error!(job_id = %id, error = %e, "cannot record the job's end; the lease reaper will");
+                return;
+            }
+        }
+    }
+}
+
+struct RunCtx {
+    host: Addr<HostActor>,
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+    deps: JobDeps,
+}
+
+impl RunCtx {
+    fn stop_reason(&self) -> StopReason {
+        self.reason
+            .lock()
+            .ok()
+            .and_then(|r| *r)
+            .unwrap_or(StopReason::Canceled)
+    }
+
+    fn stopped(&self, started: bool) -> Finish {
+        let when = if started { "" } else { " before it started" };
+        match self.stop_reason() {
+            StopReason::Canceled => Finish {
+                status: JobStatus::Canceled,
+                exit_code: None,
+                error: Some(format!("canceled by request{when}")),
+            },
+            StopReason::Shutdown => Finish {
+                status: JobStatus::Canceled,
+                exit_code: None,
+                error: Some(format!("canceled: the worker shut down{when}")),
+            },
+        }
+    }
+}
+
+fn failed(error: impl Into<String>) -> Finish {
+    Finish {
+        status: JobStatus::Failed,
+        exit_code: None,
+        error: Some(error.into()),
+    }
+}
+
+fn remote_job(row: &JobRow) -> RemoteJob {
+    let spec = row.spec();
+    let work = match spec.kind {
+        JobKind::Command => RemoteWork::Command {
+            line: spec.command_line(),
+        },
+        JobKind::Script => RemoteWork::Script {
+            shell: spec
+                .shell
+                .clone()
+                .unwrap_or_else(|| crate::domain::DEFAULT_SHELL.into()),
+            script: spec.script.clone().unwrap_or_default().into_bytes(),
+            args: spec.args.clone().unwrap_or_default(),
+        },
+    };
+    RemoteJob {
+        work,
+        env: spec.env,
+        cwd: spec.cwd,
+    }
+}
+
+async fn run(row: JobRow, cx: RunCtx) -> Finish {
+    let settings = cx.deps.jobs.clone();
+    let job = remote_job(&row);
+    if let Err(e) = exec::build(&job) {
+        return failed(format!("the job cannot be run: {e}"));
+    }
+    let timeout = Duration::from_secs(u64::try_from(row.timeout_secs).unwrap_or(1).max(1));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let timed_out = || Finish {
+        status: JobStatus::TimedOut,
+        exit_code: None,
+        error: Some(format!("timed out after {}s", timeout.as_secs())),
+    };
+
+    // Connect (bounded retries: nothing has run yet) and open a channel.
+    let mut attempt = 0;
+    let (lease, channel) = loop {
+        attempt += 1;
+        let got = tokio::select! {
+            _ = cx.cancel.cancelled() => return cx.stopped(false),
+            _ = tokio::time::sleep_until(deadline) => return timed_out(),
+            got = async {
+                let lease = cx.host.send(Checkout).await.map_err(|e| crate::ssh::SshError::Protocol {
+                    addr: String::new(),
+                    reason: format!("host actor unavailable: {e}"),
+                })??;
+                let channel = exec::open_channel(&lease.client).await?;
+                Ok::<_, crate::ssh::SshError>((lease, channel))
+            } => got,
+        };
+        match got {
+            Ok(pair) => break pair,
+            Err(e) if attempt < settings.connect_attempts.max(1) => {
+                tracing::warn!(job_id = %row.id, attempt, error = %e, "connection failed before the command started; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            Err(e) => return failed(e.to_string()),
+        }
+    };
+
+    let (tx, mut group, writer) = output::spawn(
+        row.id.clone(),
+        cx.deps.store.clone(),
+        cx.deps.events.clone(),
+        settings.output_cap_bytes,
+    );
+    // Boxed so it can be dropped early: dropping it closes the channel and the writer's input.
+    let mut exec_run = Box::pin(exec::run(channel, &job, tx));
+    enum Outcome {
+        Ran(Result<ExecEnd, crate::ssh::SshError>),
+        Stop(Option<Finish>),
+    }
+    let outcome = tokio::select! {
+        r = &mut exec_run => Outcome::Ran(r),
+        _ = cx.cancel.cancelled() => Outcome::Stop(None),
+        _ = tokio::time::sleep_until(deadline) => Outcome::Stop(Some(timed_out())),
+    };
+    let finish = match outcome {
+        Outcome::Ran(Ok(ExecEnd::Exited(0))) => Finish {
+            status: JobStatus::Completed,
+            exit_code: Some(0),
+            error: None,
+        },
+        Outcome::Ran(Ok(ExecEnd::Exited(code))) => Finish {
+            status: JobStatus::Failed,
+            exit_code: Some(code),
+            error: Some(format!("the command exited with status {code}")),
+        },
+        Outcome::Ran(Ok(ExecEnd::Signaled(sig))) => {
+            failed(format!("the command was killed by signal {sig}"))
+        }
+        Outcome::Ran(Err(e)) => failed(e.to_string()),
+        Outcome::Stop(timeout_finish) => {
+            let grace = Duration::from_secs(settings.kill_grace_secs);
+            let known = group.borrow_and_update().clone();
+            let started = known.is_some();
+            if let Some(g) = known
+                && let Err(e) =
+                    exec::kill_group(&lease.client, g.pgid, grace, g.tmpfile.as_deref()).await
+            {
+                tracing::warn!(job_id = %row.id, error = %e, "could not kill the remote process group");
+            }
+            // Let the channel report the end; a channel still open then is dropped (closed).
+            let _ = tokio::time::timeout(grace + Duration::from_secs(5), &mut exec_run).await;
+            match timeout_finish {
+                Some(f) => f,
+                None => cx.stopped(started),
+            }
+        }
+    };
+    drop(exec_run);
+    drop(lease);
+    let report = writer.await.unwrap_or_default();
+    if let Some(e) = report.store_error
+        && finish.status == JobStatus::Completed
+    {
+        return failed(format!(
+            "the command succeeded but its output could not be stored: {e}"
+        ));
+    }
+    finish
+}

@@ -1,0 +1,247 @@
+//! The output writer of one job: takes chunks as they come off the SSH channel, numbers them
+//! (stdout and stderr share one sequence), publishes each at once on the event bus, and
+//! stores them in batches — one database round trip per batch, never one per chunk, and
+//! never inline: a flush runs beside the reader, so a slow database cannot stall the SSH
+//! connection (whose channels would all block behind an undrained one).
+//!
+//! Past the job's output cap the head is kept as stored, the newest chunks are kept in a
+//! bounded tail, and at the end a marker chunk stands where the middle was dropped. Memory
+//! stays bounded by the tail (half the cap) plus one batch.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::domain::{Micros, OutputStream};
+use crate::events::{EventBus, JobEvent};
+use crate::ssh::exec::ExecEvent;
+use crate::store::{ChunkRow, Store};
+
+/// Where the remote job runs, once known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteGroup {
+    /// Process group id.
+    pub pgid: i64,
+    /// Temporary script file, for script jobs.
+    pub tmpfile: Option<String>,
+}
+
+/// What the writer saw, when it is done.
+#[derive(Debug, Clone, Default)]
+pub struct WriterReport {
+    /// Bytes received.
+    pub bytes: u64,
+    /// The cap cut the output.
+    pub truncated: bool,
+    /// A database write failed (the job's output is incomplete).
+    pub store_error: Option<String>,
+}
+
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+const FLUSH_BYTES: usize = 256 * 1024;
+
+/// Start the writer of `job_id`. Returns the sender to give to the SSH reader, a watch that
+/// gets the remote group as soon as it is known, and the task to await for the report.
+pub fn spawn(
+    job_id: String,
+    store: Store,
+    events: EventBus,
+    cap_bytes: u64,
+) -> (
+    mpsc::Sender<ExecEvent>,
+    watch::Receiver<Option<RemoteGroup>>,
+    JoinHandle<WriterReport>,
+) {
+    let (tx, rx) = mpsc::channel(1024);
+    let (group_tx, group_rx) = watch::channel(None);
+    let task = tokio::spawn(run(job_id, store, events, cap_bytes, rx, group_tx));
+    (tx, group_rx, task)
+}
+
+struct State {
+    job_id: String,
+    job_key: Arc<str>,
+    store: Store,
+    seq: i64,
+    batch: Vec<ChunkRow>,
+    batch_bytes: usize,
+    stored_bytes: u64,
+    head_limit: u64,
+    tail_limit: u64,
+    tail: VecDeque<ChunkRow>,
+    tail_bytes: u64,
+    first_dropped_seq: Option<i64>,
+    in_flight: Option<JoinHandle<Result<(), String>>>,
+    report: WriterReport,
+}
+
+impl State {
+    fn take(&mut self, stream: OutputStream, data: Vec<u8>, events: &EventBus) {
+        let seq = self.seq;
+        self.seq += 1;
+        let at = Micros::now().0;
+        let len = data.len() as u64;
+        self.report.bytes += len;
+        let data: Arc<[u8]> = data.into();
+        events.publish(JobEvent::Output {
+            job_id: self.job_key.clone(),
+            seq,
+            stream,
+            data: data.clone(),
+            at,
+        });
+        let row = ChunkRow {
+            job_id: self.job_id.clone(),
+            seq,
+            stream: stream.code(),
+            data: data.to_vec(),
+            at,
+        };
+        if self.first_dropped_seq.is_none() && self.stored_bytes + len <= self.head_limit {
+            self.stored_bytes += len;
+            self.batch_bytes += row.data.len();
+            self.batch.push(row);
+            return;
+        }
+        // Past the head: keep a bounded tail, drop from the middle.
+        self.first_dropped_seq.get_or_insert(seq);
+        self.tail_bytes += len;
+        self.tail.push_back(row);
+        while self.tail_bytes > self.tail_limit {
+            match self.tail.pop_front() {
+                Some(old) => self.tail_bytes -= old.data.len() as u64,
+                None => break,
+            }
+        }
+    }
+
+    fn reap_flush(&mut self) {
+        if let Some(handle) = &self.in_flight
+            && handle.is_finished()
+            && let Some(handle) = self.in_flight.take()
+        {
+            match futures::FutureExt::now_or_never(handle) {
+                Some(Ok(Err(e))) => self.report.store_error = Some(e),
+                Some(Err(e)) => self.report.store_error = Some(e.to_string()),
+                _ => {}
+            }
+        }
+    }
+
+    /// Start a flush if there is something to write and none is in flight.
+    fn maybe_flush(&mut self) {
+        self.reap_flush();
+        if self.batch.is_empty() || self.in_flight.is_some() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let store = self.store.clone();
+        let id = self.job_id.clone();
+        self.in_flight = Some(tokio::spawn(async move {
+            store
+                .append_output(id, batch, false)
+                .await
+                .map_err(|e| e.to_string())
+        }));
+    }
+
+    async fn finish(mut self) -> WriterReport {
+        if let Some(handle) = self.in_flight.take() {
+            match handle.await {
+                Ok(Err(e)) => self.report.store_error = Some(e),
+                Err(e) => self.report.store_error = Some(e.to_string()),
+                Ok(Ok(())) => {}
+            }
+        }
+        let mut rows = std::mem::take(&mut self.batch);
+        if let Some(first) = self.first_dropped_seq {
+            // The head is stored; what is not in the tail was dropped from the middle.
+            let omitted = self.report.bytes - self.stored_bytes - self.tail_bytes;
+            if omitted > 0 {
+                self.report.truncated = true;
+                let marker = format!(
+                    "\n[job-executor: output over the cap; {omitted} bytes omitted here]\n"
+                );
+                // The marker takes the number of the first dropped chunk (never in the tail).
+                rows.push(ChunkRow {
+                    job_id: self.job_id.clone(),
+                    seq: first,
+                    stream: OutputStream::Stderr.code(),
+                    data: marker.into_bytes(),
+                    at: Micros::now().0,
+                });
+            }
+            rows.extend(self.tail.drain(..));
+        }
+        if (!rows.is_empty() || self.report.truncated)
+            && let Err(e) = self
+                .store
+                .append_output(self.job_id.clone(), rows, self.report.truncated)
+                .await
+        {
+            self.report.store_error = Some(e.to_string());
+        }
+        if let Some(e) = &self.report.store_error {
+            tracing::error!(job_id = %self.job_id, error = %e, "output could not be stored in full");
+        }
+        self.report
+    }
+}
+
+async fn run(
+    job_id: String,
+    store: Store,
+    events: EventBus,
+    cap_bytes: u64,
+    mut rx: mpsc::Receiver<ExecEvent>,
+    group: watch::Sender<Option<RemoteGroup>>,
+) -> WriterReport {
+    let head_limit = cap_bytes / 2;
+    let mut st = State {
+        job_key: Arc::from(job_id.as_str()),
+        job_id,
+        store,
+        seq: 0,
+        batch: Vec::new(),
+        batch_bytes: 0,
+        stored_bytes: 0,
+        head_limit,
+        tail_limit: cap_bytes - head_limit,
+        tail: VecDeque::new(),
+        tail_bytes: 0,
+        first_dropped_seq: None,
+        in_flight: None,
+        report: WriterReport::default(),
+    };
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                None => break,
+                Some(ExecEvent::Started { pgid, tmpfile }) => {
+                    let _ = group.send(Some(RemoteGroup { pgid, tmpfile }));
+                    let store = st.store.clone();
+                    let id = st.job_id.clone();
+                    tokio::spawn(async move {
+                        let _ = store.set_remote_pgid(id, pgid).await;
+                    });
+                }
+                Some(ExecEvent::Stdout(data)) => {
+                    st.take(OutputStream::Stdout, data, &events);
+                    if st.batch_bytes >= FLUSH_BYTES { st.maybe_flush(); }
+                }
+                Some(ExecEvent::Stderr(data)) => {
+                    st.take(OutputStream::Stderr, data, &events);
+                    if st.batch_bytes >= FLUSH_BYTES { st.maybe_flush(); }
+                }
+            },
+            _ = tick.tick() => st.maybe_flush(),
+        }
+    }
+    st.finish().await
+}

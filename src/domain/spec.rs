@@ -1,0 +1,346 @@
+//! Job submissions: what users send, and its validation into a [`JobSpec`].
+
+use std::collections::BTreeMap;
+
+use super::{FieldError, JobKind};
+
+/// A command or script submission as sent (`POST /jobs`, `POST /jobs/script`).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct JobRequest {
+    /// Command jobs: the program (the seed's `command`).
+    pub command: Option<String>,
+    /// Script jobs: the script text.
+    pub script: Option<String>,
+    /// Arguments: appended to the command line, or the script's `$1…`.
+    pub args: Option<String>,
+    /// Target server id; omitted means the default server, when one is configured.
+    pub server_id: Option<String>,
+    /// Seconds before the job is stopped and ends `timed_out`.
+    pub timeout: Option<i64>,
+    /// Script jobs: the interpreter (absolute path); default `/bin/bash`.
+    pub shell: Option<String>,
+    /// Environment variables for the remote command.
+    pub env: Option<BTreeMap<String, String>>,
+    /// Working directory on the remote host.
+    pub cwd: Option<String>,
+    /// A second submit with the same key returns the first job.
+    pub idempotency_key: Option<String>,
+    /// Whether the job may be re-run when its worker is lost mid-run (off by default).
+    pub retry_safe: Option<bool>,
+}
+
+/// Bounds that validation enforces, from settings.
+#[derive(Debug, Clone)]
+pub struct JobLimits {
+    /// `timeout` when omitted.
+    pub default_timeout_secs: i64,
+    /// Largest `timeout` accepted.
+    pub max_timeout_secs: i64,
+    /// Largest script, in bytes.
+    pub max_script_bytes: usize,
+    /// Longest command line (command + args), in bytes.
+    pub max_command_bytes: usize,
+    /// Most `env` entries.
+    pub max_env_entries: usize,
+}
+
+/// A validated job, ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    /// Command or script.
+    pub kind: JobKind,
+    /// The program, for command jobs.
+    pub command: Option<String>,
+    /// Arguments.
+    pub args: Option<String>,
+    /// The script, for script jobs.
+    pub script: Option<String>,
+    /// The interpreter, for script jobs.
+    pub shell: Option<String>,
+    /// Seconds allowed.
+    pub timeout_secs: i64,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Safe to re-run after a lost worker.
+    pub retry_safe: bool,
+}
+
+/// Default interpreter of script jobs (the seed's).
+pub const DEFAULT_SHELL: &str = "/bin/bash";
+
+/// `NAME` of an environment variable: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// An interpreter path: absolute, no spaces or shell metacharacters.
+pub fn valid_shell(shell: &str) -> bool {
+    shell.starts_with('/')
+        && shell.len() <= 256
+        && shell
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+'))
+}
+
+impl JobSpec {
+    /// Validate a submission of `kind`.
+    pub fn from_request(
+        kind: JobKind,
+        req: JobRequest,
+        limits: &JobLimits,
+    ) -> Result<JobSpec, FieldError> {
+        let (command, script, shell) = match kind {
+            JobKind::Command => {
+                if req.script.is_some() {
+                    return Err(FieldError::new(
+                        "script",
+                        "belongs to POST /jobs/script, not to a command job",
+                    ));
+                }
+                let command = req
+                    .command
+                    .filter(|c| !c.trim().is_empty())
+                    .ok_or_else(|| {
+                        FieldError::new("command", "is required and must not be empty")
+                    })?;
+                let len = command.len() + req.args.as_ref().map_or(0, |a| a.len() + 1);
+                if len > limits.max_command_bytes {
+                    return Err(FieldError::new(
+                        "command",
+                        format!(
+                            "the command line is {len} bytes; at most {} are accepted",
+                            limits.max_command_bytes
+                        ),
+                    ));
+                }
+                if command.contains('\0') || req.args.as_ref().is_some_and(|a| a.contains('\0')) {
+                    return Err(FieldError::new("command", "must not contain NUL bytes"));
+                }
+                if req.shell.is_some() {
+                    return Err(FieldError::new("shell", "applies to script jobs only"));
+                }
+                (Some(command), None, None)
+            }
+            JobKind::Script => {
+                if req.command.is_some() {
+                    return Err(FieldError::new(
+                        "command",
+                        "belongs to POST /jobs, not to a script job",
+                    ));
+                }
+                let script = req.script.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+                    FieldError::new("script", "is required and must not be empty")
+                })?;
+                if script.len() > limits.max_script_bytes {
+                    return Err(FieldError::new(
+                        "script",
+                        format!(
+                            "is {} bytes; at most {} are accepted",
+                            script.len(),
+                            limits.max_script_bytes
+                        ),
+                    ));
+                }
+                let shell = req.shell.unwrap_or_else(|| DEFAULT_SHELL.to_string());
+                if !valid_shell(&shell) {
+                    return Err(FieldError::new(
+                        "shell",
+                        format!("{shell:?} is not an absolute interpreter path"),
+                    ));
+                }
+                if req
+                    .args
+                    .as_ref()
+                    .is_some_and(|a| a.len() > limits.max_command_bytes || a.contains('\0'))
+                {
+                    return Err(FieldError::new("args", "is too long or contains NUL bytes"));
+                }
+                (None, Some(script), Some(shell))
+            }
+        };
+        let timeout_secs = match req.timeout {
+            None | Some(0) => limits.default_timeout_secs,
+            Some(t) if t < 0 || t > limits.max_timeout_secs => {
+                return Err(FieldError::new(
+                    "timeout",
+                    format!(
+                        "{t} is out of range (1-{} seconds)",
+                        limits.max_timeout_secs
+                    ),
+                ));
+            }
+            Some(t) => t,
+        };
+        let env = req.env.unwrap_or_default();
+        if env.len() > limits.max_env_entries {
+            return Err(FieldError::new(
+                "env",
+                format!(
+                    "has {} entries; at most {} are accepted",
+                    env.len(),
+                    limits.max_env_entries
+                ),
+            ));
+        }
+        if let Some(bad) = env.keys().find(|k| !valid_env_name(k)) {
+            return Err(FieldError::new(
+                "env",
+                format!("{bad:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+            ));
+        }
+        if env.values().any(|v| v.contains('\0')) {
+            return Err(FieldError::new("env", "values must not contain NUL bytes"));
+        }
+        let cwd = req.cwd.filter(|c| !c.is_empty());
+        if cwd
+            .as_ref()
+            .is_some_and(|c| c.contains('\0') || c.len() > 4096)
+        {
+            return Err(FieldError::new("cwd", "is too long or contains NUL bytes"));
+        }
+        let idempotency_key = req.idempotency_key.filter(|k| !k.is_empty());
+        if idempotency_key.as_ref().is_some_and(|k| k.len() > 256) {
+            return Err(FieldError::new(
+                "idempotency_key",
+                "is longer than 256 characters",
+            ));
+        }
+        Ok(JobSpec {
+            kind,
+            command,
+            args: req.args.filter(|a| !a.is_empty()),
+            script,
+            shell,
+            timeout_secs,
+            env,
+            cwd,
+            idempotency_key,
+            retry_safe: req.retry_safe.unwrap_or(false),
+        })
+    }
+
+    /// The command line a command job runs: `command args`.
+    pub fn command_line(&self) -> String {
+        match (&self.command, &self.args) {
+            (Some(c), Some(a)) => format!("{c} {a}"),
+            (Some(c), None) => c.clone(),
+            _ => String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> JobLimits {
+        JobLimits {
+            default_timeout_secs: 3600,
+            max_timeout_secs: 86400,
+            max_script_bytes: 1000,
+            max_command_bytes: 100,
+            max_env_entries: 2,
+        }
+    }
+
+    fn cmd(f: impl FnOnce(&mut JobRequest)) -> Result<JobSpec, FieldError> {
+        let mut r = JobRequest {
+            command: Some("ls".into()),
+            args: Some("-la".into()),
+            ..Default::default()
+        };
+        f(&mut r);
+        JobSpec::from_request(JobKind::Command, r, &limits())
+    }
+
+    #[test]
+    fn command_defaults() {
+        let s = cmd(|_| {}).unwrap();
+        assert_eq!(s.timeout_secs, 3600);
+        assert_eq!(s.command_line(), "ls -la");
+        assert!(!s.retry_safe);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let cases: Vec<(Result<JobSpec, FieldError>, &str)> = vec![
+            (cmd(|r| r.command = None), "command"),
+            (cmd(|r| r.command = Some("  ".into())), "command"),
+            (cmd(|r| r.command = Some("x".repeat(200))), "command"),
+            (cmd(|r| r.timeout = Some(-5)), "timeout"),
+            (cmd(|r| r.timeout = Some(100_000)), "timeout"),
+            (
+                cmd(|r| r.env = Some([("1BAD".to_string(), "v".to_string())].into())),
+                "env",
+            ),
+            (
+                cmd(|r| r.env = Some((0..3).map(|i| (format!("V{i}"), String::new())).collect())),
+                "env",
+            ),
+            (cmd(|r| r.shell = Some("/bin/sh".into())), "shell"),
+            (cmd(|r| r.script = Some("echo".into())), "script"),
+        ];
+        for (res, field) in cases {
+            assert_eq!(res.unwrap_err().field, field);
+        }
+    }
+
+    #[test]
+    fn scripts() {
+        let ok = JobSpec::from_request(
+            JobKind::Script,
+            JobRequest {
+                script: Some("echo hi".into()),
+                ..Default::default()
+            },
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(ok.shell.as_deref(), Some(DEFAULT_SHELL));
+        for (req, field) in [
+            (
+                JobRequest {
+                    script: None,
+                    ..Default::default()
+                },
+                "script",
+            ),
+            (
+                JobRequest {
+                    script: Some("x".repeat(2000)),
+                    ..Default::default()
+                },
+                "script",
+            ),
+            (
+                JobRequest {
+                    script: Some("x".into()),
+                    shell: Some("bash".into()),
+                    ..Default::default()
+                },
+                "shell",
+            ),
+            (
+                JobRequest {
+                    script: Some("x".into()),
+                    shell: Some("/bin/sh; rm".into()),
+                    ..Default::default()
+                },
+                "shell",
+            ),
+        ] {
+            assert_eq!(
+                JobSpec::from_request(JobKind::Script, req, &limits())
+                    .unwrap_err()
+                    .field,
+                field
+            );
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The queue: how "job X is ready" travels from the API to a worker.
+//!
+//! The database is the truth; the queue only carries job ids, so losing a message delays a
+//! job but never loses it (queued rows are re-published at start). [`JobQueue`] is the
+//! seam where RabbitMQ slots in beside the in-memory queue of `serve`.
+
+use std::sync::Mutex;
+
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+#[error("queue unavailable: {0}")]
+pub struct QueueError(pub String);
+
+/// A queue of ready job ids.
+pub trait JobQueue: Send + Sync + 'static {
+    /// `memory` or `rabbitmq`, for `/health`.
+    fn kind(&self) -> &'static str;
+    /// Announce that a job is ready.
+    fn publish(&self, job_id: String) -> BoxFuture<'_, Result<(), QueueError>>;
+    /// The consumer side: job ids as they become ready. Taken once, by the dispatcher.
+    fn take_consumer(&self) -> Option<mpsc::UnboundedReceiver<String>>;
+}
+
+/// The in-process queue of `serve`.
+#[derive(Debug)]
+pub struct MemoryQueue {
+    tx: mpsc::UnboundedSender<String>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+}
+
+impl Default for MemoryQueue {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
+}
+
+impl JobQueue for MemoryQueue {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn publish(&self, job_id: String) -> BoxFuture<'_, Result<(), QueueError>> {
+        let sent = self
+            .tx
+            .send(job_id)
+            .map_err(|_| QueueError("the in-memory queue is closed".into()));
+        Box::pin(async move { sent })
+    }
+
+    fn take_consumer(&self) -> Option<mpsc::UnboundedReceiver<String>> {
+        self.rx.lock().ok().and_then(|mut rx| rx.take())
+    }
+}

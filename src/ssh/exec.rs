@@ -1,0 +1,818 @@
+//! Running one job on a remote host over an SSH session channel, and stopping it.
+//!
+//! # The bootstrap
+//!
+//! Every job runs as a fixed `/bin/sh` bootstrap ([`build`]) that, before any of the user's
+//! code runs:
+//!
+//! 1. (scripts only) makes a private temporary file (`mktemp`, mode 0600);
+//! 2. prints one preamble line on stdout: `JOBEXEC <pgid> [<tmpfile>]`, where `<pgid>` is the
+//!    shell's own pid (`$$`): sshd makes the shell of every exec channel a session and
+//!    process-group leader, so that is the id of the job's process group;
+//! 3. waits on a gate: `IFS= read -r _gate` reads one line from stdin.
+//!
+//! [`run`] reads and strips the preamble, emits [`ExecEvent::Started`], and only then writes
+//! the gate line (for scripts followed by exactly the script's bytes, which `head -c` copies
+//! into the temporary file) and EOF. The caller therefore knows the process group, and can
+//! kill it ([`kill_group`]), before the user's code starts; a job whose connection fails
+//! before `Started` has not run anything of the user's.
+//!
+//! Commands end with `exec /bin/sh -c '<line>'`, so the user's shell keeps the pid (and the
+//! process group), its exit status is the user's own, and a syntax error in the user's line is
+//! reported by that shell (exit 2, message on stderr) instead of breaking the bootstrap.
+//! Scripts are never pasted into a command line (so they are not visible in `ps` and have no
+//! size limit): they travel over stdin into the temporary file, which `<shell>` then runs with
+//! the user's arguments; the bootstrap removes the file and exits with the script's status.
+//!
+//! Everything the user gave (command line, environment values, working directory, shell) is
+//! single-quoted; the whole bootstrap is itself passed as `exec /bin/sh -c '<bootstrap>'`, so
+//! it runs under `/bin/sh` whatever the login shell is (as long as the login shell
+//! understands POSIX single quotes, as sh, bash, dash, ksh and zsh do).
+//!
+//! # Killing
+//!
+//! The SSH `signal` request is unreliable (OpenSSH ignores it on many versions), so
+//! [`kill_group`] runs `kill` against the process group over a fresh channel: TERM, a grace
+//! period, then KILL, and it removes the script's temporary file (a KILLed bootstrap cannot).
+//!
+//! # Channels
+//!
+//! sshd refuses new session channels beyond `MaxSessions` (10 by default) per connection and may
+//! hold a slot until the session's processes are gone; [`open_channel`] retries refusals with a
+//! short backoff.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_ssh2_tokio::Client;
+use russh::client::Msg;
+use russh::{Channel, ChannelMsg, ChannelWriteHalf, Sig};
+use tokio::sync::mpsc;
+
+use super::SshError;
+
+/// What a job runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteWork {
+    /// `line` is the user's command line (the seed's `command + " " + args`), run by
+    /// `/bin/sh -c`.
+    Command {
+        /// The command line, shell syntax.
+        line: String,
+    },
+    /// A script given whole; run by `shell` (absolute path) with `args` (a string, split by
+    /// the shell into `$1`…).
+    Script {
+        /// Absolute path of the interpreter, e.g. `/bin/bash`.
+        shell: String,
+        /// The script's bytes, passed unchanged.
+        script: Vec<u8>,
+        /// Arguments, shell syntax (split, expanded and unquoted by `/bin/sh`).
+        args: String,
+    },
+}
+
+/// A job as the remote side runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJob {
+    /// What to run.
+    pub work: RemoteWork,
+    /// Extra environment variables, exported before the user's code runs.
+    pub env: BTreeMap<String, String>,
+    /// Working directory; relative paths are relative to the login directory, and `~` or
+    /// `~/…` are relative to `$HOME`. `None` keeps the login directory.
+    pub cwd: Option<String>,
+}
+
+/// What [`run`] reports while the job runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    /// The remote process group exists and the user's code has NOT started yet.
+    Started {
+        /// The job's process group id (its session leader's pid).
+        pgid: i64,
+        /// The temporary file holding a script (script jobs only); pass it to [`kill_group`].
+        tmpfile: Option<String>,
+    },
+    /// Bytes the job wrote on stdout, unchanged and unbuffered.
+    Stdout(Vec<u8>),
+    /// Bytes the job wrote on stderr, unchanged and unbuffered.
+    Stderr(Vec<u8>),
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEnd {
+    /// The job's shell exited with this status. A script whose interpreter dies of a signal
+    /// ends `Exited(128 + n)` (the bootstrap that removes its file outlives it), unless the
+    /// whole group was killed.
+    Exited(i32),
+    /// The job's shell was killed by this signal, named without `SIG` (e.g. `"TERM"`).
+    Signaled(String),
+}
+
+/// Exit status of the bootstrap when it cannot set up the job (gate closed, temporary file
+/// unusable, script truncated).
+pub const BOOTSTRAP_FAILED: i32 = 125;
+
+/// Exit status when the working directory cannot be entered.
+pub const CWD_FAILED: i32 = 126;
+
+/// First word of the preamble line.
+const PREAMBLE_TAG: &str = "JOBEXEC";
+
+/// Bytes of stdout/stderr accepted before the preamble (login-script noise) before giving up.
+const PREAMBLE_LIMIT: usize = 64 * 1024;
+
+/// Channel-open attempts, and the backoff between them.
+const OPEN_ATTEMPTS: u32 = 10;
+const OPEN_BACKOFF_FIRST: Duration = Duration::from_millis(20);
+const OPEN_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// Tenths of a second [`kill_group`] waits, after KILL, for the group to be gone.
+const POST_KILL_TENTHS: u32 = 10;
+
+/// Address used in errors of [`run`], which sees only a channel.
+const UNKNOWN_ADDR: &str = "the remote host";
+
+/// `host:port` of a client's connection, for errors.
+fn client_addr(client: &Client) -> String {
+    client.get_connection_address().to_string()
+}
+
+fn protocol(addr: &str, reason: impl Into<String>) -> SshError {
+    SshError::Protocol {
+        addr: addr.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Open a session channel, retrying refusals with backoff.
+///
+/// A refusal (`SSH_MSG_CHANNEL_OPEN_FAILURE`, e.g. sshd's `MaxSessions` reached) is retried up
+/// to 10 times, waiting 20 ms, then twice as long each time up to 500 ms (about 2.6 s in all);
+/// only then is it an error. Any other failure (the connection is gone) is returned at once.
+pub async fn open_channel(client: &Client) -> Result<Channel<Msg>, SshError> {
+    let mut delay = OPEN_BACKOFF_FIRST;
+    let mut attempt = 1;
+    loop {
+        match client.get_channel().await {
+            Ok(channel) => return Ok(channel),
+            Err(async_ssh2_tokio::Error::SshError(russh::Error::ChannelOpenFailure(why))) => {
+                if attempt >= OPEN_ATTEMPTS {
+                    return Err(protocol(
+                        &client_addr(client),
+                        format!(
+                            "the server refused a new session channel {attempt} times \
+                             (last reason: {why:?}); too many sessions on one connection?"
+                        ),
+                    ));
+                }
+                tracing::debug!(attempt, ?why, "session channel refused; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(OPEN_BACKOFF_MAX);
+                attempt += 1;
+            }
+            Err(async_ssh2_tokio::Error::SshError(e)) => {
+                return Err(super::classify_russh(&client_addr(client), e));
+            }
+            Err(e) => {
+                return Err(protocol(
+                    &client_addr(client),
+                    format!("cannot open a session channel: {e}"),
+                ));
+            }
+        }
+    }
+}
+
+/// The name of a signal as OpenSSH reports it (`TERM`, `KILL`, …).
+fn signal_name(sig: &Sig) -> String {
+    match sig {
+        Sig::ABRT => "ABRT",
+        Sig::ALRM => "ALRM",
+        Sig::FPE => "FPE",
+        Sig::HUP => "HUP",
+        Sig::ILL => "ILL",
+        Sig::INT => "INT",
+        Sig::KILL => "KILL",
+        Sig::PIPE => "PIPE",
+        Sig::QUIT => "QUIT",
+        Sig::SEGV => "SEGV",
+        Sig::TERM => "TERM",
+        Sig::USR1 => "USR1",
+        Sig::Custom(name) => name.as_str(),
+    }
+    .to_string()
+}
+
+fn exit_of(msg: &ChannelMsg) -> Option<ExecEnd> {
+    match msg {
+        ChannelMsg::ExitStatus { exit_status } => Some(ExecEnd::Exited(
+            i32::try_from(*exit_status).unwrap_or(i32::MAX),
+        )),
+        ChannelMsg::ExitSignal { signal_name: s, .. } => Some(ExecEnd::Signaled(signal_name(s))),
+        _ => None,
+    }
+}
+
+/// The write half of a channel that asks the server to close the channel if it is dropped
+/// before being disarmed: a `run` future dropped mid-way (or failing) then leaves no session
+/// behind (a bootstrap waiting on its gate gets EOF and exits).
+struct CloseOnDrop(Option<ChannelWriteHalf<Msg>>);
+
+impl CloseOnDrop {
+    fn half(&self) -> Result<&ChannelWriteHalf<Msg>, SshError> {
+        self.0
+            .as_ref()
+            .ok_or_else(|| protocol(UNKNOWN_ADDR, "the channel is already closed"))
+    }
+
+    /// The channel ended normally: nothing to close.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+
+    /// Send EOF and close now.
+    async fn close(&mut self) {
+        if let Some(half) = self.0.take() {
+            let _ = half.eof().await;
+            let _ = half.close().await;
+        }
+    }
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(half) = self.0.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = half.eof().await;
+                let _ = half.close().await;
+            });
+        }
+    }
+}
+
+/// The parsed preamble line.
+#[derive(Debug, PartialEq, Eq)]
+struct Preamble {
+    pgid: i64,
+    tmpfile: Option<String>,
+}
+
+/// Result of looking for the preamble in the stdout bytes seen so far.
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    /// No complete preamble line yet.
+    NotYet,
+    /// Found: `noise` is what came before the line (login scripts' output), `rest` what came
+    /// after it.
+    Found {
+        preamble: Preamble,
+        noise: Vec<u8>,
+        rest: Vec<u8>,
+    },
+    /// A line starting with the tag could not be parsed.
+    Malformed(String),
+}
+
+/// Find the first complete line starting with `JOBEXEC ` and parse it.
+fn scan_preamble(buf: &[u8]) -> Scan {
+    let mut start = 0;
+    while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
+        let end = start + nl;
+        let line = &buf[start..end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.starts_with(PREAMBLE_TAG.as_bytes()) {
+            return match parse_preamble(line) {
+                Some(preamble) => Scan::Found {
+                    preamble,
+                    noise: buf[..start].to_vec(),
+                    rest: buf[end + 1..].to_vec(),
+                },
+                None => Scan::Malformed(String::from_utf8_lossy(line).into_owned()),
+            };
+        }
+        start = end + 1;
+    }
+    Scan::NotYet
+}
+
+/// `JOBEXEC <pgid>` or `JOBEXEC <pgid> <tmpfile>` (the file name may contain spaces).
+fn parse_preamble(line: &[u8]) -> Option<Preamble> {
+    let line = std::str::from_utf8(line).ok()?;
+    let rest = line.strip_prefix(PREAMBLE_TAG)?.strip_prefix(' ')?;
+    let (pgid, tmpfile) = match rest.split_once(' ') {
+        Some((pgid, file)) => (pgid, Some(file)),
+        None => (rest, None),
+    };
+    if pgid.is_empty() || !pgid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let pgid: i64 = pgid.parse().ok()?;
+    if pgid <= 1 {
+        return None;
+    }
+    let tmpfile = match tmpfile {
+        Some(f) if f.starts_with('/') => Some(f.to_string()),
+        Some(_) => return None,
+        None => None,
+    };
+    Some(Preamble { pgid, tmpfile })
+}
+
+/// At most `max` characters of `bytes`, lossily decoded, for an error message.
+fn snippet(bytes: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    if text.chars().count() > max {
+        let cut: String = text.chars().take(max).collect();
+        format!("{cut}…")
+    } else {
+        text.to_string()
+    }
+}
+
+/// Send an event; a receiver that went away only means nobody listens any more: the job keeps
+/// being drained so the connection (shared with other channels) never stalls.
+async fn emit(events: &mpsc::Sender<ExecEvent>, event: ExecEvent) {
+    let _ = events.send(event).await;
+}
+
+/// Run the job on `channel`, sending events as they come. Returns when the channel closes.
+///
+/// Events: first [`ExecEvent::Started`] (before any of the user's code runs), then the job's
+/// stdout and stderr chunks as the server sends them. Output that login scripts print before
+/// the bootstrap's preamble is passed on as stdout right after `Started`.
+///
+/// Returns the job's exit status or signal once the channel has closed (a job that leaves
+/// background processes holding its output open therefore lasts until they end or are killed).
+/// Errors, all [`SshError::Protocol`]: the server refused the exec request; the bootstrap ended
+/// or sent something else before its preamble (nothing of the user's ran); the connection was
+/// lost before the command finished (it may have run, wholly or partly). A receiver of `events`
+/// that is dropped does not stop the job: its output is then discarded.
+///
+/// Events are sent as the data arrives, and `run` waits for the receiver to take them: a
+/// receiver that falls behind holds up this channel and, once russh's per-channel buffer is
+/// full, the other channels of the same connection too.
+///
+/// Dropping the returned future asks the server to close the channel; that stops a job still
+/// waiting on its gate but not one already running: use [`kill_group`] for that.
+pub async fn run(
+    channel: Channel<Msg>,
+    job: &RemoteJob,
+    events: mpsc::Sender<ExecEvent>,
+) -> Result<ExecEnd, SshError> {
+    let (line, payload) = build(job).map_err(|e| protocol(UNKNOWN_ADDR, e))?;
+    let (mut rx, tx) = channel.split();
+    let mut tx = CloseOnDrop(Some(tx));
+    if let Err(e) = tx.half()?.exec(true, line).await {
+        tx.close().await;
+        return Err(super::classify_russh(UNKNOWN_ADDR, e));
+    }
+
+    // Phase 1: up to the preamble. Nothing of the user's has run.
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let mut exit = None;
+    let found = loop {
+        let failure = match rx.wait().await {
+            Some(ChannelMsg::Data { data }) => {
+                out.extend_from_slice(&data);
+                match scan_preamble(&out) {
+                    Scan::Found {
+                        preamble,
+                        noise,
+                        rest,
+                    } => break (preamble, noise, rest),
+                    Scan::Malformed(line) => {
+                        format!("the remote bootstrap sent a malformed preamble: {line:?}")
+                    }
+                    Scan::NotYet if out.len() + err.len() > PREAMBLE_LIMIT => format!(
+                        "no preamble from the remote bootstrap after {} bytes of output",
+                        out.len() + err.len()
+                    ),
+                    Scan::NotYet => continue,
+                }
+            }
+            Some(ChannelMsg::ExtendedData { data, .. }) => {
+                err.extend_from_slice(&data);
+                if out.len() + err.len() > PREAMBLE_LIMIT {
+                    format!(
+                        "no preamble from the remote bootstrap after {} bytes of output",
+                        out.len() + err.len()
+                    )
+                } else {
+                    continue;
+                }
+            }
+            Some(ChannelMsg::Failure) => "the server refused to run the command".to_string(),
+            Some(msg @ (ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. })) => {
+                exit = exit_of(&msg);
+                continue;
+            }
+            Some(ChannelMsg::Close) | None => {
+                let mut why =
+                    String::from("the channel closed before the remote bootstrap started");
+                match &exit {
+                    Some(ExecEnd::Exited(code)) => why.push_str(&format!(" (exit status {code})")),
+                    Some(ExecEnd::Signaled(sig)) => why.push_str(&format!(" (signal {sig})")),
+                    None => {}
+                }
+                let said = snippet(&err, 300);
+                if !said.is_empty() {
+                    why.push_str(&format!(": {said}"));
+                }
+                why
+            }
+            Some(_) => continue,
+        };
+        tx.close().await;
+        return Err(protocol(UNKNOWN_ADDR, failure));
+    };
+
+    let (preamble, noise, rest) = found;
+    emit(
+        &events,
+        ExecEvent::Started {
+            pgid: preamble.pgid,
+            tmpfile: preamble.tmpfile,
+        },
+    )
+    .await;
+    for (event, bytes) in [
+        (ExecEvent::Stdout as fn(Vec<u8>) -> ExecEvent, noise),
+        (ExecEvent::Stderr, err),
+        (ExecEvent::Stdout, rest),
+    ] {
+        if !bytes.is_empty() {
+            emit(&events, event(bytes)).await;
+        }
+    }
+
+    // Phase 2: open the gate (and send the script), then relay until the channel closes.
+    {
+        let half = tx.half()?;
+        let feed = async {
+            half.data_bytes(payload).await?;
+            half.eof().await
+        };
+        tokio::pin!(feed);
+        let mut fed = false;
+        loop {
+            tokio::select! {
+                done = &mut feed, if !fed => {
+                    fed = true;
+                    if let Err(e) = done {
+                        // The read side will say how the channel ended.
+                        tracing::debug!(error = %e, "writing the job's stdin failed");
+                    }
+                }
+                msg = rx.wait() => match msg {
+                    Some(ChannelMsg::Data { data }) => emit(&events, ExecEvent::Stdout(data.to_vec())).await,
+                    Some(ChannelMsg::ExtendedData { data, .. }) => {
+                        emit(&events, ExecEvent::Stderr(data.to_vec())).await
+                    }
+                    Some(msg @ (ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. })) => {
+                        exit = exit_of(&msg);
+                    }
+                    Some(ChannelMsg::Close) | None => break,
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    tx.disarm();
+    exit.ok_or_else(|| {
+        protocol(
+            UNKNOWN_ADDR,
+            "the connection was lost before the command finished",
+        )
+    })
+}
+
+/// TERM the whole process group, wait up to `grace` for it to go, then KILL it; remove
+/// `tmpfile` if given. Over a fresh channel (use open_channel).
+///
+/// Runs one remote `/bin/sh` on a new channel: `kill -TERM -<pgid>`, polls every 0.1 s
+/// (`kill -0`) for at most `grace`, `kill -KILL -<pgid>`, waits up to 1 s more for the group
+/// to be gone, removes `tmpfile`. A group that is already gone is not an error. The whole call
+/// is bounded by `grace + 10 s`. `pgid` must be above 1 (`kill -1` would hit every process of
+/// the user), and `tmpfile` an absolute path.
+pub async fn kill_group(
+    client: &Client,
+    pgid: i64,
+    grace: Duration,
+    tmpfile: Option<&str>,
+) -> Result<(), SshError> {
+    let addr = client_addr(client);
+    let script = kill_script(pgid, grace, tmpfile).map_err(|e| protocol(&addr, e))?;
+    let bound = grace + Duration::from_secs(10);
+    let work = async {
+        let channel = open_channel(client).await?;
+        let (mut rx, tx) = channel.split();
+        let mut tx = CloseOnDrop(Some(tx));
+        if let Err(e) = tx.half()?.exec(true, script).await {
+            tx.close().await;
+            return Err(super::classify_russh(&addr, e));
+        }
+        let _ = tx.half()?.eof().await;
+        let mut exit = None;
+        let mut err = Vec::new();
+        loop {
+            match rx.wait().await {
+                Some(ChannelMsg::ExtendedData { data, .. }) if err.len() < 4096 => {
+                    err.extend_from_slice(&data)
+                }
+                Some(ChannelMsg::Failure) => {
+                    tx.close().await;
+                    return Err(protocol(&addr, "the server refused to run `kill`"));
+                }
+                Some(msg @ (ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. })) => {
+                    exit = exit_of(&msg)
+                }
+                Some(ChannelMsg::Close) | None => break,
+                Some(_) => {}
+            }
+        }
+        tx.disarm();
+        match exit {
+            Some(ExecEnd::Exited(0)) => Ok(()),
+            Some(other) => Err(protocol(
+                &addr,
+                format!(
+                    "killing process group {pgid} failed ({other:?}): {}",
+                    snippet(&err, 300)
+                ),
+            )),
+            None => Err(protocol(
+                &addr,
+                "the connection was lost while killing the process group",
+            )),
+        }
+    };
+    match tokio::time::timeout(bound, work).await {
+        Ok(result) => result,
+        Err(_) => Err(SshError::Timeout {
+            addr,
+            secs: bound.as_secs(),
+            stage: "killing the process group",
+        }),
+    }
+}
+
+/// The exec line of [`kill_group`].
+fn kill_script(pgid: i64, grace: Duration, tmpfile: Option<&str>) -> Result<String, String> {
+    if pgid <= 1 {
+        return Err(format!("refusing to kill process group {pgid}"));
+    }
+    let tenths = grace.as_millis().div_ceil(100);
+    // `alive`: does the group still have a process that is not a zombie? `kill -0` alone
+    // also counts zombies, which a slow (or absent) reaper of orphans leaves for a long time;
+    // where `ps` cannot tell, the `kill -0` answer stands.
+    let mut script = format!(
+        "alive() {{ kill -0 -{pgid} 2>/dev/null || return 1; \
+         _ps=$(ps -eo pgid=,stat= 2>/dev/null) && [ -n \"$_ps\" ] || return 0; \
+         printf '%s\\n' \"$_ps\" | awk '$1 == {pgid} && $2 !~ /^Z/ {{ f = 1 }} END {{ exit !f }}'; }}; \
+         pause() {{ sleep 0.1 2>/dev/null || sleep 1; }}; \
+         kill -TERM -{pgid} 2>/dev/null; i=0; \
+         while [ $i -lt {tenths} ] && alive; do pause; i=$((i+1)); done; \
+         kill -KILL -{pgid} 2>/dev/null; i=0; \
+         while [ $i -lt {POST_KILL_TENTHS} ] && alive; do pause; i=$((i+1)); done; "
+    );
+    if let Some(file) = tmpfile {
+        check_text("tmpfile", file)?;
+        if !file.starts_with('/') {
+            return Err("tmpfile must be an absolute path".into());
+        }
+        script.push_str(&format!("rm -f {}; ", quote(file)));
+    }
+    script.push_str("true");
+    Ok(format!("exec /bin/sh -c {}", quote(&script)))
+}
+
+/// `s` in POSIX single quotes (`'` becomes `'\''`).
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        if c == '\'' {
+            out.push_str("'\\''");
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\'');
+    out
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Text that goes into an argument list cannot hold NUL.
+fn check_text(what: &str, s: &str) -> Result<(), String> {
+    if s.contains('\0') {
+        Err(format!("{what} must not contain a NUL character"))
+    } else {
+        Ok(())
+    }
+}
+
+/// `cd` to the job's directory, or `exit 126` when it cannot.
+fn cd_command(cwd: &str) -> String {
+    let target = if cwd == "~" {
+        "\"$HOME\"".to_string()
+    } else if let Some(rest) = cwd.strip_prefix("~/") {
+        format!("\"$HOME\"/{}", quote(rest))
+    } else {
+        quote(cwd)
+    };
+    format!("cd {target} || exit {CWD_FAILED}")
+}
+
+/// Validate env names ([A-Za-z_][A-Za-z0-9_]*), shell path, cwd; returns the exec line and
+/// the stdin payload. Pure; unit-tested.
+///
+/// The exec line is `exec /bin/sh -c '<bootstrap>'` (see the module documentation); the payload
+/// is the gate line (`"\n"`), followed for scripts by the script's bytes. Errors name the field
+/// at fault: an environment name outside `[A-Za-z_][A-Za-z0-9_]*`, a shell that is not an
+/// absolute path, an empty working directory or command, or a NUL character in any text that
+/// goes into the command line.
+pub fn build(job: &RemoteJob) -> Result<(String, Vec<u8>), String> {
+    let mut setup = Vec::new();
+    if let Some(cwd) = &job.cwd {
+        if cwd.is_empty() {
+            return Err("cwd must not be empty".into());
+        }
+        check_text("cwd", cwd)?;
+        setup.push(cd_command(cwd));
+    }
+    for (name, value) in &job.env {
+        if !valid_env_name(name) {
+            return Err(format!(
+                "invalid environment variable name {name:?}: use letters, digits and _, \
+                 not starting with a digit"
+            ));
+        }
+        check_text(&format!("the value of {name}"), value)?;
+        setup.push(format!("export {name}={}", quote(value)));
+    }
+
+    let gate = format!("IFS= read -r _gate || exit {BOOTSTRAP_FAILED}");
+    match &job.work {
+        RemoteWork::Command { line } => {
+            check_text("the command", line)?;
+            if line.trim().is_empty() {
+                return Err("the command is empty".into());
+            }
+            let mut parts = vec!["printf 'JOBEXEC %s\\n' \"$$\"".to_string(), gate];
+            parts.extend(setup);
+            parts.push(format!("exec /bin/sh -c {}", quote(line)));
+            let bootstrap = parts.join("; ");
+            Ok((
+                format!("exec /bin/sh -c {}", quote(&bootstrap)),
+                b"\n".to_vec(),
+            ))
+        }
+        RemoteWork::Script {
+            shell,
+            script,
+            args,
+        } => {
+            check_text("shell", shell)?;
+            if !shell.starts_with('/') {
+                return Err(format!("shell must be an absolute path, not {shell:?}"));
+            }
+            check_text("args", args)?;
+            let n = script.len();
+            // Runs in its own /bin/sh (`$0` is the temporary file): the environment, the
+            // directory and a syntax error in `args` stay out of the bootstrap, which still
+            // removes the file afterwards.
+            let mut inner = setup;
+            inner.push(format!("exec {} \"$0\" {args}", quote(shell)));
+            let inner = inner.join("; ");
+            let fail = BOOTSTRAP_FAILED;
+            let bootstrap = [
+                "_u=$(umask); umask 077".to_string(),
+                format!("_f=$(mktemp \"${{TMPDIR:-/tmp}}/jobexec.XXXXXX\") || exit {fail}"),
+                "umask \"$_u\"".to_string(),
+                "case \"$_f\" in /*) ;; *) _f=\"$PWD/$_f\" ;; esac".to_string(),
+                "printf 'JOBEXEC %s %s\\n' \"$$\" \"$_f\"".to_string(),
+                format!("IFS= read -r _gate || {{ rm -f \"$_f\"; exit {fail}; }}"),
+                format!("head -c {n} > \"$_f\""),
+                format!(
+                    "_n=$(wc -c < \"$_f\") && [ $_n -eq {n} ] || {{ rm -f \"$_f\"; \
+                     echo \"jobexec: the script did not arrive whole\" >&2; exit {fail}; }}"
+                ),
+                format!("/bin/sh -c {} \"$_f\"", quote(&inner)),
+                "_s=$?".to_string(),
+                "rm -f \"$_f\"".to_string(),
+                "exit \"$_s\"".to_string(),
+            ]
+            .join("; ");
+            let mut payload = Vec::with_capacity(n + 1);
+            payload.push(b'\n');
+            payload.extend_from_slice(script);
+            Ok((format!("exec /bin/sh -c {}", quote(&bootstrap)), payload))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_single_quotes() {
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("it's"), "'it'\\''s'");
+        assert_eq!(quote(""), "''");
+    }
+
+    #[test]
+    fn preamble_is_found_with_noise_and_rest() {
+        assert_eq!(scan_preamble(b"JOBEXEC 12"), Scan::NotYet);
+        assert_eq!(
+            scan_preamble(b"hello\nJOBEXEC 1234\nout"),
+            Scan::Found {
+                preamble: Preamble {
+                    pgid: 1234,
+                    tmpfile: None
+                },
+                noise: b"hello\n".to_vec(),
+                rest: b"out".to_vec(),
+            }
+        );
+        assert_eq!(
+            scan_preamble(b"JOBEXEC 77 /tmp/my dir/jobexec.abc\r\n"),
+            Scan::Found {
+                preamble: Preamble {
+                    pgid: 77,
+                    tmpfile: Some("/tmp/my dir/jobexec.abc".into())
+                },
+                noise: vec![],
+                rest: vec![],
+            }
+        );
+        for bad in [
+            &b"JOBEXEC\n"[..],
+            b"JOBEXEC x\n",
+            b"JOBEXEC 1\n",
+            b"JOBEXEC -5\n",
+            b"JOBEXEC 12 rel/path\n",
+        ] {
+            assert!(
+                matches!(scan_preamble(bad), Scan::Malformed(_)),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn kill_script_validates() {
+        assert!(kill_script(0, Duration::from_secs(1), None).is_err());
+        assert!(kill_script(1, Duration::from_secs(1), None).is_err());
+        assert!(kill_script(55, Duration::from_secs(1), Some("rel")).is_err());
+        let s = kill_script(55, Duration::from_millis(1500), Some("/tmp/x'y")).unwrap();
+        assert!(s.contains("-lt 15 ]"), "{s}");
+        assert!(s.contains("kill -KILL -55"), "{s}");
+    }
+
+    /// Run a built job with the local /bin/sh: the quoting holds whatever the values are.
+    #[test]
+    fn built_command_runs_locally() {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let job = RemoteJob {
+            work: RemoteWork::Command {
+                line: r#"printf '%s|%s|%s' "$A" "$B" "$(pwd)"; exit 4"#.into(),
+            },
+            env: BTreeMap::from([
+                ("A".into(), "it's \"q\" $HOME `x` \\n".into()),
+                ("B".into(), "two\nlines".into()),
+            ]),
+            cwd: Some("/".into()),
+        };
+        let (line, payload) = build(&job).unwrap();
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&line)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&payload).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(4));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (first, rest) = text.split_once('\n').unwrap();
+        assert!(first.starts_with("JOBEXEC "), "{text}");
+        assert_eq!(rest, "it's \"q\" $HOME `x` \\n|two\nlines|/");
+    }
+}

@@ -1,0 +1,552 @@
+//! Queries on `jobs` and `job_output`. Status changes are conditional updates that only
+//! succeed from an allowed source status ([`JobStatus::sources_of`]), so a cancel racing a
+//! start or an end leaves exactly one consistent terminal state.
+
+use diesel::prelude::*;
+
+use super::schema::{job_output, jobs, servers};
+use super::{Store, StoreError};
+use crate::domain::{JobSpec, JobStatus, Micros, OutputStream};
+
+/// A `jobs` row.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = jobs)]
+pub struct JobRow {
+    /// UUID (v7: ordered by creation).
+    pub id: String,
+    /// `command` or `script`.
+    pub kind: String,
+    /// The program.
+    pub command: Option<String>,
+    /// Arguments.
+    pub args: Option<String>,
+    /// Script text.
+    pub script: Option<String>,
+    /// Interpreter.
+    pub shell: Option<String>,
+    /// Target server.
+    pub server_id: String,
+    /// Seconds allowed.
+    pub timeout_secs: i64,
+    /// Environment, as a JSON object.
+    pub env: String,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Safe to re-run after a lost worker.
+    pub retry_safe: bool,
+    /// Status name.
+    pub status: String,
+    /// Exit code, once known.
+    pub exit_code: Option<i32>,
+    /// Why it failed, was canceled or timed out.
+    pub error: Option<String>,
+    /// Submission time.
+    pub created_at: i64,
+    /// Start time.
+    pub started_at: Option<i64>,
+    /// End time.
+    pub finished_at: Option<i64>,
+    /// The job this one duplicates.
+    pub duplicated_from: Option<String>,
+    /// The worker that claimed it.
+    pub worker: Option<String>,
+    /// Lease deadline of the running job.
+    pub lease_expires_at: Option<i64>,
+    /// Claims so far.
+    pub attempts: i32,
+    /// A cancel was asked for.
+    pub cancel_requested: bool,
+    /// Handed to the broker (outbox).
+    pub published: bool,
+    /// Remote process group.
+    pub remote_pgid: Option<i64>,
+    /// Output bytes stored.
+    pub output_bytes: i64,
+    /// Output was cut to the cap.
+    pub output_truncated: bool,
+    /// Next event sequence number.
+    pub next_seq: i64,
+}
+
+impl JobRow {
+    /// The status, parsed.
+    pub fn status(&self) -> JobStatus {
+        self.status.parse().unwrap_or(JobStatus::Failed)
+    }
+
+    /// The job as a spec, for duplicating or running it.
+    pub fn spec(&self) -> JobSpec {
+        JobSpec {
+            kind: self.kind.parse().unwrap_or(crate::domain::JobKind::Command),
+            command: self.command.clone(),
+            args: self.args.clone(),
+            script: self.script.clone(),
+            shell: self.shell.clone(),
+            timeout_secs: self.timeout_secs,
+            env: serde_json::from_str(&self.env).unwrap_or_default(),
+            cwd: self.cwd.clone(),
+            idempotency_key: None,
+            retry_safe: self.retry_safe,
+        }
+    }
+}
+
+/// An output chunk as stored.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = job_output)]
+pub struct ChunkRow {
+    /// The job.
+    pub job_id: String,
+    /// Sequence number, shared by stdout and stderr.
+    pub seq: i64,
+    /// 0 stdout, 1 stderr.
+    pub stream: i16,
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// When it arrived.
+    pub at: i64,
+}
+
+impl ChunkRow {
+    /// Which stream.
+    pub fn stream(&self) -> OutputStream {
+        OutputStream::from_code(self.stream)
+    }
+}
+
+/// List filters and paging.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only this status.
+    pub status: Option<JobStatus>,
+    /// Only this server.
+    pub server_id: Option<String>,
+    /// Page size.
+    pub limit: i64,
+    /// Jobs older than this id (the previous page's `next_cursor`).
+    pub before: Option<String>,
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job was queued and is now `canceled`.
+    CanceledQueued,
+    /// The job is running: `cancel_requested` is set for its worker.
+    Requested,
+    /// The job had already ended.
+    AlreadyFinished(JobStatus),
+}
+
+/// The end of a job, as its worker records it.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    /// The terminal status.
+    pub status: JobStatus,
+    /// Exit code, if the command exited.
+    pub exit_code: Option<i32>,
+    /// Why, for anything but success.
+    pub error: Option<String>,
+}
+
+fn find(conn: &mut super::DbConnection, id: &str) -> Result<JobRow, StoreError> {
+    jobs::table
+        .find(id)
+        .select(JobRow::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(StoreError::NotFound)
+}
+
+fn statuses(list: Vec<JobStatus>) -> Vec<&'static str> {
+    list.into_iter().map(JobStatus::as_str).collect()
+}
+
+impl Store {
+    /// Insert a queued job. With an idempotency key already used, returns the first job and
+    /// `false` (nothing inserted).
+    pub async fn insert_job(
+        &self,
+        spec: JobSpec,
+        server_id: String,
+        duplicated_from: Option<String>,
+    ) -> Result<(JobRow, bool), StoreError> {
+        self.run(move |conn| {
+            super::write_tx(conn, |conn| {
+                if let Some(key) = &spec.idempotency_key {
+                    let existing = jobs::table
+                        .filter(jobs::idempotency_key.eq(key))
+                        .select(JobRow::as_select())
+                        .first(conn)
+                        .optional()?;
+                    if let Some(row) = existing {
+                        return Ok((row, false));
+                    }
+                }
+                let exists: i64 = servers::table.find(&server_id).count().get_result(conn)?;
+                if exists == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                let row = JobRow {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    kind: spec.kind.as_str().to_string(),
+                    command: spec.command,
+                    args: spec.args,
+                    script: spec.script,
+                    shell: spec.shell,
+                    server_id,
+                    timeout_secs: spec.timeout_secs,
+                    env: serde_json::to_string(&spec.env).unwrap_or_else(|_| "{}".into()),
+                    cwd: spec.cwd,
+                    idempotency_key: spec.idempotency_key,
+                    retry_safe: spec.retry_safe,
+                    status: JobStatus::Queued.as_str().to_string(),
+                    exit_code: None,
+                    error: None,
+                    created_at: Micros::now().0,
+                    started_at: None,
+                    finished_at: None,
+                    duplicated_from,
+                    worker: None,
+                    lease_expires_at: None,
+                    attempts: 0,
+                    cancel_requested: false,
+                    published: false,
+                    remote_pgid: None,
+                    output_bytes: 0,
+                    output_truncated: false,
+                    next_seq: 0,
+                };
+                match diesel::insert_into(jobs::table).values(&row).execute(conn) {
+                    Ok(_) => Ok((row, true)),
+                    Err(diesel::result::Error::DatabaseError(
+                        diesel::result::DatabaseErrorKind::UniqueViolation,
+                        _,
+                    )) => Err(StoreError::Conflict(
+                        "a job with this idempotency_key was submitted at the same time; retry"
+                            .into(),
+                    )),
+                    Err(e) => Err(e.into()),
+                }
+            })
+        })
+        .await
+    }
+
+    /// One job.
+    pub async fn get_job(&self, id: uuid::Uuid) -> Result<JobRow, StoreError> {
+        self.run(move |conn| find(conn, &id.to_string())).await
+    }
+
+    /// Jobs, newest first, with the id to pass as `before` for the next page.
+    pub async fn list_jobs(
+        &self,
+        filter: JobFilter,
+    ) -> Result<(Vec<JobRow>, Option<String>), StoreError> {
+        self.run(move |conn| {
+            let mut q = jobs::table.select(JobRow::as_select()).into_boxed();
+            if let Some(st) = filter.status {
+                q = q.filter(jobs::status.eq(st.as_str()));
+            }
+            if let Some(server) = filter.server_id {
+                q = q.filter(jobs::server_id.eq(server));
+            }
+            if let Some(before) = filter.before {
+                q = q.filter(jobs::id.lt(before));
+            }
+            let limit = filter.limit.max(1);
+            let mut rows: Vec<JobRow> = q.order(jobs::id.desc()).limit(limit + 1).load(conn)?;
+            let next = if rows.len() as i64 > limit {
+                rows.truncate(limit as usize);
+                rows.last().map(|r| r.id.clone())
+            } else {
+                None
+            };
+            Ok((rows, next))
+        })
+        .await
+    }
+
+    /// Claim a queued job for `worker` until `lease_until`: one conditional update; only the
+    /// winner gets the row back.
+    pub async fn claim_job(
+        &self,
+        id: String,
+        worker: String,
+        lease_until: Micros,
+    ) -> Result<Option<JobRow>, StoreError> {
+        self.run(move |conn| {
+            let now = Micros::now().0;
+            let n = diesel::update(
+                jobs::table
+                    .find(&id)
+                    .filter(jobs::status.eq(JobStatus::Queued.as_str()))
+                    .filter(jobs::cancel_requested.eq(false)),
+            )
+            .set((
+                jobs::status.eq(JobStatus::Running.as_str()),
+                jobs::worker.eq(Some(worker)),
+                jobs::lease_expires_at.eq(Some(lease_until.0)),
+                jobs::started_at.eq(Some(now)),
+                jobs::attempts.eq(jobs::attempts + 1),
+            ))
+            .execute(conn)?;
+            if n == 1 {
+                Ok(Some(find(conn, &id)?))
+            } else {
+                Ok(None)
+            }
+        })
+        .await
+    }
+
+    /// Record the end of a job, if it may still reach `finish.status`. Returns the row when
+    /// this call changed it, `None` when the job had already moved on.
+    pub async fn finish_job(
+        &self,
+        id: String,
+        finish: Finish,
+    ) -> Result<Option<JobRow>, StoreError> {
+        self.run(move |conn| {
+            let n = diesel::update(
+                jobs::table
+                    .find(&id)
+                    .filter(jobs::status.eq_any(statuses(JobStatus::sources_of(finish.status)))),
+            )
+            .set((
+                jobs::status.eq(finish.status.as_str()),
+                jobs::exit_code.eq(finish.exit_code),
+                jobs::error.eq(finish.error),
+                jobs::finished_at.eq(Some(Micros::now().0)),
+                jobs::lease_expires_at.eq(None::<i64>),
+            ))
+            .execute(conn)?;
+            if n == 1 {
+                Ok(Some(find(conn, &id)?))
+            } else {
+                Ok(None)
+            }
+        })
+        .await
+    }
+
+    /// Put a running job back in the queue (its command never started).
+    pub async fn requeue_job(&self, id: String) -> Result<bool, StoreError> {
+        self.run(move |conn| {
+            let n = diesel::update(
+                jobs::table
+                    .find(&id)
+                    .filter(jobs::status.eq(JobStatus::Running.as_str()))
+                    .filter(jobs::cancel_requested.eq(false)),
+            )
+            .set((
+                jobs::status.eq(JobStatus::Queued.as_str()),
+                jobs::worker.eq(None::<String>),
+                jobs::lease_expires_at.eq(None::<i64>),
+                jobs::started_at.eq(None::<i64>),
+                jobs::remote_pgid.eq(None::<i64>),
+            ))
+            .execute(conn)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Cancel: a queued job ends `canceled` at once; a running one gets `cancel_requested`.
+    pub async fn request_cancel(
+        &self,
+        id: uuid::Uuid,
+    ) -> Result<(CancelOutcome, JobRow), StoreError> {
+        self.run(move |conn| {
+            let id = id.to_string();
+            let now = Micros::now().0;
+            let n = diesel::update(
+                jobs::table
+                    .find(&id)
+                    .filter(jobs::status.eq(JobStatus::Queued.as_str())),
+            )
+            .set((
+                jobs::status.eq(JobStatus::Canceled.as_str()),
+                jobs::cancel_requested.eq(true),
+                jobs::error.eq(Some("canceled by request before it started")),
+                jobs::finished_at.eq(Some(now)),
+            ))
+            .execute(conn)?;
+            if n == 1 {
+                return Ok((CancelOutcome::CanceledQueued, find(conn, &id)?));
+            }
+            let n = diesel::update(
+                jobs::table
+                    .find(&id)
+                    .filter(jobs::status.eq(JobStatus::Running.as_str())),
+            )
+            .set(jobs::cancel_requested.eq(true))
+            .execute(conn)?;
+            let row = find(conn, &id)?;
+            if n == 1 {
+                Ok((CancelOutcome::Requested, row))
+            } else {
+                let st = row.status();
+                Ok((CancelOutcome::AlreadyFinished(st), row))
+            }
+        })
+        .await
+    }
+
+    /// Record the remote process group of a running job.
+    pub async fn set_remote_pgid(&self, id: String, pgid: i64) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            diesel::update(jobs::table.find(&id))
+                .set(jobs::remote_pgid.eq(Some(pgid)))
+                .execute(conn)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Renew the leases of `ids` held by `worker`; returns the ids whose cancel was requested.
+    pub async fn renew_leases(
+        &self,
+        worker: String,
+        ids: Vec<String>,
+        until: Micros,
+    ) -> Result<Vec<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(move |conn| {
+            diesel::update(
+                jobs::table
+                    .filter(jobs::id.eq_any(&ids))
+                    .filter(jobs::worker.eq(&worker))
+                    .filter(jobs::status.eq(JobStatus::Running.as_str())),
+            )
+            .set(jobs::lease_expires_at.eq(Some(until.0)))
+            .execute(conn)?;
+            Ok(jobs::table
+                .filter(jobs::id.eq_any(&ids))
+                .filter(jobs::cancel_requested.eq(true))
+                .select(jobs::id)
+                .load(conn)?)
+        })
+        .await
+    }
+
+    /// Append output chunks and advance the job's counters, in one transaction.
+    pub async fn append_output(
+        &self,
+        id: String,
+        chunks: Vec<ChunkRow>,
+        truncated: bool,
+    ) -> Result<(), StoreError> {
+        if chunks.is_empty() && !truncated {
+            return Ok(());
+        }
+        self.run(move |conn| {
+            super::write_tx(conn, |conn| {
+                let bytes: i64 = chunks.iter().map(|c| c.data.len() as i64).sum();
+                let next = chunks.last().map(|c| c.seq + 1);
+                // Batch inserts are backend-specific in diesel: one statement per 200 chunks.
+                for part in chunks.chunks(200) {
+                    match conn {
+                        super::DbConnection::Pg(c) => diesel::insert_into(job_output::table)
+                            .values(part)
+                            .execute(c)?,
+                        // Diesel's SQLite batch insert opens a transaction of its own;
+                        // inside ours, insert row by row (the statement is cached).
+                        super::DbConnection::Sqlite(c) => {
+                            for row in part {
+                                diesel::insert_into(job_output::table)
+                                    .values(row)
+                                    .execute(c)?;
+                            }
+                            part.len()
+                        }
+                    };
+                }
+                diesel::update(jobs::table.find(&id))
+                    .set(jobs::output_bytes.eq(jobs::output_bytes + bytes))
+                    .execute(conn)?;
+                if truncated {
+                    diesel::update(jobs::table.find(&id))
+                        .set(jobs::output_truncated.eq(true))
+                        .execute(conn)?;
+                }
+                if let Some(next) = next {
+                    diesel::update(jobs::table.find(&id).filter(jobs::next_seq.lt(next)))
+                        .set(jobs::next_seq.eq(next))
+                        .execute(conn)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Output chunks after `after_seq` (exclusive; -1 for all), in order, at most `limit`.
+    pub async fn read_output(
+        &self,
+        id: String,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<ChunkRow>, StoreError> {
+        self.run(move |conn| {
+            Ok(job_output::table
+                .filter(job_output::job_id.eq(&id))
+                .filter(job_output::seq.gt(after_seq))
+                .order(job_output::seq.asc())
+                .limit(limit)
+                .select(ChunkRow::as_select())
+                .load(conn)?)
+        })
+        .await
+    }
+
+    /// Queued jobs, oldest first (to refill an in-memory queue at start).
+    pub async fn queued_job_ids(&self, limit: i64) -> Result<Vec<String>, StoreError> {
+        self.run(move |conn| {
+            Ok(jobs::table
+                .filter(jobs::status.eq(JobStatus::Queued.as_str()))
+                .order(jobs::id.asc())
+                .limit(limit)
+                .select(jobs::id)
+                .load(conn)?)
+        })
+        .await
+    }
+
+    /// End every running job whose lease has expired: `failed` with `error`. Returns them.
+    pub async fn reap_expired(&self, error: String) -> Result<Vec<String>, StoreError> {
+        self.run(move |conn| {
+            let now = Micros::now().0;
+            let ids: Vec<String> = jobs::table
+                .filter(jobs::status.eq(JobStatus::Running.as_str()))
+                .filter(jobs::lease_expires_at.lt(now))
+                .select(jobs::id)
+                .load(conn)?;
+            let mut reaped = Vec::new();
+            for id in ids {
+                let n = diesel::update(
+                    jobs::table
+                        .find(&id)
+                        .filter(jobs::status.eq(JobStatus::Running.as_str()))
+                        .filter(jobs::lease_expires_at.lt(now)),
+                )
+                .set((
+                    jobs::status.eq(JobStatus::Failed.as_str()),
+                    jobs::error.eq(Some(error.clone())),
+                    jobs::finished_at.eq(Some(now)),
+                    jobs::lease_expires_at.eq(None::<i64>),
+                ))
+                .execute(conn)?;
+                if n == 1 {
+                    reaped.push(id);
+                }
+            }
+            Ok(reaped)
+        })
+        .await
+    }
+}

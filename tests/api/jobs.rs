@@ -1,0 +1,432 @@
+//! The engine over real HTTP and a real sshd: run, output, exit codes, cancel, timeout,
+//! failures, duplicate, list, idempotency.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::db_test;
+use crate::helpers::{TestApp, TestDb, TestHost};
+
+/// Poll a job until it ends (or panic after `bound`).
+pub async fn wait_done(app: &TestApp, id: &str, bound: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let (status, job) = app.get(&format!("/api/v1/jobs/{id}")).await;
+        assert_eq!(status, 200, "{job}");
+        let st = job["status"].as_str().unwrap();
+        if !matches!(st, "queued" | "running") {
+            return job;
+        }
+        assert!(
+            start.elapsed() < bound,
+            "job {id} still {st} after {bound:?}: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_running(app: &TestApp, id: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let (_, job) = app.get(&format!("/api/v1/jobs/{id}")).await;
+        if job["status"] == "running" && job["output_bytes"].as_i64().unwrap_or(0) > 0 {
+            return job;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never started: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn submit(app: &TestApp, body: Value) -> String {
+    let (status, job) = app.post("/api/v1/jobs", &body).await;
+    assert_eq!(status, 201, "{job}");
+    assert_eq!(job["status"], "queued");
+    job["id"].as_str().unwrap().to_string()
+}
+
+async fn raw(app: &TestApp, path: &str) -> Vec<u8> {
+    let resp = app.client.get(app.url(path)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap().to_vec()
+}
+
+db_test!(
+    command_job_output_exit_code_and_logs,
+    |db: TestDb| async move {
+        let app = TestApp::start(&db, &[]).await;
+        let host = TestHost::start().await;
+        let server = app.add_key_server("h", &host).await;
+        let id = submit(
+            &app,
+            json!({"command": "echo", "args": "hello; echo oops >&2; printf '\\377\\376'; exit 3",
+               "server_id": server, "timeout": 30}),
+        )
+        .await;
+        let job = wait_done(&app, &id, Duration::from_secs(20)).await;
+        assert_eq!(job["status"], "failed", "{job}");
+        assert_eq!(job["exit_code"], 3);
+        assert!(job["error"].as_str().unwrap().contains("status 3"));
+        assert!(job["worker"].is_string());
+        assert!(job["started_at"].is_string() && job["finished_at"].is_string());
+        let out = raw(&app, &format!("/api/v1/jobs/{id}/stdout")).await;
+        assert_eq!(out, b"hello\n\xff\xfe");
+        let err = raw(&app, &format!("/api/v1/jobs/{id}/stderr")).await;
+        assert_eq!(err, b"oops\n");
+        let (status, logs) = app.get(&format!("/api/v1/jobs/{id}/logs")).await;
+        assert_eq!(status, 200);
+        assert_eq!(logs["job_id"], id.as_str());
+        assert_eq!(logs["exit_code"], 3);
+        assert_eq!(logs["stderr"], "oops\n");
+        assert!(logs["output"].as_str().unwrap().contains("hello"));
+        assert_eq!(logs["truncated"], false);
+        let (_, chunks) = app
+            .get(&format!("/api/v1/jobs/{id}/logs?format=chunks"))
+            .await;
+        let seqs: Vec<i64> = chunks
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["seq"].as_i64().unwrap())
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        app.stop().await;
+    }
+);
+
+db_test!(script_job_with_args_env_and_cwd, |db: TestDb| async move {
+    let app = TestApp::start(&db, &[]).await;
+    let host = TestHost::start().await;
+    let server = app.add_key_server("h", &host).await;
+    let (status, job) = app
+        .post(
+            "/api/v1/jobs/script",
+            &json!({"script": "#!/bin/bash\necho \"a=$1 b=$2 greet=$GREET\"\npwd\nexit 7\n",
+                    "args": "one two", "server_id": server, "shell": "/bin/bash",
+                    "env": {"GREET": "it's $ok"}, "cwd": "/tmp"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+    assert_eq!(job["kind"], "script");
+    let id = job["id"].as_str().unwrap();
+    let job = wait_done(&app, id, Duration::from_secs(20)).await;
+    assert_eq!(job["exit_code"], 7, "{job}");
+    let out = raw(&app, &format!("/api/v1/jobs/{id}/stdout")).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "a=one b=two greet=it's $ok\n/tmp\n"
+    );
+    app.stop().await;
+});
+
+db_test!(
+    cancel_kills_the_whole_remote_group,
+    |db: TestDb| async move {
+        let app = TestApp::start(&db, &[("JOBEXEC__JOBS__KILL_GRACE_SECS", "1")]).await;
+        let host = TestHost::start().await;
+        let server = app.add_key_server("h", &host).await;
+        let id = submit(
+        &app,
+        json!({"command": "trap '' TERM; (sleep 300 & sleep 301 & wait) & echo started; sleep 302",
+               "server_id": server}),
+    )
+    .await;
+        let job = wait_running(&app, &id).await;
+        let _ = job;
+        let started = Instant::now();
+        let (status, body) = app
+            .post(&format!("/api/v1/jobs/{id}/cancel"), &json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let job = wait_done(&app, &id, Duration::from_secs(15)).await;
+        assert_eq!(job["status"], "canceled", "{job}");
+        assert!(job["error"].as_str().unwrap().contains("canceled"));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // The test host is this machine: no process of the job's group may be left.
+        let pgid = job_pgid(&db, &id);
+        assert!(
+            no_group_left(pgid).await,
+            "processes of group {pgid} survive"
+        );
+        let (status, err) = app
+            .post(&format!("/api/v1/jobs/{id}/cancel"), &json!({}))
+            .await;
+        assert_eq!(status, 409, "{err}");
+        app.stop().await;
+    }
+);
+
+db_test!(timeout_ends_timed_out_and_kills, |db: TestDb| async move {
+    let app = TestApp::start(&db, &[("JOBEXEC__JOBS__KILL_GRACE_SECS", "1")]).await;
+    let host = TestHost::start().await;
+    let server = app.add_key_server("h", &host).await;
+    let id = submit(
+        &app,
+        json!({"command": "trap '' TERM; echo going; sleep 303", "server_id": server, "timeout": 1}),
+    )
+    .await;
+    let job = wait_done(&app, &id, Duration::from_secs(15)).await;
+    assert_eq!(job["status"], "timed_out", "{job}");
+    assert!(job["error"].as_str().unwrap().contains("timed out"));
+    let pgid = job_pgid(&db, &id);
+    assert!(no_group_left(pgid).await);
+    app.stop().await;
+});
+
+db_test!(
+    unreachable_host_fails_fast_with_a_clear_error,
+    |db: TestDb| async move {
+        let app = TestApp::start(&db, &[("JOBEXEC__JOBS__CONNECT_ATTEMPTS", "2")]).await;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (_, server) = app
+            .post(
+                "/api/v1/servers",
+                &json!({"name": "gone", "hostname": "127.0.0.1", "port": port, "user": "u",
+                    "auth_type": "password", "password": "p"}),
+            )
+            .await;
+        let started = Instant::now();
+        let id = submit(&app, json!({"command": "true", "server_id": server["id"]})).await;
+        let job = wait_done(&app, &id, Duration::from_secs(10)).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(job["status"], "failed");
+        assert!(
+            job["error"]
+                .as_str()
+                .unwrap()
+                .contains("connection refused"),
+            "{job}"
+        );
+        assert_eq!(job["exit_code"], Value::Null);
+        app.stop().await;
+    }
+);
+
+db_test!(
+    forty_concurrent_jobs_on_one_host_all_complete,
+    |db: TestDb| async move {
+        let app = TestApp::start(&db, &[]).await;
+        let host = TestHost::start().await;
+        let server = app.add_key_server("h", &host).await;
+        let (status, _) = app
+            .put(
+                &format!("/api/v1/servers/{server}"),
+                &json!({"max_concurrent_jobs": 40}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let mut ids = Vec::new();
+        for i in 0..40 {
+            ids.push(
+                submit(
+                    &app,
+                    json!({"command": format!("sleep 0.2; echo job-{i}"), "server_id": server}),
+                )
+                .await,
+            );
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let job = wait_done(&app, id, Duration::from_secs(60)).await;
+            assert_eq!(job["status"], "completed", "{job}");
+            let out = raw(&app, &format!("/api/v1/jobs/{id}/stdout")).await;
+            assert_eq!(String::from_utf8_lossy(&out), format!("job-{i}\n"));
+        }
+        app.stop().await;
+    }
+);
+
+db_test!(submit_validation_and_404s, |db: TestDb| async move {
+    let app = TestApp::start(&db, &[]).await;
+    let host = TestHost::start().await;
+    let server = app.add_key_server("h", &host).await;
+    let cases = [
+        (json!({"server_id": server}), "command"),
+        (json!({"command": "", "server_id": server}), "command"),
+        (
+            json!({"command": "ls", "server_id": server, "timeout": -1}),
+            "timeout",
+        ),
+        (
+            json!({"command": "ls", "server_id": server, "timeout": "x"}),
+            "timeout",
+        ),
+        (
+            json!({"command": "ls", "server_id": server, "env": {"1X": "v"}}),
+            "env",
+        ),
+        (json!({"command": "ls", "server_id": "nope"}), "server_id"),
+        (
+            json!({"command": "ls", "server_id": "0195f2a4-3b7c-7d8e-9f00-112233445566"}),
+            "server_id",
+        ),
+        (json!({"command": "ls"}), "server_id"),
+    ];
+    for (body, field) in cases {
+        let (status, err) = app.post("/api/v1/jobs", &body).await;
+        assert_eq!(status, 422, "{body} -> {err}");
+        assert_eq!(err["field"], field, "{err}");
+    }
+    let (status, _) = app
+        .post("/api/v1/jobs/script", &json!({"server_id": server}))
+        .await;
+    assert_eq!(status, 422);
+    let (status, _) = app
+        .raw(reqwest::Method::POST, "/api/v1/jobs", b"{".to_vec())
+        .await;
+    assert_eq!(status, 400);
+    let (_, list) = app.get("/api/v1/jobs").await;
+    assert_eq!(
+        list["jobs"].as_array().unwrap().len(),
+        0,
+        "bad input created a job"
+    );
+    let missing = "0195f2a4-3b7c-7d8e-9f00-112233445566";
+    for path in ["", "/logs", "/stdout", "/stderr"] {
+        let (status, err) = app.get(&format!("/api/v1/jobs/{missing}{path}")).await;
+        assert_eq!(status, 404, "{path}: {err}");
+    }
+    let (status, _) = app
+        .post(&format!("/api/v1/jobs/{missing}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = app.get("/api/v1/jobs?status=done").await;
+    assert_eq!(status, 422);
+    app.stop().await;
+});
+
+db_test!(
+    duplicate_list_paging_and_idempotency,
+    |db: TestDb| async move {
+        let app = TestApp::start(&db, &[]).await;
+        let host = TestHost::start().await;
+        let server = app.add_key_server("h", &host).await;
+        let first = submit(
+            &app,
+            json!({"command": "echo", "args": "one", "server_id": server, "timeout": 30}),
+        )
+        .await;
+        wait_done(&app, &first, Duration::from_secs(20)).await;
+        let (status, dup) = app
+            .post(
+                &format!("/api/v1/jobs/{first}/duplicate"),
+                &json!({"timeout": 60}),
+            )
+            .await;
+        assert_eq!(status, 201, "{dup}");
+        assert_eq!(dup["original_job"], first.as_str());
+        assert_eq!(dup["new_job"]["duplicated_from"], first.as_str());
+        assert_eq!(dup["new_job"]["timeout"], 60);
+        assert_eq!(dup["new_job"]["command"], "echo");
+        let dup_id = dup["new_job"]["id"].as_str().unwrap().to_string();
+        let done = wait_done(&app, &dup_id, Duration::from_secs(20)).await;
+        assert_eq!(done["status"], "completed");
+        // Duplicate with an empty body keeps everything.
+        let (status, _) = app
+            .raw(
+                reqwest::Method::POST,
+                &format!("/api/v1/jobs/{first}/duplicate"),
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(status, 201);
+
+        // Idempotency: the same key returns the first job, 200, and queues nothing.
+        let body = json!({"command": "true", "server_id": server, "idempotency_key": "k-1"});
+        let (s1, j1) = app.post("/api/v1/jobs", &body).await;
+        let (s2, j2) = app.post("/api/v1/jobs", &body).await;
+        assert_eq!((s1, s2), (201, 200));
+        assert_eq!(j1["id"], j2["id"]);
+
+        // Paging through everything with the cursor, newest first.
+        let (_, all) = app.get("/api/v1/jobs?limit=1000").await;
+        let total = all["jobs"].as_array().unwrap().len();
+        assert_eq!(total, 4);
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/api/v1/jobs?limit=3&cursor={c}"),
+                None => "/api/v1/jobs?limit=3".into(),
+            };
+            let (_, page) = app.get(&path).await;
+            assert_eq!(page["limit"], 3);
+            for j in page["jobs"].as_array().unwrap() {
+                seen.push(j["id"].as_str().unwrap().to_string());
+            }
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
+        let expected: Vec<String> = all["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(seen, expected);
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.reverse();
+        assert_eq!(seen, sorted, "newest first");
+        let (_, completed) = app
+            .get(&format!("/api/v1/jobs?status=completed&server_id={server}"))
+            .await;
+        assert!(
+            completed["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|j| j["status"] == "completed")
+        );
+        app.stop().await;
+    }
+);
+
+fn job_pgid(db: &TestDb, id: &str) -> i64 {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct Pg {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+        remote_pgid: Option<i64>,
+    }
+    let q = format!("SELECT remote_pgid FROM jobs WHERE id = '{id}'");
+    let row: Pg = match db.kind() {
+        crate::helpers::Db::Sqlite => {
+            let mut c = diesel::SqliteConnection::establish(&db.url).unwrap();
+            diesel::sql_query(q).get_result(&mut c).unwrap()
+        }
+        crate::helpers::Db::Postgres => {
+            let mut c = diesel::PgConnection::establish(&db.url).unwrap();
+            diesel::sql_query(q).get_result(&mut c).unwrap()
+        }
+    };
+    row.remote_pgid
+        .expect("the job's process group was recorded")
+}
+
+/// True once no process is left in group `pgid` (waits up to 3 s).
+async fn no_group_left(pgid: i64) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        let out = std::process::Command::new("ps")
+            .args(["-eo", "pgid="])
+            .output()
+            .unwrap();
+        let alive = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.trim().parse::<i64>().ok() == Some(pgid));
+        if !alive {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
