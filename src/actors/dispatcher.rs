@@ -216,10 +216,12 @@ impl Handler<Delivery> for Dispatcher {
                 let lease = Duration::from_secs(act.settings.worker.lease_secs.max(1));
                 let events = act.deps.events.clone();
                 async move {
-                    let (row, _) = found?;
+                    let (row, max_jobs) = found?;
                     let host = host?;
+                    // The server's slot first: a job waiting for a busy server must not hold
+                    // one of this worker's slots meanwhile.
+                    let host_slot = host.send(AcquireSlot { max_jobs }).await.ok()?.ok()?;
                     let worker_slot = slots.acquire_owned().await.ok()?;
-                    let host_slot = host.send(AcquireSlot).await.ok()?.ok()?;
                     let until = Micros(
                         Micros::now().0 + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX),
                     );

@@ -76,6 +76,7 @@ pub struct HostActor {
     store: Store,
     opts: SshOptions,
     slots: Arc<Semaphore>,
+    capacity: usize,
     pool: Arc<Pool>,
 }
 
@@ -93,6 +94,7 @@ impl HostActor {
             store,
             opts,
             slots: Arc::new(Semaphore::new(max_jobs.max(1))),
+            capacity: max_jobs.max(1),
             pool: Arc::new(Pool {
                 state: Mutex::new(PoolState::default()),
                 freed: Arc::new(Notify::new()),
@@ -137,7 +139,22 @@ impl Actor for HostActor {
 impl Handler<AcquireSlot> for HostActor {
     type Result = ResponseFuture<Result<OwnedSemaphorePermit, SshError>>;
 
-    fn handle(&mut self, _: AcquireSlot, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: AcquireSlot, _: &mut Self::Context) -> Self::Result {
+        let wanted = msg.max_jobs.max(1);
+        if wanted > self.capacity {
+            self.slots.add_permits(wanted - self.capacity);
+            self.capacity = wanted;
+        } else if wanted < self.capacity {
+            // Take the surplus out as running jobs hand their slots back.
+            let surplus = u32::try_from(self.capacity - wanted).unwrap_or(u32::MAX);
+            self.capacity = wanted;
+            let slots = self.slots.clone();
+            tokio::spawn(async move {
+                if let Ok(p) = slots.acquire_many_owned(surplus).await {
+                    p.forget();
+                }
+            });
+        }
         let slots = self.slots.clone();
         Box::pin(async move {
             slots.acquire_owned().await.map_err(|_| SshError::Protocol {

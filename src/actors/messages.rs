@@ -43,10 +43,14 @@ pub struct Drain {
     pub grace: std::time::Duration,
 }
 
-/// Wait for a run slot on the server (FIFO; bounded by `max_concurrent_jobs`).
+/// Wait for a run slot on the server (FIFO; bounded by `max_concurrent_jobs`, whose current
+/// value the dispatcher passes along so a change of the setting takes effect).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<OwnedSemaphorePermit, SshError>")]
-pub struct AcquireSlot;
+pub struct AcquireSlot {
+    /// The server's `max_concurrent_jobs` as stored now.
+    pub max_jobs: usize,
+}
 
 /// Get a connection with room for one more channel.
 #[derive(Debug, Message)]

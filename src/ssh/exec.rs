@@ -349,10 +349,13 @@ async fn emit(events: &mpsc::Sender<ExecEvent>, event: ExecEvent) {
 ///
 /// Returns the job's exit status or signal once the channel has closed (a job that leaves
 /// background processes holding its output open therefore lasts until they end or are killed).
-/// Errors, all [`SshError::Protocol`]: the server refused the exec request; the bootstrap ended
-/// or sent something else before its preamble (nothing of the user's ran); the connection was
-/// lost before the command finished (it may have run, wholly or partly). A receiver of `events`
-/// that is dropped does not stop the job: its output is then discarded.
+/// Errors ([`SshError::Protocol`] unless the transport itself failed): an invalid job (the
+/// reason from [`build`]; validate with it first to report such jobs as the user's mistake);
+/// the server refused the exec request; the bootstrap ended or sent something else before its
+/// preamble (nothing of the user's ran); the connection was lost before the command finished
+/// (it may have run, wholly or partly). `run` sees only a channel, so these errors name the
+/// host as "the remote host". A receiver of `events` that is dropped does not stop the job:
+/// its output is then discarded.
 ///
 /// Events are sent as the data arrives, and `run` waits for the receiver to take them: a
 /// receiver that falls behind holds up this channel and, once russh's per-channel buffer is
@@ -635,7 +638,7 @@ fn cd_command(cwd: &str) -> String {
     format!("cd {target} || exit {CWD_FAILED}")
 }
 
-/// Validate env names ([A-Za-z_][A-Za-z0-9_]*), shell path, cwd; returns the exec line and
+/// Validate env names (`[A-Za-z_][A-Za-z0-9_]*`), shell path, cwd; returns the exec line and
 /// the stdin payload. Pure; unit-tested.
 ///
 /// The exec line is `exec /bin/sh -c '<bootstrap>'` (see the module documentation); the payload

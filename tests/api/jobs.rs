@@ -431,46 +431,68 @@ async fn no_group_left(pgid: i64) -> bool {
     false
 }
 
-db_test!(output_over_the_cap_keeps_head_and_tail, |db: TestDb| async move {
-    let app = TestApp::start(&db, &[("JOBEXEC__JOBS__OUTPUT_CAP_BYTES", "65536")]).await;
-    let host = TestHost::start().await;
-    let server = app.add_key_server("h", &host).await;
-    let id = submit(&app, json!({"command": "seq 1 100000", "server_id": server})).await;
-    let job = wait_done(&app, &id, Duration::from_secs(30)).await;
-    assert_eq!(job["status"], "completed", "{job}");
-    assert_eq!(job["output_truncated"], true);
-    let stored = job["output_bytes"].as_i64().unwrap();
-    assert!(stored <= 65536 + 200, "{stored}");
-    let out = String::from_utf8(raw(&app, &format!("/api/v1/jobs/{id}/stdout")).await).unwrap();
-    assert!(out.starts_with("1\n2\n3\n"), "{}", &out[..20]);
-    assert!(out.ends_with("99999\n100000\n"));
-    let err = String::from_utf8(raw(&app, &format!("/api/v1/jobs/{id}/stderr")).await).unwrap();
-    assert!(err.contains("bytes omitted"), "{err}");
-    let (_, logs) = app.get(&format!("/api/v1/jobs/{id}/logs")).await;
-    assert_eq!(logs["truncated"], true);
-    app.stop().await;
-});
+db_test!(
+    output_over_the_cap_keeps_head_and_tail,
+    |db: TestDb| async move {
+        let app = TestApp::start(&db, &[("JOBEXEC__JOBS__OUTPUT_CAP_BYTES", "65536")]).await;
+        let host = TestHost::start().await;
+        let server = app.add_key_server("h", &host).await;
+        let id = submit(
+            &app,
+            json!({"command": "seq 1 100000", "server_id": server}),
+        )
+        .await;
+        let job = wait_done(&app, &id, Duration::from_secs(30)).await;
+        assert_eq!(job["status"], "completed", "{job}");
+        assert_eq!(job["output_truncated"], true);
+        let stored = job["output_bytes"].as_i64().unwrap();
+        assert!(stored <= 65536 + 200, "{stored}");
+        let out = String::from_utf8(raw(&app, &format!("/api/v1/jobs/{id}/stdout")).await).unwrap();
+        assert!(out.starts_with("1\n2\n3\n"), "{}", &out[..20]);
+        assert!(out.ends_with("99999\n100000\n"));
+        let err = String::from_utf8(raw(&app, &format!("/api/v1/jobs/{id}/stderr")).await).unwrap();
+        assert!(err.contains("bytes omitted"), "{err}");
+        let (_, logs) = app.get(&format!("/api/v1/jobs/{id}/logs")).await;
+        assert_eq!(logs["truncated"], true);
+        app.stop().await;
+    }
+);
 
-db_test!(shutdown_cancels_running_jobs_so_none_stays_running, |db: TestDb| async move {
-    let settings: &[(&str, &str)] = &[
-        ("JOBEXEC__WORKER__SHUTDOWN_GRACE_SECS", "1"),
-        ("JOBEXEC__JOBS__KILL_GRACE_SECS", "1"),
-    ];
-    let app = TestApp::start(&db, settings).await;
-    let host = TestHost::start().await;
-    let server = app.add_key_server("h", &host).await;
-    let quick = submit(&app, json!({"command": "sleep 0.3; echo quick", "server_id": server})).await;
-    let slow = submit(&app, json!({"command": "echo slow; sleep 304", "server_id": server})).await;
-    wait_running(&app, &slow).await;
-    let started = Instant::now();
-    app.stop().await;
-    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
-    let app = TestApp::start(&db, settings).await;
-    let (_, q) = app.get(&format!("/api/v1/jobs/{quick}")).await;
-    assert_eq!(q["status"], "completed", "{q}");
-    let (_, s) = app.get(&format!("/api/v1/jobs/{slow}")).await;
-    assert_eq!(s["status"], "canceled", "{s}");
-    assert!(s["error"].as_str().unwrap().contains("shut down"), "{s}");
-    assert!(no_group_left(job_pgid(&db, &slow)).await);
-    app.stop().await;
-});
+db_test!(
+    shutdown_cancels_running_jobs_so_none_stays_running,
+    |db: TestDb| async move {
+        let settings: &[(&str, &str)] = &[
+            ("JOBEXEC__WORKER__SHUTDOWN_GRACE_SECS", "1"),
+            ("JOBEXEC__JOBS__KILL_GRACE_SECS", "1"),
+        ];
+        let app = TestApp::start(&db, settings).await;
+        let host = TestHost::start().await;
+        let server = app.add_key_server("h", &host).await;
+        let quick = submit(
+            &app,
+            json!({"command": "sleep 0.3; echo quick", "server_id": server}),
+        )
+        .await;
+        let slow = submit(
+            &app,
+            json!({"command": "echo slow; sleep 304", "server_id": server}),
+        )
+        .await;
+        wait_running(&app, &slow).await;
+        let started = Instant::now();
+        app.stop().await;
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
+        let app = TestApp::start(&db, settings).await;
+        let (_, q) = app.get(&format!("/api/v1/jobs/{quick}")).await;
+        assert_eq!(q["status"], "completed", "{q}");
+        let (_, s) = app.get(&format!("/api/v1/jobs/{slow}")).await;
+        assert_eq!(s["status"], "canceled", "{s}");
+        assert!(s["error"].as_str().unwrap().contains("shut down"), "{s}");
+        assert!(no_group_left(job_pgid(&db, &slow)).await);
+        app.stop().await;
+    }
+);

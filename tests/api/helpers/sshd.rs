@@ -159,13 +159,25 @@ fn current_user() -> String {
 }
 
 impl TestHost {
-    /// A host accepting the test keys for the current user.
+    /// A host accepting the test keys. On the real sshd the login is
+    /// `JOBEXEC_TEST_SSH_USER` when set (CI makes that account, with `/bin/sh` as its shell, so
+    /// no rc file of the current user's shell runs before every command), else the current
+    /// user.
     pub async fn start() -> TestHost {
         if have_sshd() {
-            Self::start_openssh(None).await
+            let user = std::env::var("JOBEXEC_TEST_SSH_USER")
+                .ok()
+                .filter(|u| !u.is_empty());
+            Self::start_openssh(None, user).await
         } else {
             Self::start_standin(None).await
         }
+    }
+
+    /// A real sshd accepting the test keys for `user`.
+    pub async fn start_as(user: &str) -> TestHost {
+        assert!(have_sshd(), "needs {SSHD}");
+        Self::start_openssh(None, Some(user.to_string())).await
     }
 
     /// A host that also accepts a password: real sshd with the CI-made account, else the
@@ -175,7 +187,7 @@ impl TestHost {
             .ok()
             .zip(std::env::var("JOBEXEC_TEST_SSH_PASSWORD").ok());
         match account {
-            Some(account) if have_sshd() => Self::start_openssh(Some(account)).await,
+            Some(account) if have_sshd() => Self::start_openssh(Some(account), None).await,
             None if in_ci() => panic!(
                 "CI=true but JOBEXEC_TEST_SSH_USER/JOBEXEC_TEST_SSH_PASSWORD are not set: \
                  .ci/run makes the password account"
@@ -222,7 +234,7 @@ impl TestHost {
         }
     }
 
-    async fn start_openssh(account: Option<(String, String)>) -> TestHost {
+    async fn start_openssh(account: Option<(String, String)>, user: Option<String>) -> TestHost {
         let dir = tempfile::tempdir().expect("tempdir");
         let (keys, authorized) = make_keys(dir.path());
         let host_key = keygen(dir.path(), "host_ed25519", &["-t", "ed25519", "-N", ""]);
@@ -233,6 +245,7 @@ impl TestHost {
             user: account
                 .as_ref()
                 .map(|a| a.0.clone())
+                .or(user)
                 .unwrap_or_else(current_user),
             password: account.as_ref().map(|a| a.1.clone()),
             keys,
@@ -243,6 +256,14 @@ impl TestHost {
         };
         std::fs::write(host.dir.path().join("authorized_keys"), authorized.concat())
             .expect("authorized_keys");
+        // sshd reads authorized_keys as the login user, who may not be the one running the
+        // test: let everyone read it (it holds public keys only).
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(host.dir.path(), std::fs::Permissions::from_mode(0o755));
+        let _ = std::fs::set_permissions(
+            host.dir.path().join("authorized_keys"),
+            std::fs::Permissions::from_mode(0o644),
+        );
         host.spawn_sshd(&host_key).await;
         host
     }

@@ -1,0 +1,408 @@
+//! End-to-end benchmark of the engine against a local OpenSSH sshd, with baselines measured
+//! in the same run. `cargo bench --bench engine` (add `-- --quick` for a short run).
+//!
+//! Figures:
+//! 1. trivial jobs per second through the HTTP API, beside OpenSSH ControlMaster running
+//!    `true` at 10-way parallelism and one fresh connection per job (what the seed does);
+//! 2. submit → running latency, p50 and p99;
+//! 3. MB/s of one job printing 200 MB;
+//! 4. memory per running job, over 1000 concurrent `sleep` jobs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
+
+#[path = "../tests/api/helpers/mod.rs"]
+mod helpers;
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use helpers::{Db, TestApp, TestDb, TestHost};
+use serde_json::json;
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn ssh_args(host: &TestHost, control: &str) -> Vec<String> {
+    vec![
+        "-q".into(),
+        "-o".into(),
+        "StrictHostKeyChecking=no".into(),
+        "-o".into(),
+        "UserKnownHostsFile=/dev/null".into(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-o".into(),
+        format!("ControlPath={control}"),
+        "-i".into(),
+        host.dir.path().join("id_ed25519").display().to_string(),
+        "-p".into(),
+        host.port.to_string(),
+        format!("{}@{}", host.user, host.host),
+    ]
+}
+
+/// `n` runs of `true` over a ControlMaster connection, 10 at a time: runs per second.
+fn control_master_rate(host: &TestHost, n: usize) -> f64 {
+    let control = host.dir.path().join("cm.sock").display().to_string();
+    let mut master = ssh_args(host, &control);
+    master.splice(
+        0..0,
+        [
+            "-o".to_string(),
+            "ControlMaster=yes".into(),
+            "-o".into(),
+            "ControlPersist=120".into(),
+        ],
+    );
+    let ok = Command::new("ssh")
+        .args(&master)
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(ok.success(), "ControlMaster could not start");
+    let args = Arc::new(ssh_args(host, &control));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..10)
+        .map(|_| {
+            let args = args.clone();
+            let next = next.clone();
+            std::thread::spawn(move || {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                    let st = Command::new("ssh")
+                        .args(args.iter())
+                        .arg("true")
+                        .stdout(Stdio::null())
+                        .status()
+                        .unwrap();
+                    assert!(st.success());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let _ = Command::new("ssh")
+        .args(args.iter())
+        .args(["-O", "exit"])
+        .stderr(Stdio::null())
+        .status();
+    rate
+}
+
+fn host_key_line(host: &TestHost) -> String {
+    let dir = host.dir.path();
+    let entry = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("host_ed25519") && name.ends_with(".pub")
+        })
+        .expect("host key");
+    std::fs::read_to_string(entry.path())
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// `n` jobs each on a fresh SSH connection (connect, authenticate, `true`, disconnect),
+/// 10 at a time, with the same Rust client the service uses: runs per second.
+async fn fresh_connection_rate(host: &TestHost, n: usize) -> f64 {
+    use job_executor::domain::{ServerDraft, ServerPatch};
+    use job_executor::ssh::{self, SshOptions, SshTarget};
+    let draft = ServerDraft::create(
+        ServerPatch {
+            name: Some("b".into()),
+            hostname: Some(host.host.clone()),
+            port: Some(i64::from(host.port)),
+            user: Some(host.user.clone()),
+            private_key: Some(host.keys.ed25519_openssh.clone().into()),
+            // Pinned up front, so each job costs one handshake (no key probe).
+            host_key: Some(host_key_line(host)),
+            ..Default::default()
+        },
+        10,
+    )
+    .unwrap();
+    let target = Arc::new(SshTarget::from_server(&draft).unwrap());
+    let opts = Arc::new(SshOptions {
+        connect_timeout: Duration::from_secs(10),
+        keepalive_interval: Duration::from_secs(15),
+        keepalive_max: 3,
+    });
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (target, opts, next) = (target.clone(), opts.clone(), next.clone());
+            tokio::spawn(async move {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                    let conn = ssh::connect(&target, &opts).await.unwrap();
+                    let r = conn.client.execute("true").await.unwrap();
+                    assert_eq!(r.exit_status, 0);
+                    let _ = conn.client.disconnect().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn wait_idle(app: &TestApp, bound: Duration) {
+    let start = Instant::now();
+    loop {
+        let (_, q) = app.get("/api/v1/jobs?status=queued&limit=1").await;
+        let (_, r) = app.get("/api/v1/jobs?status=running&limit=1").await;
+        if q["jobs"].as_array().unwrap().is_empty() && r["jobs"].as_array().unwrap().is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < bound,
+            "jobs still pending after {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `n` trivial jobs submitted over HTTP by 16 clients; jobs per second until all are done.
+async fn api_rate(app: &TestApp, server: &str, n: usize) -> f64 {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, url, next) = (app.client.clone(), app.url("/api/v1/jobs"), next.clone());
+            let body = json!({"command": "true", "server_id": server});
+            tokio::spawn(async move {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                    let r = client.post(&url).json(&body).send().await.unwrap();
+                    assert_eq!(r.status(), 201);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    wait_idle(app, Duration::from_secs(600)).await;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let (_, failed) = app.get("/api/v1/jobs?status=failed&limit=5").await;
+    assert!(
+        failed["jobs"].as_array().unwrap().is_empty(),
+        "jobs failed: {failed}"
+    );
+    rate
+}
+
+fn micros(ts: &serde_json::Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(ts.as_str().unwrap())
+        .unwrap()
+        .timestamp_micros()
+}
+
+/// Submit → running, one job at a time: (p50, p99) in milliseconds.
+async fn latency(app: &TestApp, server: &str, n: usize) -> (f64, f64) {
+    let mut samples = Vec::new();
+    for _ in 0..n {
+        let t0 = chrono::Utc::now().timestamp_micros();
+        let (_, job) = app
+            .post(
+                "/api/v1/jobs",
+                &json!({"command": "true", "server_id": server}),
+            )
+            .await;
+        let id = job["id"].as_str().unwrap().to_string();
+        let job = loop {
+            let (_, job) = app.get(&format!("/api/v1/jobs/{id}")).await;
+            if !job["started_at"].is_null() {
+                break job;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        samples.push((micros(&job["started_at"]) - t0) as f64 / 1000.0);
+        wait_idle(app, Duration::from_secs(30)).await;
+    }
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pick = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    (pick(0.50), pick(0.99))
+}
+
+/// One job printing `mb` MB: MB/s between its start and its end.
+async fn output_rate(app: &TestApp, server: &str, mb: usize) -> f64 {
+    let (_, job) = app
+        .post("/api/v1/jobs", &json!({"command": format!("head -c {} /dev/zero", mb * 1_000_000), "server_id": server}))
+        .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    wait_idle(app, Duration::from_secs(600)).await;
+    let (_, job) = app.get(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let secs = (micros(&job["finished_at"]) - micros(&job["started_at"])) as f64 / 1e6;
+    mb as f64 / secs
+}
+
+/// RSS growth per running job with `n` concurrent `sleep` jobs, in KiB.
+async fn memory_per_job(app: &TestApp, server: &str, n: usize) -> f64 {
+    let before = rss_kib();
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let (_, job) = app
+            .post(
+                "/api/v1/jobs",
+                &json!({"command": "sleep 60", "server_id": server}),
+            )
+            .await;
+        ids.push(job["id"].as_str().unwrap().to_string());
+    }
+    let start = Instant::now();
+    loop {
+        let (_, r) = app.get("/api/v1/jobs?status=running&limit=1000").await;
+        let running = r["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["remote_pgid"].is_null())
+            .count();
+        let _ = running;
+        let (_, q) = app.get("/api/v1/jobs?status=queued&limit=1").await;
+        if q["jobs"].as_array().unwrap().is_empty()
+            && r["jobs"].as_array().unwrap().len() >= n.min(1000)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "not all running"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib();
+    for id in &ids {
+        let _ = app
+            .post(&format!("/api/v1/jobs/{id}/cancel"), &json!({}))
+            .await;
+    }
+    wait_idle(app, Duration::from_secs(120)).await;
+    after.saturating_sub(before) as f64 / n as f64
+}
+
+/// The login the benchmark runs as: `JOBEXEC_TEST_SSH_USER`, or (as root) an account
+/// `jobexec-bench` made with `/bin/sh` as its shell, so that no rc file of an interactive
+/// user (root's `.bashrc` here runs pyenv's init, tens of milliseconds or more) is timed
+/// before every command — in the baselines and in ours alike.
+fn bench_user() -> String {
+    if let Ok(u) = std::env::var("JOBEXEC_TEST_SSH_USER")
+        && !u.is_empty()
+    {
+        return u;
+    }
+    let exists = Command::new("id")
+        .arg("jobexec-bench")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !exists {
+        let made = Command::new("useradd")
+            .args([
+                "--no-create-home",
+                "--home-dir",
+                "/tmp",
+                "--shell",
+                "/bin/sh",
+                "jobexec-bench",
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            made,
+            "cannot create the jobexec-bench account (run as root, or set JOBEXEC_TEST_SSH_USER)"
+        );
+    }
+    // A new account is locked ("!"), and sshd without PAM refuses locked accounts even for
+    // key logins: "*" means no password login, but not locked.
+    let _ = Command::new("usermod")
+        .args(["-p", "*", "jobexec-bench"])
+        .status();
+    "jobexec-bench".into()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let scale = if quick { 5 } else { 1 };
+    assert!(
+        std::path::Path::new("/usr/sbin/sshd").exists(),
+        "the benchmark needs OpenSSH's sshd"
+    );
+    let host = TestHost::start_as(&bench_user()).await;
+    let db = TestDb::create(Db::Sqlite).unwrap();
+    let app = TestApp::start(
+        &db,
+        &[
+            ("JOBEXEC__HTTP__WORKERS", "2"),
+            ("JOBEXEC__WORKER__MAX_CONNECTIONS_PER_HOST", "220"),
+            ("JOBEXEC__WORKER__CONCURRENCY", "2000"),
+            ("JOBEXEC__DATABASE__POOL_SIZE", "8"),
+        ],
+    )
+    .await;
+    let server = app.add_key_server("bench", &host).await;
+    let (status, _) = app
+        .put(
+            &format!("/api/v1/servers/{server}"),
+            &json!({"max_concurrent_jobs": 40}),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    println!(
+        "job-executor engine benchmark (sshd on 127.0.0.1:{} as {}, SQLite)",
+        host.port, host.user
+    );
+    let cm = control_master_rate(&host, 1000 / scale);
+    println!("baseline  ControlMaster `true`, 10-way           {cm:>9.1} runs/s");
+    let fresh = fresh_connection_rate(&host, 300 / scale).await;
+    println!("baseline  fresh connection per job, 10-way       {fresh:>9.1} runs/s");
+    let _ = api_rate(&app, &server, 100).await; // warm the pool
+    let ours = api_rate(&app, &server, 2000 / scale).await;
+    println!(
+        "ours      trivial jobs through the HTTP API       {ours:>9.1} jobs/s  ({:.2}x ControlMaster; target >= 1.5x)",
+        ours / cm
+    );
+    let (p50, p99) = latency(&app, &server, 300 / scale).await;
+    println!(
+        "ours      submit -> running latency              p50 {p50:.2} ms, p99 {p99:.2} ms  (target p50 < 10 ms)"
+    );
+    let mbps = output_rate(&app, &server, 200).await;
+    println!(
+        "ours      one job printing 200 MB                {mbps:>9.1} MB/s  (target > 100 MB/s)"
+    );
+    let (status, _) = app
+        .put(
+            &format!("/api/v1/servers/{server}"),
+            &json!({"max_concurrent_jobs": 1000}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let n = 1000 / scale;
+    let per_job = memory_per_job(&app, &server, n).await;
+    println!(
+        "ours      memory per running job ({n} x sleep)    {per_job:>9.1} KiB  (target < 50 KB)"
+    );
+    app.stop().await;
+}
