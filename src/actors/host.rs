@@ -32,6 +32,7 @@ pub struct PoolLimits {
 
 struct PooledConn {
     client: Client,
+    login_shell_posix: bool,
     in_use: Arc<AtomicUsize>,
     last_used: Instant,
 }
@@ -53,6 +54,8 @@ struct Pool {
 pub struct ChannelLease {
     /// The connection (a cheap clone).
     pub client: Client,
+    /// The login shell runs the bootstrap as is (see `exec::build_for`).
+    pub login_shell_posix: bool,
     in_use: Arc<AtomicUsize>,
     freed: Arc<Notify>,
 }
@@ -201,6 +204,7 @@ async fn checkout(
                 c.last_used = Instant::now();
                 return Ok(ChannelLease {
                     client: c.client.clone(),
+                    login_shell_posix: c.login_shell_posix,
                     in_use: c.in_use.clone(),
                     freed: pool.freed.clone(),
                 });
@@ -211,16 +215,18 @@ async fn checkout(
                 let made = connect_new(&pool, &store, &opts, id).await;
                 let mut st = pool.state.lock().await;
                 st.connecting -= 1;
-                let client = made?;
+                let (client, login_shell_posix) = made?;
                 let in_use = Arc::new(AtomicUsize::new(1));
                 st.conns.push(PooledConn {
                     client: client.clone(),
+                    login_shell_posix,
                     in_use: in_use.clone(),
                     last_used: Instant::now(),
                 });
                 pool.freed.notify_waiters();
                 return Ok(ChannelLease {
                     client,
+                    login_shell_posix,
                     in_use,
                     freed: pool.freed.clone(),
                 });
@@ -236,7 +242,7 @@ async fn connect_new(
     store: &Store,
     opts: &SshOptions,
     id: uuid::Uuid,
-) -> Result<Client, SshError> {
+) -> Result<(Client, bool), SshError> {
     let _handshake = pool
         .handshakes
         .acquire()
@@ -269,6 +275,7 @@ async fn connect_new(
             tracing::info!(server_id = %id, fingerprint = %ssh::fingerprint(&conn.host_key), "host key pinned on first use");
         }
     }
-    tracing::debug!(server_id = %id, "SSH connection opened");
-    Ok(conn.client)
+    let posix = ssh::exec::login_shell_is_posix(&conn.client).await;
+    tracing::debug!(server_id = %id, login_shell_posix = posix, "SSH connection opened");
+    Ok((conn.client, posix))
 }

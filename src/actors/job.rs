@@ -269,7 +269,7 @@ async fn run(row: JobRow, cx: RunCtx) -> Finish {
         settings.output_cap_bytes,
     );
     // Boxed so it can be dropped early: dropping it closes the channel and the writer's input.
-    let mut exec_run = Box::pin(exec::run(channel, &job, tx));
+    let mut exec_run = Box::pin(exec::run_in(channel, &job, tx, lease.login_shell_posix));
     enum Outcome {
         Ran(Result<ExecEnd, crate::ssh::SshError>),
         Stop(Option<Finish>),
