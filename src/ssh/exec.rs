@@ -753,6 +753,23 @@ pub fn build_for(job: &RemoteJob, login_shell_posix: bool) -> Result<(String, Ve
     }
 }
 
+/// Whether the login shell of the connection's user runs the bootstrap as is: asks for
+/// `$SHELL` once (sshd sets it to the login shell) and accepts sh, dash, bash, ksh, mksh and
+/// ash. Anything else, or any doubt, answers false (the bootstrap is then wrapped).
+pub async fn login_shell_is_posix(client: &async_ssh2_tokio::Client) -> bool {
+    let Ok(Ok(out)) = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.execute("echo \"$SHELL\""),
+    )
+    .await
+    else {
+        return false;
+    };
+    let shell = out.stdout.trim();
+    let name = shell.rsplit('/').next().unwrap_or_default();
+    out.exit_status == 0 && matches!(name, "sh" | "dash" | "bash" | "ksh" | "mksh" | "ash")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -845,21 +862,4 @@ mod tests {
         assert!(first.starts_with("JOBEXEC "), "{text}");
         assert_eq!(rest, "it's \"q\" $HOME `x` \\n|two\nlines|/");
     }
-}
-
-/// Whether the login shell of the connection's user runs the bootstrap as is: asks for
-/// `$SHELL` once (sshd sets it to the login shell) and accepts sh, dash, bash, ksh, mksh and
-/// ash. Anything else, or any doubt, answers false (the bootstrap is then wrapped).
-pub async fn login_shell_is_posix(client: &async_ssh2_tokio::Client) -> bool {
-    let Ok(Ok(out)) = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        client.execute("echo \"$SHELL\""),
-    )
-    .await
-    else {
-        return false;
-    };
-    let shell = out.stdout.trim();
-    let name = shell.rsplit('/').next().unwrap_or_default();
-    out.exit_status == 0 && matches!(name, "sh" | "dash" | "bash" | "ksh" | "mksh" | "ash")
 }
