@@ -496,3 +496,36 @@ db_test!(
         app.stop().await;
     }
 );
+
+db_test!(
+    connection_lost_mid_job_fails_never_completes,
+    |db: TestDb| async move {
+        let app = TestApp::start(&db, &[]).await;
+        let host = TestHost::start().await;
+        if host.kind != crate::helpers::sshd::HostKind::OpenSsh {
+            return; // cutting connections needs the real sshd (CI always has it)
+        }
+        let server = app.add_key_server("h", &host).await;
+        let id = submit(
+            &app,
+            json!({"command": "echo up; sleep 4; echo never", "server_id": server}),
+        )
+        .await;
+        wait_running(&app, &id).await;
+        host.kill_connections();
+        let job = wait_done(&app, &id, Duration::from_secs(20)).await;
+        assert_eq!(job["status"], "failed", "{job}");
+        let error = job["error"].as_str().unwrap();
+        assert!(
+            error.contains("lost") || error.contains("closed"),
+            "{error}"
+        );
+        let out = raw(&app, &format!("/api/v1/jobs/{id}/stdout")).await;
+        assert_eq!(out, b"up\n");
+        // The pool notices and reconnects: the next job runs.
+        let next = submit(&app, json!({"command": "echo again", "server_id": server})).await;
+        let job = wait_done(&app, &next, Duration::from_secs(20)).await;
+        assert_eq!(job["status"], "completed", "{job}");
+        app.stop().await;
+    }
+);

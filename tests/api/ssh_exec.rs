@@ -192,6 +192,9 @@ async fn started_comes_before_the_users_code_runs() {
     let host = TestHost::start().await;
     let client = connect_to(&host).await;
     let dir = tempfile::tempdir().unwrap();
+    // The login may be another account than the test's (CI logs in as a test account).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let flag = dir.path().join("ran");
     let job = command(&format!("touch '{}'", flag.display()));
     let channel = exec::open_channel(&client).await.unwrap();
@@ -424,13 +427,15 @@ async fn kill_group_stops_the_whole_process_group() {
     assert_eq!(left.stdout_text(), "", "left in group {pgid}");
     reaper.0 = None;
 
-    // A group that is already gone is not an error, and the temp file is removed.
-    let file = tempfile::NamedTempFile::new().unwrap();
-    let path = file.path().display().to_string();
+    // A group that is already gone is not an error, and the temp file is removed. The file
+    // is made by the login (which may be another account than the test's), as a job's is.
+    let made = run_line(&client, "mktemp /tmp/jobexec-test.XXXXXX").await;
+    let path = made.stdout_text().trim().to_string();
+    assert!(std::path::Path::new(&path).exists(), "{path}");
     exec::kill_group(&client, pgid, Duration::from_millis(200), Some(&path))
         .await
         .expect("kill_group on a gone group");
-    assert!(!file.path().exists());
+    assert!(!std::path::Path::new(&path).exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

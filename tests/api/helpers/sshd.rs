@@ -327,6 +327,42 @@ impl TestHost {
         }
     }
 
+    /// Cut every open connection abruptly (SIGKILL to the per-connection sshd processes),
+    /// leaving the listener up: what a crashed or rebooted host looks like mid-job.
+    pub fn kill_connections(&self) {
+        let Some(Inner::OpenSsh { child }) = &self.inner else {
+            panic!("needs the real sshd");
+        };
+        let out = Command::new("ps")
+            .args(["-eo", "pid=,ppid=,comm="])
+            .output()
+            .expect("ps");
+        let table: Vec<(u32, u32, String)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((
+                    f.next()?.parse().ok()?,
+                    f.next()?.parse().ok()?,
+                    f.next()?.to_string(),
+                ))
+            })
+            .collect();
+        let mut parents = vec![child.id()];
+        let mut doomed = Vec::new();
+        while let Some(p) = parents.pop() {
+            for (pid, ppid, comm) in &table {
+                if *ppid == p && comm.starts_with("sshd") {
+                    doomed.push(*pid);
+                    parents.push(*pid);
+                }
+            }
+        }
+        for pid in doomed {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+
     /// Stop the server (connections then fail with "refused").
     pub fn stop(&mut self) {
         self.kill();
