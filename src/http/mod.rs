@@ -31,69 +31,41 @@ pub struct AppState {
     pub dispatcher: Option<actix::Addr<crate::actors::Dispatcher>>,
 }
 
+/// A resource whose other methods answer a JSON 405.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
 /// Register every route on an actix-web app (or a scope of the embedding program's app).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health::health)).service(
+    use web::{delete, get, post, put};
+    cfg.route("/health", get().to(health::health)).service(
         web::scope("/api/v1")
             .service(
-                web::resource("/jobs")
-                    .route(web::get().to(jobs::list))
-                    .route(web::post().to(jobs::submit_command))
-                    .default_service(web::to(method_not_allowed)),
+                resource("/jobs")
+                    .route(get().to(jobs::list))
+                    .route(post().to(jobs::submit_command)),
+            )
+            // Before `/jobs/{id}`, which would otherwise take "script" for an id.
+            .service(resource("/jobs/script").route(post().to(jobs::submit_script)))
+            .service(resource("/jobs/{id}").route(get().to(jobs::get)))
+            .service(resource("/jobs/{id}/cancel").route(post().to(jobs::cancel)))
+            .service(resource("/jobs/{id}/duplicate").route(post().to(jobs::duplicate)))
+            .service(resource("/jobs/{id}/logs").route(get().to(jobs::logs)))
+            .service(resource("/jobs/{id}/stdout").route(get().to(jobs::stdout)))
+            .service(resource("/jobs/{id}/stderr").route(get().to(jobs::stderr)))
+            .service(
+                resource("/servers")
+                    .route(get().to(servers::list))
+                    .route(post().to(servers::create)),
             )
             .service(
-                web::resource("/jobs/script")
-                    .route(web::post().to(jobs::submit_script))
-                    .default_service(web::to(method_not_allowed)),
+                resource("/servers/{id}")
+                    .route(get().to(servers::get))
+                    .route(put().to(servers::update))
+                    .route(delete().to(servers::delete)),
             )
-            .service(
-                web::resource("/jobs/{id}")
-                    .route(web::get().to(jobs::get))
-                    .default_service(web::to(method_not_allowed)),
-            )
-            .service(
-                web::resource("/jobs/{id}/cancel")
-                    .route(web::post().to(jobs::cancel))
-                    .default_service(web::to(method_not_allowed)),
-            )
-            .service(
-                web::resource("/jobs/{id}/duplicate")
-                    .route(web::post().to(jobs::duplicate))
-                    .default_service(web::to(method_not_allowed)),
-            )
-            .service(
-                web::resource("/jobs/{id}/logs")
-                    .route(web::get().to(jobs::logs))
-                    .default_service(web::to(method_not_allowed)),
-            )
-            .service(
-                web::resource("/jobs/{id}/stdout")
-                    .route(web::get().to(jobs::stdout))
-                    .default_service(web::to(method_not_allowed)),
-            )
-            .service(
-                web::resource("/jobs/{id}/stderr")
-                    .route(web::get().to(jobs::stderr))
-                    .default_service(web::to(method_not_allowed)),
-            )
-            .service(
-                web::resource("/servers")
-                    .route(web::get().to(servers::list))
-                    .route(web::post().to(servers::create))
-                    .default_service(web::to(method_not_allowed)),
-            )
-            .service(
-                web::resource("/servers/{id}")
-                    .route(web::get().to(servers::get))
-                    .route(web::put().to(servers::update))
-                    .route(web::delete().to(servers::delete))
-                    .default_service(web::to(method_not_allowed)),
-            )
-            .service(
-                web::resource("/servers/{id}/test")
-                    .route(web::post().to(servers::test))
-                    .default_service(web::to(method_not_allowed)),
-            ),
+            .service(resource("/servers/{id}/test").route(post().to(servers::test))),
     );
 }
 
