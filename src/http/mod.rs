@@ -7,6 +7,7 @@ mod body;
 mod health;
 pub mod jobs;
 mod servers;
+pub mod stream;
 
 pub use body::JsonBody;
 
@@ -54,6 +55,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(resource("/jobs/{id}/logs").route(get().to(jobs::logs)))
             .service(resource("/jobs/{id}/stdout").route(get().to(jobs::stdout)))
             .service(resource("/jobs/{id}/stderr").route(get().to(jobs::stderr)))
+            .service(resource("/jobs/{id}/stream").route(get().to(stream::stream)))
             .service(
                 resource("/servers")
                     .route(get().to(servers::list))

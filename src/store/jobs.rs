@@ -504,6 +504,27 @@ impl Store {
         .await
     }
 
+    /// The last `n` chunks at or before `upto_seq`, in order (to resume a stream mid-way).
+    pub async fn read_output_tail(
+        &self,
+        id: String,
+        upto_seq: i64,
+        n: i64,
+    ) -> Result<Vec<ChunkRow>, StoreError> {
+        self.run(move |conn| {
+            let mut rows: Vec<ChunkRow> = job_output::table
+                .filter(job_output::job_id.eq(&id))
+                .filter(job_output::seq.le(upto_seq))
+                .order(job_output::seq.desc())
+                .limit(n)
+                .select(ChunkRow::as_select())
+                .load(conn)?;
+            rows.reverse();
+            Ok(rows)
+        })
+        .await
+    }
+
     /// Queued jobs, oldest first (to refill an in-memory queue at start).
     pub async fn queued_job_ids(&self, limit: i64) -> Result<Vec<String>, StoreError> {
         self.run(move |conn| {

@@ -9,3 +9,4 @@ mod jobs;
 mod servers;
 mod ssh_exec;
 mod ssh_test;
+mod stream;

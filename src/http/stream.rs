@@ -1,0 +1,337 @@
+//! `GET /jobs/{id}/stream`: Server-Sent Events of a job — `status`, `output`, `complete`.
+//!
+//! Every event's `id:` is the last output sequence number delivered so far (`-1` before
+//! any), so a client that reconnects with `Last-Event-ID: n` gets exactly the output after
+//! `n`: nothing twice, nothing missed. The first event is always the current status.
+//!
+//! Each client has its own task and a small bounded buffer. The task subscribes to the event
+//! bus *before* reading the database, replays what is stored, then follows live events; a
+//! live event that is ahead of what it has sent (the writer had not flushed yet when it read)
+//! or a lag of the bus (the client was slow and the bus moved on) sends it back to the
+//! database to catch up. A slow client therefore only ever slows itself; the job and the
+//! other clients never wait for it.
+//!
+//! Output is text: each stream's bytes go through a UTF-8 decoder that carries an incomplete
+//! character over to the stream's next chunk, so a character split across chunks arrives
+//! whole; bytes that are not UTF-8 become U+FFFD.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::web::Bytes;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+
+use super::AppState;
+use super::jobs::job_view;
+use crate::domain::{Micros, OutputStream, parse_id};
+use crate::error::ApiError;
+use crate::events::JobEvent;
+use crate::store::{ChunkRow, JobRow};
+
+/// How often an idle stream gets a keep-alive comment.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Events buffered per client before its task waits for it.
+const CLIENT_BUFFER: usize = 64;
+/// Chunks read per database page while replaying.
+const PAGE: i64 = 1000;
+
+/// UTF-8 decoding across chunk boundaries.
+#[derive(Debug, Default)]
+pub struct Utf8Carry {
+    pending: Vec<u8>,
+}
+
+impl Utf8Carry {
+    /// Decode `data` after what was carried; keep an incomplete trailing character for later.
+    pub fn push(&mut self, data: &[u8]) -> String {
+        let mut buf = std::mem::take(&mut self.pending);
+        buf.extend_from_slice(data);
+        let mut out = String::with_capacity(buf.len());
+        let mut rest: &[u8] = &buf;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    out.push_str(s);
+                    break;
+                }
+                Err(e) => {
+                    let (valid, after) = rest.split_at(e.valid_up_to());
+                    out.push_str(&String::from_utf8_lossy(valid));
+                    match e.error_len() {
+                        Some(n) => {
+                            out.push(char::REPLACEMENT_CHARACTER);
+                            rest = &after[n..];
+                        }
+                        None => {
+                            self.pending = after.to_vec();
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// What is left at the end of the stream, replaced if it never completed.
+    pub fn finish(&mut self) -> String {
+        String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned()
+    }
+}
+
+struct Feed {
+    state: web::Data<AppState>,
+    job_id: String,
+    last: i64,
+    stdout: Utf8Carry,
+    stderr: Utf8Carry,
+    tx: mpsc::Sender<Bytes>,
+}
+
+/// The client went away: stop feeding it.
+struct Gone;
+
+fn frame(id: i64, event: &str, data: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("id: {id}\nevent: {event}\ndata: {data}\n\n"))
+}
+
+impl Feed {
+    async fn send(&self, bytes: Bytes) -> Result<(), Gone> {
+        self.tx.send(bytes).await.map_err(|_| Gone)
+    }
+
+    async fn status(&self, row: &JobRow) -> Result<(), Gone> {
+        self.send(frame(self.last, "status", &job_view(row))).await
+    }
+
+    async fn complete(&mut self, row: &JobRow) -> Result<(), Gone> {
+        // Bytes still carried at the end never completed a character: send them replaced.
+        for stream in [OutputStream::Stdout, OutputStream::Stderr] {
+            let rest = self.carry(stream).finish();
+            if !rest.is_empty() {
+                self.output_text(self.last, stream, rest, Micros::now().0)
+                    .await?;
+            }
+        }
+        self.send(frame(self.last, "complete", &job_view(row)))
+            .await
+    }
+
+    fn carry(&mut self, stream: OutputStream) -> &mut Utf8Carry {
+        match stream {
+            OutputStream::Stdout => &mut self.stdout,
+            OutputStream::Stderr => &mut self.stderr,
+        }
+    }
+
+    async fn output_text(
+        &self,
+        seq: i64,
+        stream: OutputStream,
+        text: String,
+        at: i64,
+    ) -> Result<(), Gone> {
+        let name = match stream {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        };
+        let data = json!({
+            "job_id": self.job_id,
+            "seq": seq,
+            "stream": name,
+            "is_stderr": stream == OutputStream::Stderr,
+            "output": text,
+            "timestamp": Micros(at),
+        });
+        self.send(frame(seq, "output", &data)).await
+    }
+
+    /// Send one chunk (skipping what was already sent).
+    async fn output(
+        &mut self,
+        seq: i64,
+        stream: OutputStream,
+        data: &[u8],
+        at: i64,
+    ) -> Result<(), Gone> {
+        if seq <= self.last {
+            return Ok(());
+        }
+        let text = self.carry(stream).push(data);
+        self.last = seq;
+        if text.is_empty() {
+            // All of it is carried into the stream's next chunk; a resume from an earlier id
+            // rebuilds the carry from the database.
+            return Ok(());
+        }
+        self.output_text(seq, stream, text, at).await
+    }
+
+    /// Send everything stored after `last`.
+    async fn replay(&mut self) -> Result<(), Gone> {
+        loop {
+            let page = match self
+                .state
+                .store
+                .read_output(self.job_id.clone(), self.last, PAGE)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(job_id = %self.job_id, error = %e, "stream cannot read output");
+                    return Ok(());
+                }
+            };
+            let n = page.len();
+            for c in page {
+                self.output(c.seq, c.stream(), &c.data, c.at).await?;
+            }
+            if (n as i64) < PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Catch up to just before `seq` from the database, waiting briefly for the writer's
+    /// flush (it writes at least every 50 ms).
+    async fn fill_gap(&mut self, seq: i64) -> Result<(), Gone> {
+        for _ in 0..40 {
+            self.replay().await?;
+            if self.last >= seq - 1 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        tracing::warn!(job_id = %self.job_id, from = self.last, to = seq, "stream skipped output it could not find");
+        Ok(())
+    }
+
+    /// Rebuild the UTF-8 carries as they stood after `last` (a resumed stream).
+    async fn prime(&mut self) {
+        if self.last < 0 {
+            return;
+        }
+        let tail: Vec<ChunkRow> = self
+            .state
+            .store
+            .read_output_tail(self.job_id.clone(), self.last, 16)
+            .await
+            .unwrap_or_default();
+        for c in tail {
+            let _ = self.carry(c.stream()).push(&c.data);
+        }
+    }
+
+    async fn run(mut self, mut bus: broadcast::Receiver<JobEvent>) -> Result<(), Gone> {
+        self.prime().await;
+        let uuid = parse_id("id", &self.job_id).map_err(|_| Gone)?;
+        let row = self.state.store.get_job(uuid).await.map_err(|_| Gone)?;
+        self.status(&row).await?;
+        self.replay().await?;
+        if row.status().is_terminal() {
+            return self.complete(&row).await;
+        }
+        let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+        keep_alive.tick().await;
+        loop {
+            tokio::select! {
+                ev = bus.recv() => match ev {
+                    Ok(JobEvent::Output { job_id, seq, stream, data, at }) if *job_id == *self.job_id => {
+                        if seq > self.last + 1 {
+                            self.fill_gap(seq).await?;
+                        }
+                        self.output(seq, stream, &data, at).await?;
+                    }
+                    Ok(JobEvent::Status(row)) if row.id == self.job_id => {
+                        if row.status().is_terminal() {
+                            // The end is recorded after the last output is stored.
+                            self.replay().await?;
+                            return self.complete(&row).await;
+                        }
+                        self.status(&row).await?;
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.replay().await?;
+                        let row = self.state.store.get_job(uuid).await.map_err(|_| Gone)?;
+                        if row.status().is_terminal() {
+                            self.replay().await?;
+                            return self.complete(&row).await;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+                _ = keep_alive.tick() => self.send(Bytes::from_static(b": keep-alive\n\n")).await?,
+            }
+        }
+    }
+}
+
+/// `GET /jobs/{id}/stream`
+pub async fn stream(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id("id", &path)
+        .map_err(|_| ApiError::NotFound(format!("job {:?} does not exist", path.as_str())))?;
+    // Subscribe before anything is read, so no event falls between replay and live.
+    let bus = state.events.subscribe();
+    let row = state
+        .store
+        .get_job(id)
+        .await
+        .map_err(|e| ApiError::from_store(e, || format!("job {id}")))?;
+    let last = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .unwrap_or(-1)
+        .max(-1);
+    let (tx, mut rx) = mpsc::channel::<Bytes>(CLIENT_BUFFER);
+    let feed = Feed {
+        state: state.clone(),
+        job_id: row.id.clone(),
+        last,
+        stdout: Utf8Carry::default(),
+        stderr: Utf8Carry::default(),
+        tx,
+    };
+    actix_web::rt::spawn(async move {
+        let _ = feed.run(bus).await;
+    });
+    let body =
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok::<_, Infallible>)));
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Utf8Carry;
+
+    #[test]
+    fn a_split_character_arrives_whole() {
+        let euro = "€".as_bytes(); // 3 bytes
+        let mut c = Utf8Carry::default();
+        assert_eq!(c.push(&[b'a', euro[0]]), "a");
+        assert_eq!(c.push(&euro[1..2]), "");
+        assert_eq!(c.push(&[euro[2], b'b']), "€b");
+        assert_eq!(c.finish(), "");
+    }
+
+    #[test]
+    fn invalid_bytes_are_replaced() {
+        let mut c = Utf8Carry::default();
+        assert_eq!(c.push(b"x\xffy"), "x\u{FFFD}y");
+        assert_eq!(c.push(b"\xe2\x82"), "");
+        assert_eq!(c.finish(), "\u{FFFD}");
+    }
+}
