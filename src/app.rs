@@ -18,7 +18,8 @@ use crate::actors::messages::Drain;
 use crate::domain::{ServerDraft, ServerPatch};
 use crate::events::EventBus;
 use crate::http::{self, AppState};
-use crate::queue::{JobQueue, MemoryQueue};
+use crate::queue::rabbit::{RabbitBroker, Roles};
+use crate::queue::{JobQueue, MemoryQueue, bridge};
 use crate::settings::Settings;
 use crate::store::{Store, StoreError};
 
@@ -147,15 +148,47 @@ async fn run(
     ready: oneshot::Sender<Ready>,
     stop: oneshot::Receiver<()>,
 ) {
-    let queue: Arc<dyn JobQueue> = Arc::new(MemoryQueue::default());
     let events = EventBus::default();
+    let broker = settings.rabbitmq.enabled().then(|| {
+        let prefetch = u16::try_from(settings.worker.concurrency).unwrap_or(u16::MAX);
+        let roles = match role {
+            Role::Serve | Role::Worker => Roles {
+                consume_jobs: Some(prefetch),
+                control: true,
+                events: false,
+            },
+            Role::Api => Roles {
+                consume_jobs: None,
+                control: false,
+                events: true,
+            },
+        };
+        let name = format!("job-executor {role:?} {}", settings.worker.worker_id());
+        tracing::info!(broker = %settings.rabbitmq.redacted_url(), "using RabbitMQ");
+        RabbitBroker::start(settings.rabbitmq.clone(), roles, name)
+    });
+    let queue: Arc<dyn JobQueue> = match &broker {
+        Some(b) => b.clone(),
+        None => Arc::new(MemoryQueue::default()),
+    };
+    if let Some(b) = &broker {
+        bridge::spawn(
+            role,
+            b.clone(),
+            store.clone(),
+            events.clone(),
+            settings.rabbitmq.poll_secs,
+        );
+    }
     let deps = JobDeps {
         store: store.clone(),
         events: events.clone(),
         jobs: Arc::new(settings.jobs.clone()),
     };
     let runs_jobs = role != Role::Api;
-    let dispatcher = Dispatcher::new(deps, settings.clone(), queue.clone(), runs_jobs).start();
+    let dispatcher = Dispatcher::new(deps, settings.clone(), queue.clone(), runs_jobs)
+        .with_broker(broker.clone())
+        .start();
     let drain = {
         let d = dispatcher.clone();
         let grace = Duration::from_secs(settings.worker.shutdown_grace_secs);
@@ -175,6 +208,7 @@ async fn run(
         queue,
         events,
         dispatcher: Some(dispatcher),
+        broker,
     };
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {

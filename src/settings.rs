@@ -66,6 +66,28 @@ pub struct DatabaseSettings {
 pub struct RabbitSettings {
     /// AMQP URL; empty for none.
     pub url: SecretString,
+    /// The jobs queue.
+    pub jobs_queue: String,
+    /// The control (cancel) fanout exchange.
+    pub control_exchange: String,
+    /// The events topic exchange.
+    pub events_exchange: String,
+    /// Longest wait between reconnection attempts.
+    pub reconnect_max_secs: u64,
+    /// Database poll and outbox interval.
+    pub poll_secs: u64,
+}
+
+impl RabbitSettings {
+    /// Whether a broker is configured.
+    pub fn enabled(&self) -> bool {
+        !self.url.expose_secret().trim().is_empty()
+    }
+
+    /// The URL without its password, for logs.
+    pub fn redacted_url(&self) -> String {
+        redact_url(self.url.expose_secret())
+    }
 }
 
 /// `[ssh]`

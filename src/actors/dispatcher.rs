@@ -32,6 +32,8 @@ pub struct Dispatcher {
     hosts: HashMap<String, Addr<HostActor>>,
     running: HashMap<String, Addr<JobActor>>,
     running_count: Arc<std::sync::atomic::AtomicUsize>,
+    pending: std::collections::HashSet<String>,
+    broker: Option<Arc<crate::queue::rabbit::RabbitBroker>>,
     worker_slots_held: HashMap<String, tokio::sync::OwnedSemaphorePermit>,
     slots: Arc<Semaphore>,
     token: CancellationToken,
@@ -57,11 +59,37 @@ impl Dispatcher {
             hosts: HashMap::new(),
             running: HashMap::new(),
             running_count: Arc::default(),
+            pending: Default::default(),
+            broker: None,
             worker_slots_held: HashMap::new(),
             slots,
             token: CancellationToken::new(),
             draining: false,
         }
+    }
+
+    /// Take cancels from the broker's control exchange as well.
+    pub fn with_broker(mut self, broker: Option<Arc<crate::queue::rabbit::RabbitBroker>>) -> Self {
+        self.broker = broker;
+        self
+    }
+
+    /// Look in the database for queued jobs no delivery brought (the broker was away, a
+    /// message was lost, the process restarted): they are delivered to ourselves.
+    fn poll_queued(&mut self, ctx: &mut Context<Self>) {
+        if self.draining || !self.runs_jobs {
+            return;
+        }
+        let store = self.deps.store.clone();
+        ctx.spawn(
+            async move { store.queued_job_ids(200).await.unwrap_or_default() }
+                .into_actor(self)
+                .map(|ids, _, ctx| {
+                    for id in ids {
+                        ctx.notify(Delivery(id, None));
+                    }
+                }),
+        );
     }
 
     fn host(&mut self, server_id: &str, max_jobs: usize) -> Option<Addr<HostActor>> {
@@ -147,32 +175,49 @@ impl Actor for Dispatcher {
         if let Some(rx) = self.queue.take_consumer() {
             ctx.add_stream(tokio_stream_from(rx));
         }
-        // Jobs queued before this start (an in-memory queue forgets them): announce again.
-        let store = self.deps.store.clone();
-        let queue = self.queue.clone();
-        ctx.spawn(
-            async move {
-                match store.queued_job_ids(100_000).await {
-                    Ok(ids) => {
-                        if !ids.is_empty() {
-                            tracing::info!(count = ids.len(), "re-announcing queued jobs");
-                        }
-                        for id in ids {
-                            let _ = queue.publish(id).await;
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot read queued jobs"),
-                }
-            }
-            .into_actor(self),
-        );
+        if let Some(rx) = self.broker.as_ref().and_then(|b| b.take_control()) {
+            ctx.add_stream(control_stream(rx));
+        }
+        let poll = Duration::from_secs(self.settings.rabbitmq.poll_secs.max(1));
+        ctx.run_interval(poll, |act, ctx| act.poll_queued(ctx));
+        // Jobs queued before this start are found by the database poll, at once.
+        self.poll_queued(ctx);
     }
 }
 
 fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::queue::Delivered>,
 ) -> impl futures::Stream<Item = Delivery> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Delivery)))
+    futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|o| o.map(|d| Delivery(d.job_id, d.ack)))
+    })
+}
+
+/// A cancel from another process.
+struct RemoteCancel(String);
+
+fn control_stream(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::queue::rabbit::ControlMsg>,
+) -> impl futures::Stream<Item = RemoteCancel> {
+    futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|o| {
+            o.map(|m| match m {
+                crate::queue::rabbit::ControlMsg::Cancel { job_id } => RemoteCancel(job_id),
+            })
+        })
+    })
+}
+
+impl StreamHandler<RemoteCancel> for Dispatcher {
+    fn handle(&mut self, RemoteCancel(job_id): RemoteCancel, _: &mut Self::Context) {
+        if let Some(addr) = self.running.get(&job_id) {
+            addr.do_send(CancelJob {
+                job_id,
+                reason: StopReason::Canceled,
+            });
+        }
+    }
 }
 
 impl StreamHandler<Delivery> for Dispatcher {
@@ -188,8 +233,19 @@ impl StreamHandler<Delivery> for Dispatcher {
 impl Handler<Delivery> for Dispatcher {
     type Result = ();
 
-    fn handle(&mut self, Delivery(job_id): Delivery, ctx: &mut Self::Context) {
-        if self.draining || !self.runs_jobs || self.running.contains_key(&job_id) {
+    fn handle(&mut self, Delivery(job_id, ack): Delivery, ctx: &mut Self::Context) {
+        let ack = move || async move {
+            if let Some(ack) = ack {
+                ack().await;
+            }
+        };
+        if self.draining
+            || !self.runs_jobs
+            || self.running.contains_key(&job_id)
+            || !self.pending.insert(job_id.clone())
+        {
+            // Not for us now, or already in hand: the row stays the truth either way.
+            ctx.spawn(ack().into_actor(self));
             return;
         }
         let store = self.deps.store.clone();
@@ -238,6 +294,19 @@ impl Handler<Delivery> for Dispatcher {
                     }
                 }
                 .into_actor(act)
+            })
+            .then(move |claimed, act, _| {
+                // The claim is committed (or lost) before the delivery is acknowledged.
+                let id = job_id.clone();
+                async move {
+                    ack().await;
+                    claimed
+                }
+                .into_actor(act)
+                .map(move |claimed, act, _| {
+                    act.pending.remove(&id);
+                    claimed
+                })
             })
             .map(|claimed, act, ctx| {
                 let Some((row, host, host_slot, worker_slot)) = claimed else {

@@ -6,10 +6,17 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::host::ChannelLease;
 use crate::ssh::SshError;
 
-/// A job id arrived from the queue: try to claim and run it.
-#[derive(Debug, Message)]
+/// A job id arrived (from the queue, or from the database poll): try to claim and run it,
+/// then acknowledge the delivery if it came with an acker.
+#[derive(Message)]
 #[rtype(result = "()")]
-pub struct Delivery(pub String);
+pub struct Delivery(pub String, pub Option<crate::queue::Ack>);
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Delivery").field(&self.0).finish()
+    }
+}
 
 /// Stop a job (sent to the dispatcher, which forwards it to the job's actor if it runs here).
 #[derive(Debug, Clone, Message)]

@@ -12,6 +12,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         "database": match &db { Ok(()) => "ok".to_string(), Err(e) => format!("error: {e}") },
         "database_backend": state.store.backend().as_str(),
         "queue": state.queue.kind(),
+        "queue_connected": state.queue.is_up(),
         "version": env!("CARGO_PKG_VERSION"),
     });
     if db.is_ok() {

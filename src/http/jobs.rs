@@ -115,8 +115,22 @@ async fn submit(
 /// queued and is announced again later, so the submit still succeeds.
 async fn announce(state: &AppState, row: &JobRow) {
     tracing::info!(job_id = %row.id, server_id = %row.server_id, kind = %row.kind, "job queued");
-    if let Err(e) = state.queue.publish(row.id.clone()).await {
-        tracing::warn!(job_id = %row.id, error = %e, "job stays queued until the queue is back");
+    match state.queue.publish(row.id.clone()).await {
+        Ok(()) if state.broker.is_some() => {
+            let store = state.store.clone();
+            let id = row.id.clone();
+            actix_web::rt::spawn(async move {
+                let _ = store.mark_published(id).await;
+            });
+        }
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(job_id = %row.id, error = %e, "job stays queued until the broker is back (outbox)");
+            // A worker in this process (serve) can take it at once; others poll the database.
+            if let Some(d) = &state.dispatcher {
+                d.do_send(crate::actors::messages::Delivery(row.id.clone(), None));
+            }
+        }
     }
 }
 
@@ -232,6 +246,16 @@ pub async fn cancel(
                     job_id: row.id.clone(),
                     reason: StopReason::Canceled,
                 });
+            }
+            // Workers elsewhere hear it on the control exchange (and from the database at
+            // their next heartbeat if the broker is away).
+            if let Some(b) = &state.broker {
+                let msg = crate::queue::rabbit::ControlMsg::Cancel {
+                    job_id: row.id.clone(),
+                };
+                if let Err(e) = b.publish_control(&msg).await {
+                    tracing::warn!(job_id = %id, error = %e, "cancel goes through the database");
+                }
             }
             "cancel requested: the job's remote processes are being stopped"
         }

@@ -30,6 +30,8 @@ pub struct AppState {
     pub events: crate::events::EventBus,
     /// The dispatcher, for cancels of jobs running in this process.
     pub dispatcher: Option<actix::Addr<crate::actors::Dispatcher>>,
+    /// The broker, when one is configured (cancels to other processes).
+    pub broker: Option<std::sync::Arc<crate::queue::rabbit::RabbitBroker>>,
 }
 
 /// A resource whose other methods answer a JSON 405.

@@ -14,6 +14,28 @@ use tokio::sync::mpsc;
 #[error("queue unavailable: {0}")]
 pub struct QueueError(pub String);
 
+pub mod bridge;
+pub mod rabbit;
+
+/// Acknowledge a delivery (after the claim attempt).
+pub type Ack = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+
+/// A job id as a consumer receives it.
+pub struct Delivered {
+    /// The job.
+    pub job_id: String,
+    /// How to acknowledge it, for queues that want it.
+    pub ack: Option<Ack>,
+}
+
+impl std::fmt::Debug for Delivered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivered")
+            .field("job_id", &self.job_id)
+            .finish()
+    }
+}
+
 /// A queue of ready job ids.
 pub trait JobQueue: Send + Sync + 'static {
     /// `memory` or `rabbitmq`, for `/health`.
@@ -21,14 +43,18 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Announce that a job is ready.
     fn publish(&self, job_id: String) -> BoxFuture<'_, Result<(), QueueError>>;
     /// The consumer side: job ids as they become ready. Taken once, by the dispatcher.
-    fn take_consumer(&self) -> Option<mpsc::UnboundedReceiver<String>>;
+    fn take_consumer(&self) -> Option<mpsc::UnboundedReceiver<Delivered>>;
+    /// Whether the queue can take messages now.
+    fn is_up(&self) -> bool {
+        true
+    }
 }
 
 /// The in-process queue of `serve`.
 #[derive(Debug)]
 pub struct MemoryQueue {
-    tx: mpsc::UnboundedSender<String>,
-    rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    tx: mpsc::UnboundedSender<Delivered>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Delivered>>>,
 }
 
 impl Default for MemoryQueue {
@@ -49,12 +75,12 @@ impl JobQueue for MemoryQueue {
     fn publish(&self, job_id: String) -> BoxFuture<'_, Result<(), QueueError>> {
         let sent = self
             .tx
-            .send(job_id)
+            .send(Delivered { job_id, ack: None })
             .map_err(|_| QueueError("the in-memory queue is closed".into()));
         Box::pin(async move { sent })
     }
 
-    fn take_consumer(&self) -> Option<mpsc::UnboundedReceiver<String>> {
+    fn take_consumer(&self) -> Option<mpsc::UnboundedReceiver<Delivered>> {
         self.rx.lock().ok().and_then(|mut rx| rx.take())
     }
 }

@@ -525,6 +525,37 @@ impl Store {
         .await
     }
 
+    /// Queued jobs not yet handed to the broker (the outbox), older than `min_age_micros`.
+    pub async fn unpublished_job_ids(
+        &self,
+        min_age_micros: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        self.run(move |conn| {
+            let before = Micros::now().0 - min_age_micros;
+            Ok(jobs::table
+                .filter(jobs::status.eq(JobStatus::Queued.as_str()))
+                .filter(jobs::published.eq(false))
+                .filter(jobs::created_at.lt(before))
+                .order(jobs::id.asc())
+                .limit(limit)
+                .select(jobs::id)
+                .load(conn)?)
+        })
+        .await
+    }
+
+    /// Record that the broker confirmed a job's message.
+    pub async fn mark_published(&self, id: String) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            diesel::update(jobs::table.find(&id))
+                .set(jobs::published.eq(true))
+                .execute(conn)?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Queued jobs, oldest first (to refill an in-memory queue at start).
     pub async fn queued_job_ids(&self, limit: i64) -> Result<Vec<String>, StoreError> {
         self.run(move |conn| {

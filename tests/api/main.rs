@@ -5,6 +5,7 @@
 mod helpers;
 
 mod health;
+mod jobctl;
 mod jobs;
 mod servers;
 mod ssh_exec;

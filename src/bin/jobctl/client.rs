@@ -1,0 +1,228 @@
+//! The HTTP client: requests to `/api/v1`, errors turned into one clear sentence.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
+use serde_json::Value;
+
+/// Bound of one ordinary request (a connection test takes up to the server's own bound).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An error answered by the API: its status and the `error` field of its JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The API's message (or the body's text when it is not the JSON error shape).
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (HTTP {})", self.message, self.status)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// The status of an API error inside an `anyhow::Error`, if that is what it is.
+pub fn api_status(e: &anyhow::Error) -> Option<StatusCode> {
+    e.downcast_ref::<ApiError>().map(|a| a.status)
+}
+
+/// A client of one service.
+pub struct Api {
+    http: reqwest::Client,
+    /// The service's root, without a trailing slash.
+    base: String,
+}
+
+impl Api {
+    /// A client of the service at `url`, sending `token` as a bearer token when given.
+    pub fn new(url: &str, token: Option<&str>) -> anyhow::Result<Api> {
+        let mut base = url.trim().trim_end_matches('/').to_string();
+        if let Some(root) = base.strip_suffix("/api/v1") {
+            base = root.to_string();
+        }
+        let parsed =
+            reqwest::Url::parse(&base).map_err(|e| anyhow!("--url {url:?} is not a URL: {e}"))?;
+        if parsed.scheme() != "http" {
+            return Err(anyhow!(
+                "--url {url:?}: only http:// URLs are supported by this build"
+            ));
+        }
+        let mut headers = header::HeaderMap::new();
+        if let Some(token) = token.filter(|t| !t.is_empty()) {
+            let mut value = header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| anyhow!("the token contains characters not allowed in a header"))?;
+            value.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("jobctl/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Api { http, base })
+    }
+
+    /// The service's root URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The URL of an API path (`/jobs/…`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{}", self.base, path)
+    }
+
+    /// A request without the ordinary time bound (for the event stream).
+    pub fn stream_request(&self, path: &str) -> RequestBuilder {
+        self.http
+            .get(self.url(path))
+            .header(header::ACCEPT, "text/event-stream")
+    }
+
+    /// Send a request; a transport failure becomes a sentence naming the service.
+    pub async fn send(&self, req: RequestBuilder) -> anyhow::Result<Response> {
+        req.send().await.map_err(|e| self.transport_error(&e))
+    }
+
+    /// A sentence for a request that got no answer.
+    pub fn transport_error(&self, e: &reqwest::Error) -> anyhow::Error {
+        let cause = root_cause(e);
+        if e.is_connect() {
+            anyhow!(
+                "the service at {} is not reachable: {cause} (is it running? set --url or JOBEXEC_URL)",
+                self.base
+            )
+        } else if e.is_timeout() {
+            anyhow!("the service at {} did not answer in time", self.base)
+        } else {
+            anyhow!("request to the service at {} failed: {cause}", self.base)
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .timeout(REQUEST_TIMEOUT);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = self.send(req).await?;
+        json_of(resp).await
+    }
+
+    /// `GET path` → JSON.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// `POST path` with a JSON body → JSON.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    /// `PUT path` with a JSON body → JSON.
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
+    /// `DELETE path` → JSON.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// The id of a server named by id or by name (a non-UUID is looked up by name).
+    pub async fn resolve_server(&self, name_or_id: &str) -> anyhow::Result<String> {
+        if uuid::Uuid::parse_str(name_or_id).is_ok() {
+            return Ok(name_or_id.to_string());
+        }
+        let servers = self.get("/servers").await?;
+        servers["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"].as_str() == Some(name_or_id))
+            .and_then(|s| s["id"].as_str())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("no server is named {name_or_id:?} (see `jobctl servers list`)"))
+    }
+
+    /// Server id → name, for tables (empty when the list cannot be read).
+    pub async fn server_names(&self) -> std::collections::HashMap<String, String> {
+        let Ok(servers) = self.get("/servers").await else {
+            return Default::default();
+        };
+        servers["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| Some((s["id"].as_str()?.into(), s["name"].as_str()?.into())))
+            .collect()
+    }
+}
+
+/// The JSON of a successful response, or the API's error.
+pub async fn json_of(resp: Response) -> anyhow::Result<Value> {
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(error_of(resp).await.into());
+    }
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| anyhow!("cannot read the answer: {}", root_cause(&e)))?;
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow!("the service answered {status} with a body that is not JSON: {e}"))
+}
+
+/// The API error of a failed response.
+pub async fn error_of(resp: Response) -> ApiError {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| {
+            let t = text.trim();
+            if t.is_empty() {
+                "request failed".to_string()
+            } else {
+                t.chars().take(200).collect()
+            }
+        });
+    ApiError { status, message }
+}
+
+/// The innermost cause of an error, as text ("Connection refused (os error 111)").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// `s` percent-escaped for a path segment or a query value.
+pub fn escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,160 @@
+//! `jobctl`: the command-line client of the HTTP API.
+//!
+//! Every subcommand is one or a few requests to `/api/v1`. Objects print as aligned tables
+//! for people or as the API's JSON for scripts (`--output json`). `run`, `wait` and
+//! `logs --follow` follow a job's event stream and exit with the job's exit code, like
+//! `ssh host cmd`. Errors are one line on stderr (`jobctl: …`) and exit status 1; usage
+//! errors exit 2.
+
+mod client;
+mod follow;
+mod jobs;
+mod output;
+mod servers;
+mod sse;
+
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+use client::Api;
+
+/// Command-line client of the job-executor HTTP API.
+#[derive(Debug, Parser)]
+#[command(name = "jobctl", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Base URL of the service.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "JOBEXEC_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    url: String,
+    /// API token, sent as `Authorization: Bearer …`.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "JOBEXEC_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// How objects are printed: aligned tables for people, the API's JSON for scripts.
+    #[arg(
+        long,
+        short = 'o',
+        global = true,
+        help_heading = "Global options",
+        value_enum,
+        default_value_t = Output::Table
+    )]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How objects are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned tables (and bare ids where a command creates something).
+    Table,
+    /// The API's JSON objects.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a command on a server, mirror its output and exit with its exit code.
+    ///
+    /// Ctrl-C cancels the job and waits for it to stop (a second Ctrl-C stops waiting).
+    Run(jobs::RunArgs),
+    /// Submit a command job and print its id.
+    Submit(jobs::SubmitArgs),
+    /// Submit a shell script (a file, or `-` for stdin) and print the job's id.
+    Script(jobs::ScriptArgs),
+    /// Show one job.
+    Get(jobs::IdArg),
+    /// List jobs, newest first.
+    List(jobs::ListArgs),
+    /// Cancel a queued or running job.
+    Cancel(jobs::IdArg),
+    /// Submit a new job from an old one, with optional overrides.
+    Duplicate(jobs::DuplicateArgs),
+    /// Print a job's output (stdout to stdout, stderr to stderr).
+    Logs(jobs::LogsArgs),
+    /// Wait for a job to end, print it and exit with its exit code.
+    Wait(jobs::IdArg),
+    /// Manage the servers jobs run on.
+    #[command(subcommand)]
+    Servers(servers::ServersCommand),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+/// What a command needs besides its own arguments.
+pub struct Ctx {
+    /// The API client.
+    pub api: Api,
+    /// How to print objects.
+    pub output: Output,
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    if let Command::Completions(c) = &cli.command {
+        let mut cmd = Cli::command();
+        clap_complete::generate(c.shell, &mut cmd, "jobctl", &mut std::io::stdout());
+        return Ok(0);
+    }
+    let ctx = Ctx {
+        api: Api::new(&cli.url, cli.token.as_deref())?,
+        output: cli.output,
+    };
+    match cli.command {
+        Command::Run(a) => jobs::run(&ctx, a).await,
+        Command::Submit(a) => jobs::submit(&ctx, a).await,
+        Command::Script(a) => jobs::script(&ctx, a).await,
+        Command::Get(a) => jobs::get(&ctx, a).await,
+        Command::List(a) => jobs::list(&ctx, a).await,
+        Command::Cancel(a) => jobs::cancel(&ctx, a).await,
+        Command::Duplicate(a) => jobs::duplicate(&ctx, a).await,
+        Command::Logs(a) => jobs::logs(&ctx, a).await,
+        Command::Wait(a) => jobs::wait(&ctx, a).await,
+        Command::Servers(c) => servers::dispatch(&ctx, c).await,
+        Command::Completions(_) => Ok(0),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("jobctl: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(dispatch(cli));
+    // Do not wait for background tasks (the Ctrl-C listener) at exit.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let message = format!("{e:#}").replace(['\n', '\r'], " ");
+            eprintln!("jobctl: {message}");
+            ExitCode::from(1)
+        }
+    }
+}

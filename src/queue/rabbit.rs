@@ -1,0 +1,446 @@
+//! RabbitMQ (lapin): the jobs queue, the control fanout (cancels) and the events topic.
+//!
+//! One supervisor task owns the connection: it connects (backing off from 0.5 s up to
+//! `reconnect_max_secs`), declares the topology, and watches the connection; when it goes,
+//! it starts over. It never gives up and never takes the process down. While it is away,
+//! publishing fails fast (the job row stays queued and unpublished: the outbox publishes it
+//! later) and workers find work by polling the database.
+//!
+//! - jobs: a durable quorum queue; persistent messages carrying a job id; publisher confirms
+//!   awaited per message (many in flight at once: each submit awaits its own); consumers
+//!   with manual acks and a prefetch of the worker's concurrency. The dispatcher acks after
+//!   its claim attempt, never after the job, so `consumer_timeout` never bites.
+//! - control: a fanout exchange; every worker binds an exclusive queue; cancels go to all.
+//! - events: a topic exchange keyed `job.<id>`; workers publish output and status, every api
+//!   process binds an exclusive queue to `job.#` and feeds its local event bus. Events are
+//!   transient and unconfirmed: a stream that misses one catches up from the database.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use secrecy::ExposeSecret;
+use tokio::sync::{RwLock, mpsc};
+
+use super::{Delivered, JobQueue, QueueError};
+use crate::settings::RabbitSettings;
+
+/// A message on the control exchange.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlMsg {
+    /// Stop this job wherever it runs.
+    Cancel {
+        /// The job.
+        job_id: String,
+    },
+}
+
+/// An event as it travels between processes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WireEvent {
+    /// The job's status changed: read the row.
+    Status {
+        /// The job.
+        job_id: String,
+    },
+    /// An output chunk; the bytes are the message body.
+    Output {
+        /// The job.
+        job_id: String,
+        /// Sequence number.
+        seq: i64,
+        /// 0 stdout, 1 stderr.
+        stream: i16,
+        /// µs since the epoch.
+        at: i64,
+    },
+}
+
+/// What this process wants from the broker.
+#[derive(Debug, Clone, Copy)]
+pub struct Roles {
+    /// Consume the jobs queue (a worker), with this prefetch.
+    pub consume_jobs: Option<u16>,
+    /// Receive cancels (a worker).
+    pub control: bool,
+    /// Receive events (an api process).
+    pub events: bool,
+}
+
+/// Events received from other processes: what happened, and the output bytes.
+pub type EventsRx = mpsc::UnboundedReceiver<(WireEvent, Vec<u8>)>;
+
+struct Live {
+    publish: Channel,
+    events: Channel,
+}
+
+/// The broker connection of one process. Cheap to clone (an `Arc`).
+pub struct RabbitBroker {
+    settings: RabbitSettings,
+    live: RwLock<Option<Live>>,
+    up: AtomicBool,
+    jobs_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Delivered>>>,
+    control_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<ControlMsg>>>,
+    events_rx: std::sync::Mutex<Option<EventsRx>>,
+}
+
+impl std::fmt::Debug for RabbitBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitBroker")
+            .field("url", &self.settings.redacted_url())
+            .field("up", &self.up.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+struct Sinks {
+    jobs: mpsc::UnboundedSender<Delivered>,
+    control: mpsc::UnboundedSender<ControlMsg>,
+    events: mpsc::UnboundedSender<(WireEvent, Vec<u8>)>,
+}
+
+impl RabbitBroker {
+    /// Start the supervisor on the current runtime; returns at once (the broker may be down).
+    pub fn start(settings: RabbitSettings, roles: Roles, name: String) -> Arc<RabbitBroker> {
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let broker = Arc::new(RabbitBroker {
+            settings,
+            live: RwLock::new(None),
+            up: AtomicBool::new(false),
+            jobs_rx: std::sync::Mutex::new(Some(jobs_rx)),
+            control_rx: std::sync::Mutex::new(Some(control_rx)),
+            events_rx: std::sync::Mutex::new(Some(events_rx)),
+        });
+        let sinks = Sinks {
+            jobs: jobs_tx,
+            control: control_tx,
+            events: events_tx,
+        };
+        let weak = Arc::downgrade(&broker);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                let Some(b) = weak.upgrade() else { return };
+                match b.session(roles, &name, &sinks).await {
+                    Ok(conn) => {
+                        backoff = Duration::from_millis(500);
+                        b.up.store(true, Ordering::Release);
+                        tracing::info!(broker = %b.settings.redacted_url(), "connected to RabbitMQ");
+                        drop(b);
+                        // Watch the connection until it goes.
+                        loop {
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                            if !conn.status().connected() || weak.strong_count() == 0 {
+                                break;
+                            }
+                        }
+                        let Some(b) = weak.upgrade() else { return };
+                        b.up.store(false, Ordering::Release);
+                        *b.live.write().await = None;
+                        tracing::warn!("lost the RabbitMQ connection; reconnecting");
+                    }
+                    Err(e) => {
+                        b.up.store(false, Ordering::Release);
+                        tracing::warn!(error = %e, retry_in = ?backoff, "RabbitMQ is not reachable");
+                        let max = Duration::from_secs(b.settings.reconnect_max_secs.max(1));
+                        drop(b);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(max);
+                    }
+                }
+            }
+        });
+        broker
+    }
+
+    /// True while connected.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Cancels from other processes (taken once, by the dispatcher).
+    pub fn take_control(&self) -> Option<mpsc::UnboundedReceiver<ControlMsg>> {
+        self.control_rx.lock().ok().and_then(|mut r| r.take())
+    }
+
+    /// Events from other processes (taken once, by the event bridge).
+    pub fn take_events(&self) -> Option<EventsRx> {
+        self.events_rx.lock().ok().and_then(|mut r| r.take())
+    }
+
+    /// Connect, declare, consume. Returns the connection to watch.
+    async fn session(&self, roles: Roles, name: &str, sinks: &Sinks) -> Result<Connection, String> {
+        let s = &self.settings;
+        let conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            Connection::connect(
+                s.url.expose_secret(),
+                ConnectionProperties::default().with_connection_name(name.into()),
+            ),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        let e = |e: lapin::Error| e.to_string();
+        let publish = conn.create_channel().await.map_err(e)?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(e)?;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        publish
+            .queue_declare(
+                s.jobs_queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .map_err(e)?;
+        publish
+            .exchange_declare(
+                s.control_exchange.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(e)?;
+        publish
+            .exchange_declare(
+                s.events_exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(e)?;
+        let events = conn.create_channel().await.map_err(e)?;
+
+        if let Some(prefetch) = roles.consume_jobs {
+            let ch = conn.create_channel().await.map_err(e)?;
+            ch.basic_qos(prefetch.max(1), BasicQosOptions::default())
+                .await
+                .map_err(e)?;
+            let mut consumer = ch
+                .basic_consume(
+                    s.jobs_queue.as_str().into(),
+                    format!("{name}-jobs").as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(e)?;
+            let tx = sinks.jobs.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(delivery)) = consumer.next().await {
+                    let job_id = String::from_utf8_lossy(&delivery.data).trim().to_string();
+                    let acker = delivery.acker.clone();
+                    let ack: super::Ack = Box::new(move || {
+                        Box::pin(async move {
+                            let _ = acker.ack(BasicAckOptions::default()).await;
+                        })
+                    });
+                    if tx
+                        .send(Delivered {
+                            job_id,
+                            ack: Some(ack),
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+        for (wanted, exchange, key) in [
+            (roles.control, s.control_exchange.as_str(), ""),
+            (roles.events, s.events_exchange.as_str(), "job.#"),
+        ] {
+            if !wanted {
+                continue;
+            }
+            let ch = conn.create_channel().await.map_err(e)?;
+            let q = ch
+                .queue_declare(
+                    "".into(),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(e)?;
+            ch.queue_bind(
+                q.name().clone(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(e)?;
+            let mut consumer = ch
+                .basic_consume(
+                    q.name().clone(),
+                    "".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(e)?;
+            let control = sinks.control.clone();
+            let events_tx = sinks.events.clone();
+            let is_control = exchange == s.control_exchange;
+            tokio::spawn(async move {
+                while let Some(Ok(delivery)) = consumer.next().await {
+                    if is_control {
+                        if let Ok(msg) = serde_json::from_slice::<ControlMsg>(&delivery.data)
+                            && control.send(msg).is_err()
+                        {
+                            return;
+                        }
+                    } else {
+                        let header = delivery
+                            .properties
+                            .headers()
+                            .as_ref()
+                            .and_then(|h| h.inner().get("event").cloned());
+                        let Some(AMQPValue::LongString(text)) = header else {
+                            continue;
+                        };
+                        if let Ok(ev) = serde_json::from_slice::<WireEvent>(text.as_bytes())
+                            && events_tx.send((ev, delivery.data)).is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        *self.live.write().await = Some(Live { publish, events });
+        Ok(conn)
+    }
+
+    /// Publish a cancel to every worker (confirmed).
+    pub async fn publish_control(&self, msg: &ControlMsg) -> Result<(), QueueError> {
+        let body = serde_json::to_vec(msg).map_err(|e| QueueError(e.to_string()))?;
+        self.confirmed(self.settings.control_exchange.clone(), String::new(), body)
+            .await
+    }
+
+    /// Publish an event (transient, unconfirmed, never waits for the broker).
+    pub async fn publish_event(&self, ev: &WireEvent, body: Vec<u8>) {
+        let live = self.live.read().await;
+        let Some(live) = live.as_ref() else { return };
+        let job_id = match ev {
+            WireEvent::Status { job_id } | WireEvent::Output { job_id, .. } => job_id,
+        };
+        let Ok(header) = serde_json::to_string(ev) else {
+            return;
+        };
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "event".into(),
+            AMQPValue::LongString(header.as_str().into()),
+        );
+        let _ = live
+            .events
+            .basic_publish(
+                self.settings.events_exchange.as_str().into(),
+                format!("job.{job_id}").as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_headers(headers),
+            )
+            .await;
+    }
+
+    async fn confirmed(
+        &self,
+        exchange: String,
+        key: String,
+        body: Vec<u8>,
+    ) -> Result<(), QueueError> {
+        let confirm = {
+            let live = self.live.read().await;
+            let Some(live) = live.as_ref() else {
+                return Err(QueueError("RabbitMQ is not connected".into()));
+            };
+            live.publish
+                .basic_publish(
+                    exchange.as_str().into(),
+                    key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .map_err(|e| QueueError(e.to_string()))?
+        };
+        let outcome = tokio::time::timeout(Duration::from_secs(10), confirm)
+            .await
+            .map_err(|_| QueueError("no publisher confirm within 10 s".into()))?
+            .map_err(|e| QueueError(e.to_string()))?;
+        if outcome.is_ack() {
+            Ok(())
+        } else {
+            Err(QueueError("the broker refused the message (nack)".into()))
+        }
+    }
+}
+
+impl JobQueue for RabbitBroker {
+    fn kind(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    fn publish(&self, job_id: String) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            self.confirmed(
+                String::new(),
+                self.settings.jobs_queue.clone(),
+                job_id.into_bytes(),
+            )
+            .await
+        })
+    }
+
+    fn take_consumer(&self) -> Option<mpsc::UnboundedReceiver<Delivered>> {
+        self.jobs_rx.lock().ok().and_then(|mut r| r.take())
+    }
+
+    fn is_up(&self) -> bool {
+        RabbitBroker::is_up(self)
+    }
+}
