@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod distributed;
 mod health;
 mod jobctl;
 mod jobs;

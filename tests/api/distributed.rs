@@ -1,0 +1,467 @@
+//! api and worker processes over a real RabbitMQ (a fresh vhost per test) and a real
+//! PostgreSQL (a fresh database per test): exactly once, spread, cancels, lost workers, a
+//! broker restart. The processes are the real binary.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Db, TestDb, TestHost, in_ci};
+
+/// Tests here stop and start the shared broker: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn rabbitmqctl(args: &[&str]) -> bool {
+    Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A vhost made for one test.
+struct Vhost {
+    name: String,
+}
+
+impl Vhost {
+    fn create() -> Option<Vhost> {
+        let name = format!("jobexec_test_{}", uuid::Uuid::new_v4().simple());
+        if !rabbitmqctl(&["add_vhost", &name]) {
+            if in_ci() {
+                panic!("RabbitMQ is required under CI but rabbitmqctl add_vhost failed");
+            }
+            eprintln!("skipping: RabbitMQ (rabbitmqctl) is not available");
+            return None;
+        }
+        assert!(rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            &name,
+            "guest",
+            ".*",
+            ".*",
+            ".*"
+        ]));
+        Some(Vhost { name })
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.name)
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        rabbitmqctl(&["delete_vhost", &self.name]);
+    }
+}
+
+/// A running `job-executor` process.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(role: &str, name: &str, db: &TestDb, vhost: &Vhost, port: u16) -> Proc {
+        let child = Command::new(env!("CARGO_BIN_EXE_job-executor"))
+            .arg(role)
+            .env("JOBEXEC__DATABASE__URL", &db.url)
+            .env("RABBITMQ_URL", vhost.url())
+            .env("JOBEXEC__HTTP__ADDR", format!("127.0.0.1:{port}"))
+            .env("JOBEXEC__HTTP__WORKERS", "1")
+            .env("JOBEXEC__WORKER__ID", name)
+            .env("JOBEXEC__WORKER__HEARTBEAT_SECS", "1")
+            .env("JOBEXEC__WORKER__LEASE_SECS", "3")
+            .env("JOBEXEC__WORKER__SHUTDOWN_GRACE_SECS", "1")
+            .env("JOBEXEC__JOBS__KILL_GRACE_SECS", "1")
+            .env("JOBEXEC__RABBITMQ__POLL_SECS", "1")
+            .env("JOBEXEC__RABBITMQ__RECONNECT_MAX_SECS", "1")
+            .env(
+                "RUST_LOG",
+                if std::env::var("TEST_LOG").is_ok() {
+                    "info"
+                } else {
+                    "error"
+                },
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var("TEST_LOG").is_ok() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("spawn job-executor");
+        Proc { child }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The api process and an HTTP client for it.
+struct Api {
+    base: String,
+    client: reqwest::Client,
+    _proc: Proc,
+}
+
+impl Api {
+    async fn start(db: &TestDb, vhost: &Vhost) -> Api {
+        let port = free_port();
+        let proc = Proc::spawn("api", "api", db, vhost, port);
+        let api = Api {
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+            _proc: proc,
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = api.client.get(format!("{}/health", api.base)).send().await
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "api did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        api
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn submit(&self, server: &str, command: &str) -> String {
+        let (status, job) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/jobs",
+                Some(json!({"command": command, "server_id": server})),
+            )
+            .await;
+        assert_eq!(status, 201, "{job}");
+        job["id"].as_str().unwrap().to_string()
+    }
+
+    async fn job(&self, id: &str) -> Value {
+        self.call(reqwest::Method::GET, &format!("/api/v1/jobs/{id}"), None)
+            .await
+            .1
+    }
+
+    async fn wait_status(&self, id: &str, want: &[&str], bound: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let job = self.job(id).await;
+            if want.contains(&job["status"].as_str().unwrap_or_default()) {
+                return job;
+            }
+            assert!(
+                start.elapsed() < bound,
+                "job {id} not {want:?} after {bound:?}: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn add_server(&self, host: &TestHost) -> String {
+        let (status, server) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/servers",
+                Some(
+                    json!({"name": "h", "hostname": host.host, "port": host.port, "user": host.user,
+                             "auth_type": "key", "private_key": host.keys.ed25519_openssh,
+                             "max_concurrent_jobs": 40}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 201, "{server}");
+        server["id"].as_str().unwrap().to_string()
+    }
+}
+
+async fn setup() -> Option<(TestDb, Vhost)> {
+    let db = TestDb::create(Db::Postgres)?;
+    let vhost = Vhost::create()?;
+    Some((db, vhost))
+}
+
+fn shared_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_spread_over_workers_and_each_runs_exactly_once() {
+    let _serial = SERIAL.lock().await;
+    let Some((db, vhost)) = setup().await else {
+        return;
+    };
+    let host = TestHost::start().await;
+    let api = Api::start(&db, &vhost).await;
+    let _w1 = Proc::spawn("worker", "w1", &db, &vhost, free_port());
+    let _w2 = Proc::spawn("worker", "w2", &db, &vhost, free_port());
+    let server = api.add_server(&host).await;
+    let dir = shared_dir();
+    let ledger = dir.path().join("ledger");
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(
+            api.submit(
+                &server,
+                &format!("sleep 0.1; echo job-{i} >> '{}'", ledger.display()),
+            )
+            .await,
+        );
+    }
+    let mut workers = std::collections::HashSet::new();
+    for id in &ids {
+        let job = api
+            .wait_status(id, &["completed", "failed"], Duration::from_secs(60))
+            .await;
+        assert_eq!(job["status"], "completed", "{job}");
+        workers.insert(job["worker"].as_str().unwrap().to_string());
+    }
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    for i in 0..40 {
+        let n = text.lines().filter(|l| *l == format!("job-{i}")).count();
+        assert_eq!(n, 1, "job-{i} ran {n} times:\n{text}");
+    }
+    assert_eq!(workers.len(), 2, "all jobs ran on {workers:?}");
+    let (_, health) = api.call(reqwest::Method::GET, "/health", None).await;
+    assert_eq!(health["queue"], "rabbitmq");
+    assert_eq!(health["queue_connected"], true);
+}
+
+fn group_alive(pgid: i64) -> bool {
+    let out = Command::new("ps")
+        .args(["-eo", "pgid=,stat="])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+        let mut f = l.split_whitespace();
+        f.next().and_then(|p| p.parse::<i64>().ok()) == Some(pgid)
+            && !f.next().unwrap_or("Z").starts_with('Z')
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_reach_every_worker_and_leave_no_process() {
+    let _serial = SERIAL.lock().await;
+    let Some((db, vhost)) = setup().await else {
+        return;
+    };
+    let host = TestHost::start().await;
+    let api = Api::start(&db, &vhost).await;
+    let _w1 = Proc::spawn("worker", "w1", &db, &vhost, free_port());
+    let _w2 = Proc::spawn("worker", "w2", &db, &vhost, free_port());
+    let server = api.add_server(&host).await;
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(
+            api.submit(&server, "trap '' TERM; echo up; sleep 300")
+                .await,
+        );
+    }
+    let mut workers = std::collections::HashSet::new();
+    for id in &ids {
+        let start = Instant::now();
+        loop {
+            let job = api.job(id).await;
+            if job["status"] == "running"
+                && !job["started_at"].is_null()
+                && job["output_bytes"].as_i64().unwrap_or(0) > 0
+            {
+                workers.insert(job["worker"].as_str().unwrap().to_string());
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{job}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let started = Instant::now();
+    for id in &ids {
+        let (status, body) = api
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/v1/jobs/{id}/cancel"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for id in &ids {
+        let job = api
+            .wait_status(id, &["canceled"], Duration::from_secs(20))
+            .await;
+        assert_eq!(job["status"], "canceled");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    // No process of any canceled job is left on the host (this machine).
+    let pgids = pgids(&db, &ids);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for pgid in pgids {
+        assert!(!group_alive(pgid), "group {pgid} survived");
+    }
+}
+
+fn pgids(db: &TestDb, ids: &[String]) -> Vec<i64> {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+        remote_pgid: Option<i64>,
+    }
+    let mut c = diesel::PgConnection::establish(&db.url).unwrap();
+    let list = ids
+        .iter()
+        .map(|i| format!("'{i}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let rows: Vec<Row> =
+        diesel::sql_query(format!("SELECT remote_pgid FROM jobs WHERE id IN ({list})"))
+            .load(&mut c)
+            .unwrap();
+    rows.into_iter().filter_map(|r| r.remote_pgid).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_fails_its_jobs_and_a_new_worker_takes_the_queue() {
+    let _serial = SERIAL.lock().await;
+    let Some((db, vhost)) = setup().await else {
+        return;
+    };
+    let host = TestHost::start().await;
+    let api = Api::start(&db, &vhost).await;
+    let mut w1 = Proc::spawn("worker", "w1", &db, &vhost, free_port());
+    let server = api.add_server(&host).await;
+    let doomed = api.submit(&server, "echo up; sleep 20").await;
+    let start = Instant::now();
+    loop {
+        let job = api.job(&doomed).await;
+        if job["status"] == "running" && job["output_bytes"].as_i64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w1.kill9();
+    let killed = Instant::now();
+    // Submitted while no worker runs: they wait, queued.
+    let later: Vec<String> = {
+        let mut v = Vec::new();
+        for i in 0..3 {
+            v.push(api.submit(&server, &format!("echo later-{i}")).await);
+        }
+        v
+    };
+    let job = api
+        .wait_status(&doomed, &["failed"], Duration::from_secs(30))
+        .await;
+    assert!(
+        job["error"].as_str().unwrap().contains("worker lost"),
+        "{job}"
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        killed.elapsed()
+    );
+    for id in &later {
+        assert_eq!(api.job(id).await["status"], "queued");
+    }
+    let _w2 = Proc::spawn("worker", "w2", &db, &vhost, free_port());
+    for id in &later {
+        let job = api
+            .wait_status(id, &["completed"], Duration::from_secs(30))
+            .await;
+        assert_eq!(job["worker"], "w2");
+    }
+    for pgid in pgids(&db, std::slice::from_ref(&doomed)) {
+        let _ = Command::new("kill")
+            .args(["-9", &format!("-{pgid}")])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_stream_loses_no_submission() {
+    let _serial = SERIAL.lock().await;
+    let Some((db, vhost)) = setup().await else {
+        return;
+    };
+    let host = TestHost::start().await;
+    let api = Api::start(&db, &vhost).await;
+    let _w1 = Proc::spawn("worker", "w1", &db, &vhost, free_port());
+    let server = api.add_server(&host).await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        if i == 10 {
+            assert!(rabbitmqctl(&["stop_app"]), "rabbitmqctl stop_app");
+        }
+        if i == 20 {
+            assert!(rabbitmqctl(&["start_app"]), "rabbitmqctl start_app");
+        }
+        ids.push(api.submit(&server, &format!("echo n-{i}")).await);
+    }
+    let result = async {
+        for id in &ids {
+            let job = api
+                .wait_status(id, &["completed", "failed"], Duration::from_secs(60))
+                .await;
+            assert_eq!(job["status"], "completed", "{job}");
+        }
+    };
+    result.await;
+    // Back on the broker.
+    let start = Instant::now();
+    loop {
+        let (_, health) = api.call(reqwest::Method::GET, "/health", None).await;
+        if health["queue_connected"] == true {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{health}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = api.submit(&server, "echo after").await;
+    api.wait_status(&after, &["completed"], Duration::from_secs(30))
+        .await;
+}
