@@ -130,11 +130,12 @@ impl Dispatcher {
                         Vec::new()
                     }
                 };
-                match store
-                    .reap_expired("worker lost: its lease expired while the job was running".into())
-                    .await
-                {
-                    Ok(reaped) => {
+                let lost = "worker lost: its lease expired while the job was running".to_string();
+                match store.reap_expired(lost, 3).await {
+                    Ok((reaped, requeued)) => {
+                        for id in requeued {
+                            tracing::warn!(job_id = %id, "worker lost; the job is safe to retry and queued again");
+                        }
                         for id in reaped {
                             tracing::warn!(job_id = %id, "job failed: its worker was lost");
                             if let Ok(uuid) = uuid::Uuid::parse_str(&id)

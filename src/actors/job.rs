@@ -264,6 +264,7 @@ async fn run(row: JobRow, cx: RunCtx) -> Finish {
 
     let (tx, mut group, writer) = output::spawn(
         row.id.clone(),
+        row.next_seq,
         cx.deps.store.clone(),
         cx.deps.events.clone(),
         settings.output_cap_bytes,

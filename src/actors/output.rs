@@ -43,10 +43,13 @@ pub struct WriterReport {
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
 const FLUSH_BYTES: usize = 256 * 1024;
 
-/// Start the writer of `job_id`. Returns the sender to give to the SSH reader, a watch that
-/// gets the remote group as soon as it is known, and the task to await for the report.
+/// Start the writer of `job_id`, numbering from `first_seq` (the job's `next_seq`: a job
+/// run again after a lost worker keeps the first attempt's output before its own). Returns
+/// the sender to give to the SSH reader, a watch that gets the remote group as soon as it is
+/// known, and the task to await for the report.
 pub fn spawn(
     job_id: String,
+    first_seq: i64,
     store: Store,
     events: EventBus,
     cap_bytes: u64,
@@ -57,7 +60,9 @@ pub fn spawn(
 ) {
     let (tx, rx) = mpsc::channel(1024);
     let (group_tx, group_rx) = watch::channel(None);
-    let task = tokio::spawn(run(job_id, store, events, cap_bytes, rx, group_tx));
+    let task = tokio::spawn(run(
+        job_id, first_seq, store, events, cap_bytes, rx, group_tx,
+    ));
     (tx, group_rx, task)
 }
 
@@ -194,6 +199,7 @@ impl State {
 
 async fn run(
     job_id: String,
+    first_seq: i64,
     store: Store,
     events: EventBus,
     cap_bytes: u64,
@@ -205,7 +211,7 @@ async fn run(
         job_key: Arc::from(job_id.as_str()),
         job_id,
         store,
-        seq: 0,
+        seq: first_seq.max(0),
         batch: Vec::new(),
         batch_bytes: 0,
         stored_bytes: 0,

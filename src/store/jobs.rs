@@ -569,35 +569,57 @@ impl Store {
         .await
     }
 
-    /// End every running job whose lease has expired: `failed` with `error`. Returns them.
-    pub async fn reap_expired(&self, error: String) -> Result<Vec<String>, StoreError> {
+    /// Jobs whose lease expired (their worker was lost): a job submitted as safe to retry is
+    /// queued again (up to `max_attempts` claims in all); any other ends `failed` with
+    /// `error`, never silently re-run. Returns the ids that ended failed and those requeued.
+    pub async fn reap_expired(
+        &self,
+        error: String,
+        max_attempts: i32,
+    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
         self.run(move |conn| {
             let now = Micros::now().0;
-            let ids: Vec<String> = jobs::table
+            let expired: Vec<(String, bool, i32)> = jobs::table
                 .filter(jobs::status.eq(JobStatus::Running.as_str()))
                 .filter(jobs::lease_expires_at.lt(now))
-                .select(jobs::id)
+                .select((jobs::id, jobs::retry_safe, jobs::attempts))
                 .load(conn)?;
             let mut reaped = Vec::new();
-            for id in ids {
-                let n = diesel::update(
-                    jobs::table
-                        .find(&id)
-                        .filter(jobs::status.eq(JobStatus::Running.as_str()))
-                        .filter(jobs::lease_expires_at.lt(now)),
-                )
-                .set((
-                    jobs::status.eq(JobStatus::Failed.as_str()),
-                    jobs::error.eq(Some(error.clone())),
-                    jobs::finished_at.eq(Some(now)),
-                    jobs::lease_expires_at.eq(None::<i64>),
-                ))
-                .execute(conn)?;
+            let mut requeued = Vec::new();
+            for (id, retry_safe, attempts) in expired {
+                let still_expired = jobs::table
+                    .find(&id)
+                    .filter(jobs::status.eq(JobStatus::Running.as_str()))
+                    .filter(jobs::lease_expires_at.lt(now));
+                if retry_safe && attempts < max_attempts {
+                    let n = diesel::update(still_expired.filter(jobs::cancel_requested.eq(false)))
+                        .set((
+                            jobs::status.eq(JobStatus::Queued.as_str()),
+                            jobs::worker.eq(None::<String>),
+                            jobs::lease_expires_at.eq(None::<i64>),
+                            jobs::started_at.eq(None::<i64>),
+                            jobs::remote_pgid.eq(None::<i64>),
+                            jobs::published.eq(false),
+                        ))
+                        .execute(conn)?;
+                    if n == 1 {
+                        requeued.push(id);
+                        continue;
+                    }
+                }
+                let n = diesel::update(still_expired)
+                    .set((
+                        jobs::status.eq(JobStatus::Failed.as_str()),
+                        jobs::error.eq(Some(error.clone())),
+                        jobs::finished_at.eq(Some(now)),
+                        jobs::lease_expires_at.eq(None::<i64>),
+                    ))
+                    .execute(conn)?;
                 if n == 1 {
                     reaped.push(id);
                 }
             }
-            Ok(reaped)
+            Ok((reaped, requeued))
         })
         .await
     }

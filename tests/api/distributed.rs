@@ -374,14 +374,25 @@ async fn a_killed_worker_fails_its_jobs_and_a_new_worker_takes_the_queue() {
     let mut w1 = Proc::spawn("worker", "w1", &db, &vhost, free_port());
     let server = api.add_server(&host).await;
     let doomed = api.submit(&server, "echo up; sleep 20").await;
-    let start = Instant::now();
-    loop {
-        let job = api.job(&doomed).await;
-        if job["status"] == "running" && job["output_bytes"].as_i64().unwrap_or(0) > 0 {
-            break;
+    let (status, safe) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/jobs",
+            Some(json!({"command": "echo up; sleep 1; echo done-safe", "server_id": server, "retry_safe": true})),
+        )
+        .await;
+    assert_eq!(status, 201, "{safe}");
+    let safe = safe["id"].as_str().unwrap().to_string();
+    for id in [&doomed, &safe] {
+        let start = Instant::now();
+        loop {
+            let job = api.job(id).await;
+            if job["status"] == "running" && job["output_bytes"].as_i64().unwrap_or(0) > 0 {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{job}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "{job}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     w1.kill9();
     let killed = Instant::now();
@@ -415,10 +426,20 @@ async fn a_killed_worker_fails_its_jobs_and_a_new_worker_takes_the_queue() {
             .await;
         assert_eq!(job["worker"], "w2");
     }
+    // The job submitted as safe to retry ran again, on the new worker.
+    let job = api
+        .wait_status(&safe, &["completed"], Duration::from_secs(30))
+        .await;
+    assert_eq!(job["worker"], "w2", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    // The lost worker's remote processes are still running on the host (this machine).
+    // `--` matters: procps' kill reads "-<pgid>" as an option, and kills everything (-1).
     for pgid in pgids(&db, std::slice::from_ref(&doomed)) {
-        let _ = Command::new("kill")
-            .args(["-9", &format!("-{pgid}")])
-            .status();
+        if pgid > 1 {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pgid}")])
+                .status();
+        }
     }
 }
 
@@ -464,4 +485,110 @@ async fn a_broker_restart_mid_stream_loses_no_submission() {
     let after = api.submit(&server, "echo after").await;
     api.wait_status(&after, &["completed"], Duration::from_secs(30))
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_started_before_the_broker_works_once_it_comes_up() {
+    let _serial = SERIAL.lock().await;
+    let Some((db, vhost)) = setup().await else {
+        return;
+    };
+    let host = TestHost::start().await;
+    assert!(rabbitmqctl(&["stop_app"]), "rabbitmqctl stop_app");
+    let restart = OnDrop(Some(|| {
+        rabbitmqctl(&["start_app"]);
+    }));
+    let api = Api::start(&db, &vhost).await;
+    let _w1 = Proc::spawn("worker", "w1", &db, &vhost, free_port());
+    let (_, health) = api.call(reqwest::Method::GET, "/health", None).await;
+    assert_eq!(health["queue"], "rabbitmq");
+    assert_eq!(health["queue_connected"], false, "{health}");
+    let server = api.add_server(&host).await;
+    // Accepted while the broker is away, and run: workers poll the database meanwhile.
+    let early = api.submit(&server, "echo early").await;
+    let job = api
+        .wait_status(&early, &["completed"], Duration::from_secs(30))
+        .await;
+    assert_eq!(job["worker"], "w1");
+    drop(restart);
+    let start = Instant::now();
+    loop {
+        let (_, health) = api.call(reqwest::Method::GET, "/health", None).await;
+        if health["queue_connected"] == true {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{health}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let late = api.submit(&server, "echo late").await;
+    api.wait_status(&late, &["completed"], Duration::from_secs(30))
+        .await;
+    // Submitted with the broker up: published (confirmed) at once.
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        published: bool,
+    }
+    let mut c = diesel::PgConnection::establish(&db.url).unwrap();
+    let r: Row = diesel::sql_query(format!("SELECT published FROM jobs WHERE id = '{late}'"))
+        .get_result(&mut c)
+        .unwrap();
+    assert!(r.published);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_streams_a_job_that_a_worker_runs() {
+    let _serial = SERIAL.lock().await;
+    let Some((db, vhost)) = setup().await else {
+        return;
+    };
+    let host = TestHost::start().await;
+    let api = Api::start(&db, &vhost).await;
+    let _w1 = Proc::spawn("worker", "w1", &db, &vhost, free_port());
+    let server = api.add_server(&host).await;
+    let id = api
+        .submit(
+            &server,
+            "for i in 1 2 3; do echo tick-$i; sleep 0.2; done; printf '\\342\\202'; sleep 0.2; printf '\\254\\n'",
+        )
+        .await;
+    let resp = api
+        .client
+        .get(format!("{}/api/v1/jobs/{id}/stream", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(30), resp.text())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut out = String::new();
+    let mut complete = None;
+    for block in body.split("\n\n") {
+        let kind = block.lines().find_map(|l| l.strip_prefix("event: "));
+        let data = block.lines().find_map(|l| l.strip_prefix("data: "));
+        if let (Some(kind), Some(data)) = (kind, data) {
+            let v: Value = serde_json::from_str(data).unwrap();
+            match kind {
+                "output" => out.push_str(v["output"].as_str().unwrap()),
+                "complete" => complete = Some(v),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(out, "tick-1\ntick-2\ntick-3\n€\n");
+    assert_eq!(complete.unwrap()["status"], "completed");
+}
+
+/// Runs its closure when dropped (also when the test panics): the broker must come back.
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
 }

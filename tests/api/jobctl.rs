@@ -362,7 +362,7 @@ async fn cancel_and_duplicate() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.starts_with("jobctl: ") && out.stderr.contains("409"));
 
-    // A copy with a shorter timeout: it times out, and `wait` exits 124.
+    // Copies with a shorter timeout: they time out, and `wait` exits 124.
     let out = jobctl(
         &app,
         &[
@@ -382,14 +382,14 @@ async fn cancel_and_duplicate() {
     assert_eq!(copy["duplicated_from"], id.as_str());
     assert_eq!(copy["timeout"], 1);
     let copy_id = copy["id"].as_str().unwrap();
+    let other = jobctl(&app, &["duplicate", &id, "-t", "1"]).await.line();
+    assert!(other != id && other != copy_id);
     let out = jobctl(&app, &["wait", copy_id, "-o", "json"]).await;
     assert_eq!(out.code, 124, "{out:?}");
     assert_eq!(out.json()["status"], "timed_out");
-
-    let other = jobctl(&app, &["duplicate", &id]).await.line();
-    assert_ne!(other, id);
-    let out = jobctl(&app, &["cancel", &other, "-o", "json"]).await;
-    assert_eq!(out.json()["id"], other.as_str());
+    let out = jobctl(&app, &["wait", &other]).await;
+    assert_eq!(out.code, 124, "{out:?}");
+    assert!(out.stdout.contains("timed_out"), "{out:?}");
     app.stop().await;
 }
 

@@ -106,7 +106,7 @@ impl Follower<'_> {
             if failures > 0 {
                 if failures > MAX_RECONNECTS {
                     return Err(anyhow!(
-                        "lost the event stream of job {} ({last_error}); `jobctl wait {}` resumes",
+                        "lost the event stream of job {} ({last_error}); `jobctl logs --follow {}` resumes",
                         self.id,
                         self.id
                     ));
