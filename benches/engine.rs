@@ -163,7 +163,36 @@ async fn fresh_connection_rate(host: &TestHost, n: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// An HTTP API to drive: the in-process app or a separate api process.
+struct Http {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Http {
+    fn of(app: &TestApp) -> Http {
+        Http {
+            client: app.client.clone(),
+            base: app.base.clone(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.client.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or_default())
+    }
+}
+
 async fn wait_idle(app: &TestApp, bound: Duration) {
+    wait_idle_on(&Http::of(app), bound).await
+}
+
+async fn wait_idle_on(app: &Http, bound: Duration) {
     let start = Instant::now();
     loop {
         let (_, q) = app.get("/api/v1/jobs?status=queued&limit=1").await;
@@ -181,6 +210,10 @@ async fn wait_idle(app: &TestApp, bound: Duration) {
 
 /// `n` trivial jobs submitted over HTTP by 16 clients; jobs per second until all are done.
 async fn api_rate(app: &TestApp, server: &str, n: usize) -> f64 {
+    api_rate_on(&Http::of(app), server, n).await
+}
+
+async fn api_rate_on(app: &Http, server: &str, n: usize) -> f64 {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let tasks: Vec<_> = (0..16)
@@ -198,7 +231,7 @@ async fn api_rate(app: &TestApp, server: &str, n: usize) -> f64 {
     for t in tasks {
         t.await.unwrap();
     }
-    wait_idle(app, Duration::from_secs(600)).await;
+    wait_idle_on(app, Duration::from_secs(600)).await;
     let rate = n as f64 / start.elapsed().as_secs_f64();
     let (_, failed) = app.get("/api/v1/jobs?status=failed&limit=5").await;
     assert!(
@@ -300,6 +333,65 @@ async fn memory_per_job(app: &TestApp, server: &str, n: usize) -> f64 {
     after.saturating_sub(before) as f64 / n as f64
 }
 
+/// Trivial jobs per second through `job-executor api` and two `job-executor worker`
+/// processes over RabbitMQ (a fresh vhost) and PostgreSQL (a fresh database).
+async fn distributed_rate(host: &TestHost, n: usize, cm: f64, single: f64) {
+    use helpers::procs::{Proc, Vhost, free_port};
+    let (Some(db), Some(vhost)) = (TestDb::create(Db::Postgres), Vhost::create()) else {
+        println!("(skipped api + 2 workers: PostgreSQL or RabbitMQ is not available)");
+        return;
+    };
+    let port = free_port();
+    let tuned: &[(&str, &str)] = &[
+        ("JOBEXEC__HTTP__WORKERS", "2"),
+        ("JOBEXEC__WORKER__MAX_CONNECTIONS_PER_HOST", "220"),
+        ("JOBEXEC__WORKER__HEARTBEAT_SECS", "5"),
+        ("JOBEXEC__WORKER__LEASE_SECS", "30"),
+    ];
+    let _api = Proc::spawn_with("api", "bench-api", &db, &vhost, port, tuned);
+    let _w1 = Proc::spawn_with("worker", "bench-w1", &db, &vhost, free_port(), tuned);
+    let _w2 = Proc::spawn_with("worker", "bench-w2", &db, &vhost, free_port(), tuned);
+    let http = Http {
+        client: reqwest::Client::new(),
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let start = Instant::now();
+    while !http
+        .client
+        .get(http.url("/health"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "api did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = http
+        .client
+        .post(http.url("/api/v1/servers"))
+        .json(
+            &json!({"name": "bench", "hostname": host.host, "port": host.port, "user": host.user,
+                      "auth_type": "key", "private_key": host.keys.ed25519_openssh,
+                      "max_concurrent_jobs": 40}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let server: serde_json::Value = r.json().await.unwrap();
+    let server = server["id"].as_str().unwrap().to_string();
+    let _ = api_rate_on(&http, &server, 100).await; // warm the pools
+    let rate = api_rate_on(&http, &server, n).await;
+    println!(
+        "ours      api + 2 workers (RabbitMQ, PostgreSQL)  {rate:>9.1} jobs/s  ({:.2}x ControlMaster, {:.2}x single process; target >= 1x ControlMaster)",
+        rate / cm,
+        rate / single
+    );
+}
+
 /// The login the benchmark runs as: `JOBEXEC_TEST_SSH_USER`, or (as root) an account
 /// `jobexec-bench` made with `/bin/sh` as its shell, so that no rc file of an interactive
 /// user (root's `.bashrc` here runs pyenv's init, tens of milliseconds or more) is timed
@@ -384,6 +476,7 @@ async fn main() {
         "ours      trivial jobs through the HTTP API       {ours:>9.1} jobs/s  ({:.2}x ControlMaster; target >= 1.5x)",
         ours / cm
     );
+    distributed_rate(&host, 2000 / scale, cm, ours).await;
     let (p50, p99) = latency(&app, &server, 300 / scale).await;
     println!(
         "ours      submit -> running latency              p50 {p50:.2} ms, p99 {p99:.2} ms  (target p50 < 10 ms)"

@@ -167,14 +167,38 @@ impl Store {
         Ok(self.pool.get()?)
     }
 
+    /// Apply pending migrations. Several processes may start at once on a new database (an
+    /// api and its workers): on PostgreSQL they take turns under an advisory lock; on both
+    /// backends a loser of a race tries again, and then finds the work done.
     fn migrate_blocking(&self) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.conn()?;
-        let applied = match &mut *conn {
-            DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS),
-            DbConnection::Pg(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS),
+        /// The advisory lock key of migrations ("jobexec" in ASCII).
+        const MIGRATION_LOCK: i64 = 0x006a_6f62_6578_6563;
+        let mut last = String::new();
+        for attempt in 0..5u64 {
+            let mut conn = self.conn()?;
+            let applied = match &mut *conn {
+                DbConnection::Sqlite(c) => c
+                    .run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map(|v| v.iter().map(|m| m.to_string()).collect::<Vec<_>>()),
+                DbConnection::Pg(c) => {
+                    c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))?;
+                    let r = c
+                        .run_pending_migrations(POSTGRES_MIGRATIONS)
+                        .map(|v| v.iter().map(|m| m.to_string()).collect::<Vec<_>>());
+                    let _ =
+                        c.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"));
+                    r
+                }
+            };
+            match applied {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    last = e.to_string();
+                    std::thread::sleep(std::time::Duration::from_millis(100 * (attempt + 1)));
+                }
+            }
         }
-        .map_err(|e| StoreError::Migration(e.to_string()))?;
-        Ok(applied.iter().map(|v| v.to_string()).collect())
+        Err(StoreError::Migration(last))
     }
 
     /// Apply pending migrations; returns the versions applied (empty when up to date).

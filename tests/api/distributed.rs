@@ -2,122 +2,16 @@
 //! PostgreSQL (a fresh database per test): exactly once, spread, cancels, lost workers, a
 //! broker restart. The processes are the real binary.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Db, TestDb, TestHost, in_ci};
+use crate::helpers::procs::{Proc, Vhost, free_port, rabbitmqctl};
+use crate::helpers::{Db, TestDb, TestHost};
 
 /// Tests here stop and start the shared broker: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn rabbitmqctl(args: &[&str]) -> bool {
-    Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// A vhost made for one test.
-struct Vhost {
-    name: String,
-}
-
-impl Vhost {
-    fn create() -> Option<Vhost> {
-        let name = format!("jobexec_test_{}", uuid::Uuid::new_v4().simple());
-        if !rabbitmqctl(&["add_vhost", &name]) {
-            if in_ci() {
-                panic!("RabbitMQ is required under CI but rabbitmqctl add_vhost failed");
-            }
-            eprintln!("skipping: RabbitMQ (rabbitmqctl) is not available");
-            return None;
-        }
-        assert!(rabbitmqctl(&[
-            "set_permissions",
-            "-p",
-            &name,
-            "guest",
-            ".*",
-            ".*",
-            ".*"
-        ]));
-        Some(Vhost { name })
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.name)
-    }
-}
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        rabbitmqctl(&["delete_vhost", &self.name]);
-    }
-}
-
-/// A running `job-executor` process.
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(role: &str, name: &str, db: &TestDb, vhost: &Vhost, port: u16) -> Proc {
-        let child = Command::new(env!("CARGO_BIN_EXE_job-executor"))
-            .arg(role)
-            .env("JOBEXEC__DATABASE__URL", &db.url)
-            .env("RABBITMQ_URL", vhost.url())
-            .env("JOBEXEC__HTTP__ADDR", format!("127.0.0.1:{port}"))
-            .env("JOBEXEC__HTTP__WORKERS", "1")
-            .env("JOBEXEC__WORKER__ID", name)
-            .env("JOBEXEC__WORKER__HEARTBEAT_SECS", "1")
-            .env("JOBEXEC__WORKER__LEASE_SECS", "3")
-            .env("JOBEXEC__WORKER__SHUTDOWN_GRACE_SECS", "1")
-            .env("JOBEXEC__JOBS__KILL_GRACE_SECS", "1")
-            .env("JOBEXEC__RABBITMQ__POLL_SECS", "1")
-            .env("JOBEXEC__RABBITMQ__RECONNECT_MAX_SECS", "1")
-            .env(
-                "RUST_LOG",
-                if std::env::var("TEST_LOG").is_ok() {
-                    "info"
-                } else {
-                    "error"
-                },
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(if std::env::var("TEST_LOG").is_ok() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .spawn()
-            .expect("spawn job-executor");
-        Proc { child }
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The api process and an HTTP client for it.
 struct Api {

@@ -34,3 +34,16 @@ db_test!(
         app.stop().await;
     }
 );
+
+db_test!(
+    several_processes_migrating_a_new_database_at_once_all_start,
+    |db: TestDb| async move {
+        // An api and its workers started together on a new database race to migrate it.
+        let settings = crate::helpers::test_settings(&db.url, &[]);
+        let opens = (0..4).map(|_| job_executor::store::Store::open(&settings.database));
+        for store in futures::future::join_all(opens).await {
+            let store = store.expect("every process starts");
+            store.ping().await.unwrap();
+        }
+    }
+);
