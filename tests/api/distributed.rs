@@ -486,3 +486,48 @@ impl<F: FnOnce()> Drop for OnDrop<F> {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_worker_and_leaves_nothing_running() {
+    let _serial = SERIAL.lock().await;
+    let Some((db, vhost)) = setup().await else {
+        return;
+    };
+    let host = TestHost::start().await;
+    let api = Api::start(&db, &vhost).await;
+    let mut w1 = Proc::spawn("worker", "w1", &db, &vhost, free_port());
+    let server = api.add_server(&host).await;
+    let quick = api.submit(&server, "echo up; sleep 0.5; echo quick").await;
+    let slow = api.submit(&server, "echo up; sleep 30").await;
+    for id in [&quick, &slow] {
+        let start = Instant::now();
+        loop {
+            let job = api.job(id).await;
+            if job["status"] == "running" && job["output_bytes"].as_i64().unwrap_or(0) > 0 {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{job}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Grace 1 s (the test's settings): the quick job finishes, the slow one is canceled.
+    let status = tokio::task::spawn_blocking(move || {
+        let s = w1.terminate(Duration::from_secs(15));
+        (s, w1)
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.0.is_some_and(|s| s.success()),
+        "the worker did not exit cleanly: {:?}",
+        status.0
+    );
+    let q = api.job(&quick).await;
+    assert_eq!(q["status"], "completed", "{q}");
+    let s = api.job(&slow).await;
+    assert_eq!(s["status"], "canceled", "{s}");
+    assert!(s["error"].as_str().unwrap().contains("shut down"), "{s}");
+    for pgid in pgids(&db, std::slice::from_ref(&slow)) {
+        assert!(!group_alive(pgid), "group {pgid} survived the drain");
+    }
+}

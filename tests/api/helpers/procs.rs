@@ -105,6 +105,21 @@ impl Proc {
         Proc { child }
     }
 
+    /// Send SIGTERM (a polite stop) and wait up to `bound` for the process to exit.
+    pub fn terminate(&mut self, bound: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        // A plain positive pid: no `--` needed.
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let start = std::time::Instant::now();
+        while start.elapsed() < bound {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
