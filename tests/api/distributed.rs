@@ -88,6 +88,32 @@ impl Api {
         }
     }
 
+    /// Wait until the api is connected to the broker again.
+    async fn wait_broker(&self) {
+        let start = Instant::now();
+        loop {
+            let (_, health) = self.call(reqwest::Method::GET, "/health", None).await;
+            if health["queue_connected"] == true {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{health}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Wait until the job runs and has printed something (its remote group exists).
+    async fn wait_running(&self, id: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let job = self.job(id).await;
+            if job["status"] == "running" && job["output_bytes"].as_i64().unwrap_or(0) > 0 {
+                return job;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{job}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn add_server(&self, host: &TestHost) -> String {
         let (status, server) = self
             .call(
@@ -192,19 +218,8 @@ async fn cancels_reach_every_worker_and_leave_no_process() {
     }
     let mut workers = std::collections::HashSet::new();
     for id in &ids {
-        let start = Instant::now();
-        loop {
-            let job = api.job(id).await;
-            if job["status"] == "running"
-                && !job["started_at"].is_null()
-                && job["output_bytes"].as_i64().unwrap_or(0) > 0
-            {
-                workers.insert(job["worker"].as_str().unwrap().to_string());
-                break;
-            }
-            assert!(start.elapsed() < Duration::from_secs(30), "{job}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let job = api.wait_running(id).await;
+        workers.insert(job["worker"].as_str().unwrap().to_string());
     }
     assert_eq!(workers.len(), 2, "{workers:?}");
     let started = Instant::now();
@@ -278,15 +293,7 @@ async fn a_killed_worker_fails_its_jobs_and_a_new_worker_takes_the_queue() {
     assert_eq!(status, 201, "{safe}");
     let safe = safe["id"].as_str().unwrap().to_string();
     for id in [&doomed, &safe] {
-        let start = Instant::now();
-        loop {
-            let job = api.job(id).await;
-            if job["status"] == "running" && job["output_bytes"].as_i64().unwrap_or(0) > 0 {
-                break;
-            }
-            assert!(start.elapsed() < Duration::from_secs(30), "{job}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        api.wait_running(id).await;
     }
     w1.kill9();
     let killed = Instant::now();
@@ -367,15 +374,7 @@ async fn a_broker_restart_mid_stream_loses_no_submission() {
     };
     result.await;
     // Back on the broker.
-    let start = Instant::now();
-    loop {
-        let (_, health) = api.call(reqwest::Method::GET, "/health", None).await;
-        if health["queue_connected"] == true {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "{health}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    api.wait_broker().await;
     let after = api.submit(&server, "echo after").await;
     api.wait_status(&after, &["completed"], Duration::from_secs(30))
         .await;
@@ -405,15 +404,7 @@ async fn an_api_started_before_the_broker_works_once_it_comes_up() {
         .await;
     assert_eq!(job["worker"], "w1");
     drop(restart);
-    let start = Instant::now();
-    loop {
-        let (_, health) = api.call(reqwest::Method::GET, "/health", None).await;
-        if health["queue_connected"] == true {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "{health}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    api.wait_broker().await;
     let late = api.submit(&server, "echo late").await;
     api.wait_status(&late, &["completed"], Duration::from_secs(30))
         .await;
@@ -500,15 +491,7 @@ async fn sigterm_drains_a_worker_and_leaves_nothing_running() {
     let quick = api.submit(&server, "echo up; sleep 0.5; echo quick").await;
     let slow = api.submit(&server, "echo up; sleep 30").await;
     for id in [&quick, &slow] {
-        let start = Instant::now();
-        loop {
-            let job = api.job(id).await;
-            if job["status"] == "running" && job["output_bytes"].as_i64().unwrap_or(0) > 0 {
-                break;
-            }
-            assert!(start.elapsed() < Duration::from_secs(30), "{job}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        api.wait_running(id).await;
     }
     // Grace 1 s (the test's settings): the quick job finishes, the slow one is canceled.
     let status = tokio::task::spawn_blocking(move || {
