@@ -31,16 +31,6 @@ pub enum JobEvent {
     },
 }
 
-impl JobEvent {
-    /// The job this event is about.
-    pub fn job_id(&self) -> &str {
-        match self {
-            Self::Status(row) => &row.id,
-            Self::Output { job_id, .. } => job_id,
-        }
-    }
-}
-
 /// The process's event bus. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct EventBus {

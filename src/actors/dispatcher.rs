@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::host::{HostActor, PoolLimits};
 use super::job::{JobActor, JobDeps};
 use super::messages::{AcquireSlot, CancelJob, Delivery, Drain, JobEnded, StopReason};
-use crate::domain::{JobStatus, Micros};
+use crate::domain::Micros;
 use crate::events::JobEvent;
 use crate::queue::JobQueue;
 use crate::settings::Settings;
@@ -253,14 +253,8 @@ impl Handler<Delivery> for Dispatcher {
         let id = job_id.clone();
         ctx.spawn(
             async move {
-                let uuid = uuid::Uuid::parse_str(&id).ok()?;
-                let row = store.get_job(uuid).await.ok()?;
-                let max = store
-                    .get_server(uuid::Uuid::parse_str(&row.server_id).ok()?)
-                    .await
-                    .map(|s| usize::try_from(s.max_concurrent_jobs).unwrap_or(1))
-                    .unwrap_or(1);
-                (row.status() == JobStatus::Queued).then_some((row, max))
+                let (row, max) = store.queued_job_with_cap(id).await.ok()??;
+                Some((row, usize::try_from(max).unwrap_or(1)))
             }
             .into_actor(self)
             .then(move |found, act, _| {

@@ -216,30 +216,23 @@ impl RabbitBroker {
             )
             .await
             .map_err(e)?;
-        publish
-            .exchange_declare(
-                s.control_exchange.as_str().into(),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(e)?;
-        publish
-            .exchange_declare(
-                s.events_exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(e)?;
+        for (exchange, kind) in [
+            (&s.control_exchange, ExchangeKind::Fanout),
+            (&s.events_exchange, ExchangeKind::Topic),
+        ] {
+            publish
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    kind,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(e)?;
+        }
         let events = conn.create_channel().await.map_err(e)?;
 
         if let Some(prefetch) = roles.consume_jobs {

@@ -240,6 +240,25 @@ impl Store {
         self.run(move |conn| find(conn, &id.to_string())).await
     }
 
+    /// A job that is still queued, with its server's `max_concurrent_jobs`, in one query
+    /// (what the dispatcher needs for every delivery). `None` when the job has moved on or
+    /// its server is gone.
+    pub async fn queued_job_with_cap(
+        &self,
+        id: String,
+    ) -> Result<Option<(JobRow, i32)>, StoreError> {
+        self.run(move |conn| {
+            Ok(jobs::table
+                .inner_join(servers::table.on(servers::id.eq(jobs::server_id)))
+                .filter(jobs::id.eq(&id))
+                .filter(jobs::status.eq(JobStatus::Queued.as_str()))
+                .select((JobRow::as_select(), servers::max_concurrent_jobs))
+                .first(conn)
+                .optional()?)
+        })
+        .await
+    }
+
     /// Jobs, newest first, with the id to pass as `before` for the next page.
     pub async fn list_jobs(
         &self,
@@ -328,28 +347,6 @@ impl Store {
             } else {
                 Ok(None)
             }
-        })
-        .await
-    }
-
-    /// Put a running job back in the queue (its command never started).
-    pub async fn requeue_job(&self, id: String) -> Result<bool, StoreError> {
-        self.run(move |conn| {
-            let n = diesel::update(
-                jobs::table
-                    .find(&id)
-                    .filter(jobs::status.eq(JobStatus::Running.as_str()))
-                    .filter(jobs::cancel_requested.eq(false)),
-            )
-            .set((
-                jobs::status.eq(JobStatus::Queued.as_str()),
-                jobs::worker.eq(None::<String>),
-                jobs::lease_expires_at.eq(None::<i64>),
-                jobs::started_at.eq(None::<i64>),
-                jobs::remote_pgid.eq(None::<i64>),
-            ))
-            .execute(conn)?;
-            Ok(n == 1)
         })
         .await
     }

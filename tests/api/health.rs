@@ -1,5 +1,3 @@
-use serde_json::json;
-
 use crate::db_test;
 use crate::helpers::{TestApp, TestDb};
 
@@ -30,7 +28,6 @@ db_test!(
             .await;
         assert_eq!(status, 405);
         assert_eq!(body["code"], "method_not_allowed");
-        let _ = json!({});
         app.stop().await;
     }
 );

@@ -41,7 +41,7 @@ async fn wait_running(app: &TestApp, id: &str) -> Value {
     }
 }
 
-async fn submit(app: &TestApp, body: Value) -> String {
+pub async fn submit(app: &TestApp, body: Value) -> String {
     let (status, job) = app.post("/api/v1/jobs", &body).await;
     assert_eq!(status, 201, "{job}");
     assert_eq!(job["status"], "queued");
@@ -57,9 +57,7 @@ async fn raw(app: &TestApp, path: &str) -> Vec<u8> {
 db_test!(
     command_job_output_exit_code_and_logs,
     |db: TestDb| async move {
-        let app = TestApp::start(&db, &[]).await;
-        let host = TestHost::start().await;
-        let server = app.add_key_server("h", &host).await;
+        let (app, _host, server) = TestApp::with_host(&db, &[]).await;
         let id = submit(
             &app,
             json!({"command": "echo", "args": "hello; echo oops >&2; printf '\\377\\376'; exit 3",
@@ -98,9 +96,7 @@ db_test!(
 );
 
 db_test!(script_job_with_args_env_and_cwd, |db: TestDb| async move {
-    let app = TestApp::start(&db, &[]).await;
-    let host = TestHost::start().await;
-    let server = app.add_key_server("h", &host).await;
+    let (app, _host, server) = TestApp::with_host(&db, &[]).await;
     let (status, job) = app
         .post(
             "/api/v1/jobs/script",
@@ -125,9 +121,8 @@ db_test!(script_job_with_args_env_and_cwd, |db: TestDb| async move {
 db_test!(
     cancel_kills_the_whole_remote_group,
     |db: TestDb| async move {
-        let app = TestApp::start(&db, &[("JOBEXEC__JOBS__KILL_GRACE_SECS", "1")]).await;
-        let host = TestHost::start().await;
-        let server = app.add_key_server("h", &host).await;
+        let (app, _host, server) =
+            TestApp::with_host(&db, &[("JOBEXEC__JOBS__KILL_GRACE_SECS", "1")]).await;
         let id = submit(
         &app,
         json!({"command": "trap '' TERM; (sleep 300 & sleep 301 & wait) & echo started; sleep 302",
@@ -160,9 +155,8 @@ db_test!(
 );
 
 db_test!(timeout_ends_timed_out_and_kills, |db: TestDb| async move {
-    let app = TestApp::start(&db, &[("JOBEXEC__JOBS__KILL_GRACE_SECS", "1")]).await;
-    let host = TestHost::start().await;
-    let server = app.add_key_server("h", &host).await;
+    let (app, _host, server) =
+        TestApp::with_host(&db, &[("JOBEXEC__JOBS__KILL_GRACE_SECS", "1")]).await;
     let id = submit(
         &app,
         json!({"command": "trap '' TERM; echo going; sleep 303", "server_id": server, "timeout": 1}),
@@ -212,9 +206,7 @@ db_test!(
 db_test!(
     forty_concurrent_jobs_on_one_host_all_complete,
     |db: TestDb| async move {
-        let app = TestApp::start(&db, &[]).await;
-        let host = TestHost::start().await;
-        let server = app.add_key_server("h", &host).await;
+        let (app, _host, server) = TestApp::with_host(&db, &[]).await;
         let (status, _) = app
             .put(
                 &format!("/api/v1/servers/{server}"),
@@ -243,9 +235,7 @@ db_test!(
 );
 
 db_test!(submit_validation_and_404s, |db: TestDb| async move {
-    let app = TestApp::start(&db, &[]).await;
-    let host = TestHost::start().await;
-    let server = app.add_key_server("h", &host).await;
+    let (app, _host, server) = TestApp::with_host(&db, &[]).await;
     let cases = [
         (json!({"server_id": server}), "command"),
         (json!({"command": "", "server_id": server}), "command"),
@@ -304,9 +294,7 @@ db_test!(submit_validation_and_404s, |db: TestDb| async move {
 db_test!(
     duplicate_list_paging_and_idempotency,
     |db: TestDb| async move {
-        let app = TestApp::start(&db, &[]).await;
-        let host = TestHost::start().await;
-        let server = app.add_key_server("h", &host).await;
+        let (app, _host, server) = TestApp::with_host(&db, &[]).await;
         let first = submit(
             &app,
             json!({"command": "echo", "args": "one", "server_id": server, "timeout": 30}),
@@ -434,9 +422,8 @@ async fn no_group_left(pgid: i64) -> bool {
 db_test!(
     output_over_the_cap_keeps_head_and_tail,
     |db: TestDb| async move {
-        let app = TestApp::start(&db, &[("JOBEXEC__JOBS__OUTPUT_CAP_BYTES", "65536")]).await;
-        let host = TestHost::start().await;
-        let server = app.add_key_server("h", &host).await;
+        let (app, _host, server) =
+            TestApp::with_host(&db, &[("JOBEXEC__JOBS__OUTPUT_CAP_BYTES", "65536")]).await;
         let id = submit(
             &app,
             json!({"command": "seq 1 100000", "server_id": server}),
@@ -465,9 +452,7 @@ db_test!(
             ("JOBEXEC__WORKER__SHUTDOWN_GRACE_SECS", "1"),
             ("JOBEXEC__JOBS__KILL_GRACE_SECS", "1"),
         ];
-        let app = TestApp::start(&db, settings).await;
-        let host = TestHost::start().await;
-        let server = app.add_key_server("h", &host).await;
+        let (app, _host, server) = TestApp::with_host(&db, settings).await;
         let quick = submit(
             &app,
             json!({"command": "sleep 0.3; echo quick", "server_id": server}),

@@ -7,7 +7,7 @@ use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
 
 use crate::db_test;
-use crate::helpers::{TestApp, TestDb, TestHost};
+use crate::helpers::{TestApp, TestDb};
 use crate::jobs::wait_done;
 
 /// One parsed event.
@@ -98,22 +98,14 @@ fn text(events: &[Event], stream: &str) -> String {
 }
 
 async fn submit(app: &TestApp, server: &str, command: &str) -> String {
-    let (status, job) = app
-        .post(
-            "/api/v1/jobs",
-            &json!({"command": command, "server_id": server}),
-        )
-        .await;
-    assert_eq!(status, 201, "{job}");
-    job["id"].as_str().unwrap().to_string()
+    crate::jobs::submit(app, json!({"command": command, "server_id": server})).await
 }
 
 db_test!(
     opened_before_the_job_runs_it_waits_then_follows,
     |db: TestDb| async move {
-        let app = TestApp::start(&db, &[("JOBEXEC__JOBS__KILL_GRACE_SECS", "1")]).await;
-        let host = TestHost::start().await;
-        let server = app.add_key_server("h", &host).await;
+        let (app, _host, server) =
+            TestApp::with_host(&db, &[("JOBEXEC__JOBS__KILL_GRACE_SECS", "1")]).await;
         app.put(
             &format!("/api/v1/servers/{server}"),
             &json!({"max_concurrent_jobs": 1}),
@@ -163,9 +155,7 @@ db_test!(
 db_test!(
     a_finished_job_replays_and_ends_and_resume_skips_what_was_seen,
     |db: TestDb| async move {
-        let app = TestApp::start(&db, &[]).await;
-        let host = TestHost::start().await;
-        let server = app.add_key_server("h", &host).await;
+        let (app, _host, server) = TestApp::with_host(&db, &[]).await;
         let id = submit(
             &app,
             &server,
@@ -213,9 +203,7 @@ db_test!(
 db_test!(
     a_character_split_across_chunks_arrives_whole,
     |db: TestDb| async move {
-        let app = TestApp::start(&db, &[]).await;
-        let host = TestHost::start().await;
-        let server = app.add_key_server("h", &host).await;
+        let (app, _host, server) = TestApp::with_host(&db, &[]).await;
         // "€" is E2 82 AC: its bytes leave the host in two writes 300 ms apart.
         let id = submit(
             &app,
@@ -247,9 +235,7 @@ db_test!(
 db_test!(
     a_stalled_reader_does_not_slow_a_50_mb_job,
     |db: TestDb| async move {
-        let app = TestApp::start(&db, &[]).await;
-        let host = TestHost::start().await;
-        let server = app.add_key_server("h", &host).await;
+        let (app, _host, server) = TestApp::with_host(&db, &[]).await;
         app.put(
             &format!("/api/v1/servers/{server}"),
             &json!({"max_concurrent_jobs": 2}),

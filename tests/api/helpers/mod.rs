@@ -148,6 +148,14 @@ impl TestApp {
         }
     }
 
+    /// An app, a test host, and a server `h` registered for it (key auth).
+    pub async fn with_host(db: &TestDb, extra: &[(&str, &str)]) -> (TestApp, TestHost, String) {
+        let app = Self::start(db, extra).await;
+        let host = TestHost::start().await;
+        let server = app.add_key_server("h", &host).await;
+        (app, host, server)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
