@@ -51,6 +51,22 @@ pub enum StartError {
     /// The default server from the seed's `SSH_*` variables is invalid.
     #[error("default server (SSH_HOST…): {0}")]
     DefaultServer(String),
+    /// An `auth.tokens` entry is unusable.
+    #[error("{0}")]
+    Tokens(#[from] http::auth::TokenError),
+    /// Asked to listen beyond loopback with no tokens configured.
+    #[error(
+        "refusing to listen on {addr} without authentication: with no API tokens the API \
+         only listens on a loopback address (127.0.0.1, ::1). Set JOBEXEC_API_TOKENS (or \
+         auth.tokens) to serve other addresses, or listen on 127.0.0.1"
+    )]
+    OpenWithoutTokens {
+        /// The address asked for.
+        addr: String,
+    },
+    /// The TLS certificate or key cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The runtime thread died before the server was ready.
     #[error("the server thread failed to start: {0}")]
     Thread(String),
@@ -71,7 +87,13 @@ impl App {
     /// name one, and start the HTTP server (unless the role is `worker`).
     pub async fn start(settings: Settings, role: Role) -> Result<App, StartError> {
         let settings = Arc::new(settings);
-        let store = Store::open(&settings.database).await?;
+        let tokens = Arc::new(http::auth::Tokens::from_settings(&settings.auth.tokens)?);
+        if role != Role::Worker && !tokens.enabled() && !loopback_only(&settings.http.addr) {
+            return Err(StartError::OpenWithoutTokens {
+                addr: settings.http.addr.clone(),
+            });
+        }
+        let store = Store::open(&settings).await?;
         tracing::info!(
             database = %settings.database.redacted_url(),
             backend = store.backend().as_str(),
@@ -87,7 +109,14 @@ impl App {
             .name("job-executor".into())
             .spawn(move || {
                 let system = actix_rt::System::new();
-                system.block_on(run(thread_settings, thread_store, role, ready_tx, stop_rx));
+                system.block_on(run(
+                    thread_settings,
+                    thread_store,
+                    tokens,
+                    role,
+                    ready_tx,
+                    stop_rx,
+                ));
                 let _ = done_tx.send(());
             })
             .map_err(|e| StartError::Thread(e.to_string()))?;
@@ -141,9 +170,20 @@ impl App {
 
 type Ready = Result<(Option<SocketAddr>, Option<actix_web::dev::ServerHandle>), StartError>;
 
+/// Whether every address `addr` names is a loopback address. An address that does not
+/// resolve counts as loopback here: binding it fails with its own error.
+fn loopback_only(addr: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    match addr.to_socket_addrs() {
+        Ok(addrs) => addrs.into_iter().all(|a| a.ip().is_loopback()),
+        Err(_) => true,
+    }
+}
+
 async fn run(
     settings: Arc<Settings>,
     store: Store,
+    tokens: Arc<http::auth::Tokens>,
     role: Role,
     ready: oneshot::Sender<Ready>,
     stop: oneshot::Receiver<()>,
@@ -209,6 +249,8 @@ async fn run(
         events,
         dispatcher: Some(dispatcher),
         broker,
+        tokens,
+        limits: Arc::new(http::limits::Limits::new(&settings.limits)),
     };
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
@@ -218,6 +260,9 @@ async fn run(
             .default_service(web::to(http::not_found))
     })
     .disable_signals()
+    // A client that closes its side is gone (no HTTP client half-closes and waits): end its
+    // response at once, which ends an SSE stream's task and frees its place under the cap.
+    .h1_allow_half_closed(false)
     .shutdown_timeout(settings.http.shutdown_grace_secs);
     let server = if settings.http.workers > 0 {
         server.workers(settings.http.workers)

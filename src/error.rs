@@ -20,6 +20,9 @@ pub enum ApiError {
     /// 400: the body is not JSON, or not the JSON expected.
     #[error("{0}")]
     BadRequest(String),
+    /// 401: no token, or not a valid one.
+    #[error("{0}")]
+    Unauthorized(String),
     /// 404: the id names nothing.
     #[error("{0}")]
     NotFound(String),
@@ -35,6 +38,14 @@ pub enum ApiError {
     /// 422: a field is invalid.
     #[error("{0}")]
     Invalid(FieldError),
+    /// 429: a rate or count limit was reached; try again after `retry_after_secs`.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What limit, and when to come back.
+        message: String,
+        /// Sent as `Retry-After`.
+        retry_after_secs: u64,
+    },
     /// 503: the database (or queue) cannot be reached.
     #[error("{0}")]
     Unavailable(String),
@@ -48,11 +59,13 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => "bad_request",
+            Self::Unauthorized(_) => "unauthorized",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Invalid(_) => "invalid_field",
+            Self::TooManyRequests { .. } => "too_many_requests",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -88,11 +101,13 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -106,6 +121,21 @@ impl ResponseError for ApiError {
             Self::Unavailable(detail) => tracing::warn!(error = %detail, "dependency unavailable"),
             _ => {}
         }
-        HttpResponse::build(self.status_code()).json(body)
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            Self::Unauthorized(_) => {
+                response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            Self::TooManyRequests {
+                retry_after_secs, ..
+            } => {
+                response.insert_header((
+                    actix_web::http::header::RETRY_AFTER,
+                    retry_after_secs.to_string(),
+                ));
+            }
+            _ => {}
+        }
+        response.json(body)
     }
 }

@@ -9,6 +9,7 @@
 //! - [`domain`]: ids, statuses and their allowed transitions, validation. No I/O.
 //! - [`store`]: diesel over SQLite or PostgreSQL, chosen at run time; migrations embedded.
 //! - [`ssh`]: connect, verify host keys, authenticate, classify failures.
+//! - [`secrets`]: the keyring that seals stored passwords and keys (ChaCha20-Poly1305).
 //! - [`http`]: the actix-web routes and the JSON error contract ([`error`]).
 //! - [`app`]: builds all of it from settings and runs it ([`App`]).
 //!
@@ -28,6 +29,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod queue;
+pub mod secrets;
 pub mod settings;
 pub mod ssh;
 pub mod store;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use job_executor::secrets::{self, Keyring};
 use job_executor::{App, Role, Settings, store::Store, telemetry};
 
 #[derive(Parser)]
@@ -30,6 +31,19 @@ enum Command {
     Worker,
     /// Apply database migrations and exit.
     Migrate,
+    /// Print a new secret key (`1:BASE64`) for JOBEXEC_SECRET_KEY or a key file.
+    GenKey,
+    /// Add a new key version and re-seal every stored secret under it.
+    ///
+    /// With a key file, the new version is appended to it (older versions stay, to open what
+    /// processes still running with the old key write; `--retire-old` removes them once every
+    /// process has been restarted). With JOBEXEC_SECRET_KEY, the new keyring is printed:
+    /// stop the service first, then start it with the printed value.
+    RotateKey {
+        /// Remove the older versions from the key file (after every row is re-sealed).
+        #[arg(long)]
+        retire_old: bool,
+    },
 }
 
 #[tokio::main]
@@ -41,8 +55,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => Role::Serve,
         Command::Api => Role::Api,
         Command::Worker => Role::Worker,
+        Command::GenKey => {
+            println!("{}", secrets::generate_entry(1)?);
+            return Ok(());
+        }
+        Command::RotateKey { retire_old } => return rotate_key(&settings, retire_old).await,
         Command::Migrate => {
-            let store = Store::open(&settings.database).await?;
+            let store = Store::open(&settings).await?;
             let applied = store.migrate().await?;
             println!(
                 "database {} is up to date",
@@ -60,6 +79,57 @@ async fn main() -> anyhow::Result<()> {
         }
         _ = app.wait() => {}
     }
+    Ok(())
+}
+
+async fn rotate_key(settings: &Settings, retire_old: bool) -> anyhow::Result<()> {
+    let keyring = Keyring::from_settings(settings)?;
+    let version = keyring.current() + 1;
+    let entry = secrets::generate_entry(version)?;
+    let file = keyring.file().map(|p| p.to_path_buf());
+    if let Some(path) = &file {
+        // Write the longer keyring beside the file, then swap it in: never half a file.
+        let old = std::fs::read_to_string(path)?;
+        let next = format!("{}\n{entry}\n", old.trim_end());
+        replace_file(path, &next)?;
+    }
+    keyring.add(&entry)?;
+    let store = Store::open_with(&settings.database, std::sync::Arc::new(keyring)).await?;
+    // Opening re-sealed every older row; make sure before anything is retired.
+    let left = store.reseal_servers().await?;
+    eprintln!("every stored secret is sealed under key version {version} ({left} left over)");
+    match &file {
+        Some(path) => {
+            if retire_old {
+                replace_file(path, &format!("{entry}\n"))?;
+                eprintln!("{}: older versions removed", path.display());
+            } else {
+                eprintln!("{}: version {version} added", path.display());
+            }
+        }
+        None => {
+            let mut all: Vec<String> = Vec::new();
+            if !retire_old {
+                all.push(settings_key_text(settings));
+            }
+            all.push(entry);
+            eprintln!("start every process with JOBEXEC_SECRET_KEY set to the line below");
+            println!("{}", all.join(","));
+        }
+    }
+    Ok(())
+}
+
+fn settings_key_text(settings: &Settings) -> String {
+    use secrecy::ExposeSecret;
+    settings.secrets.key.expose_secret().trim().to_string()
+}
+
+fn replace_file(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    secrets::create_private_file(&tmp, text)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
     Ok(())
 }
 

@@ -33,6 +33,40 @@ pub struct Settings {
     pub default_server: DefaultServerSettings,
     /// Logging.
     pub log: LogSettings,
+    /// API authentication.
+    pub auth: AuthSettings,
+    /// The key that seals stored secrets.
+    pub secrets: SecretSettings,
+    /// Request rate and stream limits.
+    pub limits: LimitSettings,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    /// Bearer tokens: `NAME:TOKEN`, `TOKEN`, or `NAME:sha256:HEX`. Empty: no authentication
+    /// (and then the API listens on loopback only).
+    pub tokens: Vec<SecretString>,
+}
+
+/// `[secrets]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct SecretSettings {
+    /// Keyring text (`VERSION:BASE64`, comma-separated).
+    pub key: SecretString,
+    /// A file holding the keyring, one entry per line.
+    pub key_file: String,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    /// Job submissions (submit, script, duplicate) per minute per caller; 0 for no limit.
+    pub submissions_per_minute: u32,
+    /// Submissions a caller may make at once before the rate applies.
+    pub submission_burst: u32,
+    /// Open SSE streams per caller; 0 for no limit.
+    pub max_streams_per_client: usize,
 }
 
 /// `[http]`
@@ -46,6 +80,10 @@ pub struct HttpSettings {
     pub workers: usize,
     /// Seconds in-flight requests get at shutdown.
     pub shutdown_grace_secs: u64,
+    /// PEM certificate chain; with `tls_key`, the API speaks HTTPS.
+    pub tls_cert: String,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: String,
 }
 
 /// `[database]`
@@ -103,6 +141,8 @@ pub struct SshSettings {
     pub test_timeout_secs: u64,
     /// Default `max_concurrent_jobs` of new servers.
     pub default_max_concurrent_jobs: u32,
+    /// An OpenSSH known_hosts file consulted for servers with no pinned key; empty for none.
+    pub known_hosts_file: String,
 }
 
 /// `[jobs]`
@@ -281,7 +321,11 @@ const SEED_VARS: &[(&str, &str)] = &[
     ("SSH_USER", "default_server.user"),
     ("SSH_PASSWORD", "default_server.password"),
     ("SSH_PRIVATE_KEY", "default_server.private_key_path"),
+    ("JOBEXEC_SECRET_KEY", "secrets.key"),
 ];
+
+/// Comma-separated API tokens (`auth.tokens`), beaten by a `JOBEXEC__AUTH__TOKENS` variable.
+const TOKENS_VAR: &str = "JOBEXEC_API_TOKENS";
 
 const ENV_PREFIX: &str = "JOBEXEC";
 const ENV_SEPARATOR: &str = "__";
@@ -327,6 +371,15 @@ impl Settings {
             };
             builder = builder.set_override(*key, value)?;
         }
+        if let Some(list) = env.get(TOKENS_VAR).filter(|v| !v.trim().is_empty()) {
+            let tokens: Vec<String> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(String::from)
+                .collect();
+            builder = builder.set_override("auth.tokens", tokens)?;
+        }
         let ours: HashMap<String, String> = env
             .iter()
             .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}{ENV_SEPARATOR}")))
@@ -337,6 +390,8 @@ impl Settings {
                 .prefix_separator(ENV_SEPARATOR)
                 .separator(ENV_SEPARATOR)
                 .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("auth.tokens")
                 .source(Some(ours)),
         );
         Ok(builder.build()?.try_deserialize()?)

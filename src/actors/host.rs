@@ -259,20 +259,27 @@ async fn connect_new(
             reason: format!("cannot read the server record: {other}"),
         },
     })?;
-    let draft = row.to_draft();
+    let draft = store
+        .open_server(&row)
+        .map_err(|e| SshError::Credentials(e.to_string()))?;
     let target = SshTarget::from_server(&draft)?;
     let conn = ssh::connect(&target, opts).await?;
-    if draft.host_key.is_none()
-        && draft.host_key_check == HostKeyCheck::Tofu
-        && let Ok(line) = conn.host_key.to_openssh()
-    {
-        let line = line
-            .split_whitespace()
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" ");
+    if draft.host_key.is_none() && draft.host_key_check == HostKeyCheck::Tofu {
+        let line = ssh::openssh_line(&conn.host_key);
         if let Ok(true) = store.pin_host_key(id, line).await {
-            tracing::info!(server_id = %id, fingerprint = %ssh::fingerprint(&conn.host_key), "host key pinned on first use");
+            let fingerprint = ssh::fingerprint(&conn.host_key);
+            tracing::info!(server_id = %id, %fingerprint, "host key pinned on first use");
+            let entry = crate::store::AuditEntry {
+                actor: "system".into(),
+                peer: None,
+                action: "server.host_key_pinned",
+                target_kind: "server",
+                target_id: Some(id.to_string()),
+                detail: serde_json::json!({ "fingerprint": fingerprint, "by": "first connection" }),
+            };
+            if let Err(e) = store.audit(entry).await {
+                tracing::error!(server_id = %id, error = %e, "cannot write the audit record");
+            }
         }
     }
     let posix = ssh::exec::login_shell_is_posix(&conn.client).await;

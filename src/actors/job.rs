@@ -254,7 +254,7 @@ async fn run(row: JobRow, cx: RunCtx) -> Finish {
         };
         match got {
             Ok(pair) => break pair,
-            Err(e) if attempt < settings.connect_attempts.max(1) => {
+            Err(e) if attempt < settings.connect_attempts.max(1) && !e.is_permanent() => {
                 tracing::warn!(job_id = %row.id, attempt, error = %e, "connection failed before the command started; retrying");
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
             }

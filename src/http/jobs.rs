@@ -4,6 +4,7 @@ use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::auth::Caller;
 use super::{AppState, JsonBody};
 use crate::actors::messages::{CancelJob, StopReason};
 use crate::domain::{
@@ -94,9 +95,11 @@ async fn resolve_server(state: &AppState, server_id: Option<&str>) -> Result<Str
 
 async fn submit(
     state: &AppState,
+    caller: &Caller,
     kind: JobKind,
     req: JobRequest,
 ) -> Result<HttpResponse, ApiError> {
+    state.limit_submissions(caller)?;
     let server = resolve_server(state, req.server_id.as_deref()).await?;
     let spec = JobSpec::from_request(kind, req, &state.settings.jobs.limits())?;
     let (row, created) = state
@@ -108,6 +111,10 @@ async fn submit(
         return Ok(HttpResponse::Ok().json(job_view(&row)));
     }
     announce(state, &row).await;
+    let detail = json!({ "kind": row.kind, "server_id": row.server_id });
+    state
+        .audit(caller, "job.submit", "job", &row.id, detail)
+        .await;
     Ok(HttpResponse::Created().json(job_view(&row)))
 }
 
@@ -137,17 +144,19 @@ async fn announce(state: &AppState, row: &JobRow) {
 /// `POST /jobs`
 pub async fn submit_command(
     state: web::Data<AppState>,
+    caller: web::ReqData<Caller>,
     JsonBody(req): JsonBody<JobRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    submit(&state, JobKind::Command, req).await
+    submit(&state, &caller, JobKind::Command, req).await
 }
 
 /// `POST /jobs/script`
 pub async fn submit_script(
     state: web::Data<AppState>,
+    caller: web::ReqData<Caller>,
     JsonBody(req): JsonBody<JobRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    submit(&state, JobKind::Script, req).await
+    submit(&state, &caller, JobKind::Script, req).await
 }
 
 /// `GET /jobs/{id}`
@@ -168,6 +177,23 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
+/// The `limit` of a paged list: 1 to 1000, 50 when absent.
+pub(super) fn page_limit(raw: Option<&str>) -> Result<i64, ApiError> {
+    match raw.filter(|s| !s.is_empty()) {
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                ApiError::Invalid(FieldError::new(
+                    "limit",
+                    format!("{l:?} is not a number from 1 to 1000"),
+                ))
+            }),
+        None => Ok(50),
+    }
+}
+
 /// `GET /jobs`: newest first; `cursor` pages on from a previous `next_cursor`.
 pub async fn list(
     state: web::Data<AppState>,
@@ -181,19 +207,7 @@ pub async fn list(
         ),
         None => None,
     };
-    let limit = match q.limit.as_deref().filter(|s| !s.is_empty()) {
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| {
-                ApiError::Invalid(FieldError::new(
-                    "limit",
-                    format!("{l:?} is not a number from 1 to 1000"),
-                ))
-            })?,
-        None => 50,
-    };
+    let limit = page_limit(q.limit.as_deref())?;
     let server_id = match q.server_id.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => Some(parse_id("server_id", s)?.to_string()),
         None => None,
@@ -218,6 +232,7 @@ pub async fn list(
 /// `POST /jobs/{id}/cancel`: 200 with the job; 409 if it had already ended.
 pub async fn cancel(
     state: web::Data<AppState>,
+    caller: web::ReqData<Caller>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&path)?;
@@ -261,6 +276,15 @@ pub async fn cancel(
         }
     };
     tracing::info!(job_id = %id, "{message}");
+    state
+        .audit(
+            &caller,
+            "job.cancel",
+            "job",
+            id,
+            json!({ "result": message }),
+        )
+        .await;
     Ok(HttpResponse::Ok().json(json!({ "message": message, "job": job_view(&row) })))
 }
 
@@ -274,9 +298,11 @@ pub struct DuplicateRequest {
 /// `POST /jobs/{id}/duplicate`: a new job from an old one, with optional overrides.
 pub async fn duplicate(
     state: web::Data<AppState>,
+    caller: web::ReqData<Caller>,
     path: web::Path<String>,
     JsonBody(req): JsonBody<DuplicateRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    state.limit_submissions(&caller)?;
     let original = load(&state, job_id(&path)?).await?;
     let server = match &req.server_id {
         Some(s) => resolve_server(&state, Some(s)).await?,
@@ -299,6 +325,10 @@ pub async fn duplicate(
         .await
         .map_err(|e| ApiError::from_store(e, || format!("server {server}")))?;
     announce(&state, &row).await;
+    let detail = json!({ "duplicated_from": original.id, "server_id": row.server_id });
+    state
+        .audit(&caller, "job.duplicate", "job", &row.id, detail)
+        .await;
     Ok(HttpResponse::Created().json(json!({
         "message": "job duplicated",
         "original_job": original.id,

@@ -3,9 +3,12 @@
 //! Handlers read like a paragraph: parse, act through the store or the supervisor, respond.
 //! They own no state; everything they need arrives as [`AppState`].
 
+mod audit;
+pub mod auth;
 mod body;
 mod health;
 pub mod jobs;
+pub mod limits;
 mod servers;
 pub mod stream;
 
@@ -32,6 +35,40 @@ pub struct AppState {
     pub dispatcher: Option<actix::Addr<crate::actors::Dispatcher>>,
     /// The broker, when one is configured (cancels to other processes).
     pub broker: Option<std::sync::Arc<crate::queue::rabbit::RabbitBroker>>,
+    /// The API tokens (none: authentication off).
+    pub tokens: std::sync::Arc<auth::Tokens>,
+    /// Per-caller rate and stream limits.
+    pub limits: std::sync::Arc<limits::Limits>,
+}
+
+impl AppState {
+    /// Take one submission from the caller's rate (429 past it).
+    pub fn limit_submissions(&self, caller: &auth::Caller) -> Result<(), ApiError> {
+        self.limits.submit(&caller.limit_key(self.tokens.enabled()))
+    }
+
+    /// Record what `caller` did. A failure to record is logged; the action stands.
+    pub async fn audit(
+        &self,
+        caller: &auth::Caller,
+        action: &'static str,
+        target_kind: &'static str,
+        target_id: impl ToString,
+        detail: serde_json::Value,
+    ) {
+        let target_id = target_id.to_string();
+        let entry = crate::store::AuditEntry {
+            actor: caller.name.clone(),
+            peer: Some(caller.peer.clone()),
+            action,
+            target_kind,
+            target_id: Some(target_id.clone()),
+            detail,
+        };
+        if let Err(e) = self.store.audit(entry).await {
+            tracing::error!(action, target_id = %target_id, error = %e, "cannot write the audit record");
+        }
+    }
 }
 
 /// A resource whose other methods answer a JSON 405.
@@ -44,6 +81,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     use web::{delete, get, post, put};
     cfg.route("/health", get().to(health::health)).service(
         web::scope("/api/v1")
+            .wrap(actix_web::middleware::from_fn(auth::authenticate))
+            .service(resource("/audit").route(get().to(audit::list)))
             .service(
                 resource("/jobs")
                     .route(get().to(jobs::list))

@@ -5,6 +5,7 @@ use std::time::Duration;
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
 
+use super::auth::Caller;
 use super::{AppState, JsonBody};
 use crate::domain::{Micros, ServerDraft, ServerPatch, parse_id};
 use crate::error::ApiError;
@@ -34,15 +35,7 @@ pub struct ServerView {
 
 impl From<ServerRow> for ServerView {
     fn from(row: ServerRow) -> Self {
-        let host_key_fingerprint = row.host_key.as_ref().map(|k| {
-            if k.starts_with("SHA256:") {
-                k.clone()
-            } else {
-                russh::keys::PublicKey::from_openssh(k)
-                    .map(|pk| ssh::fingerprint(&pk))
-                    .unwrap_or_default()
-            }
-        });
+        let host_key_fingerprint = row.host_key.as_deref().map(pinned_fingerprint);
         ServerView {
             has_password: row.password.is_some(),
             has_private_key: row.private_key.is_some(),
@@ -72,14 +65,56 @@ fn missing(id: uuid::Uuid) -> impl FnOnce() -> String {
     move || format!("server {id}")
 }
 
+/// The names of the fields a patch sets (never their values: some are secrets).
+fn fields_set(p: &ServerPatch) -> Vec<&'static str> {
+    [
+        ("name", p.name.is_some()),
+        ("hostname", p.hostname.is_some()),
+        ("port", p.port.is_some()),
+        ("user", p.user.is_some()),
+        ("auth_type", p.auth_type.is_some()),
+        ("password", p.password.is_some()),
+        (
+            "private_key",
+            p.private_key.is_some() || p.pem_file.is_some(),
+        ),
+        ("private_key_passphrase", p.private_key_passphrase.is_some()),
+        ("is_active", p.is_active.is_some()),
+        ("host_key", p.host_key.is_some()),
+        ("host_key_check", p.host_key_check.is_some()),
+        ("max_concurrent_jobs", p.max_concurrent_jobs.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect()
+}
+
+/// The fingerprint of a pinned key (`SHA256:…` or an OpenSSH line).
+fn pinned_fingerprint(key: &str) -> String {
+    if key.starts_with("SHA256:") {
+        key.to_string()
+    } else {
+        russh::keys::PublicKey::from_openssh(key)
+            .map(|pk| ssh::fingerprint(&pk))
+            .unwrap_or_default()
+    }
+}
+
 /// `POST /servers`
 pub async fn create(
     state: web::Data<AppState>,
+    caller: web::ReqData<Caller>,
     JsonBody(input): JsonBody<ServerPatch>,
 ) -> Result<HttpResponse, ApiError> {
+    let fields = fields_set(&input);
     let draft = ServerDraft::create(input, state.settings.ssh.default_max_concurrent_jobs)?;
     let row = state.store.insert_server(draft).await?;
     tracing::info!(server_id = %row.id, name = %row.name, "server created");
+    let detail =
+        serde_json::json!({ "name": row.name, "hostname": row.hostname, "fields": fields });
+    state
+        .audit(&caller, "server.create", "server", &row.id, detail)
+        .await;
     Ok(HttpResponse::Created().json(ServerView::from(row)))
 }
 
@@ -107,10 +142,17 @@ pub async fn get(
 /// `PUT /servers/{id}`: omitted fields keep their value.
 pub async fn update(
     state: web::Data<AppState>,
+    caller: web::ReqData<Caller>,
     path: web::Path<String>,
     JsonBody(input): JsonBody<ServerPatch>,
 ) -> Result<HttpResponse, ApiError> {
     let id = server_id(&path)?;
+    let fields = fields_set(&input);
+    let before = state
+        .store
+        .get_server(id)
+        .await
+        .map_err(|e| ApiError::from_store(e, missing(id)))?;
     let row = state
         .store
         .update_server(id, move |draft| draft.patch(input))
@@ -120,29 +162,38 @@ pub async fn update(
             crate::store::UpdateError::Store(s) => ApiError::from_store(s, missing(id)),
         })?;
     tracing::info!(server_id = %row.id, "server updated");
+    state
+        .audit(
+            &caller,
+            "server.update",
+            "server",
+            &row.id,
+            serde_json::json!({ "fields": fields }),
+        )
+        .await;
+    if before.host_key != row.host_key {
+        let detail = serde_json::json!({
+            "old_fingerprint": before.host_key.as_deref().map(pinned_fingerprint),
+            "new_fingerprint": row.host_key.as_deref().map(pinned_fingerprint),
+            "by": "update",
+        });
+        state
+            .audit(
+                &caller,
+                "server.host_key_changed",
+                "server",
+                &row.id,
+                detail,
+            )
+            .await;
+    }
     Ok(HttpResponse::Ok().json(ServerView::from(row)))
 }
 
 /// `DELETE /servers/{id}`: refused (409) while it has queued or running jobs.
 pub async fn delete(
     state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let id = server_id(&path)?;
-    state
-        .store
-        .delete_server(id)
-        .await
-        .map_err(|e| ApiError::from_store(e, missing(id)))?;
-    tracing::info!(server_id = %id, "server deleted");
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "message": format!("server {id} deleted") })))
-}
-
-/// `POST /servers/{id}/test`: connect, authenticate, run `true`, within a bounded time.
-/// A failed test is still a 200 whose `ok` is false and whose `error` says why. On trust on
-/// first use, a successful test pins the key the server presented.
-pub async fn test(
-    state: web::Data<AppState>,
+    caller: web::ReqData<Caller>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = server_id(&path)?;
@@ -151,31 +202,127 @@ pub async fn test(
         .get_server(id)
         .await
         .map_err(|e| ApiError::from_store(e, missing(id)))?;
-    let draft = row.to_draft();
+    state
+        .store
+        .delete_server(id)
+        .await
+        .map_err(|e| ApiError::from_store(e, missing(id)))?;
+    tracing::info!(server_id = %id, "server deleted");
+    state
+        .audit(
+            &caller,
+            "server.delete",
+            "server",
+            id,
+            serde_json::json!({ "name": row.name, "hostname": row.hostname }),
+        )
+        .await;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "message": format!("server {id} deleted") })))
+}
+
+/// Options of the connection test.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestOptions {
+    /// Pin whatever key the server presents now (after a deliberate host key change).
+    #[serde(default)]
+    accept_host_key: bool,
+}
+
+/// `POST /servers/{id}/test`: connect, authenticate, run `true`, within a bounded time.
+/// A failed test is still a 200 whose `ok` is false and whose `error` says why. On trust on
+/// first use, a successful test pins the key the server presented; with
+/// `{"accept_host_key": true}` it replaces the pinned key with the one presented now.
+pub async fn test(
+    state: web::Data<AppState>,
+    caller: web::ReqData<Caller>,
+    path: web::Path<String>,
+    JsonBody(options): JsonBody<TestOptions>,
+) -> Result<HttpResponse, ApiError> {
+    let id = server_id(&path)?;
+    let row = state
+        .store
+        .get_server(id)
+        .await
+        .map_err(|e| ApiError::from_store(e, missing(id)))?;
     let opts = SshOptions::from_settings(&state.settings.ssh);
     let bound = Duration::from_secs(state.settings.ssh.test_timeout_secs.max(1));
-    let report = match SshTarget::from_server(&draft) {
-        Ok(target) => ssh::test_connection(&target, &opts, bound).await,
-        Err(e) => ssh::TestReport {
-            ok: false,
-            latency_ms: 0,
-            host_key_fingerprint: None,
-            error: Some(e.to_string()),
-            host_key: None,
-        },
+    let failed = |error: String| ssh::TestReport {
+        ok: false,
+        latency_ms: 0,
+        host_key_fingerprint: None,
+        error: Some(error),
+        host_key: None,
+    };
+    let mut accepted: Option<String> = None;
+    let report = match state
+        .store
+        .open_server(&row)
+        .map_err(|e| ssh::SshError::Credentials(e.to_string()))
+        .and_then(|draft| SshTarget::from_server(&draft))
+    {
+        Ok(mut target) => {
+            let mut probe_failed = None;
+            if options.accept_host_key {
+                // Learn the key now presented (no credentials are sent), then test against it.
+                match ssh::probe_host_key(&target, &opts).await {
+                    Ok(key) => {
+                        let line = ssh::openssh_line(&key);
+                        target.pinned = Some(line.clone());
+                        accepted = Some(line);
+                    }
+                    Err(e) => probe_failed = Some(failed(e.to_string())),
+                }
+            }
+            match probe_failed {
+                Some(report) => report,
+                None => ssh::test_connection(&target, &opts, bound).await,
+            }
+        }
+        Err(e) => failed(e.to_string()),
     };
     let mut pinned = false;
     if report.ok
-        && draft.host_key.is_none()
-        && draft.host_key_check == crate::domain::HostKeyCheck::Tofu
+        && let Some(line) = accepted
+    {
+        state.store.repin_host_key(id, line.clone()).await?;
+        pinned = true;
+        let detail = serde_json::json!({
+            "old_fingerprint": row.host_key.as_deref().map(pinned_fingerprint),
+            "new_fingerprint": pinned_fingerprint(&line),
+            "by": "accept_host_key",
+        });
+        tracing::info!(server_id = %id, fingerprint = ?report.host_key_fingerprint, "host key accepted");
+        state
+            .audit(&caller, "server.host_key_changed", "server", id, detail)
+            .await;
+    } else if report.ok
+        && row.host_key.is_none()
+        && row.host_key_check == crate::domain::HostKeyCheck::Tofu.as_str()
         && let Some(key) = report.host_key.clone()
     {
         pinned = state.store.pin_host_key(id, key).await?;
         if pinned {
             tracing::info!(server_id = %id, fingerprint = ?report.host_key_fingerprint, "host key pinned on first use");
+            let detail = serde_json::json!({
+                "fingerprint": report.host_key_fingerprint,
+                "by": "connection test",
+            });
+            state
+                .audit(&caller, "server.host_key_pinned", "server", id, detail)
+                .await;
         }
     }
     tracing::info!(server_id = %id, ok = report.ok, latency_ms = report.latency_ms, error = ?report.error, "connection test");
+    state
+        .audit(
+            &caller,
+            "server.test",
+            "server",
+            id,
+            serde_json::json!({ "ok": report.ok, "error": report.error }),
+        )
+        .await;
     let mut body = serde_json::to_value(&report)
         .map_err(|e| ApiError::Internal(format!("cannot encode the report: {e}")))?;
     body["host_key_pinned"] = serde_json::Value::Bool(pinned);

@@ -236,8 +236,12 @@ impl Feed {
         }
         let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
         keep_alive.tick().await;
+        // Notices a client that went away while the job is quiet, so its task (and its place
+        // under the per-caller stream cap) ends at once rather than at the next keep-alive.
+        let gone = self.tx.clone();
         loop {
             tokio::select! {
+                _ = gone.closed() => return Err(Gone),
                 ev = bus.recv() => match ev {
                     Ok(JobEvent::Output { job_id, seq, stream, data, at }) if *job_id == *self.job_id => {
                         if seq > self.last + 1 {
@@ -273,11 +277,16 @@ impl Feed {
 /// `GET /jobs/{id}/stream`
 pub async fn stream(
     state: web::Data<AppState>,
+    caller: web::ReqData<super::auth::Caller>,
     path: web::Path<String>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("id", &path)
         .map_err(|_| ApiError::NotFound(format!("job {:?} does not exist", path.as_str())))?;
+    // Counted until the client's task ends (the job ended, or the client went away).
+    let slot = state
+        .limits
+        .open_stream(&caller.limit_key(state.tokens.enabled()))?;
     // Subscribe before anything is read, so no event falls between replay and live.
     let bus = state.events.subscribe();
     let row = state
@@ -303,6 +312,7 @@ pub async fn stream(
     };
     actix_web::rt::spawn(async move {
         let _ = feed.run(bus).await;
+        drop(slot);
     });
     let body =
         futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok::<_, Infallible>)));

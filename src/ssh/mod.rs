@@ -29,6 +29,23 @@ pub struct SshOptions {
     pub keepalive_interval: Duration,
     /// Unanswered keepalives before the connection is lost.
     pub keepalive_max: usize,
+    /// An OpenSSH known_hosts file for servers with no pinned key.
+    pub known_hosts: Option<std::path::PathBuf>,
+}
+
+impl SshError {
+    /// Whether trying again cannot help: the host's identity or the credentials are wrong.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            SshError::HostKeyChanged { .. }
+                | SshError::HostKeyUnknown { .. }
+                | SshError::HostKeyRejected { .. }
+                | SshError::AuthRejected { .. }
+                | SshError::BadKey(_)
+                | SshError::Credentials(_)
+        )
+    }
 }
 
 impl SshOptions {
@@ -38,6 +55,9 @@ impl SshOptions {
             connect_timeout: Duration::from_secs(s.connect_timeout_secs.max(1)),
             keepalive_interval: Duration::from_secs(s.keepalive_interval_secs.max(1)),
             keepalive_max: s.keepalive_max.max(1),
+            known_hosts: Some(s.known_hosts_file.trim())
+                .filter(|p| !p.is_empty())
+                .map(std::path::PathBuf::from),
         }
     }
 
@@ -104,7 +124,8 @@ pub enum SshError {
     /// The server presented a key other than the pinned one.
     #[error(
         "host key changed for {addr}: pinned {pinned}, server presented {presented}; \
-         if the change is expected, re-pin the key (set host_key on the server)"
+         if the change is expected, accept the new key (POST /api/v1/servers/ID/test with \
+         {{\"accept_host_key\": true}}, or set host_key on the server)"
     )]
     HostKeyChanged {
         /// `host:port`.
@@ -114,6 +135,22 @@ pub enum SshError {
         /// The fingerprint presented now.
         presented: String,
     },
+    /// The known_hosts file lists the host with other keys.
+    #[error(
+        "host key for {addr} is not the one {file} lists: server presented {presented}; \
+         fix the known_hosts entry or pin the key on the server"
+    )]
+    HostKeyUnknown {
+        /// `host:port`.
+        addr: String,
+        /// The known_hosts file.
+        file: String,
+        /// The fingerprint presented.
+        presented: String,
+    },
+    /// The stored credentials could not be opened (wrong secret key).
+    #[error("cannot use the stored credentials: {0}")]
+    Credentials(String),
     /// Host key verification failed for another reason.
     #[error("host key verification failed for {addr}")]
     HostKeyRejected {
@@ -228,6 +265,13 @@ impl SshTarget {
     }
 }
 
+/// A key as pinned: `TYPE BASE64`, without a comment.
+pub fn openssh_line(key: &PublicKey) -> String {
+    key.to_openssh()
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 /// An authenticated connection and the host key it was made with.
 pub struct Connection {
     /// The async-ssh2-tokio client: a cheap clone over one SSH connection.
@@ -330,6 +374,23 @@ async fn expected_key(target: &SshTarget, opts: &SshOptions) -> Result<PublicKey
                 presented,
             });
         }
+    } else if target.check == HostKeyCheck::Tofu
+        && let Some(file) = &opts.known_hosts
+    {
+        let listed =
+            russh::keys::known_hosts::known_host_keys_path(&target.host, target.port, file)
+                .map_err(|e| SshError::Protocol {
+                    addr: target.addr(),
+                    reason: format!("cannot read {}: {e}", file.display()),
+                })?;
+        let presented = fingerprint(&seen);
+        if !listed.is_empty() && !listed.iter().any(|(_, k)| fingerprint(k) == presented) {
+            return Err(SshError::HostKeyUnknown {
+                addr: target.addr(),
+                file: file.display().to_string(),
+                presented,
+            });
+        }
     }
     Ok(seen)
 }
@@ -358,7 +419,23 @@ pub async fn connect(target: &SshTarget, opts: &SshOptions) -> Result<Connection
             client,
             host_key: key,
         }),
-        Ok(Err(e)) => Err(classify(target, e)),
+        Ok(Err(e)) => match classify(target, e) {
+            // The pinned key was refused in the handshake (before any credential): learn
+            // what the server presents now, to name both keys.
+            SshError::HostKeyRejected { addr } if target.pinned.is_some() => {
+                match probe_host_key(target, opts).await {
+                    Ok(seen) if fingerprint(&seen) != fingerprint(&key) => {
+                        Err(SshError::HostKeyChanged {
+                            addr,
+                            pinned: fingerprint(&key),
+                            presented: fingerprint(&seen),
+                        })
+                    }
+                    _ => Err(SshError::HostKeyRejected { addr }),
+                }
+            }
+            other => Err(other),
+        },
         Err(_) => Err(SshError::Timeout {
             addr: target.addr(),
             secs: opts.connect_timeout.as_secs(),
@@ -503,7 +580,7 @@ pub async fn test_connection(target: &SshTarget, opts: &SshOptions, bound: Durat
             latency_ms,
             host_key_fingerprint: Some(fingerprint(&key)),
             error: None,
-            host_key: key.to_openssh().ok().map(|l| l.trim().to_string()),
+            host_key: Some(openssh_line(&key)).filter(|l| !l.is_empty()),
         },
         Err(err) => {
             let presented = match &err {

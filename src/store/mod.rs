@@ -7,12 +7,14 @@
 //! Where the two backends need different SQL (claims with `FOR UPDATE SKIP LOCKED`, say),
 //! match on [`DbConnection`]; everything else is written once against the multi-backend.
 
+mod audit;
 mod jobs;
 mod models;
 pub mod schema;
 mod servers;
 pub use servers::UpdateError;
 
+pub use audit::{AuditEntry, AuditFilter, AuditRow};
 pub use jobs::{CancelOutcome, ChunkRow, Finish, JobFilter, JobRow};
 pub use models::{ServerRow, server_secrets};
 
@@ -24,7 +26,8 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnectio
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use crate::settings::{DatabaseKind, DatabaseSettings};
+use crate::secrets::{Keyring, SecretsError};
+use crate::settings::{DatabaseKind, DatabaseSettings, Settings};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -75,6 +78,9 @@ pub enum StoreError {
     /// Applying migrations failed.
     #[error("migration failed: {0}")]
     Migration(String),
+    /// Stored secrets could not be sealed or opened.
+    #[error("stored secrets: {0}")]
+    Secrets(#[from] SecretsError),
 }
 
 impl From<diesel::r2d2::PoolError> for StoreError {
@@ -107,6 +113,7 @@ impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SqlitePragmas {
 pub struct Store {
     pool: Pool<ConnectionManager<DbConnection>>,
     backend: Backend,
+    keyring: std::sync::Arc<Keyring>,
 }
 
 impl std::fmt::Debug for Store {
@@ -118,15 +125,42 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Open the pool the settings describe and apply pending migrations.
-    pub async fn open(settings: &DatabaseSettings) -> Result<Self, StoreError> {
-        let settings = settings.clone();
-        tokio::task::spawn_blocking(move || Self::open_blocking(&settings))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))?
+    /// Open the database the settings describe, apply pending migrations, load the secret
+    /// key (see [`crate::secrets`]) and seal any secret still stored under an older key.
+    pub async fn open(settings: &Settings) -> Result<Self, StoreError> {
+        let keyring = std::sync::Arc::new(Keyring::from_settings(settings)?);
+        Self::open_with(&settings.database, keyring).await
     }
 
-    fn open_blocking(settings: &DatabaseSettings) -> Result<Self, StoreError> {
+    /// Like [`Store::open`], with a keyring made by the caller.
+    pub async fn open_with(
+        settings: &DatabaseSettings,
+        keyring: std::sync::Arc<Keyring>,
+    ) -> Result<Self, StoreError> {
+        let settings = settings.clone();
+        let store = tokio::task::spawn_blocking(move || Self::open_blocking(&settings, keyring))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))??;
+        let resealed = store.reseal_servers().await?;
+        if resealed > 0 {
+            tracing::info!(
+                servers = resealed,
+                key_version = store.keyring.current(),
+                "sealed stored secrets under the current key"
+            );
+        }
+        Ok(store)
+    }
+
+    /// The keys that seal stored secrets.
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    fn open_blocking(
+        settings: &DatabaseSettings,
+        keyring: std::sync::Arc<Keyring>,
+    ) -> Result<Self, StoreError> {
         let (url, backend) = match settings.kind() {
             DatabaseKind::Sqlite(path) => {
                 if path.trim().is_empty() {
@@ -153,7 +187,11 @@ impl Store {
             }))
             .build(manager)
             .map_err(|e| StoreError::Unavailable(redact_pool_error(&e.to_string(), settings)))?;
-        let store = Store { pool, backend };
+        let store = Store {
+            pool,
+            backend,
+            keyring,
+        };
         store.migrate_blocking()?;
         Ok(store)
     }

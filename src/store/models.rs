@@ -5,6 +5,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::schema::servers;
 use crate::domain::{AuthType, HostKeyCheck, Micros, ServerDraft, ServerSecrets};
+use crate::secrets::{Keyring, SecretsError};
 
 /// A `servers` row. Secret columns hold bytes; `secret_version` says how they are sealed.
 #[derive(Clone, Queryable, Selectable, Insertable, AsChangeset)]
@@ -29,7 +30,7 @@ pub struct ServerRow {
     pub private_key: Option<Vec<u8>>,
     /// Passphrase bytes.
     pub private_key_passphrase: Option<Vec<u8>>,
-    /// 0: stored as given.
+    /// Key version that sealed the secrets (0: stored as given, before sealing existed).
     pub secret_version: i32,
     /// Pinned host key.
     pub host_key: Option<String>,
@@ -56,30 +57,53 @@ impl std::fmt::Debug for ServerRow {
     }
 }
 
-fn open(bytes: &Option<Vec<u8>>) -> Option<SecretString> {
-    bytes
-        .as_ref()
-        .map(|b| SecretString::from(String::from_utf8_lossy(b).into_owned()))
+/// The secret columns, named as they are bound into each sealed value.
+const PASSWORD: &str = "password";
+const PRIVATE_KEY: &str = "private_key";
+const PASSPHRASE: &str = "private_key_passphrase";
+
+fn aad(id: &str, column: &str) -> String {
+    format!("servers/{id}/{column}")
 }
 
-fn seal(secret: &Option<SecretString>) -> Option<Vec<u8>> {
-    secret
-        .as_ref()
-        .map(|s| s.expose_secret().as_bytes().to_vec())
+fn open_column(
+    keyring: &Keyring,
+    id: &str,
+    version: i32,
+    column: &str,
+    bytes: &Option<Vec<u8>>,
+) -> Result<Option<SecretString>, SecretsError> {
+    let Some(bytes) = bytes else { return Ok(None) };
+    let plain = keyring.open(version, &aad(id, column), bytes)?;
+    Ok(Some(SecretString::from(
+        String::from_utf8_lossy(&plain).into_owned(),
+    )))
 }
 
-/// The secrets of a row, decoded.
-pub fn server_secrets(row: &ServerRow) -> ServerSecrets {
-    ServerSecrets {
-        password: open(&row.password),
-        private_key: open(&row.private_key),
-        private_key_passphrase: open(&row.private_key_passphrase),
-    }
+/// The secrets of a row, opened with `keyring`.
+pub fn server_secrets(row: &ServerRow, keyring: &Keyring) -> Result<ServerSecrets, SecretsError> {
+    let v = row.secret_version;
+    Ok(ServerSecrets {
+        password: open_column(keyring, &row.id, v, PASSWORD, &row.password)?,
+        private_key: open_column(keyring, &row.id, v, PRIVATE_KEY, &row.private_key)?,
+        private_key_passphrase: open_column(
+            keyring,
+            &row.id,
+            v,
+            PASSPHRASE,
+            &row.private_key_passphrase,
+        )?,
+    })
 }
 
 impl ServerRow {
-    /// A new row for a validated draft.
-    pub fn new(id: uuid::Uuid, draft: &ServerDraft, now: Micros) -> Self {
+    /// A new row for a validated draft, its secrets sealed with `keyring`.
+    pub fn new(
+        id: uuid::Uuid,
+        draft: &ServerDraft,
+        now: Micros,
+        keyring: &Keyring,
+    ) -> Result<Self, SecretsError> {
         let mut row = ServerRow {
             id: id.to_string(),
             name: String::new(),
@@ -98,40 +122,72 @@ impl ServerRow {
             created_at: now.0,
             updated_at: now.0,
         };
-        row.apply(draft, now);
-        row
+        row.apply(draft, now, keyring)?;
+        Ok(row)
     }
 
-    /// Overwrite every editable column from `draft`.
-    pub fn apply(&mut self, draft: &ServerDraft, now: Micros) {
+    /// Overwrite every editable column from `draft`, sealing its secrets with `keyring`.
+    pub fn apply(
+        &mut self,
+        draft: &ServerDraft,
+        now: Micros,
+        keyring: &Keyring,
+    ) -> Result<(), SecretsError> {
         self.name = draft.name.trim().to_string();
         self.hostname = draft.hostname.trim().to_string();
         self.port = i32::from(draft.port);
         self.username = draft.user.clone();
         self.auth_type = draft.auth_type.as_str().to_string();
-        self.password = seal(&draft.secrets.password);
-        self.private_key = seal(&draft.secrets.private_key);
-        self.private_key_passphrase = seal(&draft.secrets.private_key_passphrase);
+        self.seal_secrets(&draft.secrets, keyring)?;
         self.host_key = draft.host_key.clone();
         self.host_key_check = draft.host_key_check.as_str().to_string();
         self.max_concurrent_jobs = i32::try_from(draft.max_concurrent_jobs).unwrap_or(i32::MAX);
         self.is_active = draft.is_active;
         self.updated_at = now.0;
+        Ok(())
     }
 
-    /// The row as a draft, for a partial update or a connection.
-    pub fn to_draft(&self) -> ServerDraft {
-        ServerDraft {
+    /// Seal `secrets` into the secret columns under the keyring's current version.
+    pub fn seal_secrets(
+        &mut self,
+        secrets: &ServerSecrets,
+        keyring: &Keyring,
+    ) -> Result<(), SecretsError> {
+        let mut version = keyring.current();
+        let mut seal = |column: &str, secret: &Option<SecretString>| {
+            secret
+                .as_ref()
+                .map(|s| {
+                    let (v, bytes) =
+                        keyring.seal(&aad(&self.id, column), s.expose_secret().as_bytes())?;
+                    version = v;
+                    Ok(bytes)
+                })
+                .transpose()
+        };
+        let password = seal(PASSWORD, &secrets.password)?;
+        let private_key = seal(PRIVATE_KEY, &secrets.private_key)?;
+        let passphrase = seal(PASSPHRASE, &secrets.private_key_passphrase)?;
+        self.password = password;
+        self.private_key = private_key;
+        self.private_key_passphrase = passphrase;
+        self.secret_version = version;
+        Ok(())
+    }
+
+    /// The row as a draft (its secrets opened), for a partial update or a connection.
+    pub fn to_draft(&self, keyring: &Keyring) -> Result<ServerDraft, SecretsError> {
+        Ok(ServerDraft {
             name: self.name.clone(),
             hostname: self.hostname.clone(),
             port: u16::try_from(self.port).unwrap_or(22),
             user: self.username.clone(),
             auth_type: self.auth_type.parse().unwrap_or(AuthType::Password),
-            secrets: server_secrets(self),
+            secrets: server_secrets(self, keyring)?,
             is_active: self.is_active,
             host_key: self.host_key.clone(),
             host_key_check: self.host_key_check.parse().unwrap_or(HostKeyCheck::Tofu),
             max_concurrent_jobs: u32::try_from(self.max_concurrent_jobs).unwrap_or(1),
-        }
+        })
     }
 }

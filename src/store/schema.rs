@@ -65,5 +65,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    audit_log (id) {
+        id -> Text,
+        at -> BigInt,
+        actor -> Text,
+        peer -> Nullable<Text>,
+        action -> Text,
+        target_kind -> Text,
+        target_id -> Nullable<Text>,
+        detail -> Text,
+    }
+}
+
 diesel::joinable!(job_output -> jobs (job_id));
-diesel::allow_tables_to_appear_in_same_query!(servers, jobs, job_output);
+diesel::allow_tables_to_appear_in_same_query!(servers, jobs, job_output, audit_log);

@@ -30,8 +30,9 @@ fn name_taken(name: &str) -> String {
 impl Store {
     /// Insert a new server.
     pub async fn insert_server(&self, draft: ServerDraft) -> Result<ServerRow, StoreError> {
+        let keyring = self.keyring.clone();
         self.run(move |conn| {
-            let row = ServerRow::new(uuid::Uuid::now_v7(), &draft, Micros::now());
+            let row = ServerRow::new(uuid::Uuid::now_v7(), &draft, Micros::now(), &keyring)?;
             diesel::insert_into(servers::table)
                 .values(&row)
                 .execute(conn)
@@ -88,6 +89,7 @@ impl Store {
     where
         F: FnOnce(ServerDraft) -> Result<ServerDraft, FieldError> + Send + 'static,
     {
+        let keyring = self.keyring.clone();
         let result = self
             .run(move |conn| {
                 Ok(super::write_tx::<_, UpdateError, _>(conn, |conn| {
@@ -97,8 +99,9 @@ impl Store {
                         .first(conn)
                         .optional()?
                         .ok_or(StoreError::NotFound)?;
-                    let draft = change(row.to_draft())?;
-                    row.apply(&draft, Micros::now());
+                    let draft = change(row.to_draft(&keyring).map_err(StoreError::from)?)?;
+                    row.apply(&draft, Micros::now(), &keyring)
+                        .map_err(StoreError::from)?;
                     diesel::update(servers::table.find(&row.id))
                         .set(&row)
                         .execute(conn)
@@ -138,6 +141,63 @@ impl Store {
                 diesel::delete(servers::table.find(&id)).execute(conn)?;
                 Ok(())
             })
+        })
+        .await
+    }
+
+    /// The server as a draft with its secrets opened (for a connection).
+    pub fn open_server(&self, row: &ServerRow) -> Result<ServerDraft, StoreError> {
+        row.to_draft(&self.keyring).map_err(|e| {
+            StoreError::Secrets(crate::secrets::SecretsError::BadKey(format!(
+                "cannot open the secrets of server {}: {e}",
+                row.name
+            )))
+        })
+    }
+
+    /// Seal again, under the current key, every server whose secrets an older key sealed (or
+    /// that were stored before sealing existed). Rows sealed under a version newer than this
+    /// process knows are left alone. Returns how many rows changed.
+    pub async fn reseal_servers(&self) -> Result<usize, StoreError> {
+        let keyring = self.keyring.clone();
+        self.run(move |conn| {
+            let current = keyring.current();
+            super::write_tx::<_, StoreError, _>(conn, |conn| {
+                let stale: Vec<ServerRow> = servers::table
+                    .filter(servers::secret_version.lt(current))
+                    .select(ServerRow::as_select())
+                    .load(conn)?;
+                for mut row in stale.iter().cloned() {
+                    let secrets = super::server_secrets(&row, &keyring)?;
+                    row.seal_secrets(&secrets, &keyring)?;
+                    diesel::update(servers::table.find(&row.id))
+                        .set((
+                            servers::password.eq(&row.password),
+                            servers::private_key.eq(&row.private_key),
+                            servers::private_key_passphrase.eq(&row.private_key_passphrase),
+                            servers::secret_version.eq(row.secret_version),
+                        ))
+                        .execute(conn)?;
+                }
+                Ok(stale.len())
+            })
+        })
+        .await
+    }
+
+    /// Set (or replace) a server's pinned host key, whatever was pinned before.
+    pub async fn repin_host_key(&self, id: uuid::Uuid, key: String) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            let n = diesel::update(servers::table.find(id.to_string()))
+                .set((
+                    servers::host_key.eq(Some(key)),
+                    servers::updated_at.eq(Micros::now().0),
+                ))
+                .execute(conn)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
         })
         .await
     }

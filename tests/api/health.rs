@@ -37,7 +37,7 @@ db_test!(
     |db: TestDb| async move {
         // An api and its workers started together on a new database race to migrate it.
         let settings = crate::helpers::test_settings(&db.url, &[]);
-        let opens = (0..4).map(|_| job_executor::store::Store::open(&settings.database));
+        let opens = (0..4).map(|_| job_executor::store::Store::open(&settings));
         for store in futures::future::join_all(opens).await {
             let store = store.expect("every process starts");
             store.ping().await.unwrap();

@@ -8,6 +8,7 @@ mod distributed;
 mod health;
 mod jobctl;
 mod jobs;
+mod security;
 mod servers;
 mod ssh_exec;
 mod ssh_test;

@@ -35,6 +35,7 @@ async fn connect_to(host: &TestHost) -> Client {
         connect_timeout: Duration::from_secs(5),
         keepalive_interval: Duration::from_secs(15),
         keepalive_max: 3,
+        known_hosts: None,
     };
     connect(&target, &opts).await.expect("connects").client
 }

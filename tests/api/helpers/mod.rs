@@ -101,6 +101,17 @@ impl Drop for TestDb {
     }
 }
 
+/// The secret key of test processes on PostgreSQL (SQLite tests use the key file the service
+/// makes beside the database).
+pub const TEST_SECRET_KEY: &str = "1:am9iLWV4ZWN1dG9yLXRlc3Qtc2VjcmV0LWtleS0zMmI=";
+
+/// The environment that gives a test process its secret key, if the database needs one.
+pub fn secret_key_env(db_url: &str) -> Option<(&'static str, &'static str)> {
+    db_url
+        .starts_with("postgres")
+        .then_some(("JOBEXEC__SECRETS__KEY", TEST_SECRET_KEY))
+}
+
 /// Settings for a test app: port 0, one HTTP worker, the test database, short SSH bounds.
 pub fn test_settings(db_url: &str, extra: &[(&str, &str)]) -> Settings {
     let mut env: HashMap<String, String> = HashMap::from([
@@ -112,7 +123,7 @@ pub fn test_settings(db_url: &str, extra: &[(&str, &str)]) -> Settings {
         ("JOBEXEC__SSH__CONNECT_TIMEOUT_SECS".into(), "5".into()),
         ("JOBEXEC__SSH__TEST_TIMEOUT_SECS".into(), "8".into()),
     ]);
-    for (k, v) in extra {
+    for (k, v) in secret_key_env(db_url).iter().chain(extra) {
         env.insert((*k).into(), (*v).into());
     }
     Settings::load_from(None, &env).expect("test settings")
@@ -154,6 +165,20 @@ impl TestApp {
         let host = TestHost::start().await;
         let server = app.add_key_server("h", &host).await;
         (app, host, server)
+    }
+
+    /// From now on send `token` as `Authorization: Bearer …` on every request.
+    pub fn with_token(mut self, token: &str) -> TestApp {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        self.client = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("client");
+        self
     }
 
     pub fn url(&self, path: &str) -> String {

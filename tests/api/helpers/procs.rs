@@ -84,6 +84,7 @@ impl Proc {
             .env("JOBEXEC__JOBS__KILL_GRACE_SECS", "1")
             .env("JOBEXEC__RABBITMQ__POLL_SECS", "1")
             .env("JOBEXEC__RABBITMQ__RECONNECT_MAX_SECS", "1")
+            .envs(super::secret_key_env(&db.url))
             .envs(extra.iter().copied())
             .env(
                 "RUST_LOG",

@@ -287,7 +287,7 @@ impl TestHost {
                     "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\n\
                      AuthorizedKeysFile {ak}\nStrictModes no\nPasswordAuthentication {password}\n\
                      KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin yes\n\
-                     UsePAM no\nLogLevel ERROR\nAcceptEnv *\nPermitUserEnvironment no\n",
+                     UsePAM no\nLogLevel VERBOSE\nAcceptEnv *\nPermitUserEnvironment no\n",
                     hk = host_key.display(),
                     pid = dir.join("sshd.pid").display(),
                     ak = dir.join("authorized_keys").display(),
@@ -296,16 +296,13 @@ impl TestHost {
             .expect("sshd_config");
             let child = Command::new(SSHD)
                 .arg("-D")
-                .arg("-e")
+                .arg("-E")
+                .arg(dir.join("sshd.log"))
                 .arg("-f")
                 .arg(&config)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(if std::env::var("TEST_LOG").is_ok() {
-                    Stdio::inherit()
-                } else {
-                    Stdio::null()
-                })
+                .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn sshd");
             self.port = port;
@@ -361,6 +358,12 @@ impl TestHost {
         for pid in doomed {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
+    }
+
+    /// What the real sshd logged so far (LogLevel VERBOSE: every authentication attempt).
+    pub fn log(&self) -> String {
+        assert_eq!(self.kind, HostKind::OpenSsh, "needs the real sshd");
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
 
     /// Stop the server (connections then fail with "refused").

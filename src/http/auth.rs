@@ -1,0 +1,283 @@
+//! Bearer tokens: who is calling, and whether they may.
+//!
+//! Tokens are hashed (SHA-256) when the settings are read; the plain text is dropped. A
+//! presented token is hashed and compared with every configured hash in constant time, so
+//! neither the answer's timing nor its content says how close a guess came. Every request
+//! to `/api/v1` gets a [`Caller`] (the token's name, or `anonymous` when authentication is
+//! off, and the peer address), which the audit log and the rate limits use.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, web};
+use ring::digest::{SHA256, digest};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::AppState;
+use crate::error::ApiError;
+
+/// Why a token entry in the settings is unusable. Never quotes the token.
+#[derive(Debug, thiserror::Error)]
+#[error("auth.tokens entry {index}: {reason}")]
+pub struct TokenError {
+    index: usize,
+    reason: String,
+}
+
+#[derive(Clone)]
+struct Entry {
+    name: String,
+    hash: [u8; 32],
+}
+
+/// The configured tokens, hashed.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    entries: Vec<Entry>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.entries.iter().map(|e| e.name.as_str()).collect();
+        f.debug_struct("Tokens").field("names", &names).finish()
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, bytes).as_ref());
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Equal in time independent of where the inputs differ.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // Keep the compiler from turning the fold into an early exit.
+    std::hint::black_box(diff) == 0
+}
+
+/// The SHA-256 of a token in hex: what `NAME:sha256:HEX` entries hold.
+pub fn token_digest(token: &str) -> String {
+    hex(&sha256(token.as_bytes()))
+}
+
+impl Tokens {
+    /// Parse `auth.tokens`: `NAME:TOKEN`, `TOKEN`, or `NAME:sha256:HEX`.
+    pub fn from_settings(tokens: &[SecretString]) -> Result<Tokens, TokenError> {
+        let mut entries = Vec::new();
+        for (i, entry) in tokens.iter().enumerate() {
+            let text = entry.expose_secret().trim();
+            let fail = |reason: &str| TokenError {
+                index: i + 1,
+                reason: reason.into(),
+            };
+            if text.is_empty() {
+                return Err(fail("is empty"));
+            }
+            let (name, hash) = match text.split_once(':') {
+                Some((name, rest)) => {
+                    let hash = match rest.strip_prefix("sha256:") {
+                        Some(h) => unhex(h).ok_or_else(|| {
+                            fail("after sha256: comes the token's SHA-256 as 64 hex digits")
+                        })?,
+                        None => sha256(rest.as_bytes()),
+                    };
+                    (name.trim().to_string(), hash)
+                }
+                None => {
+                    let hash = sha256(text.as_bytes());
+                    (format!("token-{}", &hex(&hash)[..8]), hash)
+                }
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(fail(
+                    "the name before ':' must be printable ASCII, no spaces",
+                ));
+            }
+            if entries
+                .iter()
+                .any(|e: &Entry| constant_time_eq(&e.hash, &hash))
+            {
+                return Err(fail("the same token is configured twice"));
+            }
+            if rest_is_short(text) {
+                return Err(fail("a token must be at least 16 characters"));
+            }
+            entries.push(Entry { name, hash });
+        }
+        Ok(Tokens { entries })
+    }
+
+    /// Whether any token is configured (authentication on).
+    pub fn enabled(&self) -> bool {
+        !self.entries.is_empty()
+    }
+
+    /// The name of the token `presented`, if it is one of ours. Every entry is compared.
+    pub fn verify(&self, presented: &str) -> Option<&str> {
+        let hash = sha256(presented.as_bytes());
+        let mut found = None;
+        for entry in &self.entries {
+            if constant_time_eq(&entry.hash, &hash) {
+                found = Some(entry.name.as_str());
+            }
+        }
+        found
+    }
+}
+
+/// A plain token (not a digest entry) shorter than 16 characters.
+fn rest_is_short(text: &str) -> bool {
+    let token = match text.split_once(':') {
+        Some((_, rest)) if rest.starts_with("sha256:") => return false,
+        Some((_, rest)) => rest,
+        None => text,
+    };
+    token.chars().count() < 16
+}
+
+/// Who made a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The token's name, or `anonymous` when authentication is off.
+    pub name: String,
+    /// The peer's IP address.
+    pub peer: String,
+}
+
+impl Caller {
+    /// The key rate limits count under: the token, or the address when there are none.
+    pub fn limit_key(&self, authenticated: bool) -> String {
+        if authenticated {
+            format!("token:{}", self.name)
+        } else {
+            format!("addr:{}", self.peer)
+        }
+    }
+}
+
+/// Middleware on `/api/v1`: reject requests without a valid token (when tokens are
+/// configured) and attach the [`Caller`].
+pub async fn authenticate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let peer = req
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let tokens = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.tokens.clone())
+        .ok_or_else(|| ApiError::Internal("the application state is missing".into()))?;
+    let name = if tokens.enabled() {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let Some(presented) = presented else {
+            return Err(ApiError::Unauthorized(
+                "this API needs a token: send Authorization: Bearer TOKEN".into(),
+            )
+            .into());
+        };
+        match tokens.verify(presented) {
+            Some(name) => name.to_string(),
+            None => {
+                tracing::warn!(peer = %peer, path = %req.path(), "request with an unknown token refused");
+                return Err(ApiError::Unauthorized("the token is not valid".into()).into());
+            }
+        }
+    } else {
+        "anonymous".to_string()
+    };
+    req.extensions_mut().insert(Caller { name, peer });
+    next.call(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(list: &[&str]) -> Result<Tokens, TokenError> {
+        let list: Vec<SecretString> = list
+            .iter()
+            .map(|t| SecretString::from(t.to_string()))
+            .collect();
+        Tokens::from_settings(&list)
+    }
+
+    #[test]
+    fn named_bare_and_digest_entries_verify() {
+        let digest = token_digest("third-token-0123456789");
+        let t = tokens(&[
+            "ops:first-token-0123456789",
+            "second-token-0123456789",
+            &format!("ci:sha256:{digest}"),
+        ])
+        .unwrap();
+        assert!(t.enabled());
+        assert_eq!(t.verify("first-token-0123456789"), Some("ops"));
+        assert!(
+            t.verify("second-token-0123456789")
+                .unwrap()
+                .starts_with("token-")
+        );
+        assert_eq!(t.verify("third-token-0123456789"), Some("ci"));
+        assert_eq!(t.verify("first-token-012345678"), None);
+        assert_eq!(t.verify(""), None);
+        assert!(!format!("{t:?}").contains("first-token"));
+    }
+
+    #[test]
+    fn bad_entries_are_refused_without_quoting_them() {
+        for bad in [
+            &["short"][..],
+            &["ops:sha256:nothex"][..],
+            &[""][..],
+            &["a b:long-enough-token-123"][..],
+            &["x:dup-token-0123456789", "y:dup-token-0123456789"][..],
+        ] {
+            let err = tokens(bad).unwrap_err().to_string();
+            assert!(
+                !err.contains("token-0123456789") && !err.contains("short"),
+                "{err}"
+            );
+        }
+        assert!(!tokens(&[]).unwrap().enabled());
+    }
+
+    #[test]
+    fn comparison_is_exact() {
+        let a = sha256(b"a");
+        let mut b = a;
+        assert!(constant_time_eq(&a, &b));
+        b[31] ^= 1;
+        assert!(!constant_time_eq(&a, &b));
+    }
+}
