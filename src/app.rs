@@ -170,6 +170,41 @@ impl App {
 
 type Ready = Result<(Option<SocketAddr>, Option<actix_web::dev::ServerHandle>), StartError>;
 
+/// The TLS server configuration when `http.tls_cert` and `http.tls_key` are set.
+fn tls_config(
+    http: &crate::settings::HttpSettings,
+) -> Result<Option<rustls::ServerConfig>, StartError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = (http.tls_cert.trim(), http.tls_key.trim());
+    match (cert.is_empty(), key.is_empty()) {
+        (true, true) => return Ok(None),
+        (false, false) => {}
+        _ => {
+            return Err(StartError::Tls(
+                "set both http.tls_cert and http.tls_key, or neither".into(),
+            ));
+        }
+    }
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| StartError::Tls(format!("cannot read the certificate {cert}: {e}")))?;
+    if certs.is_empty() {
+        return Err(StartError::Tls(format!("{cert} holds no certificate")));
+    }
+    // The key file's error names the file, never its content.
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| StartError::Tls(format!("cannot read the private key {key}: {e}")))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, private)
+        .map_err(|e| StartError::Tls(format!("{cert} and {key} do not make a pair: {e}")))?;
+    Ok(Some(config))
+}
+
 /// Whether every address `addr` names is a loopback address. An address that does not
 /// resolve counts as loopback here: binding it fails with its own error.
 fn loopback_only(addr: &str) -> bool {
@@ -269,7 +304,18 @@ async fn run(
     } else {
         server
     };
-    let server = match server.bind(&settings.http.addr) {
+    let tls = match tls_config(&settings.http) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let bound = match tls {
+        Some(config) => server.bind_rustls_0_23(&settings.http.addr, config),
+        None => server.bind(&settings.http.addr),
+    };
+    let server = match bound {
         Ok(s) => s,
         Err(source) => {
             let _ = ready.send(Err(StartError::Bind {

@@ -805,3 +805,84 @@ db_test!(
         ops.stop().await;
     }
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_certificate_the_api_speaks_tls_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let made =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".into()])
+            .unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    let db = TestDb::create(Db::Sqlite).unwrap();
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let settings = test_settings(
+        &db.url,
+        &[
+            ("JOBEXEC__HTTP__TLS_CERT", &cert_s),
+            ("JOBEXEC__HTTP__TLS_KEY", &key_s),
+        ],
+    );
+    let app = job_executor::App::start(settings, job_executor::Role::Serve)
+        .await
+        .unwrap();
+    let addr = app.local_addr().unwrap();
+    let trusted = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(made.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let resp = trusted
+        .get(format!("https://{addr}/api/v1/servers"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Plain HTTP on the same port gets no answer; an untrusting client refuses the certificate.
+    assert!(
+        reqwest::Client::new()
+            .get(format!("http://{addr}/health"))
+            .send()
+            .await
+            .is_err()
+    );
+    assert!(
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .build()
+            .unwrap()
+            .get(format!("https://{addr}/health"))
+            .send()
+            .await
+            .is_err()
+    );
+    // jobctl with --ca-cert.
+    let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["--url", &format!("https://{addr}"), "--ca-cert", &cert_s])
+        .args(["-o", "json", "servers", "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    app.stop().await;
+    // A key that does not match the certificate: refused at start, naming the files only.
+    let other = rcgen::generate_simple_self_signed(vec!["x".to_string()]).unwrap();
+    let wrong = dir.path().join("wrong.pem");
+    std::fs::write(&wrong, other.key_pair.serialize_pem()).unwrap();
+    let wrong_s = wrong.display().to_string();
+    let settings = test_settings(
+        &db.url,
+        &[
+            ("JOBEXEC__HTTP__TLS_CERT", &cert_s),
+            ("JOBEXEC__HTTP__TLS_KEY", &wrong_s),
+        ],
+    );
+    let err = job_executor::App::start(settings, job_executor::Role::Serve)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("TLS") && err.contains("wrong.pem"), "{err}");
+    assert!(!err.contains("PRIVATE KEY"), "{err}");
+}

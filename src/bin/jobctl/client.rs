@@ -1,5 +1,6 @@
 //! The HTTP client: requests to `/api/v1`, errors turned into one clear sentence.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
@@ -40,18 +41,17 @@ pub struct Api {
 }
 
 impl Api {
-    /// A client of the service at `url`, sending `token` as a bearer token when given.
-    pub fn new(url: &str, token: Option<&str>) -> anyhow::Result<Api> {
+    /// A client of the service at `url`, sending `token` as a bearer token when given, and
+    /// trusting the PEM certificate(s) in `ca_cert` beside the system's roots for https.
+    pub fn new(url: &str, token: Option<&str>, ca_cert: Option<&Path>) -> anyhow::Result<Api> {
         let mut base = url.trim().trim_end_matches('/').to_string();
         if let Some(root) = base.strip_suffix("/api/v1") {
             base = root.to_string();
         }
         let parsed =
             reqwest::Url::parse(&base).map_err(|e| anyhow!("--url {url:?} is not a URL: {e}"))?;
-        if parsed.scheme() != "http" {
-            return Err(anyhow!(
-                "--url {url:?}: only http:// URLs are supported by this build"
-            ));
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(anyhow!("--url {url:?}: use an http:// or https:// URL"));
         }
         let mut headers = header::HeaderMap::new();
         if let Some(token) = token.filter(|t| !t.is_empty()) {
@@ -60,7 +60,17 @@ impl Api {
             value.set_sensitive(true);
             headers.insert(header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder().use_rustls_tls();
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--ca-cert {}: not PEM certificates", path.display()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .default_headers(headers)
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("jobctl/", env!("CARGO_PKG_VERSION")))

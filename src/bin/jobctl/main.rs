@@ -41,6 +41,15 @@ pub struct Cli {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// PEM certificate to trust for https:// (a self-signed or private CA), beside the
+    /// system's roots.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "JOBEXEC_CA_CERT"
+    )]
+    ca_cert: Option<std::path::PathBuf>,
     /// How objects are printed: aligned tables for people, the API's JSON for scripts.
     #[arg(
         long,
@@ -115,7 +124,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         return Ok(0);
     }
     let ctx = Ctx {
-        api: Api::new(&cli.url, cli.token.as_deref())?,
+        api: Api::new(&cli.url, cli.token.as_deref(), cli.ca_cert.as_deref())?,
         output: cli.output,
     };
     match cli.command {

@@ -26,7 +26,18 @@ pub enum ServersCommand {
     /// Delete a server (refused while it has queued or running jobs).
     Delete(NameArg),
     /// Connect, authenticate and run `true`; exits 1 when that fails.
-    Test(NameArg),
+    Test(TestArgs),
+}
+
+/// `servers test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    #[command(flatten)]
+    name: NameArg,
+    /// Pin the key the server presents now, replacing the pinned one (after a deliberate
+    /// host key change).
+    #[arg(long)]
+    accept_host_key: bool,
 }
 
 /// A command naming one server.
@@ -266,7 +277,10 @@ pub async fn dispatch(ctx: &Ctx, cmd: ServersCommand) -> anyhow::Result<u8> {
         ServersCommand::Test(a) => {
             let report = ctx
                 .api
-                .post(&server_path(ctx, &a.server, "/test").await?, &json!({}))
+                .post(
+                    &server_path(ctx, &a.name.server, "/test").await?,
+                    &json!({ "accept_host_key": a.accept_host_key }),
+                )
                 .await?;
             match ctx.output {
                 Output::Json => output::print_json(&report),
