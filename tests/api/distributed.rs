@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::procs::{Proc, Vhost, free_port, rabbitmqctl};
 use crate::helpers::{Db, TestDb, TestHost};
+use crate::stream::{self, Target};
 
 /// Tests here stop and start the shared broker: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -128,6 +129,15 @@ impl Api {
             .await;
         assert_eq!(status, 201, "{server}");
         server["id"].as_str().unwrap().to_string()
+    }
+
+    /// This api, for the stream scenarios shared with `serve` mode.
+    fn target(&self, server: &str) -> Target {
+        Target {
+            client: self.client.clone(),
+            base: self.base.clone(),
+            server: server.to_string(),
+        }
     }
 }
 
@@ -438,33 +448,56 @@ async fn an_api_streams_a_job_that_a_worker_runs() {
             "for i in 1 2 3; do echo tick-$i; sleep 0.2; done; printf '\\342\\202'; sleep 0.2; printf '\\254\\n'",
         )
         .await;
-    let resp = api
-        .client
-        .get(format!("{}/api/v1/jobs/{id}/stream", api.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body = tokio::time::timeout(Duration::from_secs(30), resp.text())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut out = String::new();
-    let mut complete = None;
-    for block in body.split("\n\n") {
-        let kind = block.lines().find_map(|l| l.strip_prefix("event: "));
-        let data = block.lines().find_map(|l| l.strip_prefix("data: "));
-        if let (Some(kind), Some(data)) = (kind, data) {
-            let v: Value = serde_json::from_str(data).unwrap();
-            match kind {
-                "output" => out.push_str(v["output"].as_str().unwrap()),
-                "complete" => complete = Some(v),
-                _ => {}
-            }
-        }
-    }
-    assert_eq!(out, "tick-1\ntick-2\ntick-3\n€\n");
-    assert_eq!(complete.unwrap()["status"], "completed");
+    let events = api.target(&server).open(&id, None).await.collect().await;
+    assert_eq!(
+        stream::text(&events, "stdout"),
+        "tick-1\ntick-2\ntick-3\n€\n"
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, "complete");
+    assert_eq!(last.data["status"], "completed");
+}
+
+/// An api process and a worker process, ready to stream: the api's view of them.
+async fn streaming(db: &TestDb, vhost: &Vhost, host: &TestHost) -> (Api, Proc, Target) {
+    let api = Api::start(db, vhost).await;
+    let worker = Proc::spawn("worker", "w1", db, vhost, free_port());
+    let server = api.add_server(host).await;
+    let target = api.target(&server);
+    (api, worker, target)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_replays_a_job_a_worker_ran_and_resumes_after_any_event() {
+    let _serial = SERIAL.lock().await;
+    let Some((db, vhost)) = setup().await else {
+        return;
+    };
+    let host = TestHost::start().await;
+    let (_api, _w1, target) = streaming(&db, &vhost, &host).await;
+    stream::replay_and_resume(&target).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_resumes_a_running_job_across_replay_and_live_exactly() {
+    let _serial = SERIAL.lock().await;
+    let Some((db, vhost)) = setup().await else {
+        return;
+    };
+    let host = TestHost::start().await;
+    let (_api, _w1, target) = streaming(&db, &vhost, &host).await;
+    stream::resume_while_running(&target).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_on_an_api_does_not_slow_a_50_mb_job_on_a_worker() {
+    let _serial = SERIAL.lock().await;
+    let Some((db, vhost)) = setup().await else {
+        return;
+    };
+    let host = TestHost::start().await;
+    let (_api, _w1, target) = streaming(&db, &vhost, &host).await;
+    stream::stalled_reader(&target).await;
 }
 
 /// Runs its closure when dropped (also when the test panics): the broker must come back.

@@ -8,7 +8,6 @@ use serde_json::{Value, json};
 
 use crate::db_test;
 use crate::helpers::{TestApp, TestDb};
-use crate::jobs::wait_done;
 
 /// One parsed event.
 #[derive(Debug, Clone)]
@@ -29,9 +28,17 @@ pub struct Sse {
 
 impl Sse {
     pub async fn open(app: &TestApp, id: &str, last_event_id: Option<i64>) -> Sse {
-        let mut req = app
-            .client
-            .get(app.url(&format!("/api/v1/jobs/{id}/stream")));
+        Sse::open_at(&app.client, &app.base, id, last_event_id).await
+    }
+
+    /// Open the stream of job `id` on the API at `base` (an in-process app or an api process).
+    pub async fn open_at(
+        client: &reqwest::Client,
+        base: &str,
+        id: &str,
+        last_event_id: Option<i64>,
+    ) -> Sse {
+        let mut req = client.get(format!("{base}/api/v1/jobs/{id}/stream"));
         if let Some(last) = last_event_id {
             req = req.header("Last-Event-ID", last.to_string());
         }
@@ -89,7 +96,7 @@ impl Sse {
 }
 
 /// The output text of `stream` in a list of events.
-fn text(events: &[Event], stream: &str) -> String {
+pub fn text(events: &[Event], stream: &str) -> String {
     events
         .iter()
         .filter(|e| e.kind == "output" && e.data["stream"] == stream)
@@ -99,6 +106,245 @@ fn text(events: &[Event], stream: &str) -> String {
 
 async fn submit(app: &TestApp, server: &str, command: &str) -> String {
     crate::jobs::submit(app, json!({"command": command, "server_id": server})).await
+}
+
+/// The API a stream test talks to — the in-process app (`serve`) or an `api` process whose
+/// jobs a `worker` process runs — and the server its jobs run on. The scenarios below run
+/// in both modes.
+pub struct Target {
+    pub client: reqwest::Client,
+    pub base: String,
+    pub server: String,
+}
+
+impl Target {
+    pub fn of(app: &TestApp, server: &str) -> Target {
+        Target {
+            client: app.client.clone(),
+            base: app.base.clone(),
+            server: server.to_string(),
+        }
+    }
+
+    pub async fn submit(&self, command: &str) -> String {
+        let resp = self
+            .client
+            .post(format!("{}/api/v1/jobs", self.base))
+            .json(&json!({"command": command, "server_id": self.server}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let job: Value = resp.json().await.unwrap();
+        assert_eq!(status, 201, "{job}");
+        job["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn job(&self, id: &str) -> (u16, Value) {
+        let resp = self
+            .client
+            .get(format!("{}/api/v1/jobs/{id}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Wait until the job is neither queued nor running.
+    pub async fn wait_done(&self, id: &str, bound: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let (status, job) = self.job(id).await;
+            assert_eq!(status, 200, "{job}");
+            let st = job["status"].as_str().unwrap();
+            if !matches!(st, "queued" | "running") {
+                return job;
+            }
+            assert!(
+                start.elapsed() < bound,
+                "job {id} still {st} after {bound:?}: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn open(&self, id: &str, last_event_id: Option<i64>) -> Sse {
+        Sse::open_at(&self.client, &self.base, id, last_event_id).await
+    }
+}
+
+/// A finished job replays whole and the stream ends; a resume gets exactly what follows
+/// the id it names; a resume after the end gets only the status and the completion.
+pub async fn replay_and_resume(t: &Target) {
+    let id = t
+        .submit("for i in 1 2 3 4 5; do echo line-$i; sleep 0.06; done")
+        .await;
+    let job = t.wait_done(&id, Duration::from_secs(30)).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let events = t.open(&id, None).await.collect().await;
+    assert_eq!(events.first().unwrap().kind, "status");
+    assert_eq!(events.first().unwrap().data["status"], "completed");
+    assert_eq!(events.last().unwrap().kind, "complete");
+    assert_eq!(
+        text(&events, "stdout"),
+        "line-1\nline-2\nline-3\nline-4\nline-5\n"
+    );
+    let outputs: Vec<&Event> = events.iter().filter(|e| e.kind == "output").collect();
+    assert!(outputs.len() >= 2, "{outputs:?}");
+    // Resume after each output event in turn: exactly the rest, nothing twice.
+    for (i, cut) in outputs.iter().enumerate() {
+        let resumed = t.open(&id, Some(cut.id)).await.collect().await;
+        let expected: String = outputs[i + 1..]
+            .iter()
+            .map(|e| e.data["output"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            text(&resumed, "stdout"),
+            expected,
+            "resumed after {}",
+            cut.id
+        );
+        let seqs: Vec<i64> = resumed
+            .iter()
+            .filter(|e| e.kind == "output")
+            .map(|e| e.id)
+            .collect();
+        let want: Vec<i64> = outputs[i + 1..].iter().map(|e| e.id).collect();
+        assert_eq!(seqs, want);
+        assert_eq!(resumed.first().unwrap().kind, "status");
+        assert_eq!(resumed.first().unwrap().id, cut.id);
+        assert_eq!(resumed.last().unwrap().kind, "complete");
+    }
+    // Resume after the end: only the status and the completion.
+    let end = outputs.last().unwrap().id;
+    let none = t.open(&id, Some(end)).await.collect().await;
+    let kinds: Vec<&str> = none.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["status", "complete"]);
+    let resp = t
+        .client
+        .get(format!(
+            "{}/api/v1/jobs/0195f2a4-3b7c-7d8e-9f00-112233445566/stream",
+            t.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+/// A client that hangs up while the job runs and comes back with `Last-Event-ID` gets
+/// exactly what it missed — from the database — and then the live events: over many
+/// hang-ups, at varied points, the pieces join into the whole output, nothing twice,
+/// nothing missing.
+pub async fn resume_while_running(t: &Target) {
+    let n = 60;
+    let id = t
+        .submit(&format!(
+            "for i in $(seq 1 {n}); do echo line-$i; sleep 0.05; done"
+        ))
+        .await;
+    // Output events to read before hanging up, and how long to stay away (output piles up
+    // in the database meanwhile), in turn.
+    let reads = [3, 8, 1, 5, 2];
+    let pauses = [0, 200, 50, 120];
+    let mut last: Option<i64> = None;
+    let mut out = String::new();
+    let mut seqs: Vec<i64> = Vec::new();
+    let mut opened_running = 0;
+    let mut complete = None;
+    let mut round = 0;
+    while complete.is_none() {
+        assert!(round < 200, "too many rounds; read so far:\n{out}");
+        let mut sse = t.open(&id, last).await;
+        let first = sse.next().await.expect("the status comes first");
+        assert_eq!(first.kind, "status", "{first:?}");
+        assert_eq!(first.id, last.unwrap_or(-1), "{first:?}");
+        if first.data["status"] == "running" {
+            opened_running += 1;
+        }
+        let mut read = 0;
+        while read < reads[round % reads.len()] {
+            let e = sse
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("the stream ended before `complete`:\n{out}"));
+            assert!(
+                e.id >= last.unwrap_or(-1),
+                "event id went back from {last:?}: {e:?}"
+            );
+            last = Some(e.id);
+            match e.kind.as_str() {
+                "output" => {
+                    assert_eq!(e.data["stream"], "stdout", "{e:?}");
+                    out.push_str(e.data["output"].as_str().unwrap());
+                    seqs.push(e.id);
+                    read += 1;
+                }
+                "complete" => {
+                    assert!(sse.next().await.is_none(), "events after `complete`");
+                    complete = Some(e);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        drop(sse);
+        tokio::time::sleep(Duration::from_millis(pauses[round % pauses.len()])).await;
+        round += 1;
+    }
+    let want: String = (1..=n).map(|i| format!("line-{i}\n")).collect();
+    assert_eq!(out, want, "over {round} connections");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "output seqs not consecutive (twice or missing): {seqs:?}"
+    );
+    assert_eq!(complete.unwrap().data["status"], "completed");
+    // Most reconnects happened while the job ran: replay then live, not just replay.
+    assert!(
+        opened_running >= 5,
+        "only {opened_running} of {round} connections opened while the job ran"
+    );
+}
+
+/// A stream opened and never read while a job prints 50 MB does not slow the job (against
+/// the same job with nobody reading, in the same run), and read afterwards it still gets
+/// all of it and the end.
+pub async fn stalled_reader(t: &Target) {
+    let command = "head -c 50000000 /dev/zero | tr '\\0' x";
+    // A first job opens the SSH connection, so that neither run below pays for it.
+    let warm = t.submit("true").await;
+    t.wait_done(&warm, Duration::from_secs(30)).await;
+    // Baseline: the same job with nobody reading.
+    let started = Instant::now();
+    let alone = t.submit(command).await;
+    let job = t.wait_done(&alone, Duration::from_secs(60)).await;
+    let baseline = started.elapsed();
+    assert_eq!(job["status"], "completed", "{job}");
+    // Now with a stream opened and never read while the job runs.
+    let started = Instant::now();
+    let id = t.submit(command).await;
+    let mut stalled = t.open(&id, None).await;
+    let job = t.wait_done(&id, Duration::from_secs(60)).await;
+    let took = started.elapsed();
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["output_bytes"], 50_000_000);
+    assert!(
+        took < baseline * 2 + Duration::from_secs(1),
+        "with a stalled reader the job took {took:?}, alone {baseline:?}"
+    );
+    // The stalled reader, read now, still gets all of it and the end (from the database).
+    let mut bytes = 0usize;
+    let mut complete = false;
+    while let Some(e) = stalled.next().await {
+        match e.kind.as_str() {
+            "output" => bytes += e.data["output"].as_str().unwrap().len(),
+            "complete" => complete = true,
+            _ => {}
+        }
+    }
+    assert!(complete);
+    assert_eq!(bytes, 50_000_000);
 }
 
 db_test!(
@@ -156,46 +402,16 @@ db_test!(
     a_finished_job_replays_and_ends_and_resume_skips_what_was_seen,
     |db: TestDb| async move {
         let (app, _host, server) = TestApp::with_host(&db, &[]).await;
-        let id = submit(
-            &app,
-            &server,
-            "for i in 1 2 3 4 5; do echo line-$i; sleep 0.06; done",
-        )
-        .await;
-        wait_done(&app, &id, Duration::from_secs(20)).await;
-        let events = Sse::open(&app, &id, None).await.collect().await;
-        assert_eq!(events.first().unwrap().kind, "status");
-        assert_eq!(events.first().unwrap().data["status"], "completed");
-        assert_eq!(events.last().unwrap().kind, "complete");
-        assert_eq!(
-            text(&events, "stdout"),
-            "line-1\nline-2\nline-3\nline-4\nline-5\n"
-        );
-        let outputs: Vec<&Event> = events.iter().filter(|e| e.kind == "output").collect();
-        assert!(outputs.len() >= 2, "{outputs:?}");
-        // Resume after the first output event: exactly the rest.
-        let cut = outputs[0].id;
-        let resumed = Sse::open(&app, &id, Some(cut)).await.collect().await;
-        let expected: String = outputs[1..]
-            .iter()
-            .map(|e| e.data["output"].as_str().unwrap())
-            .collect();
-        assert_eq!(text(&resumed, "stdout"), expected);
-        assert!(
-            resumed
-                .iter()
-                .filter(|e| e.kind == "output")
-                .all(|e| e.id > cut)
-        );
-        // Resume after the end: only the status and the completion.
-        let end = outputs.last().unwrap().id;
-        let none = Sse::open(&app, &id, Some(end)).await.collect().await;
-        let kinds: Vec<&str> = none.iter().map(|e| e.kind.as_str()).collect();
-        assert_eq!(kinds, ["status", "complete"]);
-        let (status, _) = app
-            .get("/api/v1/jobs/0195f2a4-3b7c-7d8e-9f00-112233445566/stream")
-            .await;
-        assert_eq!(status, 404);
+        replay_and_resume(&Target::of(&app, &server)).await;
+        app.stop().await;
+    }
+);
+
+db_test!(
+    a_resume_while_the_job_runs_joins_replay_and_live_exactly,
+    |db: TestDb| async move {
+        let (app, _host, server) = TestApp::with_host(&db, &[]).await;
+        resume_while_running(&Target::of(&app, &server)).await;
         app.stop().await;
     }
 );
@@ -241,39 +457,7 @@ db_test!(
             &json!({"max_concurrent_jobs": 2}),
         )
         .await;
-        let command = "head -c 50000000 /dev/zero | tr '\\0' x";
-        // Baseline: the same job with nobody reading.
-        let started = Instant::now();
-        let alone = submit(&app, &server, command).await;
-        wait_done(&app, &alone, Duration::from_secs(60)).await;
-        let baseline = started.elapsed();
-        // Now with a stream opened and never read while the job runs.
-        let blocker = submit(&app, &server, "sleep 0.3").await;
-        let _ = blocker;
-        let id = submit(&app, &server, command).await;
-        let stalled = Sse::open(&app, &id, None).await;
-        let started = Instant::now();
-        let job = wait_done(&app, &id, Duration::from_secs(60)).await;
-        let took = started.elapsed();
-        assert_eq!(job["status"], "completed", "{job}");
-        assert_eq!(job["output_bytes"], 50_000_000);
-        assert!(
-            took < baseline * 2 + Duration::from_secs(1),
-            "with a stalled reader the job took {took:?}, alone {baseline:?}"
-        );
-        // The stalled reader, read now, still gets all of it and the end (from the database).
-        let mut stalled = stalled;
-        let mut bytes = 0usize;
-        let mut complete = false;
-        while let Some(e) = stalled.next().await {
-            match e.kind.as_str() {
-                "output" => bytes += e.data["output"].as_str().unwrap().len(),
-                "complete" => complete = true,
-                _ => {}
-            }
-        }
-        assert!(complete);
-        assert_eq!(bytes, 50_000_000);
+        stalled_reader(&Target::of(&app, &server)).await;
         app.stop().await;
     }
 );
