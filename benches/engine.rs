@@ -6,7 +6,12 @@
 //!    `true` at 10-way parallelism and one fresh connection per job (what the seed does);
 //! 2. submit → running latency, p50 and p99;
 //! 3. MB/s of one job printing 200 MB;
-//! 4. memory per running job, over 1000 concurrent `sleep` jobs.
+//! 4. memory per running job, over 1000 concurrent `sleep` jobs;
+//! 5. 1000 SSE clients on one job printing for a few seconds: the job's wall time beside the
+//!    same job with no client, memory per client (the clients run in a child process, so the
+//!    figure is the server's alone), and that every client got every byte and the end.
+//!
+//! `JOBEXEC_BENCH_ONLY=sse cargo bench --bench engine` runs phase 5 alone.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
@@ -17,6 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use helpers::{Db, TestApp, TestDb, TestHost};
 use serde_json::json;
 
@@ -392,6 +398,263 @@ async fn distributed_rate(host: &TestHost, n: usize, cm: f64, single: f64) {
     );
 }
 
+/// The soft limit on open files of this process (`Max open files` in /proc/self/limits).
+fn open_files_limit() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("Max open files"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
+}
+
+/// The client side of the SSE phase, run in a child process (this benchmark's binary with
+/// `JOBEXEC_BENCH_SSE_CLIENTS="N URL"`) so that the server's memory is measured alone: N
+/// streams of one URL, each counting the output bytes it gets. Prints `ready` once every
+/// stream has its first event, then, when all have ended,
+/// `done <streams that saw complete> <fewest bytes> <most bytes> <µs of the last end>`.
+async fn sse_clients(spec: &str) {
+    let (n, url) = spec.split_once(' ').expect("N URL");
+    let n: usize = n.parse().unwrap();
+    let client = reqwest::Client::new();
+    let ready = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, url, ready) = (client.clone(), url.to_string(), ready.clone());
+            tokio::spawn(async move {
+                let resp = client.get(&url).send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let mut body = resp.bytes_stream();
+                let (mut buf, mut first, mut bytes, mut complete) =
+                    (Vec::new(), true, 0usize, false);
+                while let Some(chunk) = body.next().await {
+                    buf.extend_from_slice(&chunk.unwrap());
+                    while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                        let block: Vec<u8> = buf.drain(..end + 2).collect();
+                        let block = std::str::from_utf8(&block).unwrap();
+                        let field = |name: &str| {
+                            block
+                                .lines()
+                                .find_map(|l| l.strip_prefix(name).map(str::to_string))
+                        };
+                        let Some(kind) = field("event: ") else {
+                            continue; // a keep-alive
+                        };
+                        if first {
+                            first = false;
+                            if ready.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == n {
+                                println!("ready");
+                            }
+                        }
+                        match kind.as_str() {
+                            "output" => {
+                                let data: serde_json::Value =
+                                    serde_json::from_str(&field("data: ").unwrap()).unwrap();
+                                bytes += data["output"].as_str().unwrap().len();
+                            }
+                            "complete" => complete = true,
+                            _ => {}
+                        }
+                    }
+                }
+                (complete, bytes, chrono::Utc::now().timestamp_micros())
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let complete = results.iter().filter(|r| r.0).count();
+    let fewest = results.iter().map(|r| r.1).min().unwrap_or(0);
+    let most = results.iter().map(|r| r.1).max().unwrap_or(0);
+    let last = results.iter().map(|r| r.2).max().unwrap_or(0);
+    println!("done {complete} {fewest} {most} {last}");
+}
+
+/// Submit `command` on `server`; its id.
+async fn submit_on(app: &TestApp, server: &str, command: &str) -> String {
+    let (status, job) = app
+        .post(
+            "/api/v1/jobs",
+            &json!({"command": command, "server_id": server}),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+    job["id"].as_str().unwrap().to_string()
+}
+
+/// Wait until job `id` is neither queued nor running; the job.
+async fn wait_job(app: &TestApp, id: &str, bound: Duration) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let (_, job) = app.get(&format!("/api/v1/jobs/{id}")).await;
+        if !matches!(job["status"].as_str(), Some("queued" | "running")) {
+            return job;
+        }
+        assert!(start.elapsed() < bound, "job {id} not done: {job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `n` SSE clients on one job that prints a line every 10 ms for a few seconds: the job's
+/// wall time beside the same job with no client, the server's memory per client (idle, and
+/// at its peak while the job prints), and every client's bytes. The clients run in a child
+/// process on the same cores, so a slowdown of the job is partly theirs.
+async fn sse_fan_out(app: &TestApp, host: &TestHost, n: usize) {
+    // Open files: the server's end of each stream, and the clients' (a child process, with
+    // the same limit).
+    let limit = open_files_limit().unwrap_or(1024);
+    let n = if (n as u64) + 256 > limit {
+        let fewer = limit.saturating_sub(256) as usize;
+        println!("(open files are limited to {limit}: {fewer} SSE clients instead of {n})");
+        fewer
+    } else {
+        n
+    };
+    // A server of its own with one slot: the job waits behind a blocker while the clients
+    // connect, and starts when the blocker is canceled.
+    let server = app.add_key_server("sse", host).await;
+    let (status, _) = app
+        .put(
+            &format!("/api/v1/servers/{server}"),
+            &json!({"max_concurrent_jobs": 1}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let lines = 300;
+    let command = format!(
+        "for i in $(seq 1 {lines}); do echo \"line $i of {lines}: the quick brown fox jumps over the lazy dog 0123456789\"; sleep 0.01; done"
+    );
+    let wall = |job: &serde_json::Value| {
+        (micros(&job["finished_at"]) - micros(&job["started_at"])) as f64 / 1e6
+    };
+    let warm = submit_on(app, &server, "true").await;
+    wait_job(app, &warm, Duration::from_secs(30)).await;
+    let alone = submit_on(app, &server, &command).await;
+    let alone = wait_job(app, &alone, Duration::from_secs(120)).await;
+    assert_eq!(alone["status"], "completed", "{alone}");
+    let baseline = wall(&alone);
+    println!(
+        "baseline  {:<39}{baseline:>9.2} s",
+        format!("a {lines}-line job, no SSE client")
+    );
+
+    let blocker = submit_on(app, &server, "sleep 600").await;
+    let start = Instant::now();
+    while app.get(&format!("/api/v1/jobs/{blocker}")).await.1["status"] != "running" {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "blocker not running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let id = submit_on(app, &server, &command).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(
+            "JOBEXEC_BENCH_SSE_CLIENTS",
+            format!("{n} {}", app.url(&format!("/api/v1/jobs/{id}/stream"))),
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let line = async |bound: Duration| {
+        let start = Instant::now();
+        loop {
+            match rx.try_recv() {
+                Ok(l) => return l,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    assert!(start.elapsed() < bound, "the SSE clients said nothing");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("the SSE clients' process ended: {e}"),
+            }
+        }
+    };
+    let opening = Instant::now();
+    assert_eq!(line(Duration::from_secs(120)).await, "ready");
+    let opened = opening.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let connected = rss_kib();
+    let (status, _) = app
+        .post(&format!("/api/v1/jobs/{blocker}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let mut peak = connected;
+    let job = loop {
+        peak = peak.max(rss_kib());
+        let (_, job) = app.get(&format!("/api/v1/jobs/{id}")).await;
+        if !matches!(job["status"].as_str(), Some("queued" | "running")) {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(job["status"], "completed", "{job}");
+    // The clients may still be reading the end: the peak is watched until they are done.
+    let start = Instant::now();
+    let done = loop {
+        peak = peak.max(rss_kib());
+        match rx.try_recv() {
+            Ok(l) => break l,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(120),
+                    "the SSE clients did not end"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the SSE clients' process ended: {e}"),
+        }
+    };
+    assert!(child.wait().unwrap().success());
+    let f: Vec<i64> = done
+        .strip_prefix("done ")
+        .unwrap_or_else(|| panic!("{done}"))
+        .split(' ')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let (complete, fewest, most, last) = (f[0] as usize, f[1], f[2], f[3]);
+    let took = wall(&job);
+    let bytes = job["output_bytes"].as_i64().unwrap();
+    let per_client = |kib: u64| kib.saturating_sub(before) as f64 / n as f64;
+    println!(
+        "ours      {:<39}{took:>9.2} s  ({:.2}x the baseline; the {n} opened in {:.2} s)",
+        format!("the same job, {n} SSE clients"),
+        took / baseline,
+        opened.as_secs_f64()
+    );
+    println!(
+        "ours      memory per SSE client, idle / streaming{:>9.1} / {:.1} KiB  (server side: RSS {before} -> {connected} -> peak {peak} KiB)",
+        per_client(connected),
+        per_client(peak),
+    );
+    println!(
+        "ours      {:<39}{:>9}  (fewest {fewest} B, most {most} B; the last ended {:.0} ms after the job)",
+        format!("SSE clients with all {bytes} B, the end"),
+        format!("{complete}/{n}"),
+        (last - micros(&job["finished_at"])) as f64 / 1000.0
+    );
+    assert_eq!(complete, n, "not every client saw the end");
+    assert!(
+        fewest == bytes && most == bytes,
+        "clients got {fewest}..{most} bytes of {bytes}"
+    );
+}
+
 /// The login the benchmark runs as: `JOBEXEC_TEST_SSH_USER`, or (as root) an account
 /// `jobexec-bench` made with `/bin/sh` as its shell, so that no rc file of an interactive
 /// user (root's `.bashrc` here runs pyenv's init, tens of milliseconds or more) is timed
@@ -435,6 +698,16 @@ fn bench_user() -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if let Ok(spec) = std::env::var("JOBEXEC_BENCH_SSE_CLIENTS") {
+        return sse_clients(&spec).await;
+    }
+    let only = std::env::var("JOBEXEC_BENCH_ONLY")
+        .ok()
+        .filter(|o| !o.is_empty());
+    assert!(
+        only.as_deref().is_none_or(|o| o == "sse"),
+        "JOBEXEC_BENCH_ONLY={only:?}: the only phase that runs alone is `sse`"
+    );
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 5 } else { 1 };
     assert!(
@@ -450,6 +723,8 @@ async fn main() {
             ("JOBEXEC__WORKER__MAX_CONNECTIONS_PER_HOST", "220"),
             ("JOBEXEC__WORKER__CONCURRENCY", "2000"),
             ("JOBEXEC__DATABASE__POOL_SIZE", "8"),
+            // A thousand streams from one address (ignored where there is no such limit).
+            ("JOBEXEC__LIMITS__MAX_STREAMS_PER_CLIENT", "0"),
         ],
     )
     .await;
@@ -466,36 +741,39 @@ async fn main() {
         "job-executor engine benchmark (sshd on 127.0.0.1:{} as {}, SQLite)",
         host.port, host.user
     );
-    let cm = control_master_rate(&host, 1000 / scale);
-    println!("baseline  ControlMaster `true`, 10-way           {cm:>9.1} runs/s");
-    let fresh = fresh_connection_rate(&host, 300 / scale).await;
-    println!("baseline  fresh connection per job, 10-way       {fresh:>9.1} runs/s");
-    let _ = api_rate(&app, &server, 100).await; // warm the pool
-    let ours = api_rate(&app, &server, 2000 / scale).await;
-    println!(
-        "ours      trivial jobs through the HTTP API       {ours:>9.1} jobs/s  ({:.2}x ControlMaster; target >= 1.5x)",
-        ours / cm
-    );
-    distributed_rate(&host, 2000 / scale, cm, ours).await;
-    let (p50, p99) = latency(&app, &server, 300 / scale).await;
-    println!(
-        "ours      submit -> running latency              p50 {p50:.2} ms, p99 {p99:.2} ms  (target p50 < 10 ms)"
-    );
-    let mbps = output_rate(&app, &server, 200).await;
-    println!(
-        "ours      one job printing 200 MB                {mbps:>9.1} MB/s  (target > 100 MB/s)"
-    );
-    let (status, _) = app
-        .put(
-            &format!("/api/v1/servers/{server}"),
-            &json!({"max_concurrent_jobs": 1000}),
-        )
-        .await;
-    assert_eq!(status, 200);
-    let n = 1000 / scale;
-    let per_job = memory_per_job(&app, &server, n).await;
-    println!(
-        "ours      memory per running job ({n} x sleep)    {per_job:>9.1} KiB  (target < 50 KB)"
-    );
+    if only.is_none() {
+        let cm = control_master_rate(&host, 1000 / scale);
+        println!("baseline  ControlMaster `true`, 10-way           {cm:>9.1} runs/s");
+        let fresh = fresh_connection_rate(&host, 300 / scale).await;
+        println!("baseline  fresh connection per job, 10-way       {fresh:>9.1} runs/s");
+        let _ = api_rate(&app, &server, 100).await; // warm the pool
+        let ours = api_rate(&app, &server, 2000 / scale).await;
+        println!(
+            "ours      trivial jobs through the HTTP API       {ours:>9.1} jobs/s  ({:.2}x ControlMaster; target >= 1.5x)",
+            ours / cm
+        );
+        distributed_rate(&host, 2000 / scale, cm, ours).await;
+        let (p50, p99) = latency(&app, &server, 300 / scale).await;
+        println!(
+            "ours      submit -> running latency              p50 {p50:.2} ms, p99 {p99:.2} ms  (target p50 < 10 ms)"
+        );
+        let mbps = output_rate(&app, &server, 200).await;
+        println!(
+            "ours      one job printing 200 MB                {mbps:>9.1} MB/s  (target > 100 MB/s)"
+        );
+        let (status, _) = app
+            .put(
+                &format!("/api/v1/servers/{server}"),
+                &json!({"max_concurrent_jobs": 1000}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let n = 1000 / scale;
+        let per_job = memory_per_job(&app, &server, n).await;
+        println!(
+            "ours      memory per running job ({n} x sleep)    {per_job:>9.1} KiB  (target < 50 KB)"
+        );
+    }
+    sse_fan_out(&app, &host, 1000 / scale).await;
     app.stop().await;
 }
