@@ -147,6 +147,7 @@ async fn fresh_connection_rate(host: &TestHost, n: usize) -> f64 {
         connect_timeout: Duration::from_secs(10),
         keepalive_interval: Duration::from_secs(15),
         keepalive_max: 3,
+        known_hosts: None,
     });
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
