@@ -354,6 +354,7 @@ async fn distributed_rate(host: &TestHost, n: usize, cm: f64, single: f64) {
         ("JOBEXEC__WORKER__MAX_CONNECTIONS_PER_HOST", "220"),
         ("JOBEXEC__WORKER__HEARTBEAT_SECS", "5"),
         ("JOBEXEC__WORKER__LEASE_SECS", "30"),
+        ("JOBEXEC__LIMITS__SUBMISSIONS_PER_MINUTE", "0"),
     ];
     let _api = Proc::spawn_with("api", "bench-api", &db, &vhost, port, tuned);
     let _w1 = Proc::spawn_with("worker", "bench-w1", &db, &vhost, free_port(), tuned);
@@ -724,7 +725,8 @@ async fn main() {
             ("JOBEXEC__WORKER__MAX_CONNECTIONS_PER_HOST", "220"),
             ("JOBEXEC__WORKER__CONCURRENCY", "2000"),
             ("JOBEXEC__DATABASE__POOL_SIZE", "8"),
-            // A thousand streams from one address (ignored where there is no such limit).
+            // Thousands of submissions and a thousand streams from one address: no limits.
+            ("JOBEXEC__LIMITS__SUBMISSIONS_PER_MINUTE", "0"),
             ("JOBEXEC__LIMITS__MAX_STREAMS_PER_CLIENT", "0"),
         ],
     )
