@@ -48,6 +48,9 @@ pub enum StartError {
         /// The OS's answer.
         source: std::io::Error,
     },
+    /// A `[[servers]]` table is invalid or its secret file cannot be read.
+    #[error("[[servers]]: {0}")]
+    Servers(String),
     /// The default server from the seed's `SSH_*` variables is invalid.
     #[error("default server (SSH_HOST…): {0}")]
     DefaultServer(String),
@@ -76,6 +79,7 @@ pub enum StartError {
 pub struct App {
     addr: Option<SocketAddr>,
     store: Store,
+    state: AppState,
     handle: Option<actix_web::dev::ServerHandle>,
     stop_tx: Option<oneshot::Sender<()>>,
     done: Option<oneshot::Receiver<()>>,
@@ -100,6 +104,7 @@ impl App {
             "database ready"
         );
         ensure_default_server(&store, &settings).await?;
+        apply_servers(&store, &settings).await?;
         let (ready_tx, ready_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -120,7 +125,7 @@ impl App {
                 let _ = done_tx.send(());
             })
             .map_err(|e| StartError::Thread(e.to_string()))?;
-        let (addr, handle) = ready_rx
+        let (addr, handle, state) = ready_rx
             .await
             .map_err(|_| StartError::Thread("it exited early".into()))??;
         if let Some(addr) = addr {
@@ -129,6 +134,7 @@ impl App {
         Ok(App {
             addr,
             store,
+            state,
             handle,
             stop_tx: Some(stop_tx),
             done: Some(done_rx),
@@ -144,6 +150,20 @@ impl App {
     /// The database.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// A handle that applies reloaded settings (see [`Reloader::reload`]).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            state: self.state.clone(),
+        }
+    }
+
+    /// The engine's handles (store, queue, events, dispatcher): what the HTTP handlers and
+    /// the [`crate::Supervisor`] act through. Pass it as `web::Data` to mount
+    /// [`crate::http::configure`] in an embedding program's own actix-web app.
+    pub fn state(&self) -> &AppState {
+        &self.state
     }
 
     /// Stop: finish in-flight requests up to the grace period, then close.
@@ -168,7 +188,16 @@ impl App {
     }
 }
 
-type Ready = Result<(Option<SocketAddr>, Option<actix_web::dev::ServerHandle>), StartError>;
+/// What the runtime thread hands back once it runs: the address, the server's handle, and
+/// the handles of the engine (for the library API).
+type Ready = Result<
+    (
+        Option<SocketAddr>,
+        Option<actix_web::dev::ServerHandle>,
+        AppState,
+    ),
+    StartError,
+>;
 
 /// The TLS server configuration when `http.tls_cert` and `http.tls_key` are set.
 fn tls_config(
@@ -271,12 +300,6 @@ async fn run(
             let _ = d.send(Drain { grace }).await;
         }
     };
-    if role == Role::Worker {
-        let _ = ready.send(Ok((None, None)));
-        let _ = stop.await;
-        drain().await;
-        return;
-    }
     let state = AppState {
         store,
         settings: settings.clone(),
@@ -287,7 +310,13 @@ async fn run(
         tokens,
         limits: Arc::new(http::limits::Limits::new(&settings.limits)),
     };
-    let data = web::Data::new(state);
+    if role == Role::Worker {
+        let _ = ready.send(Ok((None, None, state)));
+        let _ = stop.await;
+        drain().await;
+        return;
+    }
+    let data = web::Data::new(state.clone());
     let server = HttpServer::new(move || {
         ActixApp::new()
             .app_data(data.clone())
@@ -327,7 +356,7 @@ async fn run(
     };
     let addr = server.addrs().first().copied();
     let server = server.run();
-    let _ = ready.send(Ok((addr, Some(server.handle()))));
+    let _ = ready.send(Ok((addr, Some(server.handle()), state)));
     let _ = server.await;
     let _ = stop.await;
     drain().await;
@@ -349,7 +378,7 @@ async fn ensure_default_server(store: &Store, settings: &Settings) -> Result<(),
         Some(SecretString::from(text))
     };
     let password = (!d.password.expose_secret().is_empty()).then(|| d.password.clone());
-    let patch = || ServerPatch {
+    let patch = ServerPatch {
         name: Some(d.name.clone()),
         hostname: Some(d.host.clone()),
         port: Some(i64::from(d.port)),
@@ -359,27 +388,65 @@ async fn ensure_default_server(store: &Store, settings: &Settings) -> Result<(),
             d.user.clone()
         }),
         auth_type: Some(if key.is_some() { "key" } else { "password" }.into()),
-        password: password.clone(),
-        private_key: key.clone(),
+        password,
+        private_key: key,
         ..Default::default()
     };
-    match store.get_server_by_name(d.name.clone()).await {
-        Ok(row) => {
-            let id = uuid::Uuid::parse_str(&row.id)
-                .map_err(|e| StartError::DefaultServer(e.to_string()))?;
-            let p = patch();
-            store
-                .update_server(id, move |draft| draft.patch(p))
-                .await
-                .map_err(|e| StartError::DefaultServer(e.to_string()))?;
-        }
-        Err(StoreError::NotFound) => {
-            let draft = ServerDraft::create(patch(), settings.ssh.default_max_concurrent_jobs)
-                .map_err(|e| StartError::DefaultServer(e.to_string()))?;
-            store.insert_server(draft).await?;
-        }
-        Err(e) => return Err(e.into()),
-    }
+    crate::supervisor::upsert_server_in(store, settings, patch)
+        .await
+        .map_err(|e| StartError::DefaultServer(e.to_string()))?;
     tracing::info!(name = %d.name, host = %d.host, "default server registered from SSH_* settings");
     Ok(())
+}
+
+/// Create or update, by name, every `[[servers]]` table of the settings. All are checked
+/// before any is written, so a bad table changes nothing.
+pub async fn apply_servers(store: &Store, settings: &Settings) -> Result<usize, StartError> {
+    let mut patches = Vec::new();
+    for server in &settings.servers {
+        let patch = server.to_patch().map_err(StartError::Servers)?;
+        ServerDraft::create(
+            server.to_patch().map_err(StartError::Servers)?,
+            settings.ssh.default_max_concurrent_jobs,
+        )
+        .map_err(|e| StartError::Servers(format!("server {:?}: {e}", server.name)))?;
+        patches.push(patch);
+    }
+    let n = patches.len();
+    for patch in patches {
+        let name = patch.name.clone().unwrap_or_default();
+        crate::supervisor::upsert_server_in(store, settings, patch)
+            .await
+            .map_err(|e| StartError::Servers(e.to_string()))?;
+        tracing::info!(name = %name, "server from the settings file applied");
+    }
+    Ok(n)
+}
+
+/// Applies new settings to a running application (SIGHUP). Cheap to clone.
+#[derive(Clone)]
+pub struct Reloader {
+    state: AppState,
+}
+
+impl Reloader {
+    /// Apply what can change without a restart: `[[servers]]` (created or updated by name;
+    /// servers no longer in the file are left as they are), `auth.tokens` and `[limits]`.
+    /// Running jobs are not touched. Everything else needs a restart. Returns a summary.
+    pub async fn reload(&self, settings: &Settings) -> Result<String, StartError> {
+        let tokens = http::auth::Tokens::from_settings(&settings.auth.tokens)?;
+        let listens = &self.state.settings.http.addr;
+        if tokens.is_empty() && self.state.tokens.enabled() && !loopback_only(listens) {
+            return Err(StartError::OpenWithoutTokens {
+                addr: listens.clone(),
+            });
+        }
+        let servers = apply_servers(&self.state.store, settings).await?;
+        let n_tokens = tokens.len();
+        self.state.tokens.replace(tokens);
+        self.state.limits.reconfigure(&settings.limits);
+        Ok(format!(
+            "{servers} server(s) applied, {n_tokens} token(s), limits updated"
+        ))
+    }
 }

@@ -54,6 +54,22 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// The body of every error response: `{"error", "code"}`, plus `"field"` for a 422.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": "job 0195f2a4-3b7c-7d8e-9f00-112233445566 does not exist", "code": "not_found"}))]
+pub struct ErrorBody {
+    /// What went wrong, in a sentence (for a 422 it names the field). Never contains secrets.
+    pub error: String,
+    /// Machine-readable: `bad_request`, `unauthorized`, `not_found`, `method_not_allowed`,
+    /// `conflict`, `payload_too_large`, `invalid_field`, `too_many_requests`, `unavailable`
+    /// or `internal`.
+    #[schema(value_type = String, example = "not_found")]
+    pub code: &'static str,
+    /// The offending field of a 422 (`invalid_field`), as the API spells it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
 impl ApiError {
     /// The machine-readable code sent beside the message.
     pub fn code(&self) -> &'static str {
@@ -114,9 +130,13 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
+        let mut body = ErrorBody {
+            error: self.to_string(),
+            code: self.code(),
+            field: None,
+        };
         match self {
-            Self::Invalid(f) => body["field"] = serde_json::Value::from(f.field.as_ref()),
+            Self::Invalid(f) => body.field = Some(f.field.to_string()),
             Self::Internal(detail) => tracing::error!(error = %detail, "request failed"),
             Self::Unavailable(detail) => tracing::warn!(error = %detail, "dependency unavailable"),
             _ => {}

@@ -24,16 +24,20 @@
 
 pub mod actors;
 pub mod app;
+pub mod check;
 pub mod domain;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod metrics;
 pub mod queue;
 pub mod secrets;
 pub mod settings;
 pub mod ssh;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 
 pub use app::{App, Role, StartError};
 pub use settings::Settings;
+pub use supervisor::Supervisor;

@@ -31,6 +31,11 @@ enum Command {
     Worker,
     /// Apply database migrations and exit.
     Migrate,
+    /// Check a settings file: syntax, unknown keys, types, servers, tokens; with line context.
+    CheckConfig {
+        /// The file.
+        file: PathBuf,
+    },
     /// Print a new secret key (`1:BASE64`) for JOBEXEC_SECRET_KEY or a key file.
     GenKey,
     /// Add a new key version and re-seal every stored secret under it.
@@ -55,6 +60,26 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => Role::Serve,
         Command::Api => Role::Api,
         Command::Worker => Role::Worker,
+        Command::CheckConfig { file } => {
+            return match job_executor::check::check(&file) {
+                Ok(s) => {
+                    println!(
+                        "{}: ok ({} server(s), {} token(s), listens on {})",
+                        file.display(),
+                        s.servers,
+                        s.tokens,
+                        s.addr
+                    );
+                    Ok(())
+                }
+                Err(problems) => {
+                    for p in &problems {
+                        eprintln!("{p}");
+                    }
+                    std::process::exit(1);
+                }
+            };
+        }
         Command::GenKey => {
             println!("{}", secrets::generate_entry(1)?);
             return Ok(());
@@ -72,6 +97,40 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let mut app = App::start(settings, role).await.context("cannot start")?;
+    // SIGHUP: read the settings again and apply what can change while jobs run.
+    let reloader = app.reloader();
+    let file = cli.config.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                // A file with a typo is refused whole, not half applied.
+                if let Some(path) = &file
+                    && let Err(problems) = job_executor::check::check(path)
+                {
+                    for p in &problems {
+                        tracing::error!(problem = %p, "reload refused; nothing changed");
+                    }
+                    continue;
+                }
+                match Settings::load(file.as_deref()) {
+                    Ok(settings) => match reloader.reload(&settings).await {
+                        Ok(summary) => tracing::info!(%summary, "settings reloaded"),
+                        Err(e) => tracing::error!(error = %e, "reload refused; nothing changed"),
+                    },
+                    Err(e) => tracing::error!(error = %e, "reload refused; nothing changed"),
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (reloader, file);
+        }
+    });
     tokio::select! {
         _ = shutdown_signal() => {
             tracing::info!("shutting down");

@@ -39,6 +39,103 @@ pub struct Settings {
     pub secrets: SecretSettings,
     /// Request rate and stream limits.
     pub limits: LimitSettings,
+    /// Servers declared in the file (`[[servers]]`), created or updated by name at start and
+    /// on SIGHUP.
+    #[serde(default)]
+    pub servers: Vec<ServerSettings>,
+}
+
+/// One `[[servers]]` table: the API's server fields, plus secrets read from files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Unique name: the key a reload matches on.
+    pub name: String,
+    /// Host name or address.
+    pub hostname: String,
+    /// SSH port (22).
+    pub port: Option<u16>,
+    /// Login user.
+    pub user: String,
+    /// `key` or `password`; default: `key` when a key is given.
+    pub auth_type: Option<String>,
+    /// The password.
+    pub password: Option<SecretString>,
+    /// A file holding the password (one line; a trailing newline is dropped).
+    pub password_file: Option<String>,
+    /// The private key (OpenSSH or PEM text).
+    pub private_key: Option<SecretString>,
+    /// A file holding the private key.
+    pub private_key_file: Option<String>,
+    /// The key's passphrase.
+    pub private_key_passphrase: Option<SecretString>,
+    /// Pinned host key (OpenSSH public key line or `SHA256:` fingerprint).
+    pub host_key: Option<String>,
+    /// `tofu` (default) or `off`.
+    pub host_key_check: Option<String>,
+    /// Jobs at once on it.
+    pub max_concurrent_jobs: Option<u32>,
+    /// Whether jobs may run on it.
+    pub is_active: Option<bool>,
+}
+
+impl ServerSettings {
+    /// The API's server body for this table, with the secret files read.
+    pub fn to_patch(&self) -> Result<crate::domain::ServerPatch, String> {
+        let read = |path: &str, what: &str| {
+            std::fs::read_to_string(path)
+                .map(|t| SecretString::from(t.trim_end_matches(['\r', '\n']).to_string()))
+                .map_err(|e| format!("server {:?}: cannot read {what} {path}: {e}", self.name))
+        };
+        let password = match (&self.password, &self.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "server {:?}: give password or password_file, not both",
+                    self.name
+                ));
+            }
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(f)) => Some(read(f, "password_file")?),
+            (None, None) => None,
+        };
+        let key = match (&self.private_key, &self.private_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "server {:?}: give private_key or private_key_file, not both",
+                    self.name
+                ));
+            }
+            (Some(k), None) => Some(k.clone()),
+            (None, Some(f)) => Some(std::fs::read_to_string(f).map(SecretString::from).map_err(
+                |e| {
+                    format!(
+                        "server {:?}: cannot read private_key_file {f}: {e}",
+                        self.name
+                    )
+                },
+            )?),
+            (None, None) => None,
+        };
+        let auth_type = self
+            .auth_type
+            .clone()
+            .unwrap_or_else(|| if key.is_some() { "key" } else { "password" }.to_string());
+        Ok(crate::domain::ServerPatch {
+            name: Some(self.name.clone()),
+            hostname: Some(self.hostname.clone()),
+            port: self.port.map(i64::from),
+            user: Some(self.user.clone()),
+            auth_type: Some(auth_type),
+            password,
+            private_key: key,
+            private_key_passphrase: self.private_key_passphrase.clone(),
+            host_key: self.host_key.clone(),
+            host_key_check: self.host_key_check.clone(),
+            max_concurrent_jobs: self.max_concurrent_jobs.map(i64::from),
+            is_active: self.is_active,
+            ..Default::default()
+        })
+    }
 }
 
 /// `[auth]`

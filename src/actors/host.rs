@@ -16,6 +16,7 @@ use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::messages::{AcquireSlot, Checkout};
 use crate::domain::HostKeyCheck;
+use crate::metrics;
 use crate::ssh::{self, SshError, SshOptions, SshTarget};
 use crate::store::{Store, StoreError};
 
@@ -35,6 +36,8 @@ struct PooledConn {
     login_shell_posix: bool,
     in_use: Arc<AtomicUsize>,
     last_used: Instant,
+    /// One in `jobexec_ssh_connections_open` while the pool holds the connection.
+    _open: metrics::GaugeGuard<1>,
 }
 
 #[derive(Default)]
@@ -215,13 +218,18 @@ async fn checkout(
                 let made = connect_new(&pool, &store, &opts, id).await;
                 let mut st = pool.state.lock().await;
                 st.connecting -= 1;
-                let (client, login_shell_posix) = made?;
+                let server = id.to_string();
+                let (client, login_shell_posix) = made.inspect_err(|e| {
+                    metrics::SSH_CONNECT_FAILURES.inc([&server, failure_kind(e)]);
+                })?;
+                metrics::SSH_CONNECTS.inc([&server]);
                 let in_use = Arc::new(AtomicUsize::new(1));
                 st.conns.push(PooledConn {
                     client: client.clone(),
                     login_shell_posix,
                     in_use: in_use.clone(),
                     last_used: Instant::now(),
+                    _open: metrics::SSH_CONNECTIONS_OPEN.track([&server]),
                 });
                 pool.freed.notify_waiters();
                 return Ok(ChannelLease {
@@ -285,4 +293,21 @@ async fn connect_new(
     let posix = ssh::exec::login_shell_is_posix(&conn.client).await;
     tracing::debug!(server_id = %id, login_shell_posix = posix, "SSH connection opened");
     Ok((conn.client, posix))
+}
+
+/// The kind of a connect failure, for the `reason` label (a fixed set: never the message).
+fn failure_kind(e: &SshError) -> &'static str {
+    match e {
+        SshError::Resolve { .. } => "resolve",
+        SshError::Refused { .. } => "refused",
+        SshError::Unreachable { .. } => "unreachable",
+        SshError::Timeout { .. } => "timeout",
+        SshError::AuthRejected { .. } => "auth_rejected",
+        SshError::BadKey(_) => "bad_key",
+        SshError::HostKeyChanged { .. } => "host_key_changed",
+        SshError::HostKeyUnknown { .. } => "host_key_unknown",
+        SshError::Credentials(_) => "credentials",
+        SshError::HostKeyRejected { .. } => "host_key_rejected",
+        SshError::Protocol { .. } => "protocol",
+    }
 }

@@ -14,7 +14,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::FutureExt;
@@ -26,6 +26,7 @@ use super::messages::{CancelJob, Checkout, JobEnded, StopReason};
 use super::output;
 use crate::domain::{JobKind, JobStatus};
 use crate::events::{EventBus, JobEvent};
+use crate::metrics;
 use crate::settings::JobSettings;
 use crate::ssh::exec::{self, ExecEnd, RemoteJob, RemoteWork};
 use crate::store::{Finish, JobRow, Store};
@@ -50,6 +51,8 @@ pub struct JobActor {
     cancel: CancellationToken,
     reason: Arc<Mutex<Option<StopReason>>>,
     permit: Option<OwnedSemaphorePermit>,
+    /// One in `jobexec_running_jobs` from start to stop.
+    running: Option<metrics::GaugeGuard<0>>,
 }
 
 impl JobActor {
@@ -70,6 +73,7 @@ impl JobActor {
             cancel: parent.child_token(),
             reason: Arc::new(Mutex::new(None)),
             permit: Some(permit),
+            running: None,
         }
     }
 }
@@ -82,6 +86,8 @@ impl Actor for JobActor {
             ctx.stop();
             return;
         };
+        self.running = Some(metrics::RUNNING_JOBS.track([]));
+        let began = Instant::now();
         let id = row.id.clone();
         let deps = self.deps.clone();
         let ctx_run = RunCtx {
@@ -109,7 +115,7 @@ impl Actor for JobActor {
                     }
                 }
             };
-            record(&deps, id.clone(), finish).await;
+            record(&deps, id.clone(), finish, began).await;
             id
         };
         ctx.spawn(fut.into_actor(self).map(|id, act, ctx| {
@@ -117,6 +123,10 @@ impl Actor for JobActor {
             act.dispatcher.do_send(JobEnded(id));
             ctx.stop();
         }));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.running.take();
     }
 }
 
@@ -131,14 +141,16 @@ impl Handler<CancelJob> for JobActor {
     }
 }
 
-/// Store the end (if the job may still reach it) and publish it.
-async fn record(deps: &JobDeps, id: String, finish: Finish) {
+/// Store the end (if the job may still reach it) and publish it; a job this call ended
+/// counts in `jobexec_job_duration_seconds` (run time since `began`).
+async fn record(deps: &JobDeps, id: String, finish: Finish, began: Instant) {
     let status = finish.status;
     let mut tries = 0;
     loop {
         match deps.store.finish_job(id.clone(), finish.clone()).await {
             Ok(Some(row)) => {
                 tracing::info!(job_id = %id, status = %status, exit_code = ?row.exit_code, "job finished");
+                metrics::JOB_DURATION.observe([status.as_str()], began.elapsed().as_secs_f64());
                 deps.events.publish(JobEvent::Status(Arc::new(row)));
                 return;
             }
@@ -249,6 +261,7 @@ async fn run(row: JobRow, cx: RunCtx) -> Finish {
                     reason: format!("host actor unavailable: {e}"),
                 })??;
                 let channel = exec::open_channel(&lease.client).await?;
+                metrics::SSH_CHANNEL_OPENS.inc([&row.server_id]);
                 Ok::<_, crate::ssh::SshError>((lease, channel))
             } => got,
         };

@@ -90,6 +90,11 @@ impl State {
         let at = Micros::now().0;
         let len = data.len() as u64;
         self.report.bytes += len;
+        let name = match stream {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        };
+        crate::metrics::OUTPUT_BYTES.inc_by([name], len);
         let data: Arc<[u8]> = data.into();
         events.publish(JobEvent::Output {
             job_id: self.job_key.clone(),

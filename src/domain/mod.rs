@@ -63,6 +63,21 @@ impl serde::Serialize for Micros {
     }
 }
 
+/// In the OpenAPI document a time is an RFC 3339 string (UTC, microseconds).
+impl utoipa::PartialSchema for Micros {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .description(Some("RFC 3339 time in UTC, with microseconds."))
+            .examples([serde_json::json!("2025-01-31T09:15:42.123456Z")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Micros {}
+
 /// Parse a UUID path segment, naming what it was meant to identify on failure.
 pub fn parse_id(what: &'static str, raw: &str) -> Result<uuid::Uuid, FieldError> {
     uuid::Uuid::parse_str(raw).map_err(|_| FieldError::new(what, format!("{raw:?} is not a UUID")))

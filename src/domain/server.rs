@@ -11,7 +11,9 @@ use std::str::FromStr;
 use super::FieldError;
 
 /// How the worker authenticates to a server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthType {
     /// Password authentication.
@@ -51,7 +53,9 @@ impl fmt::Display for AuthType {
 }
 
 /// What the worker does with the key a server presents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum HostKeyCheck {
     /// Trust on first use: the first key seen is pinned, a different one later is refused.
@@ -112,34 +116,46 @@ impl fmt::Debug for ServerSecrets {
 }
 
 /// A server as sent by a client, for create (`POST`) or partial update (`PUT`).
-/// Every field is optional here; [`ServerDraft::create`] and [`ServerDraft::patch`] decide.
-#[derive(Debug, Default, serde::Deserialize)]
+/// Every field is optional here; `ServerDraft::create` and `ServerDraft::patch` decide.
+///
+/// On create `name`, `hostname`, `user` and the credential of `auth_type` are required
+/// (`auth_type` may be left out when only a password or only a key is sent); on update
+/// omitted fields keep their value. The secrets are write-only: no response contains them.
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 pub struct ServerPatch {
     /// Unique name.
     pub name: Option<String>,
     /// Host name or address.
     pub hostname: Option<String>,
     /// TCP port, 1–65535 (kept wide here so an out-of-range value gets a clear 422).
+    #[schema(default = 22, minimum = 1, maximum = 65535)]
     pub port: Option<i64>,
     /// Login user.
     pub user: Option<String>,
     /// `password` or `key`.
+    #[schema(value_type = Option<AuthType>)]
     pub auth_type: Option<String>,
     /// Write-only password.
+    #[schema(value_type = Option<String>, write_only)]
     pub password: Option<SecretString>,
-    /// Write-only private key text.
+    /// Write-only private key text (OpenSSH or PEM).
+    #[schema(value_type = Option<String>, write_only)]
     pub private_key: Option<SecretString>,
     /// The seed's clients send the key as `pem_file`: a synonym of `private_key`.
+    #[schema(value_type = Option<String>, write_only)]
     pub pem_file: Option<SecretString>,
     /// Write-only passphrase of the private key.
+    #[schema(value_type = Option<String>, write_only)]
     pub private_key_passphrase: Option<SecretString>,
     /// Whether jobs may run on it.
     pub is_active: Option<bool>,
     /// Pinned host key: `SHA256:` fingerprint or an OpenSSH public key line. Empty unpins.
     pub host_key: Option<String>,
     /// `tofu` or `off`.
+    #[schema(value_type = Option<HostKeyCheck>)]
     pub host_key_check: Option<String>,
     /// How many jobs may run on it at once.
+    #[schema(minimum = 1, maximum = 10000)]
     pub max_concurrent_jobs: Option<i64>,
 }
 

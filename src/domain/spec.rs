@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use super::{FieldError, JobKind};
 
 /// A command or script submission as sent (`POST /jobs`, `POST /jobs/script`).
-#[derive(Debug, Default, serde::Deserialize)]
+///
+/// A command job needs `command` and takes no `script` or `shell`; a script job needs
+/// `script` and takes no `command`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 pub struct JobRequest {
     /// Command jobs: the program (the seed's `command`).
     pub command: Option<String>,
@@ -19,7 +22,7 @@ pub struct JobRequest {
     pub timeout: Option<i64>,
     /// Script jobs: the interpreter (absolute path); default `/bin/bash`.
     pub shell: Option<String>,
-    /// Environment variables for the remote command.
+    /// Environment variables for the remote command (names `[A-Za-z_][A-Za-z0-9_]*`).
     pub env: Option<BTreeMap<String, String>>,
     /// Working directory on the remote host.
     pub cwd: Option<String>,

@@ -6,20 +6,44 @@ use serde_json::json;
 
 use super::AppState;
 use super::jobs::page_limit;
+use super::openapi::{AuditPage, InvalidField, Unauthorized, Unavailable};
 use crate::domain::{Micros, parse_id};
 use crate::error::ApiError;
 use crate::store::AuditFilter;
 
 /// Query of `GET /audit`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// Only entries of this action (e.g. `job.submit`, `server.update`).
     action: Option<String>,
+    /// Only entries about this job or server.
+    #[param(value_type = Option<uuid::Uuid>)]
     target_id: Option<String>,
+    /// Entries per page, 1 to 1000 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    #[param(value_type = Option<uuid::Uuid>)]
     cursor: Option<String>,
 }
 
-/// `GET /audit?action=&target_id=&limit=&cursor=`
+/// The audit log
+///
+/// Who did what, newest first, paged like `GET /jobs`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    operation_id = "list_audit",
+    tag = "audit",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "A page of entries.", body = AuditPage),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = InvalidField),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn list(
     state: web::Data<AppState>,
     query: web::Query<AuditQuery>,

@@ -31,15 +31,16 @@ struct Entry {
     hash: [u8; 32],
 }
 
-/// The configured tokens, hashed.
-#[derive(Clone, Default)]
+/// The configured tokens, hashed. Replaceable while the service runs (SIGHUP).
+#[derive(Default)]
 pub struct Tokens {
-    entries: Vec<Entry>,
+    entries: std::sync::RwLock<std::sync::Arc<Vec<Entry>>>,
 }
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.entries.iter().map(|e| e.name.as_str()).collect();
+        let entries = self.snapshot();
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         f.debug_struct("Tokens").field("names", &names).finish()
     }
 }
@@ -125,21 +126,49 @@ impl Tokens {
             }
             entries.push(Entry { name, hash });
         }
-        Ok(Tokens { entries })
+        Ok(Tokens {
+            entries: std::sync::RwLock::new(std::sync::Arc::new(entries)),
+        })
+    }
+
+    fn snapshot(&self) -> std::sync::Arc<Vec<Entry>> {
+        match self.entries.read() {
+            Ok(e) => e.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Put `other`'s tokens in place of these (a reload).
+    pub fn replace(&self, other: Tokens) {
+        let next = other.snapshot();
+        match self.entries.write() {
+            Ok(mut e) => *e = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+    }
+
+    /// How many tokens are configured.
+    pub fn len(&self) -> usize {
+        self.snapshot().len()
+    }
+
+    /// Whether no token is configured (authentication off).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Whether any token is configured (authentication on).
     pub fn enabled(&self) -> bool {
-        !self.entries.is_empty()
+        !self.is_empty()
     }
 
     /// The name of the token `presented`, if it is one of ours. Every entry is compared.
-    pub fn verify(&self, presented: &str) -> Option<&str> {
+    pub fn verify(&self, presented: &str) -> Option<String> {
         let hash = sha256(presented.as_bytes());
         let mut found = None;
-        for entry in &self.entries {
+        for entry in self.snapshot().iter() {
             if constant_time_eq(&entry.hash, &hash) {
-                found = Some(entry.name.as_str());
+                found = Some(entry.name.clone());
             }
         }
         found
@@ -207,7 +236,7 @@ pub async fn authenticate(
             .into());
         };
         match tokens.verify(presented) {
-            Some(name) => name.to_string(),
+            Some(name) => name,
             None => {
                 tracing::warn!(peer = %peer, path = %req.path(), "request with an unknown token refused");
                 return Err(ApiError::Unauthorized("the token is not valid".into()).into());
@@ -242,13 +271,13 @@ mod tests {
         ])
         .unwrap();
         assert!(t.enabled());
-        assert_eq!(t.verify("first-token-0123456789"), Some("ops"));
+        assert_eq!(t.verify("first-token-0123456789").as_deref(), Some("ops"));
         assert!(
             t.verify("second-token-0123456789")
                 .unwrap()
                 .starts_with("token-")
         );
-        assert_eq!(t.verify("third-token-0123456789"), Some("ci"));
+        assert_eq!(t.verify("third-token-0123456789").as_deref(), Some("ci"));
         assert_eq!(t.verify("first-token-012345678"), None);
         assert_eq!(t.verify(""), None);
         assert!(!format!("{t:?}").contains("first-token"));

@@ -3,8 +3,23 @@
 use actix_web::{HttpResponse, web};
 
 use super::AppState;
+use super::openapi::Health;
 
-/// 200 when the database answers, 503 when it does not. Says nothing secret.
+/// Health
+///
+/// 200 when the database answers, 503 when it does not. Needs no token; says nothing
+/// secret.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    tag = "health",
+    security(()),
+    responses(
+        (status = 200, description = "The database answers.", body = Health),
+        (status = 503, description = "The database does not answer.", body = Health),
+    )
+)]
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let db = state.store.ping().await;
     let body = serde_json::json!({

@@ -17,19 +17,32 @@ struct Bucket {
 
 /// The limits of one process.
 pub struct Limits {
+    config: std::sync::RwLock<Config>,
+    buckets: Mutex<HashMap<String, Bucket>>,
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Config {
     per_sec: f64,
     burst: f64,
     max_streams: usize,
-    buckets: Mutex<HashMap<String, Bucket>>,
-    streams: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Config {
+    fn new(s: &LimitSettings) -> Self {
+        Config {
+            per_sec: f64::from(s.submissions_per_minute) / 60.0,
+            burst: f64::from(s.submission_burst.max(1)),
+            max_streams: s.max_streams_per_client,
+        }
+    }
 }
 
 impl std::fmt::Debug for Limits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Limits")
-            .field("per_sec", &self.per_sec)
-            .field("burst", &self.burst)
-            .field("max_streams", &self.max_streams)
+            .field("config", &self.config())
             .finish_non_exhaustive()
     }
 }
@@ -57,17 +70,35 @@ impl Limits {
     /// Limits from the settings.
     pub fn new(s: &LimitSettings) -> Self {
         Self {
-            per_sec: f64::from(s.submissions_per_minute) / 60.0,
-            burst: f64::from(s.submission_burst.max(1)),
-            max_streams: s.max_streams_per_client,
+            config: std::sync::RwLock::new(Config::new(s)),
             buckets: Mutex::new(HashMap::new()),
             streams: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
+    fn config(&self) -> Config {
+        match self.config.read() {
+            Ok(c) => *c,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// Apply new settings (a reload); buckets and open streams carry over.
+    pub fn reconfigure(&self, s: &LimitSettings) {
+        match self.config.write() {
+            Ok(mut c) => *c = Config::new(s),
+            Err(poisoned) => *poisoned.into_inner() = Config::new(s),
+        }
+    }
+
     /// Take one submission from `key`'s bucket, or say when to come back (429).
     pub fn submit(&self, key: &str) -> Result<(), ApiError> {
-        if self.per_sec <= 0.0 {
+        let Config {
+            per_sec,
+            burst,
+            max_streams: _,
+        } = self.config();
+        if per_sec <= 0.0 {
             return Ok(());
         }
         let now = Instant::now();
@@ -77,27 +108,26 @@ impl Limits {
             .map_err(|_| ApiError::Internal("the rate limiter is poisoned".into()))?;
         if buckets.len() > 10_000 {
             // Forget callers whose buckets have refilled: they are indistinguishable from new.
-            let (per_sec, burst) = (self.per_sec, self.burst);
             buckets
                 .retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec < burst);
         }
         let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
-            tokens: self.burst,
+            tokens: burst,
             at: now,
         });
-        let refill = now.duration_since(bucket.at).as_secs_f64() * self.per_sec;
-        bucket.tokens = (bucket.tokens + refill).min(self.burst);
+        let refill = now.duration_since(bucket.at).as_secs_f64() * per_sec;
+        bucket.tokens = (bucket.tokens + refill).min(burst);
         bucket.at = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             return Ok(());
         }
-        let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_sec);
+        let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / per_sec);
         Err(ApiError::TooManyRequests {
             message: format!(
                 "too many job submissions: at most {:.0} per minute (burst {:.0}); try again in {} s",
-                self.per_sec * 60.0,
-                self.burst,
+                per_sec * 60.0,
+                burst,
                 wait.as_secs().max(1)
             ),
             retry_after_secs: wait.as_secs().max(1),
@@ -110,12 +140,13 @@ impl Limits {
             .streams
             .lock()
             .map_err(|_| ApiError::Internal("the stream counter is poisoned".into()))?;
+        let max_streams = self.config().max_streams;
         let n = open.entry(key.to_string()).or_insert(0);
-        if self.max_streams > 0 && *n >= self.max_streams {
+        if max_streams > 0 && *n >= max_streams {
             return Err(ApiError::TooManyRequests {
                 message: format!(
                     "too many open streams: at most {} per caller; close one first",
-                    self.max_streams
+                    max_streams
                 ),
                 retry_after_secs: 1,
             });

@@ -9,6 +9,8 @@ mod body;
 mod health;
 pub mod jobs;
 pub mod limits;
+pub mod metrics;
+pub mod openapi;
 mod servers;
 pub mod stream;
 
@@ -76,44 +78,130 @@ fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(method_not_allowed))
 }
 
-/// Register every route on an actix-web app (or a scope of the embedding program's app).
+/// An HTTP method a route answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    /// `GET`
+    Get,
+    /// `POST`
+    Post,
+    /// `PUT`
+    Put,
+    /// `DELETE`
+    Delete,
+}
+
+impl HttpMethod {
+    /// The method's name, upper case.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+            Self::Put => "PUT",
+            Self::Delete => "DELETE",
+        }
+    }
+
+    fn route(self) -> actix_web::Route {
+        match self {
+            Self::Get => web::get(),
+            Self::Post => web::post(),
+            Self::Put => web::put(),
+            Self::Delete => web::delete(),
+        }
+    }
+}
+
+/// One route of [`ROUTES`]: a method on a path, and the handler that answers it.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiRoute {
+    /// The method.
+    pub method: HttpMethod,
+    /// The full path, `{name}` for a path segment (as the OpenAPI document spells it).
+    pub path: &'static str,
+    handler: fn(actix_web::Route) -> actix_web::Route,
+}
+
+const fn route(
+    method: HttpMethod,
+    path: &'static str,
+    handler: fn(actix_web::Route) -> actix_web::Route,
+) -> ApiRoute {
+    ApiRoute {
+        method,
+        path,
+        handler,
+    }
+}
+
+/// The prefix of the versioned API; its routes need a token when tokens are configured.
+pub const API_PREFIX: &str = "/api/v1";
+
+/// Every route, in matching order: what [`configure`] registers, and what the OpenAPI
+/// document ([`openapi`]) must cover, which the `openapi` tests check. Routes of one path
+/// stand together (they make one resource).
+pub const ROUTES: &[ApiRoute] = {
+    use HttpMethod::{Delete, Get, Post, Put};
+    &[
+        route(Get, "/health", |r| r.to(health::health)),
+        // Outside /api/v1: no token (scrapers send none); it shows nothing secret.
+        route(Get, "/metrics", |r| r.to(metrics::scrape)),
+        route(Get, "/api/v1/openapi.json", |r| r.to(openapi::serve)),
+        route(Get, "/api/v1/audit", |r| r.to(audit::list)),
+        route(Get, "/api/v1/jobs", |r| r.to(jobs::list)),
+        route(Post, "/api/v1/jobs", |r| r.to(jobs::submit_command)),
+        // Before `/jobs/{id}`, which would otherwise take "script" for an id.
+        route(Post, "/api/v1/jobs/script", |r| r.to(jobs::submit_script)),
+        route(Get, "/api/v1/jobs/{id}", |r| r.to(jobs::get)),
+        route(Post, "/api/v1/jobs/{id}/cancel", |r| r.to(jobs::cancel)),
+        route(Post, "/api/v1/jobs/{id}/duplicate", |r| {
+            r.to(jobs::duplicate)
+        }),
+        route(Get, "/api/v1/jobs/{id}/logs", |r| r.to(jobs::logs)),
+        route(Get, "/api/v1/jobs/{id}/stdout", |r| r.to(jobs::stdout)),
+        route(Get, "/api/v1/jobs/{id}/stderr", |r| r.to(jobs::stderr)),
+        route(Get, "/api/v1/jobs/{id}/stream", |r| r.to(stream::stream)),
+        route(Get, "/api/v1/servers", |r| r.to(servers::list)),
+        route(Post, "/api/v1/servers", |r| r.to(servers::create)),
+        route(Get, "/api/v1/servers/{id}", |r| r.to(servers::get)),
+        route(Put, "/api/v1/servers/{id}", |r| r.to(servers::update)),
+        route(Delete, "/api/v1/servers/{id}", |r| r.to(servers::delete)),
+        route(Post, "/api/v1/servers/{id}/test", |r| r.to(servers::test)),
+    ]
+};
+
+/// Register every route of [`ROUTES`] on an actix-web app (or a scope of the embedding
+/// program's app): those under [`API_PREFIX`] behind the token check.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    use web::{delete, get, post, put};
-    cfg.route("/health", get().to(health::health)).service(
-        web::scope("/api/v1")
-            .wrap(actix_web::middleware::from_fn(auth::authenticate))
-            .service(resource("/audit").route(get().to(audit::list)))
-            .service(
-                resource("/jobs")
-                    .route(get().to(jobs::list))
-                    .route(post().to(jobs::submit_command)),
-            )
-            // Before `/jobs/{id}`, which would otherwise take "script" for an id.
-            .service(resource("/jobs/script").route(post().to(jobs::submit_script)))
-            .service(resource("/jobs/{id}").route(get().to(jobs::get)))
-            .service(resource("/jobs/{id}/cancel").route(post().to(jobs::cancel)))
-            .service(resource("/jobs/{id}/duplicate").route(post().to(jobs::duplicate)))
-            .service(resource("/jobs/{id}/logs").route(get().to(jobs::logs)))
-            .service(resource("/jobs/{id}/stdout").route(get().to(jobs::stdout)))
-            .service(resource("/jobs/{id}/stderr").route(get().to(jobs::stderr)))
-            .service(resource("/jobs/{id}/stream").route(get().to(stream::stream)))
-            .service(
-                resource("/servers")
-                    .route(get().to(servers::list))
-                    .route(post().to(servers::create)),
-            )
-            .service(
-                resource("/servers/{id}")
-                    .route(get().to(servers::get))
-                    .route(put().to(servers::update))
-                    .route(delete().to(servers::delete)),
-            )
-            .service(resource("/servers/{id}/test").route(post().to(servers::test))),
+    use actix_web::middleware::from_fn;
+    let mut api = web::scope(API_PREFIX);
+    for group in ROUTES.chunk_by(|a, b| a.path == b.path) {
+        let Some(first) = group.first() else { continue };
+        let in_api = first
+            .path
+            .strip_prefix(API_PREFIX)
+            .filter(|rest| rest.starts_with('/'));
+        let mut res = resource(in_api.unwrap_or(first.path));
+        for r in group {
+            res = res.route((r.handler)(r.method.route()));
+        }
+        match in_api {
+            Some(_) => api = api.service(res),
+            None => {
+                cfg.service(res.wrap(from_fn(metrics::track)));
+            }
+        }
+    }
+    cfg.service(
+        api.wrap(from_fn(auth::authenticate))
+            // Outermost, so a request the token check refuses is counted too.
+            .wrap(from_fn(metrics::track)),
     );
 }
 
 /// JSON 404 for paths no route matches.
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    metrics::count_unmatched(&req, actix_web::http::StatusCode::NOT_FOUND);
     Err(ApiError::NotFound(format!(
         "no route for {} {}",
         req.method(),

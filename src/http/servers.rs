@@ -6,30 +6,55 @@ use actix_web::{HttpResponse, web};
 use serde::Serialize;
 
 use super::auth::Caller;
+use super::openapi::{
+    BadRequest, Conflict, InvalidField, Message, NotFound, PayloadTooLarge, ServerList, TestResult,
+    Unauthorized, Unavailable,
+};
 use super::{AppState, JsonBody};
-use crate::domain::{Micros, ServerDraft, ServerPatch, parse_id};
+use crate::domain::{AuthType, HostKeyCheck, Micros, ServerDraft, ServerPatch, parse_id};
 use crate::error::ApiError;
 use crate::ssh::{self, SshOptions, SshTarget};
 use crate::store::ServerRow;
 
 /// A server as the API shows it: secrets replaced by `has_*` flags.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ServerView {
+    /// The server's id.
+    #[schema(format = Uuid)]
     id: String,
+    /// Unique name.
     name: String,
+    /// Host name or address.
     hostname: String,
+    /// TCP port.
     port: i32,
+    /// Login user.
     user: String,
+    /// How the worker authenticates.
+    #[schema(value_type = AuthType)]
     auth_type: String,
+    /// A password is stored (it is never shown).
     has_password: bool,
+    /// A private key is stored (it is never shown).
     has_private_key: bool,
+    /// A passphrase of the private key is stored (it is never shown).
     has_private_key_passphrase: bool,
+    /// Whether jobs may run on it.
     is_active: bool,
+    /// The pinned host key (`SHA256:` fingerprint or OpenSSH public key line), if any.
+    #[schema(required = true)]
     host_key: Option<String>,
+    /// The `SHA256:` fingerprint of the pinned key, if any.
+    #[schema(required = true)]
     host_key_fingerprint: Option<String>,
+    /// What the worker does with the key the server presents.
+    #[schema(value_type = HostKeyCheck)]
     host_key_check: String,
+    /// How many jobs may run on it at once.
     max_concurrent_jobs: i32,
+    /// When it was registered.
     created_at: Micros,
+    /// When it was last changed.
     updated_at: Micros,
 }
 
@@ -100,7 +125,23 @@ fn pinned_fingerprint(key: &str) -> String {
     }
 }
 
-/// `POST /servers`
+/// Register a server
+#[utoipa::path(
+    post,
+    path = "/api/v1/servers",
+    operation_id = "create_server",
+    tag = "servers",
+    request_body = ServerPatch,
+    responses(
+        (status = 201, description = "The server.", body = ServerView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = InvalidField),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn create(
     state: web::Data<AppState>,
     caller: web::ReqData<Caller>,
@@ -118,14 +159,38 @@ pub async fn create(
     Ok(HttpResponse::Created().json(ServerView::from(row)))
 }
 
-/// `GET /servers`
+/// List servers
+#[utoipa::path(
+    get,
+    path = "/api/v1/servers",
+    operation_id = "list_servers",
+    tag = "servers",
+    responses(
+        (status = 200, description = "Every server.", body = ServerList),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let rows = state.store.list_servers().await?;
     let servers: Vec<ServerView> = rows.into_iter().map(ServerView::from).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "servers": servers })))
 }
 
-/// `GET /servers/{id}`
+/// One server
+#[utoipa::path(
+    get,
+    path = "/api/v1/servers/{id}",
+    operation_id = "get_server",
+    tag = "servers",
+    params(("id" = uuid::Uuid, Path, description = "The server's id.")),
+    responses(
+        (status = 200, description = "The server.", body = ServerView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn get(
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -139,7 +204,27 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(ServerView::from(row)))
 }
 
-/// `PUT /servers/{id}`: omitted fields keep their value.
+/// Update a server
+///
+/// Omitted fields keep their value; the result is validated whole.
+#[utoipa::path(
+    put,
+    path = "/api/v1/servers/{id}",
+    operation_id = "update_server",
+    tag = "servers",
+    params(("id" = uuid::Uuid, Path, description = "The server's id.")),
+    request_body = ServerPatch,
+    responses(
+        (status = 200, description = "The server as updated.", body = ServerView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = InvalidField),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn update(
     state: web::Data<AppState>,
     caller: web::ReqData<Caller>,
@@ -190,7 +275,23 @@ pub async fn update(
     Ok(HttpResponse::Ok().json(ServerView::from(row)))
 }
 
-/// `DELETE /servers/{id}`: refused (409) while it has queued or running jobs.
+/// Delete a server
+///
+/// Refused (409) while it has queued or running jobs.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/servers/{id}",
+    operation_id = "delete_server",
+    tag = "servers",
+    params(("id" = uuid::Uuid, Path, description = "The server's id.")),
+    responses(
+        (status = 200, description = "Deleted.", body = Message),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn delete(
     state: web::Data<AppState>,
     caller: web::ReqData<Caller>,
@@ -221,7 +322,7 @@ pub async fn delete(
 }
 
 /// Options of the connection test.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestOptions {
     /// Pin whatever key the server presents now (after a deliberate host key change).
@@ -229,10 +330,29 @@ pub struct TestOptions {
     accept_host_key: bool,
 }
 
-/// `POST /servers/{id}/test`: connect, authenticate, run `true`, within a bounded time.
-/// A failed test is still a 200 whose `ok` is false and whose `error` says why. On trust on
-/// first use, a successful test pins the key the server presented; with
-/// `{"accept_host_key": true}` it replaces the pinned key with the one presented now.
+/// Test the connection to a server
+///
+/// Connect, authenticate, run `true`, within a bounded time. A failed test is still a 200
+/// whose `ok` is false and whose `error` says why. On trust on first use, a successful test
+/// pins the key the server presented; with `{"accept_host_key": true}` it replaces the
+/// pinned key with the one presented now.
+#[utoipa::path(
+    post,
+    path = "/api/v1/servers/{id}/test",
+    operation_id = "test_server",
+    tag = "servers",
+    params(("id" = uuid::Uuid, Path, description = "The server's id.")),
+    request_body = Option<TestOptions>,
+    responses(
+        (status = 200, description = "The outcome, failed or not.", body = TestResult),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = InvalidField),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn test(
     state: web::Data<AppState>,
     caller: web::ReqData<Caller>,

@@ -26,6 +26,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::AppState;
 use super::jobs::job_view;
+use super::openapi::{NotFound, TooManyRequests, Unauthorized, Unavailable};
 use crate::domain::{Micros, OutputStream, parse_id};
 use crate::error::ApiError;
 use crate::events::JobEvent;
@@ -274,7 +275,31 @@ impl Feed {
     }
 }
 
-/// `GET /jobs/{id}/stream`
+/// Follow a job live (Server-Sent Events)
+///
+/// Events: `status` (data: the job object, on every status change; the first event is the
+/// current status), `output` (data: an `OutputEvent`), `complete` (data: the final job
+/// object; then the stream ends). Each `data:` is one line of JSON. Every event's `id:` is
+/// the last output sequence number sent (`-1` before any): reconnecting with
+/// `Last-Event-ID` resumes exactly after it. A stream opened on a finished job replays its
+/// output and ends at once. Idle streams get a `: keep-alive` comment every 15 s.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}/stream",
+    operation_id = "stream_job",
+    tag = "jobs",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job's id."),
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this output sequence number (the `id:` of the last event received)."),
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream` of `status`, `output` and `complete` events.", body = String, content_type = "text/event-stream"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn stream(
     state: web::Data<AppState>,
     caller: web::ReqData<super::auth::Caller>,

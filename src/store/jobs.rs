@@ -235,6 +235,29 @@ impl Store {
         .await
     }
 
+    /// How many jobs are in each status, every status listed (0 when none): one `GROUP BY`
+    /// on the database every process shares, for `GET /metrics`.
+    pub async fn count_jobs_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
+        self.run(|conn| {
+            let rows: Vec<(String, i64)> = jobs::table
+                .group_by(jobs::status)
+                .select((jobs::status, diesel::dsl::count_star()))
+                .load(conn)?;
+            Ok(JobStatus::ALL
+                .into_iter()
+                .map(|st| {
+                    let n = rows
+                        .iter()
+                        .filter(|(name, _)| name == st.as_str())
+                        .map(|(_, n)| *n)
+                        .sum();
+                    (st, n)
+                })
+                .collect())
+        })
+        .await
+    }
+
     /// One job.
     pub async fn get_job(&self, id: uuid::Uuid) -> Result<JobRow, StoreError> {
         self.run(move |conn| find(conn, &id.to_string())).await

@@ -164,6 +164,7 @@ async fn jobs_spread_over_workers_and_each_runs_exactly_once() {
     let api = Api::start(&db, &vhost).await;
     let _w1 = Proc::spawn("worker", "w1", &db, &vhost, free_port());
     let _w2 = Proc::spawn("worker", "w2", &db, &vhost, free_port());
+    vhost.wait_consumers(2).await;
     let server = api.add_server(&host).await;
     let dir = shared_dir();
     let ledger = dir.path().join("ledger");
@@ -218,6 +219,7 @@ async fn cancels_reach_every_worker_and_leave_no_process() {
     let api = Api::start(&db, &vhost).await;
     let _w1 = Proc::spawn("worker", "w1", &db, &vhost, free_port());
     let _w2 = Proc::spawn("worker", "w2", &db, &vhost, free_port());
+    vhost.wait_consumers(2).await;
     let server = api.add_server(&host).await;
     let mut ids = Vec::new();
     for _ in 0..8 {

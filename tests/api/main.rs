@@ -4,10 +4,14 @@
 
 mod helpers;
 
+mod daemon;
 mod distributed;
 mod health;
 mod jobctl;
 mod jobs;
+mod library;
+mod metrics;
+mod openapi;
 mod security;
 mod servers;
 mod ssh_exec;

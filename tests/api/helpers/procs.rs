@@ -44,6 +44,34 @@ impl Vhost {
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:5672/{}", self.name)
     }
+
+    /// Wait until `n` consumers listen on the jobs queue (workers ready to take work), so a
+    /// test that needs work spread over them does not hand everything to the first one up.
+    pub async fn wait_consumers(&self, n: usize) {
+        let start = std::time::Instant::now();
+        loop {
+            let out = Command::new("rabbitmqctl")
+                .args(["list_queues", "-q", "-p", &self.name, "name", "consumers"])
+                .output();
+            let consumers = out
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .and_then(|text| {
+                    text.lines()
+                        .filter(|l| l.starts_with("job-executor.jobs"))
+                        .find_map(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
+                })
+                .unwrap_or(0);
+            if consumers >= n {
+                return;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "{consumers} of {n} workers consume the jobs queue"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
 }
 
 impl Drop for Vhost {

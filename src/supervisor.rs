@@ -1,0 +1,558 @@
+//! The library API: run the job supervisor inside a Rust program, without HTTP.
+//!
+//! A [`Supervisor`] owns the same engine the `job-executor` binary runs (the database, the
+//! queue, the dispatcher and its actors) on a thread of its own, so the calling program can
+//! be a plain `#[tokio::main]` program: nothing of actix shows through.
+//!
+//! ```no_run
+//! use futures::StreamExt;
+//! use job_executor::supervisor::{NewServer, Supervisor};
+//!
+//! # async fn demo() -> anyhow::Result<()> {
+//! let sup = Supervisor::builder()
+//!     .database("sqlite://./jobs.db")
+//!     .build()
+//!     .await?;
+//! sup.upsert_server(NewServer::with_key("web-1", "10.0.0.5", "deploy", "-----BEGIN OPENSSH…"))
+//!     .await?;
+//! let job = sup.run_command("web-1", "uname -a").await?;
+//! let mut output = sup.output(&job);
+//! while let Some(chunk) = output.next().await {
+//!     print!("{}", String::from_utf8_lossy(&chunk.data));
+//! }
+//! let done = sup.wait(&job).await?;
+//! println!("exit code {:?}", done.exit_code);
+//! sup.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use secrecy::SecretString;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::app::{App, Role, StartError};
+use crate::domain::{JobKind, JobRequest, JobStatus, OutputStream, ServerDraft, ServerPatch};
+use crate::error::ApiError;
+use crate::events::JobEvent;
+use crate::http::AppState;
+use crate::settings::{Settings, SettingsError};
+use crate::store::{JobRow, ServerRow, StoreError};
+
+/// What went wrong in a library call. Messages never contain secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The settings could not be loaded.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The supervisor could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// A request was refused (invalid field, unknown server, conflict…), with the same
+    /// message the HTTP API would give.
+    #[error("{0}")]
+    Rejected(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ApiError> for Error {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::Internal(detail) => Error::Rejected(format!("internal error: {detail}")),
+            other => Error::Rejected(other.to_string()),
+        }
+    }
+}
+
+/// Builds a [`Supervisor`]: start from the defaults (or settings), change what you need.
+#[derive(Debug)]
+pub struct Builder {
+    settings: Result<Settings, SettingsError>,
+}
+
+impl Builder {
+    /// The database: a file path, `sqlite://PATH`, or `postgres://…`.
+    pub fn database(mut self, url: &str) -> Self {
+        if let Ok(s) = &mut self.settings {
+            s.database.url = SecretString::from(url.to_string());
+        }
+        self
+    }
+
+    /// A RabbitMQ broker to share work with `job-executor` workers (default: in-process
+    /// queue).
+    pub fn rabbitmq(mut self, url: &str) -> Self {
+        if let Ok(s) = &mut self.settings {
+            s.rabbitmq.url = SecretString::from(url.to_string());
+        }
+        self
+    }
+
+    /// The secret key that seals stored credentials (`VERSION:BASE64`; see
+    /// [`crate::secrets`]). Needed on PostgreSQL; on SQLite a key file is made beside the
+    /// database otherwise.
+    pub fn secret_key(mut self, key: &str) -> Self {
+        if let Ok(s) = &mut self.settings {
+            s.secrets.key = SecretString::from(key.to_string());
+        }
+        self
+    }
+
+    /// Jobs this process runs at once.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        if let Ok(s) = &mut self.settings {
+            s.worker.concurrency = n.max(1);
+        }
+        self
+    }
+
+    /// Seconds a job may run when it does not say.
+    pub fn default_timeout(mut self, d: Duration) -> Self {
+        if let Ok(s) = &mut self.settings {
+            s.jobs.default_timeout_secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1);
+        }
+        self
+    }
+
+    /// Change any other setting.
+    pub fn settings(mut self, change: impl FnOnce(&mut Settings)) -> Self {
+        if let Ok(s) = &mut self.settings {
+            change(s);
+        }
+        self
+    }
+
+    /// Open the database (migrating it) and start the engine.
+    pub async fn build(self) -> Result<Supervisor, Error> {
+        Supervisor::start(self.settings?).await
+    }
+}
+
+/// A server to register (by name: created, or updated when the name exists).
+#[derive(Debug)]
+pub struct NewServer {
+    patch: ServerPatch,
+}
+
+impl NewServer {
+    /// A server reached with a private key (OpenSSH or PEM text).
+    pub fn with_key(name: &str, host: &str, user: &str, private_key: &str) -> Self {
+        Self::new(name, host, user, "key").private_key(private_key)
+    }
+
+    /// A server reached with a password.
+    pub fn with_password(name: &str, host: &str, user: &str, password: &str) -> Self {
+        let mut s = Self::new(name, host, user, "password");
+        s.patch.password = Some(SecretString::from(password.to_string()));
+        s
+    }
+
+    fn new(name: &str, host: &str, user: &str, auth: &str) -> Self {
+        NewServer {
+            patch: ServerPatch {
+                name: Some(name.to_string()),
+                hostname: Some(host.to_string()),
+                user: Some(user.to_string()),
+                auth_type: Some(auth.to_string()),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// The private key (and key auth).
+    pub fn private_key(mut self, key: &str) -> Self {
+        self.patch.private_key = Some(SecretString::from(key.to_string()));
+        self
+    }
+
+    /// The private key's passphrase.
+    pub fn passphrase(mut self, passphrase: &str) -> Self {
+        self.patch.private_key_passphrase = Some(SecretString::from(passphrase.to_string()));
+        self
+    }
+
+    /// The SSH port (default 22).
+    pub fn port(mut self, port: u16) -> Self {
+        self.patch.port = Some(i64::from(port));
+        self
+    }
+
+    /// Jobs run on it at once.
+    pub fn max_concurrent_jobs(mut self, n: u32) -> Self {
+        self.patch.max_concurrent_jobs = Some(i64::from(n));
+        self
+    }
+
+    /// Pin its host key up front (an OpenSSH public key line or a `SHA256:` fingerprint).
+    pub fn host_key(mut self, key: &str) -> Self {
+        self.patch.host_key = Some(key.to_string());
+        self
+    }
+
+    /// The fields as the API's server body (for [`Supervisor::upsert_server`]).
+    pub fn into_patch(self) -> ServerPatch {
+        self.patch
+    }
+}
+
+/// A job to submit: a command line or a script, on a server named by name or id.
+#[derive(Debug, Default)]
+pub struct NewJob {
+    kind: Option<JobKind>,
+    request: JobRequest,
+    server: String,
+}
+
+impl NewJob {
+    /// A command line, run by the login shell of `server`.
+    pub fn command(server: &str, command: &str) -> Self {
+        NewJob {
+            kind: Some(JobKind::Command),
+            request: JobRequest {
+                command: Some(command.to_string()),
+                ..Default::default()
+            },
+            server: server.to_string(),
+        }
+    }
+
+    /// A script, run by `/bin/bash` (or [`NewJob::shell`]) with [`NewJob::args`] as `$1…`.
+    pub fn script(server: &str, script: &str) -> Self {
+        NewJob {
+            kind: Some(JobKind::Script),
+            request: JobRequest {
+                script: Some(script.to_string()),
+                ..Default::default()
+            },
+            server: server.to_string(),
+        }
+    }
+
+    /// Arguments (appended to a command, or a script's `$1…`).
+    pub fn args(mut self, args: &str) -> Self {
+        self.request.args = Some(args.to_string());
+        self
+    }
+
+    /// Stop the job after this long (it ends `timed_out`).
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.request.timeout = Some(i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1));
+        self
+    }
+
+    /// An environment variable for the remote command.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.request
+            .env
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// The remote working directory.
+    pub fn cwd(mut self, dir: &str) -> Self {
+        self.request.cwd = Some(dir.to_string());
+        self
+    }
+
+    /// The interpreter of a script (an absolute path).
+    pub fn shell(mut self, shell: &str) -> Self {
+        self.request.shell = Some(shell.to_string());
+        self
+    }
+
+    /// A second submit with the same key returns the first job.
+    pub fn idempotency_key(mut self, key: &str) -> Self {
+        self.request.idempotency_key = Some(key.to_string());
+        self
+    }
+}
+
+/// A submitted job's id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JobId(pub uuid::Uuid);
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A piece of a job's output, in the order it came.
+#[derive(Debug, Clone)]
+pub struct OutputChunk {
+    /// Sequence number; stdout and stderr share it.
+    pub seq: i64,
+    /// Which stream.
+    pub stream: OutputStream,
+    /// The bytes as the command wrote them (not necessarily whole UTF-8 characters).
+    pub data: Vec<u8>,
+    /// When it arrived, in microseconds since the Unix epoch.
+    pub at: i64,
+}
+
+/// A running supervisor. Drop it or call [`Supervisor::shutdown`] to stop.
+pub struct Supervisor {
+    app: App,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor").finish_non_exhaustive()
+    }
+}
+
+/// How often a waiter looks at the database besides listening for events (events of jobs
+/// run by other processes reach this one only through the broker).
+const WAIT_POLL: Duration = Duration::from_millis(500);
+
+impl Supervisor {
+    /// Start from the compiled-in defaults (SQLite `./jobs.db`, in-process queue).
+    pub fn builder() -> Builder {
+        Builder {
+            settings: Settings::load_from(None, &std::collections::HashMap::new()),
+        }
+    }
+
+    /// Start from loaded settings (e.g. [`Settings::load`] with a config file).
+    pub fn builder_from(settings: Settings) -> Builder {
+        Builder {
+            settings: Ok(settings),
+        }
+    }
+
+    /// Start with `settings` as they are.
+    pub async fn start(settings: Settings) -> Result<Supervisor, Error> {
+        // A worker's role: runs jobs, listens on nothing.
+        let app = App::start(settings, Role::Worker).await?;
+        Ok(Supervisor { app })
+    }
+
+    fn state(&self) -> &AppState {
+        self.app.state()
+    }
+
+    /// The engine's handles, to mount the HTTP API in an actix-web app of your own:
+    /// `App::new().app_data(web::Data::new(sup.http_state())).configure(job_executor::http::configure)`.
+    pub fn http_state(&self) -> AppState {
+        self.state().clone()
+    }
+
+    /// Create the server named in `server`, or update it if the name exists.
+    pub async fn upsert_server(&self, server: NewServer) -> Result<ServerRow, Error> {
+        upsert_server(self.state(), server.into_patch()).await
+    }
+
+    /// The registered servers, by name.
+    pub async fn servers(&self) -> Result<Vec<ServerRow>, Error> {
+        Ok(self.state().store.list_servers().await?)
+    }
+
+    /// Submit a job; it is queued and runs as soon as its server has room.
+    pub async fn submit(&self, job: NewJob) -> Result<JobId, Error> {
+        let state = self.state();
+        let server = server_id(state, &job.server).await?;
+        let mut request = job.request;
+        request.server_id = Some(server);
+        let kind = job.kind.unwrap_or(JobKind::Command);
+        let (row, _) = crate::http::jobs::enqueue(state, kind, request).await?;
+        Ok(JobId(parse(&row.id)?))
+    }
+
+    /// Submit a command line on `server` (a name or an id).
+    pub async fn run_command(&self, server: &str, command: &str) -> Result<JobId, Error> {
+        self.submit(NewJob::command(server, command)).await
+    }
+
+    /// The job as stored now.
+    pub async fn job(&self, id: &JobId) -> Result<JobRow, Error> {
+        Ok(self.state().store.get_job(id.0).await?)
+    }
+
+    /// Ask a job to stop: a queued job ends `canceled` at once, a running one once its
+    /// remote processes are killed. Refused when it has already ended.
+    pub async fn cancel(&self, id: &JobId) -> Result<(), Error> {
+        crate::http::jobs::cancel_job(self.state(), id.0).await?;
+        Ok(())
+    }
+
+    /// Wait until the job ends; returns its final row (status, exit code, error).
+    pub async fn wait(&self, id: &JobId) -> Result<JobRow, Error> {
+        let state = self.state();
+        let mut bus = state.events.subscribe();
+        loop {
+            let row = state.store.get_job(id.0).await?;
+            if row.status().is_terminal() {
+                return Ok(row);
+            }
+            let until = tokio::time::sleep(WAIT_POLL);
+            tokio::pin!(until);
+            loop {
+                tokio::select! {
+                    _ = &mut until => break,
+                    ev = bus.recv() => match ev {
+                        Ok(JobEvent::Status(r)) if r.id == row.id && r.status().is_terminal() => break,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                }
+            }
+        }
+    }
+
+    /// The job's output from the start, live, as an async stream that ends when the job
+    /// does. A slow reader never slows the job: what the live feed dropped is read back from
+    /// the database.
+    pub fn output(&self, id: &JobId) -> Pin<Box<dyn Stream<Item = OutputChunk> + Send>> {
+        let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
+        let state = self.state().clone();
+        let id = id.0;
+        tokio::spawn(async move {
+            let _ = follow(state, id, tx).await;
+        });
+        Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    }
+
+    /// Stop: running jobs get `worker.shutdown_grace_secs` to finish, then are canceled
+    /// (their remote process groups killed); nothing is left `running`.
+    pub async fn shutdown(self) {
+        self.app.stop().await;
+    }
+}
+
+fn parse(id: &str) -> Result<uuid::Uuid, Error> {
+    uuid::Uuid::parse_str(id).map_err(|e| Error::Rejected(format!("bad job id {id:?}: {e}")))
+}
+
+/// A server's id from its name or id.
+async fn server_id(state: &AppState, name_or_id: &str) -> Result<String, Error> {
+    if let Ok(id) = uuid::Uuid::parse_str(name_or_id) {
+        return Ok(id.to_string());
+    }
+    match state.store.get_server_by_name(name_or_id.to_string()).await {
+        Ok(row) => Ok(row.id),
+        Err(StoreError::NotFound) => Err(Error::Rejected(format!(
+            "no server is named {name_or_id:?}"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Create a server by name, or update the one with that name (fields not given keep their
+/// value). Used by the library and by `[[servers]]` in the settings file.
+pub(crate) async fn upsert_server(
+    state: &AppState,
+    patch: ServerPatch,
+) -> Result<ServerRow, Error> {
+    upsert_server_in(&state.store, &state.settings, patch).await
+}
+
+pub(crate) async fn upsert_server_in(
+    store: &crate::store::Store,
+    settings: &Settings,
+    patch: ServerPatch,
+) -> Result<ServerRow, Error> {
+    let name = patch
+        .name
+        .clone()
+        .ok_or_else(|| Error::Rejected("a server needs a name".into()))?;
+    match store.get_server_by_name(name.clone()).await {
+        Ok(row) => {
+            let id = parse(&row.id)?;
+            store
+                .update_server(id, move |draft| draft.patch(patch))
+                .await
+                .map_err(|e| Error::Rejected(format!("server {name:?}: {e}")))
+        }
+        Err(StoreError::NotFound) => {
+            let draft = ServerDraft::create(patch, settings.ssh.default_max_concurrent_jobs)
+                .map_err(|e| Error::Rejected(format!("server {name:?}: {e}")))?;
+            Ok(store.insert_server(draft).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Send the job's output after `last` from the database, then live, until it ends.
+async fn follow(state: AppState, id: uuid::Uuid, tx: mpsc::Sender<OutputChunk>) -> Result<(), ()> {
+    let mut bus = state.events.subscribe();
+    let key = id.to_string();
+    let mut last = -1i64;
+    let replay = |last: i64| {
+        let store = state.store.clone();
+        let key = key.clone();
+        async move { store.read_output(key, last, 1000).await.unwrap_or_default() }
+    };
+    loop {
+        // Catch up from the database.
+        loop {
+            let page = replay(last).await;
+            let n = page.len();
+            for c in page {
+                last = c.seq;
+                let chunk = OutputChunk {
+                    seq: c.seq,
+                    stream: c.stream(),
+                    data: c.data,
+                    at: c.at,
+                };
+                tx.send(chunk).await.map_err(|_| ())?;
+            }
+            if n < 1000 {
+                break;
+            }
+        }
+        let row = state.store.get_job(id).await.map_err(|_| ())?;
+        if row.status().is_terminal() {
+            // The end is recorded after the last output is stored: one more look.
+            for c in replay(last).await {
+                let chunk = OutputChunk {
+                    seq: c.seq,
+                    stream: c.stream(),
+                    data: c.data,
+                    at: c.at,
+                };
+                tx.send(chunk).await.map_err(|_| ())?;
+            }
+            return Ok(());
+        }
+        // Live, until something is missed or the job ends (then back to the database).
+        let poll = tokio::time::sleep(WAIT_POLL);
+        tokio::pin!(poll);
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return Err(()),
+                _ = &mut poll => break,
+                ev = bus.recv() => match ev {
+                    Ok(JobEvent::Output { job_id, seq, stream, data, at }) if *job_id == *key => {
+                        if seq <= last {
+                            continue;
+                        }
+                        if seq > last + 1 {
+                            break;
+                        }
+                        last = seq;
+                        let chunk = OutputChunk { seq, stream, data: data.to_vec(), at };
+                        tx.send(chunk).await.map_err(|_| ())?;
+                    }
+                    Ok(JobEvent::Status(r)) if r.id == key && r.status().is_terminal() => break,
+                    Ok(_) => {}
+                    Err(_) => break,
+                },
+            }
+        }
+    }
+}
+
+impl JobRow {
+    /// Whether the job completed with exit code 0.
+    pub fn succeeded(&self) -> bool {
+        self.status() == JobStatus::Completed
+    }
+}

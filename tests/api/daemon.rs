@@ -1,0 +1,236 @@
+//! The config-file daemon: `job-executor --config FILE serve` with everything in the file,
+//! `[[servers]]` applied by name at start, SIGHUP reloading servers and tokens while a job
+//! runs, and `check-config` naming what is wrong with its line.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::procs::free_port;
+use crate::helpers::{TEST_SECRET_KEY, TestHost};
+
+struct Daemon {
+    child: Child,
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    async fn servers(&self, token: Option<&str>) -> Vec<Value> {
+        let (status, body) = self
+            .call(reqwest::Method::GET, "/api/v1/servers", token, None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["servers"].as_array().unwrap().clone()
+    }
+}
+
+fn config(port: u16, db: &str, host: &TestHost, key_file: &str, extra: &str) -> String {
+    format!(
+        "[http]\naddr = \"127.0.0.1:{port}\"\nworkers = 1\n\n[database]\nurl = \"{db}\"\n\n\
+         [secrets]\nkey = \"{TEST_SECRET_KEY}\"\n\n\
+         [[servers]]\nname = \"web\"\nhostname = \"{h}\"\nport = {p}\nuser = \"{u}\"\n\
+         private_key_file = \"{key_file}\"\nmax_concurrent_jobs = 2\n{extra}",
+        h = host.host,
+        p = host.port,
+        u = host.user,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_from_a_config_file_serves_its_servers_and_reloads_on_sighup() {
+    let host = TestHost::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("id_ed25519");
+    std::fs::write(&key_file, &host.keys.ed25519_openssh).unwrap();
+    let key_file = key_file.display().to_string();
+    let db = dir.path().join("jobs.db").display().to_string();
+    let port = free_port();
+    let file = dir.path().join("job-executor.toml");
+    std::fs::write(&file, config(port, &db, &host, &key_file, "")).unwrap();
+
+    let check = Command::new(env!("CARGO_BIN_EXE_job-executor"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+
+    let child = Command::new(env!("CARGO_BIN_EXE_job-executor"))
+        .args(["--config", &file.display().to_string(), "serve"])
+        .env_remove("DATABASE_URL")
+        .env_remove("RABBITMQ_URL")
+        .env_remove("SERVER_ADDR")
+        .env_remove("JOBEXEC_API_TOKENS")
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let d = Daemon {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::new(),
+    };
+    let start = Instant::now();
+    while d
+        .client
+        .get(format!("{}/health", d.base))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(start.elapsed() < Duration::from_secs(20), "did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let servers = d.servers(None).await;
+    assert_eq!(servers.len(), 1);
+    assert_eq!(servers[0]["name"], "web");
+    assert_eq!(servers[0]["max_concurrent_jobs"], 2);
+    assert_eq!(servers[0]["has_private_key"], true);
+    let web = servers[0]["id"].as_str().unwrap().to_string();
+
+    // A job running across the reload.
+    let (status, job) = d
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/jobs",
+            None,
+            Some(json!({"command": "sleep 2; echo survived", "server_id": web})),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+    let job = job["id"].as_str().unwrap().to_string();
+
+    // The file changes: web gets 5 slots, a second server appears, tokens are required.
+    let extra = format!(
+        "\n[[servers]]\nname = \"db\"\nhostname = \"{}\"\nport = {}\nuser = \"{}\"\n\
+         private_key_file = \"{key_file}\"\n\n[auth]\ntokens = [\"ops:reloaded-token-0123456789\"]\n",
+        host.host, host.port, host.user
+    );
+    let text = config(port, &db, &host, &key_file, &extra)
+        .replace("max_concurrent_jobs = 2", "max_concurrent_jobs = 5");
+    std::fs::write(&file, text).unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let token = Some("reloaded-token-0123456789");
+    let start = Instant::now();
+    loop {
+        let (status, _) = d
+            .call(reqwest::Method::GET, "/api/v1/servers", None, None)
+            .await;
+        if status == 401 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the reload did not take"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let servers = d.servers(token).await;
+    let names: Vec<&str> = servers
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["db", "web"]);
+    let web_now = servers.iter().find(|s| s["name"] == "web").unwrap();
+    assert_eq!(
+        web_now["id"],
+        web.as_str(),
+        "updated in place, not re-created"
+    );
+    assert_eq!(web_now["max_concurrent_jobs"], 5);
+
+    // The running job was not dropped.
+    let start = Instant::now();
+    let done = loop {
+        let (_, j) = d
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/jobs/{job}"),
+                token,
+                None,
+            )
+            .await;
+        if !matches!(j["status"].as_str(), Some("queued" | "running")) {
+            break j;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["status"], "completed", "{done}");
+    let (_, logs) = d
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/jobs/{job}/logs"),
+            token,
+            None,
+        )
+        .await;
+    assert!(logs.to_string().contains("survived"), "{logs}");
+
+    // A bad file: check-config names the problem and its line; a reload with it changes
+    // nothing and the daemon keeps serving.
+    std::fs::write(
+        &file,
+        "[http]\naddr = \"127.0.0.1:1\"\n[worker]\nconcurrancy = 3\n",
+    )
+    .unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_job-executor"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(err.contains(":4:") && err.contains("concurrancy"), "{err}");
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _) = d
+        .call(reqwest::Method::GET, "/api/v1/servers", None, None)
+        .await;
+    assert_eq!(status, 401, "the refused reload dropped the tokens");
+    assert_eq!(d.servers(token).await.len(), 2);
+}

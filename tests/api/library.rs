@@ -1,0 +1,119 @@
+//! The library API without HTTP: a `Supervisor` in this (plain tokio) test registers a server,
+//! runs command and script jobs on a real sshd, follows their output as a stream, waits for
+//! their end, cancels one, and shuts down leaving nothing running.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use job_executor::domain::OutputStream;
+use job_executor::supervisor::{Error, JobId, NewJob, NewServer, OutputChunk, Supervisor};
+
+use crate::db_test;
+use crate::helpers::{TestDb, TestHost, secret_key_env};
+
+fn text(chunks: &[OutputChunk], stream: OutputStream) -> String {
+    chunks
+        .iter()
+        .filter(|c| c.stream == stream)
+        .map(|c| String::from_utf8_lossy(&c.data).into_owned())
+        .collect()
+}
+
+async fn wait_running(sup: &Supervisor, job: &JobId) {
+    let start = Instant::now();
+    while sup.job(job).await.unwrap().status != "running" {
+        assert!(start.elapsed() < Duration::from_secs(20), "never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+db_test!(
+    a_supervisor_runs_follows_waits_and_cancels_without_http,
+    |db: TestDb| async move {
+        let host = TestHost::start().await;
+        let mut builder = Supervisor::builder()
+            .database(&db.url)
+            .concurrency(8)
+            .settings(|s| s.worker.shutdown_grace_secs = 1);
+        if let Some((_, key)) = secret_key_env(&db.url) {
+            builder = builder.secret_key(key);
+        }
+        let sup = builder.build().await.unwrap();
+        let server = NewServer::with_key("h", &host.host, &host.user, &host.keys.ed25519_openssh)
+            .port(host.port);
+        let first = sup.upsert_server(server).await.unwrap();
+        // The same name again updates it.
+        let again = sup
+            .upsert_server(
+                NewServer::with_key("h", &host.host, &host.user, &host.keys.ed25519_openssh)
+                    .port(host.port)
+                    .max_concurrent_jobs(4),
+            )
+            .await
+            .unwrap();
+        assert_eq!(first.id, again.id);
+        assert_eq!(again.max_concurrent_jobs, 4);
+        assert_eq!(sup.servers().await.unwrap().len(), 1);
+
+        // A command: output followed live from the start, then the end.
+        let job = sup
+            .submit(NewJob::command(
+                "h",
+                "echo one; sleep 0.2; echo two >&2; exit 3",
+            ))
+            .await
+            .unwrap();
+        let chunks: Vec<OutputChunk> = sup.output(&job).collect().await;
+        assert_eq!(text(&chunks, OutputStream::Stdout), "one\n");
+        assert_eq!(text(&chunks, OutputStream::Stderr), "two\n");
+        assert!(chunks.windows(2).all(|w| w[0].seq < w[1].seq));
+        let done = sup.wait(&job).await.unwrap();
+        assert_eq!(done.status, "failed");
+        assert_eq!(done.exit_code, Some(3));
+
+        // A script with arguments and environment, by server id.
+        let job = sup
+            .submit(
+                NewJob::script(&first.id, "echo \"$1-$GREETING\"")
+                    .args("x")
+                    .env("GREETING", "hi")
+                    .timeout(Duration::from_secs(30)),
+            )
+            .await
+            .unwrap();
+        let done = sup.wait(&job).await.unwrap();
+        assert!(done.succeeded(), "{done:?}");
+        // Followed after the end: replayed whole.
+        let chunks: Vec<OutputChunk> = sup.output(&job).collect().await;
+        assert_eq!(text(&chunks, OutputStream::Stdout), "x-hi\n");
+
+        // Cancel stops a running job.
+        let job = sup.run_command("h", "sleep 30").await.unwrap();
+        wait_running(&sup, &job).await;
+        let started = Instant::now();
+        sup.cancel(&job).await.unwrap();
+        let done = sup.wait(&job).await.unwrap();
+        assert_eq!(done.status, "canceled");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(matches!(sup.cancel(&job).await, Err(Error::Rejected(_))));
+
+        // Refusals say why, as the API would.
+        let err = sup.run_command("nope", "true").await.unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+        let err = sup
+            .submit(NewJob::command("h", "true").timeout(Duration::from_secs(10_000_000)))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("timeout"), "{err}");
+
+        // Shutdown with a job running leaves nothing running.
+        let job = sup.run_command("h", "sleep 30").await.unwrap();
+        wait_running(&sup, &job).await;
+        let store = job_executor::store::Store::open(&crate::helpers::test_settings(&db.url, &[]))
+            .await
+            .unwrap();
+        sup.shutdown().await;
+        let row = store.get_job(job.0).await.unwrap();
+        assert_ne!(row.status, "running", "{row:?}");
+    }
+);
