@@ -11,13 +11,19 @@
 //! What lives here is what *this process* did. The numbers the database knows for every
 //! process at once (jobs by status, the queue depth) are read at scrape time by the handler
 //! (see [`crate::store::Store::count_jobs_by_status`]) and written with the same
-//! [`Exposition`] writer.
+//! [`Exposition`] writer. Every process sharing the database reports the same numbers for
+//! those: aggregate them with `max`, not `sum`.
+//!
+//! Servers are labelled by id, not name: an id never changes (a name can be edited) and is
+//! not a host name. A server's series stay for the life of the process (at 0 once its
+//! connections close), so their number is bounded by the servers this process has used.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `jobexec_jobs` (scrape time, from the database) | gauge | `status` |
 //! | `jobexec_queue_depth` (scrape time, from the database) | gauge | |
 //! | `jobexec_store_up` (scrape time) | gauge | |
+//! | `jobexec_build_info` | gauge | `version` |
 //! | [`RUNNING_JOBS`] | gauge | |
 //! | [`JOB_DURATION`] | histogram | `status` |
 //! | [`SSH_CONNECTIONS_OPEN`] | gauge | `server_id` |
@@ -240,6 +246,13 @@ impl<const N: usize, V: Default + Clone> Family<N, V> {
         }
     }
 
+    /// `f` of the series of `values`, if it exists (nothing is made).
+    fn read<R>(&self, values: [&str; N], f: impl FnOnce(&V) -> R) -> Option<R> {
+        let series = lock(&self.series);
+        let at = series.binary_search_by(|(k, _)| k.iter().map(String::as_str).cmp(values));
+        at.ok().and_then(|i| series.get(i)).map(|(_, v)| f(v))
+    }
+
     /// A copy of every series; an unlabelled family always has its one series.
     fn snapshot(&self) -> Vec<([String; N], V)> {
         let series = lock(&self.series).clone();
@@ -279,7 +292,7 @@ impl<const N: usize> CounterVec<N> {
 
     /// The value of the series of `values` (0 if it was never moved).
     pub fn get(&self, values: [&str; N]) -> u64 {
-        self.0.with(values, |v| *v)
+        self.0.read(values, |v| *v).unwrap_or(0)
     }
 
     /// Write the family into `out`.
@@ -313,7 +326,7 @@ impl<const N: usize> GaugeVec<N> {
 
     /// The value of the series of `values` (0 if it was never moved).
     pub fn get(&self, values: [&str; N]) -> i64 {
-        self.0.with(values, |v| *v)
+        self.0.read(values, |v| *v).unwrap_or(0)
     }
 
     /// Add one to the series of `values` now, and take it back when the guard is dropped:
@@ -410,7 +423,7 @@ impl<const N: usize> HistogramVec<N> {
 
     /// Observations so far in the series of `values`.
     pub fn count(&self, values: [&str; N]) -> u64 {
-        self.family.with(values, |o| o.count)
+        self.family.read(values, |o| o.count).unwrap_or(0)
     }
 
     /// Write the family into `out`: cumulative `_bucket` lines ending with `le="+Inf"`,
@@ -454,6 +467,7 @@ mod tests {
         C.inc_by(["a\"q\\\n", "2"], 5);
         C.inc(["z", "1"]);
         assert_eq!(C.get(["z", "1"]), 2);
+        assert_eq!(C.get(["never", "used"]), 0, "reading makes no series");
         let mut out = Exposition::new();
         C.render(&mut out);
         assert_eq!(
