@@ -6,7 +6,7 @@
 //! integration test `openapi`, in both directions, so a route cannot be added, removed or
 //! moved without the document following.
 //!
-//! Most response bodies are typed ([`JobView`], [`ServerView`], [`ErrorBody`]); the envelopes
+//! Most response bodies are typed ([`JobView`], `ServerView`, [`ErrorBody`]); the envelopes
 //! that handlers build with `json!` are described here by schema structs
 //! ([`JobList`], [`JobLogs`], …), and the same test compares the keys of real responses with
 //! their properties, so these cannot drift either.
@@ -454,6 +454,24 @@ mod tests {
         assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
         assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    }
+
+    #[test]
+    fn the_routes_of_a_path_stand_together() {
+        // `configure` makes one resource of each run of a path; a second run of the same
+        // path would be shadowed by the first's JSON 405.
+        let runs: Vec<&str> = super::super::ROUTES
+            .chunk_by(|a, b| a.path == b.path)
+            .filter_map(|run| run.first().map(|r| r.path))
+            .collect();
+        let mut unique = runs.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(
+            runs.len(),
+            unique.len(),
+            "a path's routes are split: {runs:?}"
+        );
     }
 
     #[test]

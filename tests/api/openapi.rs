@@ -530,7 +530,10 @@ db_test!(
         assert_eq!(s, 400, "{b}");
         check(&doc, "POST", "/api/v1/jobs", s, &b);
         let (s, b) = app
-            .post("/api/v1/jobs", &json!({ "command": "", "server_id": server }))
+            .post(
+                "/api/v1/jobs",
+                &json!({ "command": "", "server_id": server }),
+            )
             .await;
         assert_eq!((s, &b["field"]), (422, &json!("command")), "{b}");
         check(&doc, "POST", "/api/v1/jobs", s, &b);
