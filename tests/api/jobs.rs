@@ -401,16 +401,21 @@ fn job_pgid(db: &TestDb, id: &str) -> i64 {
 }
 
 /// True once no process is left in group `pgid` (waits up to 3 s).
+/// Whether every process of the group is gone within a few seconds. A zombie counts as gone:
+/// it is dead, only not yet reaped by its parent (under load, or under a PID 1 that is slow
+/// to reap orphans).
 async fn no_group_left(pgid: i64) -> bool {
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(3) {
+    while start.elapsed() < Duration::from_secs(5) {
         let out = std::process::Command::new("ps")
-            .args(["-eo", "pgid="])
+            .args(["-eo", "pgid=,stat="])
             .output()
             .unwrap();
-        let alive = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .any(|l| l.trim().parse::<i64>().ok() == Some(pgid));
+        let alive = String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+            let mut f = l.split_whitespace();
+            f.next().and_then(|p| p.parse::<i64>().ok()) == Some(pgid)
+                && !f.next().unwrap_or("Z").starts_with('Z')
+        });
         if !alive {
             return true;
         }

@@ -34,24 +34,18 @@ db_test!(
         let app = TestApp::start(&db, &[("JOBEXEC_API_TOKENS", &tokens())]).await;
         let anon = reqwest::Client::new();
         let some_id = "0195f2a4-3b7c-7d8e-9f00-112233445566";
-        let routes = [
-            (Method::GET, "/api/v1/jobs".to_string()),
-            (Method::POST, "/api/v1/jobs".into()),
-            (Method::POST, "/api/v1/jobs/script".into()),
-            (Method::GET, format!("/api/v1/jobs/{some_id}")),
-            (Method::POST, format!("/api/v1/jobs/{some_id}/cancel")),
-            (Method::POST, format!("/api/v1/jobs/{some_id}/duplicate")),
-            (Method::GET, format!("/api/v1/jobs/{some_id}/logs")),
-            (Method::GET, format!("/api/v1/jobs/{some_id}/stream")),
-            (Method::GET, "/api/v1/servers".into()),
-            (Method::POST, "/api/v1/servers".into()),
-            (Method::PUT, format!("/api/v1/servers/{some_id}")),
-            (Method::DELETE, format!("/api/v1/servers/{some_id}")),
-            (Method::POST, format!("/api/v1/servers/{some_id}/test")),
-            (Method::GET, "/api/v1/audit".into()),
-            // Unknown routes too: nothing about the API is learnt without a token.
-            (Method::GET, "/api/v1/no-such-route".into()),
-        ];
+        // Every route of the route table under /api/v1 (ids filled in), and an unknown one:
+        // nothing about the API is learnt without a token.
+        let mut routes: Vec<(Method, String)> = job_executor::http::ROUTES
+            .iter()
+            .filter(|r| r.path.starts_with("/api/v1/"))
+            .map(|r| {
+                let method = Method::from_bytes(r.method.as_str().as_bytes()).unwrap();
+                (method, r.path.replace("{id}", some_id))
+            })
+            .collect();
+        assert!(routes.len() >= 14, "{routes:?}");
+        routes.push((Method::GET, "/api/v1/no-such-route".into()));
         let wrong = [
             None,
             Some("Bearer not-a-token-at-all-000".to_string()),
