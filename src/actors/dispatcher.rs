@@ -116,6 +116,8 @@ impl Dispatcher {
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         let store = self.deps.store.clone();
+        let ssh_opts = SshOptions::from_settings(&self.settings.ssh);
+        let grace = Duration::from_secs(self.settings.jobs.kill_grace_secs);
         let events = self.deps.events.clone();
         let worker = self.worker_id.clone();
         let ids: Vec<String> = self.running.keys().cloned().collect();
@@ -133,10 +135,22 @@ impl Dispatcher {
                 let lost = "worker lost: its lease expired while the job was running".to_string();
                 match store.reap_expired(lost, 3).await {
                     Ok((reaped, requeued)) => {
-                        for id in requeued {
-                            tracing::warn!(job_id = %id, "worker lost; the job is safe to retry and queued again");
+                        for job in requeued.iter().chain(&reaped) {
+                            if let Some(pgid) = job.remote_pgid {
+                                actix::spawn(kill_lost_group(
+                                    store.clone(),
+                                    ssh_opts.clone(),
+                                    job.clone(),
+                                    pgid,
+                                    grace,
+                                ));
+                            }
                         }
-                        for id in reaped {
+                        for job in requeued {
+                            tracing::warn!(job_id = %job.id, "worker lost; the job is safe to retry and queued again");
+                        }
+                        for job in reaped {
+                            let id = job.id;
                             tracing::warn!(job_id = %id, "job failed: its worker was lost");
                             if let Ok(uuid) = uuid::Uuid::parse_str(&id)
                                 && let Ok(row) = store.get_job(uuid).await
@@ -161,6 +175,40 @@ impl Dispatcher {
                 }
             }),
         );
+    }
+}
+
+/// Kill, on its host, the process group a lost worker left running (only if it is still
+/// that job's: see [`crate::ssh::exec::kill_orphan_group`]). Over a connection of its own, so
+/// any process (an api too) can do it.
+async fn kill_lost_group(
+    store: crate::store::Store,
+    opts: SshOptions,
+    job: crate::store::LostJob,
+    pgid: i64,
+    grace: Duration,
+) {
+    let work = async {
+        let id = uuid::Uuid::parse_str(&job.server_id).map_err(|e| e.to_string())?;
+        let row = store.get_server(id).await.map_err(|e| e.to_string())?;
+        let draft = store.open_server(&row).map_err(|e| e.to_string())?;
+        let target = crate::ssh::SshTarget::from_server(&draft).map_err(|e| e.to_string())?;
+        let conn = crate::ssh::connect(&target, &opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        let done = crate::ssh::exec::kill_orphan_group(&conn.client, pgid, &job.id, grace)
+            .await
+            .map_err(|e| e.to_string());
+        let _ = conn.client.disconnect().await;
+        done
+    };
+    match work.await {
+        Ok(()) => {
+            tracing::info!(job_id = %job.id, pgid, "the lost worker's remote processes are stopped")
+        }
+        Err(e) => {
+            tracing::warn!(job_id = %job.id, pgid, error = %e, "cannot stop the lost worker's remote processes")
+        }
     }
 }
 

@@ -227,9 +227,13 @@ fn remote_job(row: &JobRow) -> RemoteJob {
             args: spec.args.clone().unwrap_or_default(),
         },
     };
+    // Every process of the job carries its id: a process group left by a lost worker is
+    // recognised as this job's before it is killed (see `exec::kill_orphan_group`).
+    let mut env = spec.env;
+    env.insert(exec::JOB_ID_VAR.to_string(), row.id.clone());
     RemoteJob {
         work,
-        env: spec.env,
+        env,
         cwd: spec.cwd,
     }
 }

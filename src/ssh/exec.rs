@@ -523,7 +523,32 @@ pub async fn kill_group(
     tmpfile: Option<&str>,
 ) -> Result<(), SshError> {
     let addr = client_addr(client);
-    let script = kill_script(pgid, grace, tmpfile).map_err(|e| protocol(&addr, e))?;
+    let script = kill_script(pgid, grace, tmpfile, None).map_err(|e| protocol(&addr, e))?;
+    run_kill(client, script, pgid, grace).await
+}
+
+/// Kill the process group a lost worker left running, but only if it is still that job's:
+/// some process in it carries `JOBEXEC_JOB_ID=<job_id>` in its environment (every job's
+/// commands get it). A group whose id was reused by something else, or whose processes are
+/// all gone, is left alone. Linux hosts (`/proc`); elsewhere nothing is killed.
+pub async fn kill_orphan_group(
+    client: &Client,
+    pgid: i64,
+    job_id: &str,
+    grace: Duration,
+) -> Result<(), SshError> {
+    let addr = client_addr(client);
+    let script = kill_script(pgid, grace, None, Some(job_id)).map_err(|e| protocol(&addr, e))?;
+    run_kill(client, script, pgid, grace).await
+}
+
+async fn run_kill(
+    client: &Client,
+    script: String,
+    pgid: i64,
+    grace: Duration,
+) -> Result<(), SshError> {
+    let addr = client_addr(client);
     let bound = grace + Duration::from_secs(10);
     let work = async {
         let channel = open_channel(client).await?;
@@ -578,16 +603,38 @@ pub async fn kill_group(
     }
 }
 
-/// The exec line of [`kill_group`].
-fn kill_script(pgid: i64, grace: Duration, tmpfile: Option<&str>) -> Result<String, String> {
+/// The environment variable that marks a job's remote processes with its id.
+pub const JOB_ID_VAR: &str = "JOBEXEC_JOB_ID";
+
+/// The exec line of [`kill_group`] (and, with `owner`, of [`kill_orphan_group`]).
+fn kill_script(
+    pgid: i64,
+    grace: Duration,
+    tmpfile: Option<&str>,
+    owner: Option<&str>,
+) -> Result<String, String> {
     if pgid <= 1 {
         return Err(format!("refusing to kill process group {pgid}"));
     }
+    let guard = match owner {
+        Some(id) => {
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                return Err(format!("{id:?} is not a job id"));
+            }
+            format!(
+                "owned() {{ for _p in $(ps -eo pid=,pgid= 2>/dev/null | awk '$2 == {pgid} {{ print $1 }}'); do \
+                 tr '\\000' '\\n' < /proc/$_p/environ 2>/dev/null | grep -qx '{JOB_ID_VAR}={id}' && return 0; \
+                 done; return 1; }}; owned || exit 0; "
+            )
+        }
+        None => String::new(),
+    };
     let tenths = grace.as_millis().div_ceil(100);
     // `alive`: does the group still have a process that is not a zombie? `kill -0` alone
     // also counts zombies, which a slow (or absent) reaper of orphans leaves for a long time;
     // where `ps` cannot tell, the `kill -0` answer stands.
-    let mut script = format!(
+    let mut script = guard;
+    script.push_str(&format!(
         "alive() {{ kill -0 -{pgid} 2>/dev/null || return 1; \
          _ps=$(ps -eo pgid=,stat= 2>/dev/null) && [ -n \"$_ps\" ] || return 0; \
          printf '%s\\n' \"$_ps\" | awk '$1 == {pgid} && $2 !~ /^Z/ {{ f = 1 }} END {{ exit !f }}'; }}; \
@@ -596,7 +643,7 @@ fn kill_script(pgid: i64, grace: Duration, tmpfile: Option<&str>) -> Result<Stri
          while [ $i -lt {tenths} ] && alive; do pause; i=$((i+1)); done; \
          kill -KILL -{pgid} 2>/dev/null; i=0; \
          while [ $i -lt {POST_KILL_TENTHS} ] && alive; do pause; i=$((i+1)); done; "
-    );
+    ));
     if let Some(file) = tmpfile {
         check_text("tmpfile", file)?;
         if !file.starts_with('/') {
@@ -823,12 +870,45 @@ mod tests {
 
     #[test]
     fn kill_script_validates() {
-        assert!(kill_script(0, Duration::from_secs(1), None).is_err());
-        assert!(kill_script(1, Duration::from_secs(1), None).is_err());
-        assert!(kill_script(55, Duration::from_secs(1), Some("rel")).is_err());
-        let s = kill_script(55, Duration::from_millis(1500), Some("/tmp/x'y")).unwrap();
+        assert!(kill_script(0, Duration::from_secs(1), None, None).is_err());
+        assert!(kill_script(1, Duration::from_secs(1), None, None).is_err());
+        assert!(kill_script(55, Duration::from_secs(1), Some("rel"), None).is_err());
+        assert!(kill_script(55, Duration::from_secs(1), None, Some("x'; rm -rf /")).is_err());
+        let s = kill_script(55, Duration::from_millis(1500), Some("/tmp/x'y"), None).unwrap();
         assert!(s.contains("-lt 15 ]"), "{s}");
         assert!(s.contains("kill -KILL -55"), "{s}");
+    }
+
+    /// A lost job's group is killed only when one of its processes carries the job's id.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_orphan_group_is_killed_only_when_it_is_the_jobs() {
+        use std::os::unix::process::CommandExt;
+        use std::process::Command;
+        let id = "0195f2a4-3b7c-7d8e-9f00-112233445566";
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .env(JOB_ID_VAR, id)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = i64::from(child.id());
+        let run = |owner: &str| {
+            let script = kill_script(pgid, Duration::from_millis(200), None, Some(owner)).unwrap();
+            Command::new("/bin/sh")
+                .arg("-c")
+                .arg(script)
+                .status()
+                .unwrap()
+        };
+        assert!(run("0195f2a4-0000-0000-0000-000000000000").success());
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "another job's group was killed"
+        );
+        assert!(run(id).success());
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{status:?}");
     }
 
     /// Run a built job with the local /bin/sh: the quoting holds whatever the values are.

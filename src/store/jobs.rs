@@ -129,6 +129,17 @@ pub struct JobFilter {
     pub before: Option<String>,
 }
 
+/// A running job whose worker was lost (its lease expired), as it stood when reaped.
+#[derive(Debug, Clone)]
+pub struct LostJob {
+    /// The job.
+    pub id: String,
+    /// Its server.
+    pub server_id: String,
+    /// Its remote process group, if the worker had learnt it.
+    pub remote_pgid: Option<i64>,
+}
+
 /// What a cancel request did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -596,17 +607,28 @@ impl Store {
         &self,
         error: String,
         max_attempts: i32,
-    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+    ) -> Result<(Vec<LostJob>, Vec<LostJob>), StoreError> {
         self.run(move |conn| {
             let now = Micros::now().0;
-            let expired: Vec<(String, bool, i32)> = jobs::table
+            let expired: Vec<(String, bool, i32, String, Option<i64>)> = jobs::table
                 .filter(jobs::status.eq(JobStatus::Running.as_str()))
                 .filter(jobs::lease_expires_at.lt(now))
-                .select((jobs::id, jobs::retry_safe, jobs::attempts))
+                .select((
+                    jobs::id,
+                    jobs::retry_safe,
+                    jobs::attempts,
+                    jobs::server_id,
+                    jobs::remote_pgid,
+                ))
                 .load(conn)?;
             let mut reaped = Vec::new();
             let mut requeued = Vec::new();
-            for (id, retry_safe, attempts) in expired {
+            for (id, retry_safe, attempts, server_id, remote_pgid) in expired {
+                let lost = LostJob {
+                    id: id.clone(),
+                    server_id,
+                    remote_pgid,
+                };
                 let still_expired = jobs::table
                     .find(&id)
                     .filter(jobs::status.eq(JobStatus::Running.as_str()))
@@ -623,7 +645,7 @@ impl Store {
                         ))
                         .execute(conn)?;
                     if n == 1 {
-                        requeued.push(id);
+                        requeued.push(lost);
                         continue;
                     }
                 }
@@ -636,7 +658,7 @@ impl Store {
                     ))
                     .execute(conn)?;
                 if n == 1 {
-                    reaped.push(id);
+                    reaped.push(lost);
                 }
             }
             Ok((reaped, requeued))

@@ -15,7 +15,7 @@ mod servers;
 pub use servers::UpdateError;
 
 pub use audit::{AuditEntry, AuditFilter, AuditRow};
-pub use jobs::{CancelOutcome, ChunkRow, Finish, JobFilter, JobRow};
+pub use jobs::{CancelOutcome, ChunkRow, Finish, JobFilter, JobRow, LostJob};
 pub use models::{ServerRow, server_secrets};
 
 use std::time::Duration;

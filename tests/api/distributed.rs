@@ -294,7 +294,7 @@ async fn a_killed_worker_fails_its_jobs_and_a_new_worker_takes_the_queue() {
     let api = Api::start(&db, &vhost).await;
     let mut w1 = Proc::spawn("worker", "w1", &db, &vhost, free_port());
     let server = api.add_server(&host).await;
-    let doomed = api.submit(&server, "echo up; sleep 20").await;
+    let doomed = api.submit(&server, "echo up; sleep 120").await;
     let (status, safe) = api
         .call(
             reqwest::Method::POST,
@@ -345,15 +345,22 @@ async fn a_killed_worker_fails_its_jobs_and_a_new_worker_takes_the_queue() {
         .await;
     assert_eq!(job["worker"], "w2", "{job}");
     assert_eq!(job["attempts"], 2, "{job}");
-    // The lost worker's remote processes are still running on the host (this machine).
-    // `--` matters: procps' kill reads "-<pgid>" as an option, and kills everything (-1).
-    for pgid in pgids(&db, std::slice::from_ref(&doomed)) {
-        if pgid > 1 {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pgid}")])
-                .status();
-        }
+    // The lost worker's remote processes (`sleep 20`, on this machine) were stopped by the
+    // process that reaped the job.
+    let pgid = pgids(&db, std::slice::from_ref(&doomed))[0];
+    assert!(pgid > 1, "{pgid}");
+    let start = Instant::now();
+    while group_alive(pgid) && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let left = group_alive(pgid);
+    if left {
+        // `--` matters: procps' kill reads "-<pgid>" as an option, and kills everything (-1).
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .status();
+    }
+    assert!(!left, "the lost worker's process group {pgid} still runs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
