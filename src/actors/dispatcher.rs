@@ -319,7 +319,14 @@ impl Handler<Delivery> for Dispatcher {
                     let host = host?;
                     // The server's slot first: a job waiting for a busy server must not hold
                     // one of this worker's slots meanwhile.
-                    let host_slot = host.send(AcquireSlot { max_jobs }).await.ok()?.ok()?;
+                    let host_slot = host
+                        .send(AcquireSlot {
+                            max_jobs,
+                            job_id: row.id.clone(),
+                        })
+                        .await
+                        .ok()?
+                        .ok()?;
                     let worker_slot = slots.acquire_owned().await.ok()?;
                     let until = Micros(
                         Micros::now().0 + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX),

@@ -83,7 +83,61 @@ pub struct HostActor {
     opts: SshOptions,
     slots: Arc<Semaphore>,
     capacity: usize,
+    queue: Arc<std::sync::Mutex<SlotQueue>>,
     pool: Arc<Pool>,
+}
+
+/// Jobs waiting for one of the server's slots, oldest job first.
+#[derive(Default)]
+struct SlotQueue {
+    waiters: std::collections::BTreeMap<
+        (String, u64),
+        tokio::sync::oneshot::Sender<OwnedSemaphorePermit>,
+    >,
+    next: u64,
+    pumping: bool,
+}
+
+fn lock(queue: &std::sync::Mutex<SlotQueue>) -> std::sync::MutexGuard<'_, SlotQueue> {
+    queue.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Hand free slots to waiting jobs, the oldest first, until none waits. The deliveries of a
+/// server's jobs reach the actor in no set order (each first reads its job from the
+/// database, and those reads finish in any order), so the order is restored here.
+async fn pump(slots: Arc<Semaphore>, queue: Arc<std::sync::Mutex<SlotQueue>>) {
+    loop {
+        {
+            let mut q = lock(&queue);
+            if q.waiters.is_empty() {
+                q.pumping = false;
+                return;
+            }
+        }
+        let Ok(mut permit) = slots.clone().acquire_owned().await else {
+            lock(&queue).pumping = false;
+            return;
+        };
+        loop {
+            let next = {
+                let mut q = lock(&queue);
+                let next = q.waiters.pop_first().map(|(_, tx)| tx);
+                if next.is_none() {
+                    q.pumping = false;
+                }
+                next
+            };
+            let Some(tx) = next else {
+                // Nobody waits any more: the permit goes back.
+                return;
+            };
+            match tx.send(permit) {
+                Ok(()) => break,
+                // That waiter went away: the next one gets it.
+                Err(p) => permit = p,
+            }
+        }
+    }
 }
 
 impl HostActor {
@@ -101,6 +155,7 @@ impl HostActor {
             opts,
             slots: Arc::new(Semaphore::new(max_jobs.max(1))),
             capacity: max_jobs.max(1),
+            queue: Arc::new(std::sync::Mutex::new(SlotQueue::default())),
             pool: Arc::new(Pool {
                 state: Mutex::new(PoolState::default()),
                 freed: Arc::new(Notify::new()),
@@ -161,9 +216,19 @@ impl Handler<AcquireSlot> for HostActor {
                 }
             });
         }
-        let slots = self.slots.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut q = lock(&self.queue);
+            let seq = q.next;
+            q.next += 1;
+            q.waiters.insert((msg.job_id, seq), tx);
+            !std::mem::replace(&mut q.pumping, true)
+        };
+        if start {
+            tokio::spawn(pump(self.slots.clone(), self.queue.clone()));
+        }
         Box::pin(async move {
-            slots.acquire_owned().await.map_err(|_| SshError::Protocol {
+            rx.await.map_err(|_| SshError::Protocol {
                 addr: String::new(),
                 reason: "the server's job slots are closed".into(),
             })

@@ -57,6 +57,9 @@ pub struct Drain {
 pub struct AcquireSlot {
     /// The server's `max_concurrent_jobs` as stored now.
     pub max_jobs: usize,
+    /// The job that wants it: free slots go to the oldest waiting job (ids are UUIDv7, so
+    /// they sort by submission time), whatever order the requests arrived in.
+    pub job_id: String,
 }
 
 /// Get a connection with room for one more channel.

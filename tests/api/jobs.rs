@@ -519,3 +519,87 @@ db_test!(
         app.stop().await;
     }
 );
+
+db_test!(
+    one_slot_runs_a_servers_jobs_one_at_a_time_in_submission_order,
+    |db: TestDb| async move {
+        let (app, _host, server) = TestApp::with_host(&db, &[]).await;
+        let (status, _) = app
+            .put(
+                &format!("/api/v1/servers/{server}"),
+                &json!({"max_concurrent_jobs": 1}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        // The jobs run as the test host's user: a directory anyone may write to.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let file = dir.path().join("order");
+        let mut ids = Vec::new();
+        for i in 0..12 {
+            let command = format!("echo {i} >> {}; sleep 0.05", file.display());
+            ids.push(submit(&app, json!({"command": command, "server_id": server})).await);
+        }
+        let mut jobs = Vec::new();
+        for id in &ids {
+            let job = wait_done(&app, id, Duration::from_secs(30)).await;
+            assert_eq!(job["status"], "completed", "{job}");
+            jobs.push(job);
+        }
+        let order = std::fs::read_to_string(&file).unwrap();
+        let expected: String = (0..12).map(|i| format!("{i}\n")).collect();
+        assert_eq!(order, expected);
+        // One at a time: each started after the one before it finished.
+        for pair in jobs.windows(2) {
+            let finished = pair[0]["finished_at"].as_str().unwrap();
+            let started = pair[1]["started_at"].as_str().unwrap();
+            assert!(started >= finished, "{started} < {finished}");
+        }
+        app.stop().await;
+    }
+);
+
+/// `jobexec_ssh_connections_open` of one server, from `/metrics`.
+async fn open_connections(app: &TestApp, server: &str) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("jobexec_ssh_connections_open{{server_id=\"{server}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+db_test!(idle_connections_are_closed, |db: TestDb| async move {
+    let (app, _host, server) =
+        TestApp::with_host(&db, &[("JOBEXEC__WORKER__IDLE_CONNECTION_SECS", "1")]).await;
+    let id = submit(&app, json!({"command": "true", "server_id": server})).await;
+    wait_done(&app, &id, Duration::from_secs(20)).await;
+    // Open right after the job (kept for the next one)…
+    let after_job = open_connections(&app, &server).await;
+    assert!(after_job >= 1.0, "{after_job}");
+    // …and closed once idle.
+    let start = Instant::now();
+    while open_connections(&app, &server).await > 0.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(6),
+            "an idle connection stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A new job opens a new one.
+    let id = submit(&app, json!({"command": "echo again", "server_id": server})).await;
+    let job = wait_done(&app, &id, Duration::from_secs(20)).await;
+    assert_eq!(job["status"], "completed");
+    app.stop().await;
+});
