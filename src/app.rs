@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use crate::actors::Dispatcher;
 use crate::actors::job::JobDeps;
 use crate::actors::messages::Drain;
-use crate::domain::{ServerDraft, ServerPatch};
+use crate::domain::ServerPatch;
 use crate::events::EventBus;
 use crate::http::{self, AppState};
 use crate::queue::rabbit::{RabbitBroker, Roles};
@@ -92,10 +92,8 @@ impl App {
     pub async fn start(settings: Settings, role: Role) -> Result<App, StartError> {
         let settings = Arc::new(settings);
         let tokens = Arc::new(http::auth::Tokens::from_settings(&settings.auth.tokens)?);
-        if role != Role::Worker && !tokens.enabled() && !loopback_only(&settings.http.addr) {
-            return Err(StartError::OpenWithoutTokens {
-                addr: settings.http.addr.clone(),
-            });
+        if role != Role::Worker {
+            require_tokens_beyond_loopback(&settings.http.addr, &tokens)?;
         }
         let store = Store::open(&settings).await?;
         tracing::info!(
@@ -156,6 +154,7 @@ impl App {
     pub fn reloader(&self) -> Reloader {
         Reloader {
             state: self.state.clone(),
+            listens: self.addr.is_some(),
         }
     }
 
@@ -236,12 +235,25 @@ fn tls_config(
 
 /// Whether every address `addr` names is a loopback address. An address that does not
 /// resolve counts as loopback here: binding it fails with its own error.
-fn loopback_only(addr: &str) -> bool {
+pub(crate) fn loopback_only(addr: &str) -> bool {
     use std::net::ToSocketAddrs;
     match addr.to_socket_addrs() {
         Ok(addrs) => addrs.into_iter().all(|a| a.ip().is_loopback()),
         Err(_) => true,
     }
+}
+
+/// An API without tokens listens on loopback only.
+fn require_tokens_beyond_loopback(
+    addr: &str,
+    tokens: &http::auth::Tokens,
+) -> Result<(), StartError> {
+    if tokens.is_empty() && !loopback_only(addr) {
+        return Err(StartError::OpenWithoutTokens {
+            addr: addr.to_string(),
+        });
+    }
+    Ok(())
 }
 
 async fn run(
@@ -404,12 +416,9 @@ async fn ensure_default_server(store: &Store, settings: &Settings) -> Result<(),
 pub async fn apply_servers(store: &Store, settings: &Settings) -> Result<usize, StartError> {
     let mut patches = Vec::new();
     for server in &settings.servers {
-        let patch = server.to_patch().map_err(StartError::Servers)?;
-        ServerDraft::create(
-            server.to_patch().map_err(StartError::Servers)?,
-            settings.ssh.default_max_concurrent_jobs,
-        )
-        .map_err(|e| StartError::Servers(format!("server {:?}: {e}", server.name)))?;
+        let patch = server
+            .checked_patch(settings.ssh.default_max_concurrent_jobs)
+            .map_err(StartError::Servers)?;
         patches.push(patch);
     }
     let n = patches.len();
@@ -427,6 +436,8 @@ pub async fn apply_servers(store: &Store, settings: &Settings) -> Result<usize, 
 #[derive(Clone)]
 pub struct Reloader {
     state: AppState,
+    /// Whether this process serves HTTP (a worker needs no tokens wherever it would listen).
+    listens: bool,
 }
 
 impl Reloader {
@@ -435,11 +446,8 @@ impl Reloader {
     /// Running jobs are not touched. Everything else needs a restart. Returns a summary.
     pub async fn reload(&self, settings: &Settings) -> Result<String, StartError> {
         let tokens = http::auth::Tokens::from_settings(&settings.auth.tokens)?;
-        let listens = &self.state.settings.http.addr;
-        if tokens.is_empty() && self.state.tokens.enabled() && !loopback_only(listens) {
-            return Err(StartError::OpenWithoutTokens {
-                addr: listens.clone(),
-            });
+        if self.listens {
+            require_tokens_beyond_loopback(&self.state.settings.http.addr, &tokens)?;
         }
         let servers = apply_servers(&self.state.store, settings).await?;
         let n_tokens = tokens.len();

@@ -221,26 +221,22 @@ fn semantic(path: &Path, text: &str, settings: &Settings) -> Result<(), Vec<Stri
         ));
     }
     use std::net::ToSocketAddrs;
-    match settings.http.addr.to_socket_addrs() {
-        Ok(addrs) => {
-            let open = addrs.into_iter().any(|a| !a.ip().is_loopback());
-            if open && tokens == 0 {
-                problems.push(at(
-                    path,
-                    line_of(text, Some("http"), "addr"),
-                    format!(
-                        "{} is not a loopback address and no API tokens are set: the service \
-                         would refuse to start (set [auth] tokens)",
-                        settings.http.addr
-                    ),
-                ));
-            }
-        }
-        Err(e) => problems.push(at(
+    let addr = &settings.http.addr;
+    if let Err(e) = addr.to_socket_addrs() {
+        problems.push(at(
             path,
             line_of(text, Some("http"), "addr"),
-            format!("http.addr {:?}: {e}", settings.http.addr),
-        )),
+            format!("http.addr {addr:?}: {e}"),
+        ));
+    } else if tokens == 0 && !crate::app::loopback_only(addr) {
+        problems.push(at(
+            path,
+            line_of(text, Some("http"), "addr"),
+            format!(
+                "{addr} is not a loopback address and no API tokens are set: the service \
+                 would refuse to start (set [auth] tokens)"
+            ),
+        ));
     }
     let (cert, tls_key) = (settings.http.tls_cert.trim(), settings.http.tls_key.trim());
     if cert.is_empty() != tls_key.is_empty() {
@@ -285,12 +281,7 @@ fn semantic(path: &Path, text: &str, settings: &Settings) -> Result<(), Vec<Stri
                 format!("two [[servers]] are named {:?}", server.name),
             ));
         }
-        let checked = server.to_patch().and_then(|patch| {
-            crate::domain::ServerDraft::create(patch, settings.ssh.default_max_concurrent_jobs)
-                .map(|_| ())
-                .map_err(|e| format!("server {:?}: {e}", server.name))
-        });
-        if let Err(e) = checked {
+        if let Err(e) = server.checked_patch(settings.ssh.default_max_concurrent_jobs) {
             problems.push(at(path, found(), e));
         }
     }

@@ -80,6 +80,18 @@ pub struct ServerSettings {
 }
 
 impl ServerSettings {
+    /// The API's server body for this table, its secret files read and its fields checked as
+    /// creating the server would check them.
+    pub fn checked_patch(
+        &self,
+        default_max_concurrent_jobs: u32,
+    ) -> Result<crate::domain::ServerPatch, String> {
+        let patch = self.to_patch()?;
+        crate::domain::ServerDraft::create(patch.clone(), default_max_concurrent_jobs)
+            .map_err(|e| format!("server {:?}: {e}", self.name))?;
+        Ok(patch)
+    }
+
     /// The API's server body for this table, with the secret files read.
     pub fn to_patch(&self) -> Result<crate::domain::ServerPatch, String> {
         let read = |path: &str, what: &str| {

@@ -345,7 +345,8 @@ impl Supervisor {
 
     /// Create the server named in `server`, or update it if the name exists.
     pub async fn upsert_server(&self, server: NewServer) -> Result<ServerRow, Error> {
-        upsert_server(self.state(), server.into_patch()).await
+        let state = self.state();
+        upsert_server_in(&state.store, &state.settings, server.into_patch()).await
     }
 
     /// The registered servers, by name.
@@ -445,14 +446,8 @@ async fn server_id(state: &AppState, name_or_id: &str) -> Result<String, Error> 
 }
 
 /// Create a server by name, or update the one with that name (fields not given keep their
-/// value). Used by the library and by `[[servers]]` in the settings file.
-pub(crate) async fn upsert_server(
-    state: &AppState,
-    patch: ServerPatch,
-) -> Result<ServerRow, Error> {
-    upsert_server_in(&state.store, &state.settings, patch).await
-}
-
+/// value). Used by the library, by `[[servers]]` in the settings file and for the seed's
+/// default server.
 pub(crate) async fn upsert_server_in(
     store: &crate::store::Store,
     settings: &Settings,

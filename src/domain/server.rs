@@ -121,7 +121,7 @@ impl fmt::Debug for ServerSecrets {
 /// On create `name`, `hostname`, `user` and the credential of `auth_type` are required
 /// (`auth_type` may be left out when only a password or only a key is sent); on update
 /// omitted fields keep their value. The secrets are write-only: no response contains them.
-#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 pub struct ServerPatch {
     /// Unique name.
     pub name: Option<String>,

@@ -60,7 +60,7 @@ pub struct ServerView {
 
 impl From<ServerRow> for ServerView {
     fn from(row: ServerRow) -> Self {
-        let host_key_fingerprint = row.host_key.as_deref().map(pinned_fingerprint);
+        let host_key_fingerprint = row.host_key.as_deref().map(ssh::pinned_fingerprint);
         ServerView {
             has_password: row.password.is_some(),
             has_private_key: row.private_key.is_some(),
@@ -112,17 +112,6 @@ fn fields_set(p: &ServerPatch) -> Vec<&'static str> {
     .into_iter()
     .filter_map(|(name, set)| set.then_some(name))
     .collect()
-}
-
-/// The fingerprint of a pinned key (`SHA256:…` or an OpenSSH line).
-fn pinned_fingerprint(key: &str) -> String {
-    if key.starts_with("SHA256:") {
-        key.to_string()
-    } else {
-        russh::keys::PublicKey::from_openssh(key)
-            .map(|pk| ssh::fingerprint(&pk))
-            .unwrap_or_default()
-    }
 }
 
 /// Register a server
@@ -258,8 +247,8 @@ pub async fn update(
         .await;
     if before.host_key != row.host_key {
         let detail = serde_json::json!({
-            "old_fingerprint": before.host_key.as_deref().map(pinned_fingerprint),
-            "new_fingerprint": row.host_key.as_deref().map(pinned_fingerprint),
+            "old_fingerprint": before.host_key.as_deref().map(ssh::pinned_fingerprint),
+            "new_fingerprint": row.host_key.as_deref().map(ssh::pinned_fingerprint),
             "by": "update",
         });
         state
@@ -408,8 +397,8 @@ pub async fn test(
         state.store.repin_host_key(id, line.clone()).await?;
         pinned = true;
         let detail = serde_json::json!({
-            "old_fingerprint": row.host_key.as_deref().map(pinned_fingerprint),
-            "new_fingerprint": pinned_fingerprint(&line),
+            "old_fingerprint": row.host_key.as_deref().map(ssh::pinned_fingerprint),
+            "new_fingerprint": ssh::pinned_fingerprint(&line),
             "by": "accept_host_key",
         });
         tracing::info!(server_id = %id, fingerprint = ?report.host_key_fingerprint, "host key accepted");

@@ -345,6 +345,17 @@ async fn resolve(target: &SshTarget) -> Result<std::net::SocketAddr, SshError> {
     })
 }
 
+/// The fingerprint of a pinned key: a `SHA256:` fingerprint as it is, an OpenSSH public key
+/// line hashed (anything else, which validation does not let in, as it is).
+pub fn pinned_fingerprint(pinned: &str) -> String {
+    if pinned.starts_with("SHA256:") {
+        return pinned.to_string();
+    }
+    PublicKey::from_openssh(pinned)
+        .map(|k| fingerprint(&k))
+        .unwrap_or_else(|_| pinned.to_string())
+}
+
 /// Decide which key to accept: the pinned one, or (trust on first use, or checks off) the
 /// one the probe saw. Fails before authentication when the server's key differs from the pin.
 async fn expected_key(target: &SshTarget, opts: &SshOptions) -> Result<PublicKey, SshError> {
@@ -359,13 +370,7 @@ async fn expected_key(target: &SshTarget, opts: &SshOptions) -> Result<PublicKey
     if target.check == HostKeyCheck::Tofu
         && let Some(pinned) = &target.pinned
     {
-        let pinned_fp = if pinned.starts_with("SHA256:") {
-            pinned.clone()
-        } else {
-            PublicKey::from_openssh(pinned)
-                .map(|k| fingerprint(&k))
-                .unwrap_or_else(|_| pinned.clone())
-        };
+        let pinned_fp = pinned_fingerprint(pinned);
         let presented = fingerprint(&seen);
         if pinned_fp != presented {
             return Err(SshError::HostKeyChanged {

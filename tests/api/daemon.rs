@@ -2,56 +2,21 @@
 //! `[[servers]]` applied by name at start, SIGHUP reloading servers and tokens while a job
 //! runs, and `check-config` naming what is wrong with its line.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::procs::free_port;
+use crate::helpers::procs::{Service, free_port};
 use crate::helpers::{TEST_SECRET_KEY, TestHost};
 
-struct Daemon {
-    child: Child,
-    base: String,
-    client: reqwest::Client,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        (
-            resp.status().as_u16(),
-            resp.json().await.unwrap_or(Value::Null),
-        )
-    }
-
-    async fn servers(&self, token: Option<&str>) -> Vec<Value> {
-        let (status, body) = self
-            .call(reqwest::Method::GET, "/api/v1/servers", token, None)
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body["servers"].as_array().unwrap().clone()
-    }
+/// The servers the daemon lists.
+async fn list_servers(d: &Service, token: Option<&str>) -> Vec<Value> {
+    let (status, body) = d
+        .call_json(reqwest::Method::GET, "/api/v1/servers", token, None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["servers"].as_array().unwrap().clone()
 }
 
 fn config(port: u16, db: &str, host: &TestHost, key_file: &str, extra: &str) -> String {
@@ -85,35 +50,10 @@ async fn a_daemon_from_a_config_file_serves_its_servers_and_reloads_on_sighup() 
         .unwrap();
     assert!(check.status.success(), "{check:?}");
 
-    let child = Command::new(env!("CARGO_BIN_EXE_job-executor"))
-        .args(["--config", &file.display().to_string(), "serve"])
-        .env_remove("DATABASE_URL")
-        .env_remove("RABBITMQ_URL")
-        .env_remove("SERVER_ADDR")
-        .env_remove("JOBEXEC_API_TOKENS")
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let d = Daemon {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        client: reqwest::Client::new(),
-    };
-    let start = Instant::now();
-    while d
-        .client
-        .get(format!("{}/health", d.base))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(start.elapsed() < Duration::from_secs(20), "did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let servers = d.servers(None).await;
+    let file_arg = file.display().to_string();
+    let d = Service::start(&["--config", &file_arg, "serve"], &[], port, None).await;
+    let pid = d.pid();
+    let servers = list_servers(&d, None).await;
     assert_eq!(servers.len(), 1);
     assert_eq!(servers[0]["name"], "web");
     assert_eq!(servers[0]["max_concurrent_jobs"], 2);
@@ -122,7 +62,7 @@ async fn a_daemon_from_a_config_file_serves_its_servers_and_reloads_on_sighup() 
 
     // A job running across the reload.
     let (status, job) = d
-        .call(
+        .call_json(
             reqwest::Method::POST,
             "/api/v1/jobs",
             None,
@@ -135,7 +75,8 @@ async fn a_daemon_from_a_config_file_serves_its_servers_and_reloads_on_sighup() 
     // The file changes: web gets 5 slots, a second server appears, tokens are required.
     let extra = format!(
         "\n[[servers]]\nname = \"db\"\nhostname = \"{}\"\nport = {}\nuser = \"{}\"\n\
-         private_key_file = \"{key_file}\"\n\n[auth]\ntokens = [\"ops:reloaded-token-0123456789\"]\n",
+         private_key_file = \"{key_file}\"\n\n[auth]\ntokens = [\"ops:reloaded-token-0123456789\"]\n\n\
+         [limits]\nsubmissions_per_minute = 6\nsubmission_burst = 1\n",
         host.host, host.port, host.user
     );
     let text = config(port, &db, &host, &key_file, &extra)
@@ -163,7 +104,7 @@ async fn a_daemon_from_a_config_file_serves_its_servers_and_reloads_on_sighup() 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let servers = d.servers(token).await;
+    let servers = list_servers(&d, token).await;
     let names: Vec<&str> = servers
         .iter()
         .map(|s| s["name"].as_str().unwrap())
@@ -181,7 +122,7 @@ async fn a_daemon_from_a_config_file_serves_its_servers_and_reloads_on_sighup() 
     let start = Instant::now();
     let done = loop {
         let (_, j) = d
-            .call(
+            .call_json(
                 reqwest::Method::GET,
                 &format!("/api/v1/jobs/{job}"),
                 token,
@@ -196,7 +137,7 @@ async fn a_daemon_from_a_config_file_serves_its_servers_and_reloads_on_sighup() 
     };
     assert_eq!(done["status"], "completed", "{done}");
     let (_, logs) = d
-        .call(
+        .call_json(
             reqwest::Method::GET,
             &format!("/api/v1/jobs/{job}/logs"),
             token,
@@ -204,6 +145,17 @@ async fn a_daemon_from_a_config_file_serves_its_servers_and_reloads_on_sighup() 
         )
         .await;
     assert!(logs.to_string().contains("survived"), "{logs}");
+    // The reloaded limits hold: a burst of one, then 429.
+    let submit = || {
+        d.call_json(
+            reqwest::Method::POST,
+            "/api/v1/jobs",
+            token,
+            Some(json!({"command": "true", "server_id": web})),
+        )
+    };
+    assert_eq!(submit().await.0, 201);
+    assert_eq!(submit().await.0, 429);
 
     // A bad file: check-config names the problem and its line; a reload with it changes
     // nothing and the daemon keeps serving.
@@ -229,8 +181,8 @@ async fn a_daemon_from_a_config_file_serves_its_servers_and_reloads_on_sighup() 
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (status, _) = d
-        .call(reqwest::Method::GET, "/api/v1/servers", None, None)
+        .call_json(reqwest::Method::GET, "/api/v1/servers", None, None)
         .await;
     assert_eq!(status, 401, "the refused reload dropped the tokens");
-    assert_eq!(d.servers(token).await.len(), 2);
+    assert_eq!(list_servers(&d, token).await.len(), 2);
 }

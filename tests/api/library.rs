@@ -117,3 +117,45 @@ db_test!(
         assert_ne!(row.status, "running", "{row:?}");
     }
 );
+
+/// The HTTP API mounts in an embedding program's own actix-web app, beside its own routes,
+/// and acts on the same engine as the library calls.
+#[actix_web::test]
+async fn the_routes_mount_in_an_embedding_programs_own_actix_web_app() {
+    use actix_web::{App, test, web};
+    let db = TestDb::create(crate::helpers::Db::Sqlite).unwrap();
+    let sup = Supervisor::builder()
+        .database(&db.url)
+        .build()
+        .await
+        .unwrap();
+    let app = test::init_service(
+        App::new()
+            .app_data(web::Data::new(sup.http_state()))
+            .configure(job_executor::http::configure)
+            .route("/hello", web::get().to(|| async { "ours" })),
+    )
+    .await;
+    let req = test::TestRequest::post()
+        .uri("/api/v1/servers")
+        .set_json(
+            serde_json::json!({"name": "web", "hostname": "127.0.0.1", "user": "u",
+            "auth_type": "password", "password": "p"}),
+        )
+        .to_request();
+    let resp = test::call_service(&app, req).await;
+    assert_eq!(resp.status(), 201);
+    // Registered through HTTP, seen by the library.
+    let servers = sup.servers().await.unwrap();
+    assert_eq!(servers.len(), 1);
+    assert_eq!(servers[0].name, "web");
+    let resp = test::call_service(&app, test::TestRequest::get().uri("/hello").to_request()).await;
+    assert_eq!(resp.status(), 200);
+    let resp = test::call_service(
+        &app,
+        test::TestRequest::get().uri("/api/v1/nothing").to_request(),
+    )
+    .await;
+    assert_eq!(resp.status(), 404);
+    sup.shutdown().await;
+}

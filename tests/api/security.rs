@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::db_test;
-use crate::helpers::procs::free_port;
+use crate::helpers::procs::{Service, free_port};
 use crate::helpers::sshd::HostKind;
 use crate::helpers::{Db, TestApp, TestDb, TestHost, in_ci, test_settings};
 use crate::jobs::{submit, wait_done};
@@ -147,72 +147,25 @@ async fn without_tokens_it_refuses_to_listen_beyond_loopback() {
     );
 }
 
-/// A `job-executor serve` process logging at debug level into a file.
-struct Service {
-    child: std::process::Child,
-    base: String,
-    client: reqwest::Client,
-}
-
-impl Service {
-    async fn start(db_path: &str, dir: &std::path::Path) -> Service {
-        let port = free_port();
-        let log = dir.join("service.log");
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_job-executor"))
-            .arg("serve")
-            .env("DATABASE_URL", db_path)
-            .env("JOBEXEC__HTTP__ADDR", format!("127.0.0.1:{port}"))
-            .env("JOBEXEC__HTTP__WORKERS", "1")
-            .env("RUST_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        let svc = Service {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            client: reqwest::Client::new(),
-        };
-        let start = Instant::now();
-        while svc
-            .client
-            .get(format!("{}/health", svc.base))
-            .send()
-            .await
-            .is_err()
-        {
-            assert!(start.elapsed() < Duration::from_secs(20), "did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        svc
-    }
-
-    /// Send a request; returns the status and the body as text.
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, String) {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        (resp.status().as_u16(), resp.text().await.unwrap())
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_are_sealed_at_rest_and_absent_from_responses_and_the_debug_log() {
     let host = TestHost::start_with_password().await;
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("jobs.db").display().to_string();
-    let svc = Service::start(&db_path, dir.path()).await;
+    let port = free_port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let svc = Service::start(
+        &["serve"],
+        &[
+            ("DATABASE_URL", &db_path),
+            ("JOBEXEC__HTTP__ADDR", &addr),
+            ("JOBEXEC__HTTP__WORKERS", "1"),
+            ("RUST_LOG", "debug"),
+        ],
+        port.parse().unwrap(),
+        Some(&dir.path().join("service.log")),
+    )
+    .await;
     let password = host.password.clone().unwrap();
     let key = host.keys.encrypted_openssh.clone();
     let passphrase = host.keys.passphrase.clone();
@@ -225,6 +178,7 @@ async fn secrets_are_sealed_at_rest_and_absent_from_responses_and_the_debug_log(
         .call(
             Method::POST,
             "/api/v1/servers",
+            None,
             Some(
                 json!({"name": "pw", "hostname": host.host, "port": host.port,
                 "user": host.user, "auth_type": "password", "password": password}),
@@ -241,6 +195,7 @@ async fn secrets_are_sealed_at_rest_and_absent_from_responses_and_the_debug_log(
         .call(
             Method::POST,
             "/api/v1/servers",
+            None,
             Some(
                 json!({"name": "key", "hostname": host.host, "port": host.port,
                 "user": host.user, "auth_type": "key", "private_key": key,
@@ -257,7 +212,12 @@ async fn secrets_are_sealed_at_rest_and_absent_from_responses_and_the_debug_log(
     // Use both: connection tests, jobs, an update, reads.
     for id in [&pw_id, &key_id] {
         let (status, body) = svc
-            .call(Method::POST, &format!("/api/v1/servers/{id}/test"), None)
+            .call(
+                Method::POST,
+                &format!("/api/v1/servers/{id}/test"),
+                None,
+                None,
+            )
             .await;
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("\"ok\":true"), "{body}");
@@ -266,6 +226,7 @@ async fn secrets_are_sealed_at_rest_and_absent_from_responses_and_the_debug_log(
             .call(
                 Method::POST,
                 "/api/v1/jobs",
+                None,
                 Some(json!({"command": "echo ran", "server_id": id})),
             )
             .await;
@@ -277,7 +238,7 @@ async fn secrets_are_sealed_at_rest_and_absent_from_responses_and_the_debug_log(
         let start = Instant::now();
         loop {
             let (_, body) = svc
-                .call(Method::GET, &format!("/api/v1/jobs/{job}"), None)
+                .call(Method::GET, &format!("/api/v1/jobs/{job}"), None, None)
                 .await;
             if body.contains("\"status\":\"completed\"") {
                 seen.push_str(&body);
@@ -292,6 +253,7 @@ async fn secrets_are_sealed_at_rest_and_absent_from_responses_and_the_debug_log(
         .call(
             Method::PUT,
             &format!("/api/v1/servers/{pw_id}"),
+            None,
             Some(json!({"password": password})),
         )
         .await;
@@ -304,7 +266,7 @@ async fn secrets_are_sealed_at_rest_and_absent_from_responses_and_the_debug_log(
         "/api/v1/audit".into(),
         "/api/v1/jobs".into(),
     ] {
-        let (status, body) = svc.call(Method::GET, &path, None).await;
+        let (status, body) = svc.call(Method::GET, &path, None, None).await;
         assert_eq!(status, 200, "{body}");
         seen.push_str(&body);
     }

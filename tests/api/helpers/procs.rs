@@ -168,3 +168,110 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A `job-executor` process given only what the test says (arguments, environment), on its
+/// own port, with an HTTP client for it. The seed's and our variables that the test runner's
+/// own environment may hold are removed first.
+pub struct Service {
+    child: Child,
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Service {
+    /// Start `job-executor ARGS` listening on `port`; its output goes to `log` (or nowhere).
+    /// Returns once `/health` answers.
+    pub async fn start(
+        args: &[&str],
+        env: &[(&str, &str)],
+        port: u16,
+        log: Option<&std::path::Path>,
+    ) -> Service {
+        let (stdout, stderr) = match log {
+            Some(path) => {
+                let file = std::fs::File::create(path).expect("log file");
+                (
+                    Stdio::from(file.try_clone().expect("log file")),
+                    Stdio::from(file),
+                )
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_job-executor"))
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env_remove("RABBITMQ_URL")
+            .env_remove("SERVER_ADDR")
+            .env_remove("JOBEXEC_API_TOKENS")
+            .env_remove("JOBEXEC_SECRET_KEY")
+            .env("RUST_LOG", "error")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn job-executor");
+        let svc = Service {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+        };
+        let start = std::time::Instant::now();
+        while svc
+            .client
+            .get(format!("{}/health", svc.base))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "job-executor {args:?} did not start"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        svc
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a request (with a bearer token and a JSON body when given): status and body text.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, String) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        (resp.status().as_u16(), resp.text().await.expect("body"))
+    }
+
+    /// Like [`Service::call`], the body parsed as JSON (`null` when it is not).
+    pub async fn call_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let (status, text) = self.call(method, path, token, body).await;
+        (status, serde_json::from_str(&text).unwrap_or_default())
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
