@@ -141,10 +141,25 @@ impl Api {
     }
 }
 
-async fn setup() -> Option<(TestDb, Vhost)> {
+/// What every test here starts from: its turn (they run one at a time: they share the
+/// broker, which some of them stop), a fresh PostgreSQL database and vhost, a test host.
+struct Setup {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    db: TestDb,
+    vhost: Vhost,
+    host: TestHost,
+}
+
+async fn setup() -> Option<Setup> {
+    let serial = SERIAL.lock().await;
     let db = TestDb::create(Db::Postgres)?;
     let vhost = Vhost::create()?;
-    Some((db, vhost))
+    Some(Setup {
+        _serial: serial,
+        db,
+        vhost,
+        host: TestHost::start().await,
+    })
 }
 
 fn shared_dir() -> tempfile::TempDir {
@@ -156,11 +171,15 @@ fn shared_dir() -> tempfile::TempDir {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_spread_over_workers_and_each_runs_exactly_once() {
-    let _serial = SERIAL.lock().await;
-    let Some((db, vhost)) = setup().await else {
+    let Some(Setup {
+        _serial,
+        db,
+        vhost,
+        host,
+    }) = setup().await
+    else {
         return;
     };
-    let host = TestHost::start().await;
     let api = Api::start(&db, &vhost).await;
     let _w1 = Proc::spawn("worker", "w1", &db, &vhost, free_port());
     let _w2 = Proc::spawn("worker", "w2", &db, &vhost, free_port());
@@ -211,11 +230,15 @@ fn group_alive(pgid: i64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancels_reach_every_worker_and_leave_no_process() {
-    let _serial = SERIAL.lock().await;
-    let Some((db, vhost)) = setup().await else {
+    let Some(Setup {
+        _serial,
+        db,
+        vhost,
+        host,
+    }) = setup().await
+    else {
         return;
     };
-    let host = TestHost::start().await;
     let api = Api::start(&db, &vhost).await;
     let _w1 = Proc::spawn("worker", "w1", &db, &vhost, free_port());
     let _w2 = Proc::spawn("worker", "w2", &db, &vhost, free_port());
@@ -286,11 +309,15 @@ fn pgids(db: &TestDb, ids: &[String]) -> Vec<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_fails_its_jobs_and_a_new_worker_takes_the_queue() {
-    let _serial = SERIAL.lock().await;
-    let Some((db, vhost)) = setup().await else {
+    let Some(Setup {
+        _serial,
+        db,
+        vhost,
+        host,
+    }) = setup().await
+    else {
         return;
     };
-    let host = TestHost::start().await;
     let api = Api::start(&db, &vhost).await;
     let mut w1 = Proc::spawn("worker", "w1", &db, &vhost, free_port());
     let server = api.add_server(&host).await;
@@ -365,11 +392,15 @@ async fn a_killed_worker_fails_its_jobs_and_a_new_worker_takes_the_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_stream_loses_no_submission() {
-    let _serial = SERIAL.lock().await;
-    let Some((db, vhost)) = setup().await else {
+    let Some(Setup {
+        _serial,
+        db,
+        vhost,
+        host,
+    }) = setup().await
+    else {
         return;
     };
-    let host = TestHost::start().await;
     let api = Api::start(&db, &vhost).await;
     let _w1 = Proc::spawn("worker", "w1", &db, &vhost, free_port());
     let server = api.add_server(&host).await;
@@ -401,11 +432,15 @@ async fn a_broker_restart_mid_stream_loses_no_submission() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_started_before_the_broker_works_once_it_comes_up() {
-    let _serial = SERIAL.lock().await;
-    let Some((db, vhost)) = setup().await else {
+    let Some(Setup {
+        _serial,
+        db,
+        vhost,
+        host,
+    }) = setup().await
+    else {
         return;
     };
-    let host = TestHost::start().await;
     assert!(rabbitmqctl(&["stop_app"]), "rabbitmqctl stop_app");
     let restart = OnDrop(Some(|| {
         rabbitmqctl(&["start_app"]);
@@ -443,11 +478,15 @@ async fn an_api_started_before_the_broker_works_once_it_comes_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_streams_a_job_that_a_worker_runs() {
-    let _serial = SERIAL.lock().await;
-    let Some((db, vhost)) = setup().await else {
+    let Some(Setup {
+        _serial,
+        db,
+        vhost,
+        host,
+    }) = setup().await
+    else {
         return;
     };
-    let host = TestHost::start().await;
     let api = Api::start(&db, &vhost).await;
     let _w1 = Proc::spawn("worker", "w1", &db, &vhost, free_port());
     let server = api.add_server(&host).await;
@@ -478,33 +517,45 @@ async fn streaming(db: &TestDb, vhost: &Vhost, host: &TestHost) -> (Api, Proc, T
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_replays_a_job_a_worker_ran_and_resumes_after_any_event() {
-    let _serial = SERIAL.lock().await;
-    let Some((db, vhost)) = setup().await else {
+    let Some(Setup {
+        _serial,
+        db,
+        vhost,
+        host,
+    }) = setup().await
+    else {
         return;
     };
-    let host = TestHost::start().await;
     let (_api, _w1, target) = streaming(&db, &vhost, &host).await;
     stream::replay_and_resume(&target).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_resumes_a_running_job_across_replay_and_live_exactly() {
-    let _serial = SERIAL.lock().await;
-    let Some((db, vhost)) = setup().await else {
+    let Some(Setup {
+        _serial,
+        db,
+        vhost,
+        host,
+    }) = setup().await
+    else {
         return;
     };
-    let host = TestHost::start().await;
     let (_api, _w1, target) = streaming(&db, &vhost, &host).await;
     stream::resume_while_running(&target).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_on_an_api_does_not_slow_a_50_mb_job_on_a_worker() {
-    let _serial = SERIAL.lock().await;
-    let Some((db, vhost)) = setup().await else {
+    let Some(Setup {
+        _serial,
+        db,
+        vhost,
+        host,
+    }) = setup().await
+    else {
         return;
     };
-    let host = TestHost::start().await;
     let (_api, _w1, target) = streaming(&db, &vhost, &host).await;
     stream::stalled_reader(&target).await;
 }
@@ -522,11 +573,15 @@ impl<F: FnOnce()> Drop for OnDrop<F> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_a_worker_and_leaves_nothing_running() {
-    let _serial = SERIAL.lock().await;
-    let Some((db, vhost)) = setup().await else {
+    let Some(Setup {
+        _serial,
+        db,
+        vhost,
+        host,
+    }) = setup().await
+    else {
         return;
     };
-    let host = TestHost::start().await;
     let api = Api::start(&db, &vhost).await;
     let mut w1 = Proc::spawn("worker", "w1", &db, &vhost, free_port());
     let server = api.add_server(&host).await;
