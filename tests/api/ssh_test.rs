@@ -243,6 +243,18 @@ db_test!(
         assert_eq!(status, 200);
         let report = test_server(&app, &id).await;
         assert_eq!(report["ok"], true, "{report}");
+        // Checks turned off for this server: shown in its record, and a wrong pin no longer
+        // stops it.
+        let (status, server) = app
+            .put(
+                &format!("/api/v1/servers/{id}"),
+                &json!({"host_key": wrong, "host_key_check": "off"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{server}");
+        assert_eq!(server["host_key_check"], "off");
+        let report = test_server(&app, &id).await;
+        assert_eq!(report["ok"], true, "{report}");
         app.stop().await;
     }
 );
