@@ -55,6 +55,7 @@ pub mod check;
 pub mod domain;
 pub mod error;
 pub mod events;
+mod follow;
 pub mod http;
 pub mod metrics;
 pub mod queue;

@@ -38,6 +38,7 @@ use crate::app::{App, Role, StartError};
 use crate::domain::{JobKind, JobRequest, JobStatus, OutputStream, ServerDraft, ServerPatch};
 use crate::error::ApiError;
 use crate::events::JobEvent;
+use crate::follow::{Follower, Gone, Sink};
 use crate::http::AppState;
 use crate::settings::{Settings, SettingsError};
 use crate::store::{JobRow, ServerRow, StoreError};
@@ -412,10 +413,14 @@ impl Supervisor {
     /// the database.
     pub fn output(&self, id: &JobId) -> Pin<Box<dyn Stream<Item = OutputChunk> + Send>> {
         let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
-        let state = self.state().clone();
-        let id = id.0;
+        let state = self.state();
+        // Subscribed before the follower first reads the job: nothing falls in between.
+        let bus = state.events.subscribe();
+        // A job another worker runs is heard of only in the database: look there too.
+        let follower = Follower::new(state.store.clone(), id.0.to_string(), -1, ChunkSink { tx })
+            .polling(WAIT_POLL);
         tokio::spawn(async move {
-            let _ = follow(state, id, tx).await;
+            let _ = follower.run(bus).await;
         });
         Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
     }
@@ -474,74 +479,43 @@ pub(crate) async fn upsert_server_in(
     }
 }
 
-/// Send the job's output after `last` from the database, then live, until it ends.
-async fn follow(state: AppState, id: uuid::Uuid, tx: mpsc::Sender<OutputChunk>) -> Result<(), ()> {
-    let mut bus = state.events.subscribe();
-    let key = id.to_string();
-    let mut last = -1i64;
-    let replay = |last: i64| {
-        let store = state.store.clone();
-        let key = key.clone();
-        async move { store.read_output(key, last, 1000).await.unwrap_or_default() }
-    };
-    loop {
-        // Catch up from the database.
-        loop {
-            let page = replay(last).await;
-            let n = page.len();
-            for c in page {
-                last = c.seq;
-                let chunk = OutputChunk {
-                    seq: c.seq,
-                    stream: c.stream(),
-                    data: c.data,
-                    at: c.at,
-                };
-                tx.send(chunk).await.map_err(|_| ())?;
-            }
-            if n < 1000 {
-                break;
-            }
-        }
-        let row = state.store.get_job(id).await.map_err(|_| ())?;
-        if row.status().is_terminal() {
-            // The end is recorded after the last output is stored: one more look.
-            for c in replay(last).await {
-                let chunk = OutputChunk {
-                    seq: c.seq,
-                    stream: c.stream(),
-                    data: c.data,
-                    at: c.at,
-                };
-                tx.send(chunk).await.map_err(|_| ())?;
-            }
-            return Ok(());
-        }
-        // Live, until something is missed or the job ends (then back to the database).
-        let poll = tokio::time::sleep(WAIT_POLL);
-        tokio::pin!(poll);
-        loop {
-            tokio::select! {
-                _ = tx.closed() => return Err(()),
-                _ = &mut poll => break,
-                ev = bus.recv() => match ev {
-                    Ok(JobEvent::Output { job_id, seq, stream, data, at }) if *job_id == *key => {
-                        if seq <= last {
-                            continue;
-                        }
-                        if seq > last + 1 {
-                            break;
-                        }
-                        last = seq;
-                        let chunk = OutputChunk { seq, stream, data: data.to_vec(), at };
-                        tx.send(chunk).await.map_err(|_| ())?;
-                    }
-                    Ok(JobEvent::Status(r)) if r.id == key && r.status().is_terminal() => break,
-                    Ok(_) => {}
-                    Err(_) => break,
-                },
-            }
-        }
+/// The library's end of a [`Follower`]: raw chunks into a bounded channel.
+struct ChunkSink {
+    tx: mpsc::Sender<OutputChunk>,
+}
+
+impl Sink for ChunkSink {
+    async fn status(&mut self, _: i64, _: &JobRow) -> Result<(), Gone> {
+        Ok(())
+    }
+
+    async fn output(
+        &mut self,
+        seq: i64,
+        stream: OutputStream,
+        data: &[u8],
+        at: i64,
+    ) -> Result<(), Gone> {
+        let chunk = OutputChunk {
+            seq,
+            stream,
+            data: data.to_vec(),
+            at,
+        };
+        self.tx.send(chunk).await.map_err(|_| Gone)
+    }
+
+    async fn complete(&mut self, _: i64, _: &JobRow) -> Result<(), Gone> {
+        Ok(())
+    }
+
+    async fn idle(&mut self) -> Result<(), Gone> {
+        Ok(())
+    }
+
+    fn gone(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let tx = self.tx.clone();
+        async move { tx.closed().await }
     }
 }
 

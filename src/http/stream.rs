@@ -4,12 +4,10 @@
 //! any), so a client that reconnects with `Last-Event-ID: n` gets exactly the output after
 //! `n`: nothing twice, nothing missed. The first event is always the current status.
 //!
-//! Each client has its own task and a small bounded buffer. The task subscribes to the event
-//! bus *before* reading the database, replays what is stored, then follows live events; a
-//! live event that is ahead of what it has sent (the writer had not flushed yet when it read)
-//! or a lag of the bus (the client was slow and the bus moved on) sends it back to the
-//! database to catch up. A slow client therefore only ever slows itself; the job and the
-//! other clients never wait for it.
+//! Each client has its own task and a small bounded buffer; the task is a
+//! [`crate::follow::Follower`] (replay from the database, then live, back to the database on a
+//! gap or a lag) feeding an SSE sink. A slow client therefore only ever slows itself; the
+//! job and the other clients never wait for it.
 //!
 //! Output is text: each stream's bytes go through a UTF-8 decoder that carries an incomplete
 //! character over to the stream's next chunk, so a character split across chunks arrives
@@ -22,22 +20,20 @@ use actix_web::http::header;
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use super::AppState;
 use super::jobs::job_view;
 use super::openapi::{NotFound, TooManyRequests, Unauthorized, Unavailable};
 use crate::domain::{Micros, OutputStream, parse_id};
 use crate::error::ApiError;
-use crate::events::JobEvent;
+use crate::follow::{Follower, Gone, Sink};
 use crate::store::{ChunkRow, JobRow};
 
 /// How often an idle stream gets a keep-alive comment.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Events buffered per client before its task waits for it.
 const CLIENT_BUFFER: usize = 64;
-/// Chunks read per database page while replaying.
-const PAGE: i64 = 1000;
 
 /// UTF-8 decoding across chunk boundaries.
 #[derive(Debug, Default)]
@@ -83,42 +79,21 @@ impl Utf8Carry {
     }
 }
 
-struct Feed {
-    state: web::Data<AppState>,
+/// An SSE client: events as frames, each stream's bytes through its UTF-8 carry.
+struct SseSink {
     job_id: String,
-    last: i64,
     stdout: Utf8Carry,
     stderr: Utf8Carry,
     tx: mpsc::Sender<Bytes>,
 }
 
-/// The client went away: stop feeding it.
-struct Gone;
-
 fn frame(id: i64, event: &str, data: &serde_json::Value) -> Bytes {
     Bytes::from(format!("id: {id}\nevent: {event}\ndata: {data}\n\n"))
 }
 
-impl Feed {
+impl SseSink {
     async fn send(&self, bytes: Bytes) -> Result<(), Gone> {
         self.tx.send(bytes).await.map_err(|_| Gone)
-    }
-
-    async fn status(&self, row: &JobRow) -> Result<(), Gone> {
-        self.send(frame(self.last, "status", &job_view(row))).await
-    }
-
-    async fn complete(&mut self, row: &JobRow) -> Result<(), Gone> {
-        // Bytes still carried at the end never completed a character: send them replaced.
-        for stream in [OutputStream::Stdout, OutputStream::Stderr] {
-            let rest = self.carry(stream).finish();
-            if !rest.is_empty() {
-                self.output_text(self.last, stream, rest, Micros::now().0)
-                    .await?;
-            }
-        }
-        self.send(frame(self.last, "complete", &job_view(row)))
-            .await
     }
 
     fn carry(&mut self, stream: OutputStream) -> &mut Utf8Carry {
@@ -150,7 +125,26 @@ impl Feed {
         self.send(frame(seq, "output", &data)).await
     }
 
-    /// Send one chunk (skipping what was already sent).
+    /// Rebuild the UTF-8 carries as they stood after `last` (a resumed stream).
+    async fn prime(&mut self, store: &crate::store::Store, last: i64) {
+        if last < 0 {
+            return;
+        }
+        let tail: Vec<ChunkRow> = store
+            .read_output_tail(self.job_id.clone(), last, 16)
+            .await
+            .unwrap_or_default();
+        for c in tail {
+            let _ = self.carry(c.stream()).push(&c.data);
+        }
+    }
+}
+
+impl Sink for SseSink {
+    async fn status(&mut self, last: i64, row: &JobRow) -> Result<(), Gone> {
+        self.send(frame(last, "status", &job_view(row))).await
+    }
+
     async fn output(
         &mut self,
         seq: i64,
@@ -158,11 +152,7 @@ impl Feed {
         data: &[u8],
         at: i64,
     ) -> Result<(), Gone> {
-        if seq <= self.last {
-            return Ok(());
-        }
         let text = self.carry(stream).push(data);
-        self.last = seq;
         if text.is_empty() {
             // All of it is carried into the stream's next chunk; a resume from an earlier id
             // rebuilds the carry from the database.
@@ -171,107 +161,25 @@ impl Feed {
         self.output_text(seq, stream, text, at).await
     }
 
-    /// Send everything stored after `last`.
-    async fn replay(&mut self) -> Result<(), Gone> {
-        loop {
-            let page = match self
-                .state
-                .store
-                .read_output(self.job_id.clone(), self.last, PAGE)
-                .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(job_id = %self.job_id, error = %e, "stream cannot read output");
-                    return Ok(());
-                }
-            };
-            let n = page.len();
-            for c in page {
-                self.output(c.seq, c.stream(), &c.data, c.at).await?;
-            }
-            if (n as i64) < PAGE {
-                return Ok(());
+    async fn complete(&mut self, last: i64, row: &JobRow) -> Result<(), Gone> {
+        // Bytes still carried at the end never completed a character: send them replaced.
+        for stream in [OutputStream::Stdout, OutputStream::Stderr] {
+            let rest = self.carry(stream).finish();
+            if !rest.is_empty() {
+                self.output_text(last, stream, rest, Micros::now().0)
+                    .await?;
             }
         }
+        self.send(frame(last, "complete", &job_view(row))).await
     }
 
-    /// Catch up to just before `seq` from the database, waiting briefly for the writer's
-    /// flush (it writes at least every 50 ms).
-    async fn fill_gap(&mut self, seq: i64) -> Result<(), Gone> {
-        for _ in 0..40 {
-            self.replay().await?;
-            if self.last >= seq - 1 {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        tracing::warn!(job_id = %self.job_id, from = self.last, to = seq, "stream skipped output it could not find");
-        Ok(())
+    async fn idle(&mut self) -> Result<(), Gone> {
+        self.send(Bytes::from_static(b": keep-alive\n\n")).await
     }
 
-    /// Rebuild the UTF-8 carries as they stood after `last` (a resumed stream).
-    async fn prime(&mut self) {
-        if self.last < 0 {
-            return;
-        }
-        let tail: Vec<ChunkRow> = self
-            .state
-            .store
-            .read_output_tail(self.job_id.clone(), self.last, 16)
-            .await
-            .unwrap_or_default();
-        for c in tail {
-            let _ = self.carry(c.stream()).push(&c.data);
-        }
-    }
-
-    async fn run(mut self, mut bus: broadcast::Receiver<JobEvent>) -> Result<(), Gone> {
-        self.prime().await;
-        let uuid = parse_id("id", &self.job_id).map_err(|_| Gone)?;
-        let row = self.state.store.get_job(uuid).await.map_err(|_| Gone)?;
-        self.status(&row).await?;
-        self.replay().await?;
-        if row.status().is_terminal() {
-            return self.complete(&row).await;
-        }
-        let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
-        keep_alive.tick().await;
-        // Notices a client that went away while the job is quiet, so its task (and its place
-        // under the per-caller stream cap) ends at once rather than at the next keep-alive.
-        let gone = self.tx.clone();
-        loop {
-            tokio::select! {
-                _ = gone.closed() => return Err(Gone),
-                ev = bus.recv() => match ev {
-                    Ok(JobEvent::Output { job_id, seq, stream, data, at }) if *job_id == *self.job_id => {
-                        if seq > self.last + 1 {
-                            self.fill_gap(seq).await?;
-                        }
-                        self.output(seq, stream, &data, at).await?;
-                    }
-                    Ok(JobEvent::Status(row)) if row.id == self.job_id => {
-                        if row.status().is_terminal() {
-                            // The end is recorded after the last output is stored.
-                            self.replay().await?;
-                            return self.complete(&row).await;
-                        }
-                        self.status(&row).await?;
-                    }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        self.replay().await?;
-                        let row = self.state.store.get_job(uuid).await.map_err(|_| Gone)?;
-                        if row.status().is_terminal() {
-                            self.replay().await?;
-                            return self.complete(&row).await;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                },
-                _ = keep_alive.tick() => self.send(Bytes::from_static(b": keep-alive\n\n")).await?,
-            }
-        }
+    fn gone(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let tx = self.tx.clone();
+        async move { tx.closed().await }
     }
 }
 
@@ -327,16 +235,19 @@ pub async fn stream(
         .unwrap_or(-1)
         .max(-1);
     let (tx, mut rx) = mpsc::channel::<Bytes>(CLIENT_BUFFER);
-    let feed = Feed {
-        state: state.clone(),
+    let mut sink = SseSink {
         job_id: row.id.clone(),
-        last,
         stdout: Utf8Carry::default(),
         stderr: Utf8Carry::default(),
         tx,
     };
+    let store = state.store.clone();
     actix_web::rt::spawn(async move {
-        let _ = feed.run(bus).await;
+        sink.prime(&store, last).await;
+        let _ = Follower::new(store, row.id, last, sink)
+            .keep_alive(KEEP_ALIVE)
+            .run(bus)
+            .await;
         drop(slot);
     });
     let body =
