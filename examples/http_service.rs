@@ -14,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
         .database("./http_service.db")
         .build()
         .await?;
-    let state = web::Data::new(sup.http_state());
+    let state = web::Data::new(job_executor::http::AppState::new(sup.engine().clone())?);
     println!("listening on http://127.0.0.1:8081 (the API under /api/v1, ours at /hello)");
     HttpServer::new(move || {
         App::new()

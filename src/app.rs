@@ -1,45 +1,25 @@
-//! Builds the store and the HTTP server from settings, and runs them on a thread of their own.
+//! Wires a role: the engine ([`Runtime`]) and, unless the role is `worker`, the HTTP server
+//! on the engine's actix system; applies reloaded settings (SIGHUP).
 //!
-//! The actix system lives on its own thread, so the caller can be a plain tokio program (a
-//! test, an embedding program) or the binary: [`App::start`] returns once the server is
-//! listening, [`App::stop`] stops it gracefully, [`App::wait`] waits for it to end.
+//! [`App::start`] returns once the server is listening, [`App::stop`] stops it gracefully
+//! (in-flight requests, then the engine's drain), [`App::wait`] waits for it to end.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Actor;
 use actix_web::{App as ActixApp, HttpServer, web};
-use tokio::sync::oneshot;
 
-use crate::actors::Dispatcher;
-use crate::actors::job::JobDeps;
-use crate::actors::messages::Drain;
-use crate::domain::ServerPatch;
-use crate::events::EventBus;
+use crate::engine::{self, Engine, Role, Runtime, apply_servers};
 use crate::http::{self, AppState};
-use crate::queue::rabbit::{RabbitBroker, Roles};
-use crate::queue::{JobQueue, MemoryQueue, bridge};
-use crate::settings::Settings;
-use crate::store::{Store, StoreError};
-
-/// What a process runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// API and worker in one process (the embedded default).
-    Serve,
-    /// The HTTP API only.
-    Api,
-    /// The worker only (no HTTP listener).
-    Worker,
-}
+use crate::settings::{Settings, loopback_only};
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The database could not be opened or migrated.
-    #[error("database: {0}")]
-    Store(#[from] StoreError),
+    /// The engine could not start (database, settings' servers).
+    #[error(transparent)]
+    Engine(#[from] engine::StartError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -48,12 +28,6 @@ pub enum StartError {
         /// The OS's answer.
         source: std::io::Error,
     },
-    /// A `[[servers]]` table is invalid or its secret file cannot be read.
-    #[error("[[servers]]: {0}")]
-    Servers(String),
-    /// The default server from the seed's `SSH_*` variables is invalid.
-    #[error("default server (SSH_HOST…): {0}")]
-    DefaultServer(String),
     /// An `auth.tokens` entry is unusable.
     #[error("{0}")]
     Tokens(#[from] http::auth::TokenError),
@@ -70,73 +44,46 @@ pub enum StartError {
     /// The TLS certificate or key cannot be used.
     #[error("TLS: {0}")]
     Tls(String),
-    /// The runtime thread died before the server was ready.
-    #[error("the server thread failed to start: {0}")]
-    Thread(String),
 }
 
-/// A running application.
+/// A running application: the engine, and the HTTP server unless the role is `worker`.
 pub struct App {
     addr: Option<SocketAddr>,
-    store: Store,
+    runtime: Runtime,
     state: AppState,
     handle: Option<actix_web::dev::ServerHandle>,
-    stop_tx: Option<oneshot::Sender<()>>,
-    done: Option<oneshot::Receiver<()>>,
     grace: Duration,
 }
 
 impl App {
-    /// Open the database (applying migrations), register the default server if the settings
-    /// name one, and start the HTTP server (unless the role is `worker`).
+    /// Open the database (applying migrations), register the servers the settings name, and
+    /// start the engine and the HTTP server (unless the role is `worker`).
     pub async fn start(settings: Settings, role: Role) -> Result<App, StartError> {
         let settings = Arc::new(settings);
-        let tokens = Arc::new(http::auth::Tokens::from_settings(&settings.auth.tokens)?);
+        let tokens = http::auth::Tokens::from_settings(&settings.auth.tokens)?;
         if role != Role::Worker {
             require_tokens_beyond_loopback(&settings.http.addr, &tokens)?;
         }
-        let store = Store::open(&settings).await?;
-        tracing::info!(
-            database = %settings.database.redacted_url(),
-            backend = store.backend().as_str(),
-            "database ready"
-        );
-        ensure_default_server(&store, &settings).await?;
-        apply_servers(&store, &settings).await?;
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let (done_tx, done_rx) = oneshot::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let thread_store = store.clone();
-        let thread_settings = settings.clone();
-        std::thread::Builder::new()
-            .name("job-executor".into())
-            .spawn(move || {
-                let system = actix_rt::System::new();
-                system.block_on(run(
-                    thread_settings,
-                    thread_store,
-                    tokens,
-                    role,
-                    ready_tx,
-                    stop_rx,
-                ));
-                let _ = done_tx.send(());
+        let grace = Duration::from_secs(settings.http.shutdown_grace_secs);
+        let (runtime, (addr, handle, state)) =
+            Runtime::start_with(settings, role, move |engine| async move {
+                let state = AppState::with_tokens(engine, tokens);
+                if role == Role::Worker {
+                    return Ok::<_, StartError>((None, None, state));
+                }
+                let (addr, handle) = serve(&state)?;
+                Ok((Some(addr), Some(handle), state))
             })
-            .map_err(|e| StartError::Thread(e.to_string()))?;
-        let (addr, handle, state) = ready_rx
-            .await
-            .map_err(|_| StartError::Thread("it exited early".into()))??;
+            .await?;
         if let Some(addr) = addr {
             tracing::info!(%addr, role = ?role, "listening");
         }
         Ok(App {
             addr,
-            store,
+            runtime,
             state,
             handle,
-            stop_tx: Some(stop_tx),
-            done: Some(done_rx),
-            grace: Duration::from_secs(settings.http.shutdown_grace_secs),
+            grace,
         })
     }
 
@@ -145,9 +92,9 @@ impl App {
         self.addr
     }
 
-    /// The database.
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        self.runtime.engine()
     }
 
     /// A handle that applies reloaded settings (see [`Reloader::reload`]).
@@ -158,45 +105,62 @@ impl App {
         }
     }
 
-    /// The engine's handles (store, queue, events, dispatcher): what the HTTP handlers and
-    /// the [`crate::Supervisor`] act through. Pass it as `web::Data` to mount
-    /// [`crate::http::configure`] in an embedding program's own actix-web app.
-    pub fn state(&self) -> &AppState {
-        &self.state
-    }
-
-    /// Stop: finish in-flight requests up to the grace period, then close.
+    /// Stop: finish in-flight requests up to the grace period, then drain the engine.
     pub async fn stop(mut self) {
         if let Some(handle) = self.handle.take() {
             let _ =
                 tokio::time::timeout(self.grace + Duration::from_secs(1), handle.stop(true)).await;
         }
-        if let Some(tx) = self.stop_tx.take() {
-            let _ = tx.send(());
-        }
-        if let Some(done) = self.done.take() {
-            let _ = done.await;
-        }
+        self.runtime.stop().await;
     }
 
     /// Wait until the application stops by itself.
     pub async fn wait(&mut self) {
-        if let Some(done) = self.done.as_mut() {
-            let _ = done.await;
-        }
+        self.runtime.wait().await;
     }
 }
 
-/// What the runtime thread hands back once it runs: the address, the server's handle, and
-/// the handles of the engine (for the library API).
-type Ready = Result<
-    (
-        Option<SocketAddr>,
-        Option<actix_web::dev::ServerHandle>,
-        AppState,
-    ),
-    StartError,
->;
+/// Bind and start the HTTP server of `state` (on the engine's actix system).
+fn serve(state: &AppState) -> Result<(SocketAddr, actix_web::dev::ServerHandle), StartError> {
+    let settings = state.engine.settings().clone();
+    let data = web::Data::new(state.clone());
+    let server = HttpServer::new(move || {
+        ActixApp::new()
+            .app_data(data.clone())
+            .configure(http::configure)
+            .default_service(web::to(http::not_found))
+    })
+    .disable_signals()
+    // A client that closes its side is gone (no HTTP client half-closes and waits): end its
+    // response at once, which ends an SSE stream's task and frees its place under the cap.
+    .h1_allow_half_closed(false)
+    .shutdown_timeout(settings.http.shutdown_grace_secs);
+    let server = if settings.http.workers > 0 {
+        server.workers(settings.http.workers)
+    } else {
+        server
+    };
+    let bound = match tls_config(&settings.http)? {
+        Some(config) => server.bind_rustls_0_23(&settings.http.addr, config),
+        None => server.bind(&settings.http.addr),
+    };
+    let server = bound.map_err(|source| StartError::Bind {
+        addr: settings.http.addr.clone(),
+        source,
+    })?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| StartError::Bind {
+            addr: settings.http.addr.clone(),
+            source: std::io::Error::other("no address was bound"),
+        })?;
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    Ok((addr, handle))
+}
 
 /// The TLS server configuration when `http.tls_cert` and `http.tls_key` are set.
 fn tls_config(
@@ -233,16 +197,6 @@ fn tls_config(
     Ok(Some(config))
 }
 
-/// Whether every address `addr` names is a loopback address. An address that does not
-/// resolve counts as loopback here: binding it fails with its own error.
-pub(crate) fn loopback_only(addr: &str) -> bool {
-    use std::net::ToSocketAddrs;
-    match addr.to_socket_addrs() {
-        Ok(addrs) => addrs.into_iter().all(|a| a.ip().is_loopback()),
-        Err(_) => true,
-    }
-}
-
 /// An API without tokens listens on loopback only.
 fn require_tokens_beyond_loopback(
     addr: &str,
@@ -254,182 +208,6 @@ fn require_tokens_beyond_loopback(
         });
     }
     Ok(())
-}
-
-async fn run(
-    settings: Arc<Settings>,
-    store: Store,
-    tokens: Arc<http::auth::Tokens>,
-    role: Role,
-    ready: oneshot::Sender<Ready>,
-    stop: oneshot::Receiver<()>,
-) {
-    let events = EventBus::default();
-    let broker = settings.rabbitmq.enabled().then(|| {
-        let prefetch = u16::try_from(settings.worker.concurrency).unwrap_or(u16::MAX);
-        let roles = match role {
-            Role::Serve | Role::Worker => Roles {
-                consume_jobs: Some(prefetch),
-                control: true,
-                events: false,
-            },
-            Role::Api => Roles {
-                consume_jobs: None,
-                control: false,
-                events: true,
-            },
-        };
-        let name = format!("job-executor {role:?} {}", settings.worker.worker_id());
-        tracing::info!(broker = %settings.rabbitmq.redacted_url(), "using RabbitMQ");
-        RabbitBroker::start(settings.rabbitmq.clone(), roles, name)
-    });
-    let queue: Arc<dyn JobQueue> = match &broker {
-        Some(b) => b.clone(),
-        None => Arc::new(MemoryQueue::default()),
-    };
-    if let Some(b) = &broker {
-        bridge::spawn(
-            role,
-            b.clone(),
-            store.clone(),
-            events.clone(),
-            settings.rabbitmq.poll_secs,
-        );
-    }
-    let deps = JobDeps {
-        store: store.clone(),
-        events: events.clone(),
-        jobs: Arc::new(settings.jobs.clone()),
-    };
-    let runs_jobs = role != Role::Api;
-    let dispatcher = Dispatcher::new(deps, settings.clone(), queue.clone(), runs_jobs)
-        .with_broker(broker.clone())
-        .start();
-    let drain = {
-        let d = dispatcher.clone();
-        let grace = Duration::from_secs(settings.worker.shutdown_grace_secs);
-        move || async move {
-            let _ = d.send(Drain { grace }).await;
-        }
-    };
-    let state = AppState {
-        store,
-        settings: settings.clone(),
-        queue,
-        events,
-        dispatcher: Some(dispatcher),
-        broker,
-        tokens,
-        limits: Arc::new(http::limits::Limits::new(&settings.limits)),
-    };
-    if role == Role::Worker {
-        let _ = ready.send(Ok((None, None, state)));
-        let _ = stop.await;
-        drain().await;
-        return;
-    }
-    let data = web::Data::new(state.clone());
-    let server = HttpServer::new(move || {
-        ActixApp::new()
-            .app_data(data.clone())
-            .configure(http::configure)
-            .default_service(web::to(http::not_found))
-    })
-    .disable_signals()
-    // A client that closes its side is gone (no HTTP client half-closes and waits): end its
-    // response at once, which ends an SSE stream's task and frees its place under the cap.
-    .h1_allow_half_closed(false)
-    .shutdown_timeout(settings.http.shutdown_grace_secs);
-    let server = if settings.http.workers > 0 {
-        server.workers(settings.http.workers)
-    } else {
-        server
-    };
-    let tls = match tls_config(&settings.http) {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
-    let bound = match tls {
-        Some(config) => server.bind_rustls_0_23(&settings.http.addr, config),
-        None => server.bind(&settings.http.addr),
-    };
-    let server = match bound {
-        Ok(s) => s,
-        Err(source) => {
-            let _ = ready.send(Err(StartError::Bind {
-                addr: settings.http.addr.clone(),
-                source,
-            }));
-            return;
-        }
-    };
-    let addr = server.addrs().first().copied();
-    let server = server.run();
-    let _ = ready.send(Ok((addr, Some(server.handle()), state)));
-    let _ = server.await;
-    let _ = stop.await;
-    drain().await;
-}
-
-/// The seed's `SSH_HOST`/`SSH_USER`/… describe a default server: create or update it by name.
-async fn ensure_default_server(store: &Store, settings: &Settings) -> Result<(), StartError> {
-    use secrecy::{ExposeSecret, SecretString};
-    let d = &settings.default_server;
-    if d.host.trim().is_empty() {
-        return Ok(());
-    }
-    let key = if d.private_key_path.is_empty() {
-        None
-    } else {
-        let text = std::fs::read_to_string(&d.private_key_path).map_err(|e| {
-            StartError::DefaultServer(format!("cannot read {}: {e}", d.private_key_path))
-        })?;
-        Some(SecretString::from(text))
-    };
-    let password = (!d.password.expose_secret().is_empty()).then(|| d.password.clone());
-    let patch = ServerPatch {
-        name: Some(d.name.clone()),
-        hostname: Some(d.host.clone()),
-        port: Some(i64::from(d.port)),
-        user: Some(if d.user.is_empty() {
-            "root".into()
-        } else {
-            d.user.clone()
-        }),
-        auth_type: Some(if key.is_some() { "key" } else { "password" }.into()),
-        password,
-        private_key: key,
-        ..Default::default()
-    };
-    crate::supervisor::upsert_server_in(store, settings, patch)
-        .await
-        .map_err(|e| StartError::DefaultServer(e.to_string()))?;
-    tracing::info!(name = %d.name, host = %d.host, "default server registered from SSH_* settings");
-    Ok(())
-}
-
-/// Create or update, by name, every `[[servers]]` table of the settings. All are checked
-/// before any is written, so a bad table changes nothing.
-pub async fn apply_servers(store: &Store, settings: &Settings) -> Result<usize, StartError> {
-    let mut patches = Vec::new();
-    for server in &settings.servers {
-        let patch = server
-            .checked_patch(settings.ssh.default_max_concurrent_jobs)
-            .map_err(StartError::Servers)?;
-        patches.push(patch);
-    }
-    let n = patches.len();
-    for patch in patches {
-        let name = patch.name.clone().unwrap_or_default();
-        crate::supervisor::upsert_server_in(store, settings, patch)
-            .await
-            .map_err(|e| StartError::Servers(e.to_string()))?;
-        tracing::info!(name = %name, "server from the settings file applied");
-    }
-    Ok(n)
 }
 
 /// Applies new settings to a running application (SIGHUP). Cheap to clone.
@@ -445,11 +223,14 @@ impl Reloader {
     /// servers no longer in the file are left as they are), `auth.tokens` and `[limits]`.
     /// Running jobs are not touched. Everything else needs a restart. Returns a summary.
     pub async fn reload(&self, settings: &Settings) -> Result<String, StartError> {
+        let engine = &self.state.engine;
         let tokens = http::auth::Tokens::from_settings(&settings.auth.tokens)?;
         if self.listens {
-            require_tokens_beyond_loopback(&self.state.settings.http.addr, &tokens)?;
+            require_tokens_beyond_loopback(&engine.settings().http.addr, &tokens)?;
         }
-        let servers = apply_servers(&self.state.store, settings).await?;
+        let servers = apply_servers(engine.store(), settings)
+            .await
+            .map_err(StartError::from)?;
         let n_tokens = tokens.len();
         self.state.tokens.replace(tokens);
         self.state.limits.reconfigure(&settings.limits);

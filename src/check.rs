@@ -228,7 +228,7 @@ fn semantic(path: &Path, text: &str, settings: &Settings) -> Result<(), Vec<Stri
             line_of(text, Some("http"), "addr"),
             format!("http.addr {addr:?}: {e}"),
         ));
-    } else if tokens == 0 && !crate::app::loopback_only(addr) {
+    } else if tokens == 0 && !crate::settings::loopback_only(addr) {
         problems.push(at(
             path,
             line_of(text, Some("http"), "addr"),

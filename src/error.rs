@@ -86,12 +86,16 @@ impl ApiError {
             Self::Internal(_) => "internal",
         }
     }
+}
 
-    /// Map a store error, naming the thing that was looked up for a 404.
-    pub fn from_store(e: StoreError, what: impl FnOnce() -> String) -> Self {
+impl From<crate::engine::Error> for ApiError {
+    fn from(e: crate::engine::Error) -> Self {
+        use crate::engine::Error;
         match e {
-            StoreError::NotFound => Self::NotFound(format!("{} does not exist", what())),
-            other => other.into(),
+            Error::NotFound(_) => Self::NotFound(e.to_string()),
+            Error::Invalid(f) => Self::Invalid(f),
+            Error::AlreadyEnded { .. } => Self::Conflict(e.to_string()),
+            Error::Store(s) => s.into(),
         }
     }
 }

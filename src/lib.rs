@@ -34,28 +34,48 @@
 //!
 //! ## Layout
 //!
-//! - [`supervisor`]: the library API ([`Supervisor`]).
-//! - [`settings`]: the settings tree, loaded in layers (defaults, file, environment);
-//!   [`check`] validates a settings file with line context.
-//! - [`domain`]: ids, statuses and their allowed transitions, validation. No I/O.
-//! - [`store`]: diesel over SQLite or PostgreSQL, chosen at run time; migrations embedded.
+//! Every use case lives once, in [`engine`]; the edges call it. Nothing imports upward and
+//! no two modules import each other (`shared/tools/layers.py` checks it):
+//!
+//! ```text
+//!   main (binary) ──▶ app ──▶ http ────────┐   supervisor (library) ──┐
+//!                      │    (extract → engine → typed view)          │
+//!                      └──────────────────▶ engine ◀─────────────────┘
+//!                           (use cases: Engine; start / drain: Runtime; follow)
+//!                                │                         │
+//!                 actors (Dispatcher, HostActor,      queue (memory, RabbitMQ,
+//!                  JobActor, output writer)            bridge), events
+//!                                │                         │
+//!                       store (diesel) · ssh · secrets · settings · metrics
+//!                                │
+//!                             domain (ids, statuses, validation; no I/O)
+//! ```
+//!
+//! - [`engine`]: submit, cancel, duplicate, output and follow; servers: create, update,
+//!   delete, test, pin; the audit record of each; [`engine::Runtime`] starts the rest for a
+//!   [`Role`] and drains it.
+//! - [`http`]: actix-web handlers that parse, call the engine and return a view type; the
+//!   OpenAPI document is collected from the same registration; auth, limits, metrics
+//!   middleware; [`error`] maps engine errors to statuses and JSON.
+//! - [`supervisor`]: the library API ([`Supervisor`]): a builder and one-line delegations.
+//! - [`app`]: wires a role (engine, HTTP server) and reloads settings ([`App`]).
 //! - [`actors`]: the dispatcher, a pool actor per host, an actor per job, the output writer.
 //! - [`queue`]: the in-process queue and RabbitMQ (jobs, cancels, events), [`events`] the
 //!   in-process event bus.
+//! - [`store`]: diesel over SQLite or PostgreSQL, chosen at run time; migrations embedded.
 //! - [`ssh`]: connect, verify host keys, authenticate, classify failures; remote process
-//!   groups in [`ssh::exec`].
-//! - [`secrets`]: the keyring that seals stored passwords and keys (ChaCha20-Poly1305).
-//! - [`http`]: the actix-web routes, auth, limits, OpenAPI, and the JSON error contract
-//!   ([`error`]); [`metrics`] the Prometheus registry.
-//! - [`app`]: builds all of it from settings and runs it ([`App`]).
+//!   groups in [`ssh::exec`]. [`secrets`]: the keyring that seals stored credentials.
+//! - [`settings`]: the settings tree, loaded in layers (defaults, file, environment);
+//!   [`check`] validates a settings file with line context. [`metrics`]: the registry.
+//! - [`domain`]: ids, statuses and their allowed transitions, validation. No I/O.
 
 pub mod actors;
 pub mod app;
 pub mod check;
 pub mod domain;
+pub mod engine;
 pub mod error;
 pub mod events;
-mod follow;
 pub mod http;
 pub mod metrics;
 pub mod queue;
@@ -66,6 +86,7 @@ pub mod store;
 pub mod supervisor;
 pub mod telemetry;
 
-pub use app::{App, Role, StartError};
+pub use app::{App, StartError};
+pub use engine::{Engine, Role};
 pub use settings::Settings;
 pub use supervisor::Supervisor;

@@ -507,6 +507,16 @@ impl Settings {
     }
 }
 
+/// Whether every address `addr` names is a loopback address. An address that does not
+/// resolve counts as loopback here: binding it fails with its own error.
+pub fn loopback_only(addr: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    match addr.to_socket_addrs() {
+        Ok(addrs) => addrs.into_iter().all(|a| a.ip().is_loopback()),
+        Err(_) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

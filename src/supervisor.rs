@@ -28,18 +28,17 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
 use secrecy::SecretString;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
-use crate::app::{App, Role, StartError};
-use crate::domain::{JobKind, JobRequest, JobStatus, OutputStream, ServerDraft, ServerPatch};
-use crate::error::ApiError;
-use crate::events::JobEvent;
-use crate::follow::{Follower, Gone, Sink};
-use crate::http::AppState;
+pub use crate::domain::JobId;
+use crate::domain::{Actor, JobKind, JobRequest, JobStatus, OutputStream, ServerPatch};
+use crate::engine::follow::{Gone, Sink};
+use crate::engine::{self, Engine, Role, Runtime, Subject};
 use crate::settings::{Settings, SettingsError};
 use crate::store::{JobRow, ServerRow, StoreError};
 
@@ -51,22 +50,16 @@ pub enum Error {
     Settings(#[from] SettingsError),
     /// The supervisor could not start.
     #[error(transparent)]
-    Start(#[from] StartError),
-    /// A request was refused (invalid field, unknown server, conflict…), with the same
-    /// message the HTTP API would give.
-    #[error("{0}")]
-    Rejected(String),
-    /// The database failed.
+    Start(#[from] engine::StartError),
+    /// A request was refused or failed (invalid field, unknown server, a job that already
+    /// ended, the database…), as the engine said it: the HTTP API gives the same message.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Engine(#[from] engine::Error),
 }
 
-impl From<ApiError> for Error {
-    fn from(e: ApiError) -> Self {
-        match e {
-            ApiError::Internal(detail) => Error::Rejected(format!("internal error: {detail}")),
-            other => Error::Rejected(other.to_string()),
-        }
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Error::Engine(e.into())
     }
 }
 
@@ -274,16 +267,6 @@ impl NewJob {
     }
 }
 
-/// A submitted job's id.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct JobId(pub uuid::Uuid);
-
-impl std::fmt::Display for JobId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
 /// A piece of a job's output, in the order it came.
 #[derive(Debug, Clone)]
 pub struct OutputChunk {
@@ -299,7 +282,7 @@ pub struct OutputChunk {
 
 /// A running supervisor. Drop it or call [`Supervisor::shutdown`] to stop.
 pub struct Supervisor {
-    app: App,
+    runtime: Runtime,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -307,10 +290,6 @@ impl std::fmt::Debug for Supervisor {
         f.debug_struct("Supervisor").finish_non_exhaustive()
     }
 }
-
-/// How often a waiter looks at the database besides listening for events (events of jobs
-/// run by other processes reach this one only through the broker).
-const WAIT_POLL: Duration = Duration::from_millis(500);
 
 impl Supervisor {
     /// Start from the compiled-in defaults (SQLite `./jobs.db`, in-process queue).
@@ -327,43 +306,41 @@ impl Supervisor {
         }
     }
 
-    /// Start with `settings` as they are.
+    /// Start with `settings` as they are: a worker's role (runs jobs, listens on nothing).
     pub async fn start(settings: Settings) -> Result<Supervisor, Error> {
-        // A worker's role: runs jobs, listens on nothing.
-        let app = App::start(settings, Role::Worker).await?;
-        Ok(Supervisor { app })
+        let runtime = Runtime::start(Arc::new(settings), Role::Worker).await?;
+        Ok(Supervisor { runtime })
     }
 
-    fn state(&self) -> &AppState {
-        self.app.state()
-    }
-
-    /// The engine's handles, to mount the HTTP API in an actix-web app of your own:
-    /// `App::new().app_data(web::Data::new(sup.http_state())).configure(job_executor::http::configure)`.
-    pub fn http_state(&self) -> AppState {
-        self.state().clone()
+    /// The engine: every use case, for what this API does not wrap. Mount the HTTP API in
+    /// an actix-web app of your own with it:
+    /// `App::new().app_data(web::Data::new(job_executor::http::AppState::new(sup.engine().clone())?)).configure(job_executor::http::configure)`.
+    pub fn engine(&self) -> &Engine {
+        self.runtime.engine()
     }
 
     /// Create the server named in `server`, or update it if the name exists.
     pub async fn upsert_server(&self, server: NewServer) -> Result<ServerRow, Error> {
-        let state = self.state();
-        upsert_server_in(&state.store, &state.settings, server.into_patch()).await
+        Ok(self.engine().upsert_server(server.into_patch()).await?)
     }
 
     /// The registered servers, by name.
     pub async fn servers(&self) -> Result<Vec<ServerRow>, Error> {
-        Ok(self.state().store.list_servers().await?)
+        Ok(self.engine().servers().await?)
     }
 
     /// Submit a job; it is queued and runs as soon as its server has room.
     pub async fn submit(&self, job: NewJob) -> Result<JobId, Error> {
-        let state = self.state();
-        let server = server_id(state, &job.server).await?;
+        let server = self.engine().find_server(&job.server).await?;
         let mut request = job.request;
-        request.server_id = Some(server);
+        request.server_id = Some(server.id);
         let kind = job.kind.unwrap_or(JobKind::Command);
-        let (row, _) = crate::http::jobs::enqueue(state, kind, request).await?;
-        Ok(JobId(parse(&row.id)?))
+        let submitted = self
+            .engine()
+            .submit(&Actor::library(), kind, request)
+            .await?;
+        JobId::of_row(&submitted.job.id)
+            .map_err(|_| engine::Error::NotFound(Subject::Job(submitted.job.id)).into())
     }
 
     /// Submit a command line on `server` (a name or an id).
@@ -373,39 +350,19 @@ impl Supervisor {
 
     /// The job as stored now.
     pub async fn job(&self, id: &JobId) -> Result<JobRow, Error> {
-        Ok(self.state().store.get_job(id.0).await?)
+        Ok(self.engine().job(*id).await?)
     }
 
     /// Ask a job to stop: a queued job ends `canceled` at once, a running one once its
     /// remote processes are killed. Refused when it has already ended.
     pub async fn cancel(&self, id: &JobId) -> Result<(), Error> {
-        crate::http::jobs::cancel_job(self.state(), id.0).await?;
+        self.engine().cancel(&Actor::library(), *id).await?;
         Ok(())
     }
 
     /// Wait until the job ends; returns its final row (status, exit code, error).
     pub async fn wait(&self, id: &JobId) -> Result<JobRow, Error> {
-        let state = self.state();
-        let mut bus = state.events.subscribe();
-        loop {
-            let row = state.store.get_job(id.0).await?;
-            if row.status().is_terminal() {
-                return Ok(row);
-            }
-            let until = tokio::time::sleep(WAIT_POLL);
-            tokio::pin!(until);
-            loop {
-                tokio::select! {
-                    _ = &mut until => break,
-                    ev = bus.recv() => match ev {
-                        Ok(JobEvent::Status(r)) if r.id == row.id && r.status().is_terminal() => break,
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(broadcast::error::RecvError::Closed) => break,
-                    },
-                }
-            }
-        }
+        Ok(self.engine().wait(*id).await?)
     }
 
     /// The job's output from the start, live, as an async stream that ends when the job
@@ -413,14 +370,13 @@ impl Supervisor {
     /// the database.
     pub fn output(&self, id: &JobId) -> Pin<Box<dyn Stream<Item = OutputChunk> + Send>> {
         let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
-        let state = self.state();
-        // Subscribed before the follower first reads the job: nothing falls in between.
-        let bus = state.events.subscribe();
-        // A job another worker runs is heard of only in the database: look there too.
-        let follower = Follower::new(state.store.clone(), id.0.to_string(), -1, ChunkSink { tx })
-            .polling(WAIT_POLL);
+        let engine = self.engine().clone();
+        let id = *id;
         tokio::spawn(async move {
-            let _ = follower.run(bus).await;
+            // A job another worker runs is heard of only in the database: look there too.
+            if let Ok((_, task)) = engine.follow(id, -1, ChunkSink { tx }).await {
+                task.polling(engine::WAIT_POLL).run().await;
+            }
         });
         Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
     }
@@ -428,58 +384,11 @@ impl Supervisor {
     /// Stop: running jobs get `worker.shutdown_grace_secs` to finish, then are canceled
     /// (their remote process groups killed); nothing is left `running`.
     pub async fn shutdown(self) {
-        self.app.stop().await;
+        self.runtime.stop().await;
     }
 }
 
-fn parse(id: &str) -> Result<uuid::Uuid, Error> {
-    uuid::Uuid::parse_str(id).map_err(|e| Error::Rejected(format!("bad job id {id:?}: {e}")))
-}
-
-/// A server's id from its name or id.
-async fn server_id(state: &AppState, name_or_id: &str) -> Result<String, Error> {
-    if let Ok(id) = uuid::Uuid::parse_str(name_or_id) {
-        return Ok(id.to_string());
-    }
-    match state.store.get_server_by_name(name_or_id.to_string()).await {
-        Ok(row) => Ok(row.id),
-        Err(StoreError::NotFound) => Err(Error::Rejected(format!(
-            "no server is named {name_or_id:?}"
-        ))),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Create a server by name, or update the one with that name (fields not given keep their
-/// value). Used by the library, by `[[servers]]` in the settings file and for the seed's
-/// default server.
-pub(crate) async fn upsert_server_in(
-    store: &crate::store::Store,
-    settings: &Settings,
-    patch: ServerPatch,
-) -> Result<ServerRow, Error> {
-    let name = patch
-        .name
-        .clone()
-        .ok_or_else(|| Error::Rejected("a server needs a name".into()))?;
-    match store.get_server_by_name(name.clone()).await {
-        Ok(row) => {
-            let id = parse(&row.id)?;
-            store
-                .update_server(id, move |draft| draft.patch(patch))
-                .await
-                .map_err(|e| Error::Rejected(format!("server {name:?}: {e}")))
-        }
-        Err(StoreError::NotFound) => {
-            let draft = ServerDraft::create(patch, settings.ssh.default_max_concurrent_jobs)
-                .map_err(|e| Error::Rejected(format!("server {name:?}: {e}")))?;
-            Ok(store.insert_server(draft).await?)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The library's end of a [`Follower`]: raw chunks into a bounded channel.
+/// The library's end of a follow: raw chunks into a bounded channel.
 struct ChunkSink {
     tx: mpsc::Sender<OutputChunk>,
 }

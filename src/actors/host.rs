@@ -15,7 +15,6 @@ use async_ssh2_tokio::Client;
 use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::messages::{AcquireSlot, Checkout};
-use crate::domain::HostKeyCheck;
 use crate::metrics;
 use crate::ssh::{self, SshError, SshOptions, SshTarget};
 use crate::store::{Store, StoreError};
@@ -337,23 +336,20 @@ async fn connect_new(
         .map_err(|e| SshError::Credentials(e.to_string()))?;
     let target = SshTarget::from_server(&draft)?;
     let conn = ssh::connect(&target, opts).await?;
-    if draft.host_key.is_none() && draft.host_key_check == HostKeyCheck::Tofu {
-        let line = ssh::openssh_line(&conn.host_key);
-        if let Ok(true) = store.pin_host_key(id, line).await {
-            let fingerprint = ssh::fingerprint(&conn.host_key);
-            tracing::info!(server_id = %id, %fingerprint, "host key pinned on first use");
-            let entry = crate::store::AuditEntry {
-                actor: "system".into(),
-                peer: None,
-                action: "server.host_key_pinned",
-                target_kind: "server",
-                target_id: Some(id.to_string()),
-                detail: serde_json::json!({ "fingerprint": fingerprint, "by": "first connection" }),
-            };
-            if let Err(e) = store.audit(entry).await {
-                tracing::error!(server_id = %id, error = %e, "cannot write the audit record");
-            }
-        }
+    let line = ssh::openssh_line(&conn.host_key);
+    let fingerprint = ssh::fingerprint(&conn.host_key);
+    let by = "first connection";
+    if let Err(e) = store
+        .pin_on_first_use(
+            &row,
+            line,
+            &fingerprint,
+            &crate::domain::Actor::system(),
+            by,
+        )
+        .await
+    {
+        tracing::error!(server_id = %id, error = %e, "cannot pin the host key");
     }
     let posix = ssh::exec::login_shell_is_posix(&conn.client).await;
     tracing::debug!(server_id = %id, login_shell_posix = posix, "SSH connection opened");

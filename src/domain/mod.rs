@@ -2,10 +2,39 @@
 //! specifications with their validation. Pure: no I/O, no database, no clock beyond what callers
 //! pass in. Everything here is tested on its own.
 
+mod ids;
 mod job;
 mod server;
 mod spec;
 
+pub use ids::{JobId, ServerId};
+
+/// Who asks for something: recorded in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// The token's name, `anonymous` without tokens, `library` or `system`.
+    pub name: String,
+    /// The caller's address, when it came over the network.
+    pub peer: Option<String>,
+}
+
+impl Actor {
+    /// A program embedding the library.
+    pub fn library() -> Self {
+        Actor {
+            name: "library".into(),
+            peer: None,
+        }
+    }
+
+    /// The service itself (a worker's first connection).
+    pub fn system() -> Self {
+        Actor {
+            name: "system".into(),
+            peer: None,
+        }
+    }
+}
 pub use job::{JobKind, JobStatus, OutputStream};
 pub use server::{AuthType, HostKeyCheck, ServerDraft, ServerPatch, ServerSecrets};
 pub use spec::{DEFAULT_SHELL, JobLimits, JobRequest, JobSpec, valid_env_name, valid_shell};

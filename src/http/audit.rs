@@ -1,18 +1,17 @@
-//! `GET /audit`: who did what, newest first, paged like `GET /jobs`.
+//! `GET /api/v1/audit`: who did what.
 
-use actix_web::{HttpResponse, web};
-use serde::Deserialize;
-use serde_json::json;
+use actix_web::get;
+use actix_web::web;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
-use super::jobs::page_limit;
-use super::openapi::{AuditPage, InvalidField, Unauthorized, Unavailable};
-use crate::domain::{Micros, parse_id};
+use super::{AppState, InvalidField, Unauthorized, Unavailable, optional_id, page_limit};
+use crate::domain::Micros;
 use crate::error::ApiError;
-use crate::store::AuditFilter;
+use crate::store::{AuditFilter, AuditRow};
 
 /// Query of `GET /audit`.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only entries of this action (e.g. `job.submit`, `server.update`).
@@ -28,63 +27,101 @@ pub struct AuditQuery {
     cursor: Option<String>,
 }
 
+/// `GET /api/v1/audit`: a page of entries, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    /// The entries.
+    entries: Vec<AuditEntryView>,
+    /// The page size used.
+    limit: i64,
+    /// Pass as `cursor` for the next page; null on the last.
+    #[schema(required = true, format = Uuid)]
+    next_cursor: Option<String>,
+}
+
+/// One audited action.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = AuditEntry)]
+pub struct AuditEntryView {
+    /// The entry's id.
+    #[schema(format = Uuid)]
+    id: String,
+    /// When it happened.
+    at: Micros,
+    /// The token's name, `anonymous` when authentication is off, `library` or `system`.
+    actor: String,
+    /// The caller's address.
+    #[schema(required = true)]
+    peer: Option<String>,
+    /// What was done: `job.submit`, `job.cancel`, `job.duplicate`, `server.create`,
+    /// `server.update`, `server.delete`, `server.test`, `server.host_key_pinned`,
+    /// `server.host_key_changed`.
+    action: String,
+    /// `job` or `server`.
+    target_kind: String,
+    /// The job's or server's id.
+    #[schema(required = true, format = Uuid)]
+    target_id: Option<String>,
+    /// Details of the action (never a secret).
+    #[schema(value_type = Object)]
+    detail: serde_json::Value,
+}
+
+impl From<AuditRow> for AuditEntryView {
+    fn from(r: AuditRow) -> Self {
+        AuditEntryView {
+            detail: serde_json::from_str(&r.detail).unwrap_or(serde_json::Value::Null),
+            id: r.id,
+            at: Micros(r.at),
+            actor: r.actor,
+            peer: r.peer,
+            action: r.action,
+            target_kind: r.target_kind,
+            target_id: r.target_id,
+        }
+    }
+}
+
 /// The audit log
 ///
 /// Who did what, newest first, paged like `GET /jobs`.
 #[utoipa::path(
-    get,
-    path = "/api/v1/audit",
     operation_id = "list_audit",
     tag = "audit",
     params(AuditQuery),
     responses(
         (status = 200, description = "A page of entries.", body = AuditPage),
+        (status = 400, response = super::BadRequest),
         (status = 401, response = Unauthorized),
         (status = 422, response = InvalidField),
         (status = 503, response = Unavailable),
     )
 )]
-pub async fn list(
+#[get("/audit")]
+pub async fn list_audit(
     state: web::Data<AppState>,
     query: web::Query<AuditQuery>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<web::Json<AuditPage>, ApiError> {
     let q = query.into_inner();
     let limit = page_limit(q.limit.as_deref())?;
-    let before = match q.cursor.as_deref().filter(|s| !s.is_empty()) {
-        Some(c) => Some(parse_id("cursor", c)?.to_string()),
-        None => None,
-    };
-    let target_id = match q.target_id.as_deref().filter(|s| !s.is_empty()) {
-        Some(t) => Some(parse_id("target_id", t)?.to_string()),
-        None => None,
-    };
-    let rows = state
-        .store
-        .list_audit(AuditFilter {
+    let before: Option<uuid::Uuid> = optional_id("cursor", q.cursor.as_deref())?;
+    let target_id: Option<uuid::Uuid> = optional_id("target_id", q.target_id.as_deref())?;
+    let mut rows = state
+        .engine
+        .audit_log(AuditFilter {
             action: q.action.filter(|a| !a.is_empty()),
-            target_id,
+            target_id: target_id.map(|t| t.to_string()),
             limit: limit + 1,
-            before,
+            before: before.map(|b| b.to_string()),
         })
         .await?;
-    let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    let rows = &rows[..rows.len().min(usize::try_from(limit).unwrap_or(usize::MAX))];
-    let next = more.then(|| rows.last().map(|r| r.id.clone())).flatten();
-    let entries: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| {
-            json!({
-                "id": r.id,
-                "at": Micros(r.at),
-                "actor": r.actor,
-                "peer": r.peer,
-                "action": r.action,
-                "target_kind": r.target_kind,
-                "target_id": r.target_id,
-                "detail": serde_json::from_str::<serde_json::Value>(&r.detail)
-                    .unwrap_or(serde_json::Value::Null),
-            })
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({ "entries": entries, "limit": limit, "next_cursor": next })))
+    let page = usize::try_from(limit).unwrap_or(usize::MAX);
+    let more = rows.len() > page;
+    rows.truncate(page);
+    let next_cursor = more.then(|| rows.last().map(|r| r.id.clone())).flatten();
+    Ok(web::Json(AuditPage {
+        entries: rows.into_iter().map(AuditEntryView::from).collect(),
+        limit,
+        next_cursor,
+    }))
 }

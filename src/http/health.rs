@@ -1,38 +1,71 @@
 //! `GET /health`: is the database reachable, which queue is in use.
 
+use actix_web::get;
 use actix_web::{HttpResponse, web};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
-use super::openapi::Health;
+
+/// `GET /health`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Health)]
+pub struct HealthView {
+    /// `ok`, or `unavailable` when the database does not answer.
+    #[schema(example = "ok")]
+    status: &'static str,
+    /// `ok`, or `error: …` saying why.
+    #[schema(example = "ok")]
+    database: String,
+    /// `sqlite` or `postgres`.
+    #[schema(example = "sqlite")]
+    database_backend: &'static str,
+    /// `rabbitmq` or `memory`.
+    #[schema(example = "memory")]
+    queue: &'static str,
+    /// Whether the queue can take messages now.
+    queue_connected: bool,
+    /// The service's version.
+    version: &'static str,
+}
 
 /// Health
 ///
 /// 200 when the database answers, 503 when it does not. Needs no token; says nothing
 /// secret.
 #[utoipa::path(
-    get,
-    path = "/health",
     operation_id = "health",
     tag = "health",
     security(()),
     responses(
-        (status = 200, description = "The database answers.", body = Health),
-        (status = 503, description = "The database does not answer.", body = Health),
+        (status = 200, description = "The database answers.", body = HealthView),
+        (status = 503, description = "The database does not answer.", body = HealthView),
     )
 )]
+#[get(
+    "/health",
+    wrap = "actix_web::middleware::from_fn(super::metrics::track)"
+)]
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
-    let db = state.store.ping().await;
-    let body = serde_json::json!({
-        "status": if db.is_ok() { "ok" } else { "unavailable" },
-        "database": match &db { Ok(()) => "ok".to_string(), Err(e) => format!("error: {e}") },
-        "database_backend": state.store.backend().as_str(),
-        "queue": state.queue.kind(),
-        "queue_connected": state.queue.is_up(),
-        "version": env!("CARGO_PKG_VERSION"),
-    });
-    if db.is_ok() {
-        HttpResponse::Ok().json(body)
+    let h = state.engine.health().await;
+    let view = HealthView {
+        status: if h.database.is_ok() {
+            "ok"
+        } else {
+            "unavailable"
+        },
+        database: match &h.database {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("error: {e}"),
+        },
+        database_backend: h.backend.as_str(),
+        queue: h.queue,
+        queue_connected: h.queue_connected,
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    if h.database.is_ok() {
+        HttpResponse::Ok().json(view)
     } else {
-        HttpResponse::ServiceUnavailable().json(body)
+        HttpResponse::ServiceUnavailable().json(view)
     }
 }

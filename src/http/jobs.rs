@@ -1,49 +1,48 @@
 //! `/api/v1/jobs`: submit, read, list, cancel, duplicate, and the job's output.
 
-use actix_web::{HttpResponse, web};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, Responder, web};
+use actix_web::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
-use super::openapi::{
-    BadRequest, CancelResult, Conflict, DuplicateResult, InvalidField, JobList, LogsResponse,
-    NotFound, PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable,
+use super::{
+    AppState, BadRequest, Conflict, InvalidField, JsonBody, NotFound, PayloadTooLarge,
+    TooManyRequests, Unauthorized, Unavailable, job_id, optional_id, page_limit,
 };
-use super::{AppState, JsonBody};
-use crate::actors::messages::{CancelJob, StopReason};
-use crate::domain::{
-    FieldError, JobKind, JobRequest, JobSpec, JobStatus, Micros, OutputStream, parse_id,
-};
+use crate::domain::{FieldError, JobKind, JobRequest, JobStatus, Micros, OutputStream};
+use crate::engine::JobQuery;
 use crate::error::ApiError;
-use crate::store::{CancelOutcome, JobFilter, JobRow, StoreError};
+use crate::store::{ChunkRow, JobRow};
 
 /// The job object of the API: what every job response, the `status` and `complete` events
 /// of the stream, and the lists carry. The output itself is not inline (see the output
 /// routes and the stream).
 #[derive(Debug, Serialize, ToSchema)]
-pub struct JobView<'a> {
+pub struct JobView {
     /// The job's id (UUID v7: ordered by submission).
     #[schema(format = Uuid)]
-    pub id: &'a str,
+    pub id: String,
     /// `command` or `script`.
     #[schema(value_type = JobKind)]
-    pub kind: &'a str,
+    pub kind: String,
     /// Command jobs: the program.
     #[schema(required = true)]
-    pub command: Option<&'a str>,
+    pub command: Option<String>,
     /// Arguments: appended to the command line, or the script's `$1…`.
     #[schema(required = true)]
-    pub args: Option<&'a str>,
+    pub args: Option<String>,
     /// Script jobs: the script text.
     #[schema(required = true)]
-    pub script: Option<&'a str>,
+    pub script: Option<String>,
     /// Script jobs: the interpreter.
     #[schema(required = true)]
-    pub shell: Option<&'a str>,
+    pub shell: Option<String>,
     /// The server it runs on.
     #[schema(format = Uuid)]
-    pub server_id: &'a str,
+    pub server_id: String,
     /// Seconds allowed before it is stopped and ends `timed_out`.
     pub timeout: i64,
     /// Environment variables of the remote command.
@@ -51,16 +50,16 @@ pub struct JobView<'a> {
     pub env: Value,
     /// Working directory on the remote host.
     #[schema(required = true)]
-    pub cwd: Option<&'a str>,
+    pub cwd: Option<String>,
     /// Where the job is in its life; a terminal status never changes again.
     #[schema(value_type = JobStatus)]
-    pub status: &'a str,
+    pub status: String,
     /// The remote command's exit code, null until known.
     #[schema(required = true)]
     pub exit_code: Option<i32>,
     /// Null, or a sentence saying why the job failed, was canceled or timed out.
     #[schema(required = true)]
-    pub error: Option<&'a str>,
+    pub error: Option<String>,
     /// When it was submitted.
     pub created_at: Micros,
     /// When a worker started it.
@@ -71,13 +70,13 @@ pub struct JobView<'a> {
     pub finished_at: Option<Micros>,
     /// The job this one was duplicated from.
     #[schema(required = true, format = Uuid)]
-    pub duplicated_from: Option<&'a str>,
+    pub duplicated_from: Option<String>,
     /// The worker process that ran it.
     #[schema(required = true)]
-    pub worker: Option<&'a str>,
+    pub worker: Option<String>,
     /// The submission's idempotency key.
     #[schema(required = true)]
-    pub idempotency_key: Option<&'a str>,
+    pub idempotency_key: Option<String>,
     /// Whether it may be re-run when its worker is lost mid-run.
     pub retry_safe: bool,
     /// How many times a worker claimed it.
@@ -90,29 +89,29 @@ pub struct JobView<'a> {
     pub output_truncated: bool,
 }
 
-impl<'a> JobView<'a> {
+impl JobView {
     /// The view of a stored job.
-    pub fn of(row: &'a JobRow) -> Self {
+    pub fn of(row: &JobRow) -> Self {
         JobView {
-            id: &row.id,
-            kind: &row.kind,
-            command: row.command.as_deref(),
-            args: row.args.as_deref(),
-            script: row.script.as_deref(),
-            shell: row.shell.as_deref(),
-            server_id: &row.server_id,
+            id: row.id.clone(),
+            kind: row.kind.clone(),
+            command: row.command.clone(),
+            args: row.args.clone(),
+            script: row.script.clone(),
+            shell: row.shell.clone(),
+            server_id: row.server_id.clone(),
             timeout: row.timeout_secs,
             env: serde_json::from_str(&row.env).unwrap_or_else(|_| json!({})),
-            cwd: row.cwd.as_deref(),
-            status: &row.status,
+            cwd: row.cwd.clone(),
+            status: row.status.clone(),
             exit_code: row.exit_code,
-            error: row.error.as_deref(),
+            error: row.error.clone(),
             created_at: Micros(row.created_at),
             started_at: row.started_at.map(Micros),
             finished_at: row.finished_at.map(Micros),
-            duplicated_from: row.duplicated_from.as_deref(),
-            worker: row.worker.as_deref(),
-            idempotency_key: row.idempotency_key.as_deref(),
+            duplicated_from: row.duplicated_from.clone(),
+            worker: row.worker.clone(),
+            idempotency_key: row.idempotency_key.clone(),
             retry_safe: row.retry_safe,
             attempts: row.attempts,
             cancel_requested: row.cancel_requested,
@@ -122,119 +121,26 @@ impl<'a> JobView<'a> {
     }
 }
 
-/// The job object of the API ([`JobView`]) as JSON.
-pub fn job_view(row: &JobRow) -> Value {
-    serde_json::to_value(JobView::of(row)).unwrap_or_default()
-}
-
-fn job_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
-    parse_id("id", raw).map_err(|_| ApiError::NotFound(format!("job {raw:?} does not exist")))
-}
-
-async fn load(state: &AppState, id: uuid::Uuid) -> Result<JobRow, ApiError> {
-    state
-        .store
-        .get_job(id)
-        .await
-        .map_err(|e| ApiError::from_store(e, || format!("job {id}")))
-}
-
-/// The server a job goes to: the one named, or the configured default.
-async fn resolve_server(state: &AppState, server_id: Option<&str>) -> Result<String, ApiError> {
-    let row = match server_id.filter(|s| !s.is_empty()) {
-        Some(raw) => {
-            let id = parse_id("server_id", raw)?;
-            state.store.get_server(id).await.map_err(|e| match e {
-                StoreError::NotFound => ApiError::Invalid(FieldError::new(
-                    "server_id",
-                    format!("server {id} does not exist"),
-                )),
-                other => other.into(),
-            })?
-        }
-        None => {
-            let name = state.settings.default_server.name.clone();
-            state
-                .store
-                .get_server_by_name(name)
-                .await
-                .map_err(|e| match e {
-                    StoreError::NotFound => ApiError::Invalid(FieldError::new(
-                        "server_id",
-                        "is required (no default server is configured)",
-                    )),
-                    other => other.into(),
-                })?
-        }
-    };
-    if !row.is_active {
-        return Err(ApiError::Invalid(FieldError::new(
-            "server_id",
-            format!("server {} ({}) is not active", row.id, row.name),
-        )));
-    }
-    Ok(row.id)
-}
+/// A submit's answer: 201 with the new job, or 200 with the job an earlier submit with the
+/// same idempotency key made.
+type SubmitResponse = actix_web::CustomizeResponder<web::Json<JobView>>;
 
 async fn submit(
     state: &AppState,
     caller: &Caller,
     kind: JobKind,
-    req: JobRequest,
-) -> Result<HttpResponse, ApiError> {
+    request: JobRequest,
+) -> Result<SubmitResponse, ApiError> {
     state.limit_submissions(caller)?;
-    let (row, created) = enqueue(state, kind, req).await?;
-    if !created {
-        return Ok(HttpResponse::Ok().json(job_view(&row)));
-    }
-    let detail = json!({ "kind": row.kind, "server_id": row.server_id });
-    state
-        .audit(caller, "job.submit", "job", &row.id, detail)
-        .await;
-    Ok(HttpResponse::Created().json(job_view(&row)))
-}
-
-/// Validate a submission, store it queued and announce it. Returns the job and whether it
-/// is new (`false`: its idempotency key named an earlier job, which is returned).
-pub(crate) async fn enqueue(
-    state: &AppState,
-    kind: JobKind,
-    req: JobRequest,
-) -> Result<(JobRow, bool), ApiError> {
-    let server = resolve_server(state, req.server_id.as_deref()).await?;
-    let spec = JobSpec::from_request(kind, req, &state.settings.jobs.limits())?;
-    let (row, created) = state
-        .store
-        .insert_job(spec, server.clone(), None)
-        .await
-        .map_err(|e| ApiError::from_store(e, || format!("server {server}")))?;
-    if created {
-        announce(state, &row).await;
-    }
-    Ok((row, created))
-}
-
-/// Hand a new job to the queue. The row is the truth: if the queue is down the job stays
-/// queued and is announced again later, so the submit still succeeds.
-async fn announce(state: &AppState, row: &JobRow) {
-    tracing::info!(job_id = %row.id, server_id = %row.server_id, kind = %row.kind, "job queued");
-    match state.queue.publish(row.id.clone()).await {
-        Ok(()) if state.broker.is_some() => {
-            let store = state.store.clone();
-            let id = row.id.clone();
-            actix_web::rt::spawn(async move {
-                let _ = store.mark_published(id).await;
-            });
-        }
-        Ok(()) => {}
-        Err(e) => {
-            tracing::warn!(job_id = %row.id, error = %e, "job stays queued until the broker is back (outbox)");
-            // A worker in this process (serve) can take it at once; others poll the database.
-            if let Some(d) = &state.dispatcher {
-                d.do_send(crate::actors::messages::Delivery(row.id.clone(), None));
-            }
-        }
-    }
+    let submitted = state.engine.submit(&caller.actor(), kind, request).await?;
+    let status = if submitted.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(web::Json(JobView::of(&submitted.job))
+        .customize()
+        .with_status(status))
 }
 
 /// Submit a command job
@@ -242,8 +148,6 @@ async fn announce(state: &AppState, row: &JobRow) {
 /// Runs `command args` on the server. With an `idempotency_key` already used, the first
 /// job is returned (200) and nothing new is queued.
 #[utoipa::path(
-    post,
-    path = "/api/v1/jobs",
     operation_id = "submit_command_job",
     tag = "jobs",
     request_body = JobRequest,
@@ -258,12 +162,13 @@ async fn announce(state: &AppState, row: &JobRow) {
         (status = 503, response = Unavailable),
     )
 )]
+#[post("/jobs")]
 pub async fn submit_command(
     state: web::Data<AppState>,
     caller: web::ReqData<Caller>,
-    JsonBody(req): JsonBody<JobRequest>,
-) -> Result<HttpResponse, ApiError> {
-    submit(&state, &caller, JobKind::Command, req).await
+    JsonBody(request): JsonBody<JobRequest>,
+) -> Result<SubmitResponse, ApiError> {
+    submit(&state, &caller, JobKind::Command, request).await
 }
 
 /// Submit a shell-script job
@@ -271,8 +176,6 @@ pub async fn submit_command(
 /// Runs `script` with `shell` (default `/bin/bash`), `args` as `$1…`. With an
 /// `idempotency_key` already used, the first job is returned (200) and nothing new is queued.
 #[utoipa::path(
-    post,
-    path = "/api/v1/jobs/script",
     operation_id = "submit_script_job",
     tag = "jobs",
     request_body = JobRequest,
@@ -287,18 +190,17 @@ pub async fn submit_command(
         (status = 503, response = Unavailable),
     )
 )]
+#[post("/jobs/script")]
 pub async fn submit_script(
     state: web::Data<AppState>,
     caller: web::ReqData<Caller>,
-    JsonBody(req): JsonBody<JobRequest>,
-) -> Result<HttpResponse, ApiError> {
-    submit(&state, &caller, JobKind::Script, req).await
+    JsonBody(request): JsonBody<JobRequest>,
+) -> Result<SubmitResponse, ApiError> {
+    submit(&state, &caller, JobKind::Script, request).await
 }
 
 /// One job
 #[utoipa::path(
-    get,
-    path = "/api/v1/jobs/{id}",
     operation_id = "get_job",
     tag = "jobs",
     params(("id" = uuid::Uuid, Path, description = "The job's id.")),
@@ -309,20 +211,21 @@ pub async fn submit_script(
         (status = 503, response = Unavailable),
     )
 )]
-pub async fn get(
+#[get("/jobs/{id}")]
+pub async fn get_job(
     state: web::Data<AppState>,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let row = load(&state, job_id(&path)?).await?;
-    Ok(HttpResponse::Ok().json(job_view(&row)))
+) -> Result<web::Json<JobView>, ApiError> {
+    let job = state.engine.job(job_id(&path)?).await?;
+    Ok(web::Json(JobView::of(&job)))
 }
 
 /// Query of `GET /jobs`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Only jobs with this status.
-    #[param(value_type = Option<JobStatus>)]
+    /// Only jobs with one of these statuses, comma-separated (`queued,running`).
+    #[param(value_type = Option<Vec<JobStatus>>, style = Form, explode = false)]
     status: Option<String>,
     /// Only jobs of this server.
     #[param(value_type = Option<uuid::Uuid>)]
@@ -335,119 +238,74 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-/// The `limit` of a paged list: 1 to 1000, 50 when absent.
-pub(super) fn page_limit(raw: Option<&str>) -> Result<i64, ApiError> {
-    match raw.filter(|s| !s.is_empty()) {
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| {
-                ApiError::Invalid(FieldError::new(
-                    "limit",
-                    format!("{l:?} is not a number from 1 to 1000"),
-                ))
-            }),
-        None => Ok(50),
-    }
+/// `GET /api/v1/jobs`: a page of jobs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    /// The jobs.
+    jobs: Vec<JobView>,
+    /// The page size used.
+    limit: i64,
+    /// Pass as `cursor` for the next page; null on the last.
+    #[schema(required = true, format = Uuid)]
+    next_cursor: Option<String>,
+}
+
+/// Statuses from a comma-separated list (empty entries ignored).
+fn statuses(raw: Option<&str>) -> Result<Vec<JobStatus>, ApiError> {
+    raw.unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<JobStatus>()
+                .map_err(|m| FieldError::new("status", m).into())
+        })
+        .collect()
 }
 
 /// List jobs
 ///
 /// Newest first; `cursor` pages on from a previous `next_cursor`.
 #[utoipa::path(
-    get,
-    path = "/api/v1/jobs",
     operation_id = "list_jobs",
     tag = "jobs",
     params(ListQuery),
     responses(
         (status = 200, description = "A page of jobs.", body = JobList),
+        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 422, response = InvalidField),
         (status = 503, response = Unavailable),
     )
 )]
-pub async fn list(
+#[get("/jobs")]
+pub async fn list_jobs(
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<web::Json<JobList>, ApiError> {
     let q = query.into_inner();
-    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
-        Some(s) => Some(
-            s.parse::<JobStatus>()
-                .map_err(|m| ApiError::Invalid(FieldError::new("status", m)))?,
-        ),
-        None => None,
+    let query = JobQuery {
+        statuses: statuses(q.status.as_deref())?,
+        limit: page_limit(q.limit.as_deref())?,
+        server_id: optional_id("server_id", q.server_id.as_deref())?,
+        cursor: optional_id("cursor", q.cursor.as_deref())?,
     };
-    let limit = page_limit(q.limit.as_deref())?;
-    let server_id = match q.server_id.as_deref().filter(|s| !s.is_empty()) {
-        Some(s) => Some(parse_id("server_id", s)?.to_string()),
-        None => None,
-    };
-    let before = match q.cursor.as_deref().filter(|s| !s.is_empty()) {
-        Some(c) => Some(parse_id("cursor", c)?.to_string()),
-        None => None,
-    };
-    let (rows, next) = state
-        .store
-        .list_jobs(JobFilter {
-            status,
-            server_id,
-            limit,
-            before,
-        })
-        .await?;
-    let jobs: Vec<Value> = rows.iter().map(job_view).collect();
-    Ok(HttpResponse::Ok().json(json!({ "jobs": jobs, "limit": limit, "next_cursor": next })))
+    let limit = query.limit;
+    let (rows, next_cursor) = state.engine.jobs(query).await?;
+    Ok(web::Json(JobList {
+        jobs: rows.iter().map(JobView::of).collect(),
+        limit,
+        next_cursor,
+    }))
 }
 
-/// Cancel a job: a queued one ends `canceled` at once; a running one is asked to stop (its
-/// worker kills the remote process group). 409 when it had already ended.
-pub(crate) async fn cancel_job(
-    state: &AppState,
-    id: uuid::Uuid,
-) -> Result<(&'static str, JobRow), ApiError> {
-    let (outcome, row) = state
-        .store
-        .request_cancel(id)
-        .await
-        .map_err(|e| ApiError::from_store(e, || format!("job {id}")))?;
-    let message = match outcome {
-        CancelOutcome::AlreadyFinished(st) => {
-            return Err(ApiError::Conflict(format!(
-                "job {id} has already ended ({st}); it cannot be canceled"
-            )));
-        }
-        CancelOutcome::CanceledQueued => {
-            state
-                .events
-                .publish(crate::events::JobEvent::Status(std::sync::Arc::new(
-                    row.clone(),
-                )));
-            "job canceled before it started"
-        }
-        CancelOutcome::Requested => {
-            if let Some(d) = &state.dispatcher {
-                d.do_send(CancelJob {
-                    job_id: row.id.clone(),
-                    reason: StopReason::Canceled,
-                });
-            }
-            // Workers elsewhere hear it on the control exchange (and from the database at
-            // their next heartbeat if the broker is away).
-            if let Some(b) = &state.broker {
-                let msg = crate::queue::rabbit::ControlMsg::Cancel {
-                    job_id: row.id.clone(),
-                };
-                if let Err(e) = b.publish_control(&msg).await {
-                    tracing::warn!(job_id = %id, error = %e, "cancel goes through the database");
-                }
-            }
-            "cancel requested: the job's remote processes are being stopped"
-        }
-    };
-    Ok((message, row))
+/// `POST /api/v1/jobs/{id}/cancel`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CancelResult {
+    /// What happened: canceled before it started, or its remote processes are being stopped.
+    message: &'static str,
+    /// The job as it is now.
+    job: JobView,
 }
 
 /// Cancel a job
@@ -455,8 +313,6 @@ pub(crate) async fn cancel_job(
 /// A queued job ends `canceled` at once; a running one is asked to stop (its remote
 /// processes are killed). 409 if it had already ended.
 #[utoipa::path(
-    post,
-    path = "/api/v1/jobs/{id}/cancel",
     operation_id = "cancel_job",
     tag = "jobs",
     params(("id" = uuid::Uuid, Path, description = "The job's id.")),
@@ -468,24 +324,17 @@ pub(crate) async fn cancel_job(
         (status = 503, response = Unavailable),
     )
 )]
-pub async fn cancel(
+#[post("/jobs/{id}/cancel")]
+pub async fn cancel_job(
     state: web::Data<AppState>,
     caller: web::ReqData<Caller>,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let id = job_id(&path)?;
-    let (message, row) = cancel_job(&state, id).await?;
-    tracing::info!(job_id = %id, "{message}");
-    state
-        .audit(
-            &caller,
-            "job.cancel",
-            "job",
-            id,
-            json!({ "result": message }),
-        )
-        .await;
-    Ok(HttpResponse::Ok().json(json!({ "message": message, "job": job_view(&row) })))
+) -> Result<web::Json<CancelResult>, ApiError> {
+    let canceled = state.engine.cancel(&caller.actor(), job_id(&path)?).await?;
+    Ok(web::Json(CancelResult {
+        message: canceled.message,
+        job: JobView::of(&canceled.job),
+    }))
 }
 
 /// Body of `POST /jobs/{id}/duplicate`: overrides of the copy, both optional.
@@ -495,15 +344,26 @@ pub struct DuplicateRequest {
     #[schema(format = Uuid)]
     server_id: Option<String>,
     /// Seconds allowed to the copy instead.
+    #[schema(minimum = 1)]
     timeout: Option<i64>,
+}
+
+/// `POST /api/v1/jobs/{id}/duplicate` (the seed's shape).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DuplicateResult {
+    /// `job duplicated`.
+    message: &'static str,
+    /// The id of the job copied.
+    #[schema(format = Uuid)]
+    original_job: String,
+    /// The new job.
+    new_job: JobView,
 }
 
 /// Duplicate a job
 ///
 /// A new job with the old one's command or script, with optional overrides.
 #[utoipa::path(
-    post,
-    path = "/api/v1/jobs/{id}/duplicate",
     operation_id = "duplicate_job",
     tag = "jobs",
     params(("id" = uuid::Uuid, Path, description = "The id of the job to copy.")),
@@ -519,44 +379,27 @@ pub struct DuplicateRequest {
         (status = 503, response = Unavailable),
     )
 )]
-pub async fn duplicate(
+#[post("/jobs/{id}/duplicate")]
+pub async fn duplicate_job(
     state: web::Data<AppState>,
     caller: web::ReqData<Caller>,
     path: web::Path<String>,
-    JsonBody(req): JsonBody<DuplicateRequest>,
-) -> Result<HttpResponse, ApiError> {
+    JsonBody(request): JsonBody<DuplicateRequest>,
+) -> Result<actix_web::CustomizeResponder<web::Json<DuplicateResult>>, ApiError> {
     state.limit_submissions(&caller)?;
-    let original = load(&state, job_id(&path)?).await?;
-    let server = match &req.server_id {
-        Some(s) => resolve_server(&state, Some(s)).await?,
-        None => resolve_server(&state, Some(&original.server_id)).await?,
-    };
-    let mut spec = original.spec();
-    if let Some(t) = req.timeout {
-        let max = state.settings.jobs.max_timeout_secs;
-        if !(1..=max).contains(&t) {
-            return Err(ApiError::Invalid(FieldError::new(
-                "timeout",
-                format!("{t} is out of range (1-{max} seconds)"),
-            )));
-        }
-        spec.timeout_secs = t;
-    }
-    let (row, _) = state
-        .store
-        .insert_job(spec, server.clone(), Some(original.id.clone()))
-        .await
-        .map_err(|e| ApiError::from_store(e, || format!("server {server}")))?;
-    announce(&state, &row).await;
-    let detail = json!({ "duplicated_from": original.id, "server_id": row.server_id });
-    state
-        .audit(&caller, "job.duplicate", "job", &row.id, detail)
-        .await;
-    Ok(HttpResponse::Created().json(json!({
-        "message": "job duplicated",
-        "original_job": original.id,
-        "new_job": job_view(&row),
-    })))
+    let id = job_id(&path)?;
+    let server = request.server_id.as_deref().filter(|s| !s.is_empty());
+    let copied = state
+        .engine
+        .duplicate(&caller.actor(), id, server, request.timeout)
+        .await?;
+    Ok(web::Json(DuplicateResult {
+        message: "job duplicated",
+        original_job: copied.original.id,
+        new_job: JobView::of(&copied.job),
+    })
+    .customize()
+    .with_status(StatusCode::CREATED))
 }
 
 /// Query of `GET /jobs/{id}/logs`.
@@ -564,24 +407,91 @@ pub async fn duplicate(
 #[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     /// `json` (default): the seed's shape; `chunks`: the output as stored, chunk by chunk.
-    #[param(pattern = "^(json|chunks)?$")]
+    #[param(value_type = Option<String>, pattern = "^(json|chunks)?$")]
     format: Option<String>,
 }
 
-async fn all_output(state: &AppState, id: &str) -> Result<Vec<crate::store::ChunkRow>, ApiError> {
-    let mut out = Vec::new();
-    let mut after = -1;
-    loop {
-        let page = state.store.read_output(id.to_string(), after, 5000).await?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        let n = page.len();
-        out.extend(page);
-        if n < 5000 {
-            break;
+/// `GET /api/v1/jobs/{id}/logs` (the seed's shape).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobLogs {
+    /// The job's id.
+    #[schema(format = Uuid)]
+    job_id: String,
+    /// The job's status.
+    #[schema(value_type = JobStatus)]
+    status: String,
+    /// The exit code, null until known.
+    #[schema(required = true)]
+    exit_code: Option<i32>,
+    /// Everything written to stdout so far.
+    stdout: String,
+    /// Everything written to stderr so far.
+    stderr: String,
+    /// stdout and stderr interleaved in arrival order.
+    output: String,
+    /// When it started.
+    #[schema(required = true)]
+    started_at: Option<Micros>,
+    /// When it ended.
+    #[schema(required = true)]
+    finished_at: Option<Micros>,
+    /// Seconds from start to end, null until it ended.
+    #[schema(required = true)]
+    duration: Option<f64>,
+    /// Whether the output was cut at the configured cap.
+    truncated: bool,
+}
+
+impl JobLogs {
+    fn of(job: JobRow, chunks: &[ChunkRow]) -> Self {
+        let (mut out, mut err, mut both) = (Vec::new(), Vec::new(), Vec::new());
+        for c in chunks {
+            match c.stream() {
+                OutputStream::Stdout => out.extend_from_slice(&c.data),
+                OutputStream::Stderr => err.extend_from_slice(&c.data),
+            }
+            both.extend_from_slice(&c.data);
+        }
+        let duration = match (job.started_at, job.finished_at) {
+            (Some(s), Some(f)) => Some((f - s) as f64 / 1_000_000.0),
+            _ => None,
+        };
+        JobLogs {
+            job_id: job.id,
+            status: job.status,
+            exit_code: job.exit_code,
+            stdout: String::from_utf8_lossy(&out).into_owned(),
+            stderr: String::from_utf8_lossy(&err).into_owned(),
+            output: String::from_utf8_lossy(&both).into_owned(),
+            started_at: job.started_at.map(Micros),
+            finished_at: job.finished_at.map(Micros),
+            duration,
+            truncated: job.output_truncated,
         }
     }
-    Ok(out)
+}
+
+/// One stored chunk of output (`GET /api/v1/jobs/{id}/logs?format=chunks`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OutputChunk {
+    /// Its sequence number in the job's output (the stream's event ids).
+    seq: i64,
+    /// Which stream it came from.
+    stream: OutputStream,
+    /// The bytes as text (bytes that are not UTF-8 are replaced).
+    data: String,
+    /// When it arrived.
+    at: Micros,
+}
+
+/// `GET /api/v1/jobs/{id}/logs`: the seed's shape, or the chunks with `?format=chunks`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum LogsResponse {
+    /// Default (`?format=json`).
+    Logs(JobLogs),
+    /// `?format=chunks`.
+    Chunks(Vec<OutputChunk>),
 }
 
 /// A job's output as JSON
@@ -589,82 +499,53 @@ async fn all_output(state: &AppState, id: &str) -> Result<Vec<crate::store::Chun
 /// The seed's shape (stdout, stderr and both interleaved in arrival order), or with
 /// `?format=chunks` the chunks as stored. Bytes that are not UTF-8 are replaced.
 #[utoipa::path(
-    get,
-    path = "/api/v1/jobs/{id}/logs",
     operation_id = "get_job_logs",
     tag = "jobs",
     params(("id" = uuid::Uuid, Path, description = "The job's id."), LogsQuery),
     responses(
         (status = 200, description = "`JobLogs`, or with `?format=chunks` an array of `OutputChunk`.", body = LogsResponse),
+        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 422, response = InvalidField),
         (status = 503, response = Unavailable),
     )
 )]
-pub async fn logs(
+#[get("/jobs/{id}/logs")]
+pub async fn job_logs(
     state: web::Data<AppState>,
     path: web::Path<String>,
     query: web::Query<LogsQuery>,
-) -> Result<HttpResponse, ApiError> {
-    let row = load(&state, job_id(&path)?).await?;
-    let chunks = all_output(&state, &row.id).await?;
-    match query.format.as_deref() {
-        Some("chunks") => {
-            let list: Vec<Value> = chunks
-                .iter()
-                .map(|c| {
-                    json!({
-                        "seq": c.seq,
-                        "stream": match c.stream() { OutputStream::Stdout => "stdout", OutputStream::Stderr => "stderr" },
-                        "data": String::from_utf8_lossy(&c.data),
-                        "at": Micros(c.at),
-                    })
-                })
-                .collect();
-            return Ok(HttpResponse::Ok().json(list));
-        }
-        None | Some("") | Some("json") => {}
+) -> Result<web::Json<LogsResponse>, ApiError> {
+    let chunked = match query.format.as_deref() {
+        Some("chunks") => true,
+        None | Some("") | Some("json") => false,
         Some(other) => {
-            return Err(ApiError::Invalid(FieldError::new(
+            return Err(FieldError::new(
                 "format",
                 format!("{other:?} is not \"json\" or \"chunks\""),
-            )));
+            )
+            .into());
         }
-    }
-    let (mut stdout, mut stderr, mut output) = (Vec::new(), Vec::new(), Vec::new());
-    for c in &chunks {
-        match c.stream() {
-            OutputStream::Stdout => stdout.extend_from_slice(&c.data),
-            OutputStream::Stderr => stderr.extend_from_slice(&c.data),
-        }
-        output.extend_from_slice(&c.data);
-    }
-    let duration = match (row.started_at, row.finished_at) {
-        (Some(s), Some(f)) => Some((f - s) as f64 / 1_000_000.0),
-        _ => None,
     };
-    Ok(HttpResponse::Ok().json(json!({
-        "job_id": row.id,
-        "status": row.status,
-        "exit_code": row.exit_code,
-        "stdout": String::from_utf8_lossy(&stdout),
-        "stderr": String::from_utf8_lossy(&stderr),
-        "output": String::from_utf8_lossy(&output),
-        "started_at": row.started_at.map(Micros),
-        "finished_at": row.finished_at.map(Micros),
-        "duration": duration,
-        "truncated": row.output_truncated,
-    })))
+    let (job, chunks) = state.engine.output(job_id(&path)?).await?;
+    if chunked {
+        let list = chunks
+            .iter()
+            .map(|c| OutputChunk {
+                seq: c.seq,
+                stream: c.stream(),
+                data: String::from_utf8_lossy(&c.data).into_owned(),
+                at: Micros(c.at),
+            })
+            .collect();
+        return Ok(web::Json(LogsResponse::Chunks(list)));
+    }
+    Ok(web::Json(LogsResponse::Logs(JobLogs::of(job, &chunks))))
 }
 
-async fn raw(
-    state: &AppState,
-    raw_id: &str,
-    stream: OutputStream,
-) -> Result<HttpResponse, ApiError> {
-    let row = load(state, job_id(raw_id)?).await?;
-    let chunks = all_output(state, &row.id).await?;
+async fn raw(state: &AppState, id: &str, stream: OutputStream) -> Result<HttpResponse, ApiError> {
+    let (_, chunks) = state.engine.output(job_id(id)?).await?;
     let mut body = Vec::new();
     for c in chunks.iter().filter(|c| c.stream() == stream) {
         body.extend_from_slice(&c.data);
@@ -676,8 +557,6 @@ async fn raw(
 
 /// A job's raw stdout
 #[utoipa::path(
-    get,
-    path = "/api/v1/jobs/{id}/stdout",
     operation_id = "get_job_stdout",
     tag = "jobs",
     params(("id" = uuid::Uuid, Path, description = "The job's id.")),
@@ -688,7 +567,8 @@ async fn raw(
         (status = 503, response = Unavailable),
     )
 )]
-pub async fn stdout(
+#[get("/jobs/{id}/stdout")]
+pub async fn job_stdout(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -697,8 +577,6 @@ pub async fn stdout(
 
 /// A job's raw stderr
 #[utoipa::path(
-    get,
-    path = "/api/v1/jobs/{id}/stderr",
     operation_id = "get_job_stderr",
     tag = "jobs",
     params(("id" = uuid::Uuid, Path, description = "The job's id.")),
@@ -709,7 +587,8 @@ pub async fn stdout(
         (status = 503, response = Unavailable),
     )
 )]
-pub async fn stderr(
+#[get("/jobs/{id}/stderr")]
+pub async fn job_stderr(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {

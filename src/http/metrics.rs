@@ -4,6 +4,7 @@
 //! durations, route patterns, statuses and server ids — no tokens, credentials, host names
 //! or users.
 
+use actix_web::get;
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
@@ -16,11 +17,22 @@ use super::AppState;
 use crate::domain::JobStatus;
 use crate::metrics::{self, Exposition};
 
-/// The exposition: the job counts the database holds (for every process sharing it), then
-/// what this process did.
+/// Prometheus metrics
+///
+/// The Prometheus text exposition: job counts by status, queue depth, HTTP requests and
+/// job durations of this process. Needs no token; shows nothing secret.
+#[utoipa::path(
+    operation_id = "metrics",
+    tag = "health",
+    security(()),
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4.", body = String, content_type = "text/plain"),
+    )
+)]
+#[get("/metrics", wrap = "actix_web::middleware::from_fn(track)")]
 pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
     let mut out = Exposition::new();
-    let counts = state.store.count_jobs_by_status().await;
+    let counts = state.engine.store().count_jobs_by_status().await;
     out.family(
         "jobexec_store_up",
         "1 when the database answered the job counts of this scrape.",

@@ -1,206 +1,215 @@
-//! The HTTP API: routes per resource, the JSON body extractor, the JSON 404/405.
+//! The HTTP API: extract → engine → typed view.
 //!
-//! Handlers read like a paragraph: parse, act through the store or the supervisor, respond.
-//! They own no state; everything they need arrives as [`AppState`].
+//! Each handler is an actix route (`#[get("/jobs/{id}")]`) carrying its own
+//! `#[utoipa::path]`; [`register`] mounts them, and the same registration collects the
+//! OpenAPI document ([`document`]), so a route cannot exist without being documented, nor
+//! be documented without existing. Handlers parse the request, call one [`Engine`] use case
+//! and return their view type (`Serialize + ToSchema`); errors are [`ApiError`], always JSON.
+//! Requests nothing matches are answered by [`not_found`]: a 405 with `Allow` when the path
+//! is a route's and the method is not, a 404 otherwise.
 
 mod audit;
 pub mod auth;
 mod body;
 mod health;
-pub mod jobs;
+mod jobs;
 pub mod limits;
 pub mod metrics;
-pub mod openapi;
+mod openapi;
+pub use openapi::{
+    BadRequest, Conflict, InvalidField, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized,
+    Unavailable,
+};
 mod servers;
-pub mod stream;
+mod stream;
+
+use std::sync::{Arc, LazyLock};
 
 pub use body::JsonBody;
 
+use actix_web::http::{Method, header};
 use actix_web::{HttpRequest, HttpResponse, web};
+use utoipa::OpenApi as _;
+use utoipa_actix_web::scope;
+use utoipa_actix_web::service_config::ServiceConfig;
 
+use crate::domain::{FieldError, JobId, ServerId};
+use crate::engine::{Actor, Engine};
 use crate::error::ApiError;
-use crate::settings::Settings;
-use crate::store::Store;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    /// The database.
-    pub store: Store,
-    /// The settings the process started with.
-    pub settings: std::sync::Arc<Settings>,
-    /// The queue new jobs are announced on.
-    pub queue: std::sync::Arc<dyn crate::queue::JobQueue>,
-    /// The process's event bus.
-    pub events: crate::events::EventBus,
-    /// The dispatcher, for cancels of jobs running in this process.
-    pub dispatcher: Option<actix::Addr<crate::actors::Dispatcher>>,
-    /// The broker, when one is configured (cancels to other processes).
-    pub broker: Option<std::sync::Arc<crate::queue::rabbit::RabbitBroker>>,
+    /// Every use case.
+    pub engine: Engine,
     /// The API tokens (none: authentication off).
-    pub tokens: std::sync::Arc<auth::Tokens>,
+    pub tokens: Arc<auth::Tokens>,
     /// Per-caller rate and stream limits.
-    pub limits: std::sync::Arc<limits::Limits>,
+    pub limits: Arc<limits::Limits>,
 }
 
 impl AppState {
+    /// The state of an API on `engine`, with the tokens and limits of its settings.
+    pub fn new(engine: Engine) -> Result<Self, auth::TokenError> {
+        let tokens = auth::Tokens::from_settings(&engine.settings().auth.tokens)?;
+        Ok(Self::with_tokens(engine, tokens))
+    }
+
+    /// The state of an API on `engine` with these tokens.
+    pub fn with_tokens(engine: Engine, tokens: auth::Tokens) -> Self {
+        let limits = Arc::new(limits::Limits::new(&engine.settings().limits));
+        AppState {
+            engine,
+            tokens: Arc::new(tokens),
+            limits,
+        }
+    }
+
     /// Take one submission from the caller's rate (429 past it).
-    pub fn limit_submissions(&self, caller: &auth::Caller) -> Result<(), ApiError> {
+    fn limit_submissions(&self, caller: &auth::Caller) -> Result<(), ApiError> {
         self.limits.submit(&caller.limit_key(self.tokens.enabled()))
     }
+}
 
-    /// Record what `caller` did. A failure to record is logged; the action stands.
-    pub async fn audit(
-        &self,
-        caller: &auth::Caller,
-        action: &'static str,
-        target_kind: &'static str,
-        target_id: impl ToString,
-        detail: serde_json::Value,
-    ) {
-        let target_id = target_id.to_string();
-        let entry = crate::store::AuditEntry {
-            actor: caller.name.clone(),
-            peer: Some(caller.peer.clone()),
-            action,
-            target_kind,
-            target_id: Some(target_id.clone()),
-            detail,
-        };
-        if let Err(e) = self.store.audit(entry).await {
-            tracing::error!(action, target_id = %target_id, error = %e, "cannot write the audit record");
+impl auth::Caller {
+    /// The caller as the engine records it.
+    fn actor(&self) -> Actor {
+        Actor {
+            name: self.name.clone(),
+            peer: Some(self.peer.clone()),
         }
-    }
-}
-
-/// A resource whose other methods answer a JSON 405.
-fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
-}
-
-/// An HTTP method a route answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HttpMethod {
-    /// `GET`
-    Get,
-    /// `POST`
-    Post,
-    /// `PUT`
-    Put,
-    /// `DELETE`
-    Delete,
-}
-
-impl HttpMethod {
-    /// The method's name, upper case.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Get => "GET",
-            Self::Post => "POST",
-            Self::Put => "PUT",
-            Self::Delete => "DELETE",
-        }
-    }
-
-    fn route(self) -> actix_web::Route {
-        match self {
-            Self::Get => web::get(),
-            Self::Post => web::post(),
-            Self::Put => web::put(),
-            Self::Delete => web::delete(),
-        }
-    }
-}
-
-/// One route of [`ROUTES`]: a method on a path, and the handler that answers it.
-#[derive(Debug, Clone, Copy)]
-pub struct ApiRoute {
-    /// The method.
-    pub method: HttpMethod,
-    /// The full path, `{name}` for a path segment (as the OpenAPI document spells it).
-    pub path: &'static str,
-    handler: fn(actix_web::Route) -> actix_web::Route,
-}
-
-const fn route(
-    method: HttpMethod,
-    path: &'static str,
-    handler: fn(actix_web::Route) -> actix_web::Route,
-) -> ApiRoute {
-    ApiRoute {
-        method,
-        path,
-        handler,
     }
 }
 
 /// The prefix of the versioned API; its routes need a token when tokens are configured.
 pub const API_PREFIX: &str = "/api/v1";
 
-/// Every route, in matching order: what [`configure`] registers, and what the OpenAPI
-/// document ([`openapi`]) must cover, which the `openapi` tests check. Routes of one path
-/// stand together (they make one resource).
-pub const ROUTES: &[ApiRoute] = {
-    use HttpMethod::{Delete, Get, Post, Put};
-    &[
-        route(Get, "/health", |r| r.to(health::health)),
-        // Outside /api/v1: no token (scrapers send none); it shows nothing secret.
-        route(Get, "/metrics", |r| r.to(metrics::scrape)),
-        route(Get, "/api/v1/openapi.json", |r| r.to(openapi::serve)),
-        route(Get, "/api/v1/audit", |r| r.to(audit::list)),
-        route(Get, "/api/v1/jobs", |r| r.to(jobs::list)),
-        route(Post, "/api/v1/jobs", |r| r.to(jobs::submit_command)),
-        // Before `/jobs/{id}`, which would otherwise take "script" for an id.
-        route(Post, "/api/v1/jobs/script", |r| r.to(jobs::submit_script)),
-        route(Get, "/api/v1/jobs/{id}", |r| r.to(jobs::get)),
-        route(Post, "/api/v1/jobs/{id}/cancel", |r| r.to(jobs::cancel)),
-        route(Post, "/api/v1/jobs/{id}/duplicate", |r| {
-            r.to(jobs::duplicate)
-        }),
-        route(Get, "/api/v1/jobs/{id}/logs", |r| r.to(jobs::logs)),
-        route(Get, "/api/v1/jobs/{id}/stdout", |r| r.to(jobs::stdout)),
-        route(Get, "/api/v1/jobs/{id}/stderr", |r| r.to(jobs::stderr)),
-        route(Get, "/api/v1/jobs/{id}/stream", |r| r.to(stream::stream)),
-        route(Get, "/api/v1/servers", |r| r.to(servers::list)),
-        route(Post, "/api/v1/servers", |r| r.to(servers::create)),
-        route(Get, "/api/v1/servers/{id}", |r| r.to(servers::get)),
-        route(Put, "/api/v1/servers/{id}", |r| r.to(servers::update)),
-        route(Delete, "/api/v1/servers/{id}", |r| r.to(servers::delete)),
-        route(Post, "/api/v1/servers/{id}/test", |r| r.to(servers::test)),
-    ]
-};
-
-/// Register every route of [`ROUTES`] on an actix-web app (or a scope of the embedding
-/// program's app): those under [`API_PREFIX`] behind the token check.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// Mount every route on `cfg`: those under [`API_PREFIX`] behind the token check. What it
+/// mounts is what [`document`] describes.
+pub fn register(cfg: &mut ServiceConfig) {
     use actix_web::middleware::from_fn;
-    let mut api = web::scope(API_PREFIX);
-    for group in ROUTES.chunk_by(|a, b| a.path == b.path) {
-        let Some(first) = group.first() else { continue };
-        let in_api = first
-            .path
-            .strip_prefix(API_PREFIX)
-            .filter(|rest| rest.starts_with('/'));
-        let mut res = resource(in_api.unwrap_or(first.path));
-        for r in group {
-            res = res.route((r.handler)(r.method.route()));
-        }
-        match in_api {
-            Some(_) => api = api.service(res),
-            None => {
-                cfg.service(res.wrap(from_fn(metrics::track)));
+    cfg.app_data(
+        web::QueryConfig::default()
+            .error_handler(|e, _| ApiError::BadRequest(format!("bad query string: {e}")).into()),
+    )
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|e, _| ApiError::NotFound(format!("bad path: {e}")).into()),
+    );
+    let api = scope::scope(API_PREFIX)
+        .service(openapi::serve)
+        .service(audit::list_audit)
+        .service(jobs::list_jobs)
+        .service(jobs::submit_command)
+        .service(jobs::submit_script)
+        .service(jobs::get_job)
+        .service(jobs::cancel_job)
+        .service(jobs::duplicate_job)
+        .service(jobs::job_logs)
+        .service(jobs::job_stdout)
+        .service(jobs::job_stderr)
+        .service(stream::follow_job)
+        .service(servers::list_servers)
+        .service(servers::create_server)
+        .service(servers::get_server)
+        .service(servers::update_server)
+        .service(servers::delete_server)
+        .service(servers::test_server)
+        .map(|api| {
+            api.default_service(web::to(not_found))
+                .wrap(from_fn(auth::authenticate))
+                // Outermost, so a request the token check refuses is counted too.
+                .wrap(from_fn(metrics::track))
+        });
+    cfg.service(api)
+        // Outside /api/v1: no token (scrapers send none); they show nothing secret.
+        .service(health::health)
+        .service(metrics::scrape);
+}
+
+/// Register every route on an actix-web app (or a scope of the embedding program's app).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    register(&mut ServiceConfig::new(cfg));
+}
+
+/// The OpenAPI document of the routes [`register`] mounts, its version the crate's.
+pub fn document() -> utoipa::openapi::OpenApi {
+    use utoipa_actix_web::AppExt;
+    let (_, mut doc) = actix_web::App::new()
+        .into_utoipa_app()
+        .openapi(openapi::ApiDoc::openapi())
+        .configure(register)
+        .split_for_parts();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
+
+/// The document, made once, and the routes it lists.
+struct Served {
+    json: Result<String, String>,
+    routes: Vec<(Method, String)>,
+}
+
+static SERVED: LazyLock<Served> = LazyLock::new(|| {
+    let doc = document();
+    let mut routes = Vec::new();
+    for (path, item) in &doc.paths.paths {
+        let ops = [
+            (Method::GET, &item.get),
+            (Method::POST, &item.post),
+            (Method::PUT, &item.put),
+            (Method::DELETE, &item.delete),
+            (Method::PATCH, &item.patch),
+        ];
+        for (method, op) in ops {
+            if op.is_some() {
+                routes.push((method, path.clone()));
             }
         }
     }
-    cfg.service(
-        api.wrap(from_fn(auth::authenticate))
-            // Outermost, so a request the token check refuses is counted too.
-            .wrap(from_fn(metrics::track)),
-    );
+    Served {
+        json: doc.to_json().map_err(|e| e.to_string()),
+        routes,
+    }
+});
+
+/// Every route: its method and its path as the document spells it (`{id}` for a segment).
+pub fn routes() -> &'static [(Method, String)] {
+    &SERVED.routes
 }
 
-/// JSON 404 for paths no route matches.
+/// Whether `path` is an instance of the route pattern `pattern`.
+fn matches(pattern: &str, path: &str) -> bool {
+    let (mut p, mut q) = (pattern.split('/'), path.split('/'));
+    loop {
+        match (p.next(), q.next()) {
+            (None, None) => return true,
+            (Some(seg), Some(got)) if seg.starts_with('{') || seg == got => {}
+            _ => return false,
+        }
+    }
+}
+
+/// A request no route takes: 405 with the methods the path takes (`Allow`), or 404.
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let path = req.path().trim_end_matches('/');
+    let allowed: Vec<&str> = routes()
+        .iter()
+        .filter(|(_, pattern)| matches(pattern, path))
+        .map(|(method, _)| method.as_str())
+        .collect();
+    if !allowed.is_empty() {
+        let err = ApiError::MethodNotAllowed(format!(
+            "{} is not allowed on {}",
+            req.method(),
+            req.path()
+        ));
+        let mut resp = actix_web::ResponseError::error_response(&err);
+        if let Ok(value) = header::HeaderValue::from_str(&allowed.join(", ")) {
+            resp.headers_mut().insert(header::ALLOW, value);
+        }
+        return Ok(resp);
+    }
     metrics::count_unmatched(&req, actix_web::http::StatusCode::NOT_FOUND);
     Err(ApiError::NotFound(format!(
         "no route for {} {}",
@@ -209,10 +218,68 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     )))
 }
 
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed(format!(
-        "{} is not allowed on {}",
-        req.method(),
-        req.path()
-    )))
+/// The job a path names; not a UUID: it names nothing (404).
+fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::NotFound(format!("job {raw:?} does not exist")))
+}
+
+/// The server a path names; not a UUID: it names nothing (404).
+fn server_id(raw: &str) -> Result<ServerId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::NotFound(format!("server {raw:?} does not exist")))
+}
+
+/// An optional id in a query string or body (`what` names the field of a 422).
+fn optional_id<T: std::str::FromStr>(
+    what: &'static str,
+    raw: Option<&str>,
+) -> Result<Option<T>, ApiError> {
+    match raw.filter(|s| !s.is_empty()) {
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| FieldError::new(what, format!("{s:?} is not a UUID")).into()),
+        None => Ok(None),
+    }
+}
+
+/// The `limit` of a paged list: 1 to 1000, 50 when absent.
+fn page_limit(raw: Option<&str>) -> Result<i64, ApiError> {
+    match raw.filter(|s| !s.is_empty()) {
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                ApiError::Invalid(FieldError::new(
+                    "limit",
+                    format!("{l:?} is not a number from 1 to 1000"),
+                ))
+            }),
+        None => Ok(50),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_is_openapi_3_with_the_crate_version() {
+        let json = SERVED.json.as_ref().expect("the document encodes");
+        let doc: serde_json::Value = serde_json::from_str(json).expect("json");
+        assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+        assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+        assert!(routes().len() >= 20, "{:?}", routes());
+    }
+
+    #[test]
+    fn route_patterns_match_their_instances_only() {
+        assert!(matches("/api/v1/jobs/{id}", "/api/v1/jobs/x"));
+        assert!(!matches("/api/v1/jobs/{id}", "/api/v1/jobs/x/y"));
+        assert!(!matches("/api/v1/jobs/{id}", "/api/v1/jobs"));
+        assert!(matches("/health", "/health"));
+    }
 }

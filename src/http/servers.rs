@@ -1,19 +1,19 @@
 //! `/api/v1/servers`: the server registry and the connection test.
 
-use std::time::Duration;
-
-use actix_web::{HttpResponse, web};
-use serde::Serialize;
+use actix_web::http::StatusCode;
+use actix_web::{Responder, web};
+use actix_web::{delete, get, post, put};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::auth::Caller;
-use super::openapi::{
-    BadRequest, Conflict, InvalidField, Message, NotFound, PayloadTooLarge, ServerList, TestResult,
-    Unauthorized, Unavailable,
+use super::{
+    AppState, BadRequest, Conflict, InvalidField, JsonBody, NotFound, PayloadTooLarge,
+    Unauthorized, Unavailable, server_id,
 };
-use super::{AppState, JsonBody};
-use crate::domain::{AuthType, HostKeyCheck, Micros, ServerDraft, ServerPatch, parse_id};
+use crate::domain::{AuthType, HostKeyCheck, Micros, ServerPatch};
 use crate::error::ApiError;
-use crate::ssh::{self, SshOptions, SshTarget};
+use crate::ssh;
 use crate::store::ServerRow;
 
 /// A server as the API shows it: secrets replaced by `has_*` flags.
@@ -82,42 +82,22 @@ impl From<ServerRow> for ServerView {
     }
 }
 
-fn server_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
-    parse_id("id", raw).map_err(|_| ApiError::NotFound(format!("server {raw:?} does not exist")))
+/// `GET /api/v1/servers`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerList {
+    /// Every server.
+    servers: Vec<ServerView>,
 }
 
-fn missing(id: uuid::Uuid) -> impl FnOnce() -> String {
-    move || format!("server {id}")
-}
-
-/// The names of the fields a patch sets (never their values: some are secrets).
-fn fields_set(p: &ServerPatch) -> Vec<&'static str> {
-    [
-        ("name", p.name.is_some()),
-        ("hostname", p.hostname.is_some()),
-        ("port", p.port.is_some()),
-        ("user", p.user.is_some()),
-        ("auth_type", p.auth_type.is_some()),
-        ("password", p.password.is_some()),
-        (
-            "private_key",
-            p.private_key.is_some() || p.pem_file.is_some(),
-        ),
-        ("private_key_passphrase", p.private_key_passphrase.is_some()),
-        ("is_active", p.is_active.is_some()),
-        ("host_key", p.host_key.is_some()),
-        ("host_key_check", p.host_key_check.is_some()),
-        ("max_concurrent_jobs", p.max_concurrent_jobs.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .collect()
+/// A confirmation (`DELETE /api/v1/servers/{id}`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Message {
+    /// What was done.
+    message: String,
 }
 
 /// Register a server
 #[utoipa::path(
-    post,
-    path = "/api/v1/servers",
     operation_id = "create_server",
     tag = "servers",
     request_body = ServerPatch,
@@ -131,27 +111,20 @@ fn fields_set(p: &ServerPatch) -> Vec<&'static str> {
         (status = 503, response = Unavailable),
     )
 )]
-pub async fn create(
+#[post("/servers")]
+pub async fn create_server(
     state: web::Data<AppState>,
     caller: web::ReqData<Caller>,
     JsonBody(input): JsonBody<ServerPatch>,
-) -> Result<HttpResponse, ApiError> {
-    let fields = fields_set(&input);
-    let draft = ServerDraft::create(input, state.settings.ssh.default_max_concurrent_jobs)?;
-    let row = state.store.insert_server(draft).await?;
-    tracing::info!(server_id = %row.id, name = %row.name, "server created");
-    let detail =
-        serde_json::json!({ "name": row.name, "hostname": row.hostname, "fields": fields });
-    state
-        .audit(&caller, "server.create", "server", &row.id, detail)
-        .await;
-    Ok(HttpResponse::Created().json(ServerView::from(row)))
+) -> Result<actix_web::CustomizeResponder<web::Json<ServerView>>, ApiError> {
+    let row = state.engine.create_server(&caller.actor(), input).await?;
+    Ok(web::Json(ServerView::from(row))
+        .customize()
+        .with_status(StatusCode::CREATED))
 }
 
 /// List servers
 #[utoipa::path(
-    get,
-    path = "/api/v1/servers",
     operation_id = "list_servers",
     tag = "servers",
     responses(
@@ -160,16 +133,16 @@ pub async fn create(
         (status = 503, response = Unavailable),
     )
 )]
-pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let rows = state.store.list_servers().await?;
-    let servers: Vec<ServerView> = rows.into_iter().map(ServerView::from).collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "servers": servers })))
+#[get("/servers")]
+pub async fn list_servers(state: web::Data<AppState>) -> Result<web::Json<ServerList>, ApiError> {
+    let rows = state.engine.servers().await?;
+    Ok(web::Json(ServerList {
+        servers: rows.into_iter().map(ServerView::from).collect(),
+    }))
 }
 
 /// One server
 #[utoipa::path(
-    get,
-    path = "/api/v1/servers/{id}",
     operation_id = "get_server",
     tag = "servers",
     params(("id" = uuid::Uuid, Path, description = "The server's id.")),
@@ -180,25 +153,19 @@ pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
         (status = 503, response = Unavailable),
     )
 )]
-pub async fn get(
+#[get("/servers/{id}")]
+pub async fn get_server(
     state: web::Data<AppState>,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let id = server_id(&path)?;
-    let row = state
-        .store
-        .get_server(id)
-        .await
-        .map_err(|e| ApiError::from_store(e, missing(id)))?;
-    Ok(HttpResponse::Ok().json(ServerView::from(row)))
+) -> Result<web::Json<ServerView>, ApiError> {
+    let row = state.engine.server(server_id(&path)?).await?;
+    Ok(web::Json(ServerView::from(row)))
 }
 
 /// Update a server
 ///
 /// Omitted fields keep their value; the result is validated whole.
 #[utoipa::path(
-    put,
-    path = "/api/v1/servers/{id}",
     operation_id = "update_server",
     tag = "servers",
     params(("id" = uuid::Uuid, Path, description = "The server's id.")),
@@ -214,62 +181,25 @@ pub async fn get(
         (status = 503, response = Unavailable),
     )
 )]
-pub async fn update(
+#[put("/servers/{id}")]
+pub async fn update_server(
     state: web::Data<AppState>,
     caller: web::ReqData<Caller>,
     path: web::Path<String>,
     JsonBody(input): JsonBody<ServerPatch>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<web::Json<ServerView>, ApiError> {
     let id = server_id(&path)?;
-    let fields = fields_set(&input);
-    let before = state
-        .store
-        .get_server(id)
-        .await
-        .map_err(|e| ApiError::from_store(e, missing(id)))?;
     let row = state
-        .store
-        .update_server(id, move |draft| draft.patch(input))
-        .await
-        .map_err(|e| match e {
-            crate::store::UpdateError::Invalid(f) => ApiError::Invalid(f),
-            crate::store::UpdateError::Store(s) => ApiError::from_store(s, missing(id)),
-        })?;
-    tracing::info!(server_id = %row.id, "server updated");
-    state
-        .audit(
-            &caller,
-            "server.update",
-            "server",
-            &row.id,
-            serde_json::json!({ "fields": fields }),
-        )
-        .await;
-    if before.host_key != row.host_key {
-        let detail = serde_json::json!({
-            "old_fingerprint": before.host_key.as_deref().map(ssh::pinned_fingerprint),
-            "new_fingerprint": row.host_key.as_deref().map(ssh::pinned_fingerprint),
-            "by": "update",
-        });
-        state
-            .audit(
-                &caller,
-                "server.host_key_changed",
-                "server",
-                &row.id,
-                detail,
-            )
-            .await;
-    }
-    Ok(HttpResponse::Ok().json(ServerView::from(row)))
+        .engine
+        .update_server(&caller.actor(), id, input)
+        .await?;
+    Ok(web::Json(ServerView::from(row)))
 }
 
 /// Delete a server
 ///
 /// Refused (409) while it has queued or running jobs.
 #[utoipa::path(
-    delete,
-    path = "/api/v1/servers/{id}",
     operation_id = "delete_server",
     tag = "servers",
     params(("id" = uuid::Uuid, Path, description = "The server's id.")),
@@ -281,42 +211,46 @@ pub async fn update(
         (status = 503, response = Unavailable),
     )
 )]
-pub async fn delete(
+#[delete("/servers/{id}")]
+pub async fn delete_server(
     state: web::Data<AppState>,
     caller: web::ReqData<Caller>,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<web::Json<Message>, ApiError> {
     let id = server_id(&path)?;
-    let row = state
-        .store
-        .get_server(id)
-        .await
-        .map_err(|e| ApiError::from_store(e, missing(id)))?;
-    state
-        .store
-        .delete_server(id)
-        .await
-        .map_err(|e| ApiError::from_store(e, missing(id)))?;
-    tracing::info!(server_id = %id, "server deleted");
-    state
-        .audit(
-            &caller,
-            "server.delete",
-            "server",
-            id,
-            serde_json::json!({ "name": row.name, "hostname": row.hostname }),
-        )
-        .await;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "message": format!("server {id} deleted") })))
+    state.engine.delete_server(&caller.actor(), id).await?;
+    Ok(web::Json(Message {
+        message: format!("server {id} deleted"),
+    }))
 }
 
 /// Options of the connection test.
-#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestOptions {
     /// Pin whatever key the server presents now (after a deliberate host key change).
     #[serde(default)]
     accept_host_key: bool,
+}
+
+/// `POST /api/v1/servers/{id}/test`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TestResult {
+    /// Connected, authenticated, and `true` exited 0.
+    ok: bool,
+    /// Milliseconds the test took.
+    latency_ms: u64,
+    /// The `SHA256:` fingerprint of the key the server presented, when the key exchange got
+    /// that far.
+    #[schema(required = true)]
+    host_key_fingerprint: Option<String>,
+    /// Why it failed (host unreachable, authentication refused, host key changed — with
+    /// both fingerprints —, timeout); null when `ok`.
+    #[schema(required = true)]
+    error: Option<String>,
+    /// Whether this test pinned the presented key (trust on first use, or
+    /// `accept_host_key`).
+    host_key_pinned: bool,
 }
 
 /// Test the connection to a server
@@ -326,8 +260,6 @@ pub struct TestOptions {
 /// pins the key the server presented; with `{"accept_host_key": true}` it replaces the
 /// pinned key with the one presented now.
 #[utoipa::path(
-    post,
-    path = "/api/v1/servers/{id}/test",
     operation_id = "test_server",
     tag = "servers",
     params(("id" = uuid::Uuid, Path, description = "The server's id.")),
@@ -342,98 +274,24 @@ pub struct TestOptions {
         (status = 503, response = Unavailable),
     )
 )]
-pub async fn test(
+#[post("/servers/{id}/test")]
+pub async fn test_server(
     state: web::Data<AppState>,
     caller: web::ReqData<Caller>,
     path: web::Path<String>,
     JsonBody(options): JsonBody<TestOptions>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<web::Json<TestResult>, ApiError> {
     let id = server_id(&path)?;
-    let row = state
-        .store
-        .get_server(id)
-        .await
-        .map_err(|e| ApiError::from_store(e, missing(id)))?;
-    let opts = SshOptions::from_settings(&state.settings.ssh);
-    let bound = Duration::from_secs(state.settings.ssh.test_timeout_secs.max(1));
-    let failed = |error: String| ssh::TestReport {
-        ok: false,
-        latency_ms: 0,
-        host_key_fingerprint: None,
-        error: Some(error),
-        host_key: None,
-    };
-    let mut accepted: Option<String> = None;
-    let report = match state
-        .store
-        .open_server(&row)
-        .map_err(|e| ssh::SshError::Credentials(e.to_string()))
-        .and_then(|draft| SshTarget::from_server(&draft))
-    {
-        Ok(mut target) => {
-            let mut probe_failed = None;
-            if options.accept_host_key {
-                // Learn the key now presented (no credentials are sent), then test against it.
-                match ssh::probe_host_key(&target, &opts).await {
-                    Ok(key) => {
-                        let line = ssh::openssh_line(&key);
-                        target.pinned = Some(line.clone());
-                        accepted = Some(line);
-                    }
-                    Err(e) => probe_failed = Some(failed(e.to_string())),
-                }
-            }
-            match probe_failed {
-                Some(report) => report,
-                None => ssh::test_connection(&target, &opts, bound).await,
-            }
-        }
-        Err(e) => failed(e.to_string()),
-    };
-    let mut pinned = false;
-    if report.ok
-        && let Some(line) = accepted
-    {
-        state.store.repin_host_key(id, line.clone()).await?;
-        pinned = true;
-        let detail = serde_json::json!({
-            "old_fingerprint": row.host_key.as_deref().map(ssh::pinned_fingerprint),
-            "new_fingerprint": ssh::pinned_fingerprint(&line),
-            "by": "accept_host_key",
-        });
-        tracing::info!(server_id = %id, fingerprint = ?report.host_key_fingerprint, "host key accepted");
-        state
-            .audit(&caller, "server.host_key_changed", "server", id, detail)
-            .await;
-    } else if report.ok
-        && row.host_key.is_none()
-        && row.host_key_check == crate::domain::HostKeyCheck::Tofu.as_str()
-        && let Some(key) = report.host_key.clone()
-    {
-        pinned = state.store.pin_host_key(id, key).await?;
-        if pinned {
-            tracing::info!(server_id = %id, fingerprint = ?report.host_key_fingerprint, "host key pinned on first use");
-            let detail = serde_json::json!({
-                "fingerprint": report.host_key_fingerprint,
-                "by": "connection test",
-            });
-            state
-                .audit(&caller, "server.host_key_pinned", "server", id, detail)
-                .await;
-        }
-    }
-    tracing::info!(server_id = %id, ok = report.ok, latency_ms = report.latency_ms, error = ?report.error, "connection test");
-    state
-        .audit(
-            &caller,
-            "server.test",
-            "server",
-            id,
-            serde_json::json!({ "ok": report.ok, "error": report.error }),
-        )
-        .await;
-    let mut body = serde_json::to_value(&report)
-        .map_err(|e| ApiError::Internal(format!("cannot encode the report: {e}")))?;
-    body["host_key_pinned"] = serde_json::Value::Bool(pinned);
-    Ok(HttpResponse::Ok().json(body))
+    let tested = state
+        .engine
+        .test_server(&caller.actor(), id, options.accept_host_key)
+        .await?;
+    let r = tested.report;
+    Ok(web::Json(TestResult {
+        ok: r.ok,
+        latency_ms: r.latency_ms,
+        host_key_fingerprint: r.host_key_fingerprint,
+        error: r.error,
+        host_key_pinned: tested.pinned,
+    }))
 }

@@ -5,7 +5,7 @@
 //! `n`: nothing twice, nothing missed. The first event is always the current status.
 //!
 //! Each client has its own task and a small bounded buffer; the task is a
-//! [`crate::follow::Follower`] (replay from the database, then live, back to the database on a
+//! follow of the engine ([`crate::engine::Engine::follow`]: replay from the database, then live, back to the database on a
 //! gap or a lag) feeding an SSE sink. A slow client therefore only ever slows itself; the
 //! job and the other clients never wait for it.
 //!
@@ -13,21 +13,20 @@
 //! character over to the stream's next chunk, so a character split across chunks arrives
 //! whole; bytes that are not UTF-8 become U+FFFD.
 
+use actix_web::get;
 use std::convert::Infallible;
 use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::AppState;
-use super::jobs::job_view;
-use super::openapi::{NotFound, TooManyRequests, Unauthorized, Unavailable};
-use crate::domain::{Micros, OutputStream, parse_id};
+use super::jobs::JobView;
+use super::{AppState, NotFound, TooManyRequests, Unauthorized, Unavailable, job_id};
+use crate::domain::{Micros, OutputStream};
+use crate::engine::follow::{Gone, Sink};
 use crate::error::ApiError;
-use crate::follow::{Follower, Gone, Sink};
 use crate::store::{ChunkRow, JobRow};
 
 /// How often an idle stream gets a keep-alive comment.
@@ -87,7 +86,27 @@ struct SseSink {
     tx: mpsc::Sender<Bytes>,
 }
 
-fn frame(id: i64, event: &str, data: &serde_json::Value) -> Bytes {
+/// The `data:` of an `output` event of the stream.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct OutputEvent<'a> {
+    /// The job's id.
+    #[schema(value_type = String, format = Uuid)]
+    job_id: &'a str,
+    /// The chunk's sequence number (also the event's `id:`).
+    seq: i64,
+    /// Which stream it came from.
+    stream: OutputStream,
+    /// `stream` is `stderr` (the seed's flag).
+    is_stderr: bool,
+    /// The text; a character split across chunks arrives whole, bytes that are not UTF-8
+    /// are replaced.
+    output: String,
+    /// When it arrived.
+    timestamp: Micros,
+}
+
+fn frame(id: i64, event: &str, data: &impl serde::Serialize) -> Bytes {
+    let data = serde_json::to_string(data).unwrap_or_default();
     Bytes::from(format!("id: {id}\nevent: {event}\ndata: {data}\n\n"))
 }
 
@@ -110,18 +129,14 @@ impl SseSink {
         text: String,
         at: i64,
     ) -> Result<(), Gone> {
-        let name = match stream {
-            OutputStream::Stdout => "stdout",
-            OutputStream::Stderr => "stderr",
+        let data = OutputEvent {
+            job_id: &self.job_id,
+            seq,
+            stream,
+            is_stderr: stream == OutputStream::Stderr,
+            output: text,
+            timestamp: Micros(at),
         };
-        let data = json!({
-            "job_id": self.job_id,
-            "seq": seq,
-            "stream": name,
-            "is_stderr": stream == OutputStream::Stderr,
-            "output": text,
-            "timestamp": Micros(at),
-        });
         self.send(frame(seq, "output", &data)).await
     }
 
@@ -142,7 +157,7 @@ impl SseSink {
 
 impl Sink for SseSink {
     async fn status(&mut self, last: i64, row: &JobRow) -> Result<(), Gone> {
-        self.send(frame(last, "status", &job_view(row))).await
+        self.send(frame(last, "status", &JobView::of(row))).await
     }
 
     async fn output(
@@ -170,7 +185,7 @@ impl Sink for SseSink {
                     .await?;
             }
         }
-        self.send(frame(last, "complete", &job_view(row))).await
+        self.send(frame(last, "complete", &JobView::of(row))).await
     }
 
     async fn idle(&mut self) -> Result<(), Gone> {
@@ -192,8 +207,6 @@ impl Sink for SseSink {
 /// `Last-Event-ID` resumes exactly after it. A stream opened on a finished job replays its
 /// output and ends at once. Idle streams get a `: keep-alive` comment every 15 s.
 #[utoipa::path(
-    get,
-    path = "/api/v1/jobs/{id}/stream",
     operation_id = "stream_job",
     tag = "jobs",
     params(
@@ -201,32 +214,25 @@ impl Sink for SseSink {
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this output sequence number (the `id:` of the last event received)."),
     ),
     responses(
-        (status = 200, description = "`text/event-stream` of `status`, `output` and `complete` events.", body = String, content_type = "text/event-stream"),
+        (status = 200, description = "`text/event-stream` of `status`, `output` (data: `OutputEvent`) and `complete` events.", body = String, content_type = "text/event-stream"),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 429, response = TooManyRequests),
         (status = 503, response = Unavailable),
     )
 )]
-pub async fn stream(
+#[get("/jobs/{id}/stream")]
+pub async fn follow_job(
     state: web::Data<AppState>,
     caller: web::ReqData<super::auth::Caller>,
     path: web::Path<String>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_id("id", &path)
-        .map_err(|_| ApiError::NotFound(format!("job {:?} does not exist", path.as_str())))?;
+    let id = job_id(&path)?;
     // Counted until the client's task ends (the job ended, or the client went away).
     let slot = state
         .limits
         .open_stream(&caller.limit_key(state.tokens.enabled()))?;
-    // Subscribe before anything is read, so no event falls between replay and live.
-    let bus = state.events.subscribe();
-    let row = state
-        .store
-        .get_job(id)
-        .await
-        .map_err(|e| ApiError::from_store(e, || format!("job {id}")))?;
     let last = req
         .headers()
         .get("last-event-id")
@@ -235,19 +241,17 @@ pub async fn stream(
         .unwrap_or(-1)
         .max(-1);
     let (tx, mut rx) = mpsc::channel::<Bytes>(CLIENT_BUFFER);
-    let mut sink = SseSink {
-        job_id: row.id.clone(),
+    let sink = SseSink {
+        job_id: id.to_string(),
         stdout: Utf8Carry::default(),
         stderr: Utf8Carry::default(),
         tx,
     };
-    let store = state.store.clone();
+    let (_, mut task) = state.engine.follow(id, last, sink).await?;
+    let store = state.engine.store().clone();
     actix_web::rt::spawn(async move {
-        sink.prime(&store, last).await;
-        let _ = Follower::new(store, row.id, last, sink)
-            .keep_alive(KEEP_ALIVE)
-            .run(bus)
-            .await;
+        task.sink_mut().prime(&store, last).await;
+        task.keep_alive(KEEP_ALIVE).run().await;
         drop(slot);
     });
     let body =

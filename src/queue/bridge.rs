@@ -13,20 +13,30 @@ use tokio::sync::broadcast;
 
 use super::JobQueue;
 use super::rabbit::{RabbitBroker, WireEvent};
-use crate::app::Role;
 use crate::domain::OutputStream;
 use crate::events::{EventBus, JobEvent};
 use crate::store::Store;
 
-/// Start the duties of `role`.
+/// Which of the duties a process takes on.
+#[derive(Debug, Clone, Copy)]
+pub struct Duties {
+    /// Forward local events to the events exchange (processes that run jobs).
+    pub forward_events: bool,
+    /// Feed events from the exchange into the local bus (api processes).
+    pub receive_events: bool,
+    /// Publish queued jobs the broker missed (processes that accept jobs).
+    pub outbox: bool,
+}
+
+/// Start `duties`.
 pub fn spawn(
-    role: Role,
+    duties: Duties,
     broker: Arc<RabbitBroker>,
     store: Store,
     events: EventBus,
     poll_secs: u64,
 ) {
-    if matches!(role, Role::Serve | Role::Worker) {
+    if duties.forward_events {
         let mut rx = events.subscribe();
         let b = broker.clone();
         tokio::spawn(async move {
@@ -63,7 +73,7 @@ pub fn spawn(
             }
         });
     }
-    if role == Role::Api
+    if duties.receive_events
         && let Some(mut rx) = broker.take_events()
     {
         let store = store.clone();
@@ -94,7 +104,7 @@ pub fn spawn(
             }
         });
     }
-    if matches!(role, Role::Serve | Role::Api) {
+    if duties.outbox {
         tokio::spawn(async move {
             let every = Duration::from_secs(poll_secs.max(1));
             loop {

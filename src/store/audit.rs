@@ -4,7 +4,7 @@ use diesel::prelude::*;
 
 use super::schema::audit_log;
 use super::{Store, StoreError};
-use crate::domain::Micros;
+use crate::domain::{Actor, Micros};
 
 /// One audit record.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, serde::Serialize)]
@@ -45,6 +45,26 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
+impl AuditEntry {
+    /// The record of `action` by `actor` on `target_id` (a `target_kind`).
+    pub fn by(
+        actor: &Actor,
+        action: &'static str,
+        target_kind: &'static str,
+        target_id: impl ToString,
+        detail: serde_json::Value,
+    ) -> Self {
+        AuditEntry {
+            actor: actor.name.clone(),
+            peer: actor.peer.clone(),
+            action,
+            target_kind,
+            target_id: Some(target_id.to_string()),
+            detail,
+        }
+    }
+}
+
 /// Which audit records to list.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
@@ -61,23 +81,7 @@ pub struct AuditFilter {
 impl Store {
     /// Record an action.
     pub async fn audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
-        self.run(move |conn| {
-            let row = AuditRow {
-                id: uuid::Uuid::now_v7().to_string(),
-                at: Micros::now().0,
-                actor: entry.actor,
-                peer: entry.peer,
-                action: entry.action.to_string(),
-                target_kind: entry.target_kind.to_string(),
-                target_id: entry.target_id,
-                detail: entry.detail.to_string(),
-            };
-            diesel::insert_into(audit_log::table)
-                .values(&row)
-                .execute(conn)?;
-            Ok(())
-        })
-        .await
+        self.run(move |conn| insert(conn, entry)).await
     }
 
     /// Audit records, newest first.
@@ -101,4 +105,22 @@ impl Store {
         })
         .await
     }
+}
+
+/// Write `entry` on `conn` (inside the caller's transaction, when it has one).
+pub(super) fn insert(conn: &mut super::DbConnection, entry: AuditEntry) -> Result<(), StoreError> {
+    let row = AuditRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        at: Micros::now().0,
+        actor: entry.actor,
+        peer: entry.peer,
+        action: entry.action.to_string(),
+        target_kind: entry.target_kind.to_string(),
+        target_id: entry.target_id,
+        detail: entry.detail.to_string(),
+    };
+    diesel::insert_into(audit_log::table)
+        .values(&row)
+        .execute(conn)?;
+    Ok(())
 }

@@ -119,8 +119,8 @@ impl ChunkRow {
 /// List filters and paging.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
-    /// Only this status.
-    pub status: Option<JobStatus>,
+    /// Only jobs with one of these statuses (empty: any).
+    pub statuses: Vec<JobStatus>,
     /// Only this server.
     pub server_id: Option<String>,
     /// Page size.
@@ -300,8 +300,9 @@ impl Store {
     ) -> Result<(Vec<JobRow>, Option<String>), StoreError> {
         self.run(move |conn| {
             let mut q = jobs::table.select(JobRow::as_select()).into_boxed();
-            if let Some(st) = filter.status {
-                q = q.filter(jobs::status.eq(st.as_str()));
+            if !filter.statuses.is_empty() {
+                let names: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+                q = q.filter(jobs::status.eq_any(names));
             }
             if let Some(server) = filter.server_id {
                 q = q.filter(jobs::server_id.eq(server));

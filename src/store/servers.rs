@@ -3,8 +3,8 @@
 use diesel::prelude::*;
 
 use super::schema::{jobs, servers};
-use super::{ServerRow, Store, StoreError, conflict_on_unique};
-use crate::domain::{FieldError, JobStatus, Micros, ServerDraft};
+use super::{AuditEntry, ServerRow, Store, StoreError, conflict_on_unique};
+use crate::domain::{Actor, FieldError, HostKeyCheck, JobStatus, Micros, ServerDraft};
 
 /// Why an update could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -185,39 +185,85 @@ impl Store {
         .await
     }
 
-    /// Set (or replace) a server's pinned host key, whatever was pinned before.
-    pub async fn repin_host_key(&self, id: uuid::Uuid, key: String) -> Result<(), StoreError> {
+    /// Replace the pinned host key (a deliberate acceptance of a changed key), recording
+    /// `record` in the same transaction.
+    pub async fn repin_host_key(
+        &self,
+        id: uuid::Uuid,
+        key: String,
+        record: AuditEntry,
+    ) -> Result<(), StoreError> {
         self.run(move |conn| {
-            let n = diesel::update(servers::table.find(id.to_string()))
+            conn.transaction(|conn| {
+                let n = diesel::update(servers::table.find(id.to_string()))
+                    .set((
+                        servers::host_key.eq(Some(key)),
+                        servers::updated_at.eq(Micros::now().0),
+                    ))
+                    .execute(conn)?;
+                if n == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                super::audit::insert(conn, record)
+            })
+        })
+        .await
+    }
+
+    /// Pin a host key on a server if none is pinned yet (trust on first use), recording
+    /// `record` in the same transaction. One conditional update: of two first connections
+    /// only one pins. Returns whether this call pinned it. The one place a first-use pin is
+    /// made, for the connection test and a worker's first connection alike.
+    pub async fn pin_host_key(
+        &self,
+        id: uuid::Uuid,
+        key: String,
+        record: AuditEntry,
+    ) -> Result<bool, StoreError> {
+        self.run(move |conn| {
+            conn.transaction(|conn| {
+                let n = diesel::update(
+                    servers::table
+                        .find(id.to_string())
+                        .filter(servers::host_key.is_null()),
+                )
                 .set((
                     servers::host_key.eq(Some(key)),
                     servers::updated_at.eq(Micros::now().0),
                 ))
                 .execute(conn)?;
-            if n == 0 {
-                return Err(StoreError::NotFound);
-            }
-            Ok(())
+                if n == 1 {
+                    super::audit::insert(conn, record)?;
+                }
+                Ok(n == 1)
+            })
         })
         .await
     }
 
-    /// Pin a host key on a server if none is pinned yet (trust on first use). Returns whether
-    /// this call pinned it.
-    pub async fn pin_host_key(&self, id: uuid::Uuid, key: String) -> Result<bool, StoreError> {
-        self.run(move |conn| {
-            let n = diesel::update(
-                servers::table
-                    .find(id.to_string())
-                    .filter(servers::host_key.is_null()),
-            )
-            .set((
-                servers::host_key.eq(Some(key)),
-                servers::updated_at.eq(Micros::now().0),
-            ))
-            .execute(conn)?;
-            Ok(n == 1)
-        })
-        .await
+    /// Pin `key` (an OpenSSH public key line, whose fingerprint is `fingerprint`) on `row`
+    /// when its policy is trust on first use and nothing is pinned yet, with the audit record
+    /// of `actor` pinning it `by` some means, in one conditional update: of two first
+    /// connections only one pins. Returns whether this call pinned it. The one place a
+    /// first-use pin is made: the connection test and a worker's first connection call it.
+    pub async fn pin_on_first_use(
+        &self,
+        row: &ServerRow,
+        key: String,
+        fingerprint: &str,
+        actor: &Actor,
+        by: &'static str,
+    ) -> Result<bool, StoreError> {
+        if row.host_key.is_some() || row.host_key_check != HostKeyCheck::Tofu.as_str() {
+            return Ok(false);
+        }
+        let detail = serde_json::json!({ "fingerprint": fingerprint, "by": by });
+        let record = AuditEntry::by(actor, "server.host_key_pinned", "server", &row.id, detail);
+        let id = uuid::Uuid::parse_str(&row.id).map_err(|_| StoreError::NotFound)?;
+        let pinned = self.pin_host_key(id, key, record).await?;
+        if pinned {
+            tracing::info!(server_id = %row.id, %fingerprint, by, "host key pinned on first use");
+        }
+        Ok(pinned)
     }
 }

@@ -95,7 +95,12 @@ db_test!(
         let done = sup.wait(&job).await.unwrap();
         assert_eq!(done.status, "canceled");
         assert!(started.elapsed() < Duration::from_secs(10));
-        assert!(matches!(sup.cancel(&job).await, Err(Error::Rejected(_))));
+        assert!(matches!(
+            sup.cancel(&job).await,
+            Err(Error::Engine(
+                job_executor::engine::Error::AlreadyEnded { .. }
+            ))
+        ));
 
         // Refusals say why, as the API would.
         let err = sup.run_command("nope", "true").await.unwrap_err();
@@ -131,7 +136,9 @@ async fn the_routes_mount_in_an_embedding_programs_own_actix_web_app() {
         .unwrap();
     let app = test::init_service(
         App::new()
-            .app_data(web::Data::new(sup.http_state()))
+            .app_data(web::Data::new(
+                job_executor::http::AppState::new(sup.engine().clone()).unwrap(),
+            ))
             .configure(job_executor::http::configure)
             .route("/hello", web::get().to(|| async { "ours" })),
     )

@@ -1,7 +1,7 @@
 //! Following a job: its output from a point on, replayed from the database and then live,
 //! with no gap and nothing twice, until it ends. One mechanism under two consumers: the SSE
 //! stream (`http::stream`, frames with a UTF-8 carry and keep-alives) and the library's
-//! output stream (`Supervisor::output`, raw chunks).
+//! output stream (`Supervisor::output`, raw chunks), both through [`super::Engine::follow`].
 //!
 //! The follower subscribes to the event bus *before* it reads the database (the caller hands
 //! it the subscription), replays what is stored after `last`, then follows live events; a
@@ -23,10 +23,10 @@ const PAGE: i64 = 1000;
 
 /// The consumer went away: stop following.
 #[derive(Debug)]
-pub(crate) struct Gone;
+pub struct Gone;
 
 /// Where a followed job's events go.
-pub(crate) trait Sink {
+pub trait Sink {
     /// The job's status (first, and on each change); `last` is the last output seq sent.
     fn status(&mut self, last: i64, row: &JobRow) -> impl Future<Output = Result<(), Gone>>;
     /// The next chunk (each seq once, in order).
@@ -66,6 +66,11 @@ impl<S: Sink> Follower<S> {
             idle_every: Duration::from_secs(15),
             poll: None,
         }
+    }
+
+    /// The sink.
+    pub(crate) fn sink_mut(&mut self) -> &mut S {
+        &mut self.sink
     }
 
     /// Call [`Sink::idle`] after this long without an event.

@@ -1,0 +1,67 @@
+//! What a use case can answer instead of doing it. The HTTP layer maps each case to a status
+//! (`crate::error`), the library hands it out as it is.
+
+use std::fmt;
+
+use crate::domain::{FieldError, JobStatus};
+use crate::store::StoreError;
+
+/// The thing a request named and that was not there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// A job, by id (or by the text given for its id).
+    Job(String),
+    /// A server, by id (or by the text given for its id).
+    Server(String),
+    /// A server, by name.
+    ServerNamed(String),
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Job(id) => write!(f, "job {id}"),
+            Self::Server(id) => write!(f, "server {id}"),
+            Self::ServerNamed(name) => write!(f, "server {name:?}"),
+        }
+    }
+}
+
+/// Why a use case was refused or failed. Messages never contain secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// What the request names does not exist.
+    #[error("{0} does not exist")]
+    NotFound(Subject),
+    /// A field of the request is invalid (the message names it).
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// The job has ended: it cannot be canceled.
+    #[error("job {id} has already ended ({status}); it cannot be canceled")]
+    AlreadyEnded {
+        /// The job.
+        id: String,
+        /// How it ended.
+        status: JobStatus,
+    },
+    /// The database refused or failed (a conflict such as a name taken or a busy server, an
+    /// outage, a fault).
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl Error {
+    /// A store error, with `subject` named when it is a missing row.
+    pub(crate) fn store(subject: impl FnOnce() -> Subject) -> impl FnOnce(StoreError) -> Error {
+        move |e| match e {
+            StoreError::NotFound => Error::NotFound(subject()),
+            other => Error::Store(other),
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Error::Store(e)
+    }
+}

@@ -1,0 +1,341 @@
+//! Jobs: submit, read, list, cancel, duplicate, wait, and their output.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use super::follow::{Follower, Sink};
+use super::{Actor, Engine, Error, Subject};
+use crate::actors::messages::{CancelJob, Delivery, StopReason};
+use crate::domain::{FieldError, JobId, JobKind, JobRequest, JobSpec, JobStatus, ServerId};
+use crate::events::JobEvent;
+use crate::queue::rabbit::ControlMsg;
+use crate::store::{AuditEntry, CancelOutcome, ChunkRow, JobFilter, JobRow, StoreError};
+
+/// A submission's result.
+#[derive(Debug)]
+pub struct Submitted {
+    /// The job.
+    pub job: JobRow,
+    /// `false`: the idempotency key named an earlier job, which is returned; nothing new
+    /// was queued.
+    pub created: bool,
+}
+
+/// A cancel's result.
+#[derive(Debug)]
+pub struct Canceled {
+    /// What happened, in a sentence.
+    pub message: &'static str,
+    /// The job as it is now.
+    pub job: JobRow,
+}
+
+/// A duplicate's result.
+#[derive(Debug)]
+pub struct Duplicated {
+    /// The job copied.
+    pub original: JobRow,
+    /// The new job, queued.
+    pub job: JobRow,
+}
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery {
+    /// Only jobs with one of these statuses (empty: any).
+    pub statuses: Vec<JobStatus>,
+    /// Only jobs of this server.
+    pub server_id: Option<ServerId>,
+    /// Page size, 1 to 1000.
+    pub limit: i64,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<JobId>,
+}
+
+/// How often a waiter looks at the database besides listening for events (events of jobs
+/// other processes run reach this one only through the broker).
+pub(crate) const WAIT_POLL: Duration = Duration::from_millis(500);
+
+/// Output chunks read per database page.
+const OUTPUT_PAGE: i64 = 5000;
+
+impl Engine {
+    /// Validate a submission, store it queued and announce it. With an idempotency key
+    /// already used, the earlier job is returned and nothing new is queued.
+    pub async fn submit(
+        &self,
+        actor: &Actor,
+        kind: JobKind,
+        request: JobRequest,
+    ) -> Result<Submitted, Error> {
+        let server = self.resolve_server(request.server_id.as_deref()).await?;
+        let spec = JobSpec::from_request(kind, request, &self.settings.jobs.limits())?;
+        let (job, created) = self
+            .store
+            .insert_job(spec, server.clone(), None)
+            .await
+            .map_err(Error::store(|| Subject::Server(server)))?;
+        if created {
+            self.announce(&job).await;
+            let detail = json!({ "kind": job.kind, "server_id": job.server_id });
+            self.audit(AuditEntry::by(actor, "job.submit", "job", &job.id, detail))
+                .await;
+        }
+        Ok(Submitted { job, created })
+    }
+
+    /// The job as stored now.
+    pub async fn job(&self, id: JobId) -> Result<JobRow, Error> {
+        self.store
+            .get_job(id.0)
+            .await
+            .map_err(Error::store(|| Subject::Job(id.to_string())))
+    }
+
+    /// A page of jobs, newest first, and the cursor of the next page.
+    pub async fn jobs(&self, query: JobQuery) -> Result<(Vec<JobRow>, Option<String>), Error> {
+        let filter = JobFilter {
+            statuses: query.statuses,
+            server_id: query.server_id.map(|s| s.to_string()),
+            limit: query.limit,
+            before: query.cursor.map(|c| c.to_string()),
+        };
+        Ok(self.store.list_jobs(filter).await?)
+    }
+
+    /// Cancel: a queued job ends `canceled` at once; a running one is asked to stop (its
+    /// worker kills the remote process group). Refused when it has already ended.
+    pub async fn cancel(&self, actor: &Actor, id: JobId) -> Result<Canceled, Error> {
+        let (outcome, job) = self
+            .store
+            .request_cancel(id.0)
+            .await
+            .map_err(Error::store(|| Subject::Job(id.to_string())))?;
+        let message = match outcome {
+            CancelOutcome::AlreadyFinished(status) => {
+                return Err(Error::AlreadyEnded { id: job.id, status });
+            }
+            CancelOutcome::CanceledQueued => {
+                self.events.publish(JobEvent::Status(Arc::new(job.clone())));
+                "job canceled before it started"
+            }
+            CancelOutcome::Requested => {
+                self.dispatcher.do_send(CancelJob {
+                    job_id: job.id.clone(),
+                    reason: StopReason::Canceled,
+                });
+                // Workers elsewhere hear it on the control exchange (and from the database at
+                // their next heartbeat if the broker is away).
+                if let Some(b) = &self.broker {
+                    let msg = ControlMsg::Cancel {
+                        job_id: job.id.clone(),
+                    };
+                    if let Err(e) = b.publish_control(&msg).await {
+                        tracing::warn!(job_id = %id, error = %e, "cancel goes through the database");
+                    }
+                }
+                "cancel requested: the job's remote processes are being stopped"
+            }
+        };
+        tracing::info!(job_id = %id, "{message}");
+        self.audit(AuditEntry::by(
+            actor,
+            "job.cancel",
+            "job",
+            id,
+            json!({ "result": message }),
+        ))
+        .await;
+        Ok(Canceled { message, job })
+    }
+
+    /// A new job with the command or script of `id`, on `server` and with `timeout`
+    /// seconds when given (else the original's).
+    pub async fn duplicate(
+        &self,
+        actor: &Actor,
+        id: JobId,
+        server: Option<&str>,
+        timeout: Option<i64>,
+    ) -> Result<Duplicated, Error> {
+        let original = self.job(id).await?;
+        let server = self
+            .resolve_server(Some(server.unwrap_or(&original.server_id)))
+            .await?;
+        let mut spec = original.spec();
+        if let Some(t) = timeout {
+            let max = self.settings.jobs.max_timeout_secs;
+            if !(1..=max).contains(&t) {
+                return Err(Error::Invalid(FieldError::new(
+                    "timeout",
+                    format!("{t} is out of range (1-{max} seconds)"),
+                )));
+            }
+            spec.timeout_secs = t;
+        }
+        let (job, _) = self
+            .store
+            .insert_job(spec, server.clone(), Some(original.id.clone()))
+            .await
+            .map_err(Error::store(|| Subject::Server(server)))?;
+        self.announce(&job).await;
+        let detail = json!({ "duplicated_from": original.id, "server_id": job.server_id });
+        self.audit(AuditEntry::by(
+            actor,
+            "job.duplicate",
+            "job",
+            &job.id,
+            detail,
+        ))
+        .await;
+        Ok(Duplicated { original, job })
+    }
+
+    /// The job and every output chunk stored so far, in order.
+    pub async fn output(&self, id: JobId) -> Result<(JobRow, Vec<ChunkRow>), Error> {
+        let job = self.job(id).await?;
+        let mut chunks = Vec::new();
+        let mut after = -1;
+        loop {
+            let page = self
+                .store
+                .read_output(job.id.clone(), after, OUTPUT_PAGE)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            let n = page.len();
+            chunks.extend(page);
+            if n < OUTPUT_PAGE as usize {
+                break;
+            }
+        }
+        Ok((job, chunks))
+    }
+
+    /// Follow a job's output from after seq `last` (-1: from the start) into `sink`:
+    /// replayed from the database, then live, until the job ends or the sink is gone. The
+    /// job is read *after* subscribing to the events, so nothing falls in between; a
+    /// missing job is an error before anything is followed.
+    pub async fn follow<S: Sink>(
+        &self,
+        id: JobId,
+        last: i64,
+        sink: S,
+    ) -> Result<(JobRow, FollowTask<S>), Error> {
+        let bus = self.events.subscribe();
+        let job = self.job(id).await?;
+        let follower = Follower::new(self.store.clone(), job.id.clone(), last, sink);
+        Ok((job, FollowTask { follower, bus }))
+    }
+
+    /// Wait until the job ends; returns its final row.
+    pub async fn wait(&self, id: JobId) -> Result<JobRow, Error> {
+        let mut bus = self.events.subscribe();
+        loop {
+            let row = self.job(id).await?;
+            if row.status().is_terminal() {
+                return Ok(row);
+            }
+            let until = tokio::time::sleep(WAIT_POLL);
+            tokio::pin!(until);
+            loop {
+                tokio::select! {
+                    _ = &mut until => break,
+                    ev = bus.recv() => match ev {
+                        Ok(JobEvent::Status(r)) if r.id == row.id && r.status().is_terminal() => break,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_) | broadcast::error::RecvError::Closed) => break,
+                    },
+                }
+            }
+        }
+    }
+
+    /// The server a job goes to: the one named, or the configured default; it must exist
+    /// and be active.
+    async fn resolve_server(&self, server_id: Option<&str>) -> Result<String, Error> {
+        let missing = |e: StoreError, message: String| match e {
+            StoreError::NotFound => Error::Invalid(FieldError::new("server_id", message)),
+            other => Error::Store(other),
+        };
+        let row = match server_id.filter(|s| !s.is_empty()) {
+            Some(raw) => {
+                let id = crate::domain::parse_id("server_id", raw)?;
+                self.store
+                    .get_server(id)
+                    .await
+                    .map_err(|e| missing(e, format!("server {id} does not exist")))?
+            }
+            None => {
+                let name = self.settings.default_server.name.clone();
+                self.store.get_server_by_name(name).await.map_err(|e| {
+                    missing(e, "is required (no default server is configured)".into())
+                })?
+            }
+        };
+        if !row.is_active {
+            return Err(Error::Invalid(FieldError::new(
+                "server_id",
+                format!("server {} ({}) is not active", row.id, row.name),
+            )));
+        }
+        Ok(row.id)
+    }
+
+    /// Hand a new job to the queue. The row is the truth: if the queue is down the job stays
+    /// queued and is announced again later, so the submit still succeeds.
+    async fn announce(&self, row: &JobRow) {
+        tracing::info!(job_id = %row.id, server_id = %row.server_id, kind = %row.kind, "job queued");
+        match self.queue.publish(row.id.clone()).await {
+            Ok(()) if self.broker.is_some() => {
+                let store = self.store.clone();
+                let id = row.id.clone();
+                tokio::spawn(async move {
+                    let _ = store.mark_published(id).await;
+                });
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(job_id = %row.id, error = %e, "job stays queued until the broker is back (outbox)");
+                // A worker in this process (serve) can take it at once; others poll the
+                // database.
+                self.dispatcher.do_send(Delivery(row.id.clone(), None));
+            }
+        }
+    }
+}
+
+/// A follow ready to run: [`FollowTask::run`] drives it to its end.
+pub struct FollowTask<S> {
+    follower: Follower<S>,
+    bus: broadcast::Receiver<JobEvent>,
+}
+
+impl<S: Sink> FollowTask<S> {
+    /// Send a keep-alive to the sink after this long without events.
+    pub fn keep_alive(mut self, every: Duration) -> Self {
+        self.follower = self.follower.keep_alive(every);
+        self
+    }
+
+    /// Look at the database on this period too (for jobs other workers run, heard of only
+    /// through the broker).
+    pub fn polling(mut self, every: Duration) -> Self {
+        self.follower = self.follower.polling(every);
+        self
+    }
+
+    /// The sink, to prepare it before the follow starts (a resumed SSE stream rebuilds its
+    /// UTF-8 carries).
+    pub fn sink_mut(&mut self) -> &mut S {
+        self.follower.sink_mut()
+    }
+
+    /// Follow until the job ends or the sink is gone.
+    pub async fn run(self) {
+        let _ = self.follower.run(self.bus).await;
+    }
+}

@@ -1,0 +1,121 @@
+//! The engine: every use case, once.
+//!
+//! Submit, cancel, duplicate, read and follow output; register, change, delete and test
+//! servers and pin their host keys; the audit record of each. The HTTP handlers, the library
+//! ([`crate::Supervisor`]) and the daemon's settings file all call these functions; none of
+//! them holds a use case of its own. Each returns a typed [`Error`]; `http` maps it to a
+//! status, the library hands it out as it is.
+//!
+//! [`Runtime`] starts what the use cases act through (the database, the queue, the
+//! dispatcher and its actors on an actix system of their own) for a [`Role`], and stops it.
+//!
+//! ```text
+//!  http (extract → engine → view)   supervisor (library)   app (roles, HTTP server, reload)
+//!                     ╲                    │                   ╱
+//!                      ▼                   ▼                  ▼
+//!                 engine: Engine (use cases), Runtime (start / drain), follow
+//!                      │                   │                  │
+//!                      ▼                   ▼                  ▼
+//!         actors (Dispatcher, HostActor, JobActor, output)   queue (memory, RabbitMQ)
+//!                      │                                      │
+//!                      ▼                                      ▼
+//!                 store (diesel) ─────────▶ domain (pure) ◀── ssh, settings, events
+//! ```
+
+mod error;
+pub mod follow;
+mod jobs;
+mod runtime;
+mod servers;
+
+use std::sync::Arc;
+
+use actix::Addr;
+
+pub use error::{Error, Subject};
+pub(crate) use jobs::WAIT_POLL;
+pub use jobs::{Canceled, Duplicated, FollowTask, JobQuery, Submitted};
+pub use runtime::{Role, Runtime, StartError};
+pub use servers::{Tested, apply_servers, ensure_default_server, upsert_server};
+
+pub use crate::domain::Actor;
+
+use crate::actors::Dispatcher;
+use crate::events::EventBus;
+use crate::queue::JobQueue;
+use crate::queue::rabbit::RabbitBroker;
+use crate::settings::Settings;
+use crate::store::{AuditEntry, AuditFilter, AuditRow, Backend, Store, StoreError};
+
+/// The handle every use case is a method of. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    store: Store,
+    settings: Arc<Settings>,
+    queue: Arc<dyn JobQueue>,
+    events: EventBus,
+    dispatcher: Addr<Dispatcher>,
+    broker: Option<Arc<RabbitBroker>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("backend", &self.store.backend())
+            .field("queue", &self.queue.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `/health` reports.
+#[derive(Debug)]
+pub struct Health {
+    /// The database's answer to a trivial query.
+    pub database: Result<(), StoreError>,
+    /// Which database.
+    pub backend: Backend,
+    /// `memory` or `rabbitmq`.
+    pub queue: &'static str,
+    /// Whether the queue takes messages now.
+    pub queue_connected: bool,
+}
+
+impl Engine {
+    /// The database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The settings the engine started with.
+    pub fn settings(&self) -> &Arc<Settings> {
+        &self.settings
+    }
+
+    /// The process's event bus (status changes and output as they happen).
+    pub fn events(&self) -> &EventBus {
+        &self.events
+    }
+
+    /// Is the database reachable, which queue is in use.
+    pub async fn health(&self) -> Health {
+        Health {
+            database: self.store.ping().await,
+            backend: self.store.backend(),
+            queue: self.queue.kind(),
+            queue_connected: self.queue.is_up(),
+        }
+    }
+
+    /// A page of the audit log, newest first.
+    pub async fn audit_log(&self, filter: AuditFilter) -> Result<Vec<AuditRow>, Error> {
+        Ok(self.store.list_audit(filter).await?)
+    }
+
+    /// Record what `actor` did. A failure to record is logged; the action stands.
+    async fn audit(&self, entry: AuditEntry) {
+        let (action, target) = (entry.action, entry.target_id.clone());
+        if let Err(e) = self.store.audit(entry).await {
+            tracing::error!(action, target_id = ?target, error = %e, "cannot write the audit record");
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Servers: register, change, delete, test the connection, pin host keys; and the servers
+//! the settings declare (`[[servers]]`, the seed's `SSH_*` default server).
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{Actor, Engine, Error, StartError, Subject};
+use crate::domain::{FieldError, ServerDraft, ServerId, ServerPatch};
+use crate::settings::Settings;
+use crate::ssh::{self, SshError, SshOptions, SshTarget, TestReport};
+use crate::store::{AuditEntry, ServerRow, Store, StoreError, UpdateError};
+
+/// A connection test's result.
+#[derive(Debug)]
+pub struct Tested {
+    /// What the test found.
+    pub report: TestReport,
+    /// Whether this test pinned the presented key (trust on first use, or an accepted
+    /// change).
+    pub pinned: bool,
+}
+
+/// The names of the fields a patch sets (never their values: some are secrets).
+fn fields_set(p: &ServerPatch) -> Vec<&'static str> {
+    [
+        ("name", p.name.is_some()),
+        ("hostname", p.hostname.is_some()),
+        ("port", p.port.is_some()),
+        ("user", p.user.is_some()),
+        ("auth_type", p.auth_type.is_some()),
+        ("password", p.password.is_some()),
+        (
+            "private_key",
+            p.private_key.is_some() || p.pem_file.is_some(),
+        ),
+        ("private_key_passphrase", p.private_key_passphrase.is_some()),
+        ("is_active", p.is_active.is_some()),
+        ("host_key", p.host_key.is_some()),
+        ("host_key_check", p.host_key_check.is_some()),
+        ("max_concurrent_jobs", p.max_concurrent_jobs.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect()
+}
+
+/// The report of a test that failed before it could connect.
+fn failed(e: &SshError) -> TestReport {
+    TestReport {
+        ok: false,
+        latency_ms: 0,
+        host_key_fingerprint: None,
+        error: Some(e.to_string()),
+        host_key: None,
+    }
+}
+
+fn missing(id: ServerId) -> impl FnOnce() -> Subject {
+    move || Subject::Server(id.to_string())
+}
+
+fn update_error(id: ServerId) -> impl FnOnce(UpdateError) -> Error {
+    move |e| match e {
+        UpdateError::Invalid(f) => Error::Invalid(f),
+        UpdateError::Store(s) => Error::store(missing(id))(s),
+    }
+}
+
+impl Engine {
+    /// Register a server.
+    pub async fn create_server(
+        &self,
+        actor: &Actor,
+        input: ServerPatch,
+    ) -> Result<ServerRow, Error> {
+        let fields = fields_set(&input);
+        let draft = ServerDraft::create(input, self.settings.ssh.default_max_concurrent_jobs)?;
+        let row = self.store.insert_server(draft).await?;
+        tracing::info!(server_id = %row.id, name = %row.name, "server created");
+        let detail = json!({ "name": row.name, "hostname": row.hostname, "fields": fields });
+        self.audit(AuditEntry::by(
+            actor,
+            "server.create",
+            "server",
+            &row.id,
+            detail,
+        ))
+        .await;
+        Ok(row)
+    }
+
+    /// Every server.
+    pub async fn servers(&self) -> Result<Vec<ServerRow>, Error> {
+        Ok(self.store.list_servers().await?)
+    }
+
+    /// A server by name, or by id.
+    pub async fn find_server(&self, name_or_id: &str) -> Result<ServerRow, Error> {
+        if let Ok(id) = name_or_id.parse::<ServerId>() {
+            return self.server(id).await;
+        }
+        self.store
+            .get_server_by_name(name_or_id.to_string())
+            .await
+            .map_err(Error::store(|| {
+                Subject::ServerNamed(name_or_id.to_string())
+            }))
+    }
+
+    /// Create the server named in `patch`, or update the one with that name.
+    pub async fn upsert_server(&self, patch: ServerPatch) -> Result<ServerRow, Error> {
+        upsert_server(&self.store, &self.settings, patch).await
+    }
+
+    /// One server.
+    pub async fn server(&self, id: ServerId) -> Result<ServerRow, Error> {
+        self.store
+            .get_server(id.0)
+            .await
+            .map_err(Error::store(missing(id)))
+    }
+
+    /// Change a server: omitted fields keep their value, the result is validated whole. A
+    /// change of the pinned key is recorded as such.
+    pub async fn update_server(
+        &self,
+        actor: &Actor,
+        id: ServerId,
+        input: ServerPatch,
+    ) -> Result<ServerRow, Error> {
+        let fields = fields_set(&input);
+        let before = self.server(id).await?;
+        let row = self
+            .store
+            .update_server(id.0, move |draft| draft.patch(input))
+            .await
+            .map_err(update_error(id))?;
+        tracing::info!(server_id = %row.id, "server updated");
+        self.audit(AuditEntry::by(
+            actor,
+            "server.update",
+            "server",
+            &row.id,
+            json!({ "fields": fields }),
+        ))
+        .await;
+        if before.host_key != row.host_key {
+            let detail = json!({
+                "old_fingerprint": before.host_key.as_deref().map(ssh::pinned_fingerprint),
+                "new_fingerprint": row.host_key.as_deref().map(ssh::pinned_fingerprint),
+                "by": "update",
+            });
+            self.audit(AuditEntry::by(
+                actor,
+                "server.host_key_changed",
+                "server",
+                &row.id,
+                detail,
+            ))
+            .await;
+        }
+        Ok(row)
+    }
+
+    /// Delete a server; refused while it has queued or running jobs.
+    pub async fn delete_server(&self, actor: &Actor, id: ServerId) -> Result<(), Error> {
+        let row = self.server(id).await?;
+        self.store
+            .delete_server(id.0)
+            .await
+            .map_err(Error::store(missing(id)))?;
+        tracing::info!(server_id = %id, "server deleted");
+        let detail = json!({ "name": row.name, "hostname": row.hostname });
+        self.audit(AuditEntry::by(actor, "server.delete", "server", id, detail))
+            .await;
+        Ok(())
+    }
+
+    /// Connect, authenticate, run `true`, within `ssh.test_timeout_secs`. A failed test is a
+    /// report, not an error. On trust on first use a successful test pins the presented
+    /// key; with `accept_host_key` it replaces the pinned key with the one presented now.
+    pub async fn test_server(
+        &self,
+        actor: &Actor,
+        id: ServerId,
+        accept_host_key: bool,
+    ) -> Result<Tested, Error> {
+        let row = self.server(id).await?;
+        let opts = SshOptions::from_settings(&self.settings.ssh);
+        let bound = Duration::from_secs(self.settings.ssh.test_timeout_secs.max(1));
+        let mut accepted: Option<String> = None;
+        let report = match self.target(&row) {
+            Err(e) => failed(&e),
+            Ok(mut target) => {
+                let probed = if accept_host_key {
+                    // Learn the key now presented (no credentials are sent), then test
+                    // against it.
+                    ssh::probe_host_key(&target, &opts).await.map(|key| {
+                        let line = ssh::openssh_line(&key);
+                        target.pinned = Some(line.clone());
+                        accepted = Some(line);
+                    })
+                } else {
+                    Ok(())
+                };
+                match probed {
+                    Ok(()) => ssh::test_connection(&target, &opts, bound).await,
+                    Err(e) => failed(&e),
+                }
+            }
+        };
+        let mut pinned = false;
+        if report.ok
+            && let Some(line) = accepted
+        {
+            let detail = json!({
+                "old_fingerprint": row.host_key.as_deref().map(ssh::pinned_fingerprint),
+                "new_fingerprint": ssh::pinned_fingerprint(&line),
+                "by": "accept_host_key",
+            });
+            let record = AuditEntry::by(actor, "server.host_key_changed", "server", id, detail);
+            self.store
+                .repin_host_key(id.0, line, record)
+                .await
+                .map_err(Error::store(missing(id)))?;
+            pinned = true;
+            tracing::info!(server_id = %id, fingerprint = ?report.host_key_fingerprint, "host key accepted");
+        } else if report.ok
+            && let Some(key) = report.host_key.clone()
+        {
+            let fingerprint = report.host_key_fingerprint.clone().unwrap_or_default();
+            pinned = self
+                .store
+                .pin_on_first_use(&row, key, &fingerprint, actor, "connection test")
+                .await?;
+        }
+        tracing::info!(server_id = %id, ok = report.ok, latency_ms = report.latency_ms, error = ?report.error, "connection test");
+        let detail = json!({ "ok": report.ok, "error": report.error });
+        self.audit(AuditEntry::by(actor, "server.test", "server", id, detail))
+            .await;
+        Ok(Tested { report, pinned })
+    }
+
+    /// The SSH target of a stored server (its secrets opened).
+    fn target(&self, row: &ServerRow) -> Result<SshTarget, SshError> {
+        let draft = self
+            .store
+            .open_server(row)
+            .map_err(|e| SshError::Credentials(e.to_string()))?;
+        SshTarget::from_server(&draft)
+    }
+}
+
+/// Create a server by name, or update the one with that name (fields not given keep their
+/// value). For the library, `[[servers]]` in the settings file and the seed's default
+/// server.
+pub async fn upsert_server(
+    store: &Store,
+    settings: &Settings,
+    patch: ServerPatch,
+) -> Result<ServerRow, Error> {
+    let name = patch
+        .name
+        .clone()
+        .ok_or_else(|| FieldError::new("name", "is required"))?;
+    match store.get_server_by_name(name.clone()).await {
+        Ok(row) => {
+            let id = ServerId(crate::domain::parse_id("id", &row.id)?);
+            store
+                .update_server(id.0, move |draft| draft.patch(patch))
+                .await
+                .map_err(update_error(id))
+        }
+        Err(StoreError::NotFound) => {
+            let draft = ServerDraft::create(patch, settings.ssh.default_max_concurrent_jobs)?;
+            Ok(store.insert_server(draft).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The seed's `SSH_HOST`/`SSH_USER`/… describe a default server: create or update it by name.
+pub async fn ensure_default_server(store: &Store, settings: &Settings) -> Result<(), StartError> {
+    use secrecy::{ExposeSecret, SecretString};
+    let d = &settings.default_server;
+    if d.host.trim().is_empty() {
+        return Ok(());
+    }
+    let key = if d.private_key_path.is_empty() {
+        None
+    } else {
+        let text = std::fs::read_to_string(&d.private_key_path).map_err(|e| {
+            StartError::DefaultServer(format!("cannot read {}: {e}", d.private_key_path))
+        })?;
+        Some(SecretString::from(text))
+    };
+    let password = (!d.password.expose_secret().is_empty()).then(|| d.password.clone());
+    let patch = ServerPatch {
+        name: Some(d.name.clone()),
+        hostname: Some(d.host.clone()),
+        port: Some(i64::from(d.port)),
+        user: Some(if d.user.is_empty() {
+            "root".into()
+        } else {
+            d.user.clone()
+        }),
+        auth_type: Some(if key.is_some() { "key" } else { "password" }.into()),
+        password,
+        private_key: key,
+        ..Default::default()
+    };
+    upsert_server(store, settings, patch)
+        .await
+        .map_err(|e| StartError::DefaultServer(e.to_string()))?;
+    tracing::info!(name = %d.name, host = %d.host, "default server registered from SSH_* settings");
+    Ok(())
+}
+
+/// Create or update, by name, every `[[servers]]` table of the settings. All are checked
+/// before any is written, so a bad table changes nothing.
+pub async fn apply_servers(store: &Store, settings: &Settings) -> Result<usize, StartError> {
+    let mut patches = Vec::new();
+    for server in &settings.servers {
+        let patch = server
+            .checked_patch(settings.ssh.default_max_concurrent_jobs)
+            .map_err(StartError::Servers)?;
+        patches.push(patch);
+    }
+    let n = patches.len();
+    for patch in patches {
+        let name = patch.name.clone().unwrap_or_default();
+        upsert_server(store, settings, patch)
+            .await
+            .map_err(|e| StartError::Servers(format!("server {name:?}: {e}")))?;
+        tracing::info!(name = %name, "server from the settings file applied");
+    }
+    Ok(n)
+}
