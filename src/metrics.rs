@@ -1,18 +1,18 @@
 //! Process-wide metrics, exposed at `GET /metrics` in the Prometheus text exposition format
-//! (version 0.0.4). Hand-rolled: a few families of counters, gauges and fixed-bucket
-//! histograms, each a `static` the code that moves it updates directly.
+//! (version 0.0.4), kept and written by the `prometheus` crate. Each family is a `static`
+//! the code that moves it updates directly: a thin wrapper over a prometheus vector whose
+//! label values are a fixed-size array, made on first use.
 //!
-//! A family holds one series per combination of label values, created on first use and kept
-//! sorted (a lookup is a binary search, no allocation once the series exists). Labels are
-//! chosen to stay bounded: route patterns (never raw paths), server ids (one per registered
-//! server), statuses, stream names. Nothing secret is ever a label: no tokens, no
+//! A series appears on first use (an unlabelled family always has its one series). Labels
+//! are chosen to stay bounded: route patterns (never raw paths), server ids (one per
+//! registered server), statuses, stream names. Nothing secret is ever a label: no tokens, no
 //! credentials, no host names or users.
 //!
 //! What lives here is what *this process* did. The numbers the database knows for every
 //! process at once (jobs by status, the queue depth) are read at scrape time by the handler
-//! (see [`crate::store::Store::count_jobs_by_status`]) and written with the same
-//! [`Exposition`] writer. Every process sharing the database reports the same numbers for
-//! those: aggregate them with `max`, not `sum`.
+//! (see [`crate::store::Store::count_jobs_by_status`]) into gauges of that scrape, which
+//! [`render`] writes before these. Every process sharing the database reports the same
+//! numbers for those: aggregate them with `max`, not `sum`.
 //!
 //! Servers are labelled by id, not name: an id never changes (a name can be edited) and is
 //! not a host name. A server's series stay for the life of the process (at 0 once its
@@ -34,11 +34,14 @@
 //! | [`HTTP_REQUESTS`] | counter | `route`, `method`, `status` |
 //! | [`HTTP_DURATION`] | histogram | `route`, `method` |
 //!
-//! A poisoned lock (a panic while a series was being updated) is taken over as is: a metric
-//! is at worst one update off, and never takes the process down.
+//! A family prometheus refuses to make (a bad name or bucket list: the unit tests make every
+//! one) is logged and counts nothing: a metric never takes the process down.
 
-use std::fmt::Write as _;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{LazyLock, OnceLock};
+
+use prometheus::core::{MetricVec, MetricVecBuilder};
+use prometheus::proto::MetricFamily;
+use prometheus::{HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -117,167 +120,147 @@ pub static HTTP_DURATION: HistogramVec<2> = HistogramVec::new(
     HTTP_DURATION_BUCKETS,
 );
 
-/// Write every process-wide family into `out`.
-pub fn render_process(out: &mut Exposition) {
-    out.family(
-        "jobexec_build_info",
-        "The version of the running job-executor.",
-        "gauge",
-    );
-    out.sample(
-        "jobexec_build_info",
-        &[("version", env!("CARGO_PKG_VERSION"))],
-        1.0,
-    );
-    RUNNING_JOBS.render(out);
-    JOB_DURATION.render(out);
-    SSH_CONNECTIONS_OPEN.render(out);
-    SSH_CONNECTS.render(out);
-    SSH_CONNECT_FAILURES.render(out);
-    SSH_CHANNEL_OPENS.render(out);
-    OUTPUT_BYTES.render(out);
-    HTTP_REQUESTS.render(out);
-    HTTP_DURATION.render(out);
-}
+/// The version of the running build, a gauge at 1.
+static BUILD_INFO: GaugeVec<1> = GaugeVec::new(
+    "jobexec_build_info",
+    "The version of the running job-executor.",
+    ["version"],
+);
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+/// Every process-wide family, registered on the first scrape.
+static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+    let registry = Registry::new();
+    BUILD_INFO.set([env!("CARGO_PKG_VERSION")], 1);
+    BUILD_INFO.0.register(&registry);
+    RUNNING_JOBS.0.register(&registry);
+    JOB_DURATION.0.register(&registry);
+    SSH_CONNECTIONS_OPEN.0.register(&registry);
+    SSH_CONNECTS.0.register(&registry);
+    SSH_CONNECT_FAILURES.0.register(&registry);
+    SSH_CHANNEL_OPENS.0.register(&registry);
+    OUTPUT_BYTES.0.register(&registry);
+    HTTP_REQUESTS.0.register(&registry);
+    HTTP_DURATION.0.register(&registry);
+    registry
+});
 
-/// A text exposition being written: `# HELP`, `# TYPE` and sample lines, escaped.
-#[derive(Debug, Default)]
-pub struct Exposition {
-    out: String,
-}
-
-impl Exposition {
-    /// An empty exposition.
-    pub fn new() -> Self {
-        Self::default()
+/// The exposition: the families of `scraped` (made at scrape time), then every
+/// process-wide family.
+pub fn render(mut scraped: Vec<MetricFamily>) -> String {
+    scraped.extend(REGISTRY.gather());
+    let mut text = String::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&scraped, &mut text) {
+        tracing::error!(error = %e, "metrics: cannot encode the exposition");
     }
-
-    /// Start a family: its `# HELP` and `# TYPE` lines (`kind` is `counter`, `gauge` or
-    /// `histogram`).
-    pub fn family(&mut self, name: &str, help: &str, kind: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    /// One sample line: `name{label="value",...} value`, the values escaped.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{}\"", escape_label(v));
-            }
-            self.out.push('}');
-        }
-        self.out.push(' ');
-        self.out.push_str(&format_value(value));
-        self.out.push('\n');
-    }
-
-    /// The text.
-    pub fn finish(self) -> String {
-        self.out
-    }
+    text
 }
 
-/// A label value as the format wants it: `\`, `"` and newlines escaped.
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// `made`, or `None` with the reason logged.
+pub fn made<C>(name: &str, made: prometheus::Result<C>) -> Option<C> {
+    made.map_err(|e| tracing::error!(metric = name, error = %e, "metrics: cannot make a family"))
+        .ok()
 }
 
-/// A `# HELP` text as the format wants it: `\` and newlines escaped.
-fn escape_help(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('\n', "\\n")
-}
+/// Makes a family's vector from its options, label names and bucket bounds.
+type Make<V> = fn(Opts, &[&str], &[f64]) -> prometheus::Result<V>;
 
-/// A sample value: Go's spelling of infinities and NaN, plain decimals otherwise.
-fn format_value(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
-    } else {
-        format!("{v}")
-    }
-}
-
-/// The series of one family: label values (in the family's label order) and a value, kept
-/// sorted by the label values.
+/// A family's name, help, label names (and bucket bounds), made into a prometheus vector on
+/// first use.
 struct Family<const N: usize, V> {
     name: &'static str,
     help: &'static str,
     labels: [&'static str; N],
-    series: Mutex<Vec<([String; N], V)>>,
+    buckets: &'static [f64],
+    make: Make<V>,
+    vec: OnceLock<Option<V>>,
 }
 
-impl<const N: usize, V: Default + Clone> Family<N, V> {
-    const fn new(name: &'static str, help: &'static str, labels: [&'static str; N]) -> Self {
+impl<const N: usize, T: MetricVecBuilder + 'static> Family<N, MetricVec<T>> {
+    const fn new(
+        name: &'static str,
+        help: &'static str,
+        labels: [&'static str; N],
+        buckets: &'static [f64],
+        make: Make<MetricVec<T>>,
+    ) -> Self {
         Self {
             name,
             help,
             labels,
-            series: Mutex::new(Vec::new()),
+            buckets,
+            make,
+            vec: OnceLock::new(),
         }
     }
 
-    /// Apply `f` to the series of `values`, made (default) if new.
-    fn with<R>(&self, values: [&str; N], f: impl FnOnce(&mut V) -> R) -> R {
-        let mut series = lock(&self.series);
-        let at = series.binary_search_by(|(k, _)| k.iter().map(String::as_str).cmp(values));
-        let i = match at {
-            Ok(i) => i,
-            Err(i) => {
-                series.insert(i, (values.map(str::to_owned), V::default()));
-                i
-            }
-        };
-        match series.get_mut(i) {
-            Some((_, v)) => f(v),
-            None => f(&mut V::default()),
+    fn vec(&self) -> Option<&MetricVec<T>> {
+        self.vec
+            .get_or_init(|| {
+                let opts = Opts::new(self.name, self.help);
+                let vec = made(self.name, (self.make)(opts, &self.labels, self.buckets))?;
+                if N == 0 {
+                    // The one series of an unlabelled family is there from the start, at 0.
+                    let _ = vec.get_metric_with_label_values::<&str>(&[]);
+                }
+                Some(vec)
+            })
+            .as_ref()
+    }
+
+    /// The series of `values`, made if new.
+    fn series(&self, values: [&str; N]) -> Option<T::M> {
+        self.vec()?.get_metric_with_label_values(&values).ok()
+    }
+
+    fn register(&self, registry: &Registry) {
+        if let Some(vec) = self.vec()
+            && let Err(e) = registry.register(Box::new(vec.clone()))
+        {
+            tracing::error!(metric = self.name, error = %e, "metrics: cannot register a family");
         }
     }
 
-    /// `f` of the series of `values`, if it exists (nothing is made).
-    fn read<R>(&self, values: [&str; N], f: impl FnOnce(&V) -> R) -> Option<R> {
-        let series = lock(&self.series);
-        let at = series.binary_search_by(|(k, _)| k.iter().map(String::as_str).cmp(values));
-        at.ok().and_then(|i| series.get(i)).map(|(_, v)| f(v))
-    }
-
-    /// A copy of every series; an unlabelled family always has its one series.
-    fn snapshot(&self) -> Vec<([String; N], V)> {
-        let series = lock(&self.series).clone();
-        if N == 0 && series.is_empty() {
-            return vec![(std::array::from_fn(|_| String::new()), V::default())];
-        }
-        series
-    }
-
-    fn label_pairs<'a>(&'a self, values: &'a [String; N]) -> Vec<(&'a str, &'a str)> {
-        self.labels
-            .iter()
-            .copied()
-            .zip(values.iter().map(String::as_str))
-            .collect()
+    /// The family alone in the text format.
+    #[cfg(test)]
+    fn text(&self) -> String {
+        let registry = Registry::new();
+        self.register(&registry);
+        render_registry(&registry)
     }
 }
 
+#[cfg(test)]
+fn render_registry(registry: &Registry) -> String {
+    let mut text = String::new();
+    let encoded = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut text);
+    assert!(encoded.is_ok(), "{encoded:?}");
+    text
+}
+
+fn counters(opts: Opts, labels: &[&str], _: &[f64]) -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(opts, labels)
+}
+
+fn gauges(opts: Opts, labels: &[&str], _: &[f64]) -> prometheus::Result<IntGaugeVec> {
+    IntGaugeVec::new(opts, labels)
+}
+
+fn histograms(
+    opts: Opts,
+    labels: &[&str],
+    buckets: &[f64],
+) -> prometheus::Result<prometheus::HistogramVec> {
+    let opts = HistogramOpts::from(opts).buckets(buckets.to_vec());
+    prometheus::HistogramVec::new(opts, labels)
+}
+
 /// A family of counters: values that only go up.
-pub struct CounterVec<const N: usize>(Family<N, u64>);
+pub struct CounterVec<const N: usize>(Family<N, IntCounterVec>);
 
 impl<const N: usize> CounterVec<N> {
     /// A family `name` with the label names `labels`.
     pub const fn new(name: &'static str, help: &'static str, labels: [&'static str; N]) -> Self {
-        Self(Family::new(name, help, labels))
+        Self(Family::new(name, help, labels, &[], counters))
     }
 
     /// Add one to the series of `values`.
@@ -287,104 +270,83 @@ impl<const N: usize> CounterVec<N> {
 
     /// Add `n` to the series of `values`.
     pub fn inc_by(&self, values: [&str; N], n: u64) {
-        self.0.with(values, |v| *v = v.saturating_add(n));
-    }
-
-    /// The value of the series of `values` (0 if it was never moved).
-    pub fn get(&self, values: [&str; N]) -> u64 {
-        self.0.read(values, |v| *v).unwrap_or(0)
-    }
-
-    /// Write the family into `out`.
-    pub fn render(&self, out: &mut Exposition) {
-        let f = &self.0;
-        out.family(f.name, f.help, "counter");
-        for (values, v) in f.snapshot() {
-            out.sample(f.name, &f.label_pairs(&values), v as f64);
+        if let Some(c) = self.0.series(values) {
+            c.inc_by(n);
         }
+    }
+
+    /// The value of the series of `values` (made at 0 if it was never moved).
+    pub fn get(&self, values: [&str; N]) -> u64 {
+        self.0.series(values).map_or(0, |c| c.get())
     }
 }
 
 /// A family of gauges: values that go up and down.
-pub struct GaugeVec<const N: usize>(Family<N, i64>);
+pub struct GaugeVec<const N: usize>(Family<N, IntGaugeVec>);
 
 impl<const N: usize> GaugeVec<N> {
     /// A family `name` with the label names `labels`.
     pub const fn new(name: &'static str, help: &'static str, labels: [&'static str; N]) -> Self {
-        Self(Family::new(name, help, labels))
+        Self(Family::new(name, help, labels, &[], gauges))
     }
 
     /// Add `delta` (may be negative) to the series of `values`.
     pub fn add(&self, values: [&str; N], delta: i64) {
-        self.0.with(values, |v| *v = v.saturating_add(delta));
+        if let Some(g) = self.0.series(values) {
+            g.add(delta);
+        }
     }
 
     /// Set the series of `values` to `value`.
     pub fn set(&self, values: [&str; N], value: i64) {
-        self.0.with(values, |v| *v = value);
+        if let Some(g) = self.0.series(values) {
+            g.set(value);
+        }
     }
 
-    /// The value of the series of `values` (0 if it was never moved).
+    /// The value of the series of `values` (made at 0 if it was never moved).
     pub fn get(&self, values: [&str; N]) -> i64 {
-        self.0.read(values, |v| *v).unwrap_or(0)
+        self.0.series(values).map_or(0, |g| g.get())
     }
 
     /// Add one to the series of `values` now, and take it back when the guard is dropped:
     /// for things that are open while a value lives (a connection, a running job).
     pub fn track(&'static self, values: [&str; N]) -> GaugeGuard<N> {
-        self.add(values, 1);
-        GaugeGuard {
-            gauge: self,
-            values: values.map(str::to_owned),
+        let gauge = self.0.series(values);
+        if let Some(g) = &gauge {
+            g.inc();
         }
-    }
-
-    /// Write the family into `out`.
-    pub fn render(&self, out: &mut Exposition) {
-        let f = &self.0;
-        out.family(f.name, f.help, "gauge");
-        for (values, v) in f.snapshot() {
-            out.sample(f.name, &f.label_pairs(&values), v as f64);
+        GaugeGuard {
+            name: self.0.name,
+            gauge,
         }
     }
 }
 
 /// One unit of a gauge, given back when dropped (see [`GaugeVec::track`]).
 pub struct GaugeGuard<const N: usize> {
-    gauge: &'static GaugeVec<N>,
-    values: [String; N],
+    name: &'static str,
+    gauge: Option<IntGauge>,
 }
 
 impl<const N: usize> std::fmt::Debug for GaugeGuard<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GaugeGuard")
-            .field("gauge", &self.gauge.0.name)
-            .field("values", &self.values)
-            .finish()
+            .field("gauge", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
 impl<const N: usize> Drop for GaugeGuard<N> {
     fn drop(&mut self) {
-        let values: [&str; N] = std::array::from_fn(|i| self.values[i].as_str());
-        self.gauge.add(values, -1);
+        if let Some(g) = &self.gauge {
+            g.dec();
+        }
     }
 }
 
-/// The observations of one histogram series: per-bucket counts (not cumulative; the last
-/// slot is past the highest bound), their sum and count.
-#[derive(Debug, Clone, Default)]
-struct Observations {
-    buckets: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
 /// A family of histograms with fixed bucket bounds.
-pub struct HistogramVec<const N: usize> {
-    family: Family<N, Observations>,
-    bounds: &'static [f64],
-}
+pub struct HistogramVec<const N: usize>(Family<N, prometheus::HistogramVec>);
 
 impl<const N: usize> HistogramVec<N> {
     /// A family `name` with the label names `labels` and the (ascending) bucket upper
@@ -395,61 +357,19 @@ impl<const N: usize> HistogramVec<N> {
         labels: [&'static str; N],
         bounds: &'static [f64],
     ) -> Self {
-        Self {
-            family: Family::new(name, help, labels),
-            bounds,
-        }
+        Self(Family::new(name, help, labels, bounds, histograms))
     }
 
     /// Count `value` in the series of `values`.
     pub fn observe(&self, values: [&str; N], value: f64) {
-        let slot = self
-            .bounds
-            .iter()
-            .position(|b| value <= *b)
-            .unwrap_or(self.bounds.len());
-        let slots = self.bounds.len() + 1;
-        self.family.with(values, |o| {
-            if o.buckets.len() != slots {
-                o.buckets = vec![0; slots];
-            }
-            if let Some(b) = o.buckets.get_mut(slot) {
-                *b += 1;
-            }
-            o.sum += value;
-            o.count += 1;
-        });
-    }
-
-    /// Observations so far in the series of `values`.
-    pub fn count(&self, values: [&str; N]) -> u64 {
-        self.family.read(values, |o| o.count).unwrap_or(0)
-    }
-
-    /// Write the family into `out`: cumulative `_bucket` lines ending with `le="+Inf"`,
-    /// then `_sum` and `_count`.
-    pub fn render(&self, out: &mut Exposition) {
-        let f = &self.family;
-        out.family(f.name, f.help, "histogram");
-        let bucket = format!("{}_bucket", f.name);
-        let sum = format!("{}_sum", f.name);
-        let count = format!("{}_count", f.name);
-        for (values, o) in f.snapshot() {
-            let mut labels = f.label_pairs(&values);
-            let mut cumulative = 0u64;
-            for (i, bound) in self.bounds.iter().enumerate() {
-                cumulative += o.buckets.get(i).copied().unwrap_or(0);
-                let le = format_value(*bound);
-                let mut with_le = labels.clone();
-                with_le.push(("le", &le));
-                out.sample(&bucket, &with_le, cumulative as f64);
-            }
-            labels.push(("le", "+Inf"));
-            out.sample(&bucket, &labels, o.count as f64);
-            labels.pop();
-            out.sample(&sum, &labels, o.sum);
-            out.sample(&count, &labels, o.count as f64);
+        if let Some(h) = self.0.series(values) {
+            h.observe(value);
         }
+    }
+
+    /// Observations so far in the series of `values` (made empty if there were none).
+    pub fn count(&self, values: [&str; N]) -> u64 {
+        self.0.series(values).map_or(0, |h| h.get_sample_count())
     }
 }
 
@@ -467,11 +387,8 @@ mod tests {
         C.inc_by(["a\"q\\\n", "2"], 5);
         C.inc(["z", "1"]);
         assert_eq!(C.get(["z", "1"]), 2);
-        assert_eq!(C.get(["never", "used"]), 0, "reading makes no series");
-        let mut out = Exposition::new();
-        C.render(&mut out);
         assert_eq!(
-            out.finish(),
+            C.0.text(),
             "# HELP t_requests_total Help with \\\\ and\\nnewline.\n\
              # TYPE t_requests_total counter\n\
              t_requests_total{a=\"a\\\"q\\\\\\n\",b=\"2\"} 5\n\
@@ -482,10 +399,8 @@ mod tests {
     #[test]
     fn unlabelled_families_show_zero_before_use_and_guards_give_back() {
         static G: GaugeVec<0> = GaugeVec::new("t_open", "Open things.", []);
-        let mut out = Exposition::new();
-        G.render(&mut out);
         assert_eq!(
-            out.finish(),
+            G.0.text(),
             "# HELP t_open Open things.\n# TYPE t_open gauge\nt_open 0\n"
         );
         let a = G.track([]);
@@ -496,9 +411,7 @@ mod tests {
         drop(b);
         assert_eq!(G.get([]), 0);
         G.set([], -3);
-        let mut out = Exposition::new();
-        G.render(&mut out);
-        assert!(out.finish().ends_with("\nt_open -3\n"));
+        assert!(G.0.text().ends_with("\nt_open -3\n"));
     }
 
     #[test]
@@ -509,10 +422,8 @@ mod tests {
             H.observe(["ok"], v);
         }
         assert_eq!(H.count(["ok"]), 5);
-        let mut out = Exposition::new();
-        H.render(&mut out);
         assert_eq!(
-            out.finish(),
+            H.0.text(),
             "# HELP t_seconds Durations.\n\
              # TYPE t_seconds histogram\n\
              t_seconds_bucket{status=\"ok\",le=\"0.5\"} 2\n\
@@ -525,26 +436,23 @@ mod tests {
     }
 
     #[test]
-    fn special_values_use_go_spelling() {
-        let mut out = Exposition::new();
-        out.sample("x", &[], f64::INFINITY);
-        out.sample("x", &[], f64::NEG_INFINITY);
-        out.sample("x", &[], f64::NAN);
-        out.sample("x", &[("l", "")], 0.25);
-        assert_eq!(out.finish(), "x +Inf\nx -Inf\nx NaN\nx{l=\"\"} 0.25\n");
+    fn every_process_family_can_be_made_and_the_unlabelled_ones_always_show() {
+        assert!(JOB_DURATION.0.vec().is_some() && HTTP_DURATION.0.vec().is_some());
+        assert!(RUNNING_JOBS.0.vec().is_some() && SSH_CONNECTIONS_OPEN.0.vec().is_some());
+        assert!(SSH_CONNECTS.0.vec().is_some() && SSH_CONNECT_FAILURES.0.vec().is_some());
+        assert!(SSH_CHANNEL_OPENS.0.vec().is_some() && OUTPUT_BYTES.0.vec().is_some());
+        assert!(HTTP_REQUESTS.0.vec().is_some());
+        let text = render(Vec::new());
+        assert!(text.contains("# TYPE jobexec_running_jobs gauge\njobexec_running_jobs "));
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(text.contains(&format!("jobexec_build_info{{version=\"{version}\"}} 1\n")));
     }
 
     #[test]
-    fn a_poisoned_series_keeps_counting() {
-        static C: CounterVec<0> = CounterVec::new("t_poison_total", "Poisoned.", []);
-        C.inc([]);
-        let _ = std::thread::spawn(|| {
-            let _guard = C.0.series.lock();
-            panic!("poison the lock");
-        })
-        .join();
-        assert!(C.0.series.is_poisoned());
-        C.inc([]);
-        assert_eq!(C.get([]), 2);
+    fn a_family_prometheus_refuses_counts_nothing() {
+        static BAD: CounterVec<1> = CounterVec::new("bad name", "Refused.", ["x"]);
+        BAD.inc(["a"]);
+        assert_eq!(BAD.get(["a"]), 0);
+        assert!(BAD.0.text().is_empty());
     }
 }

@@ -1,39 +1,55 @@
-//! Per-caller limits: a token bucket for job submissions, a count of open streams.
+//! Per-caller limits: a rate for job submissions (governor's keyed GCRA limiter), a count
+//! of open streams.
 //!
 //! Counted per process: an api behind a load balancer with N processes admits N times the
 //! rate, which is what a limit meant to stop a runaway script needs.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, RwLock};
+
+use governor::clock::Clock as _;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::error::ApiError;
 use crate::settings::LimitSettings;
 
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
+/// Callers the submission limiter remembers before it forgets those whose rate has fully
+/// refilled (they are indistinguishable from new).
+const RETAIN_ABOVE: usize = 10_000;
 
 /// The limits of one process.
 pub struct Limits {
-    config: std::sync::RwLock<Config>,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    config: RwLock<Config>,
     streams: Arc<Mutex<HashMap<String, usize>>>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 struct Config {
-    per_sec: f64,
-    burst: f64,
+    /// The submission rate and its limiter; `None`: no limit.
+    submissions: Option<(Quota, Arc<DefaultKeyedRateLimiter<String>>)>,
+    per_minute: u32,
+    burst: u32,
     max_streams: usize,
 }
 
 impl Config {
-    fn new(s: &LimitSettings) -> Self {
+    /// The settings' limits; `previous`'s limiter (and so every caller's state) is kept
+    /// when the rate did not change.
+    fn new(s: &LimitSettings, previous: Option<&Config>) -> Self {
+        let burst = NonZeroU32::new(s.submission_burst).unwrap_or(NonZeroU32::MIN);
+        let submissions = NonZeroU32::new(s.submissions_per_minute).map(|rate| {
+            let quota = Quota::per_minute(rate).allow_burst(burst);
+            let limiter = previous
+                .and_then(|p| p.submissions.as_ref())
+                .filter(|(q, _)| *q == quota)
+                .map_or_else(|| Arc::new(RateLimiter::keyed(quota)), |(_, l)| l.clone());
+            (quota, limiter)
+        });
         Config {
-            per_sec: f64::from(s.submissions_per_minute) / 60.0,
-            burst: f64::from(s.submission_burst.max(1)),
+            submissions,
+            per_minute: s.submissions_per_minute,
+            burst: burst.get(),
             max_streams: s.max_streams_per_client,
         }
     }
@@ -41,8 +57,11 @@ impl Config {
 
 impl std::fmt::Debug for Limits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = self.config();
         f.debug_struct("Limits")
-            .field("config", &self.config())
+            .field("submissions_per_minute", &c.per_minute)
+            .field("submission_burst", &c.burst)
+            .field("max_streams", &c.max_streams)
             .finish_non_exhaustive()
     }
 }
@@ -70,67 +89,51 @@ impl Limits {
     /// Limits from the settings.
     pub fn new(s: &LimitSettings) -> Self {
         Self {
-            config: std::sync::RwLock::new(Config::new(s)),
-            buckets: Mutex::new(HashMap::new()),
+            config: RwLock::new(Config::new(s, None)),
             streams: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
     fn config(&self) -> Config {
         match self.config.read() {
-            Ok(c) => *c,
-            Err(poisoned) => *poisoned.into_inner(),
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    /// Apply new settings (a reload); buckets and open streams carry over.
+    /// Apply new settings (a reload). Open streams carry over, and so do the callers'
+    /// submission rates unless the rate or burst changed (then every caller starts afresh).
     pub fn reconfigure(&self, s: &LimitSettings) {
-        match self.config.write() {
-            Ok(mut c) => *c = Config::new(s),
-            Err(poisoned) => *poisoned.into_inner() = Config::new(s),
-        }
+        let mut c = match self.config.write() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let next = Config::new(s, Some(&c));
+        *c = next;
     }
 
-    /// Take one submission from `key`'s bucket, or say when to come back (429).
+    /// Take one submission from `key`'s rate, or say when to come back (429).
     pub fn submit(&self, key: &str) -> Result<(), ApiError> {
-        let Config {
-            per_sec,
-            burst,
-            max_streams: _,
-        } = self.config();
-        if per_sec <= 0.0 {
+        let config = self.config();
+        let Some((_, limiter)) = &config.submissions else {
             return Ok(());
+        };
+        if limiter.len() > RETAIN_ABOVE {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
         }
-        let now = Instant::now();
-        let mut buckets = self
-            .buckets
-            .lock()
-            .map_err(|_| ApiError::Internal("the rate limiter is poisoned".into()))?;
-        if buckets.len() > 10_000 {
-            // Forget callers whose buckets have refilled: they are indistinguishable from new.
-            buckets
-                .retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec < burst);
-        }
-        let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
-            tokens: burst,
-            at: now,
-        });
-        let refill = now.duration_since(bucket.at).as_secs_f64() * per_sec;
-        bucket.tokens = (bucket.tokens + refill).min(burst);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        let Err(not_until) = limiter.check_key(&key.to_string()) else {
             return Ok(());
-        }
-        let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / per_sec);
+        };
+        let wait = not_until.wait_time_from(limiter.clock().now());
+        // Whole seconds, rounded up: coming back after `Retry-After` is never too early.
+        let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
         Err(ApiError::TooManyRequests {
             message: format!(
-                "too many job submissions: at most {:.0} per minute (burst {:.0}); try again in {} s",
-                per_sec * 60.0,
-                burst,
-                wait.as_secs().max(1)
+                "too many job submissions: at most {} per minute (burst {}); try again in {secs} s",
+                config.per_minute, config.burst,
             ),
-            retry_after_secs: wait.as_secs().max(1),
+            retry_after_secs: secs,
         })
     }
 
@@ -201,5 +204,34 @@ mod tests {
         let _other = l.open_stream("b").unwrap();
         drop(one);
         let _three = l.open_stream("a").unwrap();
+    }
+
+    #[test]
+    fn a_reload_keeps_the_rate_unless_it_changed() {
+        let settings = |per_minute, burst| LimitSettings {
+            submissions_per_minute: per_minute,
+            submission_burst: burst,
+            max_streams_per_client: 0,
+        };
+        let l = limits(6, 1, 0);
+        l.submit("a").unwrap();
+        match l.submit("a") {
+            Err(ApiError::TooManyRequests {
+                retry_after_secs, ..
+            }) => assert!((9..=10).contains(&retry_after_secs), "{retry_after_secs}"),
+            other => panic!("{other:?}"),
+        }
+        l.reconfigure(&settings(6, 1));
+        assert!(
+            l.submit("a").is_err(),
+            "the same rate: the caller's state carries over"
+        );
+        l.reconfigure(&settings(6, 2));
+        l.submit("a").unwrap();
+        l.submit("a").unwrap();
+        assert!(l.submit("a").is_err());
+        l.reconfigure(&settings(0, 2));
+        l.submit("a").unwrap();
+        assert!(format!("{l:?}").contains("submission_burst: 2"));
     }
 }

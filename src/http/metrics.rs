@@ -4,8 +4,9 @@
 //! durations, route patterns, statuses and server ids — no tokens, credentials, host names
 //! or users.
 
-use actix_web::get;
 use std::time::Instant;
+
+use actix_web::get;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -13,9 +14,11 @@ use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 
+use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
+
 use super::AppState;
 use crate::domain::JobStatus;
-use crate::metrics::{self, Exposition};
+use crate::metrics;
 
 /// Prometheus metrics
 ///
@@ -31,41 +34,56 @@ use crate::metrics::{self, Exposition};
 )]
 #[get("/metrics", wrap = "actix_web::middleware::from_fn(track)")]
 pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
-    let mut out = Exposition::new();
     let counts = state.engine.store().count_jobs_by_status().await;
-    out.family(
+    let registry = Registry::new();
+    let gauge = |name: &str, help: &str| {
+        let gauge = metrics::made(name, IntGauge::with_opts(Opts::new(name, help)))?;
+        register(&registry, name, gauge)
+    };
+    if let Some(up) = gauge(
         "jobexec_store_up",
         "1 when the database answered the job counts of this scrape.",
-        "gauge",
-    );
-    out.sample("jobexec_store_up", &[], f64::from(u8::from(counts.is_ok())));
+    ) {
+        up.set(i64::from(counts.is_ok()));
+    }
     match counts {
         Ok(counts) => {
-            out.family(
-                "jobexec_jobs",
-                "Jobs in the database by status (every process sharing it).",
-                "gauge",
-            );
-            for (status, n) in &counts {
-                out.sample("jobexec_jobs", &[("status", status.as_str())], *n as f64);
+            let name = "jobexec_jobs";
+            let help = "Jobs in the database by status (every process sharing it).";
+            let vec = IntGaugeVec::new(Opts::new(name, help), &["status"]);
+            if let Some(jobs) = metrics::made(name, vec).and_then(|j| register(&registry, name, j))
+            {
+                for (status, n) in &counts {
+                    if let Ok(g) = jobs.get_metric_with_label_values(&[status.as_str()]) {
+                        g.set(*n);
+                    }
+                }
             }
             let queued = counts
                 .iter()
                 .find(|(s, _)| *s == JobStatus::Queued)
                 .map_or(0, |(_, n)| *n);
-            out.family(
+            if let Some(depth) = gauge(
                 "jobexec_queue_depth",
                 "Jobs queued in the database, waiting for a worker.",
-                "gauge",
-            );
-            out.sample("jobexec_queue_depth", &[], queued as f64);
+            ) {
+                depth.set(queued);
+            }
         }
         Err(e) => tracing::warn!(error = %e, "metrics: cannot count the jobs"),
     }
-    metrics::render_process(&mut out);
     HttpResponse::Ok()
         .content_type(metrics::CONTENT_TYPE)
-        .body(out.finish())
+        .body(metrics::render(registry.gather()))
+}
+
+/// `collector` registered in `registry` (and handed back), or `None` with the reason logged.
+fn register<C>(registry: &Registry, name: &str, collector: C) -> Option<C>
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    let registered = registry.register(Box::new(collector.clone()));
+    metrics::made(name, registered.map(|()| collector))
 }
 
 /// Marks a request [`track`] counted, so the app's default service does not count it again.

@@ -5,13 +5,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use futures::StreamExt;
+use eventsource_stream::{EventStreamError, Eventsource};
+use futures::{Stream, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::client::{Api, error_of};
 use crate::output;
-use crate::sse;
 
 /// What to do with the job's output while following.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,50 +153,57 @@ impl Follower<'_> {
             }
             connected_once = true;
             let opened = Instant::now();
-            let mut parser = sse::Parser::default();
-            let mut body = resp.bytes_stream();
+            let mut events = std::pin::pin!(chunks(resp).eventsource());
             loop {
-                let chunk = match tokio::time::timeout(IDLE, body.next()).await {
-                    Err(_) => {
-                        last_error = format!("no event for {}s", IDLE.as_secs());
-                        break;
-                    }
-                    Ok(None) => {
+                let ev = match events.next().await {
+                    Some(Ok(ev)) => ev,
+                    None => {
                         last_error = "the service closed the stream before the job ended".into();
                         break;
                     }
-                    Ok(Some(Err(e))) => {
+                    Some(Err(EventStreamError::Transport(Dropped::Idle))) => {
+                        last_error = format!("no event for {}s", IDLE.as_secs());
+                        break;
+                    }
+                    Some(Err(EventStreamError::Transport(Dropped::Connection(e)))) => {
                         last_error = format!("the connection dropped: {e}");
                         break;
                     }
-                    Ok(Some(Ok(bytes))) => bytes,
+                    Some(Err(EventStreamError::Utf8(e))) => {
+                        last_error = format!("the event stream is not UTF-8: {e}");
+                        break;
+                    }
+                    Some(Err(EventStreamError::Parser(e))) => {
+                        last_error = format!("the event stream does not parse ({:?})", e.code);
+                        break;
+                    }
                 };
-                for ev in parser.push(&chunk) {
-                    if let Some(id) = &ev.id {
-                        last_id = Some(id.clone());
+                // Every event of the service has an `id:` (the last one is carried over).
+                let id = Some(ev.id.as_str()).filter(|id| !id.is_empty());
+                if let Some(id) = id {
+                    last_id = Some(id.to_string());
+                }
+                let data: Value = match serde_json::from_str(&ev.data) {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                };
+                match ev.event.as_str() {
+                    "output" => {
+                        let seq = data["seq"].as_i64().unwrap_or(self.shown + 1);
+                        let stream = match data["stream"].as_str() {
+                            Some(s) => s,
+                            None if data["is_stderr"] == true => "stderr",
+                            None => "stdout",
+                        };
+                        let text = data["output"].as_str().unwrap_or("");
+                        let event = json!({"event": "output", "id": id, "data": data});
+                        self.output(seq, stream, text, &event);
                     }
-                    let data: Value = match serde_json::from_str(&ev.data) {
-                        Ok(v) => v,
-                        Err(_) => continue,
-                    };
-                    match ev.event.as_str() {
-                        "output" => {
-                            let seq = data["seq"].as_i64().unwrap_or(self.shown + 1);
-                            let stream = match data["stream"].as_str() {
-                                Some(s) => s,
-                                None if data["is_stderr"] == true => "stderr",
-                                None => "stdout",
-                            };
-                            let text = data["output"].as_str().unwrap_or("");
-                            let event = json!({"event": "output", "id": ev.id, "data": data});
-                            self.output(seq, stream, text, &event);
-                        }
-                        "complete" => {
-                            self.event("complete", ev.id.as_deref(), &data);
-                            return Ok(data);
-                        }
-                        other => self.event(other, ev.id.as_deref(), &data),
+                    "complete" => {
+                        self.event("complete", id, &data);
+                        return Ok(data);
                     }
+                    other => self.event(other, id, &data),
                 }
             }
             // Dropped: a connection that lived a while resets the count of failures.
@@ -247,6 +254,28 @@ impl Follower<'_> {
     }
 }
 
+/// Why an event stream's body ended early.
+#[derive(Debug)]
+enum Dropped {
+    /// Nothing (not even a keep-alive) for [`IDLE`].
+    Idle,
+    /// The connection failed.
+    Connection(reqwest::Error),
+}
+
+/// The body of `resp` as it arrives, ending in [`Dropped::Idle`] when no bytes come for
+/// [`IDLE`] (keep-alive comments count: they are bytes, though not events).
+fn chunks(resp: reqwest::Response) -> impl Stream<Item = Result<impl AsRef<[u8]>, Dropped>> {
+    futures::stream::unfold(resp.bytes_stream(), |mut body| async move {
+        let item = match tokio::time::timeout(IDLE, body.next()).await {
+            Err(_) => Err(Dropped::Idle),
+            Ok(None) => return None,
+            Ok(Some(chunk)) => chunk.map_err(Dropped::Connection),
+        };
+        Some((item, body))
+    })
+}
+
 /// Follow job `id` until it ends, showing its output as asked; returns the final job.
 pub async fn follow(api: &Api, id: &str, show: Show) -> anyhow::Result<Value> {
     Follower {
@@ -262,6 +291,31 @@ pub async fn follow(api: &Api, id: &str, show: Show) -> anyhow::Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The service's events, split anywhere across chunks, come out whole with their ids.
+    #[tokio::test]
+    async fn events_split_anywhere_across_chunks() {
+        let text = ": keep-alive\n\nid: 3\nevent: output\ndata: {\"output\":\"h\u{e9}llo\"}\n\n\
+                    id: 4\nevent: complete\ndata: {}\n\n";
+        let bytes = text.as_bytes();
+        for split in 0..bytes.len() {
+            let chunks = [&bytes[..split], &bytes[split..]].map(Ok::<_, std::convert::Infallible>);
+            let got: Vec<_> = futures::stream::iter(chunks)
+                .eventsource()
+                .map(|e| {
+                    let e = e.unwrap();
+                    (e.id, e.event, e.data)
+                })
+                .collect()
+                .await;
+            let want = [
+                ("3", "output", "{\"output\":\"h\u{e9}llo\"}"),
+                ("4", "complete", "{}"),
+            ]
+            .map(|(i, e, d)| (i.to_string(), e.to_string(), d.to_string()));
+            assert_eq!(got, want, "split at {split}");
+        }
+    }
 
     #[test]
     fn exit_status_mirrors_the_job() {

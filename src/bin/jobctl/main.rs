@@ -11,7 +11,6 @@ mod follow;
 mod jobs;
 mod output;
 mod servers;
-mod sse;
 
 use std::process::ExitCode;
 
