@@ -282,7 +282,7 @@ fn semantic(path: &Path, text: &str, settings: &Settings) -> Result<(), Vec<Stri
             ));
         }
         if let Err(e) = server.checked_patch(settings.ssh.default_max_concurrent_jobs) {
-            problems.push(at(path, found(), e));
+            problems.push(at(path, found(), e.to_string()));
         }
     }
     if problems.is_empty() {

@@ -79,53 +79,88 @@ pub struct ServerSettings {
     pub is_active: Option<bool>,
 }
 
+/// Why a `[[servers]]` table cannot be applied. Says which table and which field or file,
+/// never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerTableError {
+    /// Two fields that exclude each other are both set.
+    #[error("server {server:?}: give {one} or {other}, not both")]
+    Both {
+        /// The table's `name`.
+        server: String,
+        /// One field.
+        one: &'static str,
+        /// The other.
+        other: &'static str,
+    },
+    /// A secret file cannot be read.
+    #[error("server {server:?}: cannot read {what} {path}: {source}")]
+    Read {
+        /// The table's `name`.
+        server: String,
+        /// The field naming the file.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// The OS's answer.
+        source: std::io::Error,
+    },
+    /// A field is invalid as creating the server would find it.
+    #[error("server {server:?}: {error}")]
+    Invalid {
+        /// The table's `name`.
+        server: String,
+        /// Which field, and why.
+        error: crate::domain::FieldError,
+    },
+}
+
 impl ServerSettings {
     /// The API's server body for this table, its secret files read and its fields checked as
     /// creating the server would check them.
     pub fn checked_patch(
         &self,
         default_max_concurrent_jobs: u32,
-    ) -> Result<crate::domain::ServerPatch, String> {
+    ) -> Result<crate::domain::ServerPatch, ServerTableError> {
         let patch = self.to_patch()?;
-        crate::domain::ServerDraft::create(patch.clone(), default_max_concurrent_jobs)
-            .map_err(|e| format!("server {:?}: {e}", self.name))?;
+        crate::domain::ServerDraft::create(patch.clone(), default_max_concurrent_jobs).map_err(
+            |error| ServerTableError::Invalid {
+                server: self.name.clone(),
+                error,
+            },
+        )?;
         Ok(patch)
     }
 
     /// The API's server body for this table, with the secret files read.
-    pub fn to_patch(&self) -> Result<crate::domain::ServerPatch, String> {
-        let read = |path: &str, what: &str| {
-            std::fs::read_to_string(path)
-                .map(|t| SecretString::from(t.trim_end_matches(['\r', '\n']).to_string()))
-                .map_err(|e| format!("server {:?}: cannot read {what} {path}: {e}", self.name))
+    pub fn to_patch(&self) -> Result<crate::domain::ServerPatch, ServerTableError> {
+        let read = |path: &str, what: &'static str| {
+            std::fs::read_to_string(path).map_err(|source| ServerTableError::Read {
+                server: self.name.clone(),
+                what,
+                path: path.to_string(),
+                source,
+            })
+        };
+        let both = |one, other| ServerTableError::Both {
+            server: self.name.clone(),
+            one,
+            other,
         };
         let password = match (&self.password, &self.password_file) {
-            (Some(_), Some(_)) => {
-                return Err(format!(
-                    "server {:?}: give password or password_file, not both",
-                    self.name
-                ));
-            }
+            (Some(_), Some(_)) => return Err(both("password", "password_file")),
             (Some(p), None) => Some(p.clone()),
-            (None, Some(f)) => Some(read(f, "password_file")?),
+            (None, Some(f)) => Some(SecretString::from(
+                read(f, "password_file")?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            )),
             (None, None) => None,
         };
         let key = match (&self.private_key, &self.private_key_file) {
-            (Some(_), Some(_)) => {
-                return Err(format!(
-                    "server {:?}: give private_key or private_key_file, not both",
-                    self.name
-                ));
-            }
+            (Some(_), Some(_)) => return Err(both("private_key", "private_key_file")),
             (Some(k), None) => Some(k.clone()),
-            (None, Some(f)) => Some(std::fs::read_to_string(f).map(SecretString::from).map_err(
-                |e| {
-                    format!(
-                        "server {:?}: cannot read private_key_file {f}: {e}",
-                        self.name
-                    )
-                },
-            )?),
+            (None, Some(f)) => Some(SecretString::from(read(f, "private_key_file")?)),
             (None, None) => None,
         };
         let auth_type = self

@@ -314,16 +314,29 @@ async fn run(row: JobRow, cx: RunCtx) -> Finish {
         Outcome::Ran(Err(e)) => failed(e.to_string()),
         Outcome::Stop(timeout_finish) => {
             let grace = Duration::from_secs(settings.kill_grace_secs);
+            // A stop that comes between the channel's opening and the first line of the
+            // remote shell (its process group) waits for that line, briefly, while the
+            // channel is read: the command may be starting, and only its group can be killed.
+            let mut ended = false;
+            if group.borrow().is_none() {
+                tokio::select! {
+                    _ = group.changed() => {}
+                    _ = &mut exec_run => ended = true,
+                    _ = tokio::time::sleep(grace.max(Duration::from_secs(1))) => {}
+                }
+            }
             let known = group.borrow_and_update().clone();
             let started = known.is_some();
-            if let Some(g) = known
-                && let Err(e) =
-                    exec::kill_group(&lease.client, g.pgid, grace, g.tmpfile.as_deref()).await
-            {
-                tracing::warn!(job_id = %row.id, error = %e, "could not kill the remote process group");
+            if !ended {
+                if let Some(g) = known
+                    && let Err(e) =
+                        exec::kill_group(&lease.client, g.pgid, grace, g.tmpfile.as_deref()).await
+                {
+                    tracing::warn!(job_id = %row.id, error = %e, "could not kill the remote process group");
+                }
+                // Let the channel report the end; a channel still open then is dropped.
+                let _ = tokio::time::timeout(grace + Duration::from_secs(5), &mut exec_run).await;
             }
-            // Let the channel report the end; a channel still open then is dropped (closed).
-            let _ = tokio::time::timeout(grace + Duration::from_secs(5), &mut exec_run).await;
             match timeout_finish {
                 Some(f) => f,
                 None => cx.stopped(started),

@@ -324,7 +324,7 @@ pub async fn apply_servers(store: &Store, settings: &Settings) -> Result<usize, 
     for server in &settings.servers {
         let patch = server
             .checked_patch(settings.ssh.default_max_concurrent_jobs)
-            .map_err(StartError::Servers)?;
+            .map_err(|e| StartError::Servers(e.to_string()))?;
         patches.push(patch);
     }
     let n = patches.len();

@@ -109,7 +109,7 @@ pub async fn list_audit(
     let mut rows = state
         .engine
         .audit_log(AuditFilter {
-            action: q.action.filter(|a| !a.is_empty()),
+            action: q.action,
             target_id: target_id.map(|t| t.to_string()),
             limit: limit + 1,
             before: before.map(|b| b.to_string()),

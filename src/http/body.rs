@@ -1,5 +1,8 @@
-//! `JsonBody<T>`: the request body as `T`, with the error contract applied.
+//! `JsonBody<T>`: the request body as `T`, with the error contract applied; and
+//! `OptionalJsonBody<T>` for the routes whose body may be left out (no body, or `null`, is
+//! `T::default()`).
 //!
+//! - no body where one is required → 400;
 //! - larger than `http.max_body_bytes` → 413 (checked on `Content-Length` first, then while
 //!   reading, so a lying or absent header changes nothing);
 //! - not JSON → 400, saying where it broke;
@@ -16,40 +19,82 @@ use super::AppState;
 use crate::domain::FieldError;
 use crate::error::ApiError;
 
-/// A request body parsed as JSON into `T`.
+/// A request body parsed as JSON into `T`; the body is required.
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
+
+/// A request body parsed as JSON into `T`, or `T::default()` when there is none (an empty
+/// body or `null`).
+#[derive(Debug)]
+pub struct OptionalJsonBody<T>(pub T);
 
 impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req
-            .app_data::<web::Data<AppState>>()
-            .map(|s| s.engine.settings().http.max_body_bytes)
-            .unwrap_or(10 * 1024 * 1024);
-        let declared = req
-            .headers()
-            .get(actix_web::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let mut payload = payload.take();
+        let body = read(req, payload);
         Box::pin(async move {
-            if declared.is_some_and(|n| n > limit) {
-                return Err(too_large(limit));
-            }
-            let mut body = web::BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk
-                    .map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
-                if body.len() + chunk.len() > limit {
-                    return Err(too_large(limit));
-                }
-                body.extend_from_slice(&chunk);
+            let body = body.await?;
+            if is_blank(&body) {
+                return Err(ApiError::BadRequest(
+                    "a JSON object is required as the request body".into(),
+                ));
             }
             parse(&body).map(JsonBody)
         })
+    }
+}
+
+impl<T: DeserializeOwned + Default + 'static> FromRequest for OptionalJsonBody<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = read(req, payload);
+        Box::pin(async move {
+            let body = body.await?;
+            if is_blank(&body) || body.trim_ascii() == b"null" {
+                return Ok(OptionalJsonBody(T::default()));
+            }
+            parse(&body).map(OptionalJsonBody)
+        })
+    }
+}
+
+fn is_blank(body: &[u8]) -> bool {
+    body.iter().all(u8::is_ascii_whitespace)
+}
+
+/// The body's bytes, up to `http.max_body_bytes` (413 past it).
+fn read(
+    req: &HttpRequest,
+    payload: &mut Payload,
+) -> impl Future<Output = Result<web::BytesMut, ApiError>> + 'static {
+    let limit = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.engine.settings().http.max_body_bytes)
+        .unwrap_or(10 * 1024 * 1024);
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut payload = payload.take();
+    async move {
+        if declared.is_some_and(|n| n > limit) {
+            return Err(too_large(limit));
+        }
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large(limit));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 }
 
@@ -60,11 +105,6 @@ fn too_large(limit: usize) -> ApiError {
 /// Parse a JSON body: 400 when it is not JSON (or not an object), 422 naming the field when
 /// a value has the wrong type.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
-    };
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
     if !value.is_object() {

@@ -9,8 +9,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::{
-    AppState, BadRequest, Conflict, InvalidField, JsonBody, NotFound, PayloadTooLarge,
-    TooManyRequests, Unauthorized, Unavailable, job_id, optional_id, page_limit,
+    AppState, BadRequest, Conflict, InvalidField, JsonBody, NotFound, OptionalJsonBody,
+    PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable, job_id, optional_id, page_limit,
 };
 use crate::domain::{FieldError, JobKind, JobRequest, JobStatus, Micros, OutputStream};
 use crate::engine::JobQuery;
@@ -250,12 +250,13 @@ pub struct JobList {
     next_cursor: Option<String>,
 }
 
-/// Statuses from a comma-separated list (empty entries ignored).
+/// Statuses from a comma-separated list; absent: any.
 fn statuses(raw: Option<&str>) -> Result<Vec<JobStatus>, ApiError> {
-    raw.unwrap_or_default()
-        .split(',')
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    raw.split(',')
         .map(str::trim)
-        .filter(|s| !s.is_empty())
         .map(|s| {
             s.parse::<JobStatus>()
                 .map_err(|m| FieldError::new("status", m).into())
@@ -384,7 +385,7 @@ pub async fn duplicate_job(
     state: web::Data<AppState>,
     caller: web::ReqData<Caller>,
     path: web::Path<String>,
-    JsonBody(request): JsonBody<DuplicateRequest>,
+    OptionalJsonBody(request): OptionalJsonBody<DuplicateRequest>,
 ) -> Result<actix_web::CustomizeResponder<web::Json<DuplicateResult>>, ApiError> {
     state.limit_submissions(&caller)?;
     let id = job_id(&path)?;

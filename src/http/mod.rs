@@ -25,7 +25,7 @@ mod stream;
 
 use std::sync::{Arc, LazyLock};
 
-pub use body::JsonBody;
+pub use body::{JsonBody, OptionalJsonBody};
 
 use actix_web::http::{Method, header};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -141,12 +141,20 @@ pub fn document() -> utoipa::openapi::OpenApi {
         .configure(register)
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    // The `data:` of the stream's `output` events: described, though no JSON body names it.
+    use utoipa::{PartialSchema, ToSchema};
+    if let Some(components) = doc.components.as_mut() {
+        components.schemas.insert(
+            stream::OutputEvent::name().into_owned(),
+            stream::OutputEvent::schema(),
+        );
+    }
     doc
 }
 
 /// The document, made once, and the routes it lists.
 struct Served {
-    json: Result<String, String>,
+    json: Result<String, serde_json::Error>,
     routes: Vec<(Method, String)>,
 }
 
@@ -168,7 +176,7 @@ static SERVED: LazyLock<Served> = LazyLock::new(|| {
         }
     }
     Served {
-        json: doc.to_json().map_err(|e| e.to_string()),
+        json: doc.to_json(),
         routes,
     }
 });
@@ -246,7 +254,7 @@ fn optional_id<T: std::str::FromStr>(
 
 /// The `limit` of a paged list: 1 to 1000, 50 when absent.
 fn page_limit(raw: Option<&str>) -> Result<i64, ApiError> {
-    match raw.filter(|s| !s.is_empty()) {
+    match raw {
         Some(l) => l
             .parse::<i64>()
             .ok()

@@ -8,8 +8,8 @@ use utoipa::ToSchema;
 
 use super::auth::Caller;
 use super::{
-    AppState, BadRequest, Conflict, InvalidField, JsonBody, NotFound, PayloadTooLarge,
-    Unauthorized, Unavailable, server_id,
+    AppState, BadRequest, Conflict, InvalidField, JsonBody, NotFound, OptionalJsonBody,
+    PayloadTooLarge, Unauthorized, Unavailable, server_id,
 };
 use crate::domain::{AuthType, HostKeyCheck, Micros, ServerPatch};
 use crate::error::ApiError;
@@ -279,7 +279,7 @@ pub async fn test_server(
     state: web::Data<AppState>,
     caller: web::ReqData<Caller>,
     path: web::Path<String>,
-    JsonBody(options): JsonBody<TestOptions>,
+    OptionalJsonBody(options): OptionalJsonBody<TestOptions>,
 ) -> Result<web::Json<TestResult>, ApiError> {
     let id = server_id(&path)?;
     let tested = state

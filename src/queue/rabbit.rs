@@ -110,6 +110,17 @@ struct Sinks {
     events: mpsc::UnboundedSender<(WireEvent, Vec<u8>)>,
 }
 
+/// Why a session with the broker could not be set up.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    /// The broker did not answer the connection within 10 s.
+    #[error("connect timed out")]
+    Timeout,
+    /// The broker refused or failed a step (connect, channel, declare, consume).
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+}
+
 impl RabbitBroker {
     /// Start the supervisor on the current runtime; returns at once (the broker may be down).
     pub fn start(settings: RabbitSettings, roles: Roles, name: String) -> Arc<RabbitBroker> {
@@ -182,7 +193,12 @@ impl RabbitBroker {
     }
 
     /// Connect, declare, consume. Returns the connection to watch.
-    async fn session(&self, roles: Roles, name: &str, sinks: &Sinks) -> Result<Connection, String> {
+    async fn session(
+        &self,
+        roles: Roles,
+        name: &str,
+        sinks: &Sinks,
+    ) -> Result<Connection, SessionError> {
         let s = &self.settings;
         let conn = tokio::time::timeout(
             Duration::from_secs(10),
@@ -192,9 +208,8 @@ impl RabbitBroker {
             ),
         )
         .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-        let e = |e: lapin::Error| e.to_string();
+        .map_err(|_| SessionError::Timeout)??;
+        let e = SessionError::Broker;
         let publish = conn.create_channel().await.map_err(e)?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
