@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod conformance;
 mod daemon;
 mod distributed;
 mod health;
