@@ -11,6 +11,7 @@ mod health;
 mod jobctl;
 mod jobs;
 mod library;
+mod logs;
 mod metrics;
 mod openapi;
 mod security;
