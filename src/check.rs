@@ -1,32 +1,22 @@
-//! `job-executor check-config FILE`: everything wrong with a settings file, with line context,
-//! before a daemon is started (or reloaded) with it.
+//! `job-executor check-config FILE`: everything wrong with a settings file, with its line and
+//! column, before a daemon is started (or reloaded) with it.
 //!
-//! Checks, in order: TOML syntax; sections and keys that do not exist (a typo the layered
-//! loader would otherwise ignore); value types; then what the service itself would refuse at
+//! Checks, in order: TOML syntax; then, in one deserialization of the file over the
+//! compiled-in defaults into [`Settings`], the keys the settings do not read (a typo the
+//! layered loader would otherwise ignore: `serde_ignored` names them) and values of the wrong
+//! type (`serde_path_to_error` names the key); then what the service itself would refuse at
 //! start: tokens, the secret key, each `[[servers]]` table (its secret files read, its fields
 //! validated as the API would), the listen address without tokens, the TLS pair.
+//!
+//! Positions come from the spans toml keeps for every key. A message names keys, never a
+//! value of the file: a value may be a password or a token.
 
 use std::path::Path;
 
-use crate::settings::{DEFAULT_TOML, Settings};
+use toml::Spanned;
+use toml::de::{DeArray, DeTable, DeValue};
 
-/// The keys a `[[servers]]` table may hold.
-const SERVER_KEYS: &[&str] = &[
-    "name",
-    "hostname",
-    "port",
-    "user",
-    "auth_type",
-    "password",
-    "password_file",
-    "private_key",
-    "private_key_file",
-    "private_key_passphrase",
-    "host_key",
-    "host_key_check",
-    "max_concurrent_jobs",
-    "is_active",
-];
+use crate::settings::{DEFAULT_TOML, Settings};
 
 /// What a file that passed holds.
 #[derive(Debug)]
@@ -39,53 +29,261 @@ pub struct Summary {
     pub addr: String,
 }
 
-/// The 1-based line of `key` in `section` (or at the top level), with its text.
-fn line_of(text: &str, section: Option<&str>, key: &str) -> Option<(usize, String)> {
-    let mut current: Option<String> = None;
-    for (i, line) in text.lines().enumerate() {
-        let t = line.trim();
-        if let Some(name) = t
-            .strip_prefix("[[")
-            .and_then(|r| r.strip_suffix("]]"))
-            .or_else(|| t.strip_prefix('[').and_then(|r| r.strip_suffix(']')))
-        {
-            current = Some(name.trim().to_string());
-            if section.is_none() && name.trim() == key {
-                return Some((i + 1, line.to_string()));
-            }
-            continue;
-        }
-        let here = current.as_deref() == section;
-        let named = t
-            .split_once('=')
-            .map(|(k, _)| k.trim().trim_matches('"'))
-            .is_some_and(|k| k == key);
-        if here && named {
-            return Some((i + 1, line.to_string()));
-        }
-    }
-    None
+/// One step of a key path: a table key or an array index (`servers[1].name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Key(String),
+    Index(usize),
 }
 
-/// Keys whose values are never shown back.
-const SECRET_KEYS: &[&str] = &[
-    "password",
-    "private_key",
-    "private_key_passphrase",
-    "key",
-    "tokens",
-];
+fn key(name: &str) -> Step {
+    Step::Key(name.to_string())
+}
 
-fn at(path: &Path, found: Option<(usize, String)>, message: String) -> String {
-    match found {
-        Some((n, line)) => {
-            let shown = match line.split_once('=') {
-                Some((k, _)) if SECRET_KEYS.contains(&k.trim()) => format!("{}= ***", k),
-                _ => line,
-            };
-            format!("{}:{n}: {message}\n    {n} | {shown}", path.display())
+/// A key path as written in messages: `http.addr`, `servers[1].name`.
+fn dotted(path: &[Step]) -> String {
+    let mut out = String::new();
+    for step in path {
+        match step {
+            Step::Key(k) if out.is_empty() => out.push_str(k),
+            Step::Key(k) => {
+                out.push('.');
+                out.push_str(k);
+            }
+            Step::Index(i) => out.push_str(&format!("[{i}]")),
         }
-        None => format!("{}: {message}", path.display()),
+    }
+    out
+}
+
+/// One problem: where (1-based line and column, when the key is in the file) and what. The
+/// message names keys, never a value from the file (a value may be a password or a token).
+struct Problem {
+    at: Option<(usize, usize)>,
+    message: String,
+}
+
+/// Line and column (1-based) of a byte offset into `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// The file being checked: its text and its parsed tables, with the span of every key.
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+    root: Spanned<DeTable<'a>>,
+}
+
+impl<'a> Source<'a> {
+    /// Where the key at `path` is written: the start of its last key (of the element, when
+    /// the path ends in an array index).
+    fn position(&self, path: &[Step]) -> Option<(usize, usize)> {
+        let mut table: Option<&DeTable<'a>> = Some(self.root.get_ref());
+        let mut array: Option<&DeArray<'a>> = None;
+        let mut span = None;
+        for step in path {
+            let value = match step {
+                Step::Key(k) => {
+                    let (name, value) = table?.get_key_value(k.as_str())?;
+                    span = Some(name.span());
+                    value
+                }
+                Step::Index(i) => {
+                    let value = array?.get(*i)?;
+                    span = Some(value.span());
+                    value
+                }
+            };
+            (table, array) = match value.get_ref() {
+                DeValue::Table(t) => (Some(t), None),
+                DeValue::Array(a) => (None, Some(a)),
+                _ => (None, None),
+            };
+        }
+        span.map(|s| line_col(self.text, s.start))
+    }
+
+    fn problem(&self, path: &[Step], message: String) -> Problem {
+        Problem {
+            at: self.position(path),
+            message,
+        }
+    }
+
+    fn render(&self, problem: &Problem) -> String {
+        match problem.at {
+            Some((line, col)) => {
+                format!("{}:{line}:{col}: {}", self.path.display(), problem.message)
+            }
+            None => format!("{}: {}", self.path.display(), problem.message),
+        }
+    }
+}
+
+/// A deserialization error's message without the value it quotes: serde writes
+/// `invalid type: string "hunter2", expected u64`, and the value may be a secret.
+fn without_value(message: &str) -> String {
+    let first = message.lines().next().unwrap_or_default().trim();
+    if first.starts_with("unknown field") || first.starts_with("missing field") {
+        // These quote a key, not a value.
+        return first.to_string();
+    }
+    let kind = if first.starts_with("invalid type") {
+        "has the wrong type"
+    } else if first.starts_with("unknown variant") {
+        "has an unknown value"
+    } else if first.starts_with("invalid length") {
+        "has the wrong number of entries"
+    } else {
+        "has an invalid value"
+    };
+    match first.split_once(", expected ") {
+        Some((_, expected)) => format!("{kind}; expected {expected}"),
+        None => kind.to_string(),
+    }
+}
+
+/// The key path of a serde_ignored path (its `Option`/newtype steps dropped).
+fn ignored_path(path: &serde_ignored::Path<'_>, out: &mut Vec<Step>) {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => {}
+        P::Seq { parent, index } => {
+            ignored_path(parent, out);
+            out.push(Step::Index(*index));
+        }
+        P::Map { parent, key } => {
+            ignored_path(parent, out);
+            out.push(Step::Key(key.clone()));
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            ignored_path(parent, out)
+        }
+    }
+}
+
+/// The key path of a serde_path_to_error path.
+fn error_path(path: &serde_path_to_error::Path) -> Vec<Step> {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .filter_map(|segment| match segment {
+            Segment::Seq { index } => Some(Step::Index(*index)),
+            Segment::Map { key } => Some(Step::Key(key.clone())),
+            Segment::Enum { .. } | Segment::Unknown => None,
+        })
+        .collect()
+}
+
+/// The message for a key the settings do not have, with the keys they do have there.
+fn unknown_key(path: &[Step], defaults: &DeTable<'_>) -> String {
+    let names = |t: &DeTable<'_>| {
+        t.keys()
+            .map(|k| k.get_ref().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match path {
+        [Step::Key(section)] => format!(
+            "unknown section [{section}]; known: {}, [[servers]]",
+            names(defaults)
+        ),
+        [Step::Key(section), Step::Key(name)] => {
+            match defaults.get(section.as_str()).map(Spanned::get_ref) {
+                Some(DeValue::Table(known)) => {
+                    format!("[{section}] has no key {name:?}; known: {}", names(known))
+                }
+                _ => format!("[{section}] has no key {name:?}"),
+            }
+        }
+        _ => format!("{} is not a setting", dotted(path)),
+    }
+}
+
+/// Fill what the file leaves out from the compiled-in defaults, section by section, as the
+/// layered loader does, so the whole can be deserialized into [`Settings`].
+fn with_defaults<'a>(file: &mut DeTable<'a>, defaults: &DeTable<'a>) {
+    for (section, default) in defaults.iter() {
+        match file.get_mut(section.get_ref().as_ref()) {
+            None => {
+                file.insert(section.clone(), default.clone());
+            }
+            Some(mine) => {
+                if let (DeValue::Table(mine), DeValue::Table(default)) =
+                    (mine.get_mut(), default.get_ref())
+                {
+                    for (k, v) in default.iter() {
+                        if mine.get(k.get_ref().as_ref()).is_none() {
+                            mine.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Rounds of deserialization at most: one per bad value found (see [`check`]).
+const MAX_ROUNDS: usize = 64;
+
+/// Take the value at `path` (cut back to its last key) out of `table`, putting the default
+/// in its place when there is one. False when there was nothing to take out.
+fn take_out<'a>(table: &mut DeTable<'a>, path: &[Step], defaults: &DeTable<'a>) -> bool {
+    let Some(last) = path.iter().rposition(|s| matches!(s, Step::Key(_))) else {
+        return false;
+    };
+    match &path[..=last] {
+        [Step::Key(section)] => replace(table, section, defaults.get(section.as_str())),
+        [Step::Key(section), Step::Key(name)] => {
+            let default = match defaults.get(section.as_str()).map(Spanned::get_ref) {
+                Some(DeValue::Table(t)) => t.get(name.as_str()),
+                _ => None,
+            };
+            match table.get_mut(section.as_str()).map(Spanned::get_mut) {
+                Some(DeValue::Table(t)) => replace(t, name, default),
+                _ => replace(table, section, defaults.get(section.as_str())),
+            }
+        }
+        deeper => remove(table, deeper),
+    }
+}
+
+/// Take `name` out of `table`, with `default` in its place when given.
+fn replace<'a>(
+    table: &mut DeTable<'a>,
+    name: &str,
+    default: Option<&Spanned<DeValue<'a>>>,
+) -> bool {
+    let Some((k, _)) = table.remove_entry(name) else {
+        return false;
+    };
+    if let Some(value) = default {
+        table.insert(k, value.clone());
+    }
+    true
+}
+
+/// Take the key at `path` (which ends in a key) out, through tables and arrays.
+fn remove(table: &mut DeTable<'_>, path: &[Step]) -> bool {
+    match path {
+        [Step::Key(k)] => table.remove(k.as_str()).is_some(),
+        [Step::Key(k), rest @ ..] => table
+            .get_mut(k.as_str())
+            .is_some_and(|v| remove_in(v.get_mut(), rest)),
+        _ => false,
+    }
+}
+
+fn remove_in(value: &mut DeValue<'_>, path: &[Step]) -> bool {
+    match (value, path.first()) {
+        (DeValue::Table(t), Some(Step::Key(_))) => remove(t, path),
+        (DeValue::Array(items), Some(Step::Index(i))) => items
+            .get_mut(*i)
+            .is_some_and(|v| remove_in(v.get_mut(), &path[1..])),
+        _ => false,
     }
 }
 
@@ -93,145 +291,142 @@ fn at(path: &Path, found: Option<(usize, String)>, message: String) -> String {
 pub fn check(path: &Path) -> Result<Summary, Vec<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
-    let file: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| vec![format!("{}: {e}", path.display())])?;
-    let defaults: toml::Table = DEFAULT_TOML
-        .parse()
-        .map_err(|e: toml::de::Error| vec![format!("the compiled-in defaults: {e}")])?;
+    let root = DeTable::parse(&text).map_err(|e| {
+        let at = e.span().map(|s| line_col(&text, s.start));
+        // The message alone: toml's full error quotes the line, which may hold a secret.
+        let message = e.message().lines().next().unwrap_or_default().to_string();
+        vec![match at {
+            Some((line, col)) => format!(
+                "{}:{line}:{col}: not valid TOML (line {line}, column {col}): {message}",
+                path.display()
+            ),
+            None => format!("{}: not valid TOML: {message}", path.display()),
+        }]
+    })?;
+    let defaults = DeTable::parse(DEFAULT_TOML)
+        .map_err(|e| vec![format!("the compiled-in defaults: {e}")])?
+        .into_inner();
+    let source = Source {
+        path,
+        text: &text,
+        root,
+    };
+
+    // Unknown keys (serde_ignored: whatever the settings do not read) and wrong types, in
+    // one pass over the file with the defaults beneath it.
+    let mut merged = source.root.clone();
+    with_defaults(merged.get_mut(), &defaults);
+    let mut unknown: Vec<Vec<Step>> = Vec::new();
     let mut problems = Vec::new();
-    for (section, value) in &file {
-        if section == "servers" {
-            let Some(list) = value.as_array() else {
-                problems.push(at(
-                    path,
-                    line_of(&text, None, section),
-                    "servers must be tables: write [[servers]]".into(),
-                ));
-                continue;
-            };
-            for table in list.iter().filter_map(|v| v.as_table()) {
-                for key in table.keys().filter(|k| !SERVER_KEYS.contains(&k.as_str())) {
-                    problems.push(at(
-                        path,
-                        line_of(&text, Some("servers"), key),
-                        format!(
-                            "[[servers]] has no key {key:?}; known: {}",
-                            SERVER_KEYS.join(", ")
-                        ),
-                    ));
+    let mut seen: Vec<Vec<Step>> = Vec::new();
+    // A deserializer stops at its first error: take the bad value out (the default stands in
+    // for it) and go again, so one run names every problem. Each round takes one value out.
+    for _ in 0..MAX_ROUNDS {
+        let parsed: Result<Settings, _> =
+            serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+                toml::de::Deserializer::from(merged.clone()),
+                &mut |p: serde_ignored::Path<'_>| {
+                    let mut steps = Vec::new();
+                    ignored_path(&p, &mut steps);
+                    if !unknown.contains(&steps) {
+                        unknown.push(steps);
+                    }
+                },
+            ));
+        let Err(e) = parsed else { break };
+        let mut steps = error_path(e.path());
+        let message = e.inner().message().to_string();
+        // `[[servers]]` refuses unknown keys itself: the key is in the message.
+        let unknown_field = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(name, _)| name.to_string());
+        let text = match unknown_field {
+            Some(name) => {
+                if steps.last() != Some(&key(&name)) {
+                    steps.push(key(&name));
                 }
+                let known = message
+                    .split_once("expected one of ")
+                    .map(|(_, list)| list.replace('`', ""))
+                    .unwrap_or_default();
+                format!("[[servers]] has no key {name:?}; known: {known}")
             }
-            continue;
-        }
-        let Some(known) = defaults.get(section).and_then(|v| v.as_table()) else {
-            let sections: Vec<&str> = defaults.keys().map(String::as_str).collect();
-            problems.push(at(
-                path,
-                line_of(&text, None, section),
-                format!(
-                    "unknown section [{section}]; known: {}, [[servers]]",
-                    sections.join(", ")
-                ),
-            ));
-            continue;
+            None => format!("{}: {}", dotted(&steps), without_value(&message)),
         };
-        let Some(table) = value.as_table() else {
-            problems.push(at(
-                path,
-                line_of(&text, None, section),
-                format!("{section} must be a [section]"),
-            ));
-            continue;
-        };
-        for key in table.keys().filter(|k| !known.contains_key(*k)) {
-            let keys: Vec<&str> = known.keys().map(String::as_str).collect();
-            problems.push(at(
-                path,
-                line_of(&text, Some(section), key),
-                format!("[{section}] has no key {key:?}; known: {}", keys.join(", ")),
-            ));
+        let again = seen.contains(&steps);
+        problems.push(source.problem(&steps, text));
+        if again || !take_out(merged.get_mut(), &steps, &defaults) {
+            break;
         }
+        seen.push(steps);
     }
+    problems.extend(
+        unknown
+            .iter()
+            .map(|steps| source.problem(steps, unknown_key(steps, &defaults))),
+    );
     if !problems.is_empty() {
-        problems.sort_by_key(|p| line_number(p));
-        return Err(problems);
+        return Err(sorted(&source, problems));
     }
-    // Types, as the service loads them (the file alone: no environment).
+    // What the service loads (the file alone: no environment).
     let settings =
         Settings::load_from(Some(path), &std::collections::HashMap::new()).map_err(|e| {
-            let message = e.to_string();
-            let found = message
-                .split_once("for key `")
-                .and_then(|(_, rest)| rest.split_once('`'))
-                .and_then(|(key, _)| {
-                    let (section, name) = key.rsplit_once('.')?;
-                    let section = section.split('[').next().unwrap_or(section);
-                    line_of(&text, Some(section), name)
-                });
-            vec![at(path, found, message)]
+            vec![source.render(&Problem {
+                at: None,
+                message: format!(
+                    "the settings cannot be loaded: {}",
+                    without_value(&e.to_string())
+                ),
+            })]
         })?;
-    semantic(path, &text, &settings).map(|()| Summary {
-        servers: settings.servers.len(),
-        tokens: settings.auth.tokens.len(),
-        addr: settings.http.addr.clone(),
-    })
+    semantic(&source, &settings)
+        .map(|()| Summary {
+            servers: settings.servers.len(),
+            tokens: settings.auth.tokens.len(),
+            addr: settings.http.addr.clone(),
+        })
+        .map_err(|problems| sorted(&source, problems))
 }
 
-/// The line a problem is at (`PATH:LINE: …`), for ordering.
-fn line_number(problem: &str) -> usize {
-    problem
-        .split(':')
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+/// The problems in file order, rendered.
+fn sorted(source: &Source<'_>, mut problems: Vec<Problem>) -> Vec<String> {
+    problems.sort_by_key(|p| p.at.unwrap_or((0, 0)));
+    problems.iter().map(|p| source.render(p)).collect()
 }
 
 /// What the service would refuse at start.
-fn semantic(path: &Path, text: &str, settings: &Settings) -> Result<(), Vec<String>> {
+fn semantic(source: &Source<'_>, settings: &Settings) -> Result<(), Vec<Problem>> {
     use secrecy::ExposeSecret;
     let mut problems = Vec::new();
     let tokens = match crate::http::auth::Tokens::from_settings(&settings.auth.tokens) {
         Ok(t) => t.len(),
         Err(e) => {
-            problems.push(at(
-                path,
-                line_of(text, Some("auth"), "tokens"),
-                e.to_string(),
-            ));
+            problems.push(source.problem(&[key("auth"), key("tokens")], e.to_string()));
             0
         }
     };
-    let key = settings.secrets.key.expose_secret().trim();
-    if !key.is_empty()
+    let secret_key = settings.secrets.key.expose_secret().trim();
+    if !secret_key.is_empty()
         && let Err(e) = crate::secrets::Keyring::from_text(&settings.secrets.key)
     {
-        problems.push(at(
-            path,
-            line_of(text, Some("secrets"), "key"),
-            e.to_string(),
-        ));
+        problems.push(source.problem(&[key("secrets"), key("key")], e.to_string()));
     }
     let key_file = settings.secrets.key_file.trim();
     if !key_file.is_empty() && !Path::new(key_file).exists() {
-        problems.push(at(
-            path,
-            line_of(text, Some("secrets"), "key_file"),
+        problems.push(source.problem(
+            &[key("secrets"), key("key_file")],
             format!("key_file {key_file} does not exist"),
         ));
     }
     use std::net::ToSocketAddrs;
     let addr = &settings.http.addr;
+    let addr_key = [key("http"), key("addr")];
     if let Err(e) = addr.to_socket_addrs() {
-        problems.push(at(
-            path,
-            line_of(text, Some("http"), "addr"),
-            format!("http.addr {addr:?}: {e}"),
-        ));
+        problems.push(source.problem(&addr_key, format!("http.addr {addr:?}: {e}")));
     } else if tokens == 0 && !crate::settings::loopback_only(addr) {
-        problems.push(at(
-            path,
-            line_of(text, Some("http"), "addr"),
+        problems.push(source.problem(
+            &addr_key,
             format!(
                 "{addr} is not a loopback address and no API tokens are set: the service \
                  would refuse to start (set [auth] tokens)"
@@ -240,49 +435,33 @@ fn semantic(path: &Path, text: &str, settings: &Settings) -> Result<(), Vec<Stri
     }
     let (cert, tls_key) = (settings.http.tls_cert.trim(), settings.http.tls_key.trim());
     if cert.is_empty() != tls_key.is_empty() {
-        problems.push(at(
-            path,
-            line_of(
-                text,
-                Some("http"),
-                if cert.is_empty() {
-                    "tls_key"
-                } else {
-                    "tls_cert"
-                },
-            ),
+        let missing = if cert.is_empty() {
+            "tls_key"
+        } else {
+            "tls_cert"
+        };
+        problems.push(source.problem(
+            &[key("http"), key(missing)],
             "set both http.tls_cert and http.tls_key, or neither".into(),
         ));
     }
     for (name, file) in [("tls_cert", cert), ("tls_key", tls_key)] {
         if !file.is_empty() && !Path::new(file).exists() {
-            problems.push(at(
-                path,
-                line_of(text, Some("http"), name),
+            problems.push(source.problem(
+                &[key("http"), key(name)],
                 format!("{name} {file} does not exist"),
             ));
         }
     }
     let mut names = std::collections::HashSet::new();
-    for server in &settings.servers {
-        let found = || {
-            text.lines()
-                .position(|l| {
-                    l.split_once('=').is_some_and(|(k, v)| {
-                        k.trim() == "name" && v.trim().trim_matches('"') == server.name
-                    })
-                })
-                .map(|i| (i + 1, text.lines().nth(i).unwrap_or_default().to_string()))
-        };
+    for (i, server) in settings.servers.iter().enumerate() {
+        let at = [key("servers"), Step::Index(i), key("name")];
         if !names.insert(server.name.clone()) {
-            problems.push(at(
-                path,
-                found(),
-                format!("two [[servers]] are named {:?}", server.name),
-            ));
+            problems
+                .push(source.problem(&at, format!("two [[servers]] are named {:?}", server.name)));
         }
         if let Err(e) = server.checked_patch(settings.ssh.default_max_concurrent_jobs) {
-            problems.push(at(path, found(), e.to_string()));
+            problems.push(source.problem(&at, e.to_string()));
         }
     }
     if problems.is_empty() {
@@ -367,5 +546,34 @@ mod tests {
             !secret[0].contains("c2VjcmV0") && secret[0].contains(":2:"),
             "{secret:?}"
         );
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_line_and_column_and_no_value() {
+        let found = run("[auth]\n  tokenz = [\"ops:hunter2-hunter2\"]\n\
+             [[servers]]\nname = \"a\"\nhostname = \"h\"\nuser = \"u\"\n\
+             pasword = \"hunter2\"\n")
+        .unwrap_err();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].contains(":2:3:") && found[0].contains("\"tokenz\""),
+            "{found:?}"
+        );
+        assert!(
+            found[1].contains(":7:1:") && found[1].contains("[[servers]] has no key \"pasword\""),
+            "{found:?}"
+        );
+        assert!(!found.concat().contains("hunter2"), "{found:?}");
+        // A wrong type names the key and what was expected, not the value.
+        let typed = run("[worker]\nconcurrency = \"hunter2\"\n").unwrap_err();
+        assert!(
+            typed[0].contains(":2:1:") && typed[0].contains("worker.concurrency"),
+            "{typed:?}"
+        );
+        assert!(!typed[0].contains("hunter2"), "{typed:?}");
+        // A syntax error says where, without the line's text.
+        let syntax = run("[db]\npassword = \"hunter2\n").unwrap_err();
+        assert!(syntax[0].contains(":2:"), "{syntax:?}");
+        assert!(!syntax[0].contains("hunter2"), "{syntax:?}");
     }
 }

@@ -4,12 +4,14 @@
 
 mod helpers;
 
+mod conformance;
 mod daemon;
 mod distributed;
 mod health;
 mod jobctl;
 mod jobs;
 mod library;
+mod logs;
 mod metrics;
 mod openapi;
 mod security;
