@@ -11,6 +11,7 @@ use super::auth::Caller;
 use super::{
     AppState, BadRequest, Conflict, InvalidField, JsonBody, NotFound, OptionalJsonBody,
     PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable, job_id, optional_id, page_limit,
+    refuse_empty,
 };
 use crate::domain::{FieldError, JobKind, JobRequest, JobStatus, Micros, OutputStream};
 use crate::engine::JobQuery;
@@ -283,7 +284,9 @@ fn statuses(raw: Option<&str>) -> Result<Vec<JobStatus>, ApiError> {
 pub async fn list_jobs(
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
+    req: actix_web::HttpRequest,
 ) -> Result<web::Json<JobList>, ApiError> {
+    refuse_empty(&req, &["status", "server_id", "limit", "cursor"])?;
     let q = query.into_inner();
     let query = JobQuery {
         statuses: statuses(q.status.as_deref())?,

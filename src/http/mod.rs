@@ -198,14 +198,25 @@ fn matches(pattern: &str, path: &str) -> bool {
     }
 }
 
-/// A request no route takes: 405 with the methods the path takes (`Allow`), or 404.
-pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let path = req.path().trim_end_matches('/');
-    let allowed: Vec<&str> = routes()
+/// The methods the route patterns that best match `path` take: of the patterns `path` is
+/// an instance of, those with the most literal segments (`/jobs/script` is not `/jobs/{id}`).
+fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let literal = |pattern: &str| pattern.split('/').filter(|s| !s.starts_with('{')).count();
+    let matching: Vec<&(Method, String)> = routes()
         .iter()
         .filter(|(_, pattern)| matches(pattern, path))
-        .map(|(method, _)| method.as_str())
         .collect();
+    let best = matching.iter().map(|(_, p)| literal(p)).max().unwrap_or(0);
+    matching
+        .into_iter()
+        .filter(|(_, p)| literal(p) == best)
+        .map(|(method, _)| method.as_str())
+        .collect()
+}
+
+/// A request no route takes: 405 with the methods the path takes (`Allow`), or 404.
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let allowed = allowed_methods(req.path().trim_end_matches('/'));
     if !allowed.is_empty() {
         let err = ApiError::MethodNotAllowed(format!(
             "{} is not allowed on {}",
@@ -224,6 +235,20 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
         req.method(),
         req.path()
     )))
+}
+
+/// Refuse a query parameter among `names` given with an empty value (`?server_id=`): an
+/// empty value is not a UUID, a number or a status, and must not pass for "absent".
+fn refuse_empty(req: &HttpRequest, names: &[&'static str]) -> Result<(), ApiError> {
+    for pair in req.query_string().split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if let Some(name) = names.iter().find(|n| **n == name)
+            && value.is_empty()
+        {
+            return Err(FieldError::new(*name, "must not be empty").into());
+        }
+    }
+    Ok(())
 }
 
 /// The job a path names; not a UUID: it names nothing (404).
@@ -281,6 +306,13 @@ mod tests {
         assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
         assert!(routes().len() >= 20, "{:?}", routes());
+    }
+
+    #[test]
+    fn a_literal_segment_beats_a_parameter() {
+        assert_eq!(allowed_methods("/api/v1/jobs/script"), vec!["POST"]);
+        assert_eq!(allowed_methods("/api/v1/jobs/x"), vec!["GET"]);
+        assert!(allowed_methods("/api/v1/nothing").is_empty());
     }
 
     #[test]
