@@ -1,19 +1,16 @@
 //! The OpenAPI document at `GET /api/v1/openapi.json` against the code that serves the API:
-//! the document and the router come from one registration (`http::register`);
-//! every documented operation answers on the live app; the token requirement it states is
-//! the one enforced; and real responses — successes, errors, stream events — have exactly
-//! the keys, types and enum values of their documented schemas.
+//! the document and the router come from one registration (`http::register`); every
+//! documented operation answers on the live app; the token requirement it states is the one
+//! enforced. That real responses match their schemas is schemathesis's to show
+//! (`conformance`), with every check.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
 
 use job_executor::http::API_PREFIX;
 use serde_json::{Value, json};
 
 use crate::db_test;
 use crate::helpers::{TestApp, TestDb};
-use crate::jobs::wait_done;
-use crate::stream::Sse;
 
 const SOME_ID: &str = "0195f2a4-3b7c-7d8e-9f00-112233445566";
 
@@ -76,119 +73,6 @@ fn refs(v: &Value, out: &mut Vec<String>) {
         }
         Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
         _ => {}
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-/// Whether `value` has exactly the shape `schema` documents: its type (and enum values),
-/// for an object every required key and no undocumented key, recursively.
-fn conform(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
-    let schema = resolve(doc, schema);
-    if let Some(alts) = schema.get("oneOf").and_then(Value::as_array) {
-        let mut errors = Vec::new();
-        for alt in alts {
-            match conform(doc, alt, value, at) {
-                Ok(()) => return Ok(()),
-                Err(e) => errors.push(e),
-            }
-        }
-        return Err(format!("{at}: matches no oneOf alternative: {errors:?}"));
-    }
-    if let Some(types) = schema.get("type") {
-        let allowed: Vec<&str> = match types {
-            Value::String(t) => vec![t.as_str()],
-            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
-            other => return Err(format!("{at}: odd type {other}")),
-        };
-        let k = kind(value);
-        let ok = allowed.contains(&k) || (k == "integer" && allowed.contains(&"number"));
-        if !ok {
-            return Err(format!("{at}: {value} is {k}, documented {allowed:?}"));
-        }
-    }
-    if let Some(values) = schema.get("enum").and_then(Value::as_array)
-        && !value.is_null()
-        && !values.contains(value)
-    {
-        return Err(format!("{at}: {value} is not one of {values:?}"));
-    }
-    match value {
-        Value::Object(map) => {
-            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-                for key in map.keys() {
-                    if !props.contains_key(key) {
-                        return Err(format!("{at}: key {key:?} is not documented"));
-                    }
-                }
-                for req in schema["required"].as_array().into_iter().flatten() {
-                    let req = req.as_str().unwrap_or_default();
-                    if !map.contains_key(req) {
-                        return Err(format!("{at}: documented as required, {req:?} is absent"));
-                    }
-                }
-                for (key, x) in map {
-                    conform(doc, &props[key], x, &format!("{at}.{key}"))?;
-                }
-            } else if let Some(extra) = schema.get("additionalProperties").filter(|s| s.is_object())
-            {
-                for (key, x) in map {
-                    conform(doc, extra, x, &format!("{at}.{key}"))?;
-                }
-            }
-        }
-        Value::Array(items) => {
-            if let Some(item_schema) = schema.get("items") {
-                for (i, x) in items.iter().enumerate() {
-                    conform(doc, item_schema, x, &format!("{at}[{i}]"))?;
-                }
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// The documented response of `method path` for `status` (panics if it is not documented).
-fn documented_response<'a>(doc: &'a Value, method: &str, path: &str, status: u16) -> &'a Value {
-    let op = &doc["paths"][path][method.to_lowercase()];
-    assert!(op.is_object(), "{method} {path} is not documented");
-    let resp = &op["responses"][status.to_string()];
-    assert!(
-        resp.is_object(),
-        "{method} {path} answered {status}, which its documentation does not list"
-    );
-    resolve(doc, resp)
-}
-
-/// Assert that a JSON response of `method path` matches its documentation.
-fn check(doc: &Value, method: &str, path: &str, status: u16, body: &Value) {
-    let resp = documented_response(doc, method, path, status);
-    let schema = &resp["content"]["application/json"]["schema"];
-    assert!(
-        schema.is_object(),
-        "{method} {path} {status} documents no JSON body: {resp}"
-    );
-    if let Err(e) = conform(doc, schema, body, "body") {
-        panic!("{method} {path} {status} does not match its schema: {e}\nbody: {body:#}");
-    }
-}
-
-/// Assert that a named component schema describes `value` (stream events).
-fn check_schema(doc: &Value, name: &str, value: &Value) {
-    let schema = json!({ "$ref": format!("#/components/schemas/{name}") });
-    if let Err(e) = conform(doc, &schema, value, name) {
-        panic!("{name} does not match: {e}\nvalue: {value:#}");
     }
 }
 
@@ -364,177 +248,9 @@ db_test!(
                     "{method} {path} is documented behind the token"
                 );
                 let body: Value = resp.json().await.unwrap();
-                check(&doc, &method, &path, 401, &body);
+                assert_eq!(body["code"], "unauthorized", "{method} {path}: {body}");
             }
         }
-        app.stop().await;
-    }
-);
-
-db_test!(
-    real_responses_match_their_documented_schemas,
-    |db: TestDb| async move {
-        let (app, _host, server) = TestApp::with_host(&db, &[]).await;
-        let doc = fetch(&app).await;
-        let bound = Duration::from_secs(30);
-
-        let (s, b) = app.get("/health").await;
-        check(&doc, "GET", "/health", s, &b);
-
-        // Servers.
-        let (s, b) = app.get(&format!("/api/v1/servers/{server}")).await;
-        check(&doc, "GET", "/api/v1/servers/{id}", s, &b);
-        let (s, b) = app.get("/api/v1/servers").await;
-        check(&doc, "GET", "/api/v1/servers", s, &b);
-        let (s, b) = app
-            .put(
-                &format!("/api/v1/servers/{server}"),
-                &json!({ "max_concurrent_jobs": 4 }),
-            )
-            .await;
-        check(&doc, "PUT", "/api/v1/servers/{id}", s, &b);
-        let (s, b) = app
-            .post(&format!("/api/v1/servers/{server}/test"), &json!({}))
-            .await;
-        assert_eq!(s, 200, "{b}");
-        check(&doc, "POST", "/api/v1/servers/{id}/test", s, &b);
-        let spare = json!({
-            "name": "spare", "hostname": "127.0.0.1", "port": 1, "user": "nobody",
-            "password": "not-a-real-password",
-        });
-        let (s, b) = app.post("/api/v1/servers", &spare).await;
-        check(&doc, "POST", "/api/v1/servers", s, &b);
-        let spare_id = b["id"].as_str().unwrap().to_string();
-        let (s, b) = app.post("/api/v1/servers", &spare).await;
-        assert_eq!(s, 409, "{b}");
-        check(&doc, "POST", "/api/v1/servers", s, &b);
-        let (s, b) = app
-            .post(&format!("/api/v1/servers/{spare_id}/test"), &json!({}))
-            .await;
-        assert_eq!((s, &b["ok"]), (200, &json!(false)), "{b}");
-        check(&doc, "POST", "/api/v1/servers/{id}/test", s, &b);
-        let (s, b) = app.delete(&format!("/api/v1/servers/{spare_id}")).await;
-        check(&doc, "DELETE", "/api/v1/servers/{id}", s, &b);
-
-        // A command job: submit, follow, read.
-        let job = json!({
-            "command": "printf 'out\\n'; printf 'err\\n' >&2; exit 3",
-            "server_id": server, "env": { "A": "1" }, "idempotency_key": "docs-1",
-        });
-        let (s, b) = app.post("/api/v1/jobs", &job).await;
-        assert_eq!(s, 201, "{b}");
-        check(&doc, "POST", "/api/v1/jobs", s, &b);
-        let id = b["id"].as_str().unwrap().to_string();
-        let (s, b) = app.post("/api/v1/jobs", &job).await;
-        assert_eq!(s, 200, "the same idempotency key: {b}");
-        check(&doc, "POST", "/api/v1/jobs", s, &b);
-        let done = wait_done(&app, &id, bound).await;
-        assert_eq!(done["status"], "failed", "{done}");
-        let (s, b) = app.get(&format!("/api/v1/jobs/{id}")).await;
-        check(&doc, "GET", "/api/v1/jobs/{id}", s, &b);
-        let (s, b) = app.get(&format!("/api/v1/jobs/{id}/logs")).await;
-        assert!(b.is_object(), "{b}");
-        check(&doc, "GET", "/api/v1/jobs/{id}/logs", s, &b);
-        let (s, b) = app
-            .get(&format!("/api/v1/jobs/{id}/logs?format=chunks"))
-            .await;
-        assert!(b.as_array().is_some_and(|a| !a.is_empty()), "{b}");
-        check(&doc, "GET", "/api/v1/jobs/{id}/logs", s, &b);
-        let (s, b) = app.get(&format!("/api/v1/jobs/{id}/logs?format=xml")).await;
-        assert_eq!(s, 422, "{b}");
-        check(&doc, "GET", "/api/v1/jobs/{id}/logs", s, &b);
-        for (which, text) in [("stdout", "out\n"), ("stderr", "err\n")] {
-            let path = format!("/api/v1/jobs/{{id}}/{which}");
-            let resp = app
-                .client
-                .get(app.url(&format!("/api/v1/jobs/{id}/{which}")))
-                .send()
-                .await
-                .unwrap();
-            let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
-            let documented = documented_response(&doc, "GET", &path, 200);
-            assert!(
-                documented["content"]
-                    .as_object()
-                    .unwrap()
-                    .keys()
-                    .any(|k| ctype.starts_with(k.as_str())),
-                "{path}: served as {ctype}, documented {documented}"
-            );
-            assert_eq!(resp.text().await.unwrap(), text);
-        }
-
-        // The stream of the finished job: status, output…, complete.
-        let documented = documented_response(&doc, "GET", "/api/v1/jobs/{id}/stream", 200);
-        assert!(
-            documented["content"]["text/event-stream"].is_object(),
-            "{documented}"
-        );
-        let events = Sse::open(&app, &id, None).await.collect().await;
-        assert!(events.len() >= 4, "{events:?}");
-        for e in &events {
-            match e.kind.as_str() {
-                "status" | "complete" => check_schema(&doc, "JobView", &e.data),
-                "output" => check_schema(&doc, "OutputEvent", &e.data),
-                other => panic!("undocumented event type {other:?}"),
-            }
-        }
-
-        // The list, a duplicate, a script job canceled while it runs.
-        let (s, b) = app.get("/api/v1/jobs?limit=10").await;
-        check(&doc, "GET", "/api/v1/jobs", s, &b);
-        let (s, b) = app
-            .post(
-                &format!("/api/v1/jobs/{id}/duplicate"),
-                &json!({ "timeout": 60 }),
-            )
-            .await;
-        assert_eq!(s, 201, "{b}");
-        check(&doc, "POST", "/api/v1/jobs/{id}/duplicate", s, &b);
-        let (s, b) = app
-            .post(
-                "/api/v1/jobs/script",
-                &json!({ "script": "sleep 30", "server_id": server }),
-            )
-            .await;
-        assert_eq!(s, 201, "{b}");
-        check(&doc, "POST", "/api/v1/jobs/script", s, &b);
-        let sleeper = b["id"].as_str().unwrap().to_string();
-        let (s, b) = app
-            .post(&format!("/api/v1/jobs/{sleeper}/cancel"), &json!({}))
-            .await;
-        assert_eq!(s, 200, "{b}");
-        check(&doc, "POST", "/api/v1/jobs/{id}/cancel", s, &b);
-        let (s, b) = app
-            .post(&format!("/api/v1/jobs/{id}/cancel"), &json!({}))
-            .await;
-        assert_eq!(s, 409, "{b}");
-        check(&doc, "POST", "/api/v1/jobs/{id}/cancel", s, &b);
-
-        // Errors: 400, 404, 422 (with its field).
-        let (s, b) = app
-            .raw(reqwest::Method::POST, "/api/v1/jobs", b"{not json".to_vec())
-            .await;
-        assert_eq!(s, 400, "{b}");
-        check(&doc, "POST", "/api/v1/jobs", s, &b);
-        let (s, b) = app
-            .post(
-                "/api/v1/jobs",
-                &json!({ "command": "", "server_id": server }),
-            )
-            .await;
-        assert_eq!((s, &b["field"]), (422, &json!("command")), "{b}");
-        check(&doc, "POST", "/api/v1/jobs", s, &b);
-        let (s, b) = app.get(&format!("/api/v1/jobs/{SOME_ID}")).await;
-        assert_eq!(s, 404, "{b}");
-        check(&doc, "GET", "/api/v1/jobs/{id}", s, &b);
-
-        // The audit log of all that.
-        let (s, b) = app.get("/api/v1/audit?limit=50").await;
-        assert!(b["entries"].as_array().is_some_and(|a| a.len() >= 5), "{b}");
-        check(&doc, "GET", "/api/v1/audit", s, &b);
-
-        wait_done(&app, &sleeper, bound).await;
         app.stop().await;
     }
 );
