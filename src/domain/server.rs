@@ -123,14 +123,24 @@ impl fmt::Debug for ServerSecrets {
 /// omitted fields keep their value. The secrets are write-only: no response contains them.
 #[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 pub struct ServerPatch {
-    /// Unique name.
+    /// Unique name: not blank, at most 128 characters.
+    #[schema(
+        max_length = 128,
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
     pub name: Option<String>,
-    /// Host name or address.
+    /// Host name (letters, digits, `-`, `.`, `_`) or IP address.
+    #[schema(max_length = 253, pattern = "^[A-Za-z0-9._-]+$")]
     pub hostname: Option<String>,
-    /// TCP port, 1–65535 (kept wide here so an out-of-range value gets a clear 422).
+    /// TCP port, 1–65535 (kept wide here so an out-of-range value gets a clear 422). A whole
+    /// number (`22` or `22.0`).
+    #[serde(default, deserialize_with = "super::spec::whole_number")]
     #[schema(default = 22, minimum = 1, maximum = 65535)]
     pub port: Option<i64>,
-    /// Login user.
+    /// Login user: at most 64 characters, no spaces or control characters.
+    #[schema(
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]{1,64}$"
+    )]
     pub user: Option<String>,
     /// `password` or `key`.
     #[schema(value_type = Option<AuthType>)]
@@ -154,9 +164,60 @@ pub struct ServerPatch {
     /// `tofu` or `off`.
     #[schema(value_type = Option<HostKeyCheck>)]
     pub host_key_check: Option<String>,
-    /// How many jobs may run on it at once.
+    /// How many jobs may run on it at once. A whole number (`4` or `4.0`).
+    #[serde(default, deserialize_with = "super::spec::whole_number")]
     #[schema(minimum = 1, maximum = 10000)]
     pub max_concurrent_jobs: Option<i64>,
+}
+
+/// The body of `POST /servers` as the document should state it (the handler reads a
+/// [`ServerPatch`] and [`ServerDraft::create`] applies these rules): `name`, `hostname` and
+/// `user` are required, and the credential of `auth_type`: `password` for `password`, a
+/// private key that decodes (`private_key`, or its synonym `pem_file`, not both) for `key`.
+/// `auth_type` may be left out when only one credential is sent.
+#[allow(dead_code)] // documentation only: no value of it is ever made
+#[derive(utoipa::ToSchema)]
+pub struct ServerCreate {
+    /// Unique name: not blank, at most 128 characters.
+    #[schema(
+        max_length = 128,
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
+    name: String,
+    /// Host name (letters, digits, `-`, `.`, `_`) or IP address.
+    #[schema(max_length = 253, pattern = "^[A-Za-z0-9._-]+$")]
+    hostname: String,
+    /// TCP port, 1–65535.
+    #[schema(default = 22, minimum = 1, maximum = 65535)]
+    port: Option<i64>,
+    /// Login user: at most 64 characters, no spaces or control characters.
+    #[schema(
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]{1,64}$"
+    )]
+    user: String,
+    /// `password` or `key`.
+    auth_type: Option<AuthType>,
+    /// Write-only password (required for `password`).
+    #[schema(write_only, min_length = 1)]
+    password: Option<String>,
+    /// Write-only private key text, OpenSSH or PEM (required for `key`).
+    #[schema(write_only, min_length = 1)]
+    private_key: Option<String>,
+    /// The seed's clients send the key as `pem_file`: a synonym of `private_key`.
+    #[schema(write_only)]
+    pem_file: Option<String>,
+    /// Write-only passphrase of the private key.
+    #[schema(write_only)]
+    private_key_passphrase: Option<String>,
+    /// Whether jobs may run on it.
+    is_active: Option<bool>,
+    /// Pinned host key: `SHA256:` fingerprint or an OpenSSH public key line.
+    host_key: Option<String>,
+    /// `tofu` or `off`.
+    host_key_check: Option<HostKeyCheck>,
+    /// How many jobs may run on it at once.
+    #[schema(minimum = 1, maximum = 10000)]
+    max_concurrent_jobs: Option<i64>,
 }
 
 /// A complete, validated server (without its id and timestamps).
@@ -302,18 +363,18 @@ impl ServerDraft {
     }
 
     fn validate(&self) -> Result<(), FieldError> {
-        let name = self.name.trim();
-        if name.is_empty() {
+        if self.name.trim().is_empty() {
             return Err(FieldError::new("name", "must not be empty"));
         }
-        if name.len() > 128 {
+        // Characters, as the document's maxLength counts them.
+        if self.name.chars().count() > 128 {
             return Err(FieldError::new("name", "is longer than 128 characters"));
         }
         validate_hostname(&self.hostname)?;
         if self.user.trim().is_empty() {
             return Err(FieldError::new("user", "must not be empty"));
         }
-        if self.user.len() > 64
+        if self.user.chars().count() > 64
             || self
                 .user
                 .chars()

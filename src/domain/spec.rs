@@ -8,28 +8,196 @@ use super::{FieldError, JobKind};
 ///
 /// A command job needs `command` and takes no `script` or `shell`; a script job needs
 /// `script` and takes no `command`.
+///
+/// The schema states what validation checks whatever the route: no NUL byte in a string the
+/// job runs with, `env` names and count, the lengths (in characters) of `cwd` and
+/// `idempotency_key`, the range of `timeout` (its maximum is the default
+/// `jobs.max_timeout_secs`; a service configured lower refuses more).
 #[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 pub struct JobRequest {
-    /// Command jobs: the program (the seed's `command`).
+    /// Command jobs: the program (the seed's `command`): not blank, no NUL byte.
+    #[schema(
+        pattern = "^[^\\u0000]*[^\\u0000\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000]*$"
+    )]
     pub command: Option<String>,
-    /// Script jobs: the script text.
+    /// Script jobs: the script text, not blank.
+    #[schema(
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
     pub script: Option<String>,
     /// Arguments: appended to the command line, or the script's `$1…`.
+    #[schema(pattern = "^[^\\u0000]*$")]
     pub args: Option<String>,
     /// Target server id; omitted means the default server, when one is configured.
+    #[schema(format = Uuid)]
     pub server_id: Option<String>,
-    /// Seconds before the job is stopped and ends `timed_out`.
+    /// Seconds before the job is stopped and ends `timed_out`; 0 or omitted: the default
+    /// (`jobs.default_timeout_secs`). A whole number (`60` or `60.0`).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 0, maximum = 604800)]
     pub timeout: Option<i64>,
     /// Script jobs: the interpreter (absolute path); default `/bin/bash`.
+    #[schema(pattern = "^/[A-Za-z0-9/._+-]{0,255}$")]
     pub shell: Option<String>,
     /// Environment variables for the remote command (names `[A-Za-z_][A-Za-z0-9_]*`).
+    #[schema(schema_with = env_schema)]
     pub env: Option<BTreeMap<String, String>>,
     /// Working directory on the remote host.
+    #[schema(max_length = 4096, pattern = "^[^\\u0000]*$")]
     pub cwd: Option<String>,
     /// A second submit with the same key returns the first job.
+    #[schema(max_length = 256)]
     pub idempotency_key: Option<String>,
     /// Whether the job may be re-run when its worker is lost mid-run (off by default).
     pub retry_safe: Option<bool>,
+}
+
+/// The body of `POST /jobs` as the document should state it (the handler reads a
+/// [`JobRequest`], and [`JobSpec::from_request`] applies these rules): `command` is required;
+/// `script` and `shell` belong to script jobs and are refused here.
+#[allow(dead_code)] // documentation only: no value of it is ever made
+#[derive(utoipa::ToSchema)]
+pub struct CommandJobRequest {
+    /// The program (the seed's `command`): not blank, no NUL byte.
+    #[schema(
+        pattern = "^[^\\u0000]*[^\\u0000\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000]*$"
+    )]
+    command: String,
+    /// Arguments, appended to the command line.
+    #[schema(pattern = "^[^\\u0000]*$")]
+    args: Option<String>,
+    /// Target server id; omitted means the default server, when one is configured.
+    #[schema(format = Uuid)]
+    server_id: Option<String>,
+    /// Seconds before the job is stopped and ends `timed_out`; 0 or omitted: the default.
+    #[schema(minimum = 0, maximum = 604800)]
+    timeout: Option<i64>,
+    /// Environment variables for the remote command (names `[A-Za-z_][A-Za-z0-9_]*`).
+    #[schema(schema_with = env_schema)]
+    env: Option<BTreeMap<String, String>>,
+    /// Working directory on the remote host.
+    #[schema(max_length = 4096, pattern = "^[^\\u0000]*$")]
+    cwd: Option<String>,
+    /// A second submit with the same key returns the first job.
+    #[schema(max_length = 256)]
+    idempotency_key: Option<String>,
+    /// Whether the job may be re-run when its worker is lost mid-run (off by default).
+    retry_safe: Option<bool>,
+}
+
+/// The body of `POST /jobs/script` as the document should state it (the handler reads a
+/// [`JobRequest`]): `script` is required; `command` belongs to command jobs and is refused.
+#[allow(dead_code)] // documentation only: no value of it is ever made
+#[derive(utoipa::ToSchema)]
+pub struct ScriptJobRequest {
+    /// The script text, not blank.
+    #[schema(
+        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
+    script: String,
+    /// The script's `$1…`.
+    #[schema(pattern = "^[^\\u0000]*$")]
+    args: Option<String>,
+    /// The interpreter (absolute path); default `/bin/bash`.
+    #[schema(pattern = "^/[A-Za-z0-9/._+-]{0,255}$")]
+    shell: Option<String>,
+    /// Target server id; omitted means the default server, when one is configured.
+    #[schema(format = Uuid)]
+    server_id: Option<String>,
+    /// Seconds before the job is stopped and ends `timed_out`; 0 or omitted: the default.
+    #[schema(minimum = 0, maximum = 604800)]
+    timeout: Option<i64>,
+    /// Environment variables for the remote command (names `[A-Za-z_][A-Za-z0-9_]*`).
+    #[schema(schema_with = env_schema)]
+    env: Option<BTreeMap<String, String>>,
+    /// Working directory on the remote host.
+    #[schema(max_length = 4096, pattern = "^[^\\u0000]*$")]
+    cwd: Option<String>,
+    /// A second submit with the same key returns the first job.
+    #[schema(max_length = 256)]
+    idempotency_key: Option<String>,
+    /// Whether the job may be re-run when its worker is lost mid-run (off by default).
+    retry_safe: Option<bool>,
+}
+
+/// Most `env` entries the schema states: the default `jobs.max_env_entries`.
+const DOCUMENTED_MAX_ENV_ENTRIES: usize = 128;
+
+/// The schema of `env`: an object of strings without NUL bytes, its names variable names.
+fn env_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    use utoipa::openapi::{RefOr, Schema};
+    let value = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^[^\\u0000]*$"))
+        .build();
+    let name = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^[A-Za-z_][A-Za-z0-9_]*$"))
+        .build();
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::Object,
+            Type::Null,
+        ]))
+        .description(Some(
+            "Environment variables for the remote command (names `[A-Za-z_][A-Za-z0-9_]*`).",
+        ))
+        .additional_properties(Some(AdditionalProperties::RefOr(RefOr::T(Schema::Object(
+            value,
+        )))))
+        .property_names(Some(name))
+        .max_properties(Some(DOCUMENTED_MAX_ENV_ENTRIES))
+        .build()
+}
+
+/// Deserialize an optional integer written as a JSON integer or as a float with no
+/// fractional part (`60.0`): JSON Schema counts both as an `integer`, so both are accepted.
+/// `1.5` is refused, and the 422 names the field.
+pub(crate) fn whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
+    struct Whole;
+    impl<'de> serde::de::Visitor<'de> for Whole {
+        type Value = Option<i64>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an integer")
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            i64::try_from(v)
+                .map(Some)
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            // i64::MAX as f64 is 2^63, itself out of range: hence `<`.
+            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+            if v.fract() == 0.0 && v >= i64::MIN as f64 && v < i64::MAX as f64 {
+                Ok(Some(v as i64))
+            } else {
+                Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+    deserializer.deserialize_option(Whole)
 }
 
 /// Bounds that validation enforces, from settings.
@@ -203,12 +371,15 @@ impl JobSpec {
         let cwd = req.cwd.filter(|c| !c.is_empty());
         if cwd
             .as_ref()
-            .is_some_and(|c| c.contains('\0') || c.len() > 4096)
+            .is_some_and(|c| c.contains('\0') || c.chars().count() > 4096)
         {
             return Err(FieldError::new("cwd", "is too long or contains NUL bytes"));
         }
         let idempotency_key = req.idempotency_key.filter(|k| !k.is_empty());
-        if idempotency_key.as_ref().is_some_and(|k| k.len() > 256) {
+        if idempotency_key
+            .as_ref()
+            .is_some_and(|k| k.chars().count() > 256)
+        {
             return Err(FieldError::new(
                 "idempotency_key",
                 "is longer than 256 characters",
@@ -292,6 +463,60 @@ mod tests {
         for (res, field) in cases {
             assert_eq!(res.unwrap_err().field, field);
         }
+    }
+
+    #[test]
+    fn the_per_route_schemas_require_what_validation_requires() {
+        use utoipa::PartialSchema;
+        let json = |s| serde_json::to_value(s).unwrap();
+        let command = json(CommandJobRequest::schema());
+        assert_eq!(
+            command["required"],
+            serde_json::json!(["command"]),
+            "{command}"
+        );
+        assert!(command["properties"].get("script").is_none());
+        let script = json(ScriptJobRequest::schema());
+        assert_eq!(
+            script["required"],
+            serde_json::json!(["script"]),
+            "{script}"
+        );
+        assert!(script["properties"].get("command").is_none());
+        let env = &json(JobRequest::schema())["properties"]["env"];
+        assert_eq!(env["propertyNames"]["pattern"], "^[A-Za-z_][A-Za-z0-9_]*$");
+        assert_eq!(env["maxProperties"], 128);
+        let create = json(crate::domain::server::ServerCreate::schema());
+        assert_eq!(
+            create["required"],
+            serde_json::json!(["name", "hostname", "user"]),
+            "{create}"
+        );
+    }
+
+    #[test]
+    fn whole_floats_are_integers() {
+        let parse = |body: &str| serde_json::from_str::<JobRequest>(body).map(|r| r.timeout);
+        assert_eq!(parse(r#"{"timeout": 60}"#).unwrap(), Some(60));
+        assert_eq!(parse(r#"{"timeout": 60.0}"#).unwrap(), Some(60));
+        assert_eq!(parse(r#"{"timeout": -5.0}"#).unwrap(), Some(-5));
+        assert_eq!(parse(r#"{"timeout": null}"#).unwrap(), None);
+        assert_eq!(parse(r#"{}"#).unwrap(), None);
+        for bad in [
+            r#"{"timeout": 1.5}"#,
+            r#"{"timeout": 1e300}"#,
+            r#"{"timeout": "60"}"#,
+            r#"{"timeout": 18446744073709551615}"#,
+        ] {
+            let err = serde_path_to_error::deserialize::<_, JobRequest>(
+                &mut serde_json::Deserializer::from_str(bad),
+            )
+            .unwrap_err();
+            assert_eq!(err.path().to_string(), "timeout", "{bad}");
+        }
+        let patch: crate::domain::ServerPatch =
+            serde_json::from_str(r#"{"port": 22.0, "max_concurrent_jobs": 4.0}"#).unwrap();
+        assert_eq!((patch.port, patch.max_concurrent_jobs), (Some(22), Some(4)));
     }
 
     #[test]

@@ -25,7 +25,7 @@ const TOKEN: &str = "conformance-token-0123456789abcdef";
 
 /// Examples per operation and phase: enough to find the classes of failure, small enough to
 /// stay within a few minutes on two cores.
-const MAX_EXAMPLES: &str = "20";
+const MAX_EXAMPLES: &str = "100";
 /// Fixed, so a failure found once is found again.
 const SEED: &str = "20261201";
 /// Wall-clock bound of the whole schemathesis run.
@@ -126,8 +126,9 @@ async fn schemathesis_finds_no_failure() {
         .await;
     assert_eq!(status, 200, "{body}");
 
-    // Jobs are submitted to the first server (the others are there to be listed, updated
-    // and deleted); the connection test targets the second.
+    // Jobs are submitted to the first server, which nothing else names; the connection test
+    // and updates go to the second, deletions to the third. (Other operations on
+    // `/servers/{id}` still get generated ids, and `GET /servers/{id}` the 404 path.)
     let config = dir.path().join("schemathesis.toml");
     std::fs::write(
         &config,
@@ -138,9 +139,18 @@ async fn schemathesis_finds_no_failure() {
              parameters = {{ \"body.server_id\" = \"{a}\" }}\n\n\
              [[operations]]\n\
              include-path = \"/api/v1/servers/{{id}}/test\"\n\
-             parameters = {{ \"path.id\" = \"{b}\" }}\n",
+             parameters = {{ \"path.id\" = \"{b}\" }}\n\n\
+             [[operations]]\n\
+             include-path = \"/api/v1/servers/{{id}}\"\n\
+             include-method = \"PUT\"\n\
+             parameters = {{ \"path.id\" = \"{b}\" }}\n\n\
+             [[operations]]\n\
+             include-path = \"/api/v1/servers/{{id}}\"\n\
+             include-method = \"DELETE\"\n\
+             parameters = {{ \"path.id\" = \"{c}\" }}\n",
             a = servers[0],
             b = servers[1],
+            c = servers[2],
         ),
     )
     .unwrap();
