@@ -231,7 +231,10 @@ async fn announce(state: &AppState, row: &JobRow) {
             tracing::warn!(job_id = %row.id, error = %e, "job stays queued until the broker is back (outbox)");
             // A worker in this process (serve) can take it at once; others poll the database.
             if let Some(d) = &state.dispatcher {
-                d.do_send(crate::actors::messages::Delivery(row.id.clone(), None));
+                d.do_send(crate::actors::messages::Delivery {
+                    job_id: row.id.clone(),
+                    ack: None,
+                });
             }
         }
     }
