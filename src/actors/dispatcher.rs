@@ -1,26 +1,34 @@
 //! `Dispatcher`: one per process, the only bridge between the queue and the job actors.
 //!
-//! For each delivery: read the job; wait (FIFO) for a slot on its server and in this worker;
-//! claim it with one conditional update (only the winner runs it); start its `JobActor`.
-//! A job waiting for a slot stays `queued`. A heartbeat renews the leases of running jobs,
-//! picks up cancels requested through the database, and fails jobs whose worker was lost.
+//! Owns the jobs running in this process (their actors, their worker slots), the deliveries
+//! in hand, and one `HostActor` per server. For each delivery: read the job; wait (FIFO) for
+//! a slot on its server and in this worker; claim it with one conditional update (only the
+//! winner runs it); start its `JobActor`. A job waiting for a slot stays `queued`. A
+//! heartbeat renews the leases of running jobs, picks up cancels requested through the
+//! database, and fails jobs whose worker was lost.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use tokio::sync::Semaphore;
+use futures::FutureExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use super::host::{HostActor, PoolLimits};
+use super::host::{self, HostActor, PoolLimits};
 use super::job::{JobActor, JobDeps};
-use super::messages::{AcquireSlot, CancelJob, Delivery, Drain, JobEnded, StopReason};
+use super::messages::{
+    AcquireSlot, CancelJob, Delivery, Drain, HostError, JobEnded, RemoteCancel, StopReason,
+};
 use crate::domain::Micros;
 use crate::events::JobEvent;
-use crate::queue::JobQueue;
+use crate::queue::{Ack, JobQueue};
 use crate::settings::Settings;
 use crate::ssh::SshOptions;
+use crate::store::{JobRow, Store};
 
 /// The dispatcher of one process.
 pub struct Dispatcher {
@@ -30,14 +38,35 @@ pub struct Dispatcher {
     worker_id: String,
     runs_jobs: bool,
     hosts: HashMap<String, Addr<HostActor>>,
-    running: HashMap<String, Addr<JobActor>>,
-    running_count: Arc<std::sync::atomic::AtomicUsize>,
-    pending: std::collections::HashSet<String>,
+    running: HashMap<String, Running>,
+    /// Deliveries in hand: read, waiting for slots, or being claimed.
+    pending: HashSet<String>,
     broker: Option<Arc<crate::queue::rabbit::RabbitBroker>>,
-    worker_slots_held: HashMap<String, tokio::sync::OwnedSemaphorePermit>,
+    /// This worker's run slots (`worker.concurrency`). A semaphore: a delivery waits for a
+    /// permit away from the actor, and the permit stays with the job until it ends.
     slots: Arc<Semaphore>,
+    /// The parent of every job's token.
     token: CancellationToken,
+    /// Counts the running jobs, so that `Drain` can wait for the last one to end.
+    tracker: TaskTracker,
     draining: bool,
+}
+
+/// A job running here.
+struct Running {
+    actor: Addr<JobActor>,
+    /// This worker's slot, held until the job ends.
+    _worker_slot: OwnedSemaphorePermit,
+    /// Counts the job in [`Dispatcher::tracker`] until it ends.
+    _tracked: TaskTrackerToken,
+}
+
+/// A job this worker won, with the slots it runs in.
+struct Claimed {
+    row: JobRow,
+    host: Addr<HostActor>,
+    host_slot: OwnedSemaphorePermit,
+    worker_slot: OwnedSemaphorePermit,
 }
 
 impl Dispatcher {
@@ -58,12 +87,11 @@ impl Dispatcher {
             runs_jobs,
             hosts: HashMap::new(),
             running: HashMap::new(),
-            running_count: Arc::default(),
-            pending: Default::default(),
+            pending: HashSet::new(),
             broker: None,
-            worker_slots_held: HashMap::new(),
             slots,
             token: CancellationToken::new(),
+            tracker: TaskTracker::new(),
             draining: false,
         }
     }
@@ -85,8 +113,8 @@ impl Dispatcher {
             async move { store.queued_job_ids(200).await.unwrap_or_default() }
                 .into_actor(self)
                 .map(|ids, _, ctx| {
-                    for id in ids {
-                        ctx.notify(Delivery(id, None));
+                    for job_id in ids {
+                        ctx.notify(Delivery { job_id, ack: None });
                     }
                 }),
         );
@@ -121,8 +149,7 @@ impl Dispatcher {
         let events = self.deps.events.clone();
         let worker = self.worker_id.clone();
         let ids: Vec<String> = self.running.keys().cloned().collect();
-        let lease = Duration::from_secs(self.settings.worker.lease_secs.max(1));
-        let until = Micros(Micros::now().0 + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
+        let until = lease_until(self.lease());
         ctx.spawn(
             async move {
                 let cancels = match store.renew_leases(worker, ids, until).await {
@@ -166,8 +193,8 @@ impl Dispatcher {
             .into_actor(self)
             .map(|cancels, act, _| {
                 for id in cancels {
-                    if let Some(addr) = act.running.get(&id) {
-                        addr.do_send(CancelJob {
+                    if let Some(job) = act.running.get(&id) {
+                        job.actor.do_send(CancelJob {
                             job_id: id,
                             reason: StopReason::Canceled,
                         });
@@ -182,25 +209,22 @@ impl Dispatcher {
 /// that job's: see [`crate::ssh::exec::kill_orphan_group`]). Over a connection of its own, so
 /// any process (an api too) can do it.
 async fn kill_lost_group(
-    store: crate::store::Store,
+    store: Store,
     opts: SshOptions,
     job: crate::store::LostJob,
     pgid: i64,
     grace: Duration,
 ) {
+    let Ok(server_id) = uuid::Uuid::parse_str(&job.server_id) else {
+        tracing::warn!(job_id = %job.id, server_id = %job.server_id, "cannot stop the lost worker's remote processes: the server id is not a UUID");
+        return;
+    };
     let work = async {
-        let id = uuid::Uuid::parse_str(&job.server_id).map_err(|e| e.to_string())?;
-        let row = store.get_server(id).await.map_err(|e| e.to_string())?;
-        let draft = store.open_server(&row).map_err(|e| e.to_string())?;
-        let target = crate::ssh::SshTarget::from_server(&draft).map_err(|e| e.to_string())?;
-        let conn = crate::ssh::connect(&target, &opts)
-            .await
-            .map_err(|e| e.to_string())?;
-        let done = crate::ssh::exec::kill_orphan_group(&conn.client, pgid, &job.id, grace)
-            .await
-            .map_err(|e| e.to_string());
+        let (_, _, target) = host::server_target(&store, server_id).await?;
+        let conn = crate::ssh::connect(&target, &opts).await?;
+        let done = crate::ssh::exec::kill_orphan_group(&conn.client, pgid, &job.id, grace).await;
         let _ = conn.client.disconnect().await;
-        done
+        Ok::<(), HostError>(done?)
     };
     match work.await {
         Ok(()) => {
@@ -238,13 +262,14 @@ fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::queue::Delivered>,
 ) -> impl futures::Stream<Item = Delivery> {
     futures::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-            .map(|o| o.map(|d| Delivery(d.job_id, d.ack)))
+        rx.poll_recv(cx).map(|o| {
+            o.map(|d| Delivery {
+                job_id: d.job_id,
+                ack: d.ack,
+            })
+        })
     })
 }
-
-/// A cancel from another process.
-struct RemoteCancel(String);
 
 fn control_stream(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::queue::rabbit::ControlMsg>,
@@ -252,16 +277,16 @@ fn control_stream(
     futures::stream::poll_fn(move |cx| {
         rx.poll_recv(cx).map(|o| {
             o.map(|m| match m {
-                crate::queue::rabbit::ControlMsg::Cancel { job_id } => RemoteCancel(job_id),
+                crate::queue::rabbit::ControlMsg::Cancel { job_id } => RemoteCancel { job_id },
             })
         })
     })
 }
 
 impl StreamHandler<RemoteCancel> for Dispatcher {
-    fn handle(&mut self, RemoteCancel(job_id): RemoteCancel, _: &mut Self::Context) {
-        if let Some(addr) = self.running.get(&job_id) {
-            addr.do_send(CancelJob {
+    fn handle(&mut self, RemoteCancel { job_id }: RemoteCancel, _: &mut Self::Context) {
+        if let Some(job) = self.running.get(&job_id) {
+            job.actor.do_send(CancelJob {
                 job_id,
                 reason: StopReason::Canceled,
             });
@@ -282,115 +307,136 @@ impl StreamHandler<Delivery> for Dispatcher {
 impl Handler<Delivery> for Dispatcher {
     type Result = ();
 
-    fn handle(&mut self, Delivery(job_id, ack): Delivery, ctx: &mut Self::Context) {
-        let ack = move || async move {
-            if let Some(ack) = ack {
-                ack().await;
-            }
-        };
+    /// Read the job; wait (FIFO) for a slot on its server, then in this worker; claim it;
+    /// acknowledge the delivery; start the job's actor.
+    fn handle(&mut self, Delivery { job_id, ack }: Delivery, ctx: &mut Self::Context) {
         if self.draining
             || !self.runs_jobs
             || self.running.contains_key(&job_id)
             || !self.pending.insert(job_id.clone())
         {
             // Not for us now, or already in hand: the row stays the truth either way.
-            ctx.spawn(ack().into_actor(self));
+            ctx.spawn(acknowledge(ack).into_actor(self));
             return;
         }
-        let store = self.deps.store.clone();
-        let id = job_id.clone();
+        let read = read_queued(self.deps.store.clone(), job_id.clone());
         ctx.spawn(
-            async move {
-                let (row, max) = store.queued_job_with_cap(id).await.ok()??;
-                Some((row, usize::try_from(max).unwrap_or(1)))
-            }
-            .into_actor(self)
-            .then(move |found, act, _| {
-                let host = found
-                    .as_ref()
-                    .and_then(|(row, max)| act.host(&row.server_id, *max));
-                let slots = act.slots.clone();
-                let store = act.deps.store.clone();
-                let worker = act.worker_id.clone();
-                let lease = Duration::from_secs(act.settings.worker.lease_secs.max(1));
-                let events = act.deps.events.clone();
-                async move {
-                    let (row, max_jobs) = found?;
-                    let host = host?;
-                    // The server's slot first: a job waiting for a busy server must not hold
-                    // one of this worker's slots meanwhile.
-                    let host_slot = host
-                        .send(AcquireSlot {
-                            max_jobs,
-                            job_id: row.id.clone(),
-                        })
-                        .await
-                        .ok()?
-                        .ok()?;
-                    let worker_slot = slots.acquire_owned().await.ok()?;
-                    let until = Micros(
-                        Micros::now().0 + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX),
-                    );
-                    match store.claim_job(row.id.clone(), worker, until).await {
-                        Ok(Some(claimed)) => {
-                            events.publish(JobEvent::Status(Arc::new(claimed.clone())));
-                            Some((claimed, host, host_slot, worker_slot))
-                        }
-                        Ok(None) => None,
-                        Err(e) => {
-                            tracing::warn!(job_id = %row.id, error = %e, "claim failed");
-                            None
-                        }
-                    }
-                }
-                .into_actor(act)
-            })
-            .then(move |claimed, act, _| {
+            read.into_actor(self)
+                .then(|queued, act, _| act.wait_and_claim(queued).into_actor(act))
                 // The claim is committed (or lost) before the delivery is acknowledged.
-                let id = job_id.clone();
-                async move {
-                    ack().await;
-                    claimed
-                }
-                .into_actor(act)
-                .map(move |claimed, act, _| {
-                    act.pending.remove(&id);
-                    claimed
-                })
-            })
-            .map(|claimed, act, ctx| {
-                let Some((row, host, host_slot, worker_slot)) = claimed else {
-                    return;
-                };
-                let id = row.id.clone();
-                tracing::info!(job_id = %id, server_id = %row.server_id, "job started");
-                let actor = JobActor::new(
-                    row,
-                    act.deps.clone(),
-                    host,
-                    ctx.address().recipient(),
-                    &act.token,
-                    host_slot,
-                )
-                .start();
-                act.running.insert(id.clone(), actor);
-                act.running_count
-                    .store(act.running.len(), std::sync::atomic::Ordering::Release);
-                // The worker slot is held until the job ends.
-                act.worker_slots_held.insert(id, worker_slot);
-            }),
+                .then(|claimed, act, _| acknowledge(ack).map(|()| claimed).into_actor(act))
+                .map(move |claimed, act, ctx| {
+                    act.pending.remove(&job_id);
+                    if let Some(claimed) = claimed {
+                        act.start(claimed, ctx);
+                    }
+                }),
         );
+    }
+}
+
+/// The job, if it is still queued, and its server's `max_concurrent_jobs`.
+async fn read_queued(store: Store, job_id: String) -> Option<(JobRow, usize)> {
+    let (row, max_jobs) = store.queued_job_with_cap(job_id).await.ok()??;
+    Some((row, usize::try_from(max_jobs).unwrap_or(1)))
+}
+
+async fn acknowledge(ack: Option<Ack>) {
+    if let Some(ack) = ack {
+        ack().await;
+    }
+}
+
+/// A lease that runs `lease` from now.
+fn lease_until(lease: Duration) -> Micros {
+    Micros(Micros::now().0 + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX))
+}
+
+impl Dispatcher {
+    fn lease(&self) -> Duration {
+        Duration::from_secs(self.settings.worker.lease_secs.max(1))
+    }
+
+    /// Wait for a slot on the job's server, then for one in this worker, and claim the job.
+    /// `None` when it was not queued any more, its host is gone, or another worker won it.
+    fn wait_and_claim(
+        &mut self,
+        queued: Option<(JobRow, usize)>,
+    ) -> impl Future<Output = Option<Claimed>> + use<> {
+        let host = queued
+            .as_ref()
+            .and_then(|(row, max_jobs)| self.host(&row.server_id, *max_jobs));
+        let slots = self.slots.clone();
+        let store = self.deps.store.clone();
+        let events = self.deps.events.clone();
+        let worker = self.worker_id.clone();
+        let lease = self.lease();
+        async move {
+            let (row, max_jobs) = queued?;
+            let host = host?;
+            // The server's slot first: a job waiting for a busy server must not hold one of
+            // this worker's slots meanwhile.
+            let job_id = row.id.clone();
+            let host_slot = host
+                .send(AcquireSlot { max_jobs, job_id })
+                .await
+                .ok()?
+                .ok()?;
+            let worker_slot = slots.acquire_owned().await.ok()?;
+            let row = match store
+                .claim_job(row.id.clone(), worker, lease_until(lease))
+                .await
+            {
+                Ok(Some(claimed)) => claimed,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(job_id = %row.id, error = %e, "claim failed");
+                    return None;
+                }
+            };
+            events.publish(JobEvent::Status(Arc::new(row.clone())));
+            Some(Claimed {
+                row,
+                host,
+                host_slot,
+                worker_slot,
+            })
+        }
+    }
+
+    /// Start the actor of a claimed job.
+    fn start(&mut self, claimed: Claimed, ctx: &mut Context<Self>) {
+        let Claimed {
+            row,
+            host,
+            host_slot,
+            worker_slot,
+        } = claimed;
+        let id = row.id.clone();
+        tracing::info!(job_id = %id, server_id = %row.server_id, "job started");
+        let dispatcher = ctx.address().recipient();
+        let actor = JobActor::new(
+            row,
+            self.deps.clone(),
+            host,
+            dispatcher,
+            &self.token,
+            host_slot,
+        );
+        let job = Running {
+            actor: actor.start(),
+            _worker_slot: worker_slot,
+            _tracked: self.tracker.token(),
+        };
+        self.running.insert(id, job);
     }
 }
 
 impl Handler<JobEnded> for Dispatcher {
     type Result = ();
 
-    fn handle(&mut self, JobEnded(id): JobEnded, _: &mut Self::Context) {
-        self.running.remove(&id);
-        self.worker_slots_held.remove(&id);
-        self.running_count
-            .store(self.running.len(), std::sync::atomic::Ordering::Release);
+    fn handle(&mut self, JobEnded { job_id }: JobEnded, _: &mut Self::Context) {
+        self.running.remove(&job_id);
     }
 }
 
@@ -398,8 +444,8 @@ impl Handler<CancelJob> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, msg: CancelJob, _: &mut Self::Context) {
-        if let Some(addr) = self.running.get(&msg.job_id) {
-            addr.do_send(msg);
+        if let Some(job) = self.running.get(&msg.job_id) {
+            job.actor.do_send(msg);
         }
     }
 }
@@ -409,33 +455,27 @@ impl Handler<Drain> for Dispatcher {
 
     fn handle(&mut self, msg: Drain, _: &mut Self::Context) -> Self::Result {
         self.draining = true;
-        let grace = msg.grace;
+        // Closed, the tracker is done once the last running job has ended.
+        self.tracker.close();
         let kill_grace =
             Duration::from_secs(self.deps.jobs.kill_grace_secs) + Duration::from_secs(5);
-        let count = self.running_count.clone();
-        let count2 = count.clone();
         Box::pin(
-            wait_until_idle(count, grace)
+            idle(self.tracker.clone(), msg.grace)
                 .into_actor(self)
-                .then(move |_, act, _| {
-                    for (id, addr) in &act.running {
-                        addr.do_send(CancelJob {
+                .then(move |(), act, _| {
+                    for (id, job) in &act.running {
+                        job.actor.do_send(CancelJob {
                             job_id: id.clone(),
                             reason: StopReason::Shutdown,
                         });
                     }
-                    wait_until_idle(count2, kill_grace).into_actor(act)
+                    idle(act.tracker.clone(), kill_grace).into_actor(act)
                 }),
         )
     }
 }
 
-/// Wait until no job runs, or `bound` passes.
-async fn wait_until_idle(count: Arc<std::sync::atomic::AtomicUsize>, bound: Duration) {
-    let until = tokio::time::Instant::now() + bound;
-    while count.load(std::sync::atomic::Ordering::Acquire) > 0
-        && tokio::time::Instant::now() < until
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Wait until no job runs (the tracker is closed and empty), or `bound` passes.
+async fn idle(tracker: TaskTracker, bound: Duration) {
+    let _ = tokio::time::timeout(bound, tracker.wait()).await;
 }

@@ -1,23 +1,29 @@
-//! `HostActor`: one per server. Caps the jobs running on it, keeps a small pool of
-//! authenticated SSH connections, hands out channel leases on them, reconnects on demand,
-//! closes idle connections, and pins the host key on first use.
+//! `HostActor`: one per server. Owns the server's run slots and the queue of jobs waiting
+//! for one, and a small pool of authenticated SSH connections with the count of channels on
+//! each; hands out channel leases on them, connects on demand, closes idle connections, and
+//! pins the host key on first use. Nothing outside the actor touches that state: slots and
+//! leases come and go by message ([`AcquireSlot`], [`Checkout`], [`LeaseReturned`]).
 //!
 //! Channels per connection stay below sshd's `MaxSessions` (10) — five by default, since
 //! sshd refuses some opens under churn from about six — and more connections are opened
-//! instead, with at most a few handshakes in flight (sshd's `MaxStartups`).
+//! instead, with at most [`HANDSHAKES`] in flight (sshd's `MaxStartups`).
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use async_ssh2_tokio::Client;
-use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use super::messages::{AcquireSlot, Checkout};
+use super::messages::{AcquireSlot, ChannelLease, Checkout, HostError, LeaseReturned};
+use crate::domain::ServerDraft;
 use crate::metrics;
 use crate::ssh::{self, SshError, SshOptions, SshTarget};
-use crate::store::{Store, StoreError};
+use crate::store::{ServerRow, Store, StoreError};
+
+/// Connections being made at once, at most (sshd's `MaxStartups` starts refusing at 10).
+pub const HANDSHAKES: usize = 4;
 
 /// How a host's pool is shaped.
 #[derive(Debug, Clone)]
@@ -31,112 +37,40 @@ pub struct PoolLimits {
 }
 
 struct PooledConn {
+    id: u64,
     client: Client,
     login_shell_posix: bool,
-    in_use: Arc<AtomicUsize>,
+    /// Leases out on it.
+    in_use: usize,
     last_used: Instant,
     /// One in `jobexec_ssh_connections_open` while the pool holds the connection.
     _open: metrics::GaugeGuard<1>,
 }
 
-#[derive(Default)]
-struct PoolState {
-    conns: Vec<PooledConn>,
-    connecting: usize,
-}
-
-struct Pool {
-    state: Mutex<PoolState>,
-    freed: Arc<Notify>,
-    handshakes: Semaphore,
-    limits: PoolLimits,
-}
-
-/// The right to run one channel on a pooled connection; dropping it frees the room.
-pub struct ChannelLease {
-    /// The connection (a cheap clone).
-    pub client: Client,
-    /// The login shell runs the bootstrap as is (see `exec::build_for`).
-    pub login_shell_posix: bool,
-    in_use: Arc<AtomicUsize>,
-    freed: Arc<Notify>,
-}
-
-impl std::fmt::Debug for ChannelLease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChannelLease").finish_non_exhaustive()
-    }
-}
-
-impl Drop for ChannelLease {
-    fn drop(&mut self) {
-        self.in_use.fetch_sub(1, Ordering::AcqRel);
-        self.freed.notify_waiters();
-    }
-}
+type LeaseReply = oneshot::Sender<Result<ChannelLease, HostError>>;
 
 /// The actor of one server.
 pub struct HostActor {
     server_id: uuid::Uuid,
     store: Store,
     opts: SshOptions,
+    limits: PoolLimits,
+    /// The run slots. A semaphore, not a count of the actor's: a slot's permit goes with the
+    /// job to its actor and comes back the moment it is dropped, however the job ends.
     slots: Arc<Semaphore>,
+    /// Slots the semaphore holds now (`max_concurrent_jobs` as last seen).
     capacity: usize,
-    queue: Arc<std::sync::Mutex<SlotQueue>>,
-    pool: Arc<Pool>,
-}
-
-/// Jobs waiting for one of the server's slots, oldest job first.
-#[derive(Default)]
-struct SlotQueue {
-    waiters: std::collections::BTreeMap<
-        (String, u64),
-        tokio::sync::oneshot::Sender<OwnedSemaphorePermit>,
-    >,
-    next: u64,
+    /// Jobs waiting for a slot, the oldest job first (job id, then arrival).
+    slot_waiters: BTreeMap<(String, u64), oneshot::Sender<OwnedSemaphorePermit>>,
+    arrivals: u64,
+    /// A wait for a free slot is under way (one at a time: it serves the oldest waiter).
     pumping: bool,
-}
-
-fn lock(queue: &std::sync::Mutex<SlotQueue>) -> std::sync::MutexGuard<'_, SlotQueue> {
-    queue.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Hand free slots to waiting jobs, the oldest first, until none waits. The deliveries of a
-/// server's jobs reach the actor in no set order (each first reads its job from the
-/// database, and those reads finish in any order), so the order is restored here.
-async fn pump(slots: Arc<Semaphore>, queue: Arc<std::sync::Mutex<SlotQueue>>) {
-    loop {
-        {
-            let mut q = lock(&queue);
-            if q.waiters.is_empty() {
-                q.pumping = false;
-                return;
-            }
-        }
-        let Ok(mut permit) = slots.clone().acquire_owned().await else {
-            lock(&queue).pumping = false;
-            return;
-        };
-        loop {
-            let next = {
-                let mut q = lock(&queue);
-                let next = q.waiters.pop_first().map(|(_, tx)| tx);
-                if next.is_none() {
-                    q.pumping = false;
-                }
-                next
-            };
-            let Some(tx) = next else {
-                // Nobody waits any more: the permit goes back.
-                return;
-            };
-            match tx.send(permit) {
-                Ok(()) => break,
-                // That waiter went away: the next one gets it.
-                Err(p) => permit = p,
-            }
-        }
-    }
+    conns: Vec<PooledConn>,
+    next_conn: u64,
+    /// Connections being made.
+    connecting: usize,
+    /// Checkouts waiting for room on a connection, first come first served.
+    lease_waiters: VecDeque<LeaseReply>,
 }
 
 impl HostActor {
@@ -152,16 +86,153 @@ impl HostActor {
             server_id,
             store,
             opts,
+            limits,
             slots: Arc::new(Semaphore::new(max_jobs.max(1))),
             capacity: max_jobs.max(1),
-            queue: Arc::new(std::sync::Mutex::new(SlotQueue::default())),
-            pool: Arc::new(Pool {
-                state: Mutex::new(PoolState::default()),
-                freed: Arc::new(Notify::new()),
-                handshakes: Semaphore::new(4),
-                limits,
-            }),
+            slot_waiters: BTreeMap::new(),
+            arrivals: 0,
+            pumping: false,
+            conns: Vec::new(),
+            next_conn: 0,
+            connecting: 0,
+            lease_waiters: VecDeque::new(),
         }
+    }
+
+    /// Follow a change of `max_concurrent_jobs`: add slots, or take the surplus out as
+    /// running jobs hand theirs back.
+    fn resize_slots(&mut self, wanted: usize, ctx: &mut Context<Self>) {
+        if wanted > self.capacity {
+            self.slots.add_permits(wanted - self.capacity);
+        } else if wanted < self.capacity {
+            let surplus = u32::try_from(self.capacity - wanted).unwrap_or(u32::MAX);
+            let slots = self.slots.clone();
+            ctx.spawn(fut::wrap_future(async move {
+                if let Ok(p) = slots.acquire_many_owned(surplus).await {
+                    p.forget();
+                }
+            }));
+        }
+        self.capacity = wanted;
+    }
+
+    /// Hand the next free slot to the oldest waiting job, and so on until none waits. The
+    /// deliveries of a server's jobs reach the actor in no set order (each first reads its
+    /// job from the database, and those reads finish in any order), so the order is restored
+    /// here.
+    fn pump_slots(&mut self, ctx: &mut Context<Self>) {
+        if self.pumping || self.slot_waiters.is_empty() {
+            return;
+        }
+        self.pumping = true;
+        let free = self.slots.clone().acquire_owned();
+        ctx.spawn(free.into_actor(self).map(|permit, act, ctx| {
+            act.pumping = false;
+            let Ok(mut permit) = permit else { return };
+            while let Some((_, waiter)) = act.slot_waiters.pop_first() {
+                match waiter.send(permit) {
+                    Ok(()) => break,
+                    // That job went away: the next one gets it.
+                    Err(back) => permit = back,
+                }
+            }
+            // Nobody waited any more: the permit went back to the semaphore.
+            act.pump_slots(ctx);
+        }));
+    }
+
+    /// A lease on the open connection with the most room, if one has any.
+    fn lease_on_open(&mut self, ctx: &mut Context<Self>) -> Option<ChannelLease> {
+        let cap = self.limits.channels_per_connection.max(1);
+        let conn = self
+            .conns
+            .iter_mut()
+            .filter(|c| c.in_use < cap && !c.client.is_closed())
+            .min_by_key(|c| c.in_use)?;
+        Some(lease(conn, ctx))
+    }
+
+    /// Serve the waiting checkouts: on room that opened up, then on new connections.
+    fn serve_waiters(&mut self, ctx: &mut Context<Self>) {
+        self.conns.retain(|c| !c.client.is_closed());
+        self.lease_waiters.retain(|w| !w.is_closed());
+        while !self.lease_waiters.is_empty() {
+            if let Some(lease) = self.lease_on_open(ctx) {
+                if let Some(waiter) = self.lease_waiters.pop_front() {
+                    // A waiter gone meanwhile drops the lease, which comes back by message.
+                    let _ = waiter.send(Ok(lease));
+                }
+            } else if self.conns.len() + self.connecting < self.limits.max_connections.max(1)
+                && self.connecting < HANDSHAKES
+            {
+                if let Some(waiter) = self.lease_waiters.pop_front() {
+                    self.connect(waiter, ctx);
+                }
+            } else {
+                // Full: a returned lease or a new connection serves the rest.
+                return;
+            }
+        }
+    }
+
+    /// Open a connection for `waiter`, which gets the first lease on it (or the error).
+    fn connect(&mut self, waiter: LeaseReply, ctx: &mut Context<Self>) {
+        self.connecting += 1;
+        let made = connect_new(self.store.clone(), self.opts.clone(), self.server_id);
+        ctx.spawn(made.into_actor(self).map(move |made, act, ctx| {
+            act.connecting -= 1;
+            let server = act.server_id.to_string();
+            match made {
+                Ok((client, login_shell_posix)) => {
+                    metrics::SSH_CONNECTS.inc([&server]);
+                    let id = act.next_conn;
+                    act.next_conn += 1;
+                    act.conns.push(PooledConn {
+                        id,
+                        client,
+                        login_shell_posix,
+                        in_use: 0,
+                        last_used: Instant::now(),
+                        _open: metrics::SSH_CONNECTIONS_OPEN.track([&server]),
+                    });
+                    if let Some(conn) = act.conns.last_mut() {
+                        let _ = waiter.send(Ok(lease(conn, ctx)));
+                    }
+                }
+                Err(e) => {
+                    metrics::SSH_CONNECT_FAILURES.inc([&server, failure_kind(&e)]);
+                    let _ = waiter.send(Err(e));
+                }
+            }
+            act.serve_waiters(ctx);
+        }));
+    }
+
+    /// Close connections that are closed already or unused for longer than the idle time.
+    fn close_idle(&mut self) {
+        let idle = self.limits.idle;
+        self.conns.retain(|c| {
+            let unused = c.in_use == 0;
+            let keep = !(c.client.is_closed() || unused && c.last_used.elapsed() > idle);
+            if !keep && unused {
+                let client = c.client.clone();
+                tokio::spawn(async move {
+                    let _ = client.disconnect().await;
+                });
+            }
+            keep
+        });
+    }
+}
+
+fn lease(conn: &mut PooledConn, ctx: &mut Context<HostActor>) -> ChannelLease {
+    conn.in_use += 1;
+    conn.last_used = Instant::now();
+    ChannelLease {
+        client: conn.client.clone(),
+        login_shell_posix: conn.login_shell_posix,
+        conn: conn.id,
+        owner: ctx.address().recipient(),
     }
 }
 
@@ -169,184 +240,87 @@ impl Actor for HostActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let pool = self.pool.clone();
-        let every = (pool.limits.idle / 2).max(Duration::from_secs(1));
-        ctx.run_interval(every, move |act, ctx| {
-            let pool = pool.clone();
-            ctx.spawn(
-                async move {
-                    let mut st = pool.state.lock().await;
-                    let idle = pool.limits.idle;
-                    st.conns.retain(|c| {
-                        let unused = c.in_use.load(Ordering::Acquire) == 0;
-                        let keep =
-                            !(c.client.is_closed() || unused && c.last_used.elapsed() > idle);
-                        if !keep && unused {
-                            let client = c.client.clone();
-                            tokio::spawn(async move {
-                                let _ = client.disconnect().await;
-                            });
-                        }
-                        keep
-                    });
-                }
-                .into_actor(act),
-            );
+        let every = (self.limits.idle / 2).max(Duration::from_secs(1));
+        ctx.run_interval(every, |act, ctx| {
+            act.close_idle();
+            act.serve_waiters(ctx);
         });
     }
 }
 
 impl Handler<AcquireSlot> for HostActor {
-    type Result = ResponseFuture<Result<OwnedSemaphorePermit, SshError>>;
+    type Result = ResponseFuture<Result<OwnedSemaphorePermit, HostError>>;
 
-    fn handle(&mut self, msg: AcquireSlot, _: &mut Self::Context) -> Self::Result {
-        let wanted = msg.max_jobs.max(1);
-        if wanted > self.capacity {
-            self.slots.add_permits(wanted - self.capacity);
-            self.capacity = wanted;
-        } else if wanted < self.capacity {
-            // Take the surplus out as running jobs hand their slots back.
-            let surplus = u32::try_from(self.capacity - wanted).unwrap_or(u32::MAX);
-            self.capacity = wanted;
-            let slots = self.slots.clone();
-            tokio::spawn(async move {
-                if let Ok(p) = slots.acquire_many_owned(surplus).await {
-                    p.forget();
-                }
-            });
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let start = {
-            let mut q = lock(&self.queue);
-            let seq = q.next;
-            q.next += 1;
-            q.waiters.insert((msg.job_id, seq), tx);
-            !std::mem::replace(&mut q.pumping, true)
-        };
-        if start {
-            tokio::spawn(pump(self.slots.clone(), self.queue.clone()));
-        }
-        Box::pin(async move {
-            rx.await.map_err(|_| SshError::Protocol {
-                addr: String::new(),
-                reason: "the server's job slots are closed".into(),
-            })
-        })
+    fn handle(&mut self, msg: AcquireSlot, ctx: &mut Self::Context) -> Self::Result {
+        self.resize_slots(msg.max_jobs.max(1), ctx);
+        let (tx, rx) = oneshot::channel();
+        self.slot_waiters.insert((msg.job_id, self.arrivals), tx);
+        self.arrivals += 1;
+        self.pump_slots(ctx);
+        Box::pin(async move { rx.await.map_err(|_| MailboxError::Closed.into()) })
     }
 }
 
 impl Handler<Checkout> for HostActor {
-    type Result = ResponseFuture<Result<ChannelLease, SshError>>;
+    type Result = ActorResponse<Self, Result<ChannelLease, HostError>>;
 
-    fn handle(&mut self, _: Checkout, _: &mut Self::Context) -> Self::Result {
-        let pool = self.pool.clone();
-        let store = self.store.clone();
-        let opts = self.opts.clone();
-        let id = self.server_id;
-        Box::pin(async move { checkout(pool, store, opts, id).await })
+    fn handle(&mut self, _: Checkout, ctx: &mut Self::Context) -> Self::Result {
+        // The hot path: room on an open connection, answered at once.
+        self.conns.retain(|c| !c.client.is_closed());
+        if self.lease_waiters.is_empty()
+            && let Some(lease) = self.lease_on_open(ctx)
+        {
+            return ActorResponse::reply(Ok(lease));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.lease_waiters.push_back(tx);
+        self.serve_waiters(ctx);
+        ActorResponse::r#async(fut::wrap_future(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(MailboxError::Closed.into()))
+        }))
     }
 }
 
-async fn checkout(
-    pool: Arc<Pool>,
-    store: Store,
-    opts: SshOptions,
-    id: uuid::Uuid,
-) -> Result<ChannelLease, SshError> {
-    loop {
-        let freed = pool.freed.notified();
-        tokio::pin!(freed);
-        freed.as_mut().enable();
-        {
-            let mut st = pool.state.lock().await;
-            st.conns.retain(|c| !c.client.is_closed());
-            let cap = pool.limits.channels_per_connection.max(1);
-            if let Some(c) = st
-                .conns
-                .iter_mut()
-                .filter(|c| c.in_use.load(Ordering::Acquire) < cap)
-                .min_by_key(|c| c.in_use.load(Ordering::Acquire))
-            {
-                c.in_use.fetch_add(1, Ordering::AcqRel);
-                c.last_used = Instant::now();
-                return Ok(ChannelLease {
-                    client: c.client.clone(),
-                    login_shell_posix: c.login_shell_posix,
-                    in_use: c.in_use.clone(),
-                    freed: pool.freed.clone(),
-                });
-            }
-            if st.conns.len() + st.connecting < pool.limits.max_connections.max(1) {
-                st.connecting += 1;
-                drop(st);
-                let made = connect_new(&pool, &store, &opts, id).await;
-                let mut st = pool.state.lock().await;
-                st.connecting -= 1;
-                let server = id.to_string();
-                let (client, login_shell_posix) = made.inspect_err(|e| {
-                    metrics::SSH_CONNECT_FAILURES.inc([&server, failure_kind(e)]);
-                })?;
-                metrics::SSH_CONNECTS.inc([&server]);
-                let in_use = Arc::new(AtomicUsize::new(1));
-                st.conns.push(PooledConn {
-                    client: client.clone(),
-                    login_shell_posix,
-                    in_use: in_use.clone(),
-                    last_used: Instant::now(),
-                    _open: metrics::SSH_CONNECTIONS_OPEN.track([&server]),
-                });
-                pool.freed.notify_waiters();
-                return Ok(ChannelLease {
-                    client,
-                    login_shell_posix,
-                    in_use,
-                    freed: pool.freed.clone(),
-                });
-            }
+impl Handler<LeaseReturned> for HostActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: LeaseReturned, ctx: &mut Self::Context) {
+        if let Some(c) = self.conns.iter_mut().find(|c| c.id == msg.conn) {
+            c.in_use = c.in_use.saturating_sub(1);
+            c.last_used = Instant::now();
         }
-        // Full: wait for a lease to be returned or a connection to be made.
-        let _ = tokio::time::timeout(Duration::from_millis(500), freed).await;
+        self.serve_waiters(ctx);
     }
+}
+
+/// The server's record, read afresh (credentials or the pinned key may have changed), and
+/// where to connect to it.
+pub(super) async fn server_target(
+    store: &Store,
+    id: uuid::Uuid,
+) -> Result<(ServerRow, ServerDraft, SshTarget), HostError> {
+    let row = store.get_server(id).await.map_err(|e| match e {
+        StoreError::NotFound => HostError::ServerGone(id),
+        other => HostError::ServerUnreadable(other),
+    })?;
+    let draft = store.open_server(&row).map_err(HostError::Credentials)?;
+    let target = SshTarget::from_server(&draft)?;
+    Ok((row, draft, target))
 }
 
 async fn connect_new(
-    pool: &Pool,
-    store: &Store,
-    opts: &SshOptions,
+    store: Store,
+    opts: SshOptions,
     id: uuid::Uuid,
-) -> Result<(Client, bool), SshError> {
-    let _handshake = pool
-        .handshakes
-        .acquire()
-        .await
-        .map_err(|_| SshError::Protocol {
-            addr: String::new(),
-            reason: "the connection pool is closed".into(),
-        })?;
-    // Read the server afresh: credentials or the pinned key may have changed.
-    let row = store.get_server(id).await.map_err(|e| match e {
-        StoreError::NotFound => SshError::BadKey(format!("server {id} no longer exists")),
-        other => SshError::Protocol {
-            addr: String::new(),
-            reason: format!("cannot read the server record: {other}"),
-        },
-    })?;
-    let draft = store
-        .open_server(&row)
-        .map_err(|e| SshError::Credentials(e.to_string()))?;
-    let target = SshTarget::from_server(&draft)?;
-    let conn = ssh::connect(&target, opts).await?;
+) -> Result<(Client, bool), HostError> {
+    let (row, _, target) = server_target(&store, id).await?;
+    let conn = ssh::connect(&target, &opts).await?;
     let line = ssh::openssh_line(&conn.host_key);
     let fingerprint = ssh::fingerprint(&conn.host_key);
-    let by = "first connection";
+    let system = crate::domain::Actor::system();
     if let Err(e) = store
-        .pin_on_first_use(
-            &row,
-            line,
-            &fingerprint,
-            &crate::domain::Actor::system(),
-            by,
-        )
+        .pin_on_first_use(&row, line, &fingerprint, &system, "first connection")
         .await
     {
         tracing::error!(server_id = %id, error = %e, "cannot pin the host key");
@@ -357,7 +331,13 @@ async fn connect_new(
 }
 
 /// The kind of a connect failure, for the `reason` label (a fixed set: never the message).
-fn failure_kind(e: &SshError) -> &'static str {
+fn failure_kind(e: &HostError) -> &'static str {
+    let e = match e {
+        HostError::Ssh(e) => e,
+        HostError::ServerGone(_) => return "bad_key",
+        HostError::Credentials(_) => return "credentials",
+        HostError::ServerUnreadable(_) | HostError::Unavailable(_) => return "protocol",
+    };
     match e {
         SshError::Resolve { .. } => "resolve",
         SshError::Refused { .. } => "refused",
@@ -370,5 +350,6 @@ fn failure_kind(e: &SshError) -> &'static str {
         SshError::Credentials(_) => "credentials",
         SshError::HostKeyRejected { .. } => "host_key_rejected",
         SshError::Protocol { .. } => "protocol",
+        SshError::Build(_) => "protocol",
     }
 }

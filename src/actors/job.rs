@@ -1,5 +1,6 @@
 //! `JobActor`: one per running job. Owns the job's SSH channel (through a lease from its
-//! host), its cancellation token, its timeout and the output writer. Whatever happens inside
+//! host), its host slot, its cancellation token and the reason it is stopped, its timeout
+//! and the output writer. Whatever happens inside
 //! — a lost connection, an error, a panic — the job ends in a terminal status with an
 //! `error` that says why; actix does not catch panics for us, so the run future is wrapped
 //! in `catch_unwind` and a panic becomes `failed`.
@@ -13,7 +14,7 @@
 //! ```
 
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -22,7 +23,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::host::HostActor;
-use super::messages::{CancelJob, Checkout, JobEnded, StopReason};
+use super::messages::{CancelJob, Checkout, HostError, JobEnded, StopReason};
 use super::output;
 use crate::domain::{JobKind, JobStatus};
 use crate::events::{EventBus, JobEvent};
@@ -48,8 +49,11 @@ pub struct JobActor {
     deps: JobDeps,
     host: Addr<HostActor>,
     dispatcher: Recipient<JobEnded>,
+    /// A child of the dispatcher's token: the run future watches it, so cancelling (here,
+    /// or the whole worker at once) reaches the run wherever it waits.
     cancel: CancellationToken,
-    reason: Arc<Mutex<Option<StopReason>>>,
+    /// Why the job is stopped, once a [`CancelJob`] came; read when the run ends stopped.
+    reason: Option<StopReason>,
     permit: Option<OwnedSemaphorePermit>,
     /// One in `jobexec_running_jobs` from start to stop.
     running: Option<metrics::GaugeGuard<0>>,
@@ -71,7 +75,7 @@ impl JobActor {
             host,
             dispatcher,
             cancel: parent.child_token(),
-            reason: Arc::new(Mutex::new(None)),
+            reason: None,
             permit: Some(permit),
             running: None,
         }
@@ -89,40 +93,31 @@ impl Actor for JobActor {
         self.running = Some(metrics::RUNNING_JOBS.track([]));
         let began = Instant::now();
         let id = row.id.clone();
-        let deps = self.deps.clone();
         let ctx_run = RunCtx {
             host: self.host.clone(),
             cancel: self.cancel.clone(),
-            reason: self.reason.clone(),
-            deps: deps.clone(),
+            deps: self.deps.clone(),
         };
-        let fut = async move {
-            let finish = match AssertUnwindSafe(run(row, ctx_run)).catch_unwind().await {
-                Ok(finish) => finish,
-                Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
-                    tracing::error!(job_id = %id, panic = %what, "job supervisor panicked");
-                    Finish {
-                        status: JobStatus::Failed,
-                        exit_code: None,
-                        error: Some(format!(
-                            "internal error: the job's supervisor failed ({what})"
-                        )),
+        let run = AssertUnwindSafe(run(row, ctx_run))
+            .catch_unwind()
+            .map(|ran| ran.unwrap_or_else(Ending::Panicked));
+        ctx.spawn(
+            run.into_actor(self)
+                .then(move |ending, act, _| {
+                    let finish = ending.finish(&id, act.reason.unwrap_or(StopReason::Canceled));
+                    let deps = act.deps.clone();
+                    async move {
+                        record(&deps, id.clone(), finish, began).await;
+                        id
                     }
-                }
-            };
-            record(&deps, id.clone(), finish, began).await;
-            id
-        };
-        ctx.spawn(fut.into_actor(self).map(|id, act, ctx| {
-            act.permit.take();
-            act.dispatcher.do_send(JobEnded(id));
-            ctx.stop();
-        }));
+                    .into_actor(act)
+                })
+                .map(|job_id, act, ctx| {
+                    act.permit.take();
+                    act.dispatcher.do_send(JobEnded { job_id });
+                    ctx.stop();
+                }),
+        );
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -134,9 +129,7 @@ impl Handler<CancelJob> for JobActor {
     type Result = ();
 
     fn handle(&mut self, msg: CancelJob, _: &mut Self::Context) {
-        if let Ok(mut r) = self.reason.lock() {
-            r.get_or_insert(msg.reason);
-        }
+        self.reason.get_or_insert(msg.reason);
         self.cancel.cancel();
     }
 }
@@ -174,32 +167,49 @@ async fn record(deps: &JobDeps, id: String, finish: Finish, began: Instant) {
 struct RunCtx {
     host: Addr<HostActor>,
     cancel: CancellationToken,
-    reason: Arc<Mutex<Option<StopReason>>>,
     deps: JobDeps,
 }
 
-impl RunCtx {
-    fn stop_reason(&self) -> StopReason {
-        self.reason
-            .lock()
-            .ok()
-            .and_then(|r| *r)
-            .unwrap_or(StopReason::Canceled)
-    }
+/// How a run ended.
+enum Ending {
+    /// On its own: its end as it is.
+    Ran(Finish),
+    /// Stopped by the token; the actor, which holds the reason, words it.
+    Stopped {
+        /// The command had started.
+        started: bool,
+    },
+    /// The run future panicked.
+    Panicked(Box<dyn std::any::Any + Send>),
+}
 
-    fn stopped(&self, started: bool) -> Finish {
-        let when = if started { "" } else { " before it started" };
-        match self.stop_reason() {
-            StopReason::Canceled => Finish {
-                status: JobStatus::Canceled,
-                exit_code: None,
-                error: Some(format!("canceled by request{when}")),
-            },
-            StopReason::Shutdown => Finish {
-                status: JobStatus::Canceled,
-                exit_code: None,
-                error: Some(format!("canceled: the worker shut down{when}")),
-            },
+impl Ending {
+    fn finish(self, job_id: &str, reason: StopReason) -> Finish {
+        match self {
+            Ending::Ran(finish) => finish,
+            Ending::Stopped { started } => {
+                let when = if started { "" } else { " before it started" };
+                let error = match reason {
+                    StopReason::Canceled => format!("canceled by request{when}"),
+                    StopReason::Shutdown => format!("canceled: the worker shut down{when}"),
+                };
+                Finish {
+                    status: JobStatus::Canceled,
+                    exit_code: None,
+                    error: Some(error),
+                }
+            }
+            Ending::Panicked(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!(job_id = %job_id, panic = %what, "job supervisor panicked");
+                failed(format!(
+                    "internal error: the job's supervisor failed ({what})"
+                ))
+            }
         }
     }
 }
@@ -238,11 +248,11 @@ fn remote_job(row: &JobRow) -> RemoteJob {
     }
 }
 
-async fn run(row: JobRow, cx: RunCtx) -> Finish {
+async fn run(row: JobRow, cx: RunCtx) -> Ending {
     let settings = cx.deps.jobs.clone();
     let job = remote_job(&row);
     if let Err(e) = exec::build(&job) {
-        return failed(format!("the job cannot be run: {e}"));
+        return Ending::Ran(failed(format!("the job cannot be run: {e}")));
     }
     let timeout = Duration::from_secs(u64::try_from(row.timeout_secs).unwrap_or(1).max(1));
     let deadline = tokio::time::Instant::now() + timeout;
@@ -257,16 +267,13 @@ async fn run(row: JobRow, cx: RunCtx) -> Finish {
     let (lease, channel) = loop {
         attempt += 1;
         let got = tokio::select! {
-            _ = cx.cancel.cancelled() => return cx.stopped(false),
-            _ = tokio::time::sleep_until(deadline) => return timed_out(),
+            _ = cx.cancel.cancelled() => return Ending::Stopped { started: false },
+            _ = tokio::time::sleep_until(deadline) => return Ending::Ran(timed_out()),
             got = async {
-                let lease = cx.host.send(Checkout).await.map_err(|e| crate::ssh::SshError::Protocol {
-                    addr: String::new(),
-                    reason: format!("host actor unavailable: {e}"),
-                })??;
+                let lease = cx.host.send(Checkout).await??;
                 let channel = exec::open_channel(&lease.client).await?;
                 metrics::SSH_CHANNEL_OPENS.inc([&row.server_id]);
-                Ok::<_, crate::ssh::SshError>((lease, channel))
+                Ok::<_, HostError>((lease, channel))
             } => got,
         };
         match got {
@@ -275,7 +282,7 @@ async fn run(row: JobRow, cx: RunCtx) -> Finish {
                 tracing::warn!(job_id = %row.id, attempt, error = %e, "connection failed before the command started; retrying");
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
             }
-            Err(e) => return failed(e.to_string()),
+            Err(e) => return Ending::Ran(failed(e.to_string())),
         }
     };
 
@@ -290,6 +297,7 @@ async fn run(row: JobRow, cx: RunCtx) -> Finish {
     let mut exec_run = Box::pin(exec::run_in(channel, &job, tx, lease.login_shell_posix));
     enum Outcome {
         Ran(Result<ExecEnd, crate::ssh::SshError>),
+        /// Stopped by the token (`None`) or by the timeout.
         Stop(Option<Finish>),
     }
     let outcome = tokio::select! {
@@ -297,21 +305,21 @@ async fn run(row: JobRow, cx: RunCtx) -> Finish {
         _ = cx.cancel.cancelled() => Outcome::Stop(None),
         _ = tokio::time::sleep_until(deadline) => Outcome::Stop(Some(timed_out())),
     };
-    let finish = match outcome {
-        Outcome::Ran(Ok(ExecEnd::Exited(0))) => Finish {
+    let ending = match outcome {
+        Outcome::Ran(Ok(ExecEnd::Exited(0))) => Ending::Ran(Finish {
             status: JobStatus::Completed,
             exit_code: Some(0),
             error: None,
-        },
-        Outcome::Ran(Ok(ExecEnd::Exited(code))) => Finish {
+        }),
+        Outcome::Ran(Ok(ExecEnd::Exited(code))) => Ending::Ran(Finish {
             status: JobStatus::Failed,
             exit_code: Some(code),
             error: Some(format!("the command exited with status {code}")),
-        },
+        }),
         Outcome::Ran(Ok(ExecEnd::Signaled(sig))) => {
-            failed(format!("the command was killed by signal {sig}"))
+            Ending::Ran(failed(format!("the command was killed by signal {sig}")))
         }
-        Outcome::Ran(Err(e)) => failed(e.to_string()),
+        Outcome::Ran(Err(e)) => Ending::Ran(failed(e.to_string())),
         Outcome::Stop(timeout_finish) => {
             let grace = Duration::from_secs(settings.kill_grace_secs);
             // A stop that comes between the channel's opening and the first line of the
@@ -338,8 +346,8 @@ async fn run(row: JobRow, cx: RunCtx) -> Finish {
                 let _ = tokio::time::timeout(grace + Duration::from_secs(5), &mut exec_run).await;
             }
             match timeout_finish {
-                Some(f) => f,
-                None => cx.stopped(started),
+                Some(f) => Ending::Ran(f),
+                None => Ending::Stopped { started },
             }
         }
     };
@@ -347,11 +355,12 @@ async fn run(row: JobRow, cx: RunCtx) -> Finish {
     drop(lease);
     let report = writer.await.unwrap_or_default();
     if let Some(e) = report.store_error
+        && let Ending::Ran(finish) = &ending
         && finish.status == JobStatus::Completed
     {
-        return failed(format!(
+        return Ending::Ran(failed(format!(
             "the command succeeded but its output could not be stored: {e}"
-        ));
+        )));
     }
-    finish
+    ending
 }

@@ -1,20 +1,34 @@
-//! The messages actors exchange: one documented struct each, `rtype` explicit.
+//! The actors' protocol: every message they exchange, one documented struct each with its
+//! `rtype` explicit, and the values that travel in them ([`ChannelLease`], [`HostError`]).
+//!
+//! Owns the vocabulary only: it imports nothing from the actors themselves, so each actor
+//! depends on its messages and never the other way round.
 
-use actix::Message;
+use actix::{Message, Recipient};
+use async_ssh2_tokio::Client;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::host::ChannelLease;
 use crate::ssh::SshError;
+use crate::store::StoreError;
+
+// ── To the dispatcher ────────────────────────────────────────────────────────────────────
 
 /// A job id arrived (from the queue, or from the database poll): try to claim and run it,
 /// then acknowledge the delivery if it came with an acker.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Delivery(pub String, pub Option<crate::queue::Ack>);
+pub struct Delivery {
+    /// The job.
+    pub job_id: String,
+    /// How to acknowledge the delivery, once the claim is committed or lost.
+    pub ack: Option<crate::queue::Ack>,
+}
 
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Delivery").field(&self.0).finish()
+        f.debug_struct("Delivery")
+            .field("job_id", &self.job_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -37,10 +51,21 @@ pub enum StopReason {
     Shutdown,
 }
 
+/// A cancel another process asked for, through the broker's control exchange.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RemoteCancel {
+    /// The job.
+    pub job_id: String,
+}
+
 /// A job actor is done (sent by the job actor to the dispatcher).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct JobEnded(pub String);
+pub struct JobEnded {
+    /// The job.
+    pub job_id: String,
+}
 
 /// Stop taking jobs; let running ones finish within `grace`, then cancel them.
 #[derive(Debug, Message)]
@@ -50,10 +75,12 @@ pub struct Drain {
     pub grace: std::time::Duration,
 }
 
+// ── To a host actor ──────────────────────────────────────────────────────────────────────
+
 /// Wait for a run slot on the server (FIFO; bounded by `max_concurrent_jobs`, whose current
 /// value the dispatcher passes along so a change of the setting takes effect).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<OwnedSemaphorePermit, SshError>")]
+#[rtype(result = "Result<OwnedSemaphorePermit, HostError>")]
 pub struct AcquireSlot {
     /// The server's `max_concurrent_jobs` as stored now.
     pub max_jobs: usize,
@@ -64,5 +91,73 @@ pub struct AcquireSlot {
 
 /// Get a connection with room for one more channel.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<ChannelLease, SshError>")]
+#[rtype(result = "Result<ChannelLease, HostError>")]
 pub struct Checkout;
+
+/// A channel lease was dropped: its connection has room again (sent by [`ChannelLease`]'s
+/// `Drop` to the host actor that handed it out).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct LeaseReturned {
+    /// The pooled connection the lease was on.
+    pub conn: u64,
+}
+
+/// The right to run one channel on a pooled connection of a host actor; dropping it gives
+/// the room back (a [`LeaseReturned`] to the host actor, which owns the count).
+pub struct ChannelLease {
+    /// The connection (a cheap clone).
+    pub client: Client,
+    /// The login shell runs the bootstrap as is (see `exec::build_for`).
+    pub login_shell_posix: bool,
+    /// Which of the host actor's connections it is on.
+    pub conn: u64,
+    /// Where the lease goes back.
+    pub owner: Recipient<LeaseReturned>,
+}
+
+impl std::fmt::Debug for ChannelLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelLease")
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ChannelLease {
+    fn drop(&mut self) {
+        // A host actor that is gone has no room to give back: nothing is lost then.
+        self.owner.do_send(LeaseReturned { conn: self.conn });
+    }
+}
+
+/// Why a host actor could not give a slot or a channel.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// Connecting to the server failed.
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    /// The server was deleted while its job waited or ran.
+    #[error("server {0} no longer exists")]
+    ServerGone(uuid::Uuid),
+    /// The server's record could not be read.
+    #[error("cannot read the server record: {0}")]
+    ServerUnreadable(#[source] StoreError),
+    /// The server's stored credentials cannot be opened (wrong secret key).
+    #[error("cannot use the stored credentials: {0}")]
+    Credentials(#[source] StoreError),
+    /// The host actor stopped before it answered.
+    #[error("host actor unavailable: {0}")]
+    Unavailable(#[from] actix::MailboxError),
+}
+
+impl HostError {
+    /// Whether trying again cannot help.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            HostError::Ssh(e) => e.is_permanent(),
+            HostError::ServerGone(_) | HostError::Credentials(_) => true,
+            HostError::ServerUnreadable(_) | HostError::Unavailable(_) => false,
+        }
+    }
+}

@@ -302,7 +302,10 @@ impl Engine {
                 tracing::warn!(job_id = %row.id, error = %e, "job stays queued until the broker is back (outbox)");
                 // A worker in this process (serve) can take it at once; others poll the
                 // database.
-                self.dispatcher.do_send(Delivery(row.id.clone(), None));
+                self.dispatcher.do_send(Delivery {
+                    job_id: row.id.clone(),
+                    ack: None,
+                });
             }
         }
     }

@@ -151,7 +151,7 @@ async fn submit(
 #[utoipa::path(
     operation_id = "submit_command_job",
     tag = "jobs",
-    request_body = JobRequest,
+    request_body = crate::domain::CommandJobRequest,
     responses(
         (status = 201, description = "The job, queued.", body = JobView),
         (status = 200, description = "The job an earlier submit with the same `idempotency_key` made; nothing new is queued.", body = JobView),
@@ -179,7 +179,7 @@ pub async fn submit_command(
 #[utoipa::path(
     operation_id = "submit_script_job",
     tag = "jobs",
-    request_body = JobRequest,
+    request_body = crate::domain::ScriptJobRequest,
     responses(
         (status = 201, description = "The job, queued.", body = JobView),
         (status = 200, description = "The job an earlier submit with the same `idempotency_key` made; nothing new is queued.", body = JobView),
@@ -348,6 +348,7 @@ pub struct DuplicateRequest {
     #[schema(format = Uuid)]
     server_id: Option<String>,
     /// Seconds allowed to the copy instead.
+    #[serde(default, deserialize_with = "crate::domain::whole_number")]
     #[schema(minimum = 1)]
     timeout: Option<i64>,
 }

@@ -100,7 +100,7 @@ pub struct Message {
 #[utoipa::path(
     operation_id = "create_server",
     tag = "servers",
-    request_body = ServerPatch,
+    request_body = crate::domain::ServerCreate,
     responses(
         (status = 201, description = "The server.", body = ServerView),
         (status = 400, response = BadRequest),

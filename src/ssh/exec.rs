@@ -136,6 +136,38 @@ const POST_KILL_TENTHS: u32 = 10;
 /// Address used in errors of [`run`], which sees only a channel.
 const UNKNOWN_ADDR: &str = "the remote host";
 
+/// Why no exec line can be built from the input; names the field at fault. Nothing has run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// A text that goes into the command line holds a NUL character.
+    #[error("{0} must not contain a NUL character")]
+    Nul(String),
+    /// `cwd` is the empty string.
+    #[error("cwd must not be empty")]
+    EmptyCwd,
+    /// An environment name outside `[A-Za-z_][A-Za-z0-9_]*`.
+    #[error(
+        "invalid environment variable name {0:?}: use letters, digits and _, not starting \
+         with a digit"
+    )]
+    EnvName(String),
+    /// The command is blank.
+    #[error("the command is empty")]
+    EmptyCommand,
+    /// The script's shell is not an absolute path.
+    #[error("shell must be an absolute path, not {0:?}")]
+    RelativeShell(String),
+    /// A process group that must never be signalled (0 or 1).
+    #[error("refusing to kill process group {0}")]
+    ProcessGroup(i64),
+    /// The owner of an orphaned group is not a job id.
+    #[error("{0:?} is not a job id")]
+    JobId(String),
+    /// The script's temporary file is not an absolute path.
+    #[error("tmpfile must be an absolute path")]
+    RelativeTmpfile,
+}
+
 /// `host:port` of a client's connection, for errors.
 fn client_addr(client: &Client) -> String {
     client.get_connection_address().to_string()
@@ -350,9 +382,9 @@ async fn emit(events: &mpsc::Sender<ExecEvent>, event: ExecEvent) {
 ///
 /// Returns the job's exit status or signal once the channel has closed (a job that leaves
 /// background processes holding its output open therefore lasts until they end or are killed).
-/// Errors ([`SshError::Protocol`] unless the transport itself failed): an invalid job (the
-/// reason from [`build`]; validate with it first to report such jobs as the user's mistake);
-/// the server refused the exec request; the bootstrap ended or sent something else before its
+/// Errors: an invalid job ([`SshError::Build`], the reason from [`build`]; validate with it
+/// first to report such jobs as the user's mistake); otherwise [`SshError::Protocol`] unless
+/// the transport itself failed: the server refused the exec request; the bootstrap ended or sent something else before its
 /// preamble (nothing of the user's ran); the connection was lost before the command finished
 /// (it may have run, wholly or partly). `run` sees only a channel, so these errors name the
 /// host as "the remote host". A receiver of `events` that is dropped does not stop the job:
@@ -379,8 +411,7 @@ pub async fn run_in(
     events: mpsc::Sender<ExecEvent>,
     login_shell_posix: bool,
 ) -> Result<ExecEnd, SshError> {
-    let (line, payload) =
-        build_for(job, login_shell_posix).map_err(|e| protocol(UNKNOWN_ADDR, e))?;
+    let (line, payload) = build_for(job, login_shell_posix)?;
     let (mut rx, tx) = channel.split();
     let mut tx = CloseOnDrop(Some(tx));
     if let Err(e) = tx.half()?.exec(true, line).await {
@@ -522,8 +553,7 @@ pub async fn kill_group(
     grace: Duration,
     tmpfile: Option<&str>,
 ) -> Result<(), SshError> {
-    let addr = client_addr(client);
-    let script = kill_script(pgid, grace, tmpfile, None).map_err(|e| protocol(&addr, e))?;
+    let script = kill_script(pgid, grace, tmpfile, None)?;
     run_kill(client, script, pgid, grace).await
 }
 
@@ -537,8 +567,7 @@ pub async fn kill_orphan_group(
     job_id: &str,
     grace: Duration,
 ) -> Result<(), SshError> {
-    let addr = client_addr(client);
-    let script = kill_script(pgid, grace, None, Some(job_id)).map_err(|e| protocol(&addr, e))?;
+    let script = kill_script(pgid, grace, None, Some(job_id))?;
     run_kill(client, script, pgid, grace).await
 }
 
@@ -612,14 +641,14 @@ fn kill_script(
     grace: Duration,
     tmpfile: Option<&str>,
     owner: Option<&str>,
-) -> Result<String, String> {
+) -> Result<String, BuildError> {
     if pgid <= 1 {
-        return Err(format!("refusing to kill process group {pgid}"));
+        return Err(BuildError::ProcessGroup(pgid));
     }
     let guard = match owner {
         Some(id) => {
             if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-                return Err(format!("{id:?} is not a job id"));
+                return Err(BuildError::JobId(id.to_string()));
             }
             format!(
                 "owned() {{ for _p in $(ps -eo pid=,pgid= 2>/dev/null | awk '$2 == {pgid} {{ print $1 }}'); do \
@@ -647,7 +676,7 @@ fn kill_script(
     if let Some(file) = tmpfile {
         check_text("tmpfile", file)?;
         if !file.starts_with('/') {
-            return Err("tmpfile must be an absolute path".into());
+            return Err(BuildError::RelativeTmpfile);
         }
         script.push_str(&format!("rm -f {}; ", quote(file)));
     }
@@ -677,9 +706,9 @@ fn valid_env_name(name: &str) -> bool {
 }
 
 /// Text that goes into an argument list cannot hold NUL.
-fn check_text(what: &str, s: &str) -> Result<(), String> {
+fn check_text(what: &str, s: &str) -> Result<(), BuildError> {
     if s.contains('\0') {
-        Err(format!("{what} must not contain a NUL character"))
+        Err(BuildError::Nul(what.to_string()))
     } else {
         Ok(())
     }
@@ -705,14 +734,17 @@ fn cd_command(cwd: &str) -> String {
 /// at fault: an environment name outside `[A-Za-z_][A-Za-z0-9_]*`, a shell that is not an
 /// absolute path, an empty working directory or command, or a NUL character in any text that
 /// goes into the command line.
-pub fn build(job: &RemoteJob) -> Result<(String, Vec<u8>), String> {
+pub fn build(job: &RemoteJob) -> Result<(String, Vec<u8>), BuildError> {
     build_for(job, false)
 }
 
 /// Like [`build`]; with `login_shell_posix` (the login shell is sh, dash, bash, ksh or ash,
 /// see [`login_shell_is_posix`]) the bootstrap runs in the login shell itself instead of
 /// under `exec /bin/sh -c`, which saves a shell start per job.
-pub fn build_for(job: &RemoteJob, login_shell_posix: bool) -> Result<(String, Vec<u8>), String> {
+pub fn build_for(
+    job: &RemoteJob,
+    login_shell_posix: bool,
+) -> Result<(String, Vec<u8>), BuildError> {
     let wrap = |bootstrap: &str| {
         if login_shell_posix {
             bootstrap.to_string()
@@ -723,17 +755,14 @@ pub fn build_for(job: &RemoteJob, login_shell_posix: bool) -> Result<(String, Ve
     let mut setup = Vec::new();
     if let Some(cwd) = &job.cwd {
         if cwd.is_empty() {
-            return Err("cwd must not be empty".into());
+            return Err(BuildError::EmptyCwd);
         }
         check_text("cwd", cwd)?;
         setup.push(cd_command(cwd));
     }
     for (name, value) in &job.env {
         if !valid_env_name(name) {
-            return Err(format!(
-                "invalid environment variable name {name:?}: use letters, digits and _, \
-                 not starting with a digit"
-            ));
+            return Err(BuildError::EnvName(name.clone()));
         }
         check_text(&format!("the value of {name}"), value)?;
         setup.push(format!("export {name}={}", quote(value)));
@@ -744,7 +773,7 @@ pub fn build_for(job: &RemoteJob, login_shell_posix: bool) -> Result<(String, Ve
         RemoteWork::Command { line } => {
             check_text("the command", line)?;
             if line.trim().is_empty() {
-                return Err("the command is empty".into());
+                return Err(BuildError::EmptyCommand);
             }
             let mut parts = vec!["printf 'JOBEXEC %s\\n' \"$$\"".to_string(), gate];
             parts.extend(setup);
@@ -763,7 +792,7 @@ pub fn build_for(job: &RemoteJob, login_shell_posix: bool) -> Result<(String, Ve
         } => {
             check_text("shell", shell)?;
             if !shell.starts_with('/') {
-                return Err(format!("shell must be an absolute path, not {shell:?}"));
+                return Err(BuildError::RelativeShell(shell.clone()));
             }
             check_text("args", args)?;
             let n = script.len();

@@ -44,6 +44,7 @@ impl SshError {
                 | SshError::AuthRejected { .. }
                 | SshError::BadKey(_)
                 | SshError::Credentials(_)
+                | SshError::Build(_)
         )
     }
 }
@@ -157,6 +158,9 @@ pub enum SshError {
         /// `host:port`.
         addr: String,
     },
+    /// No exec line can be built from the input (checked before anything is sent).
+    #[error("the remote command cannot be built: {0}")]
+    Build(#[from] exec::BuildError),
     /// The connection was lost or the protocol failed.
     #[error("SSH failure with {addr}: {reason}")]
     Protocol {
