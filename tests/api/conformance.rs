@@ -126,9 +126,22 @@ async fn schemathesis_finds_no_failure() {
         .await;
     assert_eq!(status, 200, "{body}");
 
-    // Jobs are submitted to the first server, which nothing else names; the connection test
-    // and updates go to the second, deletions to the third. (Other operations on
-    // `/servers/{id}` still get generated ids, and `GET /servers/{id}` the 404 path.)
+    // Jobs are submitted to the first server and the connection test goes to the second.
+    // Other operations on `/servers/{id}` get generated ids and ids learned from responses;
+    // pinning DELETE's id too would not do: in the stateful phase schemathesis applies a
+    // path parameter pinned for one method of a path to the others (a GET after a POST then
+    // reads the deleted server: a false "created resource not found"). Instead the jobs'
+    // server runs a long job throughout, and a server with a running job is not deleted (409,
+    // documented).
+    let (status, body) = svc
+        .call_json(
+            reqwest::Method::POST,
+            "/api/v1/jobs",
+            Some(TOKEN),
+            Some(json!({"command": "sleep 900", "server_id": servers[0]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
     let config = dir.path().join("schemathesis.toml");
     std::fs::write(
         &config,
@@ -139,18 +152,9 @@ async fn schemathesis_finds_no_failure() {
              parameters = {{ \"body.server_id\" = \"{a}\" }}\n\n\
              [[operations]]\n\
              include-path = \"/api/v1/servers/{{id}}/test\"\n\
-             parameters = {{ \"path.id\" = \"{b}\" }}\n\n\
-             [[operations]]\n\
-             include-path = \"/api/v1/servers/{{id}}\"\n\
-             include-method = \"PUT\"\n\
-             parameters = {{ \"path.id\" = \"{b}\" }}\n\n\
-             [[operations]]\n\
-             include-path = \"/api/v1/servers/{{id}}\"\n\
-             include-method = \"DELETE\"\n\
-             parameters = {{ \"path.id\" = \"{c}\" }}\n",
+             parameters = {{ \"path.id\" = \"{b}\" }}\n",
             a = servers[0],
             b = servers[1],
-            c = servers[2],
         ),
     )
     .unwrap();
