@@ -27,8 +27,13 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     /// 405: the route exists, the method does not.
-    #[error("{0}")]
-    MethodNotAllowed(String),
+    #[error("{message}")]
+    MethodNotAllowed {
+        /// What was asked.
+        message: String,
+        /// The methods the path takes, sent as `Allow`.
+        allow: String,
+    },
     /// 409: the change conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
@@ -77,7 +82,7 @@ impl ApiError {
             Self::BadRequest(_) => "bad_request",
             Self::Unauthorized(_) => "unauthorized",
             Self::NotFound(_) => "not_found",
-            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Invalid(_) => "invalid_field",
@@ -123,7 +128,7 @@ impl ResponseError for ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -149,6 +154,9 @@ impl ResponseError for ApiError {
         match self {
             Self::Unauthorized(_) => {
                 response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            Self::MethodNotAllowed { allow, .. } => {
+                response.insert_header((actix_web::http::header::ALLOW, allow.as_str()));
             }
             Self::TooManyRequests {
                 retry_after_secs, ..

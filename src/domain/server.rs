@@ -314,7 +314,12 @@ impl ServerDraft {
                 .parse()
                 .map_err(|msg: String| FieldError::new("auth_type", msg))?;
         }
-        if input.private_key.is_some() && input.pem_file.is_some() {
+        // An empty `pem_file` beside a `private_key` says nothing: only two keys conflict.
+        let pem_given = input
+            .pem_file
+            .as_ref()
+            .is_some_and(|p| !p.expose_secret().is_empty());
+        if input.private_key.is_some() && pem_given {
             return Err(FieldError::new(
                 "pem_file",
                 "is a synonym of private_key; send only one of them",

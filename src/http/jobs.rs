@@ -216,7 +216,14 @@ pub async fn submit_script(
 pub async fn get_job(
     state: web::Data<AppState>,
     path: web::Path<String>,
+    req: actix_web::HttpRequest,
 ) -> Result<web::Json<JobView>, ApiError> {
+    // `GET /jobs/script` lands here (`{id}` takes any segment); it is the script route's.
+    if path.as_str() == "script"
+        && let Some(err) = super::method_not_allowed(&req)
+    {
+        return Err(err);
+    }
     let job = state.engine.job(job_id(&path)?).await?;
     Ok(web::Json(JobView::of(&job)))
 }
@@ -286,7 +293,8 @@ pub async fn list_jobs(
     query: web::Query<ListQuery>,
     req: actix_web::HttpRequest,
 ) -> Result<web::Json<JobList>, ApiError> {
-    refuse_empty(&req, &["status", "server_id", "limit", "cursor"])?;
+    // `status=` is the empty list (any status); the others must have a value.
+    refuse_empty(&req, &["server_id", "limit", "cursor"])?;
     let q = query.into_inner();
     let query = JobQuery {
         statuses: statuses(q.status.as_deref())?,

@@ -27,7 +27,7 @@ use std::sync::{Arc, LazyLock};
 
 pub use body::{JsonBody, OptionalJsonBody};
 
-use actix_web::http::{Method, header};
+use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};
 use utoipa::OpenApi as _;
 use utoipa_actix_web::scope;
@@ -214,20 +214,19 @@ fn allowed_methods(path: &str) -> Vec<&'static str> {
         .collect()
 }
 
+/// The 405 of a request whose path is a route's and whose method is not.
+fn method_not_allowed(req: &HttpRequest) -> Option<ApiError> {
+    let allowed = allowed_methods(req.path().trim_end_matches('/'));
+    (!allowed.is_empty()).then(|| ApiError::MethodNotAllowed {
+        message: format!("{} is not allowed on {}", req.method(), req.path()),
+        allow: allowed.join(", "),
+    })
+}
+
 /// A request no route takes: 405 with the methods the path takes (`Allow`), or 404.
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let allowed = allowed_methods(req.path().trim_end_matches('/'));
-    if !allowed.is_empty() {
-        let err = ApiError::MethodNotAllowed(format!(
-            "{} is not allowed on {}",
-            req.method(),
-            req.path()
-        ));
-        let mut resp = actix_web::ResponseError::error_response(&err);
-        if let Ok(value) = header::HeaderValue::from_str(&allowed.join(", ")) {
-            resp.headers_mut().insert(header::ALLOW, value);
-        }
-        return Ok(resp);
+    if let Some(err) = method_not_allowed(&req) {
+        return Err(err);
     }
     metrics::count_unmatched(&req, actix_web::http::StatusCode::NOT_FOUND);
     Err(ApiError::NotFound(format!(

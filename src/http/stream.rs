@@ -86,6 +86,20 @@ struct SseSink {
     tx: mpsc::Sender<Bytes>,
 }
 
+/// One event of the stream, as an SSE client parses it.
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // Describes the frames `frame` writes.
+pub struct SseEvent {
+    /// `status`, `output` or `complete`.
+    #[schema(pattern = "^(status|output|complete)$")]
+    event: String,
+    /// The last output sequence number sent (`-1` before any): resume with `Last-Event-ID`.
+    #[schema(pattern = "^-?[0-9]+$")]
+    id: String,
+    /// One line of JSON: the job object (`status`, `complete`) or an `OutputEvent`.
+    data: String,
+}
+
 /// The `data:` of an `output` event of the stream.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct OutputEvent<'a> {
@@ -214,7 +228,7 @@ impl Sink for SseSink {
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this output sequence number (the `id:` of the last event received)."),
     ),
     responses(
-        (status = 200, description = "`text/event-stream` of `status`, `output` (data: `OutputEvent`) and `complete` events.", body = String, content_type = "text/event-stream"),
+        (status = 200, description = "`text/event-stream` of `status`, `output` (data: `OutputEvent`) and `complete` events.", body = SseEvent, content_type = "text/event-stream"),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 429, response = TooManyRequests),
