@@ -41,6 +41,9 @@ pub struct Dispatcher {
     running: HashMap<String, Running>,
     /// Deliveries in hand: read, waiting for slots, or being claimed.
     pending: HashSet<String>,
+    /// Stops that came for a job in hand: it may be claimed (and shown running) before its
+    /// actor starts, and the stop is passed on then.
+    early_stops: HashMap<String, StopReason>,
     broker: Option<Arc<crate::queue::rabbit::RabbitBroker>>,
     /// This worker's run slots (`worker.concurrency`). A semaphore: a delivery waits for a
     /// permit away from the actor, and the permit stays with the job until it ends.
@@ -88,6 +91,7 @@ impl Dispatcher {
             hosts: HashMap::new(),
             running: HashMap::new(),
             pending: HashSet::new(),
+            early_stops: HashMap::new(),
             broker: None,
             slots,
             token: CancellationToken::new(),
@@ -192,13 +196,8 @@ impl Dispatcher {
             }
             .into_actor(self)
             .map(|cancels, act, _| {
-                for id in cancels {
-                    if let Some(job) = act.running.get(&id) {
-                        job.actor.do_send(CancelJob {
-                            job_id: id,
-                            reason: StopReason::Canceled,
-                        });
-                    }
+                for job_id in cancels {
+                    act.stop_job(job_id, StopReason::Canceled);
                 }
             }),
         );
@@ -285,12 +284,7 @@ fn control_stream(
 
 impl StreamHandler<RemoteCancel> for Dispatcher {
     fn handle(&mut self, RemoteCancel { job_id }: RemoteCancel, _: &mut Self::Context) {
-        if let Some(job) = self.running.get(&job_id) {
-            job.actor.do_send(CancelJob {
-                job_id,
-                reason: StopReason::Canceled,
-            });
-        }
+        self.stop_job(job_id, StopReason::Canceled);
     }
 }
 
@@ -327,8 +321,12 @@ impl Handler<Delivery> for Dispatcher {
                 .then(|claimed, act, _| acknowledge(ack).map(|()| claimed).into_actor(act))
                 .map(move |claimed, act, ctx| {
                     act.pending.remove(&job_id);
+                    let early_stop = act.early_stops.remove(&job_id);
                     if let Some(claimed) = claimed {
                         act.start(claimed, ctx);
+                        if let Some(reason) = early_stop {
+                            act.stop_job(job_id, reason);
+                        }
                     }
                 }),
         );
@@ -355,6 +353,16 @@ fn lease_until(lease: Duration) -> Micros {
 impl Dispatcher {
     fn lease(&self) -> Duration {
         Duration::from_secs(self.settings.worker.lease_secs.max(1))
+    }
+
+    /// Forward a stop to the job's actor, if the job runs here (or keep it for the actor,
+    /// if the job is in hand).
+    fn stop_job(&mut self, job_id: String, reason: StopReason) {
+        if let Some(job) = self.running.get(&job_id) {
+            job.actor.do_send(CancelJob { job_id, reason });
+        } else if self.pending.contains(&job_id) {
+            self.early_stops.entry(job_id).or_insert(reason);
+        }
     }
 
     /// Wait for a slot on the job's server, then for one in this worker, and claim the job.
@@ -443,10 +451,8 @@ impl Handler<JobEnded> for Dispatcher {
 impl Handler<CancelJob> for Dispatcher {
     type Result = ();
 
-    fn handle(&mut self, msg: CancelJob, _: &mut Self::Context) {
-        if let Some(job) = self.running.get(&msg.job_id) {
-            job.actor.do_send(msg);
-        }
+    fn handle(&mut self, CancelJob { job_id, reason }: CancelJob, _: &mut Self::Context) {
+        self.stop_job(job_id, reason);
     }
 }
 

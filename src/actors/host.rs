@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
 use async_ssh2_tokio::Client;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -262,7 +263,7 @@ impl Handler<AcquireSlot> for HostActor {
 }
 
 impl Handler<Checkout> for HostActor {
-    type Result = ActorResponse<Self, Result<ChannelLease, HostError>>;
+    type Result = LeaseResponse;
 
     fn handle(&mut self, _: Checkout, ctx: &mut Self::Context) -> Self::Result {
         // The hot path: room on an open connection, answered at once.
@@ -270,15 +271,45 @@ impl Handler<Checkout> for HostActor {
         if self.lease_waiters.is_empty()
             && let Some(lease) = self.lease_on_open(ctx)
         {
-            return ActorResponse::reply(Ok(lease));
+            return LeaseResponse::Now(lease);
         }
         let (tx, rx) = oneshot::channel();
         self.lease_waiters.push_back(tx);
         self.serve_waiters(ctx);
-        ActorResponse::r#async(fut::wrap_future(async move {
-            rx.await
-                .unwrap_or_else(|_| Err(MailboxError::Closed.into()))
-        }))
+        LeaseResponse::Later(rx)
+    }
+}
+
+/// The answer to a [`Checkout`]: a lease at once (no task, no future), or a wait for one in
+/// a task of its own — not in the actor's context, which polls all its futures on each wake.
+pub enum LeaseResponse {
+    /// Room was free.
+    Now(ChannelLease),
+    /// Served when room opens up or a connection is made.
+    Later(oneshot::Receiver<Result<ChannelLease, HostError>>),
+}
+
+impl MessageResponse<HostActor, Checkout> for LeaseResponse {
+    fn handle(
+        self,
+        _: &mut Context<HostActor>,
+        tx: Option<OneshotSender<Result<ChannelLease, HostError>>>,
+    ) {
+        // Nobody asked for the answer (`do_send`): the lease drops and comes back.
+        let Some(tx) = tx else { return };
+        match self {
+            LeaseResponse::Now(lease) => {
+                let _ = tx.send(Ok(lease));
+            }
+            LeaseResponse::Later(rx) => {
+                actix::spawn(async move {
+                    let answer = rx
+                        .await
+                        .unwrap_or_else(|_| Err(MailboxError::Closed.into()));
+                    let _ = tx.send(answer);
+                });
+            }
+        }
     }
 }
 

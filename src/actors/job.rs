@@ -1,9 +1,9 @@
 //! `JobActor`: one per running job. Owns the job's SSH channel (through a lease from its
 //! host), its host slot, its cancellation token and the reason it is stopped, its timeout
-//! and the output writer. Whatever happens inside
-//! — a lost connection, an error, a panic — the job ends in a terminal status with an
-//! `error` that says why; actix does not catch panics for us, so the run future is wrapped
-//! in `catch_unwind` and a panic becomes `failed`.
+//! and the output writer. Whatever happens inside — a lost connection, an error, a panic —
+//! the job ends in a terminal status with an `error` that says why; actix does not catch
+//! panics for us, so the run future is wrapped in `catch_unwind` and a panic becomes
+//! `failed`.
 //!
 //! ```text
 //! started ─▶ lease a channel (retry connects, bounded) ─▶ exec ─▶ Started{pgid} ─▶ output…
@@ -322,28 +322,32 @@ async fn run(row: JobRow, cx: RunCtx) -> Ending {
         Outcome::Ran(Err(e)) => Ending::Ran(failed(e.to_string())),
         Outcome::Stop(timeout_finish) => {
             let grace = Duration::from_secs(settings.kill_grace_secs);
-            // A stop that comes between the channel's opening and the first line of the
-            // remote shell (its process group) waits for that line, briefly, while the
-            // channel is read: the command may be starting, and only its group can be killed.
+            let bound = grace + Duration::from_secs(5);
             let mut ended = false;
-            if group.borrow().is_none() {
-                tokio::select! {
-                    _ = group.changed() => {}
-                    _ = &mut exec_run => ended = true,
-                    _ = tokio::time::sleep(grace.max(Duration::from_secs(1))) => {}
-                }
-            }
-            let known = group.borrow_and_update().clone();
+            // Not known yet, the group may still come: the run goes on until the bootstrap has
+            // reported it (or ended), and the writer passes it on a moment after.
+            let seen = group.borrow_and_update().clone();
+            let known = match seen {
+                Some(g) => Some(g),
+                None => tokio::select! {
+                    g = group.wait_for(Option::is_some) => g.ok().and_then(|g| g.clone()),
+                    _ = &mut exec_run => {
+                        ended = true;
+                        None
+                    }
+                    _ = tokio::time::sleep(bound) => None,
+                },
+            };
             let started = known.is_some();
+            if let Some(g) = known
+                && let Err(e) =
+                    exec::kill_group(&lease.client, g.pgid, grace, g.tmpfile.as_deref()).await
+            {
+                tracing::warn!(job_id = %row.id, error = %e, "could not kill the remote process group");
+            }
+            // Let the channel report the end; a channel still open then is dropped (closed).
             if !ended {
-                if let Some(g) = known
-                    && let Err(e) =
-                        exec::kill_group(&lease.client, g.pgid, grace, g.tmpfile.as_deref()).await
-                {
-                    tracing::warn!(job_id = %row.id, error = %e, "could not kill the remote process group");
-                }
-                // Let the channel report the end; a channel still open then is dropped.
-                let _ = tokio::time::timeout(grace + Duration::from_secs(5), &mut exec_run).await;
+                let _ = tokio::time::timeout(bound, &mut exec_run).await;
             }
             match timeout_finish {
                 Some(f) => Ending::Ran(f),
