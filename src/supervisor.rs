@@ -374,7 +374,7 @@ impl Supervisor {
         let id = *id;
         tokio::spawn(async move {
             // A job another worker runs is heard of only in the database: look there too.
-            if let Ok((_, task)) = engine.follow(id, -1, ChunkSink { tx }).await {
+            if let Ok(task) = engine.follow(id, -1, ChunkSink { tx }).await {
                 task.polling(engine::WAIT_POLL).run().await;
             }
         });

@@ -146,11 +146,14 @@ impl<S: Sink> Follower<S> {
         self.sink.complete(self.last, row).await
     }
 
-    /// Run until the job ends or the consumer goes. `bus` must have been subscribed before
-    /// the job was last read, so no event falls between replay and live.
-    pub(crate) async fn run(mut self, mut bus: broadcast::Receiver<JobEvent>) -> Result<(), Gone> {
+    /// Run until the job ends or the consumer goes, from `row`, the job as read after `bus`
+    /// was subscribed (so no event falls between replay and live).
+    pub(crate) async fn run(
+        mut self,
+        mut bus: broadcast::Receiver<JobEvent>,
+        row: JobRow,
+    ) -> Result<(), Gone> {
         let uuid = parse_id("id", &self.job_id).map_err(|_| Gone)?;
-        let row = self.store.get_job(uuid).await.map_err(|_| Gone)?;
         self.sink.status(self.last, &row).await?;
         self.replay().await?;
         if row.status().is_terminal() {

@@ -224,11 +224,11 @@ impl Engine {
         id: JobId,
         last: i64,
         sink: S,
-    ) -> Result<(JobRow, FollowTask<S>), Error> {
+    ) -> Result<FollowTask<S>, Error> {
         let bus = self.events.subscribe();
         let job = self.job(id).await?;
         let follower = Follower::new(self.store.clone(), job.id.clone(), last, sink);
-        Ok((job, FollowTask { follower, bus }))
+        Ok(FollowTask { follower, bus, job })
     }
 
     /// Wait until the job ends; returns its final row.
@@ -315,6 +315,8 @@ impl Engine {
 pub struct FollowTask<S> {
     follower: Follower<S>,
     bus: broadcast::Receiver<JobEvent>,
+    /// The job as read after subscribing: where the follow starts.
+    job: JobRow,
 }
 
 impl<S: Sink> FollowTask<S> {
@@ -339,6 +341,6 @@ impl<S: Sink> FollowTask<S> {
 
     /// Follow until the job ends or the sink is gone.
     pub async fn run(self) {
-        let _ = self.follower.run(self.bus).await;
+        let _ = self.follower.run(self.bus, self.job).await;
     }
 }

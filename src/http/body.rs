@@ -33,16 +33,12 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let body = read(req, payload);
-        Box::pin(async move {
-            let body = body.await?;
-            if is_blank(&body) {
-                return Err(ApiError::BadRequest(
-                    "a JSON object is required as the request body".into(),
-                ));
-            }
-            parse(&body).map(JsonBody)
-        })
+        let missing = || {
+            Err(ApiError::BadRequest(
+                "a JSON object is required as the request body".into(),
+            ))
+        };
+        Box::pin(extract(read(req, payload), missing, JsonBody))
     }
 }
 
@@ -51,19 +47,25 @@ impl<T: DeserializeOwned + Default + 'static> FromRequest for OptionalJsonBody<T
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let body = read(req, payload);
-        Box::pin(async move {
-            let body = body.await?;
-            if is_blank(&body) || body.trim_ascii() == b"null" {
-                return Ok(OptionalJsonBody(T::default()));
-            }
-            parse(&body).map(OptionalJsonBody)
-        })
+        let missing = || Ok(T::default());
+        Box::pin(extract(read(req, payload), missing, OptionalJsonBody))
     }
 }
 
-fn is_blank(body: &[u8]) -> bool {
-    body.iter().all(u8::is_ascii_whitespace)
+/// The body as `T`, or what `missing` says when there is none (empty, or only `null`).
+async fn extract<T: DeserializeOwned, B>(
+    body: impl Future<Output = Result<web::BytesMut, ApiError>>,
+    missing: impl FnOnce() -> Result<T, ApiError>,
+    wrap: fn(T) -> B,
+) -> Result<B, ApiError> {
+    let body = body.await?;
+    let trimmed = body.trim_ascii();
+    let value = if trimmed.is_empty() || trimmed == b"null" {
+        missing()?
+    } else {
+        parse(&body)?
+    };
+    Ok(wrap(value))
 }
 
 /// The body's bytes, up to `http.max_body_bytes` (413 past it).

@@ -236,20 +236,6 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     )))
 }
 
-/// Refuse a query parameter among `names` given with an empty value (`?server_id=`): an
-/// empty value is not a UUID, a number or a status, and must not pass for "absent".
-fn refuse_empty(req: &HttpRequest, names: &[&'static str]) -> Result<(), ApiError> {
-    for pair in req.query_string().split('&') {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if let Some(name) = names.iter().find(|n| **n == name)
-            && value.is_empty()
-        {
-            return Err(FieldError::new(*name, "must not be empty").into());
-        }
-    }
-    Ok(())
-}
-
 /// The job a path names; not a UUID: it names nothing (404).
 fn job_id(raw: &str) -> Result<JobId, ApiError> {
     raw.parse()
@@ -262,12 +248,13 @@ fn server_id(raw: &str) -> Result<ServerId, ApiError> {
         .map_err(|_| ApiError::NotFound(format!("server {raw:?} does not exist")))
 }
 
-/// An optional id in a query string or body (`what` names the field of a 422).
+/// An optional id in a query string (`what` names the field of a 422); given, it must be a
+/// UUID (an empty value is not one, and does not pass for "absent").
 fn optional_id<T: std::str::FromStr>(
     what: &'static str,
     raw: Option<&str>,
 ) -> Result<Option<T>, ApiError> {
-    match raw.filter(|s| !s.is_empty()) {
+    match raw {
         Some(s) => s
             .parse()
             .map(Some)

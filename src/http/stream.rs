@@ -88,7 +88,7 @@ struct SseSink {
 
 /// One event of the stream, as an SSE client parses it.
 #[derive(Debug, utoipa::ToSchema)]
-#[allow(dead_code)] // Describes the frames `frame` writes.
+#[expect(dead_code, reason = "describes the frames `frame` writes; never built")]
 pub struct SseEvent {
     /// `status`, `output` or `complete`.
     #[schema(pattern = "^(status|output|complete)$")]
@@ -261,7 +261,7 @@ pub async fn follow_job(
         stderr: Utf8Carry::default(),
         tx,
     };
-    let (_, mut task) = state.engine.follow(id, last, sink).await?;
+    let mut task = state.engine.follow(id, last, sink).await?;
     let store = state.engine.store().clone();
     actix_web::rt::spawn(async move {
         task.sink_mut().prime(&store, last).await;

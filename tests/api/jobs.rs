@@ -26,7 +26,7 @@ pub async fn wait_done(app: &TestApp, id: &str, bound: Duration) -> Value {
     }
 }
 
-async fn wait_running(app: &TestApp, id: &str) -> Value {
+pub async fn wait_running(app: &TestApp, id: &str) -> Value {
     let start = Instant::now();
     loop {
         let (_, job) = app.get(&format!("/api/v1/jobs/{id}")).await;

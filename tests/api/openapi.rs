@@ -254,3 +254,96 @@ db_test!(
         app.stop().await;
     }
 );
+
+db_test!(
+    routing_and_query_errors_are_json_and_filters_take_commas,
+    |db: TestDb| async move {
+        use std::time::Duration;
+        let (app, _host, server) = TestApp::with_host(&db, &[]).await;
+        // A method a path does not take: 405 naming the methods it does (from the document).
+        for (method, path, allow) in [
+            (reqwest::Method::PATCH, "/api/v1/jobs", "GET, POST"),
+            (reqwest::Method::GET, "/api/v1/jobs/script", "POST"),
+            (reqwest::Method::DELETE, "/health", "GET"),
+        ] {
+            let resp = app
+                .client
+                .request(method.clone(), app.url(path))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 405, "{method} {path}");
+            assert_eq!(resp.headers()["allow"], allow, "{method} {path}");
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["code"], "method_not_allowed", "{body}");
+        }
+        // A query string that does not parse is a JSON 400; an empty value is no value.
+        let (status, body) = app.get("/api/v1/jobs?limit=1&limit=2").await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("bad_request")),
+            "{body}"
+        );
+        for field in ["server_id", "cursor", "limit"] {
+            let (status, body) = app.get(&format!("/api/v1/jobs?{field}=")).await;
+            assert_eq!(status, 422, "{field}: {body}");
+            assert_eq!(body["field"], field, "{body}");
+        }
+        // A required body is required; an optional one may be absent or null.
+        let (status, _) = app
+            .raw(
+                reqwest::Method::PUT,
+                &format!("/api/v1/servers/{server}"),
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(status, 400);
+        let (status, body) = app
+            .raw(
+                reqwest::Method::POST,
+                &format!("/api/v1/servers/{server}/test"),
+                b"null".to_vec(),
+            )
+            .await;
+        assert_eq!((status, body["ok"].as_bool()), (200, Some(true)), "{body}");
+
+        // Filters take commas: one completed job, one running.
+        let (_, done) = app
+            .post(
+                "/api/v1/jobs",
+                &json!({"command": "true", "server_id": server}),
+            )
+            .await;
+        let done_id = done["id"].as_str().unwrap().to_string();
+        crate::jobs::wait_done(&app, &done_id, Duration::from_secs(30)).await;
+        let (_, long) = app
+            .post(
+                "/api/v1/jobs",
+                &json!({"command": "echo up; sleep 30", "server_id": server}),
+            )
+            .await;
+        let long_id = long["id"].as_str().unwrap().to_string();
+        crate::jobs::wait_running(&app, &long_id).await;
+        let ids = |list: &Value| -> BTreeSet<String> {
+            list["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let (status, both) = app.get("/api/v1/jobs?status=completed,running").await;
+        assert_eq!(status, 200, "{both}");
+        assert_eq!(
+            ids(&both),
+            BTreeSet::from([done_id.clone(), long_id.clone()])
+        );
+        let (_, one) = app.get("/api/v1/jobs?status=running").await;
+        assert_eq!(ids(&one), BTreeSet::from([long_id.clone()]));
+        let (status, _) = app.get("/api/v1/jobs?status=running,nope").await;
+        assert_eq!(status, 422);
+        app.post(&format!("/api/v1/jobs/{long_id}/cancel"), &json!({}))
+            .await;
+        app.stop().await;
+    }
+);
