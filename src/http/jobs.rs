@@ -353,7 +353,7 @@ pub struct DuplicateRequest {
     server_id: Option<String>,
     /// Seconds allowed to the copy instead.
     #[serde(default, deserialize_with = "crate::domain::whole_number")]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 604800)]
     timeout: Option<i64>,
 }
 

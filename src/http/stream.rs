@@ -23,7 +23,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use tokio::sync::mpsc;
 
 use super::jobs::JobView;
-use super::{AppState, NotFound, TooManyRequests, Unauthorized, Unavailable, job_id};
+use super::{AppState, BadRequest, NotFound, TooManyRequests, Unauthorized, Unavailable, job_id};
 use crate::domain::{Micros, OutputStream};
 use crate::engine::follow::{Gone, Sink};
 use crate::error::ApiError;
@@ -84,6 +84,16 @@ struct SseSink {
     stdout: Utf8Carry,
     stderr: Utf8Carry,
     tx: mpsc::Sender<Bytes>,
+}
+
+/// The headers of `GET /jobs/{id}/stream`.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[expect(dead_code, reason = "describes the header the handler reads itself")]
+pub struct StreamHeaders {
+    /// Resume after this output sequence number (the `id:` of the last event received).
+    #[param(rename = "Last-Event-ID", minimum = -1, nullable = false)]
+    last_event_id: Option<i64>,
 }
 
 /// One event of the stream, as an SSE client parses it.
@@ -225,10 +235,11 @@ impl Sink for SseSink {
     tag = "jobs",
     params(
         ("id" = uuid::Uuid, Path, description = "The job's id."),
-        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this output sequence number (the `id:` of the last event received)."),
+        StreamHeaders,
     ),
     responses(
         (status = 200, description = "`text/event-stream` of `status`, `output` (data: `OutputEvent`) and `complete` events.", body = SseEvent, content_type = "text/event-stream"),
+        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 429, response = TooManyRequests),
@@ -247,13 +258,21 @@ pub async fn follow_job(
     let slot = state
         .limits
         .open_stream(&caller.limit_key(state.tokens.enabled()))?;
-    let last = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<i64>().ok())
-        .unwrap_or(-1)
-        .max(-1);
+    let last = match req.headers().get("last-event-id") {
+        None => -1,
+        // Only ids this stream sent come back: anything else is a client's mistake.
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|n| *n >= -1)
+            .ok_or_else(|| {
+                ApiError::BadRequest(
+                    "Last-Event-ID is not the id of an event of this stream (an integer from -1)"
+                        .into(),
+                )
+            })?,
+    };
     let (tx, mut rx) = mpsc::channel::<Bytes>(CLIENT_BUFFER);
     let sink = SseSink {
         job_id: id.to_string(),

@@ -43,11 +43,6 @@ fn schemathesis_version() -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-// Not yet green (issue 11 stays open): schemathesis still finds schema-valid requests the
-// service refuses (server ids it has never seen, out-of-range numbers, private keys that do
-// not decode) and one stream check. `.ci/run` runs it apart and prints what it finds;
-// un-ignore it when it passes.
-#[ignore = "schemathesis still reports failures; .ci/run runs it as a report"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_failure() {
     let Some(version) = schemathesis_version() else {
@@ -156,10 +151,27 @@ async fn schemathesis_finds_no_failure() {
             "[[operations]]\n\
              include-path-regex = \"^/api/v1/jobs(/script)?$\"\n\
              include-method = \"POST\"\n\
-             parameters = {{ \"body.server_id\" = \"{a}\" }}\n\n\
+             parameters = {{ \"body.server_id\" = \"{a}\" }}\n\
+             {ok422}\n\n\
+             [[operations]]\n\
+             include-path = \"/api/v1/jobs/{{id}}/duplicate\"\n\
+             {ok422}\n\n\
+             [[operations]]\n\
+             include-name = \"POST /api/v1/servers\"\n\
+             {ok422}\n\n\
+             [[operations]]\n\
+             include-name = \"PUT /api/v1/servers/{{id}}\"\n\
+             {ok422}\n\n\
              [[operations]]\n\
              include-path = \"/api/v1/servers/{{id}}/test\"\n\
              parameters = {{ \"path.id\" = \"{b}\" }}\n",
+            // Rules a JSON Schema cannot state, each a documented 422 naming the field: a
+            // `server_id` must name a registered server (submit, duplicate), a private key
+            // must decode and the credential must suit `auth_type` (server create, update).
+            // For those operations a schema-valid request may be refused with that 422;
+            // everything else about them is checked as for any operation.
+            ok422 = "checks.positive_data_acceptance.expected-statuses = \
+                     [\"2xx\", \"401\", \"403\", \"404\", \"409\", \"422\", \"429\"]",
             a = servers[0],
             b = servers[1],
         ),
@@ -182,8 +194,11 @@ async fn schemathesis_finds_no_failure() {
         MAX_EXAMPLES,
         "--seed",
         SEED,
+        // One worker: with two, hypothesis (under CPython 3.11) now and then fails to
+        // describe a strategy's lambda ("AST constructor recursion depth mismatch"), a
+        // runtime error of the tool, not a finding.
         "--workers",
-        "2",
+        "1",
         "--request-timeout",
         "20",
         "--generation-database",
@@ -247,6 +262,25 @@ async fn schemathesis_finds_no_failure() {
         panic!("schemathesis did not finish within {BOUND:?}\n{report}");
     };
     assert!(status.success(), "schemathesis reported failures\n{report}");
+    // A pass means something only if every documented operation was exercised.
+    let number_after = |label: &str| -> Option<usize> {
+        let at = stdout.find(label)? + label.len();
+        let digits: String = stdout[at..]
+            .trim_start()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    let documented = job_executor::http::routes().len();
+    let tested = number_after("Tested:");
+    assert!(
+        tested.is_some_and(|n| n + 2 >= documented),
+        "schemathesis tested {tested:?} of {documented} operations\n{report}"
+    );
+    for line in stdout.lines().filter(|l| l.contains("generated,")) {
+        eprintln!("schemathesis: {}", line.trim());
+    }
     drop(svc);
     drop(host);
 }
