@@ -7,7 +7,7 @@
 //! heartbeat renews the leases of running jobs, picks up cancels requested through the
 //! database, and fails jobs whose worker was lost.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +44,13 @@ pub struct Dispatcher {
     /// Stops that came for a job in hand: it may be claimed (and shown running) before its
     /// actor starts, and the stop is passed on then.
     early_stops: HashMap<String, StopReason>,
+    /// Deliveries read, waiting for the earlier ones' reads: slots are asked for in delivery
+    /// order, whatever order the reads finish in (a server's FIFO holds under load).
+    read: BTreeMap<u64, Read>,
+    /// The number the next delivery gets.
+    next_delivery: u64,
+    /// The delivery whose slot request goes next.
+    next_admitted: u64,
     broker: Option<Arc<crate::queue::rabbit::RabbitBroker>>,
     /// This worker's run slots (`worker.concurrency`). A semaphore: a delivery waits for a
     /// permit away from the actor, and the permit stays with the job until it ends.
@@ -92,6 +99,9 @@ impl Dispatcher {
             running: HashMap::new(),
             pending: HashSet::new(),
             early_stops: HashMap::new(),
+            read: BTreeMap::new(),
+            next_delivery: 0,
+            next_admitted: 0,
             broker: None,
             slots,
             token: CancellationToken::new(),
@@ -313,23 +323,62 @@ impl Handler<Delivery> for Dispatcher {
             ctx.spawn(acknowledge(ack).into_actor(self));
             return;
         }
-        let read = read_queued(self.deps.store.clone(), job_id.clone());
+        let number = self.next_delivery;
+        self.next_delivery += 1;
         ctx.spawn(
-            read.into_actor(self)
-                .then(|queued, act, _| act.wait_and_claim(queued).into_actor(act))
-                // The claim is committed (or lost) before the delivery is acknowledged.
-                .then(|claimed, act, _| acknowledge(ack).map(|()| claimed).into_actor(act))
-                .map(move |claimed, act, ctx| {
-                    act.pending.remove(&job_id);
-                    let early_stop = act.early_stops.remove(&job_id);
-                    if let Some(claimed) = claimed {
-                        act.start(claimed, ctx);
-                        if let Some(reason) = early_stop {
-                            act.stop_job(job_id, reason);
-                        }
-                    }
+            read_queued(self.deps.store.clone(), job_id.clone())
+                .into_actor(self)
+                .map(move |queued, act, ctx| {
+                    let read = Read {
+                        job_id,
+                        queued,
+                        ack,
+                    };
+                    act.read.insert(number, read);
+                    act.admit(ctx);
                 }),
         );
+    }
+}
+
+/// A delivery whose job has been read.
+struct Read {
+    job_id: String,
+    /// The job, if it is still queued, and its server's `max_concurrent_jobs`.
+    queued: Option<(JobRow, usize)>,
+    ack: Option<Ack>,
+}
+
+impl Dispatcher {
+    /// Ask for slots for the deliveries read so far, in delivery order: each waits (FIFO)
+    /// for a slot on its server, then in this worker; is claimed; acknowledged; started.
+    fn admit(&mut self, ctx: &mut Context<Self>) {
+        while let Some(Read {
+            job_id,
+            queued,
+            ack,
+        }) = self.read.remove(&self.next_admitted)
+        {
+            self.next_admitted += 1;
+            // Made now, so the slot request is in the host's mailbox in delivery order.
+            let claim = self.wait_and_claim(queued);
+            ctx.spawn(
+                claim
+                    .into_actor(self)
+                    // The claim is committed (or lost) before the delivery is acknowledged.
+                    .then(|claimed, act, _| acknowledge(ack).map(|()| claimed).into_actor(act))
+                    .map(move |claimed, act, ctx| {
+                        act.pending.remove(&job_id);
+                        let early_stop = act.early_stops.remove(&job_id);
+                        if let Some(claimed) = claimed {
+                            act.start(claimed, ctx);
+                            if let Some(reason) = early_stop {
+                                act.stop_job(job_id, reason);
+                            }
+                        }
+                    }),
+            );
+        }
     }
 }
 
@@ -371,25 +420,26 @@ impl Dispatcher {
         &mut self,
         queued: Option<(JobRow, usize)>,
     ) -> impl Future<Output = Option<Claimed>> + use<> {
-        let host = queued
-            .as_ref()
-            .and_then(|(row, max_jobs)| self.host(&row.server_id, *max_jobs));
+        // The server's slot first: a job waiting for a busy server must not hold one of this
+        // worker's slots meanwhile. Asked for now (not when the future first runs), so the
+        // requests reach the host in the order of the calls.
+        let asked = queued.as_ref().and_then(|(row, max_jobs)| {
+            let host = self.host(&row.server_id, *max_jobs)?;
+            let request = host.send(AcquireSlot {
+                max_jobs: *max_jobs,
+                job_id: row.id.clone(),
+            });
+            Some((host, request))
+        });
         let slots = self.slots.clone();
         let store = self.deps.store.clone();
         let events = self.deps.events.clone();
         let worker = self.worker_id.clone();
         let lease = self.lease();
         async move {
-            let (row, max_jobs) = queued?;
-            let host = host?;
-            // The server's slot first: a job waiting for a busy server must not hold one of
-            // this worker's slots meanwhile.
-            let job_id = row.id.clone();
-            let host_slot = host
-                .send(AcquireSlot { max_jobs, job_id })
-                .await
-                .ok()?
-                .ok()?;
+            let (row, _) = queued?;
+            let (host, request) = asked?;
+            let host_slot = request.await.ok()?.ok()?;
             let worker_slot = slots.acquire_owned().await.ok()?;
             let row = match store
                 .claim_job(row.id.clone(), worker, lease_until(lease))

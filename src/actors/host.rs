@@ -241,6 +241,9 @@ impl Actor for HostActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // Slot requests must queue in the order they were sent (a full mailbox parks senders
+        // and wakes them in no particular order): room for every job a worker may hold.
+        ctx.set_mailbox_capacity(MAILBOX);
         let every = (self.limits.idle / 2).max(Duration::from_secs(1));
         ctx.run_interval(every, |act, ctx| {
             act.close_idle();
@@ -248,6 +251,9 @@ impl Actor for HostActor {
         });
     }
 }
+
+/// The host actor's mailbox: far above the jobs one worker hands one server at once.
+const MAILBOX: usize = 1 << 16;
 
 impl Handler<AcquireSlot> for HostActor {
     type Result = ResponseFuture<Result<OwnedSemaphorePermit, HostError>>;
