@@ -331,9 +331,9 @@ impl Supervisor {
 
     /// Submit a job; it is queued and runs as soon as its server has room.
     pub async fn submit(&self, job: NewJob) -> Result<JobId, Error> {
-        let server = self.engine().find_server(&job.server).await?;
+        let server = self.engine().server_id_of(&job.server).await?;
         let mut request = job.request;
-        request.server_id = Some(server.id);
+        request.server_id = Some(server.to_string());
         let kind = job.kind.unwrap_or(JobKind::Command);
         let submitted = self
             .engine()

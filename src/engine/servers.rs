@@ -95,17 +95,20 @@ impl Engine {
         Ok(self.store.list_servers().await?)
     }
 
-    /// A server by name, or by id.
-    pub async fn find_server(&self, name_or_id: &str) -> Result<ServerRow, Error> {
+    /// The id of the server `name_or_id` names: an id is taken as it is (a submission checks
+    /// it), a name is looked up.
+    pub async fn server_id_of(&self, name_or_id: &str) -> Result<ServerId, Error> {
         if let Ok(id) = name_or_id.parse::<ServerId>() {
-            return self.server(id).await;
+            return Ok(id);
         }
-        self.store
+        let row = self
+            .store
             .get_server_by_name(name_or_id.to_string())
             .await
             .map_err(Error::store(|| {
                 Subject::ServerNamed(name_or_id.to_string())
-            }))
+            }))?;
+        Ok(ServerId(crate::domain::parse_id("id", &row.id)?))
     }
 
     /// Create the server named in `patch`, or update the one with that name.
@@ -130,12 +133,12 @@ impl Engine {
         input: ServerPatch,
     ) -> Result<ServerRow, Error> {
         let fields = fields_set(&input);
-        let before = self.server(id).await?;
-        let row = self
+        let updated = self
             .store
             .update_server(id.0, move |draft| draft.patch(input))
             .await
             .map_err(update_error(id))?;
+        let row = updated.row;
         tracing::info!(server_id = %row.id, "server updated");
         self.audit(AuditEntry::by(
             actor,
@@ -145,9 +148,9 @@ impl Engine {
             json!({ "fields": fields }),
         ))
         .await;
-        if before.host_key != row.host_key {
+        if updated.previous_host_key != row.host_key {
             let detail = json!({
-                "old_fingerprint": before.host_key.as_deref().map(ssh::pinned_fingerprint),
+                "old_fingerprint": updated.previous_host_key.as_deref().map(ssh::pinned_fingerprint),
                 "new_fingerprint": row.host_key.as_deref().map(ssh::pinned_fingerprint),
                 "by": "update",
             });
@@ -165,8 +168,8 @@ impl Engine {
 
     /// Delete a server; refused while it has queued or running jobs.
     pub async fn delete_server(&self, actor: &Actor, id: ServerId) -> Result<(), Error> {
-        let row = self.server(id).await?;
-        self.store
+        let row = self
+            .store
             .delete_server(id.0)
             .await
             .map_err(Error::store(missing(id)))?;
@@ -270,6 +273,7 @@ pub async fn upsert_server(
             store
                 .update_server(id.0, move |draft| draft.patch(patch))
                 .await
+                .map(|updated| updated.row)
                 .map_err(update_error(id))
         }
         Err(StoreError::NotFound) => {

@@ -91,7 +91,7 @@ pub async fn serve() -> Result<HttpResponse, ApiError> {
         .map_err(|e| ApiError::Internal(format!("cannot encode the OpenAPI document: {e}")))?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(json.clone()))
+        .body(json.as_str()))
 }
 
 // --- Error responses: `ErrorBody` with the status's meaning. ----------------------------

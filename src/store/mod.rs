@@ -12,7 +12,7 @@ mod jobs;
 mod models;
 pub mod schema;
 mod servers;
-pub use servers::UpdateError;
+pub use servers::{UpdateError, Updated};
 
 pub use audit::{AuditEntry, AuditFilter, AuditRow};
 pub use jobs::{CancelOutcome, ChunkRow, Finish, JobFilter, JobRow, LostJob};

@@ -6,6 +6,16 @@ use super::schema::{jobs, servers};
 use super::{AuditEntry, ServerRow, Store, StoreError, conflict_on_unique};
 use crate::domain::{Actor, FieldError, HostKeyCheck, JobStatus, Micros, ServerDraft};
 
+/// A server as an update left it, and the host key it had before (read in the same
+/// transaction).
+#[derive(Debug)]
+pub struct Updated {
+    /// The server now.
+    pub row: ServerRow,
+    /// Its pinned host key before the update.
+    pub previous_host_key: Option<String>,
+}
+
 /// Why an update could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
@@ -81,11 +91,7 @@ impl Store {
 
     /// Read, change and write a server in one transaction. `change` gets the stored state as
     /// a draft and returns the new one (or why not).
-    pub async fn update_server<F>(
-        &self,
-        id: uuid::Uuid,
-        change: F,
-    ) -> Result<ServerRow, UpdateError>
+    pub async fn update_server<F>(&self, id: uuid::Uuid, change: F) -> Result<Updated, UpdateError>
     where
         F: FnOnce(ServerDraft) -> Result<ServerDraft, FieldError> + Send + 'static,
     {
@@ -99,6 +105,7 @@ impl Store {
                         .first(conn)
                         .optional()?
                         .ok_or(StoreError::NotFound)?;
+                    let previous_host_key = row.host_key.clone();
                     let draft = change(row.to_draft(&keyring).map_err(StoreError::from)?)?;
                     row.apply(&draft, Micros::now(), &keyring)
                         .map_err(StoreError::from)?;
@@ -106,7 +113,10 @@ impl Store {
                         .set(&row)
                         .execute(conn)
                         .map_err(|e| conflict_on_unique(e, || name_taken(&row.name)))?;
-                    Ok(row)
+                    Ok(Updated {
+                        row,
+                        previous_host_key,
+                    })
                 }))
             })
             .await;
@@ -116,15 +126,17 @@ impl Store {
         }
     }
 
-    /// Delete a server, refused while it has queued or running jobs.
-    pub async fn delete_server(&self, id: uuid::Uuid) -> Result<(), StoreError> {
+    /// Delete a server, refused while it has queued or running jobs; returns what it was.
+    pub async fn delete_server(&self, id: uuid::Uuid) -> Result<ServerRow, StoreError> {
         self.run(move |conn| {
             super::write_tx::<_, StoreError, _>(conn, |conn| {
                 let id = id.to_string();
-                let exists: i64 = servers::table.find(&id).count().get_result(conn)?;
-                if exists == 0 {
-                    return Err(StoreError::NotFound);
-                }
+                let row: ServerRow = servers::table
+                    .find(&id)
+                    .select(ServerRow::as_select())
+                    .first(conn)
+                    .optional()?
+                    .ok_or(StoreError::NotFound)?;
                 let active: i64 = jobs::table
                     .filter(jobs::server_id.eq(&id))
                     .filter(jobs::status.eq_any([
@@ -139,7 +151,7 @@ impl Store {
                     )));
                 }
                 diesel::delete(servers::table.find(&id)).execute(conn)?;
-                Ok(())
+                Ok(row)
             })
         })
         .await
@@ -210,37 +222,6 @@ impl Store {
         .await
     }
 
-    /// Pin a host key on a server if none is pinned yet (trust on first use), recording
-    /// `record` in the same transaction. One conditional update: of two first connections
-    /// only one pins. Returns whether this call pinned it. The one place a first-use pin is
-    /// made, for the connection test and a worker's first connection alike.
-    pub async fn pin_host_key(
-        &self,
-        id: uuid::Uuid,
-        key: String,
-        record: AuditEntry,
-    ) -> Result<bool, StoreError> {
-        self.run(move |conn| {
-            conn.transaction(|conn| {
-                let n = diesel::update(
-                    servers::table
-                        .find(id.to_string())
-                        .filter(servers::host_key.is_null()),
-                )
-                .set((
-                    servers::host_key.eq(Some(key)),
-                    servers::updated_at.eq(Micros::now().0),
-                ))
-                .execute(conn)?;
-                if n == 1 {
-                    super::audit::insert(conn, record)?;
-                }
-                Ok(n == 1)
-            })
-        })
-        .await
-    }
-
     /// Pin `key` (an OpenSSH public key line, whose fingerprint is `fingerprint`) on `row`
     /// when its policy is trust on first use and nothing is pinned yet, with the audit record
     /// of `actor` pinning it `by` some means, in one conditional update: of two first
@@ -259,8 +240,24 @@ impl Store {
         }
         let detail = serde_json::json!({ "fingerprint": fingerprint, "by": by });
         let record = AuditEntry::by(actor, "server.host_key_pinned", "server", &row.id, detail);
-        let id = uuid::Uuid::parse_str(&row.id).map_err(|_| StoreError::NotFound)?;
-        let pinned = self.pin_host_key(id, key, record).await?;
+        let id = row.id.clone();
+        let pinned = self
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    let n =
+                        diesel::update(servers::table.find(id).filter(servers::host_key.is_null()))
+                            .set((
+                                servers::host_key.eq(Some(key)),
+                                servers::updated_at.eq(Micros::now().0),
+                            ))
+                            .execute(conn)?;
+                    if n == 1 {
+                        super::audit::insert(conn, record)?;
+                    }
+                    Ok(n == 1)
+                })
+            })
+            .await?;
         if pinned {
             tracing::info!(server_id = %row.id, %fingerprint, by, "host key pinned on first use");
         }
