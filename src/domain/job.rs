@@ -14,10 +14,21 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Where a job is in its life.
+/// Where a job is in its life. Stored as its name ([`JobStatus::as_str`]) in a text column.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+    diesel::AsExpression,
+    diesel::FromSqlRow,
 )]
+#[diesel(sql_type = diesel::sql_types::Text)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     /// Accepted and waiting for a worker.
@@ -102,10 +113,20 @@ impl FromStr for JobStatus {
     }
 }
 
-/// What a job runs.
+/// What a job runs. Stored as its name ([`JobKind::as_str`]) in a text column.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+    diesel::AsExpression,
+    diesel::FromSqlRow,
 )]
+#[diesel(sql_type = diesel::sql_types::Text)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     /// A command line: `command` followed by `args`.
@@ -121,6 +142,12 @@ impl JobKind {
             Self::Command => "command",
             Self::Script => "script",
         }
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

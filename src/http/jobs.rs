@@ -26,8 +26,7 @@ pub struct JobView {
     #[schema(format = Uuid)]
     pub id: String,
     /// `command` or `script`.
-    #[schema(value_type = JobKind)]
-    pub kind: String,
+    pub kind: JobKind,
     /// Command jobs: the program.
     #[schema(required = true)]
     pub command: Option<String>,
@@ -52,8 +51,7 @@ pub struct JobView {
     #[schema(required = true)]
     pub cwd: Option<String>,
     /// Where the job is in its life; a terminal status never changes again.
-    #[schema(value_type = JobStatus)]
-    pub status: String,
+    pub status: JobStatus,
     /// The remote command's exit code, null until known.
     #[schema(required = true)]
     pub exit_code: Option<i32>,
@@ -94,7 +92,7 @@ impl JobView {
     pub fn of(row: &JobRow) -> Self {
         JobView {
             id: row.id.clone(),
-            kind: row.kind.clone(),
+            kind: row.kind,
             command: row.command.clone(),
             args: row.args.clone(),
             script: row.script.clone(),
@@ -103,7 +101,7 @@ impl JobView {
             timeout: row.timeout_secs,
             env: serde_json::from_str(&row.env).unwrap_or_else(|_| json!({})),
             cwd: row.cwd.clone(),
-            status: row.status.clone(),
+            status: row.status,
             exit_code: row.exit_code,
             error: row.error.clone(),
             created_at: Micros(row.created_at),
@@ -427,8 +425,7 @@ pub struct JobLogs {
     #[schema(format = Uuid)]
     job_id: String,
     /// The job's status.
-    #[schema(value_type = JobStatus)]
-    status: String,
+    status: JobStatus,
     /// The exit code, null until known.
     #[schema(required = true)]
     exit_code: Option<i32>,

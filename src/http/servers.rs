@@ -31,8 +31,7 @@ pub struct ServerView {
     /// Login user.
     user: String,
     /// How the worker authenticates.
-    #[schema(value_type = AuthType)]
-    auth_type: String,
+    auth_type: AuthType,
     /// A password is stored (it is never shown).
     has_password: bool,
     /// A private key is stored (it is never shown).
@@ -48,8 +47,7 @@ pub struct ServerView {
     #[schema(required = true)]
     host_key_fingerprint: Option<String>,
     /// What the worker does with the key the server presents.
-    #[schema(value_type = HostKeyCheck)]
-    host_key_check: String,
+    host_key_check: HostKeyCheck,
     /// How many jobs may run on it at once.
     max_concurrent_jobs: i32,
     /// When it was registered.

@@ -6,7 +6,7 @@ use diesel::prelude::*;
 
 use super::schema::{job_output, jobs, servers};
 use super::{Store, StoreError};
-use crate::domain::{JobSpec, JobStatus, Micros, OutputStream};
+use crate::domain::{JobKind, JobSpec, JobStatus, Micros, OutputStream};
 
 /// A `jobs` row.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -15,7 +15,7 @@ pub struct JobRow {
     /// UUID (v7: ordered by creation).
     pub id: String,
     /// `command` or `script`.
-    pub kind: String,
+    pub kind: JobKind,
     /// The program.
     pub command: Option<String>,
     /// Arguments.
@@ -36,8 +36,8 @@ pub struct JobRow {
     pub idempotency_key: Option<String>,
     /// Safe to re-run after a lost worker.
     pub retry_safe: bool,
-    /// Status name.
-    pub status: String,
+    /// Where it is in its life.
+    pub status: JobStatus,
     /// Exit code, once known.
     pub exit_code: Option<i32>,
     /// Why it failed, was canceled or timed out.
@@ -71,15 +71,15 @@ pub struct JobRow {
 }
 
 impl JobRow {
-    /// The status, parsed.
+    /// Where it is in its life.
     pub fn status(&self) -> JobStatus {
-        self.status.parse().unwrap_or(JobStatus::Failed)
+        self.status
     }
 
     /// The job as a spec, for duplicating or running it.
     pub fn spec(&self) -> JobSpec {
         JobSpec {
-            kind: self.kind.parse().unwrap_or(crate::domain::JobKind::Command),
+            kind: self.kind,
             command: self.command.clone(),
             args: self.args.clone(),
             script: self.script.clone(),
@@ -171,10 +171,6 @@ fn find(conn: &mut super::DbConnection, id: &str) -> Result<JobRow, StoreError> 
         .ok_or(StoreError::NotFound)
 }
 
-fn statuses(list: Vec<JobStatus>) -> Vec<&'static str> {
-    list.into_iter().map(JobStatus::as_str).collect()
-}
-
 impl Store {
     /// Insert a queued job. With an idempotency key already used, returns the first job and
     /// `false` (nothing inserted).
@@ -202,7 +198,7 @@ impl Store {
                 }
                 let row = JobRow {
                     id: uuid::Uuid::now_v7().to_string(),
-                    kind: spec.kind.as_str().to_string(),
+                    kind: spec.kind,
                     command: spec.command,
                     args: spec.args,
                     script: spec.script,
@@ -213,7 +209,7 @@ impl Store {
                     cwd: spec.cwd,
                     idempotency_key: spec.idempotency_key,
                     retry_safe: spec.retry_safe,
-                    status: JobStatus::Queued.as_str().to_string(),
+                    status: JobStatus::Queued,
                     exit_code: None,
                     error: None,
                     created_at: Micros::now().0,
@@ -250,7 +246,7 @@ impl Store {
     /// on the database every process shares, for `GET /metrics`.
     pub async fn count_jobs_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
         self.run(|conn| {
-            let rows: Vec<(String, i64)> = jobs::table
+            let rows: Vec<(JobStatus, i64)> = jobs::table
                 .group_by(jobs::status)
                 .select((jobs::status, diesel::dsl::count_star()))
                 .load(conn)?;
@@ -259,7 +255,7 @@ impl Store {
                 .map(|st| {
                     let n = rows
                         .iter()
-                        .filter(|(name, _)| name == st.as_str())
+                        .filter(|(status, _)| *status == st)
                         .map(|(_, n)| *n)
                         .sum();
                     (st, n)
@@ -285,7 +281,7 @@ impl Store {
             Ok(jobs::table
                 .inner_join(servers::table.on(servers::id.eq(jobs::server_id)))
                 .filter(jobs::id.eq(&id))
-                .filter(jobs::status.eq(JobStatus::Queued.as_str()))
+                .filter(jobs::status.eq(JobStatus::Queued))
                 .select((JobRow::as_select(), servers::max_concurrent_jobs))
                 .first(conn)
                 .optional()?)
@@ -301,8 +297,7 @@ impl Store {
         self.run(move |conn| {
             let mut q = jobs::table.select(JobRow::as_select()).into_boxed();
             if !filter.statuses.is_empty() {
-                let names: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
-                q = q.filter(jobs::status.eq_any(names));
+                q = q.filter(jobs::status.eq_any(filter.statuses));
             }
             if let Some(server) = filter.server_id {
                 q = q.filter(jobs::server_id.eq(server));
@@ -336,11 +331,11 @@ impl Store {
             let n = diesel::update(
                 jobs::table
                     .find(&id)
-                    .filter(jobs::status.eq(JobStatus::Queued.as_str()))
+                    .filter(jobs::status.eq(JobStatus::Queued))
                     .filter(jobs::cancel_requested.eq(false)),
             )
             .set((
-                jobs::status.eq(JobStatus::Running.as_str()),
+                jobs::status.eq(JobStatus::Running),
                 jobs::worker.eq(Some(worker)),
                 jobs::lease_expires_at.eq(Some(lease_until.0)),
                 jobs::started_at.eq(Some(now)),
@@ -367,10 +362,10 @@ impl Store {
             let n = diesel::update(
                 jobs::table
                     .find(&id)
-                    .filter(jobs::status.eq_any(statuses(JobStatus::sources_of(finish.status)))),
+                    .filter(jobs::status.eq_any(JobStatus::sources_of(finish.status))),
             )
             .set((
-                jobs::status.eq(finish.status.as_str()),
+                jobs::status.eq(finish.status),
                 jobs::exit_code.eq(finish.exit_code),
                 jobs::error.eq(finish.error),
                 jobs::finished_at.eq(Some(Micros::now().0)),
@@ -397,10 +392,10 @@ impl Store {
             let n = diesel::update(
                 jobs::table
                     .find(&id)
-                    .filter(jobs::status.eq(JobStatus::Queued.as_str())),
+                    .filter(jobs::status.eq(JobStatus::Queued)),
             )
             .set((
-                jobs::status.eq(JobStatus::Canceled.as_str()),
+                jobs::status.eq(JobStatus::Canceled),
                 jobs::cancel_requested.eq(true),
                 jobs::error.eq(Some("canceled by request before it started")),
                 jobs::finished_at.eq(Some(now)),
@@ -412,7 +407,7 @@ impl Store {
             let n = diesel::update(
                 jobs::table
                     .find(&id)
-                    .filter(jobs::status.eq(JobStatus::Running.as_str())),
+                    .filter(jobs::status.eq(JobStatus::Running)),
             )
             .set(jobs::cancel_requested.eq(true))
             .execute(conn)?;
@@ -453,7 +448,7 @@ impl Store {
                 jobs::table
                     .filter(jobs::id.eq_any(&ids))
                     .filter(jobs::worker.eq(&worker))
-                    .filter(jobs::status.eq(JobStatus::Running.as_str())),
+                    .filter(jobs::status.eq(JobStatus::Running)),
             )
             .set(jobs::lease_expires_at.eq(Some(until.0)))
             .execute(conn)?;
@@ -566,7 +561,7 @@ impl Store {
         self.run(move |conn| {
             let before = Micros::now().0 - min_age_micros;
             Ok(jobs::table
-                .filter(jobs::status.eq(JobStatus::Queued.as_str()))
+                .filter(jobs::status.eq(JobStatus::Queued))
                 .filter(jobs::published.eq(false))
                 .filter(jobs::created_at.lt(before))
                 .order(jobs::id.asc())
@@ -592,7 +587,7 @@ impl Store {
     pub async fn queued_job_ids(&self, limit: i64) -> Result<Vec<String>, StoreError> {
         self.run(move |conn| {
             Ok(jobs::table
-                .filter(jobs::status.eq(JobStatus::Queued.as_str()))
+                .filter(jobs::status.eq(JobStatus::Queued))
                 .order(jobs::id.asc())
                 .limit(limit)
                 .select(jobs::id)
@@ -612,7 +607,7 @@ impl Store {
         self.run(move |conn| {
             let now = Micros::now().0;
             let expired: Vec<(String, bool, i32, String, Option<i64>)> = jobs::table
-                .filter(jobs::status.eq(JobStatus::Running.as_str()))
+                .filter(jobs::status.eq(JobStatus::Running))
                 .filter(jobs::lease_expires_at.lt(now))
                 .select((
                     jobs::id,
@@ -632,12 +627,12 @@ impl Store {
                 };
                 let still_expired = jobs::table
                     .find(&id)
-                    .filter(jobs::status.eq(JobStatus::Running.as_str()))
+                    .filter(jobs::status.eq(JobStatus::Running))
                     .filter(jobs::lease_expires_at.lt(now));
                 if retry_safe && attempts < max_attempts {
                     let n = diesel::update(still_expired.filter(jobs::cancel_requested.eq(false)))
                         .set((
-                            jobs::status.eq(JobStatus::Queued.as_str()),
+                            jobs::status.eq(JobStatus::Queued),
                             jobs::worker.eq(None::<String>),
                             jobs::lease_expires_at.eq(None::<i64>),
                             jobs::started_at.eq(None::<i64>),
@@ -652,7 +647,7 @@ impl Store {
                 }
                 let n = diesel::update(still_expired)
                     .set((
-                        jobs::status.eq(JobStatus::Failed.as_str()),
+                        jobs::status.eq(JobStatus::Failed),
                         jobs::error.eq(Some(error.clone())),
                         jobs::finished_at.eq(Some(now)),
                         jobs::lease_expires_at.eq(None::<i64>),

@@ -12,6 +12,7 @@ mod jobs;
 mod models;
 pub mod schema;
 mod servers;
+mod types;
 pub use servers::{UpdateError, Updated};
 
 pub use audit::{AuditEntry, AuditFilter, AuditRow};

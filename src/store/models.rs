@@ -23,7 +23,7 @@ pub struct ServerRow {
     /// Login user.
     pub username: String,
     /// `password` or `key`.
-    pub auth_type: String,
+    pub auth_type: AuthType,
     /// Password bytes.
     pub password: Option<Vec<u8>>,
     /// Private key bytes.
@@ -35,7 +35,7 @@ pub struct ServerRow {
     /// Pinned host key.
     pub host_key: Option<String>,
     /// `tofu` or `off`.
-    pub host_key_check: String,
+    pub host_key_check: HostKeyCheck,
     /// Cap of concurrent jobs.
     pub max_concurrent_jobs: i32,
     /// Whether jobs may run on it.
@@ -110,13 +110,13 @@ impl ServerRow {
             hostname: String::new(),
             port: 22,
             username: String::new(),
-            auth_type: String::new(),
+            auth_type: AuthType::Password,
             password: None,
             private_key: None,
             private_key_passphrase: None,
             secret_version: 0,
             host_key: None,
-            host_key_check: String::new(),
+            host_key_check: HostKeyCheck::Tofu,
             max_concurrent_jobs: 1,
             is_active: true,
             created_at: now.0,
@@ -137,10 +137,10 @@ impl ServerRow {
         self.hostname = draft.hostname.trim().to_string();
         self.port = i32::from(draft.port);
         self.username = draft.user.clone();
-        self.auth_type = draft.auth_type.as_str().to_string();
+        self.auth_type = draft.auth_type;
         self.seal_secrets(&draft.secrets, keyring)?;
         self.host_key = draft.host_key.clone();
-        self.host_key_check = draft.host_key_check.as_str().to_string();
+        self.host_key_check = draft.host_key_check;
         self.max_concurrent_jobs = i32::try_from(draft.max_concurrent_jobs).unwrap_or(i32::MAX);
         self.is_active = draft.is_active;
         self.updated_at = now.0;
@@ -182,11 +182,11 @@ impl ServerRow {
             hostname: self.hostname.clone(),
             port: u16::try_from(self.port).unwrap_or(22),
             user: self.username.clone(),
-            auth_type: self.auth_type.parse().unwrap_or(AuthType::Password),
+            auth_type: self.auth_type,
             secrets: server_secrets(self, keyring)?,
             is_active: self.is_active,
             host_key: self.host_key.clone(),
-            host_key_check: self.host_key_check.parse().unwrap_or(HostKeyCheck::Tofu),
+            host_key_check: self.host_key_check,
             max_concurrent_jobs: u32::try_from(self.max_concurrent_jobs).unwrap_or(1),
         })
     }

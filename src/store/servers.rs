@@ -140,8 +140,8 @@ impl Store {
                 let active: i64 = jobs::table
                     .filter(jobs::server_id.eq(&id))
                     .filter(jobs::status.eq_any([
-                        JobStatus::Queued.as_str(),
-                        JobStatus::Running.as_str(),
+                        JobStatus::Queued,
+                        JobStatus::Running,
                     ]))
                     .count()
                     .get_result(conn)?;
@@ -235,7 +235,7 @@ impl Store {
         actor: &Actor,
         by: &'static str,
     ) -> Result<bool, StoreError> {
-        if row.host_key.is_some() || row.host_key_check != HostKeyCheck::Tofu.as_str() {
+        if row.host_key.is_some() || row.host_key_check != HostKeyCheck::Tofu {
             return Ok(false);
         }
         let detail = serde_json::json!({ "fingerprint": fingerprint, "by": by });

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use job_executor::domain::OutputStream;
+use job_executor::domain::{JobStatus, OutputStream};
 use job_executor::supervisor::{Error, JobId, NewJob, NewServer, OutputChunk, Supervisor};
 
 use crate::db_test;
@@ -21,7 +21,7 @@ fn text(chunks: &[OutputChunk], stream: OutputStream) -> String {
 
 async fn wait_running(sup: &Supervisor, job: &JobId) {
     let start = Instant::now();
-    while sup.job(job).await.unwrap().status != "running" {
+    while sup.job(job).await.unwrap().status != JobStatus::Running {
         assert!(start.elapsed() < Duration::from_secs(20), "never ran");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -68,7 +68,7 @@ db_test!(
         assert_eq!(text(&chunks, OutputStream::Stderr), "two\n");
         assert!(chunks.windows(2).all(|w| w[0].seq < w[1].seq));
         let done = sup.wait(&job).await.unwrap();
-        assert_eq!(done.status, "failed");
+        assert_eq!(done.status, JobStatus::Failed);
         assert_eq!(done.exit_code, Some(3));
 
         // A script with arguments and environment, by server id.
@@ -93,7 +93,7 @@ db_test!(
         let started = Instant::now();
         sup.cancel(&job).await.unwrap();
         let done = sup.wait(&job).await.unwrap();
-        assert_eq!(done.status, "canceled");
+        assert_eq!(done.status, JobStatus::Canceled);
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "{:?} {done:?}",
@@ -123,7 +123,7 @@ db_test!(
             .unwrap();
         sup.shutdown().await;
         let row = store.get_job(job.0).await.unwrap();
-        assert_ne!(row.status, "running", "{row:?}");
+        assert_ne!(row.status, JobStatus::Running, "{row:?}");
     }
 );
 
