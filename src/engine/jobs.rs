@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 use super::follow::{Follower, Sink};
 use super::{Actor, Engine, Error, Subject};
 use crate::actors::messages::{CancelJob, Delivery, StopReason};
-use crate::domain::{FieldError, JobId, JobKind, JobRequest, JobSpec, JobStatus, ServerId};
+use crate::domain::{FieldError, JobId, JobKind, JobRequest, JobSpec, JobStatus};
 use crate::events::JobEvent;
 use crate::queue::rabbit::ControlMsg;
 use crate::store::{AuditEntry, CancelOutcome, ChunkRow, JobFilter, JobRow, StoreError};
@@ -40,19 +40,6 @@ pub struct Duplicated {
     pub original: JobRow,
     /// The new job, queued.
     pub job: JobRow,
-}
-
-/// Which jobs to list.
-#[derive(Debug, Clone, Default)]
-pub struct JobQuery {
-    /// Only jobs with one of these statuses (empty: any).
-    pub statuses: Vec<JobStatus>,
-    /// Only jobs of this server.
-    pub server_id: Option<ServerId>,
-    /// Page size, 1 to 1000.
-    pub limit: i64,
-    /// The `next_cursor` of the previous page.
-    pub cursor: Option<JobId>,
 }
 
 /// How often a waiter looks at the database besides listening for events (events of jobs
@@ -96,13 +83,7 @@ impl Engine {
     }
 
     /// A page of jobs, newest first, and the cursor of the next page.
-    pub async fn jobs(&self, query: JobQuery) -> Result<(Vec<JobRow>, Option<String>), Error> {
-        let filter = JobFilter {
-            statuses: query.statuses,
-            server_id: query.server_id.map(|s| s.to_string()),
-            limit: query.limit,
-            before: query.cursor.map(|c| c.to_string()),
-        };
+    pub async fn jobs(&self, filter: JobFilter) -> Result<(Vec<JobRow>, Option<String>), Error> {
         Ok(self.store.list_jobs(filter).await?)
     }
 
@@ -213,6 +194,25 @@ impl Engine {
             }
         }
         Ok((job, chunks))
+    }
+
+    /// The last `n` output chunks stored at or before seq `last`, oldest first (a resumed
+    /// stream rebuilds what it carried over from them).
+    pub async fn output_before(
+        &self,
+        job_id: &str,
+        last: i64,
+        n: i64,
+    ) -> Result<Vec<ChunkRow>, Error> {
+        Ok(self
+            .store
+            .read_output_tail(job_id.to_string(), last, n)
+            .await?)
+    }
+
+    /// How many jobs are in each status, every status listed (one `GROUP BY`).
+    pub async fn job_counts(&self) -> Result<Vec<(JobStatus, i64)>, Error> {
+        Ok(self.store.count_jobs_by_status().await?)
     }
 
     /// Follow a job's output from after seq `last` (-1: from the start) into `sink`:

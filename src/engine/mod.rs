@@ -34,7 +34,7 @@ use actix::Addr;
 
 pub use error::{Error, Subject};
 pub(crate) use jobs::WAIT_POLL;
-pub use jobs::{Canceled, Duplicated, FollowTask, JobQuery, Submitted};
+pub use jobs::{Canceled, Duplicated, FollowTask, Submitted};
 pub use runtime::{Role, Runtime, StartError};
 pub use servers::{Tested, apply_servers, ensure_default_server, upsert_server};
 

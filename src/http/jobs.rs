@@ -13,9 +13,8 @@ use super::{
     PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable, job_id, optional_id, page_limit,
 };
 use crate::domain::{FieldError, JobKind, JobRequest, JobStatus, Micros, OutputStream};
-use crate::engine::JobQuery;
 use crate::error::ApiError;
-use crate::store::{ChunkRow, JobRow};
+use crate::store::{ChunkRow, JobFilter, JobRow};
 
 /// The job object of the API: what every job response, the `status` and `complete` events
 /// of the stream, and the lists carry. The output itself is not inline (see the output
@@ -290,14 +289,14 @@ pub async fn list_jobs(
     query: web::Query<ListQuery>,
 ) -> Result<web::Json<JobList>, ApiError> {
     let q = query.into_inner();
-    let query = JobQuery {
+    let filter = JobFilter {
         statuses: statuses(q.status.as_deref())?,
         limit: page_limit(q.limit.as_deref())?,
         server_id: optional_id("server_id", q.server_id.as_deref())?,
-        cursor: optional_id("cursor", q.cursor.as_deref())?,
+        before: optional_id("cursor", q.cursor.as_deref())?,
     };
-    let limit = query.limit;
-    let (rows, next_cursor) = state.engine.jobs(query).await?;
+    let limit = filter.limit;
+    let (rows, next_cursor) = state.engine.jobs(filter).await?;
     Ok(web::Json(JobList {
         jobs: rows.iter().map(JobView::of).collect(),
         limit,

@@ -34,7 +34,7 @@ use crate::metrics;
 )]
 #[get("/metrics", wrap = "actix_web::middleware::from_fn(track)")]
 pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
-    let counts = state.engine.store().count_jobs_by_status().await;
+    let counts = state.engine.job_counts().await;
     let registry = Registry::new();
     let gauge = |name: &str, help: &str| {
         let gauge = metrics::made(name, IntGauge::with_opts(Opts::new(name, help)))?;

@@ -25,9 +25,10 @@ use tokio::sync::mpsc;
 use super::jobs::JobView;
 use super::{AppState, BadRequest, NotFound, TooManyRequests, Unauthorized, Unavailable, job_id};
 use crate::domain::{Micros, OutputStream};
+use crate::engine::Engine;
 use crate::engine::follow::{Gone, Sink};
 use crate::error::ApiError;
-use crate::store::{ChunkRow, JobRow};
+use crate::store::JobRow;
 
 /// How often an idle stream gets a keep-alive comment.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -165,12 +166,12 @@ impl SseSink {
     }
 
     /// Rebuild the UTF-8 carries as they stood after `last` (a resumed stream).
-    async fn prime(&mut self, store: &crate::store::Store, last: i64) {
+    async fn prime(&mut self, engine: &Engine, last: i64) {
         if last < 0 {
             return;
         }
-        let tail: Vec<ChunkRow> = store
-            .read_output_tail(self.job_id.clone(), last, 16)
+        let tail = engine
+            .output_before(&self.job_id, last, 16)
             .await
             .unwrap_or_default();
         for c in tail {
@@ -281,9 +282,9 @@ pub async fn follow_job(
         tx,
     };
     let mut task = state.engine.follow(id, last, sink).await?;
-    let store = state.engine.store().clone();
+    let engine = state.engine.clone();
     actix_web::rt::spawn(async move {
-        task.sink_mut().prime(&store, last).await;
+        task.sink_mut().prime(&engine, last).await;
         task.keep_alive(KEEP_ALIVE).run().await;
         drop(slot);
     });

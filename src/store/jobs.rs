@@ -6,7 +6,7 @@ use diesel::prelude::*;
 
 use super::schema::{job_output, jobs, servers};
 use super::{Store, StoreError};
-use crate::domain::{JobKind, JobSpec, JobStatus, Micros, OutputStream};
+use crate::domain::{JobId, JobKind, JobSpec, JobStatus, Micros, OutputStream, ServerId};
 
 /// A `jobs` row.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -122,11 +122,11 @@ pub struct JobFilter {
     /// Only jobs with one of these statuses (empty: any).
     pub statuses: Vec<JobStatus>,
     /// Only this server.
-    pub server_id: Option<String>,
-    /// Page size.
+    pub server_id: Option<ServerId>,
+    /// Page size, 1 to 1000.
     pub limit: i64,
-    /// Jobs older than this id (the previous page's `next_cursor`).
-    pub before: Option<String>,
+    /// Jobs older than this one (the previous page's `next_cursor`).
+    pub before: Option<JobId>,
 }
 
 /// A running job whose worker was lost (its lease expired), as it stood when reaped.
@@ -300,10 +300,10 @@ impl Store {
                 q = q.filter(jobs::status.eq_any(filter.statuses));
             }
             if let Some(server) = filter.server_id {
-                q = q.filter(jobs::server_id.eq(server));
+                q = q.filter(jobs::server_id.eq(server.to_string()));
             }
             if let Some(before) = filter.before {
-                q = q.filter(jobs::id.lt(before));
+                q = q.filter(jobs::id.lt(before.to_string()));
             }
             let limit = filter.limit.max(1);
             let mut rows: Vec<JobRow> = q.order(jobs::id.desc()).limit(limit + 1).load(conn)?;
