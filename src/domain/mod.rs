@@ -36,12 +36,9 @@ impl Actor {
     }
 }
 pub use job::{JobKind, JobStatus, OutputStream};
-pub use server::{AuthType, HostKeyCheck, ServerCreate, ServerDraft, ServerPatch, ServerSecrets};
+pub use server::{AuthType, HostKeyCheck, ServerDraft, ServerPatch, ServerSecrets};
 pub(crate) use spec::whole_number;
-pub use spec::{
-    CommandJobRequest, DEFAULT_SHELL, JobLimits, JobRequest, JobSpec, ScriptJobRequest,
-    valid_env_name, valid_shell,
-};
+pub use spec::{DEFAULT_SHELL, JobLimits, JobRequest, JobSpec, valid_env_name, valid_shell};
 
 use std::borrow::Cow;
 use std::fmt;

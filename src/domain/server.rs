@@ -190,56 +190,6 @@ pub struct ServerPatch {
     pub max_concurrent_jobs: Option<i64>,
 }
 
-/// The body of `POST /servers` as the document should state it (the handler reads a
-/// [`ServerPatch`] and [`ServerDraft::create`] applies these rules): `name`, `hostname` and
-/// `user` are required, and the credential of `auth_type`: `password` for `password`, a
-/// private key that decodes (`private_key`, or its synonym `pem_file`, not both) for `key`.
-/// `auth_type` may be left out when only one credential is sent.
-#[allow(dead_code)] // documentation only: no value of it is ever made
-#[derive(utoipa::ToSchema)]
-pub struct ServerCreate {
-    /// Unique name: not blank, at most 128 characters.
-    #[schema(
-        max_length = 128,
-        pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
-    )]
-    name: String,
-    /// Host name (letters, digits, `-`, `.`, `_`) or IP address.
-    #[schema(max_length = 253, pattern = "^[A-Za-z0-9._-]+$")]
-    hostname: String,
-    /// TCP port, 1–65535.
-    #[schema(default = 22, minimum = 1, maximum = 65535)]
-    port: Option<i64>,
-    /// Login user: at most 64 characters, no spaces or control characters.
-    #[schema(
-        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]{1,64}$"
-    )]
-    user: String,
-    /// `password` or `key`.
-    auth_type: Option<AuthType>,
-    /// Write-only password (required for `password`).
-    #[schema(write_only, min_length = 1)]
-    password: Option<String>,
-    /// Write-only private key text, OpenSSH or PEM (required for `key`).
-    #[schema(write_only, min_length = 1)]
-    private_key: Option<String>,
-    /// The seed's clients send the key as `pem_file`: a synonym of `private_key`.
-    #[schema(write_only)]
-    pem_file: Option<String>,
-    /// Write-only passphrase of the private key.
-    #[schema(write_only)]
-    private_key_passphrase: Option<String>,
-    /// Whether jobs may run on it.
-    is_active: Option<bool>,
-    /// Pinned host key: `SHA256:` fingerprint or an OpenSSH public key line.
-    host_key: Option<String>,
-    /// `tofu` or `off`.
-    host_key_check: Option<HostKeyCheck>,
-    /// How many jobs may run on it at once.
-    #[schema(minimum = 1, maximum = 10000)]
-    max_concurrent_jobs: Option<i64>,
-}
-
 /// A complete, validated server (without its id and timestamps).
 #[derive(Debug, Clone)]
 pub struct ServerDraft {

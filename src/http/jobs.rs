@@ -147,7 +147,7 @@ async fn submit(
 #[utoipa::path(
     operation_id = "submit_command_job",
     tag = "jobs",
-    request_body = crate::domain::CommandJobRequest,
+    request_body = JobRequest,
     responses(
         (status = 201, description = "The job, queued.", body = JobView),
         (status = 200, description = "The job an earlier submit with the same `idempotency_key` made; nothing new is queued.", body = JobView),
@@ -175,7 +175,7 @@ pub async fn submit_command(
 #[utoipa::path(
     operation_id = "submit_script_job",
     tag = "jobs",
-    request_body = crate::domain::ScriptJobRequest,
+    request_body = JobRequest,
     responses(
         (status = 201, description = "The job, queued.", body = JobView),
         (status = 200, description = "The job an earlier submit with the same `idempotency_key` made; nothing new is queued.", body = JobView),

@@ -7,6 +7,7 @@
 use actix_web::HttpResponse;
 use actix_web::get;
 use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::schema::Schema;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, response::Response};
 use utoipa::{Modify, OpenApi};
@@ -151,4 +152,86 @@ error_responses! {
         "Retry-After": "Seconds to wait before trying again.";
     /// 503 `unavailable`.
     Unavailable => "The database (or the queue) cannot be reached.";
+}
+
+/// A request type that serves several routes, with the rules of one route stated in a
+/// schema of its own, derived from the type's: the fields it refuses are left out, the ones
+/// it requires are required.
+struct Narrowed {
+    /// The route's operation.
+    operation_id: &'static str,
+    /// The request type's schema.
+    base: &'static str,
+    /// The route's schema.
+    name: &'static str,
+    /// What the route's schema says.
+    description: &'static str,
+    /// Fields the route refuses (a 422 names them).
+    refused: &'static [&'static str],
+    /// Fields the route requires (a 422 names them when missing).
+    required: &'static [&'static str],
+}
+
+const NARROWED: &[Narrowed] = &[
+    Narrowed {
+        operation_id: "submit_command_job",
+        base: "JobRequest",
+        name: "CommandJobRequest",
+        description: "A command job: `command` is required; `script` and `shell` belong to \
+            script jobs.",
+        refused: &["script", "shell"],
+        required: &["command"],
+    },
+    Narrowed {
+        operation_id: "submit_script_job",
+        base: "JobRequest",
+        name: "ScriptJobRequest",
+        description: "A script job: `script` is required; `command` belongs to command jobs.",
+        refused: &["command"],
+        required: &["script"],
+    },
+    Narrowed {
+        operation_id: "create_server",
+        base: "ServerPatch",
+        name: "ServerCreate",
+        description: "A new server: `name`, `hostname` and `user` are required, and the \
+            credential of `auth_type` (`password`, or a private key that decodes).",
+        refused: &[],
+        required: &["name", "hostname", "user"],
+    },
+];
+
+/// Give each route of [`NARROWED`] its own body schema.
+pub(super) fn narrow_bodies(doc: &mut utoipa::openapi::OpenApi) {
+    for n in NARROWED {
+        let Some(components) = doc.components.as_mut() else {
+            return;
+        };
+        let Some(RefOr::T(Schema::Object(base))) = components.schemas.get(n.base) else {
+            continue;
+        };
+        let mut object = base.clone();
+        for field in n.refused {
+            object.properties.shift_remove(*field);
+        }
+        object.required = n.required.iter().map(|f| f.to_string()).collect();
+        object.description = Some(n.description.to_string());
+        components
+            .schemas
+            .insert(n.name.to_string(), Schema::Object(object).into());
+        let operations = doc.paths.paths.values_mut().flat_map(|item| {
+            [item.post.as_mut(), item.put.as_mut()]
+                .into_iter()
+                .flatten()
+        });
+        for op in operations.filter(|op| op.operation_id.as_deref() == Some(n.operation_id)) {
+            for content in op
+                .request_body
+                .iter_mut()
+                .flat_map(|b| b.content.values_mut())
+            {
+                content.schema = Some(Ref::from_schema_name(n.name).into());
+            }
+        }
+    }
 }

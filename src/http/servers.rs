@@ -98,7 +98,7 @@ pub struct Message {
 #[utoipa::path(
     operation_id = "create_server",
     tag = "servers",
-    request_body = crate::domain::ServerCreate,
+    request_body = ServerPatch,
     responses(
         (status = 201, description = "The server.", body = ServerView),
         (status = 400, response = BadRequest),
