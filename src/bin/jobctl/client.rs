@@ -12,25 +12,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An error answered by the API: its status and the `error` field of its JSON body.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{message} (HTTP {status})")]
 pub struct ApiError {
     /// The HTTP status.
     pub status: StatusCode,
     /// The API's message (or the body's text when it is not the JSON error shape).
     pub message: String,
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (HTTP {})", self.message, self.status)
-    }
-}
-
-impl std::error::Error for ApiError {}
-
-/// The status of an API error inside an `anyhow::Error`, if that is what it is.
-pub fn api_status(e: &anyhow::Error) -> Option<StatusCode> {
-    e.downcast_ref::<ApiError>().map(|a| a.status)
 }
 
 /// A client of one service.
@@ -44,10 +32,8 @@ impl Api {
     /// A client of the service at `url`, sending `token` as a bearer token when given, and
     /// trusting the PEM certificate(s) in `ca_cert` beside the system's roots for https.
     pub fn new(url: &str, token: Option<&str>, ca_cert: Option<&Path>) -> anyhow::Result<Api> {
-        let mut base = url.trim().trim_end_matches('/').to_string();
-        if let Some(root) = base.strip_suffix("/api/v1") {
-            base = root.to_string();
-        }
+        let base = url.trim().trim_end_matches('/');
+        let base = base.strip_suffix("/api/v1").unwrap_or(base).to_string();
         let parsed =
             reqwest::Url::parse(&base).map_err(|e| anyhow!("--url {url:?} is not a URL: {e}"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
@@ -79,26 +65,11 @@ impl Api {
         Ok(Api { http, base })
     }
 
-    /// The service's root URL.
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
-    /// The URL of an API path (`/jobs/…`).
-    pub fn url(&self, path: &str) -> String {
-        format!("{}/api/v1{}", self.base, path)
-    }
-
     /// A request without the ordinary time bound (for the event stream).
     pub fn stream_request(&self, path: &str) -> RequestBuilder {
         self.http
-            .get(self.url(path))
+            .get(format!("{}/api/v1{path}", self.base))
             .header(header::ACCEPT, "text/event-stream")
-    }
-
-    /// Send a request; a transport failure becomes a sentence naming the service.
-    pub async fn send(&self, req: RequestBuilder) -> anyhow::Result<Response> {
-        req.send().await.map_err(|e| self.transport_error(&e))
     }
 
     /// A sentence for a request that got no answer.
@@ -116,41 +87,43 @@ impl Api {
         }
     }
 
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .request(method, self.url(path))
-            .timeout(REQUEST_TIMEOUT);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = self.send(req).await?;
+    /// A request to an API path, with the ordinary time bound.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .timeout(REQUEST_TIMEOUT)
+    }
+
+    /// Send a request → the answer's JSON; a transport failure becomes a sentence naming
+    /// the service.
+    pub async fn send(&self, req: RequestBuilder) -> anyhow::Result<Value> {
+        let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
         json_of(resp).await
     }
 
     /// `GET path` → JSON.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.call(Method::GET, path, None).await
+        self.send(self.request(Method::GET, path)).await
     }
 
-    /// `POST path` with a JSON body → JSON.
-    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.call(Method::POST, path, Some(body)).await
+    /// `POST path` with a JSON body → JSON (see [`Api::call`]).
+    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.call(Method::POST, path, body).await
     }
 
-    /// `PUT path` with a JSON body → JSON.
-    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.call(Method::PUT, path, Some(body)).await
+    /// `method path` with a JSON body → JSON. The body's null fields are left out: an absent
+    /// field is an option not given.
+    pub async fn call(&self, method: Method, path: &str, mut body: Value) -> anyhow::Result<Value> {
+        if let Some(fields) = body.as_object_mut() {
+            fields.retain(|_, v| !v.is_null());
+        }
+        self.send(self.request(method, path).json(&body)).await
     }
 
-    /// `DELETE path` → JSON.
-    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        self.call(Method::DELETE, path, None).await
+    /// The registered servers.
+    pub async fn servers(&self) -> anyhow::Result<Vec<Value>> {
+        let mut list = self.get("/servers").await?;
+        Ok(serde_json::from_value(list["servers"].take()).unwrap_or_default())
     }
 
     /// The id of a server named by id or by name (a non-UUID is looked up by name).
@@ -158,28 +131,21 @@ impl Api {
         if uuid::Uuid::parse_str(name_or_id).is_ok() {
             return Ok(name_or_id.to_string());
         }
-        let servers = self.get("/servers").await?;
-        servers["servers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|s| s["name"].as_str() == Some(name_or_id))
+        self.servers()
+            .await?
+            .iter()
+            .find(|s| s["name"] == name_or_id)
             .and_then(|s| s["id"].as_str())
             .map(str::to_string)
             .ok_or_else(|| anyhow!("no server is named {name_or_id:?} (see `jobctl servers list`)"))
     }
 
-    /// Server id → name, for tables (empty when the list cannot be read).
-    pub async fn server_names(&self) -> std::collections::HashMap<String, String> {
-        let Ok(servers) = self.get("/servers").await else {
-            return Default::default();
-        };
-        servers["servers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| Some((s["id"].as_str()?.into(), s["name"].as_str()?.into())))
-            .collect()
+    /// [`Api::resolve_server`] of an optional server.
+    pub async fn resolve_opt(&self, name_or_id: Option<&str>) -> anyhow::Result<Option<String>> {
+        match name_or_id {
+            Some(s) => self.resolve_server(s).await.map(Some),
+            None => Ok(None),
+        }
     }
 }
 
@@ -201,27 +167,27 @@ pub async fn json_of(resp: Response) -> anyhow::Result<Value> {
 pub async fn error_of(resp: Response) -> ApiError {
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_else(|| {
-            let t = text.trim();
-            if t.is_empty() {
-                "request failed".to_string()
-            } else {
-                t.chars().take(200).collect()
-            }
-        });
+    let error = serde_json::from_str::<Value>(&text).ok();
+    let message = match (
+        error.as_ref().and_then(|v| v["error"].as_str()),
+        text.trim(),
+    ) {
+        (Some(error), _) => error.to_string(),
+        (None, "") => "request failed".to_string(),
+        (None, text) => text.chars().take(200).collect(),
+    };
     ApiError { status, message }
 }
 
 /// The innermost cause of an error, as text ("Connection refused (os error 111)").
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
+    let causes = std::iter::successors(Some(e), |e| e.source());
+    causes.last().map(ToString::to_string).unwrap_or_default()
+}
+
+/// The API path of job `id` plus `rest`.
+pub fn job_path(id: &str, rest: &str) -> String {
+    format!("/jobs/{}{rest}", escape(id))
 }
 
 /// `s` percent-escaped for a path segment or a query value.

@@ -7,22 +7,11 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures::{Stream, StreamExt};
-use reqwest::StatusCode;
+use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::client::{Api, error_of};
-use crate::output;
-
-/// What to do with the job's output while following.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Show {
-    /// Nothing (`wait`).
-    Nothing,
-    /// The output as text: stdout to stdout, stderr to stderr.
-    Text,
-    /// Every event as one JSON line `{"event", "id", "data"}` on stdout.
-    JsonEvents,
-}
+use crate::client::{Api, error_of, job_path};
+use crate::{Output, output};
 
 /// Consecutive failed reconnections before giving up.
 const MAX_RECONNECTS: u32 = 10;
@@ -30,11 +19,6 @@ const MAX_RECONNECTS: u32 = 10;
 const IDLE: Duration = Duration::from_secs(60);
 /// Poll period without a stream.
 const POLL: Duration = Duration::from_millis(200);
-
-/// Whether a status is terminal.
-pub fn is_terminal(status: &str) -> bool {
-    !matches!(status, "queued" | "running")
-}
 
 /// The exit status `jobctl` mirrors for a finished job: the job's exit code; 124 timed
 /// out; 130 canceled; 1 failed without a code.
@@ -44,209 +28,178 @@ pub fn exit_status(job: &Value) -> u8 {
         Some("completed") => code.and_then(|c| u8::try_from(c).ok()).unwrap_or(0),
         Some("timed_out") => 124,
         Some("canceled") => 130,
-        _ => match code {
-            Some(c) if c != 0 => u8::try_from(c).ok().filter(|c| *c != 0).unwrap_or(1),
-            _ => 1,
-        },
+        _ => code
+            .and_then(|c| u8::try_from(c).ok())
+            .filter(|c| *c != 0)
+            .unwrap_or(1),
     }
 }
 
-/// A sentence on stderr when a job ended without running to its own exit code.
-pub fn report_abnormal_end(job: &Value) {
+/// The end of a followed job as `jobctl` shows it: for people, a sentence on stderr when the
+/// job ended without running to its own exit code; then the exit status it mirrors.
+pub fn finish(output: Output, job: &Value) -> u8 {
     let status = job["status"].as_str().unwrap_or("?");
-    let ran = job["exit_code"].is_i64();
-    if status == "completed" || (status == "failed" && ran) {
-        return;
+    let ran = status == "completed" || (status == "failed" && job["exit_code"].is_i64());
+    if output == Output::Table && !ran {
+        let id = job["id"].as_str().unwrap_or("?");
+        let why = job["error"].as_str().map(|e| format!(": {e}"));
+        let line = format!("jobctl: job {id} {status}{}\n", why.unwrap_or_default());
+        output::write_stderr(line.as_bytes());
     }
-    let id = job["id"].as_str().unwrap_or("?");
-    let why = job["error"]
-        .as_str()
-        .map(|e| format!(": {e}"))
-        .unwrap_or_default();
-    output::write_stderr(format!("jobctl: job {id} {status}{why}\n").as_bytes());
+    exit_status(job)
 }
 
 /// Follows one job, remembering what it has shown.
 struct Follower<'a> {
     api: &'a Api,
     id: &'a str,
-    show: Show,
+    /// What to show: nothing (`wait`); for `Table` the output as text, stdout to stdout and
+    /// stderr to stderr; for `Json` every event as one JSON line `{"event", "id", "data"}`.
+    show: Option<Output>,
     /// The last output sequence number shown.
     shown: i64,
+    /// The id of the last event received, sent as `Last-Event-ID` when reconnecting.
+    last_id: Option<String>,
 }
 
 impl Follower<'_> {
-    fn output(&mut self, seq: i64, stream: &str, text: &str, event: &Value) {
-        if seq <= self.shown {
-            return;
+    /// Show one event as asked: an `output` event's text (`output` of `seq` on `stream`,
+    /// skipped when that sequence number was shown already), or any event as a JSON line.
+    fn show(&mut self, kind: &str, id: Option<&str>, data: &Value) {
+        if kind == "output" {
+            let seq = data["seq"].as_i64().unwrap_or(self.shown + 1);
+            if seq <= self.shown {
+                return;
+            }
+            self.shown = seq;
         }
-        self.shown = seq;
         match self.show {
-            Show::Nothing => {}
-            Show::Text if stream == "stderr" => output::write_stderr(text.as_bytes()),
-            Show::Text => output::write_stdout(text.as_bytes()),
-            Show::JsonEvents => output::print_json_line(event),
-        }
-    }
-
-    fn event(&self, kind: &str, id: Option<&str>, data: &Value) {
-        if self.show == Show::JsonEvents {
-            output::print_json_line(&json!({"event": kind, "id": id, "data": data}));
+            Some(Output::Json) => {
+                let line = json!({"event": kind, "id": id, "data": data});
+                output::write_stdout(format!("{line}\n").as_bytes());
+            }
+            Some(Output::Table) if kind == "output" => {
+                let text = data["output"].as_str().unwrap_or("").as_bytes();
+                match data["stream"].as_str() {
+                    Some("stderr") => output::write_stderr(text),
+                    None if data["is_stderr"] == true => output::write_stderr(text),
+                    _ => output::write_stdout(text),
+                }
+            }
+            _ => {}
         }
     }
 
     /// Follow the stream; fall back to polling when the service has none.
     async fn run(mut self) -> anyhow::Result<Value> {
-        let path = format!("/jobs/{}/stream", crate::client::escape(self.id));
-        let mut last_id: Option<String> = None;
+        let path = job_path(self.id, "/stream");
         let mut connected_once = false;
         let mut failures: u32 = 0;
-        let mut last_error = String::new();
         loop {
-            if failures > 0 {
-                if failures > MAX_RECONNECTS {
-                    return Err(anyhow!(
-                        "lost the event stream of job {} ({last_error}); `jobctl logs --follow {}` resumes",
-                        self.id,
-                        self.id
-                    ));
-                }
-                let backoff = Duration::from_millis(200 * u64::from(failures.min(10)));
-                tokio::time::sleep(backoff).await;
-            }
             let mut req = self.api.stream_request(&path);
-            if let Some(l) = &last_id {
+            if let Some(l) = &self.last_id {
                 req = req.header("Last-Event-ID", l);
             }
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) if connected_once => {
-                    last_error = self.api.transport_error(&e).to_string();
-                    failures += 1;
-                    continue;
+            // Why this connection failed or ended before the job did.
+            let lost = match req.send().await {
+                Err(e) if !connected_once => return Err(self.api.transport_error(&e)),
+                Err(e) => self.api.transport_error(&e).to_string(),
+                Ok(resp) if resp.status().is_success() => {
+                    connected_once = true;
+                    let opened = Instant::now();
+                    let lost = match self.read(resp).await {
+                        Ok(job) => return Ok(job),
+                        Err(lost) => lost,
+                    };
+                    // A connection that lived a while resets the count of failures.
+                    if opened.elapsed() > Duration::from_secs(5) {
+                        failures = 0;
+                    }
+                    lost
                 }
-                Err(e) => return Err(self.api.transport_error(&e)),
+                Ok(resp) => {
+                    let status = resp.status();
+                    let no_stream = [StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED];
+                    if !connected_once && no_stream.contains(&status) {
+                        // An unknown job is an error; a service without the stream is polled.
+                        self.api.get(&job_path(self.id, "")).await?;
+                        return self.poll().await;
+                    }
+                    let err = error_of(resp).await;
+                    let transient =
+                        status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+                    if !(connected_once && transient) {
+                        return Err(err.into());
+                    }
+                    err.to_string()
+                }
             };
-            let status = resp.status();
-            if !status.is_success() {
-                if !connected_once
-                    && matches!(
-                        status,
-                        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
-                    )
-                {
-                    // An unknown job is an error; a service without the stream is polled.
-                    self.api
-                        .get(&format!("/jobs/{}", crate::client::escape(self.id)))
-                        .await?;
-                    return self.poll().await;
-                }
-                let err = error_of(resp).await;
-                if connected_once
-                    && (status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS)
-                {
-                    last_error = err.to_string();
-                    failures += 1;
-                    continue;
-                }
-                return Err(err.into());
-            }
-            connected_once = true;
-            let opened = Instant::now();
-            let mut events = std::pin::pin!(chunks(resp).eventsource());
-            loop {
-                let ev = match events.next().await {
-                    Some(Ok(ev)) => ev,
-                    None => {
-                        last_error = "the service closed the stream before the job ended".into();
-                        break;
-                    }
-                    Some(Err(EventStreamError::Transport(Dropped::Idle))) => {
-                        last_error = format!("no event for {}s", IDLE.as_secs());
-                        break;
-                    }
-                    Some(Err(EventStreamError::Transport(Dropped::Connection(e)))) => {
-                        last_error = format!("the connection dropped: {e}");
-                        break;
-                    }
-                    Some(Err(EventStreamError::Utf8(e))) => {
-                        last_error = format!("the event stream is not UTF-8: {e}");
-                        break;
-                    }
-                    Some(Err(EventStreamError::Parser(e))) => {
-                        last_error = format!("the event stream does not parse ({:?})", e.code);
-                        break;
-                    }
-                };
-                // Every event of the service has an `id:` (the last one is carried over).
-                let id = Some(ev.id.as_str()).filter(|id| !id.is_empty());
-                if let Some(id) = id {
-                    last_id = Some(id.to_string());
-                }
-                let data: Value = match serde_json::from_str(&ev.data) {
-                    Ok(v) => v,
-                    Err(_) => continue,
-                };
-                match ev.event.as_str() {
-                    "output" => {
-                        let seq = data["seq"].as_i64().unwrap_or(self.shown + 1);
-                        let stream = match data["stream"].as_str() {
-                            Some(s) => s,
-                            None if data["is_stderr"] == true => "stderr",
-                            None => "stdout",
-                        };
-                        let text = data["output"].as_str().unwrap_or("");
-                        let event = json!({"event": "output", "id": id, "data": data});
-                        self.output(seq, stream, text, &event);
-                    }
-                    "complete" => {
-                        self.event("complete", id, &data);
-                        return Ok(data);
-                    }
-                    other => self.event(other, id, &data),
-                }
-            }
-            // Dropped: a connection that lived a while resets the count of failures.
-            if opened.elapsed() > Duration::from_secs(5) {
-                failures = 0;
-            }
             failures += 1;
+            if failures > MAX_RECONNECTS {
+                return Err(anyhow!(
+                    "lost the event stream of job {} ({lost}); `jobctl logs --follow {}` resumes",
+                    self.id,
+                    self.id
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(failures))).await;
         }
+    }
+
+    /// Show the events of one connection: the final job, or why the stream ended before it.
+    async fn read(&mut self, resp: Response) -> Result<Value, String> {
+        let mut events = std::pin::pin!(chunks(resp).eventsource());
+        while let Some(ev) = events.next().await {
+            let ev = ev.map_err(|e| match e {
+                EventStreamError::Transport(dropped) => dropped,
+                other => format!("the event stream does not parse ({other})"),
+            })?;
+            // Every event of the service has an `id:` (the last one is carried over).
+            let id = Some(ev.id.as_str()).filter(|id| !id.is_empty());
+            if let Some(id) = id {
+                self.last_id = Some(id.to_string());
+            }
+            let Ok(data) = serde_json::from_str::<Value>(&ev.data) else {
+                continue;
+            };
+            self.show(&ev.event, id, &data);
+            if ev.event == "complete" {
+                return Ok(data);
+            }
+        }
+        Err("the service closed the stream before the job ended".into())
     }
 
     /// Without a stream: poll the job, and its output chunks when it has grown.
     async fn poll(mut self) -> anyhow::Result<Value> {
-        let job_path = format!("/jobs/{}", crate::client::escape(self.id));
-        let chunks_path = format!(
-            "/jobs/{}/logs?format=chunks",
-            crate::client::escape(self.id)
-        );
+        let chunks_path = job_path(self.id, "/logs?format=chunks");
         let mut seen_bytes: i64 = -1;
         let mut first = true;
         loop {
-            let job = self.api.get(&job_path).await?;
+            let job = self.api.get(&job_path(self.id, "")).await?;
             if first {
-                self.event("status", None, &job);
+                self.show("status", None, &job);
                 first = false;
             }
-            let done = is_terminal(job["status"].as_str().unwrap_or(""));
+            let done = !matches!(job["status"].as_str(), Some("queued" | "running"));
             let bytes = job["output_bytes"].as_i64().unwrap_or(0);
-            if self.show != Show::Nothing && (bytes != seen_bytes || done) {
+            if self.show.is_some() && (bytes != seen_bytes || done) {
                 let chunks = self.api.get(&chunks_path).await?;
                 for c in chunks.as_array().into_iter().flatten() {
+                    // As the stream's `output` event would carry it.
                     let seq = c["seq"].as_i64().unwrap_or(-1);
                     let stream = c["stream"].as_str().unwrap_or("stdout");
                     let text = c["data"].as_str().unwrap_or("");
-                    let event = json!({"event": "output", "id": seq.to_string(), "data": {
+                    let data = json!({
                         "job_id": self.id, "seq": seq, "stream": stream,
                         "is_stderr": stream == "stderr", "output": text, "timestamp": c["at"],
-                    }});
-                    self.output(seq, stream, text, &event);
+                    });
+                    self.show("output", Some(&seq.to_string()), &data);
                 }
                 seen_bytes = bytes;
             }
             if done {
-                self.event("complete", None, &job);
+                self.show("complete", None, &job);
                 return Ok(job);
             }
             tokio::time::sleep(POLL).await;
@@ -254,38 +207,29 @@ impl Follower<'_> {
     }
 }
 
-/// Why an event stream's body ended early.
-#[derive(Debug)]
-enum Dropped {
-    /// Nothing (not even a keep-alive) for [`IDLE`].
-    Idle,
-    /// The connection failed.
-    Connection(reqwest::Error),
-}
-
-/// The body of `resp` as it arrives, ending in [`Dropped::Idle`] when no bytes come for
-/// [`IDLE`] (keep-alive comments count: they are bytes, though not events).
-fn chunks(resp: reqwest::Response) -> impl Stream<Item = Result<impl AsRef<[u8]>, Dropped>> {
+/// The body of `resp` as it arrives, ending in an error when no bytes come for [`IDLE`]
+/// (keep-alive comments count: they are bytes, though not events) or the connection fails.
+fn chunks(resp: Response) -> impl Stream<Item = Result<impl AsRef<[u8]>, String>> {
     futures::stream::unfold(resp.bytes_stream(), |mut body| async move {
         let item = match tokio::time::timeout(IDLE, body.next()).await {
-            Err(_) => Err(Dropped::Idle),
+            Err(_) => Err(format!("no event for {}s", IDLE.as_secs())),
             Ok(None) => return None,
-            Ok(Some(chunk)) => chunk.map_err(Dropped::Connection),
+            Ok(Some(chunk)) => chunk.map_err(|e| format!("the connection dropped: {e}")),
         };
         Some((item, body))
     })
 }
 
 /// Follow job `id` until it ends, showing its output as asked; returns the final job.
-pub async fn follow(api: &Api, id: &str, show: Show) -> anyhow::Result<Value> {
-    Follower {
+pub async fn follow(api: &Api, id: &str, show: Option<Output>) -> anyhow::Result<Value> {
+    let follower = Follower {
         api,
         id,
         show,
         shown: -1,
-    }
-    .run()
-    .await
+        last_id: None,
+    };
+    follower.run().await
 }
 
 #[cfg(test)]

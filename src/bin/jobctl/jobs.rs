@@ -1,17 +1,15 @@
 //! Job commands: run, submit, script, get, list, cancel, duplicate, logs, wait.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
 use clap::Args;
-use serde_json::{Map, Value, json};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
 
-use crate::Ctx;
-use crate::Output;
-use crate::follow::{self, Show};
-use crate::output;
+use crate::client::{ApiError, job_path};
+use crate::{Ctx, Output, follow, output};
 
 /// Options shared by every way of submitting a job.
 #[derive(Debug, Args)]
@@ -40,24 +38,9 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// `jobctl run`.
+/// `jobctl run` and `jobctl submit`.
 #[derive(Debug, Args)]
-pub struct RunArgs {
-    #[command(flatten)]
-    opts: JobOpts,
-    /// The command and its arguments (joined by spaces; the remote shell interprets them).
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
-    command: Vec<String>,
-}
-
-/// `jobctl submit`.
-#[derive(Debug, Args)]
-pub struct SubmitArgs {
+pub struct CommandArgs {
     #[command(flatten)]
     opts: JobOpts,
     /// The command and its arguments (joined by spaces; the remote shell interprets them).
@@ -132,47 +115,29 @@ pub struct LogsArgs {
     follow: bool,
 }
 
-/// The API path of job `id` plus `rest`.
-fn job_path(id: &str, rest: &str) -> String {
-    format!("/jobs/{}{rest}", crate::client::escape(id))
-}
-
 /// The request body of a submission.
-async fn submit_body(ctx: &Ctx, opts: &JobOpts) -> anyhow::Result<Map<String, Value>> {
-    let mut body = Map::new();
-    if let Some(s) = &opts.server {
-        body.insert("server_id".into(), ctx.api.resolve_server(s).await?.into());
-    }
-    if let Some(t) = opts.timeout {
-        body.insert("timeout".into(), t.into());
-    }
-    if !opts.env.is_empty() {
-        let env: BTreeMap<&str, &str> = opts
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        body.insert("env".into(), json!(env));
-    }
-    if let Some(c) = &opts.cwd {
-        body.insert("cwd".into(), c.clone().into());
-    }
-    if let Some(k) = &opts.idempotency_key {
-        body.insert("idempotency_key".into(), k.clone().into());
-    }
-    Ok(body)
+async fn submit_body(ctx: &Ctx, opts: &JobOpts) -> anyhow::Result<Value> {
+    let env: BTreeMap<_, _> = opts.env.iter().cloned().collect();
+    Ok(json!({
+        "server_id": ctx.api.resolve_opt(opts.server.as_deref()).await?,
+        "timeout": opts.timeout,
+        "env": (!env.is_empty()).then_some(env),
+        "cwd": opts.cwd,
+        "idempotency_key": opts.idempotency_key,
+    }))
 }
 
-async fn submit_command(ctx: &Ctx, opts: &JobOpts, command: &[String]) -> anyhow::Result<Value> {
-    let mut body = submit_body(ctx, opts).await?;
-    let (cmd, args) = command
-        .split_first()
-        .ok_or_else(|| anyhow!("a command is required"))?;
-    body.insert("command".into(), cmd.clone().into());
-    if !args.is_empty() {
-        body.insert("args".into(), args.join(" ").into());
-    }
-    ctx.api.post("/jobs", &Value::Object(body)).await
+async fn submit_command(ctx: &Ctx, a: &CommandArgs) -> anyhow::Result<Value> {
+    let mut body = submit_body(ctx, &a.opts).await?;
+    // clap requires the command's first word.
+    body["command"] = a.command.first().cloned().into();
+    body["args"] = joined(a.command.get(1..).unwrap_or_default());
+    ctx.api.post("/jobs", body).await
+}
+
+/// Words joined by spaces, or null when there are none.
+fn joined(words: &[String]) -> Value {
+    (!words.is_empty()).then(|| words.join(" ")).into()
 }
 
 fn id_of(job: &Value) -> anyhow::Result<String> {
@@ -192,7 +157,7 @@ fn print_created(ctx: &Ctx, job: &Value) -> anyhow::Result<u8> {
 }
 
 /// `jobctl run`: submit, follow, mirror the exit code; Ctrl-C cancels.
-pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
+pub async fn run(ctx: &Ctx, a: CommandArgs) -> anyhow::Result<u8> {
     // Listen for Ctrl-C before submitting, so one pressed meanwhile cancels the new job.
     let (tx, mut interrupts) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -202,13 +167,8 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
             }
         }
     });
-    let job = submit_command(ctx, &a.opts, &a.command).await?;
-    let id = id_of(&job)?;
-    let show = match ctx.output {
-        Output::Table => Show::Text,
-        Output::Json => Show::JsonEvents,
-    };
-    let following = follow::follow(&ctx.api, &id, show);
+    let id = id_of(&submit_command(ctx, &a).await?)?;
+    let following = follow::follow(&ctx.api, &id, Some(ctx.output));
     tokio::pin!(following);
     let mut interrupted = false;
     let last = loop {
@@ -221,8 +181,8 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
                 }
                 interrupted = true;
                 output::write_stderr(format!("jobctl: canceling job {id} (Ctrl-C again to stop waiting)\n").as_bytes());
-                if let Err(e) = ctx.api.post(&job_path(&id, "/cancel"), &json!({})).await
-                    && crate::client::api_status(&e) != Some(reqwest::StatusCode::CONFLICT)
+                if let Err(e) = ctx.api.post(&job_path(&id, "/cancel"), json!({})).await
+                    && e.downcast_ref::<ApiError>().is_none_or(|e| e.status != StatusCode::CONFLICT)
                 {
                     output::write_stderr(format!("jobctl: cannot cancel job {id}: {e:#}\n").as_bytes());
                 }
@@ -232,149 +192,97 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
     if interrupted {
         return Ok(130);
     }
-    if ctx.output == Output::Table {
-        follow::report_abnormal_end(&last);
-    }
-    Ok(follow::exit_status(&last))
+    Ok(follow::finish(ctx.output, &last))
 }
 
 /// `jobctl submit`.
-pub async fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<u8> {
-    let job = submit_command(ctx, &a.opts, &a.command).await?;
-    print_created(ctx, &job)
+pub async fn submit(ctx: &Ctx, a: CommandArgs) -> anyhow::Result<u8> {
+    print_created(ctx, &submit_command(ctx, &a).await?)
 }
 
 /// `jobctl script`.
 pub async fn script(ctx: &Ctx, a: ScriptArgs) -> anyhow::Result<u8> {
     let text = if a.file.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("cannot read the script from stdin")?;
-        s
+        std::io::read_to_string(std::io::stdin()).context("cannot read the script from stdin")?
     } else {
         std::fs::read_to_string(&a.file)
             .with_context(|| format!("cannot read the script {}", a.file.display()))?
     };
     let mut body = submit_body(ctx, &a.opts).await?;
-    body.insert("script".into(), text.into());
-    if !a.args.is_empty() {
-        body.insert("args".into(), a.args.join(" ").into());
-    }
-    if let Some(s) = a.shell {
-        body.insert("shell".into(), s.into());
-    }
-    let job = ctx.api.post("/jobs/script", &Value::Object(body)).await?;
-    print_created(ctx, &job)
+    body["script"] = text.into();
+    body["args"] = joined(&a.args);
+    body["shell"] = a.shell.into();
+    print_created(ctx, &ctx.api.post("/jobs/script", body).await?)
 }
 
 /// Print one job (listing or JSON).
 async fn print_job(ctx: &Ctx, job: &Value) {
-    match ctx.output {
-        Output::Json => output::print_json(job),
-        Output::Table => {
-            let names = ctx.api.server_names().await;
-            output::write_stdout(output::job_listing(job, &names).as_bytes());
-        }
-    }
+    let names = ctx.server_names().await;
+    ctx.print(job, |j| output::job_listing(j, &names));
 }
 
 /// `jobctl get`.
 pub async fn get(ctx: &Ctx, a: IdArg) -> anyhow::Result<u8> {
-    let job = ctx.api.get(&job_path(&a.id, "")).await?;
-    print_job(ctx, &job).await;
+    print_job(ctx, &ctx.api.get(&job_path(&a.id, "")).await?).await;
     Ok(0)
 }
 
 /// `jobctl list`.
 pub async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<u8> {
-    let mut query = Vec::new();
-    if let Some(s) = &a.status {
-        query.push(format!("status={}", crate::client::escape(s)));
-    }
-    if let Some(s) = &a.server {
-        let id = ctx.api.resolve_server(s).await?;
-        query.push(format!("server_id={}", crate::client::escape(&id)));
-    }
-    if let Some(n) = a.limit {
-        query.push(format!("limit={n}"));
-    } else if a.all {
-        query.push("limit=1000".into());
-    }
+    let server = ctx.api.resolve_opt(a.server.as_deref()).await?;
+    let limit = a.limit.or(a.all.then_some(1000)).map(|n| n.to_string());
     let mut jobs: Vec<Value> = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let mut q = query.clone();
-        if let Some(c) = &cursor {
-            q.push(format!("cursor={}", crate::client::escape(c)));
+        let query = [
+            ("status", &a.status),
+            ("server_id", &server),
+            ("limit", &limit),
+            ("cursor", &cursor),
+        ];
+        let mut page = ctx
+            .api
+            .send(ctx.api.request(Method::GET, "/jobs").query(&query))
+            .await?;
+        if let Value::Array(more) = page["jobs"].take() {
+            jobs.extend(more);
         }
-        let path = if q.is_empty() {
-            "/jobs".to_string()
-        } else {
-            format!("/jobs?{}", q.join("&"))
-        };
-        let page = ctx.api.get(&path).await?;
-        jobs.extend(page["jobs"].as_array().into_iter().flatten().cloned());
         cursor = page["next_cursor"].as_str().map(str::to_string);
         if !a.all || cursor.is_none() {
             break;
         }
     }
-    match ctx.output {
-        Output::Json => output::print_json(&Value::Array(jobs)),
-        Output::Table => {
-            let names = ctx.api.server_names().await;
-            output::write_stdout(output::jobs_table(&jobs, &names).as_bytes());
-        }
-    }
+    let names = ctx.server_names().await;
+    ctx.print(&Value::Array(jobs), |jobs| output::jobs_table(jobs, &names));
     Ok(0)
 }
 
 /// `jobctl cancel`.
 pub async fn cancel(ctx: &Ctx, a: IdArg) -> anyhow::Result<u8> {
-    let resp = ctx
-        .api
-        .post(&job_path(&a.id, "/cancel"), &json!({}))
-        .await?;
-    match ctx.output {
-        Output::Json => output::print_json(&resp["job"]),
-        Output::Table => {
-            let id = resp["job"]["id"].as_str().unwrap_or(&a.id);
-            let message = resp["message"].as_str().unwrap_or("cancel requested");
-            output::write_stdout(format!("{id}: {message}\n").as_bytes());
-        }
-    }
+    let resp = ctx.api.post(&job_path(&a.id, "/cancel"), json!({})).await?;
+    ctx.print(&resp["job"], |job| {
+        let id = job["id"].as_str().unwrap_or(&a.id);
+        let message = resp["message"].as_str().unwrap_or("cancel requested");
+        format!("{id}: {message}\n")
+    });
     Ok(0)
 }
 
 /// `jobctl duplicate`.
 pub async fn duplicate(ctx: &Ctx, a: DuplicateArgs) -> anyhow::Result<u8> {
-    let mut body = Map::new();
-    if let Some(s) = &a.server {
-        body.insert("server_id".into(), ctx.api.resolve_server(s).await?.into());
-    }
-    if let Some(t) = a.timeout {
-        body.insert("timeout".into(), t.into());
-    }
-    let resp = ctx
-        .api
-        .post(&job_path(&a.id, "/duplicate"), &Value::Object(body))
-        .await?;
+    let body = json!({
+        "server_id": ctx.api.resolve_opt(a.server.as_deref()).await?,
+        "timeout": a.timeout,
+    });
+    let resp = ctx.api.post(&job_path(&a.id, "/duplicate"), body).await?;
     print_created(ctx, &resp["new_job"])
 }
 
 /// `jobctl logs`.
 pub async fn logs(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<u8> {
     if a.follow {
-        let show = match ctx.output {
-            Output::Table => Show::Text,
-            Output::Json => Show::JsonEvents,
-        };
-        let last = follow::follow(&ctx.api, &a.id, show).await?;
-        if ctx.output == Output::Table {
-            follow::report_abnormal_end(&last);
-        }
-        return Ok(follow::exit_status(&last));
+        let last = follow::follow(&ctx.api, &a.id, Some(ctx.output)).await?;
+        return Ok(follow::finish(ctx.output, &last));
     }
     let chunks = ctx.api.get(&job_path(&a.id, "/logs?format=chunks")).await?;
     match ctx.output {
@@ -395,7 +303,7 @@ pub async fn logs(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<u8> {
 
 /// `jobctl wait`.
 pub async fn wait(ctx: &Ctx, a: IdArg) -> anyhow::Result<u8> {
-    let last = follow::follow(&ctx.api, &a.id, Show::Nothing).await?;
+    let last = follow::follow(&ctx.api, &a.id, None).await?;
     print_job(ctx, &last).await;
     Ok(follow::exit_status(&last))
 }

@@ -12,9 +12,12 @@ mod jobs;
 mod output;
 mod servers;
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use serde_json::Value;
 
 use client::Api;
 
@@ -22,45 +25,34 @@ use client::Api;
 #[derive(Debug, Parser)]
 #[command(name = "jobctl", version, about, propagate_version = true)]
 pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The options of every subcommand.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
+struct GlobalArgs {
     /// Base URL of the service.
     #[arg(
         long,
         global = true,
-        help_heading = "Global options",
         env = "JOBEXEC_URL",
         default_value = "http://127.0.0.1:8080"
     )]
     url: String,
     /// API token, sent as `Authorization: Bearer …`.
-    #[arg(
-        long,
-        global = true,
-        help_heading = "Global options",
-        env = "JOBEXEC_TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long, global = true, env = "JOBEXEC_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// PEM certificate to trust for https:// (a self-signed or private CA), beside the
     /// system's roots.
-    #[arg(
-        long,
-        global = true,
-        help_heading = "Global options",
-        env = "JOBEXEC_CA_CERT"
-    )]
+    #[arg(long, global = true, env = "JOBEXEC_CA_CERT")]
     ca_cert: Option<std::path::PathBuf>,
     /// How objects are printed: aligned tables for people, the API's JSON for scripts.
-    #[arg(
-        long,
-        short = 'o',
-        global = true,
-        help_heading = "Global options",
-        value_enum,
-        default_value_t = Output::Table
-    )]
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
-    #[command(subcommand)]
-    command: Command,
 }
 
 /// How objects are printed.
@@ -77,9 +69,9 @@ enum Command {
     /// Run a command on a server, mirror its output and exit with its exit code.
     ///
     /// Ctrl-C cancels the job and waits for it to stop (a second Ctrl-C stops waiting).
-    Run(jobs::RunArgs),
+    Run(jobs::CommandArgs),
     /// Submit a command job and print its id.
-    Submit(jobs::SubmitArgs),
+    Submit(jobs::CommandArgs),
     /// Submit a shell script (a file, or `-` for stdin) and print the job's id.
     Script(jobs::ScriptArgs),
     /// Show one job.
@@ -98,14 +90,11 @@ enum Command {
     #[command(subcommand)]
     Servers(servers::ServersCommand),
     /// Print a shell completion script.
-    Completions(CompletionsArgs),
-}
-
-#[derive(Debug, Args)]
-struct CompletionsArgs {
-    /// The shell.
-    #[arg(value_enum)]
-    shell: clap_complete::Shell,
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// What a command needs besides its own arguments.
@@ -116,15 +105,36 @@ pub struct Ctx {
     pub output: Output,
 }
 
+impl Ctx {
+    /// Print an object: its JSON, or `human(object)` for a table.
+    pub fn print(&self, object: &Value, human: impl FnOnce(&Value) -> String) {
+        match self.output {
+            Output::Json => output::print_json(object),
+            Output::Table => output::write_stdout(human(object).as_bytes()),
+        }
+    }
+
+    /// Server id → name for a table: empty for JSON or when the list cannot be read.
+    pub async fn server_names(&self) -> HashMap<String, String> {
+        if self.output == Output::Json {
+            return HashMap::new();
+        }
+        let servers = self.api.servers().await.unwrap_or_default();
+        let name = |s: &Value| Some((s["id"].as_str()?.into(), s["name"].as_str()?.into()));
+        servers.iter().filter_map(name).collect()
+    }
+}
+
 async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
-    if let Command::Completions(c) = &cli.command {
+    if let Command::Completions { shell } = cli.command {
         let mut cmd = Cli::command();
-        clap_complete::generate(c.shell, &mut cmd, "jobctl", &mut std::io::stdout());
+        clap_complete::generate(shell, &mut cmd, "jobctl", &mut std::io::stdout());
         return Ok(0);
     }
+    let g = cli.global;
     let ctx = Ctx {
-        api: Api::new(&cli.url, cli.token.as_deref(), cli.ca_cert.as_deref())?,
-        output: cli.output,
+        api: Api::new(&g.url, g.token.as_deref(), g.ca_cert.as_deref())?,
+        output: g.output,
     };
     match cli.command {
         Command::Run(a) => jobs::run(&ctx, a).await,
@@ -137,26 +147,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Logs(a) => jobs::logs(&ctx, a).await,
         Command::Wait(a) => jobs::wait(&ctx, a).await,
         Command::Servers(c) => servers::dispatch(&ctx, c).await,
-        Command::Completions(_) => Ok(0),
+        Command::Completions { .. } => Ok(0),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("jobctl: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = runtime.block_on(dispatch(cli));
-    // Do not wait for background tasks (the Ctrl-C listener) at exit.
-    runtime.shutdown_background();
+        .context("cannot start the async runtime")
+        .and_then(|runtime| {
+            let result = runtime.block_on(dispatch(cli));
+            // Do not wait for background tasks (the Ctrl-C listener) at exit.
+            runtime.shutdown_background();
+            result
+        });
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

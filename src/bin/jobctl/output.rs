@@ -12,11 +12,6 @@ pub fn print_json(v: &Value) {
     write_stdout(format!("{text}\n").as_bytes());
 }
 
-/// Print one JSON value on one line (for streams of events).
-pub fn print_json_line(v: &Value) {
-    write_stdout(format!("{v}\n").as_bytes());
-}
-
 /// Write bytes to stdout and flush (a closed stdout is not an error worth reporting).
 pub fn write_stdout(bytes: &[u8]) {
     let mut out = std::io::stdout().lock();
@@ -32,28 +27,19 @@ pub fn write_stderr(bytes: &[u8]) {
 }
 
 /// A table: a header row and rows, columns padded to their widest cell.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
-            }
+pub fn table(headers: &[impl AsRef<str>], rows: &[Vec<String>]) -> String {
+    let header: Vec<String> = headers.iter().map(|h| h.as_ref().to_string()).collect();
+    let lines: Vec<&Vec<String>> = std::iter::once(&header).chain(rows).collect();
+    let mut widths = vec![0; header.len()];
+    for row in &lines {
+        for (w, cell) in widths.iter_mut().zip(row.iter()) {
+            *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    let header: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
-    for row in std::iter::once(&header).chain(rows) {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                let pad = widths.get(i).copied().unwrap_or(0);
-                line.push_str(&format!("{cell:<pad$}  "));
-            }
-        }
-        out.push_str(line.trim_end());
+    for row in lines {
+        let cells = row.iter().zip(&widths).map(|(c, &w)| format!("{c:<w$}  "));
+        out += cells.collect::<String>().trim_end();
         out.push('\n');
     }
     out
@@ -68,7 +54,7 @@ pub fn listing(pairs: &[(&str, String)]) -> String {
         .collect()
 }
 
-/// A field as text: strings bare, null as `-`, anything else as JSON.
+/// A field as text: strings bare, null and the empty string as `-`, anything else as JSON.
 pub fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
@@ -78,17 +64,19 @@ pub fn text(v: &Value) -> String {
     }
 }
 
+/// A boolean field as `yes` or `no`.
+pub fn yes_no(v: &Value) -> String {
+    if *v == true { "yes" } else { "no" }.into()
+}
+
 /// An RFC 3339 time as local `YYYY-MM-DD HH:MM:SS`, or `-`.
 pub fn time(v: &Value) -> String {
-    match v.as_str() {
-        Some(s) => chrono::DateTime::parse_from_rfc3339(s)
-            .map(|t| {
-                t.with_timezone(&chrono::Local)
-                    .format("%Y-%m-%d %H:%M:%S")
-                    .to_string()
-            })
-            .unwrap_or_else(|_| s.to_string()),
-        None => "-".into(),
+    let Some(s) = v.as_str() else {
+        return "-".into();
+    };
+    match s.parse::<chrono::DateTime<chrono::Local>>() {
+        Ok(t) => t.format("%Y-%m-%d %H:%M:%S").to_string(),
+        Err(_) => s.to_string(),
     }
 }
 
@@ -96,71 +84,41 @@ pub fn time(v: &Value) -> String {
 pub fn clip(s: &str, max: usize) -> String {
     let flat = s.replace('\n', "⏎");
     if flat.chars().count() <= max {
-        flat
-    } else {
-        let mut cut: String = flat.chars().take(max.saturating_sub(1)).collect();
-        cut.push('…');
-        cut
+        return flat;
     }
+    let cut: String = flat.chars().take(max.saturating_sub(1)).collect();
+    cut + "…"
 }
 
 /// The command line of a job, for a table cell.
 pub fn job_command(job: &Value) -> String {
-    match job["kind"].as_str() {
-        Some("script") => {
-            let first = job["script"]
-                .as_str()
-                .and_then(|s| {
-                    s.lines()
-                        .find(|l| !l.starts_with("#!") && !l.trim().is_empty())
-                })
-                .unwrap_or("");
-            let args = job["args"].as_str().filter(|a| !a.is_empty());
-            match args {
-                Some(a) => format!("[script {a}] {first}"),
-                None => format!("[script] {first}"),
-            }
-        }
-        _ => {
-            let cmd = job["command"].as_str().unwrap_or("");
-            match job["args"].as_str().filter(|a| !a.is_empty()) {
-                Some(a) => format!("{cmd} {a}"),
-                None => cmd.to_string(),
-            }
-        }
+    let args = job["args"].as_str().filter(|a| !a.is_empty());
+    let args = args.map(|a| format!(" {a}")).unwrap_or_default();
+    if job["kind"] != "script" {
+        return format!("{}{args}", job["command"].as_str().unwrap_or(""));
     }
+    let mut lines = job["script"].as_str().unwrap_or("").lines();
+    let first = lines.find(|l| !l.starts_with("#!") && !l.trim().is_empty());
+    format!("[script{args}] {}", first.unwrap_or(""))
 }
 
-/// The server of a job: its name when known, else its id.
-fn server_label(job: &Value, names: &HashMap<String, String>) -> String {
-    let id = job["server_id"].as_str().unwrap_or("-");
-    names.get(id).cloned().unwrap_or_else(|| id.to_string())
-}
-
-/// The exit code cell: the code, or `-`.
-fn exit_cell(job: &Value) -> String {
-    text(&job["exit_code"])
-}
-
-/// Jobs as a table.
-pub fn jobs_table(jobs: &[Value], names: &HashMap<String, String>) -> String {
-    let rows: Vec<Vec<String>> = jobs
-        .iter()
+/// A JSON array of jobs as a table, servers by name when known.
+pub fn jobs_table(jobs: &Value, names: &HashMap<String, String>) -> String {
+    let rows: Vec<Vec<String>> = (jobs.as_array().into_iter().flatten())
         .map(|j| {
+            let server = text(&j["server_id"]);
             vec![
                 text(&j["id"]),
                 text(&j["status"]),
-                exit_cell(j),
-                server_label(j, names),
+                text(&j["exit_code"]),
+                names.get(&server).cloned().unwrap_or(server),
                 time(&j["created_at"]),
                 clip(&job_command(j), 60),
             ]
         })
         .collect();
-    table(
-        &["ID", "STATUS", "EXIT", "SERVER", "CREATED", "COMMAND"],
-        &rows,
-    )
+    let headers = ["ID", "STATUS", "EXIT", "SERVER", "CREATED", "COMMAND"];
+    table(&headers, &rows)
 }
 
 /// One job as a key/value listing.
@@ -169,64 +127,46 @@ pub fn job_listing(job: &Value, names: &HashMap<String, String>) -> String {
         Some(name) => format!("{name} ({})", text(&job["server_id"])),
         None => text(&job["server_id"]),
     };
-    let env = job["env"]
+    let env: Vec<String> = job["env"]
         .as_object()
-        .filter(|m| !m.is_empty())
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_else(|| "-".into());
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
     let mut pairs = vec![
         ("id", text(&job["id"])),
         ("kind", text(&job["kind"])),
         ("status", text(&job["status"])),
-        ("exit code", exit_cell(job)),
+        ("exit code", text(&job["exit_code"])),
         ("error", text(&job["error"])),
         ("server", server),
     ];
     if job["kind"] == "script" {
         let script = job["script"].as_str().unwrap_or("");
-        pairs.push((
-            "script",
-            format!(
-                "{} ({} lines)",
-                clip(script.lines().next().unwrap_or(""), 60),
-                script.lines().count()
-            ),
-        ));
-        pairs.push(("shell", text(&job["shell"])));
-        pairs.push(("args", text(&job["args"])));
+        let first = clip(script.lines().next().unwrap_or(""), 60);
+        let lines = script.lines().count();
+        pairs.extend([
+            ("script", format!("{first} ({lines} lines)")),
+            ("shell", text(&job["shell"])),
+            ("args", text(&job["args"])),
+        ]);
     } else {
         pairs.push(("command", job_command(job)));
     }
+    let timeout = job["timeout"].as_i64().map(|t| format!("{t}s"));
+    let bytes = job["output_bytes"].as_i64().unwrap_or(0);
+    let truncated = (job["output_truncated"] == true).then_some(" (truncated)");
     pairs.extend([
-        ("env", env),
+        ("env", text(&Value::from(env.join(" ")))),
         ("cwd", text(&job["cwd"])),
-        (
-            "timeout",
-            match job["timeout"].as_i64() {
-                Some(t) => format!("{t}s"),
-                None => "-".into(),
-            },
-        ),
+        ("timeout", timeout.unwrap_or_else(|| "-".into())),
         ("created", time(&job["created_at"])),
         ("started", time(&job["started_at"])),
         ("finished", time(&job["finished_at"])),
         ("worker", text(&job["worker"])),
         (
             "output",
-            format!(
-                "{} bytes{}",
-                job["output_bytes"].as_i64().unwrap_or(0),
-                if job["output_truncated"] == true {
-                    " (truncated)"
-                } else {
-                    ""
-                }
-            ),
+            format!("{bytes} bytes{}", truncated.unwrap_or("")),
         ),
         ("duplicated from", text(&job["duplicated_from"])),
         ("idempotency key", text(&job["idempotency_key"])),
@@ -234,61 +174,46 @@ pub fn job_listing(job: &Value, names: &HashMap<String, String>) -> String {
     listing(&pairs)
 }
 
-fn host_port(s: &Value) -> String {
-    format!("{}:{}", text(&s["hostname"]), text(&s["port"]))
-}
-
-fn auth_cell(s: &Value) -> String {
+/// The fields of a server that its table shows, its listing first.
+fn server_pairs(s: &Value) -> Vec<(&'static str, String)> {
     let mut auth = text(&s["auth_type"]);
     if s["has_private_key_passphrase"] == true {
         auth.push_str(" (passphrase)");
     }
-    auth
+    let host = format!("{}:{}", text(&s["hostname"]), text(&s["port"]));
+    vec![
+        ("id", text(&s["id"])),
+        ("name", text(&s["name"])),
+        ("host", host),
+        ("user", text(&s["user"])),
+        ("auth", auth),
+        ("active", yes_no(&s["is_active"])),
+        ("max jobs", text(&s["max_concurrent_jobs"])),
+        ("host key", text(&s["host_key_fingerprint"])),
+    ]
 }
 
-/// Servers as a table.
-pub fn servers_table(servers: &[Value]) -> String {
-    let rows: Vec<Vec<String>> = servers
+/// A JSON array of servers as a table: the headers are the listing's first keys, in capitals.
+pub fn servers_table(servers: &Value) -> String {
+    let headers: Vec<String> = server_pairs(&Value::Null)
         .iter()
-        .map(|s| {
-            vec![
-                text(&s["id"]),
-                text(&s["name"]),
-                host_port(s),
-                text(&s["user"]),
-                auth_cell(s),
-                if s["is_active"] == true { "yes" } else { "no" }.into(),
-                text(&s["max_concurrent_jobs"]),
-                text(&s["host_key_fingerprint"]),
-            ]
-        })
+        .map(|(k, _)| k.to_uppercase())
         .collect();
-    table(
-        &[
-            "ID", "NAME", "HOST", "USER", "AUTH", "ACTIVE", "MAX JOBS", "HOST KEY",
-        ],
-        &rows,
-    )
+    let rows: Vec<Vec<String>> = (servers.as_array().into_iter().flatten())
+        .map(|s| server_pairs(s).into_iter().map(|(_, v)| v).collect())
+        .collect();
+    table(&headers, &rows)
 }
 
 /// One server as a key/value listing.
 pub fn server_listing(s: &Value) -> String {
-    listing(&[
-        ("id", text(&s["id"])),
-        ("name", text(&s["name"])),
-        ("host", host_port(s)),
-        ("user", text(&s["user"])),
-        ("auth", auth_cell(s)),
-        (
-            "active",
-            if s["is_active"] == true { "yes" } else { "no" }.into(),
-        ),
-        ("max jobs", text(&s["max_concurrent_jobs"])),
-        ("host key", text(&s["host_key_fingerprint"])),
+    let mut pairs = server_pairs(s);
+    pairs.extend([
         ("host key check", text(&s["host_key_check"])),
         ("created", time(&s["created_at"])),
         ("updated", time(&s["updated_at"])),
-    ])
+    ]);
+    listing(&pairs)
 }
 
 #[cfg(test)]

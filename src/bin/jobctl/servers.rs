@@ -1,16 +1,15 @@
 //! `jobctl servers …`: the server registry. Secrets never come from the command line:
 //! keys are read from a file, passwords and passphrases from a prompt or one line of stdin.
 
-use std::io::BufRead;
 use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
 use clap::{ArgGroup, Args, Subcommand};
-use serde_json::{Map, Value, json};
+use reqwest::Method;
+use serde_json::{Value, json};
 
 use crate::client::escape;
-use crate::output;
-use crate::{Ctx, Output};
+use crate::{Ctx, output};
 
 /// `jobctl servers …`.
 #[derive(Debug, Subcommand)]
@@ -110,9 +109,8 @@ pub struct AddArgs {
 #[command(group(ArgGroup::new("auth").multiple(false)
     .args(["key_file", "password_stdin", "password_prompt"])))]
 pub struct UpdateArgs {
-    /// The server's name or id.
-    #[arg(value_name = "NAME_OR_ID")]
-    server: String,
+    #[command(flatten)]
+    target: NameArg,
     /// A new name.
     #[arg(long, value_name = "NEW_NAME")]
     name: Option<String>,
@@ -126,85 +124,58 @@ pub struct UpdateArgs {
     inactive: bool,
 }
 
-/// One line of stdin, without its line end.
-fn stdin_line(what: &str) -> anyhow::Result<String> {
-    let mut line = String::new();
-    let n = std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .with_context(|| format!("cannot read the {what} from stdin"))?;
-    if n == 0 {
-        return Err(anyhow!("no {what} on stdin"));
-    }
-    let line = line.trim_end_matches(['\n', '\r']).to_string();
-    if line.is_empty() {
-        return Err(anyhow!("the {what} read from stdin is empty"));
-    }
-    Ok(line)
-}
-
-fn prompt(what: &str) -> anyhow::Result<String> {
-    let value = rpassword::prompt_password(format!("{what}: "))
-        .with_context(|| format!("cannot prompt for the {what} (no terminal?)"))?;
+/// A secret that must not be empty: one line of stdin (without its line end) or a prompt.
+fn secret(what: &str, from_stdin: bool) -> anyhow::Result<String> {
+    let value = if from_stdin {
+        let line = std::io::stdin().lines().next();
+        let line = line.ok_or_else(|| anyhow!("no {what} on stdin"))?;
+        let line = line.with_context(|| format!("cannot read the {what} from stdin"))?;
+        line.trim_end_matches('\r').to_string()
+    } else {
+        rpassword::prompt_password(format!("{what}: "))
+            .with_context(|| format!("cannot prompt for the {what} (no terminal?)"))?
+    };
     if value.is_empty() {
-        return Err(anyhow!("the {what} is empty"));
+        let from = if from_stdin { " read from stdin" } else { "" };
+        return Err(anyhow!("the {what}{from} is empty"));
     }
     Ok(value)
 }
 
-/// The fields of a server request, as given.
-fn fields_body(f: &ServerFields, body: &mut Map<String, Value>) -> anyhow::Result<()> {
-    if let Some(h) = &f.host {
-        body.insert("hostname".into(), h.clone().into());
-    }
-    if let Some(p) = f.port {
-        body.insert("port".into(), p.into());
-    }
-    if let Some(u) = &f.user {
-        body.insert("user".into(), u.clone().into());
-    }
-    if let Some(k) = &f.host_key {
-        body.insert("host_key".into(), k.clone().into());
-    }
-    if let Some(n) = f.max_jobs {
-        body.insert("max_concurrent_jobs".into(), n.into());
-    }
+/// The fields of a server request, as given (null where not given).
+fn fields_body(f: &ServerFields) -> anyhow::Result<Value> {
+    let mut body = json!({
+        "hostname": f.host,
+        "port": f.port,
+        "user": f.user,
+        "host_key": f.host_key,
+        "max_concurrent_jobs": f.max_jobs,
+    });
     let c = &f.credentials;
     if let Some(path) = &c.key_file {
         let key = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the key file {}", path.display()))?;
-        body.insert("auth_type".into(), "key".into());
-        body.insert("private_key".into(), key.into());
+        body["auth_type"] = "key".into();
+        body["private_key"] = key.into();
         if c.passphrase_stdin {
-            body.insert(
-                "private_key_passphrase".into(),
-                stdin_line("passphrase")?.into(),
-            );
+            body["private_key_passphrase"] = secret("passphrase", true)?.into();
         } else if c.passphrase_prompt {
-            body.insert(
-                "private_key_passphrase".into(),
-                prompt("Key passphrase")?.into(),
-            );
+            body["private_key_passphrase"] = secret("Key passphrase", false)?.into();
         }
-    } else if c.password_stdin {
-        body.insert("auth_type".into(), "password".into());
-        body.insert("password".into(), stdin_line("password")?.into());
-    } else if c.password_prompt {
-        let who = match (&f.user, &f.host) {
+    } else if c.password_stdin || c.password_prompt {
+        let prompt = match (&f.user, &f.host) {
             (Some(u), Some(h)) => format!("Password for {u}@{h}"),
             _ => "Password".into(),
         };
-        body.insert("auth_type".into(), "password".into());
-        body.insert("password".into(), prompt(&who)?.into());
+        let what = if c.password_stdin {
+            "password"
+        } else {
+            &prompt
+        };
+        body["auth_type"] = "password".into();
+        body["password"] = secret(what, c.password_stdin)?.into();
     }
-    Ok(())
-}
-
-fn print_server(ctx: &Ctx, server: &Value) {
-    match ctx.output {
-        Output::Json => output::print_json(server),
-        Output::Table => output::write_stdout(output::server_listing(server).as_bytes()),
-    }
+    Ok(body)
 }
 
 async fn server_path(ctx: &Ctx, name_or_id: &str, rest: &str) -> anyhow::Result<String> {
@@ -214,95 +185,59 @@ async fn server_path(ctx: &Ctx, name_or_id: &str, rest: &str) -> anyhow::Result<
 
 /// Run a `servers` subcommand.
 pub async fn dispatch(ctx: &Ctx, cmd: ServersCommand) -> anyhow::Result<u8> {
-    match cmd {
+    let server = match cmd {
         ServersCommand::List => {
-            let resp = ctx.api.get("/servers").await?;
-            let servers: Vec<Value> = resp["servers"].as_array().cloned().unwrap_or_default();
-            match ctx.output {
-                Output::Json => output::print_json(&Value::Array(servers)),
-                Output::Table => output::write_stdout(output::servers_table(&servers).as_bytes()),
-            }
-            Ok(0)
+            let servers = Value::Array(ctx.api.servers().await?);
+            ctx.print(&servers, output::servers_table);
+            return Ok(0);
         }
         ServersCommand::Add(a) => {
-            let mut body = Map::new();
-            body.insert("name".into(), a.name.clone().into());
-            fields_body(&a.fields, &mut body)?;
-            if a.inactive {
-                body.insert("is_active".into(), false.into());
-            }
-            let server = ctx.api.post("/servers", &Value::Object(body)).await?;
-            print_server(ctx, &server);
-            Ok(0)
+            let mut body = fields_body(&a.fields)?;
+            body["name"] = a.name.into();
+            body["is_active"] = a.inactive.then_some(false).into();
+            ctx.api.post("/servers", body).await?
         }
-        ServersCommand::Get(a) => {
-            let server = ctx.api.get(&server_path(ctx, &a.server, "").await?).await?;
-            print_server(ctx, &server);
-            Ok(0)
-        }
+        ServersCommand::Get(a) => ctx.api.get(&server_path(ctx, &a.server, "").await?).await?,
         ServersCommand::Update(a) => {
-            let path = server_path(ctx, &a.server, "").await?;
-            let mut body = Map::new();
-            if let Some(n) = &a.name {
-                body.insert("name".into(), n.clone().into());
-            }
-            fields_body(&a.fields, &mut body)?;
-            if a.active {
-                body.insert("is_active".into(), true.into());
-            } else if a.inactive {
-                body.insert("is_active".into(), false.into());
-            }
-            if body.is_empty() {
+            let path = server_path(ctx, &a.target.server, "").await?;
+            let mut body = fields_body(&a.fields)?;
+            body["name"] = a.name.into();
+            body["is_active"] = (a.active || a.inactive).then_some(a.active).into();
+            let mut given = body.as_object().into_iter().flatten();
+            if given.all(|(_, v)| v.is_null()) {
                 return Err(anyhow!(
                     "nothing to change: give at least one option (see `jobctl servers update --help`)"
                 ));
             }
-            let server = ctx.api.put(&path, &Value::Object(body)).await?;
-            print_server(ctx, &server);
-            Ok(0)
+            ctx.api.call(Method::PUT, &path, body).await?
         }
         ServersCommand::Delete(a) => {
-            let resp = ctx
-                .api
-                .delete(&server_path(ctx, &a.server, "").await?)
-                .await?;
-            match ctx.output {
-                Output::Json => output::print_json(&resp),
-                Output::Table => output::write_stdout(
-                    format!("{}\n", resp["message"].as_str().unwrap_or("deleted")).as_bytes(),
-                ),
-            }
-            Ok(0)
+            let path = server_path(ctx, &a.server, "").await?;
+            let resp = ctx.api.send(ctx.api.request(Method::DELETE, &path)).await?;
+            let line = format!("{}\n", resp["message"].as_str().unwrap_or("deleted"));
+            ctx.print(&resp, |_| line);
+            return Ok(0);
         }
         ServersCommand::Test(a) => {
-            let report = ctx
-                .api
-                .post(
-                    &server_path(ctx, &a.name.server, "/test").await?,
-                    &json!({ "accept_host_key": a.accept_host_key }),
-                )
-                .await?;
-            match ctx.output {
-                Output::Json => output::print_json(&report),
-                Output::Table => {
-                    let latency = match report["latency_ms"].as_i64() {
-                        Some(ms) => format!("{ms} ms"),
-                        None => "-".into(),
-                    };
-                    let ok = if report["ok"] == true { "yes" } else { "no" };
-                    let mut pairs = vec![
-                        ("ok", ok.to_string()),
-                        ("latency", latency),
-                        ("fingerprint", output::text(&report["host_key_fingerprint"])),
-                        ("error", output::text(&report["error"])),
-                    ];
-                    if report["host_key_pinned"] == true {
-                        pairs.push(("host key", "pinned now (trust on first use)".into()));
-                    }
-                    output::write_stdout(output::listing(&pairs).as_bytes());
+            let path = server_path(ctx, &a.name.server, "/test").await?;
+            let body = json!({ "accept_host_key": a.accept_host_key });
+            let report = ctx.api.post(&path, body).await?;
+            ctx.print(&report, |r| {
+                let latency = r["latency_ms"].as_i64().map(|ms| format!("{ms} ms"));
+                let mut pairs = vec![
+                    ("ok", output::yes_no(&r["ok"])),
+                    ("latency", latency.unwrap_or_else(|| "-".into())),
+                    ("fingerprint", output::text(&r["host_key_fingerprint"])),
+                    ("error", output::text(&r["error"])),
+                ];
+                if r["host_key_pinned"] == true {
+                    pairs.push(("host key", "pinned now (trust on first use)".into()));
                 }
-            }
-            Ok(if report["ok"] == true { 0 } else { 1 })
+                output::listing(&pairs)
+            });
+            return Ok(if report["ok"] == true { 0 } else { 1 });
         }
-    }
+    };
+    ctx.print(&server, output::server_listing);
+    Ok(0)
 }
