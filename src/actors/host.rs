@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::ssh::Client;
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
-use async_ssh2_tokio::Client;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::messages::{AcquireSlot, ChannelLease, Checkout, HostError, LeaseReturned};

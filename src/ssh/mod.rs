@@ -1,19 +1,23 @@
 //! The SSH layer: connect, verify the host key, authenticate, and say clearly what failed.
 //!
-//! Connections go through async-ssh2-tokio (`Client` over russh). Its handler can check a
-//! host key but cannot report one, so learning a server's key (for trust on first use and
-//! for the fingerprint the connection test shows) takes a short russh handshake of our own
-//! ([`probe_host_key`]) that stops at key exchange and never authenticates. Once a full key
-//! is pinned, connections verify it directly and the probe is skipped.
+//! Connections are russh client sessions ([`Client`]). Learning a server's key (for trust on
+//! first use and for the fingerprint the connection test shows) takes a short handshake of its
+//! own ([`probe_host_key`]) that stops at key exchange and never authenticates; the real
+//! connection then accepts exactly that key (or the pinned one), so no credential is sent to
+//! a server whose key was not decided on first. Once a full key is pinned, connections verify
+//! it directly and the probe is skipped. Host certificates are refused: nothing here verifies
+//! a certificate authority, so a certificate host key proves nothing we could check.
 //!
 //! Owns: turning transport, host-key and auth failures into [`SshError`], whose messages
 //! name the host and the cause but never a secret.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_ssh2_tokio::{AuthMethod, Client, ServerCheckMethod};
-use russh::keys::{HashAlg, PublicKey};
+use russh::client::{Handle, Msg};
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{Channel, ChannelMsg};
 use secrecy::ExposeSecret;
 use tokio::sync::oneshot;
 
@@ -185,7 +189,7 @@ pub struct SshTarget {
     pub port: u16,
     /// Login user.
     pub user: String,
-    /// Credentials, ready for async-ssh2-tokio. Never `Debug`-printed.
+    /// Credentials. Never `Debug`-printed.
     auth: AuthKind,
     /// Pinned key: a full OpenSSH key line or a `SHA256:` fingerprint.
     pub pinned: Option<String>,
@@ -251,16 +255,6 @@ impl SshTarget {
         }
     }
 
-    fn auth_method(&self) -> AuthMethod {
-        match &self.auth {
-            AuthKind::Password(pw) => AuthMethod::with_password(pw.expose_secret()),
-            AuthKind::Key { key, passphrase } => AuthMethod::with_key(
-                key.expose_secret(),
-                passphrase.as_ref().map(|p| p.expose_secret()),
-            ),
-        }
-    }
-
     fn method_name(&self) -> &'static str {
         match self.auth {
             AuthKind::Password(_) => "password",
@@ -278,25 +272,105 @@ pub fn openssh_line(key: &PublicKey) -> String {
 
 /// An authenticated connection and the host key it was made with.
 pub struct Connection {
-    /// The async-ssh2-tokio client: a cheap clone over one SSH connection.
+    /// The client: a cheap clone over one SSH connection.
     pub client: Client,
     /// The server's key, as verified on this connection.
     pub host_key: PublicKey,
 }
 
-struct KeyCatcher {
-    tx: Option<oneshot::Sender<PublicKey>>,
+/// An authenticated SSH connection (a russh client session): clones share it, and channels
+/// opened on it run side by side.
+#[derive(Clone)]
+pub struct Client {
+    handle: Arc<Handle<KeyVerifier>>,
+    addr: SocketAddr,
 }
 
-impl russh::client::Handler for KeyCatcher {
+/// What a command run with [`Client::execute`] printed on stdout, and its exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executed {
+    /// Its stdout, lossily decoded.
+    pub stdout: String,
+    /// Its exit status.
+    pub exit_status: u32,
+}
+
+impl Client {
+    /// Open a session channel (once; [`exec::open_channel`] retries refusals).
+    pub async fn channel_open_session(&self) -> Result<Channel<Msg>, russh::Error> {
+        self.handle.channel_open_session().await
+    }
+
+    /// Run `command` on a channel of its own, and collect its stdout and exit status
+    /// (stderr is discarded). A command that ends without an exit status is an error.
+    pub async fn execute(&self, command: &str) -> Result<Executed, SshError> {
+        let addr = self.addr.to_string();
+        let fail = |e| classify_russh(&addr, e);
+        let mut channel = self.channel_open_session().await.map_err(fail)?;
+        channel.exec(true, command).await.map_err(fail)?;
+        let mut stdout = Vec::new();
+        let mut exit_status = None;
+        while let Some(msg) = channel.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status: s } => exit_status = Some(s),
+                _ => {}
+            }
+        }
+        let exit_status = exit_status.ok_or_else(|| SshError::Protocol {
+            addr: addr.clone(),
+            reason: format!("{command:?} ended without an exit status"),
+        })?;
+        Ok(Executed {
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            exit_status,
+        })
+    }
+
+    /// Say goodbye to the server (`SSH_MSG_DISCONNECT`); the connection then ends. Fails
+    /// only when the connection is already gone.
+    pub async fn disconnect(&self) -> Result<(), russh::Error> {
+        self.handle
+            .disconnect(russh::Disconnect::ByApplication, "", "")
+            .await
+    }
+
+    /// Whether the connection is gone.
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// The address connected to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// The client side of a handshake: decides on the server's key. `expected` is accepted and
+/// anything else refused; with `seen` set (the probe), the plain key presented is sent there
+/// and the handshake stops. A host certificate is always refused.
+struct KeyVerifier {
+    expected: Option<PublicKey>,
+    seen: Option<oneshot::Sender<PublicKey>>,
+}
+
+impl russh::client::Handler for KeyVerifier {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, key: &PublicKey) -> Result<bool, Self::Error> {
-        if let Some(tx) = self.tx.take() {
+    async fn check_server_key(
+        &mut self,
+        presented: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = presented else {
+            return Ok(false);
+        };
+        if let Some(tx) = self.seen.take() {
             let _ = tx.send(key.clone());
         }
-        // Stop here: the probe never authenticates.
-        Ok(false)
+        Ok(self
+            .expected
+            .as_ref()
+            .is_some_and(|k| k.key_data() == key.key_data()))
     }
 }
 
@@ -308,7 +382,11 @@ pub async fn probe_host_key(target: &SshTarget, opts: &SshOptions) -> Result<Pub
         let sockaddr = resolve(target).await?;
         let (tx, rx) = oneshot::channel();
         let config = Arc::new(opts.russh_config());
-        let handler = KeyCatcher { tx: Some(tx) };
+        // Accepts nothing: the probe never authenticates.
+        let handler = KeyVerifier {
+            expected: None,
+            seen: Some(tx),
+        };
         let session =
             tokio::spawn(async move { russh::client::connect(config, sockaddr, handler).await });
         match rx.await {
@@ -409,73 +487,91 @@ pub async fn connect(target: &SshTarget, opts: &SshOptions) -> Result<Connection
     let started = Instant::now();
     let key = expected_key(target, opts).await?;
     let remaining = opts.connect_timeout.saturating_sub(started.elapsed());
-    let key_b64 = key
-        .to_openssh()
-        .ok()
-        .and_then(|line| line.split_whitespace().nth(1).map(str::to_string))
-        .unwrap_or_default();
-    let check = ServerCheckMethod::PublicKey(key_b64);
-    let sockaddr = resolve(target).await?;
-    let attempt = Client::connect_with_config(
-        (sockaddr.ip(), sockaddr.port()),
-        &target.user,
-        target.auth_method(),
-        check,
-        opts.russh_config(),
-    );
+    let addr = target.addr();
+    let attempt = async {
+        let sockaddr = resolve(target).await?;
+        let handler = KeyVerifier {
+            expected: Some(key.clone()),
+            seen: None,
+        };
+        let mut handle = russh::client::connect(Arc::new(opts.russh_config()), sockaddr, handler)
+            .await
+            .map_err(|e| classify_russh(&addr, e))?;
+        authenticate(&mut handle, target).await?;
+        Ok(Client {
+            handle: Arc::new(handle),
+            addr: sockaddr,
+        })
+    };
     match tokio::time::timeout(remaining, attempt).await {
         Ok(Ok(client)) => Ok(Connection {
             client,
             host_key: key,
         }),
-        Ok(Err(e)) => match classify(target, e) {
-            // The pinned key was refused in the handshake (before any credential): learn
-            // what the server presents now, to name both keys.
-            SshError::HostKeyRejected { addr } if target.pinned.is_some() => {
-                match probe_host_key(target, opts).await {
-                    Ok(seen) if fingerprint(&seen) != fingerprint(&key) => {
-                        Err(SshError::HostKeyChanged {
-                            addr,
-                            pinned: fingerprint(&key),
-                            presented: fingerprint(&seen),
-                        })
-                    }
-                    _ => Err(SshError::HostKeyRejected { addr }),
+        // The pinned key was refused in the handshake (before any credential): learn what
+        // the server presents now, to name both keys.
+        Ok(Err(SshError::HostKeyRejected { addr })) if target.pinned.is_some() => {
+            match probe_host_key(target, opts).await {
+                Ok(seen) if fingerprint(&seen) != fingerprint(&key) => {
+                    Err(SshError::HostKeyChanged {
+                        addr,
+                        pinned: fingerprint(&key),
+                        presented: fingerprint(&seen),
+                    })
                 }
+                _ => Err(SshError::HostKeyRejected { addr }),
             }
-            other => Err(other),
-        },
+        }
+        Ok(Err(other)) => Err(other),
         Err(_) => Err(SshError::Timeout {
-            addr: target.addr(),
+            addr,
             secs: opts.connect_timeout.as_secs(),
             stage: "authentication",
         }),
     }
 }
 
-fn classify(target: &SshTarget, e: async_ssh2_tokio::Error) -> SshError {
-    use async_ssh2_tokio::Error as E;
+/// Log in with the target's password or key.
+async fn authenticate(
+    handle: &mut Handle<KeyVerifier>,
+    target: &SshTarget,
+) -> Result<(), SshError> {
     let addr = target.addr();
-    match e {
-        E::PasswordWrong | E::KeyAuthFailed | E::KeyboardInteractiveAuthFailed => {
-            SshError::AuthRejected {
-                addr,
-                user: target.user.clone(),
-                method: target.method_name(),
-            }
+    let result = match &target.auth {
+        AuthKind::Password(pw) => {
+            handle
+                .authenticate_password(&target.user, pw.expose_secret())
+                .await
         }
-        E::KeyInvalid(err) => SshError::BadKey(key_error(&err)),
-        E::ServerCheckFailed => SshError::HostKeyRejected { addr },
-        E::AddressInvalid(err) => SshError::Resolve {
-            host: target.host.clone(),
-            reason: err.to_string(),
-        },
-        E::SshError(err) => classify_russh(&addr, err),
-        E::IoError(err) => classify_io(&addr, &err),
-        other => SshError::Protocol {
+        AuthKind::Key { key, passphrase } => {
+            let key = russh::keys::decode_secret_key(
+                key.expose_secret(),
+                passphrase.as_ref().map(|p| p.expose_secret()),
+            )
+            .map_err(|e| SshError::BadKey(key_error(&e)))?;
+            // RSA keys sign with the best hash the server announces (SHA-1 if it says none).
+            let hash = handle
+                .best_supported_rsa_hash()
+                .await
+                .map_err(|e| classify_russh(&addr, e))?
+                .flatten();
+            handle
+                .authenticate_publickey(
+                    &target.user,
+                    PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+                )
+                .await
+        }
+    }
+    .map_err(|e| classify_russh(&addr, e))?;
+    if result.success() {
+        Ok(())
+    } else {
+        Err(SshError::AuthRejected {
             addr,
-            reason: other.to_string(),
-        },
+            user: target.user.clone(),
+            method: target.method_name(),
+        })
     }
 }
 
@@ -559,11 +655,7 @@ pub async fn test_connection(target: &SshTarget, opts: &SshOptions, bound: Durat
     let started = Instant::now();
     let outcome = tokio::time::timeout(bound, async {
         let conn = connect(target, opts).await?;
-        let result = conn
-            .client
-            .execute("true")
-            .await
-            .map_err(|e| classify(target, e));
+        let result = conn.client.execute("true").await;
         let _ = conn.client.disconnect().await;
         let result = result?;
         if result.exit_status != 0 {

@@ -45,7 +45,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use russh::keys::{PrivateKey, PublicKey};
-use russh::server::{Auth, ChannelOpenHandle, Config, Handle, Handler, Msg, Session};
+use russh::server::{
+    Auth, ChannelOpenHandle, Config, Handle, Handler, Msg, PublicKeyOffer, Session,
+    VerifiedPublicKey,
+};
 use russh::{
     Channel, ChannelId, ChannelOpenFailure, ChannelWriteHalf, Disconnect, MethodKind, MethodSet,
     Sig,
@@ -525,8 +528,9 @@ impl Handler for Conn {
     async fn auth_publickey_offered(
         &mut self,
         user: &str,
-        public_key: &PublicKey,
+        offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        let public_key = offer.public_key;
         Ok(if self.shared.key_ok(user, public_key) {
             Auth::Accept
         } else {
@@ -542,9 +546,9 @@ impl Handler for Conn {
     async fn auth_publickey(
         &mut self,
         user: &str,
-        public_key: &PublicKey,
+        key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(if self.shared.key_ok(user, public_key) {
+        Ok(if self.shared.key_ok(user, key.public_key) {
             Auth::Accept
         } else {
             Auth::reject()
