@@ -385,7 +385,7 @@ fn failure_kind(e: &HostError) -> &'static str {
         SshError::HostKeyChanged { .. } => "host_key_changed",
         SshError::HostKeyUnknown { .. } => "host_key_unknown",
         SshError::Credentials(_) => "credentials",
-        SshError::HostKeyRejected { .. } => "host_key_rejected",
+        SshError::HostKeyRejected { .. } | SshError::HostCertificate { .. } => "host_key_rejected",
         SshError::Protocol { .. } => "protocol",
         SshError::Build(_) => "protocol",
     }

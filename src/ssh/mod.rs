@@ -45,6 +45,7 @@ impl SshError {
             SshError::HostKeyChanged { .. }
                 | SshError::HostKeyUnknown { .. }
                 | SshError::HostKeyRejected { .. }
+                | SshError::HostCertificate { .. }
                 | SshError::AuthRejected { .. }
                 | SshError::BadKey(_)
                 | SshError::Credentials(_)
@@ -159,6 +160,15 @@ pub enum SshError {
     /// Host key verification failed for another reason.
     #[error("host key verification failed for {addr}")]
     HostKeyRejected {
+        /// `host:port`.
+        addr: String,
+    },
+    /// The server identified itself with a host certificate, which is never accepted.
+    #[error(
+        "host {addr} presented a host certificate, which is refused (certificates are not \
+         verified): configure the server to offer a plain host key"
+    )]
+    HostCertificate {
         /// `host:port`.
         addr: String,
     },
@@ -354,15 +364,28 @@ struct KeyVerifier {
     seen: Option<oneshot::Sender<PublicKey>>,
 }
 
+/// Why a handshake stopped: russh's error, or a host certificate refused.
+#[derive(Debug)]
+enum HandshakeError {
+    Ssh(russh::Error),
+    Certificate,
+}
+
+impl From<russh::Error> for HandshakeError {
+    fn from(e: russh::Error) -> Self {
+        HandshakeError::Ssh(e)
+    }
+}
+
 impl russh::client::Handler for KeyVerifier {
-    type Error = russh::Error;
+    type Error = HandshakeError;
 
     async fn check_server_key(
         &mut self,
         presented: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
         let PublicKeyOrCertificate::PublicKey { key, .. } = presented else {
-            return Ok(false);
+            return Err(HandshakeError::Certificate);
         };
         if let Some(tx) = self.seen.take() {
             let _ = tx.send(key.clone());
@@ -371,6 +394,15 @@ impl russh::client::Handler for KeyVerifier {
             .expected
             .as_ref()
             .is_some_and(|k| k.key_data() == key.key_data()))
+    }
+}
+
+fn classify_handshake(addr: &str, e: HandshakeError) -> SshError {
+    match e {
+        HandshakeError::Ssh(e) => classify_russh(addr, e),
+        HandshakeError::Certificate => SshError::HostCertificate {
+            addr: addr.to_string(),
+        },
     }
 }
 
@@ -395,7 +427,7 @@ pub async fn probe_host_key(target: &SshTarget, opts: &SshOptions) -> Result<Pub
                 Ok(key)
             }
             Err(_) => match session.await {
-                Ok(Err(e)) => Err(classify_russh(&addr, e)),
+                Ok(Err(e)) => Err(classify_handshake(&addr, e)),
                 _ => Err(SshError::Protocol {
                     addr: addr.clone(),
                     reason: "the server closed the connection before presenting a host key".into(),
@@ -496,7 +528,7 @@ pub async fn connect(target: &SshTarget, opts: &SshOptions) -> Result<Connection
         };
         let mut handle = russh::client::connect(Arc::new(opts.russh_config()), sockaddr, handler)
             .await
-            .map_err(|e| classify_russh(&addr, e))?;
+            .map_err(|e| classify_handshake(&addr, e))?;
         authenticate(&mut handle, target).await?;
         Ok(Client {
             handle: Arc::new(handle),
@@ -696,5 +728,50 @@ pub async fn test_connection(target: &SshTarget, opts: &SshOptions, bound: Durat
                 host_key: None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use russh::client::Handler;
+    use russh::keys::ssh_key::certificate::{Builder, CertType};
+    use russh::keys::{Algorithm, PrivateKey};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_host_certificate_is_refused_even_for_the_expected_key() {
+        let random = || PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519);
+        let (host, ca) = (random().unwrap(), random().unwrap());
+        let mut builder = Builder::new(
+            vec![7u8; 32],
+            host.public_key().key_data().clone(),
+            0,
+            u64::MAX,
+        )
+        .unwrap();
+        builder.cert_type(CertType::Host).unwrap();
+        builder.valid_principal("db.example.com").unwrap();
+        let certificate = builder.sign(&ca).unwrap();
+        let mut check = KeyVerifier {
+            expected: Some(host.public_key().clone()),
+            seen: None,
+        };
+        let refused = check
+            .check_server_key(&PublicKeyOrCertificate::Certificate(certificate))
+            .await;
+        let Err(refusal) = refused else {
+            panic!("a certificate was accepted: {refused:?}");
+        };
+        let err = classify_handshake("db.example.com:22", refusal);
+        assert!(matches!(err, SshError::HostCertificate { .. }), "{err:?}");
+        assert!(err.is_permanent());
+        assert!(err.to_string().contains("host certificate"), "{err}");
+        // The same key, presented plainly, is the one expected.
+        let plain = PublicKeyOrCertificate::PublicKey {
+            key: host.public_key().clone(),
+            hash_alg: None,
+        };
+        assert!(check.check_server_key(&plain).await.unwrap());
     }
 }
