@@ -383,7 +383,7 @@ fn failure_kind(e: &HostError) -> &'static str {
         SshError::AuthRejected { .. } => "auth_rejected",
         SshError::BadKey(_) => "bad_key",
         SshError::HostKeyChanged { .. } => "host_key_changed",
-        SshError::HostKeyUnknown { .. } => "host_key_unknown",
+        SshError::HostKeyUnknown { .. } | SshError::KnownHostsRefused { .. } => "host_key_unknown",
         SshError::Credentials(_) => "credentials",
         SshError::HostKeyRejected { .. } | SshError::HostCertificate { .. } => "host_key_rejected",
         SshError::Protocol { .. } => "protocol",

@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 
 use crate::domain::{AuthType, HostKeyCheck, ServerDraft};
 pub mod exec;
+pub mod known_hosts;
 
 /// Knobs of SSH connections, from `[ssh]`.
 #[derive(Debug, Clone)]
@@ -44,6 +45,7 @@ impl SshError {
             self,
             SshError::HostKeyChanged { .. }
                 | SshError::HostKeyUnknown { .. }
+                | SshError::KnownHostsRefused { .. }
                 | SshError::HostKeyRejected { .. }
                 | SshError::HostCertificate { .. }
                 | SshError::AuthRejected { .. }
@@ -153,6 +155,17 @@ pub enum SshError {
         file: String,
         /// The fingerprint presented.
         presented: String,
+    },
+    /// The known_hosts file revokes the key, or cannot vouch for the host (see
+    /// [`known_hosts`]).
+    #[error("host key for {addr} refused by {file}: {reason}")]
+    KnownHostsRefused {
+        /// `host:port`.
+        addr: String,
+        /// The known_hosts file.
+        file: String,
+        /// Why, with the line.
+        reason: String,
     },
     /// The stored credentials could not be opened (wrong secret key).
     #[error("cannot use the stored credentials: {0}")]
@@ -549,45 +562,69 @@ pub fn pinned_fingerprint(pinned: &str) -> String {
 }
 
 /// Decide which key to accept: the pinned one, or (trust on first use, or checks off) the
-/// one the probe saw. Fails before authentication when the server's key differs from the pin.
+/// one the probe saw. Fails before authentication when the server's key differs from the pin,
+/// or (trust on first use) when the known_hosts file refuses it: it lists other keys for the
+/// host (servers with no pin only), revokes the key, or cannot be read for this host.
 async fn expected_key(target: &SshTarget, opts: &SshOptions) -> Result<PublicKey, SshError> {
-    if target.check == HostKeyCheck::Tofu
-        && let Some(pinned) = &target.pinned
-        && !pinned.starts_with("SHA256:")
-        && let Ok(key) = PublicKey::from_openssh(pinned)
-    {
-        return Ok(key);
-    }
-    let seen = probe_host_key(target, opts).await?;
-    if target.check == HostKeyCheck::Tofu
-        && let Some(pinned) = &target.pinned
-    {
-        let pinned_fp = pinned_fingerprint(pinned);
-        let presented = fingerprint(&seen);
-        if pinned_fp != presented {
-            return Err(SshError::HostKeyChanged {
-                addr: target.addr(),
-                pinned: pinned_fp,
-                presented,
-            });
+    let tofu = target.check == HostKeyCheck::Tofu;
+    let key = match &target.pinned {
+        Some(pinned) if tofu && !pinned.starts_with("SHA256:") => {
+            match PublicKey::from_openssh(pinned) {
+                Ok(key) => key,
+                Err(_) => checked_probe(target, opts, pinned).await?,
+            }
         }
-    } else if target.check == HostKeyCheck::Tofu
-        && let Some(file) = &opts.known_hosts
-    {
-        let listed =
-            russh::keys::known_hosts::known_host_keys_path(&target.host, target.port, file)
-                .map_err(|e| SshError::Protocol {
+        Some(pinned) if tofu => checked_probe(target, opts, pinned).await?,
+        _ => probe_host_key(target, opts).await?,
+    };
+    if let (true, Some(file)) = (tofu, &opts.known_hosts) {
+        let text = match tokio::fs::read_to_string(file).await {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                return Err(SshError::Protocol {
                     addr: target.addr(),
                     reason: format!("cannot read {}: {e}", file.display()),
-                })?;
-        let presented = fingerprint(&seen);
-        if !listed.is_empty() && !listed.iter().any(|(_, k)| fingerprint(k) == presented) {
-            return Err(SshError::HostKeyUnknown {
-                addr: target.addr(),
-                file: file.display().to_string(),
-                presented,
-            });
+                });
+            }
+        };
+        let file = file.display().to_string();
+        match known_hosts::check(&text, &target.host, target.port, &key) {
+            Ok(known_hosts::Listed::Other) if target.pinned.is_none() => {
+                return Err(SshError::HostKeyUnknown {
+                    addr: target.addr(),
+                    file,
+                    presented: fingerprint(&key),
+                });
+            }
+            Ok(_) => {}
+            Err(refusal) => {
+                return Err(SshError::KnownHostsRefused {
+                    addr: target.addr(),
+                    file,
+                    reason: refusal.to_string(),
+                });
+            }
         }
+    }
+    Ok(key)
+}
+
+/// The key the probe sees, if its fingerprint is the pinned one.
+async fn checked_probe(
+    target: &SshTarget,
+    opts: &SshOptions,
+    pinned: &str,
+) -> Result<PublicKey, SshError> {
+    let seen = probe_host_key(target, opts).await?;
+    let pinned_fp = pinned_fingerprint(pinned);
+    let presented = fingerprint(&seen);
+    if pinned_fp != presented {
+        return Err(SshError::HostKeyChanged {
+            addr: target.addr(),
+            pinned: pinned_fp,
+            presented,
+        });
     }
     Ok(seen)
 }
