@@ -100,7 +100,7 @@ pub fn check(text: &str, host: &str, port: u16, presented: &PublicKey) -> Result
         if first.is_empty() {
             return Err(unreadable("no host patterns"));
         }
-        let names_host = names(first, &name).map_err(|why| unreadable(why))?;
+        let names_host = names(first, &name).map_err(unreadable)?;
         let key = match (fields.next(), fields.next()) {
             (Some(kind), Some(data)) => PublicKey::from_openssh(&format!("{kind} {data}"))
                 .map_err(|e| format!("bad key: {e}")),
