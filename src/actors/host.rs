@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::ssh::Client;
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
-use async_ssh2_tokio::Client;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::messages::{AcquireSlot, ChannelLease, Checkout, HostError, LeaseReturned};
@@ -383,9 +383,9 @@ fn failure_kind(e: &HostError) -> &'static str {
         SshError::AuthRejected { .. } => "auth_rejected",
         SshError::BadKey(_) => "bad_key",
         SshError::HostKeyChanged { .. } => "host_key_changed",
-        SshError::HostKeyUnknown { .. } => "host_key_unknown",
+        SshError::HostKeyUnknown { .. } | SshError::KnownHostsRefused { .. } => "host_key_unknown",
         SshError::Credentials(_) => "credentials",
-        SshError::HostKeyRejected { .. } => "host_key_rejected",
+        SshError::HostKeyRejected { .. } | SshError::HostCertificate { .. } => "host_key_rejected",
         SshError::Protocol { .. } => "protocol",
         SshError::Build(_) => "protocol",
     }

@@ -4,8 +4,8 @@
 //! Owns the vocabulary only: it imports nothing from the actors themselves, so each actor
 //! depends on its messages and never the other way round.
 
+use crate::ssh::Client;
 use actix::{Message, Recipient};
-use async_ssh2_tokio::Client;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::ssh::SshError;

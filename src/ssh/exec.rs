@@ -45,12 +45,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use async_ssh2_tokio::Client;
 use russh::client::Msg;
 use russh::{Channel, ChannelMsg, ChannelWriteHalf, Sig};
 use tokio::sync::mpsc;
 
-use super::SshError;
+use super::{Client, SshError};
 
 /// What a job runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,7 +169,7 @@ pub enum BuildError {
 
 /// `host:port` of a client's connection, for errors.
 fn client_addr(client: &Client) -> String {
-    client.get_connection_address().to_string()
+    client.addr().to_string()
 }
 
 fn protocol(addr: &str, reason: impl Into<String>) -> SshError {
@@ -189,9 +188,9 @@ pub async fn open_channel(client: &Client) -> Result<Channel<Msg>, SshError> {
     let mut delay = OPEN_BACKOFF_FIRST;
     let mut attempt = 1;
     loop {
-        match client.get_channel().await {
+        match client.channel_open_session().await {
             Ok(channel) => return Ok(channel),
-            Err(async_ssh2_tokio::Error::SshError(russh::Error::ChannelOpenFailure(why))) => {
+            Err(russh::Error::ChannelOpenFailure(why)) => {
                 if attempt >= OPEN_ATTEMPTS {
                     return Err(protocol(
                         &client_addr(client),
@@ -206,15 +205,7 @@ pub async fn open_channel(client: &Client) -> Result<Channel<Msg>, SshError> {
                 delay = (delay * 2).min(OPEN_BACKOFF_MAX);
                 attempt += 1;
             }
-            Err(async_ssh2_tokio::Error::SshError(e)) => {
-                return Err(super::classify_russh(&client_addr(client), e));
-            }
-            Err(e) => {
-                return Err(protocol(
-                    &client_addr(client),
-                    format!("cannot open a session channel: {e}"),
-                ));
-            }
+            Err(e) => return Err(super::classify_russh(&client_addr(client), e)),
         }
     }
 }
@@ -832,7 +823,7 @@ pub fn build_for(
 /// Whether the login shell of the connection's user runs the bootstrap as is: asks for
 /// `$SHELL` once (sshd sets it to the login shell) and accepts sh, dash, bash, ksh, mksh and
 /// ash. Anything else, or any doubt, answers false (the bootstrap is then wrapped).
-pub async fn login_shell_is_posix(client: &async_ssh2_tokio::Client) -> bool {
+pub async fn login_shell_is_posix(client: &Client) -> bool {
     let Ok(Ok(out)) = tokio::time::timeout(
         std::time::Duration::from_secs(10),
         client.execute("echo \"$SHELL\""),

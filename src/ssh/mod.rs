@@ -1,24 +1,29 @@
 //! The SSH layer: connect, verify the host key, authenticate, and say clearly what failed.
 //!
-//! Connections go through async-ssh2-tokio (`Client` over russh). Its handler can check a
-//! host key but cannot report one, so learning a server's key (for trust on first use and
-//! for the fingerprint the connection test shows) takes a short russh handshake of our own
-//! ([`probe_host_key`]) that stops at key exchange and never authenticates. Once a full key
-//! is pinned, connections verify it directly and the probe is skipped.
+//! Connections are russh client sessions ([`Client`]). Learning a server's key (for trust on
+//! first use and for the fingerprint the connection test shows) takes a short handshake of its
+//! own ([`probe_host_key`]) that stops at key exchange and never authenticates; the real
+//! connection then accepts exactly that key (or the pinned one), so no credential is sent to
+//! a server whose key was not decided on first. Once a full key is pinned, connections verify
+//! it directly and the probe is skipped. Host certificates are refused: nothing here verifies
+//! a certificate authority, so a certificate host key proves nothing we could check.
 //!
 //! Owns: turning transport, host-key and auth failures into [`SshError`], whose messages
 //! name the host and the cause but never a secret.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_ssh2_tokio::{AuthMethod, Client, ServerCheckMethod};
-use russh::keys::{HashAlg, PublicKey};
+use russh::client::{ChannelOpenHandle, Handle, Msg, Session};
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{Channel, ChannelMsg};
 use secrecy::ExposeSecret;
 use tokio::sync::oneshot;
 
 use crate::domain::{AuthType, HostKeyCheck, ServerDraft};
 pub mod exec;
+pub mod known_hosts;
 
 /// Knobs of SSH connections, from `[ssh]`.
 #[derive(Debug, Clone)]
@@ -40,7 +45,9 @@ impl SshError {
             self,
             SshError::HostKeyChanged { .. }
                 | SshError::HostKeyUnknown { .. }
+                | SshError::KnownHostsRefused { .. }
                 | SshError::HostKeyRejected { .. }
+                | SshError::HostCertificate { .. }
                 | SshError::AuthRejected { .. }
                 | SshError::BadKey(_)
                 | SshError::Credentials(_)
@@ -149,12 +156,32 @@ pub enum SshError {
         /// The fingerprint presented.
         presented: String,
     },
+    /// The known_hosts file revokes the key, or cannot vouch for the host (see
+    /// [`known_hosts`]).
+    #[error("host key for {addr} refused by {file}: {reason}")]
+    KnownHostsRefused {
+        /// `host:port`.
+        addr: String,
+        /// The known_hosts file.
+        file: String,
+        /// Why, with the line.
+        reason: String,
+    },
     /// The stored credentials could not be opened (wrong secret key).
     #[error("cannot use the stored credentials: {0}")]
     Credentials(String),
     /// Host key verification failed for another reason.
     #[error("host key verification failed for {addr}")]
     HostKeyRejected {
+        /// `host:port`.
+        addr: String,
+    },
+    /// The server identified itself with a host certificate, which is never accepted.
+    #[error(
+        "host {addr} presented a host certificate, which is refused (certificates are not \
+         verified): configure the server to offer a plain host key"
+    )]
+    HostCertificate {
         /// `host:port`.
         addr: String,
     },
@@ -185,7 +212,7 @@ pub struct SshTarget {
     pub port: u16,
     /// Login user.
     pub user: String,
-    /// Credentials, ready for async-ssh2-tokio. Never `Debug`-printed.
+    /// Credentials. Never `Debug`-printed.
     auth: AuthKind,
     /// Pinned key: a full OpenSSH key line or a `SHA256:` fingerprint.
     pub pinned: Option<String>,
@@ -251,16 +278,6 @@ impl SshTarget {
         }
     }
 
-    fn auth_method(&self) -> AuthMethod {
-        match &self.auth {
-            AuthKind::Password(pw) => AuthMethod::with_password(pw.expose_secret()),
-            AuthKind::Key { key, passphrase } => AuthMethod::with_key(
-                key.expose_secret(),
-                passphrase.as_ref().map(|p| p.expose_secret()),
-            ),
-        }
-    }
-
     fn method_name(&self) -> &'static str {
         match self.auth {
             AuthKind::Password(_) => "password",
@@ -278,25 +295,205 @@ pub fn openssh_line(key: &PublicKey) -> String {
 
 /// An authenticated connection and the host key it was made with.
 pub struct Connection {
-    /// The async-ssh2-tokio client: a cheap clone over one SSH connection.
+    /// The client: a cheap clone over one SSH connection.
     pub client: Client,
     /// The server's key, as verified on this connection.
     pub host_key: PublicKey,
 }
 
-struct KeyCatcher {
-    tx: Option<oneshot::Sender<PublicKey>>,
+/// An authenticated SSH connection (a russh client session): clones share it, and channels
+/// opened on it run side by side.
+#[derive(Clone)]
+pub struct Client {
+    handle: Arc<Handle<KeyVerifier>>,
+    addr: SocketAddr,
 }
 
-impl russh::client::Handler for KeyCatcher {
-    type Error = russh::Error;
+/// What a command run with [`Client::execute`] printed on stdout, and its exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executed {
+    /// Its stdout, lossily decoded.
+    pub stdout: String,
+    /// Its exit status.
+    pub exit_status: u32,
+}
 
-    async fn check_server_key(&mut self, key: &PublicKey) -> Result<bool, Self::Error> {
-        if let Some(tx) = self.tx.take() {
+impl Client {
+    /// Open a session channel (once; [`exec::open_channel`] retries refusals).
+    pub async fn channel_open_session(&self) -> Result<Channel<Msg>, russh::Error> {
+        self.handle.channel_open_session().await
+    }
+
+    /// Run `command` on a channel of its own, and collect its stdout and exit status
+    /// (stderr is discarded). A command that ends without an exit status is an error.
+    pub async fn execute(&self, command: &str) -> Result<Executed, SshError> {
+        let addr = self.addr.to_string();
+        let fail = |e| classify_russh(&addr, e);
+        let mut channel = self.channel_open_session().await.map_err(fail)?;
+        channel.exec(true, command).await.map_err(fail)?;
+        let mut stdout = Vec::new();
+        let mut exit_status = None;
+        while let Some(msg) = channel.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status: s } => exit_status = Some(s),
+                _ => {}
+            }
+        }
+        let exit_status = exit_status.ok_or_else(|| SshError::Protocol {
+            addr: addr.clone(),
+            reason: format!("{command:?} ended without an exit status"),
+        })?;
+        Ok(Executed {
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            exit_status,
+        })
+    }
+
+    /// Say goodbye to the server (`SSH_MSG_DISCONNECT`); the connection then ends. Fails
+    /// only when the connection is already gone.
+    pub async fn disconnect(&self) -> Result<(), russh::Error> {
+        self.handle
+            .disconnect(russh::Disconnect::ByApplication, "", "")
+            .await
+    }
+
+    /// Whether the connection is gone.
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// The address connected to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// The client side of a handshake: decides on the server's key. `expected` is accepted and
+/// anything else refused; with `seen` set (the probe), the plain key presented is sent there
+/// and the handshake stops. A host certificate is always refused.
+struct KeyVerifier {
+    expected: Option<PublicKey>,
+    seen: Option<oneshot::Sender<PublicKey>>,
+}
+
+/// Why a handshake stopped: russh's error, or a host certificate refused.
+#[derive(Debug)]
+enum HandshakeError {
+    Ssh(russh::Error),
+    Certificate,
+}
+
+impl From<russh::Error> for HandshakeError {
+    fn from(e: russh::Error) -> Self {
+        HandshakeError::Ssh(e)
+    }
+}
+
+impl russh::client::Handler for KeyVerifier {
+    type Error = HandshakeError;
+
+    async fn check_server_key(
+        &mut self,
+        presented: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = presented else {
+            return Err(HandshakeError::Certificate);
+        };
+        if let Some(tx) = self.seen.take() {
             let _ = tx.send(key.clone());
         }
-        // Stop here: the probe never authenticates.
-        Ok(false)
+        Ok(self
+            .expected
+            .as_ref()
+            .is_some_and(|k| k.key_data() == key.key_data()))
+    }
+
+    // Channels are only ever opened by us: every kind the server may open towards the client
+    // is refused (dropping the reply refuses), where russh's defaults accept them.
+
+    async fn server_channel_open_session(
+        &mut self,
+        _: Channel<Msg>,
+        _: ChannelOpenHandle,
+        _: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    async fn server_channel_open_direct_tcpip(
+        &mut self,
+        _: Channel<Msg>,
+        _: &str,
+        _: u32,
+        _: &str,
+        _: u32,
+        _: ChannelOpenHandle,
+        _: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    async fn server_channel_open_direct_streamlocal(
+        &mut self,
+        _: Channel<Msg>,
+        _: &str,
+        _: ChannelOpenHandle,
+        _: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        _: Channel<Msg>,
+        _: &str,
+        _: u32,
+        _: &str,
+        _: u32,
+        _: ChannelOpenHandle,
+        _: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    async fn server_channel_open_forwarded_streamlocal(
+        &mut self,
+        _: Channel<Msg>,
+        _: &str,
+        _: ChannelOpenHandle,
+        _: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        _: Channel<Msg>,
+        _: ChannelOpenHandle,
+        _: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    async fn server_channel_open_x11(
+        &mut self,
+        _: Channel<Msg>,
+        _: &str,
+        _: u32,
+        _: ChannelOpenHandle,
+        _: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+fn classify_handshake(addr: &str, e: HandshakeError) -> SshError {
+    match e {
+        HandshakeError::Ssh(e) => classify_russh(addr, e),
+        HandshakeError::Certificate => SshError::HostCertificate {
+            addr: addr.to_string(),
+        },
     }
 }
 
@@ -308,7 +505,11 @@ pub async fn probe_host_key(target: &SshTarget, opts: &SshOptions) -> Result<Pub
         let sockaddr = resolve(target).await?;
         let (tx, rx) = oneshot::channel();
         let config = Arc::new(opts.russh_config());
-        let handler = KeyCatcher { tx: Some(tx) };
+        // Accepts nothing: the probe never authenticates.
+        let handler = KeyVerifier {
+            expected: None,
+            seen: Some(tx),
+        };
         let session =
             tokio::spawn(async move { russh::client::connect(config, sockaddr, handler).await });
         match rx.await {
@@ -317,7 +518,7 @@ pub async fn probe_host_key(target: &SshTarget, opts: &SshOptions) -> Result<Pub
                 Ok(key)
             }
             Err(_) => match session.await {
-                Ok(Err(e)) => Err(classify_russh(&addr, e)),
+                Ok(Err(e)) => Err(classify_handshake(&addr, e)),
                 _ => Err(SshError::Protocol {
                     addr: addr.clone(),
                     reason: "the server closed the connection before presenting a host key".into(),
@@ -361,45 +562,69 @@ pub fn pinned_fingerprint(pinned: &str) -> String {
 }
 
 /// Decide which key to accept: the pinned one, or (trust on first use, or checks off) the
-/// one the probe saw. Fails before authentication when the server's key differs from the pin.
+/// one the probe saw. Fails before authentication when the server's key differs from the pin,
+/// or (trust on first use) when the known_hosts file refuses it: it lists other keys for the
+/// host (servers with no pin only), revokes the key, or cannot be read for this host.
 async fn expected_key(target: &SshTarget, opts: &SshOptions) -> Result<PublicKey, SshError> {
-    if target.check == HostKeyCheck::Tofu
-        && let Some(pinned) = &target.pinned
-        && !pinned.starts_with("SHA256:")
-        && let Ok(key) = PublicKey::from_openssh(pinned)
-    {
-        return Ok(key);
-    }
-    let seen = probe_host_key(target, opts).await?;
-    if target.check == HostKeyCheck::Tofu
-        && let Some(pinned) = &target.pinned
-    {
-        let pinned_fp = pinned_fingerprint(pinned);
-        let presented = fingerprint(&seen);
-        if pinned_fp != presented {
-            return Err(SshError::HostKeyChanged {
-                addr: target.addr(),
-                pinned: pinned_fp,
-                presented,
-            });
+    let tofu = target.check == HostKeyCheck::Tofu;
+    let key = match &target.pinned {
+        Some(pinned) if tofu && !pinned.starts_with("SHA256:") => {
+            match PublicKey::from_openssh(pinned) {
+                Ok(key) => key,
+                Err(_) => checked_probe(target, opts, pinned).await?,
+            }
         }
-    } else if target.check == HostKeyCheck::Tofu
-        && let Some(file) = &opts.known_hosts
-    {
-        let listed =
-            russh::keys::known_hosts::known_host_keys_path(&target.host, target.port, file)
-                .map_err(|e| SshError::Protocol {
+        Some(pinned) if tofu => checked_probe(target, opts, pinned).await?,
+        _ => probe_host_key(target, opts).await?,
+    };
+    if let (true, Some(file)) = (tofu, &opts.known_hosts) {
+        let text = match tokio::fs::read_to_string(file).await {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                return Err(SshError::Protocol {
                     addr: target.addr(),
                     reason: format!("cannot read {}: {e}", file.display()),
-                })?;
-        let presented = fingerprint(&seen);
-        if !listed.is_empty() && !listed.iter().any(|(_, k)| fingerprint(k) == presented) {
-            return Err(SshError::HostKeyUnknown {
-                addr: target.addr(),
-                file: file.display().to_string(),
-                presented,
-            });
+                });
+            }
+        };
+        let file = file.display().to_string();
+        match known_hosts::check(&text, &target.host, target.port, &key) {
+            Ok(known_hosts::Listed::Other) if target.pinned.is_none() => {
+                return Err(SshError::HostKeyUnknown {
+                    addr: target.addr(),
+                    file,
+                    presented: fingerprint(&key),
+                });
+            }
+            Ok(_) => {}
+            Err(refusal) => {
+                return Err(SshError::KnownHostsRefused {
+                    addr: target.addr(),
+                    file,
+                    reason: refusal.to_string(),
+                });
+            }
         }
+    }
+    Ok(key)
+}
+
+/// The key the probe sees, if its fingerprint is the pinned one.
+async fn checked_probe(
+    target: &SshTarget,
+    opts: &SshOptions,
+    pinned: &str,
+) -> Result<PublicKey, SshError> {
+    let seen = probe_host_key(target, opts).await?;
+    let pinned_fp = pinned_fingerprint(pinned);
+    let presented = fingerprint(&seen);
+    if pinned_fp != presented {
+        return Err(SshError::HostKeyChanged {
+            addr: target.addr(),
+            pinned: pinned_fp,
+            presented,
+        });
     }
     Ok(seen)
 }
@@ -409,73 +634,91 @@ pub async fn connect(target: &SshTarget, opts: &SshOptions) -> Result<Connection
     let started = Instant::now();
     let key = expected_key(target, opts).await?;
     let remaining = opts.connect_timeout.saturating_sub(started.elapsed());
-    let key_b64 = key
-        .to_openssh()
-        .ok()
-        .and_then(|line| line.split_whitespace().nth(1).map(str::to_string))
-        .unwrap_or_default();
-    let check = ServerCheckMethod::PublicKey(key_b64);
-    let sockaddr = resolve(target).await?;
-    let attempt = Client::connect_with_config(
-        (sockaddr.ip(), sockaddr.port()),
-        &target.user,
-        target.auth_method(),
-        check,
-        opts.russh_config(),
-    );
+    let addr = target.addr();
+    let attempt = async {
+        let sockaddr = resolve(target).await?;
+        let handler = KeyVerifier {
+            expected: Some(key.clone()),
+            seen: None,
+        };
+        let mut handle = russh::client::connect(Arc::new(opts.russh_config()), sockaddr, handler)
+            .await
+            .map_err(|e| classify_handshake(&addr, e))?;
+        authenticate(&mut handle, target).await?;
+        Ok(Client {
+            handle: Arc::new(handle),
+            addr: sockaddr,
+        })
+    };
     match tokio::time::timeout(remaining, attempt).await {
         Ok(Ok(client)) => Ok(Connection {
             client,
             host_key: key,
         }),
-        Ok(Err(e)) => match classify(target, e) {
-            // The pinned key was refused in the handshake (before any credential): learn
-            // what the server presents now, to name both keys.
-            SshError::HostKeyRejected { addr } if target.pinned.is_some() => {
-                match probe_host_key(target, opts).await {
-                    Ok(seen) if fingerprint(&seen) != fingerprint(&key) => {
-                        Err(SshError::HostKeyChanged {
-                            addr,
-                            pinned: fingerprint(&key),
-                            presented: fingerprint(&seen),
-                        })
-                    }
-                    _ => Err(SshError::HostKeyRejected { addr }),
+        // The pinned key was refused in the handshake (before any credential): learn what
+        // the server presents now, to name both keys.
+        Ok(Err(SshError::HostKeyRejected { addr })) if target.pinned.is_some() => {
+            match probe_host_key(target, opts).await {
+                Ok(seen) if fingerprint(&seen) != fingerprint(&key) => {
+                    Err(SshError::HostKeyChanged {
+                        addr,
+                        pinned: fingerprint(&key),
+                        presented: fingerprint(&seen),
+                    })
                 }
+                _ => Err(SshError::HostKeyRejected { addr }),
             }
-            other => Err(other),
-        },
+        }
+        Ok(Err(other)) => Err(other),
         Err(_) => Err(SshError::Timeout {
-            addr: target.addr(),
+            addr,
             secs: opts.connect_timeout.as_secs(),
             stage: "authentication",
         }),
     }
 }
 
-fn classify(target: &SshTarget, e: async_ssh2_tokio::Error) -> SshError {
-    use async_ssh2_tokio::Error as E;
+/// Log in with the target's password or key.
+async fn authenticate(
+    handle: &mut Handle<KeyVerifier>,
+    target: &SshTarget,
+) -> Result<(), SshError> {
     let addr = target.addr();
-    match e {
-        E::PasswordWrong | E::KeyAuthFailed | E::KeyboardInteractiveAuthFailed => {
-            SshError::AuthRejected {
-                addr,
-                user: target.user.clone(),
-                method: target.method_name(),
-            }
+    let result = match &target.auth {
+        AuthKind::Password(pw) => {
+            handle
+                .authenticate_password(&target.user, pw.expose_secret())
+                .await
         }
-        E::KeyInvalid(err) => SshError::BadKey(key_error(&err)),
-        E::ServerCheckFailed => SshError::HostKeyRejected { addr },
-        E::AddressInvalid(err) => SshError::Resolve {
-            host: target.host.clone(),
-            reason: err.to_string(),
-        },
-        E::SshError(err) => classify_russh(&addr, err),
-        E::IoError(err) => classify_io(&addr, &err),
-        other => SshError::Protocol {
+        AuthKind::Key { key, passphrase } => {
+            let key = russh::keys::decode_secret_key(
+                key.expose_secret(),
+                passphrase.as_ref().map(|p| p.expose_secret()),
+            )
+            .map_err(|e| SshError::BadKey(key_error(&e)))?;
+            // RSA keys sign with the best hash the server announces (SHA-1 if it says none).
+            let hash = handle
+                .best_supported_rsa_hash()
+                .await
+                .map_err(|e| classify_russh(&addr, e))?
+                .flatten();
+            handle
+                .authenticate_publickey(
+                    &target.user,
+                    PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+                )
+                .await
+        }
+    }
+    .map_err(|e| classify_russh(&addr, e))?;
+    if result.success() {
+        Ok(())
+    } else {
+        Err(SshError::AuthRejected {
             addr,
-            reason: other.to_string(),
-        },
+            user: target.user.clone(),
+            method: target.method_name(),
+        })
     }
 }
 
@@ -559,11 +802,7 @@ pub async fn test_connection(target: &SshTarget, opts: &SshOptions, bound: Durat
     let started = Instant::now();
     let outcome = tokio::time::timeout(bound, async {
         let conn = connect(target, opts).await?;
-        let result = conn
-            .client
-            .execute("true")
-            .await
-            .map_err(|e| classify(target, e));
+        let result = conn.client.execute("true").await;
         let _ = conn.client.disconnect().await;
         let result = result?;
         if result.exit_status != 0 {
@@ -604,5 +843,50 @@ pub async fn test_connection(target: &SshTarget, opts: &SshOptions, bound: Durat
                 host_key: None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use russh::client::Handler;
+    use russh::keys::ssh_key::certificate::{Builder, CertType};
+    use russh::keys::{Algorithm, PrivateKey};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_host_certificate_is_refused_even_for_the_expected_key() {
+        let random = || PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519);
+        let (host, ca) = (random().unwrap(), random().unwrap());
+        let mut builder = Builder::new(
+            vec![7u8; 32],
+            host.public_key().key_data().clone(),
+            0,
+            u64::MAX,
+        )
+        .unwrap();
+        builder.cert_type(CertType::Host).unwrap();
+        builder.valid_principal("db.example.com").unwrap();
+        let certificate = builder.sign(&ca).unwrap();
+        let mut check = KeyVerifier {
+            expected: Some(host.public_key().clone()),
+            seen: None,
+        };
+        let refused = check
+            .check_server_key(&PublicKeyOrCertificate::Certificate(certificate))
+            .await;
+        let Err(refusal) = refused else {
+            panic!("a certificate was accepted: {refused:?}");
+        };
+        let err = classify_handshake("db.example.com:22", refusal);
+        assert!(matches!(err, SshError::HostCertificate { .. }), "{err:?}");
+        assert!(err.is_permanent());
+        assert!(err.to_string().contains("host certificate"), "{err}");
+        // The same key, presented plainly, is the one expected.
+        let plain = PublicKeyOrCertificate::PublicKey {
+            key: host.public_key().clone(),
+            hash_alg: None,
+        };
+        assert!(check.check_server_key(&plain).await.unwrap());
     }
 }

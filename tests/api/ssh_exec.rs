@@ -5,10 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use async_ssh2_tokio::Client;
 use job_executor::domain::{ServerDraft, ServerPatch};
 use job_executor::ssh::exec::{self, ExecEnd, ExecEvent, RemoteJob, RemoteWork};
-use job_executor::ssh::{SshError, SshOptions, SshTarget, connect};
+use job_executor::ssh::{Client, SshError, SshOptions, SshTarget, connect};
 use tokio::sync::mpsc;
 
 use crate::helpers::TestHost;
@@ -454,6 +453,23 @@ async fn a_syntax_error_is_the_users_failure_not_a_protocol_error() {
     assert!(out.stdout().is_empty());
 }
 
+/// A hostile server sends messages for channel ids the client never opened (an open failure,
+/// an unsolicited channel, EOF and close of channel 0) while a job runs: nothing panics, the
+/// job's own output and exit status stand, and the connection goes on serving jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_channel_messages_do_not_touch_the_job() {
+    let host = TestHost::start_standin_forging().await;
+    let client = connect_to(&host).await;
+    for round in 0..2 {
+        let out = run_line(&client, "sleep 0.3; echo real; echo oops >&2; exit 3").await;
+        out.started();
+        assert_eq!(out.exit(), ExecEnd::Exited(3), "round {round}: {out:?}");
+        assert_eq!(out.stdout_text(), "real\n", "round {round}");
+        assert_eq!(out.stderr_text(), "oops\n", "round {round}");
+    }
+    assert!(!client.is_closed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twelve_concurrent_jobs_share_one_connection() {
     let host = TestHost::start().await;
@@ -464,14 +480,9 @@ async fn twelve_concurrent_jobs_share_one_connection() {
     for _ in 0..10 {
         held.push(exec::open_channel(&client).await.unwrap());
     }
-    let refused = client.get_channel().await;
+    let refused = client.channel_open_session().await;
     assert!(
-        matches!(
-            refused,
-            Err(async_ssh2_tokio::Error::SshError(
-                russh::Error::ChannelOpenFailure(_)
-            ))
-        ),
+        matches!(refused, Err(russh::Error::ChannelOpenFailure(_))),
         "{refused:?}"
     );
     // ...while a job waits for a slot and gets one when they are closed.

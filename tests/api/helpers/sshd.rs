@@ -198,6 +198,16 @@ impl TestHost {
 
     /// Always the in-process stand-in.
     pub async fn start_standin(password: Option<String>) -> TestHost {
+        Self::standin(password, false).await
+    }
+
+    /// The stand-in playing a hostile server: in the middle of every job it sends messages
+    /// for channels the client never opened.
+    pub async fn start_standin_forging() -> TestHost {
+        Self::standin(None, true).await
+    }
+
+    async fn standin(password: Option<String>, forge_stray_messages: bool) -> TestHost {
         let dir = tempfile::tempdir().expect("tempdir");
         let (keys, authorized) = make_keys(dir.path());
         let host_key = russh::keys::PrivateKey::random(
@@ -218,6 +228,7 @@ impl TestHost {
                 .map(|l| russh::keys::PublicKey::from_openssh(l.trim()).expect("pub"))
                 .collect(),
             host_key,
+            forge_stray_messages,
         })
         .await
         .expect("stand-in starts");

@@ -25,6 +25,10 @@
 //! * global requests such as `keepalive@openssh.com` are answered by russh (with
 //!   a failure reply, as OpenSSH does).
 //!
+//! With [`StandInConfig::forge_stray_messages`] it also plays a hostile server: in the middle
+//! of each job (when the client opens the job's gate) it sends messages for channel ids the
+//! client never opened (see [`forge_stray_messages`]).
+//!
 //! Dropping [`StandIn`] stops accepting, disconnects the sessions and kills the
 //! process groups still running.
 //!
@@ -45,7 +49,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use russh::keys::{PrivateKey, PublicKey};
-use russh::server::{Auth, ChannelOpenHandle, Config, Handle, Handler, Msg, Session};
+use russh::server::{
+    Auth, ChannelOpenHandle, Config, Handle, Handler, Msg, PublicKeyOffer, Session,
+    VerifiedPublicKey,
+};
 use russh::{
     Channel, ChannelId, ChannelOpenFailure, ChannelWriteHalf, Disconnect, MethodKind, MethodSet,
     Sig,
@@ -75,6 +82,8 @@ pub struct StandInConfig {
     pub authorized_keys: Vec<PublicKey>,
     /// The server host key.
     pub host_key: PrivateKey,
+    /// Send messages for channels the client never opened in the middle of every job.
+    pub forge_stray_messages: bool,
 }
 
 /// A running stand-in SSH server listening on `127.0.0.1:port`.
@@ -112,6 +121,7 @@ impl StandIn {
             user: cfg.user,
             password: cfg.password,
             authorized_keys: cfg.authorized_keys,
+            forge_stray_messages: cfg.forge_stray_messages,
             port,
             groups: Mutex::new(HashSet::new()),
             stopping: AtomicBool::new(false),
@@ -153,6 +163,7 @@ struct Shared {
     user: String,
     password: Option<String>,
     authorized_keys: Vec<PublicKey>,
+    forge_stray_messages: bool,
     port: u16,
     /// Process groups (= pids of the shells, which are session leaders) whose
     /// channel is still running. A group is removed right after its leader is
@@ -322,6 +333,8 @@ struct ChanState {
     /// Process group of the running command (pid of the shell).
     pgid: Option<i32>,
     started: bool,
+    /// Stray messages were sent during this channel's job.
+    forged: bool,
     /// Set to `true` (or dropped) when the client closed the channel or went away:
     /// the process task then stops forwarding output.
     closed: watch::Sender<bool>,
@@ -340,6 +353,7 @@ impl ChanState {
             stdin: None,
             pgid: None,
             started: false,
+            forged: false,
             closed: watch::channel(false).0,
             done: Arc::new(AtomicBool::new(false)),
         }
@@ -525,8 +539,9 @@ impl Handler for Conn {
     async fn auth_publickey_offered(
         &mut self,
         user: &str,
-        public_key: &PublicKey,
+        offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        let public_key = offer.public_key;
         Ok(if self.shared.key_ok(user, public_key) {
             Auth::Accept
         } else {
@@ -542,9 +557,9 @@ impl Handler for Conn {
     async fn auth_publickey(
         &mut self,
         user: &str,
-        public_key: &PublicKey,
+        key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(if self.shared.key_ok(user, public_key) {
+        Ok(if self.shared.key_ok(user, key.public_key) {
             Auth::Accept
         } else {
             Auth::reject()
@@ -606,9 +621,13 @@ impl Handler for Conn {
         &mut self,
         channel: ChannelId,
         data: &[u8],
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some(st) = self.channels.get_mut(&channel) {
+            if self.shared.forge_stray_messages && st.started && !st.forged {
+                st.forged = true;
+                forge_stray_messages(session)?;
+            }
             if let Some(stdin) = &st.stdin {
                 // Fails only once the child's stdin is gone: data is then discarded.
                 let _ = stdin.send(data.to_vec());
@@ -745,6 +764,33 @@ impl Handler for Conn {
             session.channel_failure(channel)
         }
     }
+}
+
+/// Messages for channel ids the client never opened: `CHANNEL_OPEN_FAILURE` for id 4242,
+/// and an unsolicited session channel open whose `CHANNEL_EOF` and `CHANNEL_CLOSE` are sent
+/// before the client answers, so they reach it addressed to channel 0 (russh's client numbers
+/// its channels from 2). A client that accepted the unsolicited channel would get its
+/// confirmation refused (the channel is gone by then) and lose the connection.
+///
+/// (russh's server addresses data and exit statuses only to channels the client confirmed,
+/// so those cannot be forged with it.)
+fn forge_stray_messages(session: &mut Session) -> Result<(), russh::Error> {
+    use russh::keys::ssh_encoding::Decode;
+    let never_opened = ChannelId::decode(&mut &4242u32.to_be_bytes()[..])
+        .map_err(|e| russh::Error::IO(io::Error::other(e.to_string())))?;
+    session.channel_open_failure(
+        never_opened,
+        ChannelOpenFailure::ConnectFailed,
+        "forged",
+        "en",
+    )?;
+    let unsolicited = session.channel_open_session()?;
+    session.eof(unsolicited)?;
+    session.close(unsolicited)?;
+    log(format_args!(
+        "sent messages for channels the client never opened"
+    ));
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
