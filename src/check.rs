@@ -11,14 +11,12 @@
 //! Positions come from the spans toml keeps for every key. A message names keys, never a
 //! value of the file: a value may be a password or a token.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use serde_path_to_error::Segment;
-use toml::de::{DeTable, DeValue};
 use toml::{Table, Value};
 
-use crate::settings::{DEFAULT_TOML, Settings, loopback_only};
+use crate::settings::{DEFAULT_TOML, Settings, key_positions, loopback_only, without_value};
 
 /// What a file that passed holds.
 #[derive(Debug)]
@@ -37,66 +35,6 @@ type Problem = (String, String);
 
 /// Rounds of deserialization at most: one per bad value found (see [`check`]).
 const MAX_ROUNDS: usize = 64;
-
-/// Line and column (1-based) of a byte offset into `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
-}
-
-/// Record where each key under `value` (itself at `path`, written at byte `at`) is written:
-/// the start of the key, or of the element for an array element.
-fn positions(
-    text: &str,
-    path: String,
-    at: usize,
-    value: &DeValue<'_>,
-    out: &mut HashMap<String, (usize, usize)>,
-) {
-    match value {
-        DeValue::Table(table) => {
-            for (key, value) in table {
-                let key_path = match path.as_str() {
-                    "" => key.get_ref().to_string(),
-                    _ => format!("{path}.{}", key.get_ref()),
-                };
-                positions(text, key_path, key.span().start, value.get_ref(), out);
-            }
-        }
-        DeValue::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                let start = item.span().start;
-                positions(text, format!("{path}[{i}]"), start, item.get_ref(), out);
-            }
-        }
-        _ => {}
-    }
-    out.insert(path, line_col(text, at));
-}
-
-/// A deserialization error's message without the value it quotes: serde writes
-/// `invalid type: string "hunter2", expected u64`, and the value may be a secret.
-fn without_value(message: &str) -> String {
-    let first = message.lines().next().unwrap_or_default().trim();
-    if first.starts_with("unknown field") || first.starts_with("missing field") {
-        // These quote a key, not a value.
-        return first.to_string();
-    }
-    let kind = [
-        ("invalid type", "has the wrong type"),
-        ("unknown variant", "has an unknown value"),
-        ("invalid length", "has the wrong number of entries"),
-    ]
-    .into_iter()
-    .find(|(start, _)| first.starts_with(start))
-    .map_or("has an invalid value", |(_, kind)| kind);
-    match first.split_once(", expected ") {
-        Some((_, expected)) => format!("{kind}; expected {expected}"),
-        None => kind.to_string(),
-    }
-}
 
 /// The key path of a serde_ignored path (its `Option`/newtype steps dropped).
 fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
@@ -153,26 +91,7 @@ fn remove(value: &mut Value, path: &[Segment]) -> bool {
 pub fn check(path: &Path) -> Result<Summary, Vec<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
-    let root = DeTable::parse(&text).map_err(|e| {
-        let at = e.span().map(|s| line_col(&text, s.start));
-        // The message alone: toml's full error quotes the line, which may hold a secret.
-        let message = e.message().lines().next().unwrap_or_default().to_string();
-        vec![match at {
-            Some((line, col)) => format!(
-                "{}:{line}:{col}: not valid TOML (line {line}, column {col}): {message}",
-                path.display()
-            ),
-            None => format!("{}: not valid TOML: {message}", path.display()),
-        }]
-    })?;
-    let mut at = HashMap::new();
-    positions(
-        &text,
-        String::new(),
-        0,
-        &DeValue::Table(root.into_inner()),
-        &mut at,
-    );
+    let at = key_positions(path, &text).map_err(|e| vec![e.to_string()])?;
     let render = |mut problems: Vec<Problem>| {
         problems.sort_by_key(|(key, _)| at.get(key).copied().unwrap_or((0, 0)));
         let file = path.display();
