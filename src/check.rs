@@ -13,10 +13,10 @@
 
 use std::path::Path;
 
-use toml::Spanned;
-use toml::de::{DeArray, DeTable, DeValue};
+use serde_path_to_error::Segment;
+use toml::{Table, Value};
 
-use crate::settings::{DEFAULT_TOML, Settings};
+use crate::settings::{DEFAULT_TOML, Settings, key_positions, loopback_only, without_value};
 
 /// What a file that passed holds.
 #[derive(Debug)]
@@ -29,260 +29,60 @@ pub struct Summary {
     pub addr: String,
 }
 
-/// One step of a key path: a table key or an array index (`servers[1].name`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Step {
-    Key(String),
-    Index(usize),
-}
-
-fn key(name: &str) -> Step {
-    Step::Key(name.to_string())
-}
-
-/// A key path as written in messages: `http.addr`, `servers[1].name`.
-fn dotted(path: &[Step]) -> String {
-    let mut out = String::new();
-    for step in path {
-        match step {
-            Step::Key(k) if out.is_empty() => out.push_str(k),
-            Step::Key(k) => {
-                out.push('.');
-                out.push_str(k);
-            }
-            Step::Index(i) => out.push_str(&format!("[{i}]")),
-        }
-    }
-    out
-}
-
-/// One problem: where (1-based line and column, when the key is in the file) and what. The
-/// message names keys, never a value from the file (a value may be a password or a token).
-struct Problem {
-    at: Option<(usize, usize)>,
-    message: String,
-}
-
-/// Line and column (1-based) of a byte offset into `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
-}
-
-/// The file being checked: its text and its parsed tables, with the span of every key.
-struct Source<'a> {
-    path: &'a Path,
-    text: &'a str,
-    root: Spanned<DeTable<'a>>,
-}
-
-impl<'a> Source<'a> {
-    /// Where the key at `path` is written: the start of its last key (of the element, when
-    /// the path ends in an array index).
-    fn position(&self, path: &[Step]) -> Option<(usize, usize)> {
-        let mut table: Option<&DeTable<'a>> = Some(self.root.get_ref());
-        let mut array: Option<&DeArray<'a>> = None;
-        let mut span = None;
-        for step in path {
-            let value = match step {
-                Step::Key(k) => {
-                    let (name, value) = table?.get_key_value(k.as_str())?;
-                    span = Some(name.span());
-                    value
-                }
-                Step::Index(i) => {
-                    let value = array?.get(*i)?;
-                    span = Some(value.span());
-                    value
-                }
-            };
-            (table, array) = match value.get_ref() {
-                DeValue::Table(t) => (Some(t), None),
-                DeValue::Array(a) => (None, Some(a)),
-                _ => (None, None),
-            };
-        }
-        span.map(|s| line_col(self.text, s.start))
-    }
-
-    fn problem(&self, path: &[Step], message: String) -> Problem {
-        Problem {
-            at: self.position(path),
-            message,
-        }
-    }
-
-    fn render(&self, problem: &Problem) -> String {
-        match problem.at {
-            Some((line, col)) => {
-                format!("{}:{line}:{col}: {}", self.path.display(), problem.message)
-            }
-            None => format!("{}: {}", self.path.display(), problem.message),
-        }
-    }
-}
-
-/// A deserialization error's message without the value it quotes: serde writes
-/// `invalid type: string "hunter2", expected u64`, and the value may be a secret.
-fn without_value(message: &str) -> String {
-    let first = message.lines().next().unwrap_or_default().trim();
-    if first.starts_with("unknown field") || first.starts_with("missing field") {
-        // These quote a key, not a value.
-        return first.to_string();
-    }
-    let kind = if first.starts_with("invalid type") {
-        "has the wrong type"
-    } else if first.starts_with("unknown variant") {
-        "has an unknown value"
-    } else if first.starts_with("invalid length") {
-        "has the wrong number of entries"
-    } else {
-        "has an invalid value"
-    };
-    match first.split_once(", expected ") {
-        Some((_, expected)) => format!("{kind}; expected {expected}"),
-        None => kind.to_string(),
-    }
-}
-
-/// The key path of a serde_ignored path (its `Option`/newtype steps dropped).
-fn ignored_path(path: &serde_ignored::Path<'_>, out: &mut Vec<Step>) {
-    use serde_ignored::Path as P;
-    match path {
-        P::Root => {}
-        P::Seq { parent, index } => {
-            ignored_path(parent, out);
-            out.push(Step::Index(*index));
-        }
-        P::Map { parent, key } => {
-            ignored_path(parent, out);
-            out.push(Step::Key(key.clone()));
-        }
-        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
-            ignored_path(parent, out)
-        }
-    }
-}
-
-/// The key path of a serde_path_to_error path.
-fn error_path(path: &serde_path_to_error::Path) -> Vec<Step> {
-    use serde_path_to_error::Segment;
-    path.iter()
-        .filter_map(|segment| match segment {
-            Segment::Seq { index } => Some(Step::Index(*index)),
-            Segment::Map { key } => Some(Step::Key(key.clone())),
-            Segment::Enum { .. } | Segment::Unknown => None,
-        })
-        .collect()
-}
-
-/// The message for a key the settings do not have, with the keys they do have there.
-fn unknown_key(path: &[Step], defaults: &DeTable<'_>) -> String {
-    let names = |t: &DeTable<'_>| {
-        t.keys()
-            .map(|k| k.get_ref().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match path {
-        [Step::Key(section)] => format!(
-            "unknown section [{section}]; known: {}, [[servers]]",
-            names(defaults)
-        ),
-        [Step::Key(section), Step::Key(name)] => {
-            match defaults.get(section.as_str()).map(Spanned::get_ref) {
-                Some(DeValue::Table(known)) => {
-                    format!("[{section}] has no key {name:?}; known: {}", names(known))
-                }
-                _ => format!("[{section}] has no key {name:?}"),
-            }
-        }
-        _ => format!("{} is not a setting", dotted(path)),
-    }
-}
-
-/// Fill what the file leaves out from the compiled-in defaults, section by section, as the
-/// layered loader does, so the whole can be deserialized into [`Settings`].
-fn with_defaults<'a>(file: &mut DeTable<'a>, defaults: &DeTable<'a>) {
-    for (section, default) in defaults.iter() {
-        match file.get_mut(section.get_ref().as_ref()) {
-            None => {
-                file.insert(section.clone(), default.clone());
-            }
-            Some(mine) => {
-                if let (DeValue::Table(mine), DeValue::Table(default)) =
-                    (mine.get_mut(), default.get_ref())
-                {
-                    for (k, v) in default.iter() {
-                        if mine.get(k.get_ref().as_ref()).is_none() {
-                            mine.insert(k.clone(), v.clone());
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
+/// One problem: the key path it is about, as messages write it (`http.addr`,
+/// `servers[1].name`), and what. The message names keys, never a value from the file.
+type Problem = (String, String);
 
 /// Rounds of deserialization at most: one per bad value found (see [`check`]).
 const MAX_ROUNDS: usize = 64;
 
-/// Take the value at `path` (cut back to its last key) out of `table`, putting the default
-/// in its place when there is one. False when there was nothing to take out.
-fn take_out<'a>(table: &mut DeTable<'a>, path: &[Step], defaults: &DeTable<'a>) -> bool {
-    let Some(last) = path.iter().rposition(|s| matches!(s, Step::Key(_))) else {
-        return false;
-    };
-    match &path[..=last] {
-        [Step::Key(section)] => replace(table, section, defaults.get(section.as_str())),
-        [Step::Key(section), Step::Key(name)] => {
-            let default = match defaults.get(section.as_str()).map(Spanned::get_ref) {
-                Some(DeValue::Table(t)) => t.get(name.as_str()),
-                _ => None,
-            };
-            match table.get_mut(section.as_str()).map(Spanned::get_mut) {
-                Some(DeValue::Table(t)) => replace(t, name, default),
-                _ => replace(table, section, defaults.get(section.as_str())),
-            }
-        }
-        deeper => remove(table, deeper),
-    }
-}
-
-/// Take `name` out of `table`, with `default` in its place when given.
-fn replace<'a>(
-    table: &mut DeTable<'a>,
-    name: &str,
-    default: Option<&Spanned<DeValue<'a>>>,
-) -> bool {
-    let Some((k, _)) = table.remove_entry(name) else {
-        return false;
-    };
-    if let Some(value) = default {
-        table.insert(k, value.clone());
-    }
-    true
-}
-
-/// Take the key at `path` (which ends in a key) out, through tables and arrays.
-fn remove(table: &mut DeTable<'_>, path: &[Step]) -> bool {
+/// The key path of a serde_ignored path (its `Option`/newtype steps dropped).
+fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path as P;
     match path {
-        [Step::Key(k)] => table.remove(k.as_str()).is_some(),
-        [Step::Key(k), rest @ ..] => table
-            .get_mut(k.as_str())
-            .is_some_and(|v| remove_in(v.get_mut(), rest)),
-        _ => false,
+        P::Root => String::new(),
+        P::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        P::Map { parent, key } => match ignored_path(parent) {
+            parent if parent.is_empty() => key.clone(),
+            parent => format!("{parent}.{key}"),
+        },
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            ignored_path(parent)
+        }
     }
 }
 
-fn remove_in(value: &mut DeValue<'_>, path: &[Step]) -> bool {
-    match (value, path.first()) {
-        (DeValue::Table(t), Some(Step::Key(_))) => remove(t, path),
-        (DeValue::Array(items), Some(Step::Index(i))) => items
-            .get_mut(*i)
-            .is_some_and(|v| remove_in(v.get_mut(), &path[1..])),
+/// The message for a key the settings do not have, with the keys they do have there.
+fn unknown_key(path: &str, defaults: &Table) -> String {
+    let names = |t: &Table| t.keys().cloned().collect::<Vec<_>>().join(", ");
+    match path.split_once('.') {
+        None => format!(
+            "unknown section [{path}]; known: {}, [[servers]]",
+            names(defaults)
+        ),
+        Some((section, name)) if !name.contains('.') => match defaults.get(section) {
+            Some(Value::Table(known)) => {
+                format!("[{section}] has no key {name:?}; known: {}", names(known))
+            }
+            _ => format!("[{section}] has no key {name:?}"),
+        },
+        Some(_) => format!("{path} is not a setting"),
+    }
+}
+
+/// Take the key at `path` (which ends in a key) out of `value`, through tables and arrays.
+/// False when it is not there.
+fn remove(value: &mut Value, path: &[Segment]) -> bool {
+    match path {
+        [Segment::Map { key }] => value
+            .as_table_mut()
+            .is_some_and(|t| t.remove(key).is_some()),
+        [Segment::Map { key }, rest @ ..] => {
+            value.get_mut(key.as_str()).is_some_and(|v| remove(v, rest))
+        }
+        [Segment::Seq { index }, rest @ ..] => {
+            value.get_mut(*index).is_some_and(|v| remove(v, rest))
+        }
         _ => false,
     }
 }
@@ -291,147 +91,138 @@ fn remove_in(value: &mut DeValue<'_>, path: &[Step]) -> bool {
 pub fn check(path: &Path) -> Result<Summary, Vec<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
-    let root = DeTable::parse(&text).map_err(|e| {
-        let at = e.span().map(|s| line_col(&text, s.start));
-        // The message alone: toml's full error quotes the line, which may hold a secret.
-        let message = e.message().lines().next().unwrap_or_default().to_string();
-        vec![match at {
-            Some((line, col)) => format!(
-                "{}:{line}:{col}: not valid TOML (line {line}, column {col}): {message}",
-                path.display()
-            ),
-            None => format!("{}: not valid TOML: {message}", path.display()),
-        }]
-    })?;
-    let defaults = DeTable::parse(DEFAULT_TOML)
-        .map_err(|e| vec![format!("the compiled-in defaults: {e}")])?
-        .into_inner();
-    let source = Source {
-        path,
-        text: &text,
-        root,
+    let at = key_positions(path, &text).map_err(|e| vec![e.to_string()])?;
+    let render = |mut problems: Vec<Problem>| {
+        problems.sort_by_key(|(key, _)| at.get(key).copied().unwrap_or((0, 0)));
+        let file = path.display();
+        problems
+            .into_iter()
+            .map(|(key, message)| match at.get(&key) {
+                Some((line, col)) => format!("{file}:{line}:{col}: {message}"),
+                None => format!("{file}: {message}"),
+            })
+            .collect::<Vec<_>>()
     };
+    let invalid = |e: toml::de::Error| vec![format!("{}: {}", path.display(), e.message())];
+    let mut file = Value::Table(text.parse().map_err(invalid)?);
+    let defaults: Table = DEFAULT_TOML.parse().map_err(invalid)?;
 
     // Unknown keys (serde_ignored: whatever the settings do not read) and wrong types, in
-    // one pass over the file with the defaults beneath it.
-    let mut merged = source.root.clone();
-    with_defaults(merged.get_mut(), &defaults);
-    let mut unknown: Vec<Vec<Step>> = Vec::new();
-    let mut problems = Vec::new();
-    let mut seen: Vec<Vec<Step>> = Vec::new();
-    // A deserializer stops at its first error: take the bad value out (the default stands in
-    // for it) and go again, so one run names every problem. Each round takes one value out.
+    // one pass over the file with the defaults beneath it, section by section as the
+    // layered loader does.
+    let (mut problems, mut unknown, mut settings) = (Vec::new(), Vec::<String>::new(), None);
+    // A deserializer stops at its first error: take the bad value out of the file (the
+    // default stands in for it) and go again, so one run names every problem.
     for _ in 0..MAX_ROUNDS {
-        let parsed: Result<Settings, _> =
-            serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
-                toml::de::Deserializer::from(merged.clone()),
-                &mut |p: serde_ignored::Path<'_>| {
-                    let mut steps = Vec::new();
-                    ignored_path(&p, &mut steps);
-                    if !unknown.contains(&steps) {
-                        unknown.push(steps);
-                    }
-                },
-            ));
-        let Err(e) = parsed else { break };
-        let mut steps = error_path(e.path());
-        let message = e.inner().message().to_string();
+        let mut merged = defaults.clone();
+        for (name, value) in file.as_table().into_iter().flatten() {
+            match (merged.get_mut(name), value) {
+                (Some(Value::Table(section)), Value::Table(mine)) => section.extend(mine.clone()),
+                _ => drop(merged.insert(name.clone(), value.clone())),
+            }
+        }
+        let parsed: Result<Settings, _> = serde_path_to_error::deserialize(
+            serde_ignored::Deserializer::new(merged, &mut |p: serde_ignored::Path<'_>| {
+                let p = ignored_path(&p);
+                if !unknown.contains(&p) {
+                    unknown.push(p);
+                }
+            }),
+        );
+        let e = match parsed {
+            Ok(parsed) => {
+                settings = Some(parsed);
+                break;
+            }
+            Err(e) => e,
+        };
+        let mut bad: Vec<Segment> = e.path().iter().cloned().collect();
+        let message = e.inner().message();
         // `[[servers]]` refuses unknown keys itself: the key is in the message.
-        let unknown_field = message
+        match message
             .strip_prefix("unknown field `")
             .and_then(|rest| rest.split_once('`'))
-            .map(|(name, _)| name.to_string());
-        let text = match unknown_field {
-            Some(name) => {
-                if steps.last() != Some(&key(&name)) {
-                    steps.push(key(&name));
+        {
+            Some((name, rest)) => {
+                let mut key = e.path().to_string();
+                if !matches!(bad.last(), Some(Segment::Map { key }) if key == name) {
+                    key = format!("{key}.{name}");
+                    bad.push(Segment::Map { key: name.into() });
                 }
-                let known = message
+                let known = rest
                     .split_once("expected one of ")
                     .map(|(_, list)| list.replace('`', ""))
                     .unwrap_or_default();
-                format!("[[servers]] has no key {name:?}; known: {known}")
+                problems.push((
+                    key,
+                    format!("[[servers]] has no key {name:?}; known: {known}"),
+                ));
             }
-            None => format!("{}: {}", dotted(&steps), without_value(&message)),
-        };
-        let again = seen.contains(&steps);
-        problems.push(source.problem(&steps, text));
-        if again || !take_out(merged.get_mut(), &steps, &defaults) {
+            None => problems.push((
+                e.path().to_string(),
+                format!("{}: {}", e.path(), without_value(message)),
+            )),
+        }
+        // Cut back to the last key: a bad entry of a list takes the list out.
+        let keys = bad.iter().rposition(|s| matches!(s, Segment::Map { .. }));
+        bad.truncate(keys.map_or(0, |i| i + 1));
+        if !remove(&mut file, &bad) {
             break;
         }
-        seen.push(steps);
     }
-    problems.extend(
-        unknown
-            .iter()
-            .map(|steps| source.problem(steps, unknown_key(steps, &defaults))),
-    );
-    if !problems.is_empty() {
-        return Err(sorted(&source, problems));
+    problems.extend(unknown.into_iter().map(|key| {
+        let message = unknown_key(&key, &defaults);
+        (key, message)
+    }));
+    match settings {
+        Some(settings) if problems.is_empty() => {
+            let problems = semantic(&settings);
+            if !problems.is_empty() {
+                return Err(render(problems));
+            }
+            Ok(Summary {
+                servers: settings.servers.len(),
+                tokens: settings.auth.tokens.len(),
+                addr: settings.http.addr.clone(),
+            })
+        }
+        _ => Err(render(problems)),
     }
-    // What the service loads (the file alone: no environment).
-    let settings =
-        Settings::load_from(Some(path), &std::collections::HashMap::new()).map_err(|e| {
-            vec![source.render(&Problem {
-                at: None,
-                message: format!(
-                    "the settings cannot be loaded: {}",
-                    without_value(&e.to_string())
-                ),
-            })]
-        })?;
-    semantic(&source, &settings)
-        .map(|()| Summary {
-            servers: settings.servers.len(),
-            tokens: settings.auth.tokens.len(),
-            addr: settings.http.addr.clone(),
-        })
-        .map_err(|problems| sorted(&source, problems))
-}
-
-/// The problems in file order, rendered.
-fn sorted(source: &Source<'_>, mut problems: Vec<Problem>) -> Vec<String> {
-    problems.sort_by_key(|p| p.at.unwrap_or((0, 0)));
-    problems.iter().map(|p| source.render(p)).collect()
 }
 
 /// What the service would refuse at start.
-fn semantic(source: &Source<'_>, settings: &Settings) -> Result<(), Vec<Problem>> {
+fn semantic(settings: &Settings) -> Vec<Problem> {
     use secrecy::ExposeSecret;
+    use std::net::ToSocketAddrs;
     let mut problems = Vec::new();
-    let tokens = match crate::http::auth::Tokens::from_settings(&settings.auth.tokens) {
-        Ok(t) => t.len(),
-        Err(e) => {
-            problems.push(source.problem(&[key("auth"), key("tokens")], e.to_string()));
+    let mut refuse = |key: &str, message: String| problems.push((key.to_string(), message));
+    let tokens = crate::http::auth::Tokens::from_settings(&settings.auth.tokens)
+        .map(|t| t.len())
+        .unwrap_or_else(|e| {
+            refuse("auth.tokens", e.to_string());
             0
-        }
-    };
-    let secret_key = settings.secrets.key.expose_secret().trim();
-    if !secret_key.is_empty()
+        });
+    if !settings.secrets.key.expose_secret().trim().is_empty()
         && let Err(e) = crate::secrets::Keyring::from_text(&settings.secrets.key)
     {
-        problems.push(source.problem(&[key("secrets"), key("key")], e.to_string()));
+        refuse("secrets.key", e.to_string());
     }
     let key_file = settings.secrets.key_file.trim();
     if !key_file.is_empty() && !Path::new(key_file).exists() {
-        problems.push(source.problem(
-            &[key("secrets"), key("key_file")],
+        refuse(
+            "secrets.key_file",
             format!("key_file {key_file} does not exist"),
-        ));
+        );
     }
-    use std::net::ToSocketAddrs;
     let addr = &settings.http.addr;
-    let addr_key = [key("http"), key("addr")];
     if let Err(e) = addr.to_socket_addrs() {
-        problems.push(source.problem(&addr_key, format!("http.addr {addr:?}: {e}")));
-    } else if tokens == 0 && !crate::settings::loopback_only(addr) {
-        problems.push(source.problem(
-            &addr_key,
-            format!(
-                "{addr} is not a loopback address and no API tokens are set: the service \
-                 would refuse to start (set [auth] tokens)"
-            ),
-        ));
+        refuse("http.addr", format!("http.addr {addr:?}: {e}"));
+    } else if tokens == 0 && !loopback_only(addr) {
+        let message = format!(
+            "{addr} is not a loopback address and no API tokens are set: the service would \
+             refuse to start (set [auth] tokens)"
+        );
+        refuse("http.addr", message);
     }
     let (cert, tls_key) = (settings.http.tls_cert.trim(), settings.http.tls_key.trim());
     if cert.is_empty() != tls_key.is_empty() {
@@ -440,35 +231,28 @@ fn semantic(source: &Source<'_>, settings: &Settings) -> Result<(), Vec<Problem>
         } else {
             "tls_cert"
         };
-        problems.push(source.problem(
-            &[key("http"), key(missing)],
-            "set both http.tls_cert and http.tls_key, or neither".into(),
-        ));
+        let message = "set both http.tls_cert and http.tls_key, or neither";
+        refuse(&format!("http.{missing}"), message.into());
     }
     for (name, file) in [("tls_cert", cert), ("tls_key", tls_key)] {
         if !file.is_empty() && !Path::new(file).exists() {
-            problems.push(source.problem(
-                &[key("http"), key(name)],
+            refuse(
+                &format!("http.{name}"),
                 format!("{name} {file} does not exist"),
-            ));
+            );
         }
     }
     let mut names = std::collections::HashSet::new();
     for (i, server) in settings.servers.iter().enumerate() {
-        let at = [key("servers"), Step::Index(i), key("name")];
-        if !names.insert(server.name.clone()) {
-            problems
-                .push(source.problem(&at, format!("two [[servers]] are named {:?}", server.name)));
+        let at = format!("servers[{i}].name");
+        if !names.insert(&server.name) {
+            refuse(&at, format!("two [[servers]] are named {:?}", server.name));
         }
         if let Err(e) = server.checked_patch(settings.ssh.default_max_concurrent_jobs) {
-            problems.push(source.problem(&at, e.to_string()));
+            refuse(&at, e.to_string());
         }
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
-    }
+    problems
 }
 
 #[cfg(test)]
@@ -480,6 +264,11 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, text).unwrap();
         check(&path)
+    }
+
+    /// Assert that problem `i` of `found` holds every one of `parts`.
+    fn says(found: &[String], i: usize, parts: &[&str]) {
+        assert!(parts.iter().all(|p| found[i].contains(p)), "{found:?}");
     }
 
     #[test]
@@ -507,24 +296,17 @@ mod tests {
 
     #[test]
     fn each_problem_is_named_with_its_line() {
-        let syntax = run("[http]\naddr = \n").unwrap_err();
-        assert!(syntax[0].contains("line 2"), "{syntax:?}");
+        says(&run("[http]\naddr = \n").unwrap_err(), 0, &["line 2"]);
         let unknown = run("[http]\nadr = \"x\"\n[htp]\n").unwrap_err();
         assert_eq!(unknown.len(), 2, "{unknown:?}");
-        assert!(
-            unknown[0].contains(":2:") && unknown[0].contains("\"adr\""),
-            "{unknown:?}"
-        );
-        assert!(
-            unknown[1].contains(":3:") && unknown[1].contains("[htp]"),
-            "{unknown:?}"
-        );
+        says(&unknown, 0, &[":2:", "\"adr\""]);
+        says(&unknown, 1, &[":3:", "[htp]"]);
         let typed = run("[ssh]\n\nconnect_timeout_secs = \"soon\"\n").unwrap_err();
-        assert!(typed[0].contains(":3:"), "{typed:?}");
-        let open = run("[http]\naddr = \"0.0.0.0:80\"\n").unwrap_err();
-        assert!(
-            open[0].contains(":2:") && open[0].contains("tokens"),
-            "{open:?}"
+        says(&typed, 0, &[":3:"]);
+        says(
+            &run("[http]\naddr = \"0.0.0.0:80\"\n").unwrap_err(),
+            0,
+            &[":2:", "tokens"],
         );
         let server = run(
             "[[servers]]\nname = \"a\"\nhostname = \"h\"\nuser = \"u\"\n\
@@ -532,20 +314,12 @@ mod tests {
              user = \"u\"\npassword = \"p\"\nport = 0\n",
         )
         .unwrap_err();
-        assert!(
-            server[0].contains(":2:") && server[0].contains("/nonexistent/pw"),
-            "{server:?}"
-        );
-        assert!(
-            server[1].contains(":7:") && server[1].contains("port"),
-            "{server:?}"
-        );
+        says(&server, 0, &[":2:", "/nonexistent/pw"]);
+        says(&server, 1, &[":7:", "port"]);
         // No secret is ever quoted back.
         let secret = run("[secrets]\nkey = \"1:c2VjcmV0\"\n").unwrap_err();
-        assert!(
-            !secret[0].contains("c2VjcmV0") && secret[0].contains(":2:"),
-            "{secret:?}"
-        );
+        says(&secret, 0, &[":2:"]);
+        assert!(!secret[0].contains("c2VjcmV0"), "{secret:?}");
     }
 
     #[test]
@@ -555,25 +329,38 @@ mod tests {
              pasword = \"hunter2\"\n")
         .unwrap_err();
         assert_eq!(found.len(), 2, "{found:?}");
-        assert!(
-            found[0].contains(":2:3:") && found[0].contains("\"tokenz\""),
-            "{found:?}"
-        );
-        assert!(
-            found[1].contains(":7:1:") && found[1].contains("[[servers]] has no key \"pasword\""),
-            "{found:?}"
-        );
+        says(&found, 0, &[":2:3:", "\"tokenz\""]);
+        says(&found, 1, &[":7:1:", "[[servers]] has no key \"pasword\""]);
         assert!(!found.concat().contains("hunter2"), "{found:?}");
         // A wrong type names the key and what was expected, not the value.
         let typed = run("[worker]\nconcurrency = \"hunter2\"\n").unwrap_err();
-        assert!(
-            typed[0].contains(":2:1:") && typed[0].contains("worker.concurrency"),
-            "{typed:?}"
-        );
+        says(&typed, 0, &[":2:1:", "worker.concurrency"]);
         assert!(!typed[0].contains("hunter2"), "{typed:?}");
         // A syntax error says where, without the line's text.
         let syntax = run("[db]\npassword = \"hunter2\n").unwrap_err();
-        assert!(syntax[0].contains(":2:"), "{syntax:?}");
+        says(&syntax, 0, &[":2:"]);
         assert!(!syntax[0].contains("hunter2"), "{syntax:?}");
+    }
+
+    #[test]
+    fn one_run_names_every_bad_value() {
+        let found = run("[ssh]
+connect_timeout_secs = \"x\"
+[worker]
+concurrency = \"y\"
+\
+             concurrancy = 1
+[[servers]]
+name = \"a\"
+hostname = \"h\"
+user = \"u\"
+port = \"z\"
+")
+        .unwrap_err();
+        assert_eq!(found.len(), 4, "{found:?}");
+        says(&found, 0, &[":2:1:", "ssh.connect_timeout_secs"]);
+        says(&found, 1, &[":4:1:", "worker.concurrency"]);
+        says(&found, 2, &[":5:1:", "\"concurrancy\""]);
+        says(&found, 3, &[":10:1:", "servers[0].port"]);
     }
 }

@@ -395,15 +395,150 @@ pub enum LogFormat {
     Json,
 }
 
-/// Why settings could not be loaded.
+/// Why settings could not be loaded. Says where (file, line, column) and which key, never a
+/// value or a line of the file: either may hold a password or a token.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     /// The file named with `--config` does not exist.
     #[error("config file {0} does not exist")]
     MissingFile(String),
-    /// A layer could not be read or a value has the wrong type.
-    #[error("invalid settings: {0}")]
-    Invalid(#[from] config::ConfigError),
+    /// The file cannot be read.
+    #[error("config file {file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// The OS's answer.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{file}:{line}:{column}: not valid TOML (line {line}, column {column}): {message}")]
+    Syntax {
+        /// The file.
+        file: String,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+        /// What is wrong there (toml's message without the quoted line).
+        message: String,
+    },
+    /// A value has the wrong type or is refused.
+    #[error("invalid settings: {at}{}{message}", key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default())]
+    Invalid {
+        /// Where the file sets the key (`FILE:LINE:COLUMN: `); empty when it does not.
+        at: String,
+        /// The key (`worker.concurrency`, `servers[1]`), when known.
+        key: Option<String>,
+        /// What is wrong with its value, without the value.
+        message: String,
+    },
+}
+
+impl SettingsError {
+    /// A `config` error as a settings error: `config`'s own messages quote the value (and a
+    /// parse error the line), so only the key and the kind of problem are kept.
+    fn from_config(e: config::ConfigError, file: Option<&Path>, positions: &KeyPositions) -> Self {
+        fn describe(e: config::ConfigError) -> (Option<String>, String) {
+            use config::ConfigError as E;
+            match e {
+                E::Type { key, expected, .. } => {
+                    (key, format!("has the wrong type; expected {expected}"))
+                }
+                E::At { error, key, .. } => (key, describe(*error).1),
+                E::Message(message) => (None, without_value(&message)),
+                E::NotFound(key) => (Some(key), "is missing".into()),
+                _ => (None, "cannot be loaded".into()),
+            }
+        }
+        let (key, message) = describe(e);
+        let at = match (file, key.as_ref().and_then(|k| positions.get(k))) {
+            (Some(file), Some((line, column))) => format!("{}:{line}:{column}: ", file.display()),
+            _ => String::new(),
+        };
+        SettingsError::Invalid { at, key, message }
+    }
+}
+
+/// Where each key of a settings file is written, by key path as messages write it
+/// (`http.addr`, `servers[1].name`): the 1-based line and column of the key, or of the
+/// element for an array element.
+pub type KeyPositions = HashMap<String, (usize, usize)>;
+
+/// Line and column (1-based) of a byte offset into `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Parse the settings file `text` (read from `file`) for where its keys are written. A syntax
+/// error says where, and toml's message alone: its full error quotes the line.
+pub fn key_positions(file: &Path, text: &str) -> Result<KeyPositions, SettingsError> {
+    use toml::de::{DeTable, DeValue};
+    fn walk(text: &str, path: String, at: usize, value: &DeValue<'_>, out: &mut KeyPositions) {
+        match value {
+            DeValue::Table(table) => {
+                for (key, value) in table {
+                    let key_path = match path.as_str() {
+                        "" => key.get_ref().to_string(),
+                        _ => format!("{path}.{}", key.get_ref()),
+                    };
+                    walk(text, key_path, key.span().start, value.get_ref(), out);
+                }
+            }
+            DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let start = item.span().start;
+                    walk(text, format!("{path}[{i}]"), start, item.get_ref(), out);
+                }
+            }
+            _ => {}
+        }
+        out.insert(path, line_col(text, at));
+    }
+    let root = DeTable::parse(text).map_err(|e| {
+        let (line, column) = line_col(text, e.span().map_or(0, |s| s.start));
+        let message = e.message().lines().next().unwrap_or_default().to_string();
+        let file = file.display().to_string();
+        SettingsError::Syntax {
+            file,
+            line,
+            column,
+            message,
+        }
+    })?;
+    let mut out = KeyPositions::new();
+    walk(
+        text,
+        String::new(),
+        0,
+        &DeValue::Table(root.into_inner()),
+        &mut out,
+    );
+    Ok(out)
+}
+
+/// A deserialization error's message without the value it quotes: serde writes
+/// `invalid type: string "hunter2", expected u64`, and the value may be a secret.
+pub fn without_value(message: &str) -> String {
+    let first = message.lines().next().unwrap_or_default().trim();
+    if first.starts_with("unknown field") || first.starts_with("missing field") {
+        // These quote a key, not a value.
+        return first.to_string();
+    }
+    let kind = [
+        ("invalid type", "has the wrong type"),
+        ("unknown variant", "has an unknown value"),
+        ("invalid length", "has the wrong number of entries"),
+    ]
+    .into_iter()
+    .find(|(start, _)| first.starts_with(start))
+    .map_or("has an invalid value", |(_, kind)| kind);
+    match first.split_once(", expected ") {
+        Some((_, expected)) => format!("{kind}; expected {expected}"),
+        None => kind.to_string(),
+    }
 }
 
 /// Which database a URL selects.
@@ -489,12 +624,19 @@ impl Settings {
             DEFAULT_TOML,
             config::FileFormat::Toml,
         ));
+        let mut positions = KeyPositions::new();
         if let Some(path) = file {
             if !path.exists() {
                 return Err(SettingsError::MissingFile(path.display().to_string()));
             }
-            builder = builder.add_source(config::File::from(path).required(true));
+            let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+                file: path.display().to_string(),
+                source,
+            })?;
+            positions = key_positions(path, &text)?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
+        let invalid = |e: config::ConfigError| SettingsError::from_config(e, file, &positions);
         // Seed variables sit between the file and JOBEXEC__ variables: a JOBEXEC__ variable
         // for the same key wins, so they are applied only when it is absent.
         for (var, key) in SEED_VARS {
@@ -513,7 +655,7 @@ impl Settings {
             } else {
                 value.clone()
             };
-            builder = builder.set_override(*key, value)?;
+            builder = builder.set_override(*key, value).map_err(invalid)?;
         }
         if let Some(list) = env.get(TOKENS_VAR).filter(|v| !v.trim().is_empty()) {
             let tokens: Vec<String> = list
@@ -522,7 +664,9 @@ impl Settings {
                 .filter(|t| !t.is_empty())
                 .map(String::from)
                 .collect();
-            builder = builder.set_override("auth.tokens", tokens)?;
+            builder = builder
+                .set_override("auth.tokens", tokens)
+                .map_err(invalid)?;
         }
         let ours: HashMap<String, String> = env
             .iter()
@@ -538,7 +682,11 @@ impl Settings {
                 .with_list_parse_key("auth.tokens")
                 .source(Some(ours)),
         );
-        Ok(builder.build()?.try_deserialize()?)
+        builder
+            .build()
+            .map_err(invalid)?
+            .try_deserialize()
+            .map_err(invalid)
     }
 }
 
@@ -620,6 +768,31 @@ mod tests {
     fn missing_file_is_an_error() {
         let err = Settings::load_from(Some(Path::new("/nonexistent.toml")), &env(&[])).unwrap_err();
         assert!(err.to_string().contains("/nonexistent.toml"));
+    }
+
+    #[test]
+    fn errors_name_where_and_which_key_never_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        for (text, at) in [
+            (
+                "[worker]\nconcurrency = \"hunter2\"\n",
+                ":2:1: worker.concurrency",
+            ),
+            ("[log]\nformat = \"hunter2\"\n", ":2:1: log.format"),
+            ("[db]\npassword = \"hunter2\n", "c.toml:2:"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = Settings::load_from(Some(&file), &env(&[])).unwrap_err();
+            let err = err.to_string();
+            assert!(err.contains(at) && !err.contains("hunter2"), "{err}");
+        }
+        let bad = env(&[("JOBEXEC__WORKER__CONCURRENCY", "hunter2")]);
+        let err = Settings::load_from(None, &bad).unwrap_err().to_string();
+        assert!(
+            err.contains("worker.concurrency") && !err.contains("hunter2"),
+            "{err}"
+        );
     }
 
     #[test]
