@@ -8,7 +8,7 @@ use crate::domain::{AuthType, HostKeyCheck, Micros, ServerDraft, ServerSecrets};
 use crate::secrets::{Keyring, SecretsError};
 
 /// A `servers` row. Secret columns hold bytes; `secret_version` says how they are sealed.
-#[derive(Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[derive(Clone, Default, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = servers)]
 #[diesel(treat_none_as_null = true)]
 pub struct ServerRow {
@@ -82,17 +82,11 @@ fn open_column(
 
 /// The secrets of a row, opened with `keyring`.
 pub fn server_secrets(row: &ServerRow, keyring: &Keyring) -> Result<ServerSecrets, SecretsError> {
-    let v = row.secret_version;
+    let open = |column, bytes| open_column(keyring, &row.id, row.secret_version, column, bytes);
     Ok(ServerSecrets {
-        password: open_column(keyring, &row.id, v, PASSWORD, &row.password)?,
-        private_key: open_column(keyring, &row.id, v, PRIVATE_KEY, &row.private_key)?,
-        private_key_passphrase: open_column(
-            keyring,
-            &row.id,
-            v,
-            PASSPHRASE,
-            &row.private_key_passphrase,
-        )?,
+        password: open(PASSWORD, &row.password)?,
+        private_key: open(PRIVATE_KEY, &row.private_key)?,
+        private_key_passphrase: open(PASSPHRASE, &row.private_key_passphrase)?,
     })
 }
 
@@ -106,21 +100,8 @@ impl ServerRow {
     ) -> Result<Self, SecretsError> {
         let mut row = ServerRow {
             id: id.to_string(),
-            name: String::new(),
-            hostname: String::new(),
-            port: 22,
-            username: String::new(),
-            auth_type: AuthType::Password,
-            password: None,
-            private_key: None,
-            private_key_passphrase: None,
-            secret_version: 0,
-            host_key: None,
-            host_key_check: HostKeyCheck::Tofu,
-            max_concurrent_jobs: 1,
-            is_active: true,
             created_at: now.0,
-            updated_at: now.0,
+            ..ServerRow::default()
         };
         row.apply(draft, now, keyring)?;
         Ok(row)

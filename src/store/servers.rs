@@ -37,6 +37,15 @@ fn name_taken(name: &str) -> String {
     format!("a server named {name:?} already exists")
 }
 
+fn find(conn: &mut super::DbConnection, id: &str) -> Result<ServerRow, StoreError> {
+    servers::table
+        .find(id)
+        .select(ServerRow::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(StoreError::NotFound)
+}
+
 impl Store {
     /// Insert a new server.
     pub async fn insert_server(&self, draft: ServerDraft) -> Result<ServerRow, StoreError> {
@@ -54,15 +63,7 @@ impl Store {
 
     /// One server by id.
     pub async fn get_server(&self, id: uuid::Uuid) -> Result<ServerRow, StoreError> {
-        self.run(move |conn| {
-            servers::table
-                .find(id.to_string())
-                .select(ServerRow::as_select())
-                .first(conn)
-                .optional()?
-                .ok_or(StoreError::NotFound)
-        })
-        .await
+        self.run(move |conn| find(conn, &id.to_string())).await
     }
 
     /// One server by name.
@@ -96,34 +97,24 @@ impl Store {
         F: FnOnce(ServerDraft) -> Result<ServerDraft, FieldError> + Send + 'static,
     {
         let keyring = self.keyring.clone();
-        let result = self
-            .run(move |conn| {
-                Ok(super::write_tx::<_, UpdateError, _>(conn, |conn| {
-                    let mut row: ServerRow = servers::table
-                        .find(id.to_string())
-                        .select(ServerRow::as_select())
-                        .first(conn)
-                        .optional()?
-                        .ok_or(StoreError::NotFound)?;
-                    let previous_host_key = row.host_key.clone();
-                    let draft = change(row.to_draft(&keyring).map_err(StoreError::from)?)?;
-                    row.apply(&draft, Micros::now(), &keyring)
-                        .map_err(StoreError::from)?;
-                    diesel::update(servers::table.find(&row.id))
-                        .set(&row)
-                        .execute(conn)
-                        .map_err(|e| conflict_on_unique(e, || name_taken(&row.name)))?;
-                    Ok(Updated {
-                        row,
-                        previous_host_key,
-                    })
-                }))
-            })
-            .await;
-        match result {
-            Ok(inner) => inner,
-            Err(e) => Err(UpdateError::Store(e)),
-        }
+        self.run(move |conn| {
+            Ok(super::write_tx::<_, UpdateError, _>(conn, |conn| {
+                let mut row = find(conn, &id.to_string())?;
+                let previous_host_key = row.host_key.clone();
+                let draft = change(row.to_draft(&keyring).map_err(StoreError::from)?)?;
+                row.apply(&draft, Micros::now(), &keyring)
+                    .map_err(StoreError::from)?;
+                diesel::update(servers::table.find(&row.id))
+                    .set(&row)
+                    .execute(conn)
+                    .map_err(|e| conflict_on_unique(e, || name_taken(&row.name)))?;
+                Ok(Updated {
+                    row,
+                    previous_host_key,
+                })
+            }))
+        })
+        .await?
     }
 
     /// Delete a server, refused while it has queued or running jobs; returns what it was.
@@ -131,12 +122,7 @@ impl Store {
         self.run(move |conn| {
             super::write_tx::<_, StoreError, _>(conn, |conn| {
                 let id = id.to_string();
-                let row: ServerRow = servers::table
-                    .find(&id)
-                    .select(ServerRow::as_select())
-                    .first(conn)
-                    .optional()?
-                    .ok_or(StoreError::NotFound)?;
+                let row = find(conn, &id)?;
                 let active: i64 = jobs::table
                     .filter(jobs::server_id.eq(&id))
                     .filter(jobs::status.eq_any([
