@@ -46,6 +46,18 @@ fn find(conn: &mut super::DbConnection, id: &str) -> Result<ServerRow, StoreErro
         .ok_or(StoreError::NotFound)
 }
 
+/// The row, locked against other writers until the caller's transaction ends: on
+/// PostgreSQL `SELECT … FOR UPDATE` (a concurrent first-use pin waits, then sees the row this
+/// transaction wrote); SQLite's write transaction holds the whole database already.
+fn find_for_update(conn: &mut super::DbConnection, id: &str) -> Result<ServerRow, StoreError> {
+    let query = servers::table.find(id).select(ServerRow::as_select());
+    match conn {
+        super::DbConnection::Pg(c) => query.for_update().first(c).optional()?,
+        super::DbConnection::Sqlite(_) => return find(conn, id),
+    }
+    .ok_or(StoreError::NotFound)
+}
+
 impl Store {
     /// Insert a new server.
     pub async fn insert_server(&self, draft: ServerDraft) -> Result<ServerRow, StoreError> {
@@ -90,8 +102,9 @@ impl Store {
         .await
     }
 
-    /// Read, change and write a server in one transaction. `change` gets the stored state as
-    /// a draft and returns the new one (or why not).
+    /// Read, change and write a server in one transaction, the row locked from the read on
+    /// (so a first-use pin made meanwhile is neither lost nor overwritten). `change` gets the
+    /// stored state as a draft and returns the new one (or why not).
     pub async fn update_server<F>(&self, id: uuid::Uuid, change: F) -> Result<Updated, UpdateError>
     where
         F: FnOnce(ServerDraft) -> Result<ServerDraft, FieldError> + Send + 'static,
@@ -99,7 +112,7 @@ impl Store {
         let keyring = self.keyring.clone();
         self.run(move |conn| {
             Ok(super::write_tx::<_, UpdateError, _>(conn, |conn| {
-                let mut row = find(conn, &id.to_string())?;
+                let mut row = find_for_update(conn, &id.to_string())?;
                 let previous_host_key = row.host_key.clone();
                 let draft = change(row.to_draft(&keyring).map_err(StoreError::from)?)?;
                 row.apply(&draft, Micros::now(), &keyring)
@@ -248,5 +261,75 @@ impl Store {
             tracing::info!(server_id = %row.id, %fingerprint, by, "host key pinned on first use");
         }
         Ok(pinned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::tests::TestDb;
+    use super::*;
+    use crate::domain::ServerPatch;
+
+    fn draft() -> ServerDraft {
+        let input = ServerPatch {
+            name: Some("web-1".into()),
+            hostname: Some("127.0.0.1".into()),
+            user: Some("deploy".into()),
+            password: Some("hunter2".to_string().into()),
+            ..Default::default()
+        };
+        ServerDraft::create(input, 1).unwrap()
+    }
+
+    /// Finding 6: an update that read the row before a first-use pin committed does not
+    /// write the pin away (on PostgreSQL the update locks the row it read).
+    async fn an_update_keeps_a_concurrent_first_use_pin(db: TestDb) {
+        let store = db.open().await;
+        let row = store.insert_server(draft()).await.unwrap();
+        let id = uuid::Uuid::parse_str(&row.id).unwrap();
+        let (read, was_read) = std::sync::mpsc::channel();
+        let update = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .update_server(id, move |d| {
+                        read.send(()).unwrap();
+                        std::thread::sleep(Duration::from_millis(500));
+                        d.patch(ServerPatch {
+                            port: Some(2222),
+                            ..Default::default()
+                        })
+                    })
+                    .await
+            }
+        });
+        tokio::task::spawn_blocking(move || was_read.recv().unwrap())
+            .await
+            .unwrap();
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+        let pinned = store
+            .pin_on_first_use(&row, key.into(), "SHA256:x", &Actor::system(), "test")
+            .await
+            .unwrap();
+        update.await.unwrap().unwrap();
+        let now = store.get_server(id).await.unwrap();
+        assert!(pinned);
+        assert_eq!(now.port, 2222);
+        assert_eq!(now.host_key.as_deref(), Some(key), "the pin was lost");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_update_keeps_a_concurrent_first_use_pin_sqlite() {
+        an_update_keeps_a_concurrent_first_use_pin(TestDb::sqlite()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_update_keeps_a_concurrent_first_use_pin_postgres() {
+        if let Some(db) = TestDb::postgres() {
+            an_update_keeps_a_concurrent_first_use_pin(db).await;
+        }
     }
 }
