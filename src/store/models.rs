@@ -30,7 +30,7 @@ pub struct ServerRow {
     pub private_key: Option<Vec<u8>>,
     /// Passphrase bytes.
     pub private_key_passphrase: Option<Vec<u8>>,
-    /// Key version that sealed the secrets (0: stored as given, before sealing existed).
+    /// Key version that sealed the secrets (0: stored as given, refused once a key exists).
     pub secret_version: i32,
     /// Pinned host key.
     pub host_key: Option<String>,
@@ -74,6 +74,11 @@ fn open_column(
     bytes: &Option<Vec<u8>>,
 ) -> Result<Option<SecretString>, SecretsError> {
     let Some(bytes) = bytes else { return Ok(None) };
+    // Version 0 would be plaintext: once a key is configured (always, in a store) a row that
+    // claims it was written behind the service's back, and is refused.
+    if version == 0 && keyring.current() > 0 {
+        return Err(SecretsError::Unsealed(aad(id, column)));
+    }
     let plain = keyring.open(version, &aad(id, column), bytes)?;
     Ok(Some(SecretString::from(
         String::from_utf8_lossy(&plain).into_owned(),

@@ -166,16 +166,17 @@ impl Store {
         })
     }
 
-    /// Seal again, under the current key, every server whose secrets an older key sealed (or
-    /// that were stored before sealing existed). Rows sealed under a version newer than this
-    /// process knows are left alone. Returns how many rows changed.
+    /// Seal again, under the current key, every server whose secrets an older key sealed.
+    /// Rows sealed under a version newer than this process knows are left alone, and so are
+    /// rows marked unsealed (version 0): they are refused when read, never sealed as if they
+    /// were genuine. Returns how many rows changed.
     pub async fn reseal_servers(&self) -> Result<usize, StoreError> {
         let keyring = self.keyring.clone();
         self.run(move |conn| {
             let current = keyring.current();
             super::write_tx::<_, StoreError, _>(conn, |conn| {
                 let stale: Vec<ServerRow> = servers::table
-                    .filter(servers::secret_version.lt(current))
+                    .filter(servers::secret_version.between(1, current - 1))
                     .select(ServerRow::as_select())
                     .load(conn)?;
                 for mut row in stale.iter().cloned() {
@@ -331,5 +332,35 @@ mod tests {
         if let Some(db) = TestDb::postgres() {
             an_update_keeps_a_concurrent_first_use_pin(db).await;
         }
+    }
+
+    /// Finding 10: a row that claims `secret_version` 0 (stored as given) is refused, not
+    /// read as plaintext, and opening the store does not seal it as if it were genuine.
+    #[tokio::test]
+    async fn an_unsealed_row_is_refused() {
+        let db = TestDb::sqlite();
+        let store = db.open().await;
+        let row = store.insert_server(draft()).await.unwrap();
+        let id = row.id.clone();
+        store
+            .run(move |conn| {
+                diesel::update(servers::table.find(id))
+                    .set((
+                        servers::password.eq(Some(b"planted".to_vec())),
+                        servers::secret_version.eq(0),
+                    ))
+                    .execute(conn)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.reseal_servers().await.unwrap(), 0);
+        let row = store
+            .get_server(uuid::Uuid::parse_str(&row.id).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(row.secret_version, 0);
+        let err = store.open_server(&row).unwrap_err().to_string();
+        assert!(err.contains("secret_version 0"), "{err}");
     }
 }
