@@ -4,8 +4,8 @@
 //! associated data names the row, the column and the key version, so a ciphertext copied to
 //! another row or column, or relabelled with another version, fails to open. A sealed value
 //! is `nonce (12 bytes) || ciphertext || tag (16 bytes)`; the row's `secret_version` says
-//! which key sealed it (0: stored as given, by versions before sealing existed; such rows are
-//! sealed when the store opens).
+//! which key sealed it (0: stored as given, by versions before sealing existed; with a key
+//! configured such a row is refused, never read as plaintext).
 //!
 //! Keys are 32 random bytes, written as `VERSION:BASE64`. A keyring is one or more of them,
 //! separated by commas or newlines: the highest version seals, the others only open. They
@@ -48,6 +48,13 @@ pub enum SecretsError {
     /// A row was sealed with a key version this keyring does not hold.
     #[error("sealed with key version {0}, which this process does not have")]
     UnknownVersion(i32),
+    /// A row says its secrets are stored as given (`secret_version` 0) although a key is
+    /// configured: refused, never read as plaintext.
+    #[error(
+        "{0} is marked unsealed (secret_version 0) while a secret key is configured: refused; \
+         delete the server and create it again"
+    )]
+    Unsealed(String),
     /// Authentication of the ciphertext failed: wrong key, or the bytes were moved or altered.
     #[error("a sealed secret does not open with key version {0} (wrong key, or altered data)")]
     Corrupt(i32),

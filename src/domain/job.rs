@@ -11,63 +11,27 @@
 //! ```
 //! A terminal status never changes again.
 
-use std::fmt;
-use std::str::FromStr;
-
-/// Where a job is in its life. Stored as its name ([`JobStatus::as_str`]) in a text column.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    serde::Serialize,
-    serde::Deserialize,
-    utoipa::ToSchema,
-    diesel::AsExpression,
-    diesel::FromSqlRow,
-)]
-#[diesel(sql_type = diesel::sql_types::Text)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    /// Accepted and waiting for a worker.
-    Queued,
-    /// Claimed by a worker; the remote command is starting or running.
-    Running,
-    /// Exited with code 0.
-    Completed,
-    /// Exited non-zero, or could not run (`error` says why).
-    Failed,
-    /// Stopped at a user's request.
-    Canceled,
-    /// Stopped because it ran past its timeout.
-    TimedOut,
+named_enum! {
+    /// Where a job is in its life. Stored as its name ([`JobStatus::as_str`]) in a text column.
+    #[derive(Default)]
+    pub enum JobStatus ("status") {
+        /// Accepted and waiting for a worker (the status of a new job).
+        #[default]
+        Queued = "queued",
+        /// Claimed by a worker; the remote command is starting or running.
+        Running = "running",
+        /// Exited with code 0.
+        Completed = "completed",
+        /// Exited non-zero, or could not run (`error` says why).
+        Failed = "failed",
+        /// Stopped at a user's request.
+        Canceled = "canceled",
+        /// Stopped because it ran past its timeout.
+        TimedOut = "timed_out",
+    }
 }
 
 impl JobStatus {
-    /// Every status, in lifecycle order.
-    pub const ALL: [JobStatus; 6] = [
-        Self::Queued,
-        Self::Running,
-        Self::Completed,
-        Self::Failed,
-        Self::Canceled,
-        Self::TimedOut,
-    ];
-
-    /// The name used in the API and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-            Self::Canceled => "canceled",
-            Self::TimedOut => "timed_out",
-        }
-    }
-
     /// True once the job has ended; a terminal status never changes.
     pub fn is_terminal(self) -> bool {
         !matches!(self, Self::Queued | Self::Running)
@@ -93,73 +57,15 @@ impl JobStatus {
     }
 }
 
-impl fmt::Display for JobStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for JobStatus {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = Self::ALL.iter().map(|s| s.as_str()).collect();
-                format!("unknown status {s:?}; expected one of {}", names.join(", "))
-            })
-    }
-}
-
-/// What a job runs. Stored as its name ([`JobKind::as_str`]) in a text column.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-    utoipa::ToSchema,
-    diesel::AsExpression,
-    diesel::FromSqlRow,
-)]
-#[diesel(sql_type = diesel::sql_types::Text)]
-#[serde(rename_all = "snake_case")]
-pub enum JobKind {
-    /// A command line: `command` followed by `args`.
-    Command,
-    /// A shell script given whole, run by `shell` with `args` as `$1…`.
-    Script,
-}
-
-impl JobKind {
-    /// The name used in the API and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Command => "command",
-            Self::Script => "script",
-        }
-    }
-}
-
-impl fmt::Display for JobKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for JobKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "command" => Ok(Self::Command),
-            "script" => Ok(Self::Script),
-            other => Err(format!("unknown job kind {other:?}")),
-        }
+named_enum! {
+    /// What a job runs. Stored as its name ([`JobKind::as_str`]) in a text column.
+    #[derive(Default)]
+    pub enum JobKind ("job kind") {
+        /// A command line: `command` followed by `args`.
+        #[default]
+        Command = "command",
+        /// A shell script given whole, run by `shell` with `args` as `$1…`.
+        Script = "script",
     }
 }
 

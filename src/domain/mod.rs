@@ -2,6 +2,80 @@
 //! specifications with their validation. Pure: no I/O, no database, no clock beyond what callers
 //! pass in. Everything here is tested on its own.
 
+/// A closed set of names stored in a text column and sent in the API: the enum with its
+/// derives, `ALL` (in declaration order), `as_str`, `Display` and a `FromStr` that takes the
+/// name (or one of its aliases) and otherwise says which names `what` accepts.
+macro_rules! named_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident ($what:literal) {
+            $($(#[$vmeta:meta])* $variant:ident = $text:literal $(| $alias:literal)*,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(
+            Debug,
+            Clone,
+            Copy,
+            PartialEq,
+            Eq,
+            Hash,
+            serde::Serialize,
+            serde::Deserialize,
+            utoipa::ToSchema,
+            diesel::AsExpression,
+            diesel::FromSqlRow,
+        )]
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: [Self; [$($text),+].len()] = [$(Self::$variant),+];
+
+            /// The name used in the API and the database.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text $(| $alias)* => Ok(Self::$variant),)+
+                    other => Err(format!(
+                        concat!("unknown ", $what, " {:?}; expected {}"),
+                        other,
+                        $crate::domain::expected_names(&[$($text),+])
+                    )),
+                }
+            }
+        }
+    };
+}
+
+/// The names a [`named_enum!`] accepts, for its parse error: `"a" or "b"` for two,
+/// `one of a, b, c` for more.
+fn expected_names(names: &[&str]) -> String {
+    match names {
+        [a, b] => format!("{a:?} or {b:?}"),
+        _ => format!("one of {}", names.join(", ")),
+    }
+}
+
 mod ids;
 mod job;
 mod server;
@@ -60,6 +134,15 @@ impl FieldError {
             field: field.into(),
             message: message.into(),
         }
+    }
+}
+
+/// A validation failure of `field` when `failed`, else `Ok`.
+fn refuse(failed: bool, field: &'static str, message: impl Into<String>) -> Result<(), FieldError> {
+    if failed {
+        Err(FieldError::new(field, message))
+    } else {
+        Ok(())
     }
 }
 

@@ -5,111 +5,36 @@
 //! is checked whole, so an update cannot leave a password server without a password.
 
 use secrecy::{ExposeSecret, SecretString};
-use std::fmt;
-use std::str::FromStr;
 
-use super::FieldError;
+use super::{FieldError, refuse};
 
-/// How the worker authenticates to a server.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-    utoipa::ToSchema,
-    diesel::AsExpression,
-    diesel::FromSqlRow,
-)]
-#[diesel(sql_type = diesel::sql_types::Text)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthType {
-    /// Password authentication.
-    Password,
-    /// Public-key authentication with a private key held by the service.
-    Key,
-}
-
-impl AuthType {
-    /// The name used in the API and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Password => "password",
-            Self::Key => "key",
-        }
+named_enum! {
+    /// How the worker authenticates to a server.
+    #[derive(Default)]
+    pub enum AuthType ("auth_type") {
+        /// Password authentication.
+        #[default]
+        Password = "password",
+        /// Public-key authentication with a private key held by the service.
+        Key = "key" | "publickey" | "private_key",
     }
 }
 
-impl FromStr for AuthType {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "password" => Ok(Self::Password),
-            "key" | "publickey" | "private_key" => Ok(Self::Key),
-            other => Err(format!(
-                "unknown auth_type {other:?}; expected \"password\" or \"key\""
-            )),
-        }
+named_enum! {
+    /// What the worker does with the key a server presents.
+    #[derive(Default)]
+    pub enum HostKeyCheck ("host_key_check") {
+        /// Trust on first use: the first key seen is pinned, a different one later is refused.
+        #[default]
+        Tofu = "tofu",
+        /// Accept any key (the per-server escape hatch; responses show it).
+        Off = "off",
     }
 }
 
-impl fmt::Display for AuthType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What the worker does with the key a server presents.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-    utoipa::ToSchema,
-    diesel::AsExpression,
-    diesel::FromSqlRow,
-)]
-#[diesel(sql_type = diesel::sql_types::Text)]
-#[serde(rename_all = "snake_case")]
-pub enum HostKeyCheck {
-    /// Trust on first use: the first key seen is pinned, a different one later is refused.
-    Tofu,
-    /// Accept any key (the per-server escape hatch; responses show it).
-    Off,
-}
-
-impl HostKeyCheck {
-    /// The name used in the API and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Tofu => "tofu",
-            Self::Off => "off",
-        }
-    }
-}
-
-impl FromStr for HostKeyCheck {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "tofu" => Ok(Self::Tofu),
-            "off" => Ok(Self::Off),
-            other => Err(format!(
-                "unknown host_key_check {other:?}; expected \"tofu\" or \"off\""
-            )),
-        }
-    }
-}
-
-/// The secrets of a server. Never printed: `Debug` says only which are present.
-#[derive(Clone, Default)]
+/// The secrets of a server. Never printed: `Debug` says only which are present (a
+/// [`SecretString`] prints as `[REDACTED]`).
+#[derive(Clone, Debug, Default)]
 pub struct ServerSecrets {
     /// Password for password authentication.
     pub password: Option<SecretString>,
@@ -117,22 +42,6 @@ pub struct ServerSecrets {
     pub private_key: Option<SecretString>,
     /// Passphrase of the private key, when it is encrypted.
     pub private_key_passphrase: Option<SecretString>,
-}
-
-impl fmt::Debug for ServerSecrets {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerSecrets")
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field(
-                "private_key",
-                &self.private_key.as_ref().map(|_| "<redacted>"),
-            )
-            .field(
-                "private_key_passphrase",
-                &self.private_key_passphrase.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
 }
 
 /// A server as sent by a client, for create (`POST`) or partial update (`PUT`).
@@ -221,18 +130,14 @@ pub const MAX_CONCURRENT_JOBS_LIMIT: i64 = 10_000;
 impl ServerDraft {
     /// Validate a create request; `default_max_jobs` fills `max_concurrent_jobs`.
     pub fn create(input: ServerPatch, default_max_jobs: u32) -> Result<Self, FieldError> {
-        let name = input
-            .name
-            .clone()
-            .ok_or_else(|| FieldError::new("name", "is required"))?;
-        let hostname = input
-            .hostname
-            .clone()
-            .ok_or_else(|| FieldError::new("hostname", "is required"))?;
-        let user = input
-            .user
-            .clone()
-            .ok_or_else(|| FieldError::new("user", "is required"))?;
+        let required = |field: &'static str, value: &Option<String>| {
+            value
+                .clone()
+                .ok_or_else(|| FieldError::new(field, "is required"))
+        };
+        let name = required("name", &input.name)?;
+        let hostname = required("hostname", &input.hostname)?;
+        let user = required("user", &input.user)?;
         let has_key = input.private_key.is_some() || input.pem_file.is_some();
         let auth_type = match &input.auth_type {
             Some(_) => AuthType::Password, // replaced by `patch` below
@@ -269,32 +174,25 @@ impl ServerDraft {
             self.hostname = hostname;
         }
         if let Some(port) = input.port {
-            self.port = u16::try_from(port)
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| {
-                    FieldError::new("port", format!("{port} is out of range (1-65535)"))
-                })?;
+            self.port = in_range("port", port, 1, 65535)?;
         }
         if let Some(user) = input.user {
             self.user = user;
         }
         if let Some(auth) = input.auth_type {
-            self.auth_type = auth
-                .parse()
-                .map_err(|msg: String| FieldError::new("auth_type", msg))?;
+            self.auth_type = parse_field("auth_type", &auth)?;
         }
         // An empty `pem_file` beside a `private_key` says nothing: only two keys conflict.
         let pem_given = input
             .pem_file
             .as_ref()
             .is_some_and(|p| !p.expose_secret().is_empty());
-        if input.private_key.is_some() && pem_given {
-            return Err(FieldError::new(
-                "pem_file",
-                "is a synonym of private_key; send only one of them",
-            ));
-        }
+        let both = input.private_key.is_some() && pem_given;
+        refuse(
+            both,
+            "pem_file",
+            "is a synonym of private_key; send only one of them",
+        )?;
         if let Some(pw) = input.password {
             self.secrets.password = non_empty_secret(pw);
         }
@@ -318,56 +216,34 @@ impl ServerDraft {
             };
         }
         if let Some(check) = input.host_key_check {
-            self.host_key_check = check
-                .parse()
-                .map_err(|msg: String| FieldError::new("host_key_check", msg))?;
+            self.host_key_check = parse_field("host_key_check", &check)?;
         }
         if let Some(max) = input.max_concurrent_jobs {
-            self.max_concurrent_jobs = u32::try_from(max)
-                .ok()
-                .filter(|m| (1..=MAX_CONCURRENT_JOBS_LIMIT).contains(&i64::from(*m)))
-                .ok_or_else(|| {
-                    FieldError::new(
-                        "max_concurrent_jobs",
-                        format!("{max} is out of range (1-{MAX_CONCURRENT_JOBS_LIMIT})"),
-                    )
-                })?;
+            self.max_concurrent_jobs =
+                in_range("max_concurrent_jobs", max, 1, MAX_CONCURRENT_JOBS_LIMIT)?;
         }
         self.validate()?;
         Ok(self)
     }
 
     fn validate(&self) -> Result<(), FieldError> {
-        if self.name.trim().is_empty() {
-            return Err(FieldError::new("name", "must not be empty"));
-        }
-        // Characters, as the document's maxLength counts them.
-        if self.name.chars().count() > 128 {
-            return Err(FieldError::new("name", "is longer than 128 characters"));
-        }
+        // Lengths in characters, as the document's maxLength counts them.
+        refuse(self.name.trim().is_empty(), "name", "must not be empty")?;
+        let long = self.name.chars().count() > 128;
+        refuse(long, "name", "is longer than 128 characters")?;
         validate_hostname(&self.hostname)?;
-        if self.user.trim().is_empty() {
-            return Err(FieldError::new("user", "must not be empty"));
-        }
-        if self.user.chars().count() > 64
+        refuse(self.user.trim().is_empty(), "user", "must not be empty")?;
+        let bad_user = self.user.chars().count() > 64
             || self
                 .user
                 .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(FieldError::new(
-                "user",
-                "must be a login name without spaces (at most 64 characters)",
-            ));
-        }
+                .any(|c| c.is_whitespace() || c.is_control());
+        let message = "must be a login name without spaces (at most 64 characters)";
+        refuse(bad_user, "user", message)?;
         match self.auth_type {
             AuthType::Password => {
-                if self.secrets.password.is_none() {
-                    return Err(FieldError::new(
-                        "password",
-                        "is required when auth_type is \"password\"",
-                    ));
-                }
+                let message = "is required when auth_type is \"password\"";
+                refuse(self.secrets.password.is_none(), "password", message)?;
             }
             AuthType::Key => {
                 let Some(key) = &self.secrets.private_key else {
@@ -389,32 +265,45 @@ impl ServerDraft {
     }
 }
 
+/// `value` as a `T` when it lies in `min..=max`; else a 422 naming `field` and the range.
+fn in_range<T: TryFrom<i64>>(
+    field: &'static str,
+    value: i64,
+    min: i64,
+    max: i64,
+) -> Result<T, FieldError> {
+    (min..=max)
+        .contains(&value)
+        .then(|| T::try_from(value).ok())
+        .flatten()
+        .ok_or_else(|| FieldError::new(field, format!("{value} is out of range ({min}-{max})")))
+}
+
+/// A named value of `field` (an enum's [`FromStr`](std::str::FromStr)), its error the 422's message.
+fn parse_field<T: std::str::FromStr<Err = String>>(
+    field: &'static str,
+    raw: &str,
+) -> Result<T, FieldError> {
+    raw.parse().map_err(|msg| FieldError::new(field, msg))
+}
+
 fn non_empty_secret(s: SecretString) -> Option<SecretString> {
-    if s.expose_secret().is_empty() {
-        None
-    } else {
-        Some(s)
-    }
+    Some(s).filter(|s| !s.expose_secret().is_empty())
 }
 
 fn validate_hostname(host: &str) -> Result<(), FieldError> {
-    if host.trim().is_empty() {
-        return Err(FieldError::new("hostname", "must not be empty"));
-    }
-    if host.len() > 253 {
-        return Err(FieldError::new("hostname", "is longer than 253 characters"));
-    }
+    refuse(host.trim().is_empty(), "hostname", "must not be empty")?;
+    refuse(
+        host.len() > 253,
+        "hostname",
+        "is longer than 253 characters",
+    )?;
     let ok = host.parse::<std::net::IpAddr>().is_ok()
         || host
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
-    if !ok {
-        return Err(FieldError::new(
-            "hostname",
-            format!("{host:?} is not a host name or IP address"),
-        ));
-    }
-    Ok(())
+    let message = format!("{host:?} is not a host name or IP address");
+    refuse(!ok, "hostname", message)
 }
 
 /// Check that a private key decodes (with its passphrase when it has one). The message never
@@ -501,83 +390,33 @@ mod tests {
 
     #[test]
     fn bad_fields_are_named() {
+        let with = |f: fn(&mut ServerPatch)| {
+            let mut input = password_input();
+            f(&mut input);
+            input
+        };
         let cases: Vec<(ServerPatch, &str)> = vec![
+            (with(|p| p.port = Some(70000)), "port"),
+            (with(|p| p.port = Some(0)), "port"),
+            (with(|p| p.hostname = Some(" ".into())), "hostname"),
+            (with(|p| p.hostname = Some("a b".into())), "hostname"),
+            (with(|p| p.password = None), "password"),
+            (with(|p| p.auth_type = Some("kerberos".into())), "auth_type"),
+            (with(|p| p.name = None), "name"),
+            (with(|p| p.user = Some(String::new())), "user"),
             (
-                ServerPatch {
-                    port: Some(70000),
-                    ..password_input()
-                },
-                "port",
-            ),
-            (
-                ServerPatch {
-                    port: Some(0),
-                    ..password_input()
-                },
-                "port",
-            ),
-            (
-                ServerPatch {
-                    hostname: Some(" ".into()),
-                    ..password_input()
-                },
-                "hostname",
-            ),
-            (
-                ServerPatch {
-                    hostname: Some("a b".into()),
-                    ..password_input()
-                },
-                "hostname",
-            ),
-            (
-                ServerPatch {
-                    password: None,
-                    ..password_input()
-                },
-                "password",
-            ),
-            (
-                ServerPatch {
-                    auth_type: Some("kerberos".into()),
-                    ..password_input()
-                },
-                "auth_type",
-            ),
-            (
-                ServerPatch {
-                    name: None,
-                    ..password_input()
-                },
-                "name",
-            ),
-            (
-                ServerPatch {
-                    user: Some(String::new()),
-                    ..password_input()
-                },
-                "user",
-            ),
-            (
-                ServerPatch {
-                    auth_type: Some("key".into()),
-                    private_key: secret("nope"),
-                    ..password_input()
-                },
+                with(|p| {
+                    p.auth_type = Some("key".into());
+                    p.private_key = secret("nope");
+                }),
                 "private_key",
             ),
             (
-                ServerPatch {
-                    host_key: Some("SHA256:short".into()),
-                    ..password_input()
-                },
+                with(|p| p.host_key = Some("SHA256:short".into())),
                 "host_key",
             ),
             (
-                ServerPatch {
-                    max_concurrent_jobs: Some(0),
-                    ..password_input()
-                },
+                with(|p| p.max_concurrent_jobs = Some(0)),
                 "max_concurrent_jobs",
             ),
         ];
@@ -607,6 +446,17 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(err.field, "private_key");
+    }
+
+    #[test]
+    fn names_and_aliases_parse() {
+        assert_eq!("publickey".parse::<AuthType>(), Ok(AuthType::Key));
+        let err = "kerberos".parse::<AuthType>().unwrap_err();
+        assert_eq!(
+            err,
+            r#"unknown auth_type "kerberos"; expected "password" or "key""#
+        );
+        assert_eq!(HostKeyCheck::Off.to_string(), "off");
     }
 
     #[test]

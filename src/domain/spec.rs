@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{FieldError, JobKind};
+use super::{FieldError, JobKind, refuse};
 
 /// A command or script submission as sent (`POST /jobs`, `POST /jobs/script`).
 ///
@@ -89,47 +89,29 @@ fn env_schema() -> utoipa::openapi::schema::Object {
 pub(crate) fn whole_number<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<i64>, D::Error> {
-    struct Whole;
-    impl<'de> serde::de::Visitor<'de> for Whole {
-        type Value = Option<i64>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("an integer")
+    use serde::de::{Deserialize, Error, Unexpected};
+    use serde_json::Value;
+    let n = match Value::deserialize(deserializer)? {
+        Value::Null => return Ok(None),
+        Value::Number(n) => n,
+        Value::Bool(b) => return Err(D::Error::invalid_type(Unexpected::Bool(b), &"an integer")),
+        Value::String(s) => return Err(D::Error::invalid_type(Unexpected::Str(&s), &"an integer")),
+        Value::Array(_) => return Err(D::Error::invalid_type(Unexpected::Seq, &"an integer")),
+        Value::Object(_) => return Err(D::Error::invalid_type(Unexpected::Map, &"an integer")),
+    };
+    let unexpected = match (n.as_i64(), n.as_u64(), n.as_f64()) {
+        (Some(v), _, _) => return Ok(Some(v)),
+        (None, Some(v), _) => Unexpected::Unsigned(v),
+        // i64::MAX as f64 is 2^63, itself out of range: hence `<`.
+        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+        (None, None, Some(v))
+            if v.fract() == 0.0 && v >= i64::MIN as f64 && v < i64::MAX as f64 =>
+        {
+            return Ok(Some(v as i64));
         }
-
-        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_any(self)
-        }
-
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-            Ok(Some(v))
-        }
-
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-            i64::try_from(v)
-                .map(Some)
-                .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
-        }
-
-        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
-            // i64::MAX as f64 is 2^63, itself out of range: hence `<`.
-            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
-            if v.fract() == 0.0 && v >= i64::MIN as f64 && v < i64::MAX as f64 {
-                Ok(Some(v as i64))
-            } else {
-                Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
-            }
-        }
-    }
-    deserializer.deserialize_option(Whole)
+        (_, _, v) => Unexpected::Float(v.unwrap_or(f64::NAN)),
+    };
+    Err(D::Error::invalid_value(unexpected, &"an integer"))
 }
 
 /// Bounds that validation enforces, from settings.
@@ -200,12 +182,8 @@ impl JobSpec {
     ) -> Result<JobSpec, FieldError> {
         let (command, script, shell) = match kind {
             JobKind::Command => {
-                if req.script.is_some() {
-                    return Err(FieldError::new(
-                        "script",
-                        "belongs to POST /jobs/script, not to a command job",
-                    ));
-                }
+                let message = "belongs to POST /jobs/script, not to a command job";
+                refuse(req.script.is_some(), "script", message)?;
                 let command = req
                     .command
                     .filter(|c| !c.trim().is_empty())
@@ -213,110 +191,67 @@ impl JobSpec {
                         FieldError::new("command", "is required and must not be empty")
                     })?;
                 let len = command.len() + req.args.as_ref().map_or(0, |a| a.len() + 1);
-                if len > limits.max_command_bytes {
-                    return Err(FieldError::new(
-                        "command",
-                        format!(
-                            "the command line is {len} bytes; at most {} are accepted",
-                            limits.max_command_bytes
-                        ),
-                    ));
-                }
-                if command.contains('\0') || req.args.as_ref().is_some_and(|a| a.contains('\0')) {
-                    return Err(FieldError::new("command", "must not contain NUL bytes"));
-                }
-                if req.shell.is_some() {
-                    return Err(FieldError::new("shell", "applies to script jobs only"));
-                }
+                let max = limits.max_command_bytes;
+                let message =
+                    format!("the command line is {len} bytes; at most {max} are accepted");
+                refuse(len > max, "command", message)?;
+                let nul =
+                    command.contains('\0') || req.args.as_ref().is_some_and(|a| a.contains('\0'));
+                refuse(nul, "command", "must not contain NUL bytes")?;
+                refuse(req.shell.is_some(), "shell", "applies to script jobs only")?;
                 (Some(command), None, None)
             }
             JobKind::Script => {
-                if req.command.is_some() {
-                    return Err(FieldError::new(
-                        "command",
-                        "belongs to POST /jobs, not to a script job",
-                    ));
-                }
+                let message = "belongs to POST /jobs, not to a script job";
+                refuse(req.command.is_some(), "command", message)?;
                 let script = req.script.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
                     FieldError::new("script", "is required and must not be empty")
                 })?;
-                if script.len() > limits.max_script_bytes {
-                    return Err(FieldError::new(
-                        "script",
-                        format!(
-                            "is {} bytes; at most {} are accepted",
-                            script.len(),
-                            limits.max_script_bytes
-                        ),
-                    ));
-                }
+                let (len, max) = (script.len(), limits.max_script_bytes);
+                let message = format!("is {len} bytes; at most {max} are accepted");
+                refuse(len > max, "script", message)?;
                 let shell = req.shell.unwrap_or_else(|| DEFAULT_SHELL.to_string());
-                if !valid_shell(&shell) {
-                    return Err(FieldError::new(
-                        "shell",
-                        format!("{shell:?} is not an absolute interpreter path"),
-                    ));
-                }
-                if req
+                let message = format!("{shell:?} is not an absolute interpreter path");
+                refuse(!valid_shell(&shell), "shell", message)?;
+                let bad_args = req
                     .args
                     .as_ref()
-                    .is_some_and(|a| a.len() > limits.max_command_bytes || a.contains('\0'))
-                {
-                    return Err(FieldError::new("args", "is too long or contains NUL bytes"));
-                }
+                    .is_some_and(|a| a.len() > limits.max_command_bytes || a.contains('\0'));
+                refuse(bad_args, "args", "is too long or contains NUL bytes")?;
                 (None, Some(script), Some(shell))
             }
         };
+        let max = limits.max_timeout_secs;
         let timeout_secs = match req.timeout {
             None | Some(0) => limits.default_timeout_secs,
-            Some(t) if t < 0 || t > limits.max_timeout_secs => {
-                return Err(FieldError::new(
-                    "timeout",
-                    format!(
-                        "{t} is out of range (1-{} seconds)",
-                        limits.max_timeout_secs
-                    ),
-                ));
+            Some(t) => {
+                let message = format!("{t} is out of range (1-{max} seconds)");
+                refuse(t < 0 || t > max, "timeout", message)?;
+                t
             }
-            Some(t) => t,
         };
         let env = req.env.unwrap_or_default();
-        if env.len() > limits.max_env_entries {
-            return Err(FieldError::new(
-                "env",
-                format!(
-                    "has {} entries; at most {} are accepted",
-                    env.len(),
-                    limits.max_env_entries
-                ),
-            ));
-        }
+        let (len, max) = (env.len(), limits.max_env_entries);
+        let message = format!("has {len} entries; at most {max} are accepted");
+        refuse(len > max, "env", message)?;
         if let Some(bad) = env.keys().find(|k| !valid_env_name(k)) {
             return Err(FieldError::new(
                 "env",
                 format!("{bad:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"),
             ));
         }
-        if env.values().any(|v| v.contains('\0')) {
-            return Err(FieldError::new("env", "values must not contain NUL bytes"));
-        }
+        let nul = env.values().any(|v| v.contains('\0'));
+        refuse(nul, "env", "values must not contain NUL bytes")?;
         let cwd = req.cwd.filter(|c| !c.is_empty());
-        if cwd
+        let bad_cwd = cwd
             .as_ref()
-            .is_some_and(|c| c.contains('\0') || c.chars().count() > 4096)
-        {
-            return Err(FieldError::new("cwd", "is too long or contains NUL bytes"));
-        }
+            .is_some_and(|c| c.contains('\0') || c.chars().count() > 4096);
+        refuse(bad_cwd, "cwd", "is too long or contains NUL bytes")?;
         let idempotency_key = req.idempotency_key.filter(|k| !k.is_empty());
-        if idempotency_key
+        let long_key = idempotency_key
             .as_ref()
-            .is_some_and(|k| k.chars().count() > 256)
-        {
-            return Err(FieldError::new(
-                "idempotency_key",
-                "is longer than 256 characters",
-            ));
-        }
+            .is_some_and(|k| k.chars().count() > 256);
+        refuse(long_key, "idempotency_key", "is longer than 256 characters")?;
         Ok(JobSpec {
             kind,
             command,
@@ -433,54 +368,24 @@ mod tests {
 
     #[test]
     fn scripts() {
-        let ok = JobSpec::from_request(
-            JobKind::Script,
-            JobRequest {
-                script: Some("echo hi".into()),
+        let script = |f: fn(&mut JobRequest)| {
+            let mut r = JobRequest {
+                script: Some("x".into()),
                 ..Default::default()
-            },
-            &limits(),
-        )
-        .unwrap();
+            };
+            f(&mut r);
+            JobSpec::from_request(JobKind::Script, r, &limits())
+        };
+        let ok = script(|r| r.script = Some("echo hi".into())).unwrap();
         assert_eq!(ok.shell.as_deref(), Some(DEFAULT_SHELL));
-        for (req, field) in [
-            (
-                JobRequest {
-                    script: None,
-                    ..Default::default()
-                },
-                "script",
-            ),
-            (
-                JobRequest {
-                    script: Some("x".repeat(2000)),
-                    ..Default::default()
-                },
-                "script",
-            ),
-            (
-                JobRequest {
-                    script: Some("x".into()),
-                    shell: Some("bash".into()),
-                    ..Default::default()
-                },
-                "shell",
-            ),
-            (
-                JobRequest {
-                    script: Some("x".into()),
-                    shell: Some("/bin/sh; rm".into()),
-                    ..Default::default()
-                },
-                "shell",
-            ),
-        ] {
-            assert_eq!(
-                JobSpec::from_request(JobKind::Script, req, &limits())
-                    .unwrap_err()
-                    .field,
-                field
-            );
+        let cases: Vec<(Result<JobSpec, FieldError>, &str)> = vec![
+            (script(|r| r.script = None), "script"),
+            (script(|r| r.script = Some("x".repeat(2000))), "script"),
+            (script(|r| r.shell = Some("bash".into())), "shell"),
+            (script(|r| r.shell = Some("/bin/sh; rm".into())), "shell"),
+        ];
+        for (res, field) in cases {
+            assert_eq!(res.unwrap_err().field, field);
         }
     }
 }

@@ -9,7 +9,7 @@ use super::{Store, StoreError};
 use crate::domain::{JobId, JobKind, JobSpec, JobStatus, Micros, OutputStream, ServerId};
 
 /// A `jobs` row.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Default, Queryable, Selectable, Insertable)]
 #[diesel(table_name = jobs)]
 pub struct JobRow {
     /// UUID (v7: ordered by creation).
@@ -171,6 +171,15 @@ fn find(conn: &mut super::DbConnection, id: &str) -> Result<JobRow, StoreError> 
         .ok_or(StoreError::NotFound)
 }
 
+/// The job after a conditional update that changed `n` rows: `None` when it changed none.
+fn if_changed(
+    conn: &mut super::DbConnection,
+    id: &str,
+    n: usize,
+) -> Result<Option<JobRow>, StoreError> {
+    (n == 1).then(|| find(conn, id)).transpose()
+}
+
 impl Store {
     /// Insert a queued job. With an idempotency key already used, returns the first job and
     /// `false` (nothing inserted).
@@ -210,33 +219,20 @@ impl Store {
                     idempotency_key: spec.idempotency_key,
                     retry_safe: spec.retry_safe,
                     status: JobStatus::Queued,
-                    exit_code: None,
-                    error: None,
                     created_at: Micros::now().0,
-                    started_at: None,
-                    finished_at: None,
                     duplicated_from,
-                    worker: None,
-                    lease_expires_at: None,
-                    attempts: 0,
-                    cancel_requested: false,
-                    published: false,
-                    remote_pgid: None,
-                    output_bytes: 0,
-                    output_truncated: false,
-                    next_seq: 0,
+                    ..JobRow::default()
                 };
-                match diesel::insert_into(jobs::table).values(&row).execute(conn) {
-                    Ok(_) => Ok((row, true)),
-                    Err(diesel::result::Error::DatabaseError(
-                        diesel::result::DatabaseErrorKind::UniqueViolation,
-                        _,
-                    )) => Err(StoreError::Conflict(
-                        "a job with this idempotency_key was submitted at the same time; retry"
-                            .into(),
-                    )),
-                    Err(e) => Err(e.into()),
-                }
+                diesel::insert_into(jobs::table)
+                    .values(&row)
+                    .execute(conn)
+                    .map_err(|e| {
+                        super::conflict_on_unique(e, || {
+                            "a job with this idempotency_key was submitted at the same time; retry"
+                                .into()
+                        })
+                    })?;
+                Ok((row, true))
             })
         })
         .await
@@ -250,16 +246,10 @@ impl Store {
                 .group_by(jobs::status)
                 .select((jobs::status, diesel::dsl::count_star()))
                 .load(conn)?;
+            let count = |st| rows.iter().filter(|(s, _)| *s == st).map(|(_, n)| n).sum();
             Ok(JobStatus::ALL
                 .into_iter()
-                .map(|st| {
-                    let n = rows
-                        .iter()
-                        .filter(|(status, _)| *status == st)
-                        .map(|(_, n)| *n)
-                        .sum();
-                    (st, n)
-                })
+                .map(|st| (st, count(st)))
                 .collect())
         })
         .await
@@ -342,11 +332,7 @@ impl Store {
                 jobs::attempts.eq(jobs::attempts + 1),
             ))
             .execute(conn)?;
-            if n == 1 {
-                Ok(Some(find(conn, &id)?))
-            } else {
-                Ok(None)
-            }
+            if_changed(conn, &id, n)
         })
         .await
     }
@@ -372,11 +358,7 @@ impl Store {
                 jobs::lease_expires_at.eq(None::<i64>),
             ))
             .execute(conn)?;
-            if n == 1 {
-                Ok(Some(find(conn, &id)?))
-            } else {
-                Ok(None)
-            }
+            if_changed(conn, &id, n)
         })
         .await
     }
@@ -412,12 +394,12 @@ impl Store {
             .set(jobs::cancel_requested.eq(true))
             .execute(conn)?;
             let row = find(conn, &id)?;
-            if n == 1 {
-                Ok((CancelOutcome::Requested, row))
+            let outcome = if n == 1 {
+                CancelOutcome::Requested
             } else {
-                let st = row.status();
-                Ok((CancelOutcome::AlreadyFinished(st), row))
-            }
+                CancelOutcome::AlreadyFinished(row.status)
+            };
+            Ok((outcome, row))
         })
         .await
     }
@@ -494,13 +476,12 @@ impl Store {
                     };
                 }
                 diesel::update(jobs::table.find(&id))
-                    .set(jobs::output_bytes.eq(jobs::output_bytes + bytes))
+                    .set((
+                        jobs::output_bytes.eq(jobs::output_bytes + bytes),
+                        jobs::output_truncated.eq(jobs::output_truncated
+                            .or(truncated.into_sql::<diesel::sql_types::Bool>())),
+                    ))
                     .execute(conn)?;
-                if truncated {
-                    diesel::update(jobs::table.find(&id))
-                        .set(jobs::output_truncated.eq(true))
-                        .execute(conn)?;
-                }
                 if let Some(next) = next {
                     diesel::update(jobs::table.find(&id).filter(jobs::next_seq.lt(next)))
                         .set(jobs::next_seq.eq(next))

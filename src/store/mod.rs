@@ -175,6 +175,7 @@ impl Store {
                         StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
                     })?;
                 }
+                create_private_file(&path)?;
                 (path, Backend::Sqlite)
             }
             DatabaseKind::Postgres(url) => (url, Backend::Postgres),
@@ -273,6 +274,26 @@ impl Store {
     }
 }
 
+/// Create the SQLite file at `path` readable by its owner only, before SQLite opens it:
+/// SQLite gives the `-wal` and `-shm` files it makes beside a database the database's mode,
+/// so none of the three is ever readable by others, whatever the umask. An existing file
+/// (and `:memory:` or a `file:` URI) is left as it is.
+fn create_private_file(path: &str) -> Result<(), StoreError> {
+    if path == ":memory:" || path.starts_with("file:") {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(StoreError::Unavailable(
+            format!("cannot create the database {path}: {e}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// r2d2 errors may quote the URL; keep its password out of them.
 fn redact_pool_error(msg: &str, settings: &DatabaseSettings) -> String {
     use secrecy::ExposeSecret;
@@ -324,6 +345,90 @@ where
                     Err(e)
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use diesel::Connection;
+    use secrecy::SecretString;
+
+    /// A database made for one test: an SQLite file in a temporary directory, or a PostgreSQL
+    /// database dropped at the end (`None` when no PostgreSQL answers).
+    pub(crate) struct TestDb {
+        pub(crate) url: String,
+        pub(crate) dir: Option<tempfile::TempDir>,
+        pg_name: Option<String>,
+    }
+
+    const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+    impl TestDb {
+        pub(crate) fn sqlite() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let url = dir.path().join("jobs.db").display().to_string();
+            TestDb {
+                url,
+                dir: Some(dir),
+                pg_name: None,
+            }
+        }
+
+        pub(crate) fn postgres() -> Option<Self> {
+            let admin = std::env::var("JOBEXEC_TEST_POSTGRES_URL").unwrap_or(PG_ADMIN.into());
+            let mut conn = PgConnection::establish(&admin).ok()?;
+            let name = format!("jobexec_unit_{}", uuid::Uuid::new_v4().simple());
+            conn.batch_execute(&format!("CREATE DATABASE {name}"))
+                .unwrap();
+            let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+            Some(TestDb {
+                url: format!("{base}/{name}"),
+                dir: None,
+                pg_name: Some(name),
+            })
+        }
+
+        /// A store on it (a pool of four) with a fresh key.
+        pub(crate) async fn open(&self) -> Store {
+            let env = std::collections::HashMap::from([
+                ("DATABASE_URL".to_string(), self.url.clone()),
+                ("JOBEXEC__DATABASE__POOL_SIZE".to_string(), "4".to_string()),
+            ]);
+            let settings = Settings::load_from(None, &env).unwrap();
+            let key = crate::secrets::generate_entry(1).unwrap();
+            let keyring = Keyring::from_text(&SecretString::from(key)).unwrap();
+            Store::open_with(&settings.database, std::sync::Arc::new(keyring))
+                .await
+                .unwrap()
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let admin = std::env::var("JOBEXEC_TEST_POSTGRES_URL").unwrap_or(PG_ADMIN.into());
+            if let Some(name) = &self.pg_name
+                && let Ok(mut conn) = PgConnection::establish(&admin)
+            {
+                let _ = conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        }
+    }
+
+    /// Finding 9: the database, its `-wal` and its `-shm` are readable by their owner only
+    /// from the moment they exist, whatever the umask.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_new_sqlite_database_and_its_wal_and_shm_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let db = TestDb::sqlite();
+        let store = db.open().await;
+        store.ping().await.unwrap();
+        let dir = db.dir.as_ref().unwrap().path();
+        for name in ["jobs.db", "jobs.db-wal", "jobs.db-shm"] {
+            let meta = std::fs::metadata(dir.join(name)).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
         }
     }
 }

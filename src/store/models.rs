@@ -8,7 +8,7 @@ use crate::domain::{AuthType, HostKeyCheck, Micros, ServerDraft, ServerSecrets};
 use crate::secrets::{Keyring, SecretsError};
 
 /// A `servers` row. Secret columns hold bytes; `secret_version` says how they are sealed.
-#[derive(Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[derive(Clone, Default, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = servers)]
 #[diesel(treat_none_as_null = true)]
 pub struct ServerRow {
@@ -30,7 +30,7 @@ pub struct ServerRow {
     pub private_key: Option<Vec<u8>>,
     /// Passphrase bytes.
     pub private_key_passphrase: Option<Vec<u8>>,
-    /// Key version that sealed the secrets (0: stored as given, before sealing existed).
+    /// Key version that sealed the secrets (0: stored as given, refused once a key exists).
     pub secret_version: i32,
     /// Pinned host key.
     pub host_key: Option<String>,
@@ -74,6 +74,11 @@ fn open_column(
     bytes: &Option<Vec<u8>>,
 ) -> Result<Option<SecretString>, SecretsError> {
     let Some(bytes) = bytes else { return Ok(None) };
+    // Version 0 would be plaintext: once a key is configured (always, in a store) a row that
+    // claims it was written behind the service's back, and is refused.
+    if version == 0 && keyring.current() > 0 {
+        return Err(SecretsError::Unsealed(aad(id, column)));
+    }
     let plain = keyring.open(version, &aad(id, column), bytes)?;
     Ok(Some(SecretString::from(
         String::from_utf8_lossy(&plain).into_owned(),
@@ -82,17 +87,11 @@ fn open_column(
 
 /// The secrets of a row, opened with `keyring`.
 pub fn server_secrets(row: &ServerRow, keyring: &Keyring) -> Result<ServerSecrets, SecretsError> {
-    let v = row.secret_version;
+    let open = |column, bytes| open_column(keyring, &row.id, row.secret_version, column, bytes);
     Ok(ServerSecrets {
-        password: open_column(keyring, &row.id, v, PASSWORD, &row.password)?,
-        private_key: open_column(keyring, &row.id, v, PRIVATE_KEY, &row.private_key)?,
-        private_key_passphrase: open_column(
-            keyring,
-            &row.id,
-            v,
-            PASSPHRASE,
-            &row.private_key_passphrase,
-        )?,
+        password: open(PASSWORD, &row.password)?,
+        private_key: open(PRIVATE_KEY, &row.private_key)?,
+        private_key_passphrase: open(PASSPHRASE, &row.private_key_passphrase)?,
     })
 }
 
@@ -106,21 +105,8 @@ impl ServerRow {
     ) -> Result<Self, SecretsError> {
         let mut row = ServerRow {
             id: id.to_string(),
-            name: String::new(),
-            hostname: String::new(),
-            port: 22,
-            username: String::new(),
-            auth_type: AuthType::Password,
-            password: None,
-            private_key: None,
-            private_key_passphrase: None,
-            secret_version: 0,
-            host_key: None,
-            host_key_check: HostKeyCheck::Tofu,
-            max_concurrent_jobs: 1,
-            is_active: true,
             created_at: now.0,
-            updated_at: now.0,
+            ..ServerRow::default()
         };
         row.apply(draft, now, keyring)?;
         Ok(row)

@@ -37,6 +37,27 @@ fn name_taken(name: &str) -> String {
     format!("a server named {name:?} already exists")
 }
 
+fn find(conn: &mut super::DbConnection, id: &str) -> Result<ServerRow, StoreError> {
+    servers::table
+        .find(id)
+        .select(ServerRow::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(StoreError::NotFound)
+}
+
+/// The row, locked against other writers until the caller's transaction ends: on
+/// PostgreSQL `SELECT … FOR UPDATE` (a concurrent first-use pin waits, then sees the row this
+/// transaction wrote); SQLite's write transaction holds the whole database already.
+fn find_for_update(conn: &mut super::DbConnection, id: &str) -> Result<ServerRow, StoreError> {
+    let query = servers::table.find(id).select(ServerRow::as_select());
+    match conn {
+        super::DbConnection::Pg(c) => query.for_update().first(c).optional()?,
+        super::DbConnection::Sqlite(_) => return find(conn, id),
+    }
+    .ok_or(StoreError::NotFound)
+}
+
 impl Store {
     /// Insert a new server.
     pub async fn insert_server(&self, draft: ServerDraft) -> Result<ServerRow, StoreError> {
@@ -54,15 +75,7 @@ impl Store {
 
     /// One server by id.
     pub async fn get_server(&self, id: uuid::Uuid) -> Result<ServerRow, StoreError> {
-        self.run(move |conn| {
-            servers::table
-                .find(id.to_string())
-                .select(ServerRow::as_select())
-                .first(conn)
-                .optional()?
-                .ok_or(StoreError::NotFound)
-        })
-        .await
+        self.run(move |conn| find(conn, &id.to_string())).await
     }
 
     /// One server by name.
@@ -89,41 +102,32 @@ impl Store {
         .await
     }
 
-    /// Read, change and write a server in one transaction. `change` gets the stored state as
-    /// a draft and returns the new one (or why not).
+    /// Read, change and write a server in one transaction, the row locked from the read on
+    /// (so a first-use pin made meanwhile is neither lost nor overwritten). `change` gets the
+    /// stored state as a draft and returns the new one (or why not).
     pub async fn update_server<F>(&self, id: uuid::Uuid, change: F) -> Result<Updated, UpdateError>
     where
         F: FnOnce(ServerDraft) -> Result<ServerDraft, FieldError> + Send + 'static,
     {
         let keyring = self.keyring.clone();
-        let result = self
-            .run(move |conn| {
-                Ok(super::write_tx::<_, UpdateError, _>(conn, |conn| {
-                    let mut row: ServerRow = servers::table
-                        .find(id.to_string())
-                        .select(ServerRow::as_select())
-                        .first(conn)
-                        .optional()?
-                        .ok_or(StoreError::NotFound)?;
-                    let previous_host_key = row.host_key.clone();
-                    let draft = change(row.to_draft(&keyring).map_err(StoreError::from)?)?;
-                    row.apply(&draft, Micros::now(), &keyring)
-                        .map_err(StoreError::from)?;
-                    diesel::update(servers::table.find(&row.id))
-                        .set(&row)
-                        .execute(conn)
-                        .map_err(|e| conflict_on_unique(e, || name_taken(&row.name)))?;
-                    Ok(Updated {
-                        row,
-                        previous_host_key,
-                    })
-                }))
-            })
-            .await;
-        match result {
-            Ok(inner) => inner,
-            Err(e) => Err(UpdateError::Store(e)),
-        }
+        self.run(move |conn| {
+            Ok(super::write_tx::<_, UpdateError, _>(conn, |conn| {
+                let mut row = find_for_update(conn, &id.to_string())?;
+                let previous_host_key = row.host_key.clone();
+                let draft = change(row.to_draft(&keyring).map_err(StoreError::from)?)?;
+                row.apply(&draft, Micros::now(), &keyring)
+                    .map_err(StoreError::from)?;
+                diesel::update(servers::table.find(&row.id))
+                    .set(&row)
+                    .execute(conn)
+                    .map_err(|e| conflict_on_unique(e, || name_taken(&row.name)))?;
+                Ok(Updated {
+                    row,
+                    previous_host_key,
+                })
+            }))
+        })
+        .await?
     }
 
     /// Delete a server, refused while it has queued or running jobs; returns what it was.
@@ -131,12 +135,7 @@ impl Store {
         self.run(move |conn| {
             super::write_tx::<_, StoreError, _>(conn, |conn| {
                 let id = id.to_string();
-                let row: ServerRow = servers::table
-                    .find(&id)
-                    .select(ServerRow::as_select())
-                    .first(conn)
-                    .optional()?
-                    .ok_or(StoreError::NotFound)?;
+                let row = find(conn, &id)?;
                 let active: i64 = jobs::table
                     .filter(jobs::server_id.eq(&id))
                     .filter(jobs::status.eq_any([
@@ -167,16 +166,17 @@ impl Store {
         })
     }
 
-    /// Seal again, under the current key, every server whose secrets an older key sealed (or
-    /// that were stored before sealing existed). Rows sealed under a version newer than this
-    /// process knows are left alone. Returns how many rows changed.
+    /// Seal again, under the current key, every server whose secrets an older key sealed.
+    /// Rows sealed under a version newer than this process knows are left alone, and so are
+    /// rows marked unsealed (version 0): they are refused when read, never sealed as if they
+    /// were genuine. Returns how many rows changed.
     pub async fn reseal_servers(&self) -> Result<usize, StoreError> {
         let keyring = self.keyring.clone();
         self.run(move |conn| {
             let current = keyring.current();
             super::write_tx::<_, StoreError, _>(conn, |conn| {
                 let stale: Vec<ServerRow> = servers::table
-                    .filter(servers::secret_version.lt(current))
+                    .filter(servers::secret_version.between(1, current - 1))
                     .select(ServerRow::as_select())
                     .load(conn)?;
                 for mut row in stale.iter().cloned() {
@@ -262,5 +262,105 @@ impl Store {
             tracing::info!(server_id = %row.id, %fingerprint, by, "host key pinned on first use");
         }
         Ok(pinned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::tests::TestDb;
+    use super::*;
+    use crate::domain::ServerPatch;
+
+    fn draft() -> ServerDraft {
+        let input = ServerPatch {
+            name: Some("web-1".into()),
+            hostname: Some("127.0.0.1".into()),
+            user: Some("deploy".into()),
+            password: Some("hunter2".to_string().into()),
+            ..Default::default()
+        };
+        ServerDraft::create(input, 1).unwrap()
+    }
+
+    /// Finding 6: an update that read the row before a first-use pin committed does not
+    /// write the pin away (on PostgreSQL the update locks the row it read).
+    async fn an_update_keeps_a_concurrent_first_use_pin(db: TestDb) {
+        let store = db.open().await;
+        let row = store.insert_server(draft()).await.unwrap();
+        let id = uuid::Uuid::parse_str(&row.id).unwrap();
+        let (read, was_read) = std::sync::mpsc::channel();
+        let update = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .update_server(id, move |d| {
+                        read.send(()).unwrap();
+                        std::thread::sleep(Duration::from_millis(500));
+                        d.patch(ServerPatch {
+                            port: Some(2222),
+                            ..Default::default()
+                        })
+                    })
+                    .await
+            }
+        });
+        tokio::task::spawn_blocking(move || was_read.recv().unwrap())
+            .await
+            .unwrap();
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+        let pinned = store
+            .pin_on_first_use(&row, key.into(), "SHA256:x", &Actor::system(), "test")
+            .await
+            .unwrap();
+        update.await.unwrap().unwrap();
+        let now = store.get_server(id).await.unwrap();
+        assert!(pinned);
+        assert_eq!(now.port, 2222);
+        assert_eq!(now.host_key.as_deref(), Some(key), "the pin was lost");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_update_keeps_a_concurrent_first_use_pin_sqlite() {
+        an_update_keeps_a_concurrent_first_use_pin(TestDb::sqlite()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_update_keeps_a_concurrent_first_use_pin_postgres() {
+        if let Some(db) = TestDb::postgres() {
+            an_update_keeps_a_concurrent_first_use_pin(db).await;
+        }
+    }
+
+    /// Finding 10: a row that claims `secret_version` 0 (stored as given) is refused, not
+    /// read as plaintext, and opening the store does not seal it as if it were genuine.
+    #[tokio::test]
+    async fn an_unsealed_row_is_refused() {
+        let db = TestDb::sqlite();
+        let store = db.open().await;
+        let row = store.insert_server(draft()).await.unwrap();
+        let id = row.id.clone();
+        store
+            .run(move |conn| {
+                diesel::update(servers::table.find(id))
+                    .set((
+                        servers::password.eq(Some(b"planted".to_vec())),
+                        servers::secret_version.eq(0),
+                    ))
+                    .execute(conn)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.reseal_servers().await.unwrap(), 0);
+        let row = store
+            .get_server(uuid::Uuid::parse_str(&row.id).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(row.secret_version, 0);
+        let err = store.open_server(&row).unwrap_err().to_string();
+        assert!(err.contains("secret_version 0"), "{err}");
     }
 }
