@@ -76,20 +76,25 @@ pub struct ErrorBody {
 }
 
 impl ApiError {
+    /// The status and the machine-readable code sent beside the message.
+    fn kind(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
     /// The machine-readable code sent beside the message.
     pub fn code(&self) -> &'static str {
-        match self {
-            Self::BadRequest(_) => "bad_request",
-            Self::Unauthorized(_) => "unauthorized",
-            Self::NotFound(_) => "not_found",
-            Self::MethodNotAllowed { .. } => "method_not_allowed",
-            Self::Conflict(_) => "conflict",
-            Self::PayloadTooLarge(_) => "payload_too_large",
-            Self::Invalid(_) => "invalid_field",
-            Self::TooManyRequests { .. } => "too_many_requests",
-            Self::Unavailable(_) => "unavailable",
-            Self::Internal(_) => "internal",
-        }
+        self.kind().1
     }
 }
 
@@ -124,47 +129,32 @@ impl From<StoreError> for ApiError {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.kind().0
     }
 
     fn error_response(&self) -> HttpResponse {
+        use actix_web::http::header;
+        let (status, code) = self.kind();
         let mut body = ErrorBody {
             error: self.to_string(),
-            code: self.code(),
+            code,
             field: None,
         };
+        let mut response = HttpResponse::build(status);
         match self {
             Self::Invalid(f) => body.field = Some(f.field.to_string()),
             Self::Internal(detail) => tracing::error!(error = %detail, "request failed"),
             Self::Unavailable(detail) => tracing::warn!(error = %detail, "dependency unavailable"),
-            _ => {}
-        }
-        let mut response = HttpResponse::build(self.status_code());
-        match self {
             Self::Unauthorized(_) => {
-                response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
             Self::MethodNotAllowed { allow, .. } => {
-                response.insert_header((actix_web::http::header::ALLOW, allow.as_str()));
+                response.insert_header((header::ALLOW, allow.as_str()));
             }
             Self::TooManyRequests {
                 retry_after_secs, ..
             } => {
-                response.insert_header((
-                    actix_web::http::header::RETRY_AFTER,
-                    retry_after_secs.to_string(),
-                ));
+                response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
             _ => {}
         }

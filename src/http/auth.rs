@@ -13,6 +13,7 @@ use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
 use ring::digest::{SHA256, digest};
 use secrecy::{ExposeSecret, SecretString};
+use std::sync::PoisonError;
 use subtle::ConstantTimeEq;
 
 use super::AppState;
@@ -58,14 +59,11 @@ fn hex(bytes: &[u8]) -> String {
 
 fn unhex(text: &str) -> Option<[u8; 32]> {
     let text = text.trim();
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    let bytes: Option<Vec<u8>> = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect();
+    bytes?.try_into().ok()
 }
 
 /// Equal in time independent of where the inputs differ (`subtle`; ring keeps its own
@@ -92,21 +90,21 @@ impl Tokens {
             if text.is_empty() {
                 return Err(fail("is empty"));
             }
-            let (name, hash) = match text.split_once(':') {
-                Some((name, rest)) => {
-                    let hash = match rest.strip_prefix("sha256:") {
-                        Some(h) => unhex(h).ok_or_else(|| {
-                            fail("after sha256: comes the token's SHA-256 as 64 hex digits")
-                        })?,
-                        None => sha256(rest.as_bytes()),
-                    };
-                    (name.trim().to_string(), hash)
-                }
-                None => {
-                    let hash = sha256(text.as_bytes());
-                    (format!("token-{}", &hex(&hash)[..8]), hash)
-                }
+            let (name, rest) = match text.split_once(':') {
+                Some((name, rest)) => (Some(name.trim()), rest),
+                None => (None, text),
             };
+            // A plain token (not a digest entry) must be long enough.
+            let (hash, short) = match rest.strip_prefix("sha256:") {
+                Some(h) => (
+                    unhex(h).ok_or_else(|| {
+                        fail("after sha256: comes the token's SHA-256 as 64 hex digits")
+                    })?,
+                    false,
+                ),
+                None => (sha256(rest.as_bytes()), rest.chars().count() < 16),
+            };
+            let name = name.map_or_else(|| format!("token-{}", &hex(&hash)[..8]), str::to_string);
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic()) {
                 return Err(fail(
                     "the name before ':' must be printable ASCII, no spaces",
@@ -118,7 +116,7 @@ impl Tokens {
             {
                 return Err(fail("the same token is configured twice"));
             }
-            if rest_is_short(text) {
+            if short {
                 return Err(fail("a token must be at least 16 characters"));
             }
             entries.push(Entry { name, hash });
@@ -129,19 +127,16 @@ impl Tokens {
     }
 
     fn snapshot(&self) -> std::sync::Arc<Vec<Entry>> {
-        match self.entries.read() {
-            Ok(e) => e.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Put `other`'s tokens in place of these (a reload).
     pub fn replace(&self, other: Tokens) {
         let next = other.snapshot();
-        match self.entries.write() {
-            Ok(mut e) => *e = next,
-            Err(poisoned) => *poisoned.into_inner() = next,
-        }
+        *self.entries.write().unwrap_or_else(PoisonError::into_inner) = next;
     }
 
     /// How many tokens are configured.
@@ -162,24 +157,12 @@ impl Tokens {
     /// The name of the token `presented`, if it is one of ours. Every entry is compared.
     pub fn verify(&self, presented: &str) -> Option<String> {
         let hash = sha256(presented.as_bytes());
-        let mut found = None;
-        for entry in self.snapshot().iter() {
-            if constant_time_eq(&entry.hash, &hash) {
-                found = Some(entry.name.clone());
-            }
-        }
-        found
+        (self.snapshot().iter()).fold(None, |found, entry| {
+            constant_time_eq(&entry.hash, &hash)
+                .then(|| entry.name.clone())
+                .or(found)
+        })
     }
-}
-
-/// A plain token (not a digest entry) shorter than 16 characters.
-fn rest_is_short(text: &str) -> bool {
-    let token = match text.split_once(':') {
-        Some((_, rest)) if rest.starts_with("sha256:") => return false,
-        Some((_, rest)) => rest,
-        None => text,
-    };
-    token.chars().count() < 16
 }
 
 /// Who made a request.

@@ -9,10 +9,10 @@
 //! - JSON of the wrong shape → 422 naming the field (`serde_path_to_error`).
 
 use std::future::Future;
-use std::pin::Pin;
 
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use futures::StreamExt;
+use futures::future::{FutureExt, LocalBoxFuture};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
@@ -30,49 +30,35 @@ pub struct OptionalJsonBody<T>(pub T);
 
 impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let missing = || {
-            Err(ApiError::BadRequest(
-                "a JSON object is required as the request body".into(),
-            ))
-        };
-        Box::pin(extract(read(req, payload), missing, JsonBody))
+        let body = read(req, payload);
+        async move {
+            let missing =
+                || ApiError::BadRequest("a JSON object is required as the request body".into());
+            body.await?.ok_or_else(missing).map(JsonBody)
+        }
+        .boxed_local()
     }
 }
 
 impl<T: DeserializeOwned + Default + 'static> FromRequest for OptionalJsonBody<T> {
     type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let missing = || Ok(T::default());
-        Box::pin(extract(read(req, payload), missing, OptionalJsonBody))
+        let body = read(req, payload);
+        async move { Ok(OptionalJsonBody(body.await?.unwrap_or_default())) }.boxed_local()
     }
 }
 
-/// The body as `T`, or what `missing` says when there is none (empty, or only `null`).
-async fn extract<T: DeserializeOwned, B>(
-    body: impl Future<Output = Result<web::BytesMut, ApiError>>,
-    missing: impl FnOnce() -> Result<T, ApiError>,
-    wrap: fn(T) -> B,
-) -> Result<B, ApiError> {
-    let body = body.await?;
-    let trimmed = body.trim_ascii();
-    let value = if trimmed.is_empty() || trimmed == b"null" {
-        missing()?
-    } else {
-        parse(&body)?
-    };
-    Ok(wrap(value))
-}
-
-/// The body's bytes, up to `http.max_body_bytes` (413 past it).
-fn read(
+/// The body as `T`, up to `http.max_body_bytes` (413 past it); `None` when there is none
+/// (empty, or only `null`).
+fn read<T: DeserializeOwned>(
     req: &HttpRequest,
     payload: &mut Payload,
-) -> impl Future<Output = Result<web::BytesMut, ApiError>> + 'static {
+) -> impl Future<Output = Result<Option<T>, ApiError>> + 'static {
     let limit = req
         .app_data::<web::Data<AppState>>()
         .map(|s| s.engine.settings().http.max_body_bytes)
@@ -96,7 +82,11 @@ fn read(
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(body)
+        let trimmed = body.trim_ascii();
+        if trimmed.is_empty() || trimmed == b"null" {
+            return Ok(None);
+        }
+        parse(&body).map(Some)
     }
 }
 

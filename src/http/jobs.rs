@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::{
-    AppState, BadRequest, Conflict, InvalidField, JsonBody, NotFound, OptionalJsonBody,
+    AppState, BadRequest, Conflict, Errors, InvalidField, JsonBody, NotFound, OptionalJsonBody,
     PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable, job_id, optional_id, page_limit,
 };
 use crate::domain::{FieldError, JobKind, JobRequest, JobStatus, Micros, OutputStream};
@@ -151,12 +151,7 @@ async fn submit(
     responses(
         (status = 201, description = "The job, queued.", body = JobView),
         (status = 200, description = "The job an earlier submit with the same `idempotency_key` made; nothing new is queued.", body = JobView),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 413, response = PayloadTooLarge),
-        (status = 422, response = InvalidField),
-        (status = 429, response = TooManyRequests),
-        (status = 503, response = Unavailable),
+        Errors<(BadRequest, Unauthorized, PayloadTooLarge, InvalidField, TooManyRequests, Unavailable)>,
     )
 )]
 #[post("/jobs")]
@@ -179,12 +174,7 @@ pub async fn submit_command(
     responses(
         (status = 201, description = "The job, queued.", body = JobView),
         (status = 200, description = "The job an earlier submit with the same `idempotency_key` made; nothing new is queued.", body = JobView),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 413, response = PayloadTooLarge),
-        (status = 422, response = InvalidField),
-        (status = 429, response = TooManyRequests),
-        (status = 503, response = Unavailable),
+        Errors<(BadRequest, Unauthorized, PayloadTooLarge, InvalidField, TooManyRequests, Unavailable)>,
     )
 )]
 #[post("/jobs/script")]
@@ -203,9 +193,7 @@ pub async fn submit_script(
     params(("id" = uuid::Uuid, Path, description = "The job's id.")),
     responses(
         (status = 200, description = "The job.", body = JobView),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 503, response = Unavailable),
+        Errors<(Unauthorized, NotFound, Unavailable)>,
     )
 )]
 #[get("/jobs/{id}")]
@@ -277,10 +265,7 @@ fn statuses(raw: Option<&str>) -> Result<Vec<JobStatus>, ApiError> {
     params(ListQuery),
     responses(
         (status = 200, description = "A page of jobs.", body = JobList),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 422, response = InvalidField),
-        (status = 503, response = Unavailable),
+        Errors<(BadRequest, Unauthorized, InvalidField, Unavailable)>,
     )
 )]
 #[get("/jobs")]
@@ -323,10 +308,7 @@ pub struct CancelResult {
     params(("id" = uuid::Uuid, Path, description = "The job's id.")),
     responses(
         (status = 200, description = "Canceled, or the stop is under way.", body = CancelResult),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 409, response = Conflict),
-        (status = 503, response = Unavailable),
+        Errors<(Unauthorized, NotFound, Conflict, Unavailable)>,
     )
 )]
 #[post("/jobs/{id}/cancel")]
@@ -376,13 +358,7 @@ pub struct DuplicateResult {
     request_body = Option<DuplicateRequest>,
     responses(
         (status = 201, description = "The new job, queued.", body = DuplicateResult),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 413, response = PayloadTooLarge),
-        (status = 422, response = InvalidField),
-        (status = 429, response = TooManyRequests),
-        (status = 503, response = Unavailable),
+        Errors<(BadRequest, Unauthorized, NotFound, PayloadTooLarge, InvalidField, TooManyRequests, Unavailable)>,
     )
 )]
 #[post("/jobs/{id}/duplicate")]
@@ -509,11 +485,7 @@ pub enum LogsResponse {
     params(("id" = uuid::Uuid, Path, description = "The job's id."), LogsQuery),
     responses(
         (status = 200, description = "`JobLogs`, or with `?format=chunks` an array of `OutputChunk`.", body = LogsResponse),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 422, response = InvalidField),
-        (status = 503, response = Unavailable),
+        Errors<(BadRequest, Unauthorized, NotFound, InvalidField, Unavailable)>,
     )
 )]
 #[get("/jobs/{id}/logs")]
@@ -567,9 +539,7 @@ async fn raw(state: &AppState, id: &str, stream: OutputStream) -> Result<HttpRes
     params(("id" = uuid::Uuid, Path, description = "The job's id.")),
     responses(
         (status = 200, description = "The stdout bytes stored so far, as the command wrote them (not necessarily UTF-8).", body = String, content_type = "text/plain"),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 503, response = Unavailable),
+        Errors<(Unauthorized, NotFound, Unavailable)>,
     )
 )]
 #[get("/jobs/{id}/stdout")]
@@ -587,9 +557,7 @@ pub async fn job_stdout(
     params(("id" = uuid::Uuid, Path, description = "The job's id.")),
     responses(
         (status = 200, description = "The stderr bytes stored so far, as the command wrote them (not necessarily UTF-8).", body = String, content_type = "text/plain"),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 503, response = Unavailable),
+        Errors<(Unauthorized, NotFound, Unavailable)>,
     )
 )]
 #[get("/jobs/{id}/stderr")]

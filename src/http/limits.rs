@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -95,19 +95,16 @@ impl Limits {
     }
 
     fn config(&self) -> Config {
-        match self.config.read() {
-            Ok(c) => c.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Apply new settings (a reload). Open streams carry over, and so do the callers'
     /// submission rates unless the rate or burst changed (then every caller starts afresh).
     pub fn reconfigure(&self, s: &LimitSettings) {
-        let mut c = match self.config.write() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut c = self.config.write().unwrap_or_else(PoisonError::into_inner);
         let next = Config::new(s, Some(&c));
         *c = next;
     }
