@@ -23,6 +23,9 @@ pub enum ApiError {
     /// 401: no token, or not a valid one.
     #[error("{0}")]
     Unauthorized(String),
+    /// 403: refused whoever asks (without tokens: a foreign `Host` or `Origin`).
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: the id names nothing.
     #[error("{0}")]
     NotFound(String),
@@ -40,6 +43,9 @@ pub enum ApiError {
     /// 413: the body is larger than allowed.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 415: a body that is not said to be JSON (`Content-Type: application/json`).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// 422: a field is invalid.
     #[error("{0}")]
     Invalid(FieldError),
@@ -65,9 +71,9 @@ pub enum ApiError {
 pub struct ErrorBody {
     /// What went wrong, in a sentence (for a 422 it names the field). Never contains secrets.
     pub error: String,
-    /// Machine-readable: `bad_request`, `unauthorized`, `not_found`, `method_not_allowed`,
-    /// `conflict`, `payload_too_large`, `invalid_field`, `too_many_requests`, `unavailable`
-    /// or `internal`.
+    /// Machine-readable: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
+    /// `method_not_allowed`, `conflict`, `payload_too_large`, `unsupported_media_type`,
+    /// `invalid_field`, `too_many_requests`, `unavailable` or `internal`.
     #[schema(value_type = String, example = "not_found")]
     pub code: &'static str,
     /// The offending field of a 422 (`invalid_field`), as the API spells it.
@@ -81,10 +87,14 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
             Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

@@ -5,10 +5,16 @@
 //! neither the answer's timing nor its content says how close a guess came. Every request
 //! to `/api/v1` gets a [`Caller`] (the token's name, or `anonymous` when authentication is
 //! off, and the peer address), which the audit log and the rate limits use.
+//!
+//! Without tokens the API trusts whoever reaches it on loopback, so [`loopback_guard`]
+//! makes sure a web page is not the one asking: a page can make the browser send requests
+//! to 127.0.0.1 (a form post, a `no-cors` fetch) and, by DNS rebinding, read the answers
+//! under a name of its own. So without tokens only loopback `Host` values are served, and a
+//! request that changes something is refused when its `Origin` is another one.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header;
+use actix_web::http::{Method, header};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
 use ring::digest::{SHA256, digest};
@@ -229,6 +235,57 @@ pub async fn authenticate(
     next.call(req).await
 }
 
+/// Middleware on every route: without tokens, refuse (403) a `Host` that is not loopback
+/// (`localhost`, `127.0.0.1`, `[::1]`, any port: a rebound name is not) and a POST, PUT,
+/// PATCH or DELETE whose `Origin` is not the service's own loopback origin. With tokens a
+/// page has no credential to send, and nothing is checked here.
+pub async fn loopback_guard(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let tokenless = (req.app_data::<web::Data<AppState>>()).is_some_and(|s| !s.tokens.enabled());
+    if tokenless {
+        refuse_foreign(&req)?;
+    }
+    next.call(req).await
+}
+
+/// The checks of [`loopback_guard`].
+fn refuse_foreign(req: &ServiceRequest) -> Result<(), ApiError> {
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let host = header(header::HOST).or(req.uri().authority().map(|a| a.as_str()));
+    if let Some(host) = host.filter(|h| !is_loopback(h)) {
+        tracing::warn!(host, path = %req.path(), "request for a foreign host name refused");
+        return Err(ApiError::Forbidden(format!(
+            "without API tokens only loopback host names are served, not {host:?}"
+        )));
+    }
+    let changes = [Method::POST, Method::PUT, Method::PATCH, Method::DELETE].contains(req.method());
+    if let Some(origin) = header(header::ORIGIN).filter(|_| changes) {
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        let own = authority.is_some_and(|a| host.is_some_and(|h| h.eq_ignore_ascii_case(a)));
+        if !own {
+            tracing::warn!(origin, path = %req.path(), "cross-origin change refused");
+            return Err(ApiError::Forbidden(format!(
+                "without API tokens a request from another origin ({origin:?}) may not change anything"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a `Host` value (a name and an optional port) is a loopback name.
+fn is_loopback(host: &str) -> bool {
+    let (name, port) = match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => (&host[..i], Some(&host[i + 1..])),
+        _ => (host, None),
+    };
+    port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && (["localhost", "127.0.0.1", "[::1]"].iter()).any(|n| name.eq_ignore_ascii_case(n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +336,32 @@ mod tests {
             );
         }
         assert!(!tokens(&[]).unwrap().enabled());
+    }
+
+    #[test]
+    fn loopback_names_with_any_port_only() {
+        for ok in [
+            "localhost",
+            "LocalHost:8080",
+            "127.0.0.1",
+            "127.0.0.1:1",
+            "[::1]",
+            "[::1]:80",
+        ] {
+            assert!(is_loopback(ok), "{ok}");
+        }
+        for bad in [
+            "rebind.evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:80",
+            "127.0.0.2",
+            "::1",
+            "[::1]:",
+            "localhost:x",
+            "",
+        ] {
+            assert!(!is_loopback(bad), "{bad}");
+        }
     }
 
     #[test]

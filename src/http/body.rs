@@ -3,6 +3,9 @@
 //! `T::default()`).
 //!
 //! - no body where one is required → 400;
+//! - a body not said to be JSON (`Content-Type: application/json`, UTF-8 if a charset is
+//!   given) → 415, so a web page cannot slip one past the browser as a "simple" `text/plain`
+//!   request (no CORS preflight); an empty optional body needs no type;
 //! - larger than `http.max_body_bytes` → 413 (checked on `Content-Length` first, then while
 //!   reading, so a lying or absent header changes nothing);
 //! - not JSON → 400, saying where it broke;
@@ -68,6 +71,7 @@ fn read<T: DeserializeOwned>(
         .get(actix_web::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
+    let json = says_json(req);
     let mut payload = payload.take();
     async move {
         if declared.is_some_and(|n| n > limit) {
@@ -83,11 +87,29 @@ fn read<T: DeserializeOwned>(
             body.extend_from_slice(&chunk);
         }
         let trimmed = body.trim_ascii();
-        if trimmed.is_empty() || trimmed == b"null" {
+        if trimmed.is_empty() {
+            return Ok(None);
+        }
+        if !json {
+            return Err(ApiError::UnsupportedMediaType(
+                "the request body must be JSON, sent with Content-Type: application/json".into(),
+            ));
+        }
+        if trimmed == b"null" {
             return Ok(None);
         }
         parse(&body).map(Some)
     }
+}
+
+/// Whether the request says its body is JSON: `application/json`, UTF-8 if a charset is given.
+fn says_json(req: &HttpRequest) -> bool {
+    use actix_web::HttpMessage as _;
+    req.mime_type().ok().flatten().is_some_and(|m| {
+        m.essence_str() == "application/json"
+            && (m.get_param(actix_web::mime::CHARSET))
+                .is_none_or(|c| c.as_str().eq_ignore_ascii_case("utf-8"))
+    })
 }
 
 fn too_large(limit: usize) -> ApiError {

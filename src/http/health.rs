@@ -44,6 +44,7 @@ pub struct HealthView {
 )]
 #[get(
     "/health",
+    wrap = "actix_web::middleware::from_fn(super::auth::loopback_guard)",
     wrap = "actix_web::middleware::from_fn(super::metrics::track)"
 )]
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {

@@ -10,7 +10,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Caller;
 use super::{
     AppState, BadRequest, Conflict, Errors, InvalidField, JsonBody, NotFound, OptionalJsonBody,
-    PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable, job_id, optional_id, page_limit,
+    PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable, UnsupportedMediaType, job_id,
+    optional_id, page_limit,
 };
 use crate::domain::{FieldError, JobKind, JobRequest, JobStatus, Micros, OutputStream};
 use crate::error::ApiError;
@@ -151,7 +152,7 @@ async fn submit(
     responses(
         (status = 201, description = "The job, queued.", body = JobView),
         (status = 200, description = "The job an earlier submit with the same `idempotency_key` made; nothing new is queued.", body = JobView),
-        Errors<(BadRequest, Unauthorized, PayloadTooLarge, InvalidField, TooManyRequests, Unavailable)>,
+        Errors<(BadRequest, Unauthorized, PayloadTooLarge, UnsupportedMediaType, InvalidField, TooManyRequests, Unavailable)>,
     )
 )]
 #[post("/jobs")]
@@ -174,7 +175,7 @@ pub async fn submit_command(
     responses(
         (status = 201, description = "The job, queued.", body = JobView),
         (status = 200, description = "The job an earlier submit with the same `idempotency_key` made; nothing new is queued.", body = JobView),
-        Errors<(BadRequest, Unauthorized, PayloadTooLarge, InvalidField, TooManyRequests, Unavailable)>,
+        Errors<(BadRequest, Unauthorized, PayloadTooLarge, UnsupportedMediaType, InvalidField, TooManyRequests, Unavailable)>,
     )
 )]
 #[post("/jobs/script")]
@@ -358,7 +359,7 @@ pub struct DuplicateResult {
     request_body = Option<DuplicateRequest>,
     responses(
         (status = 201, description = "The new job, queued.", body = DuplicateResult),
-        Errors<(BadRequest, Unauthorized, NotFound, PayloadTooLarge, InvalidField, TooManyRequests, Unavailable)>,
+        Errors<(BadRequest, Unauthorized, NotFound, PayloadTooLarge, UnsupportedMediaType, InvalidField, TooManyRequests, Unavailable)>,
     )
 )]
 #[post("/jobs/{id}/duplicate")]

@@ -32,7 +32,11 @@ use crate::metrics;
         (status = 200, description = "Prometheus text format 0.0.4.", body = String, content_type = "text/plain"),
     )
 )]
-#[get("/metrics", wrap = "actix_web::middleware::from_fn(track)")]
+#[get(
+    "/metrics",
+    wrap = "actix_web::middleware::from_fn(super::auth::loopback_guard)",
+    wrap = "actix_web::middleware::from_fn(track)"
+)]
 pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
     let counts = state.engine.job_counts().await;
     let registry = Registry::new();

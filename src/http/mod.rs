@@ -18,7 +18,7 @@ pub mod metrics;
 mod openapi;
 pub use openapi::{
     BadRequest, Conflict, Errors, InvalidField, NotFound, PayloadTooLarge, TooManyRequests,
-    Unauthorized, Unavailable,
+    Unauthorized, Unavailable, UnsupportedMediaType,
 };
 mod servers;
 mod stream;
@@ -118,6 +118,7 @@ pub fn register(cfg: &mut ServiceConfig) {
         .map(|api| {
             api.default_service(web::to(not_found))
                 .wrap(from_fn(auth::authenticate))
+                .wrap(from_fn(auth::loopback_guard))
                 // Outermost, so a request the token check refuses is counted too.
                 .wrap(from_fn(metrics::track))
         });

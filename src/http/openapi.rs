@@ -23,7 +23,10 @@ use crate::error::{ApiError, ErrorBody};
             and read their output.\n\n\
             **Authentication.** When tokens are configured every route under `/api/v1` needs \
             `Authorization: Bearer TOKEN` (401 otherwise); without tokens the service listens \
-            on loopback only and needs none. `/health` and `/metrics` never need one.\n\n\
+            on loopback only and needs none, but serves only loopback `Host` names and \
+            refuses a change (POST, PUT, PATCH, DELETE) from another `Origin` (403). \
+            `/health` and `/metrics` never need one.\n\n\
+            **Bodies** are JSON, sent with `Content-Type: application/json` (415 otherwise).\n\n\
             **Errors.** Every error is JSON, `{\"error\", \"code\"}` plus `\"field\"` for a \
             422 (`ErrorBody`). A path no route matches is a 404, a method a path does not \
             take a 405 (`method_not_allowed`), both with that body. A fault of the service \
@@ -41,6 +44,7 @@ use crate::error::{ApiError, ErrorBody};
             NotFound,
             Conflict,
             PayloadTooLarge,
+            UnsupportedMediaType,
             InvalidField,
             TooManyRequests,
             Unavailable,
@@ -150,6 +154,9 @@ error_responses! {
         a server with queued or running jobs, a name already taken).";
     /// 413 `payload_too_large`.
     PayloadTooLarge = 413 => "The body is larger than `http.max_body_bytes`.";
+    /// 415 `unsupported_media_type`.
+    UnsupportedMediaType = 415 => "There is a body, and `Content-Type` does not say \
+        `application/json`.";
     /// 422 `invalid_field`.
     InvalidField = 422 => "A field is invalid; `field` names it and `error` says why.";
     /// 429 `too_many_requests`.
@@ -191,7 +198,7 @@ macro_rules! error_sets {
     };
 }
 
-error_sets!(A B C D E F G);
+error_sets!(A B C D E F G H I);
 
 /// A request type that serves several routes, with the rules of one route stated in a
 /// schema of its own, derived from the type's: the fields it refuses are left out, the ones

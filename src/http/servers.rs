@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use super::auth::Caller;
 use super::{
     AppState, BadRequest, Conflict, Errors, InvalidField, JsonBody, NotFound, OptionalJsonBody,
-    PayloadTooLarge, Unauthorized, Unavailable, server_id,
+    PayloadTooLarge, Unauthorized, Unavailable, UnsupportedMediaType, server_id,
 };
 use crate::domain::{AuthType, HostKeyCheck, Micros, ServerPatch};
 use crate::error::ApiError;
@@ -101,7 +101,7 @@ pub struct Message {
     request_body = ServerPatch,
     responses(
         (status = 201, description = "The server.", body = ServerView),
-        Errors<(BadRequest, Unauthorized, Conflict, PayloadTooLarge, InvalidField, Unavailable)>,
+        Errors<(BadRequest, Unauthorized, Conflict, PayloadTooLarge, UnsupportedMediaType, InvalidField, Unavailable)>,
     )
 )]
 #[post("/servers")]
@@ -162,7 +162,7 @@ pub async fn get_server(
     request_body = ServerPatch,
     responses(
         (status = 200, description = "The server as updated.", body = ServerView),
-        Errors<(BadRequest, Unauthorized, NotFound, Conflict, PayloadTooLarge, InvalidField, Unavailable)>,
+        Errors<(BadRequest, Unauthorized, NotFound, Conflict, PayloadTooLarge, UnsupportedMediaType, InvalidField, Unavailable)>,
     )
 )]
 #[put("/servers/{id}")]
@@ -247,7 +247,7 @@ pub struct TestResult {
     request_body = Option<TestOptions>,
     responses(
         (status = 200, description = "The outcome, failed or not.", body = TestResult),
-        Errors<(BadRequest, Unauthorized, NotFound, PayloadTooLarge, InvalidField, Unavailable)>,
+        Errors<(BadRequest, Unauthorized, NotFound, PayloadTooLarge, UnsupportedMediaType, InvalidField, Unavailable)>,
     )
 )]
 #[post("/servers/{id}/test")]

@@ -842,3 +842,148 @@ async fn with_a_certificate_the_api_speaks_tls_only() {
     assert!(err.contains("TLS") && err.contains("wrong.pem"), "{err}");
     assert!(!err.contains("PRIVATE KEY"), "{err}");
 }
+
+db_test!(
+    without_tokens_a_web_page_can_neither_change_nor_read_anything,
+    |db: TestDb| async move {
+        let app = TestApp::start(&db, &[]).await;
+        let client = reqwest::Client::new();
+        let port = app.addr.port();
+        let server = json!({"name": "s", "hostname": "127.0.0.1", "user": "u", "auth_type": "password", "password": "p"});
+        let send =
+            |method: Method, path: &str, headers: &[(&str, String)], body: Option<&Value>| {
+                let mut req = client.request(method, app.url(path));
+                for (name, value) in headers {
+                    req = req.header(*name, value);
+                }
+                if let Some(body) = body {
+                    req = req.body(body.to_string());
+                }
+                async move {
+                    let resp = req.send().await.unwrap();
+                    let status = resp.status().as_u16();
+                    let body: Value = resp.json().await.unwrap();
+                    (status, body)
+                }
+            };
+        let text = ("content-type", "text/plain".to_string());
+        let json_type = ("content-type", "application/json".to_string());
+        // A "simple" cross-origin form post (text/plain: no CORS preflight): not JSON.
+        let evil = ("origin", "http://evil.example".to_string());
+        let (status, err) = send(
+            Method::POST,
+            "/api/v1/servers",
+            &[text.clone(), evil.clone()],
+            Some(&server),
+        )
+        .await;
+        assert_eq!(status, 415, "{err}");
+        assert_eq!(err["code"], "unsupported_media_type");
+        // No type at all is not JSON either.
+        let (status, err) = send(Method::POST, "/api/v1/servers", &[], Some(&server)).await;
+        assert_eq!(status, 415, "{err}");
+        // JSON from a foreign origin: refused.
+        let (status, err) = send(
+            Method::POST,
+            "/api/v1/servers",
+            &[json_type.clone(), evil.clone()],
+            Some(&server),
+        )
+        .await;
+        assert_eq!(status, 403, "{err}");
+        assert_eq!(err["code"], "forbidden");
+        for origin in [
+            "null",
+            "http://localhost:1",
+            "http://127.0.0.1.evil.example",
+        ] {
+            let (status, err) = send(
+                Method::DELETE,
+                "/api/v1/servers/0195f2a4-3b7c-7d8e-9f00-112233445566",
+                &[("origin", origin.into())],
+                None,
+            )
+            .await;
+            assert_eq!(status, 403, "{origin}: {err}");
+        }
+        // DNS rebinding: a foreign name for 127.0.0.1 reads nothing, not even /health.
+        let rebound = ("host", format!("rebind.evil.example:{port}"));
+        for path in [
+            "/api/v1/servers",
+            "/api/v1/jobs",
+            "/health",
+            "/api/v1/openapi.json",
+        ] {
+            let (status, err) = send(Method::GET, path, &[rebound.clone()], None).await;
+            assert_eq!(status, 403, "{path}: {err}");
+            assert_eq!(err["code"], "forbidden", "{path}");
+        }
+        let resp = client
+            .get(app.url("/metrics"))
+            .header("host", "rebind.evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+        let (status, list) = app.get("/api/v1/servers").await;
+        assert_eq!(status, 200);
+        assert_eq!(list["servers"], json!([]), "nothing refused was done");
+        // What a local client sends is served: loopback names, its own origin, JSON with a
+        // charset, an optional body left out without a type.
+        for host in [
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            "[::1]".into(),
+        ] {
+            let (status, body) = send(
+                Method::GET,
+                "/api/v1/servers",
+                &[("host", host.clone())],
+                None,
+            )
+            .await;
+            assert_eq!(status, 200, "{host}: {body}");
+        }
+        let own = ("origin", format!("http://127.0.0.1:{port}"));
+        let utf8 = (
+            "content-type",
+            "application/json; charset=utf-8".to_string(),
+        );
+        let (status, created) =
+            send(Method::POST, "/api/v1/servers", &[utf8, own], Some(&server)).await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_str().unwrap();
+        let (status, body) = send(
+            Method::POST,
+            &format!("/api/v1/servers/{id}/test"),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        app.stop().await;
+
+        // With tokens a page has no credential: the host name is not checked, the type is.
+        let app = TestApp::start(&db, &[("JOBEXEC_API_TOKENS", &tokens())])
+            .await
+            .with_token(OPS);
+        let resp = app
+            .client
+            .get(app.url("/api/v1/servers"))
+            .header("host", "api.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let resp = app
+            .client
+            .post(app.url("/api/v1/servers"))
+            .header("content-type", "text/plain")
+            .body(server.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 415);
+        app.stop().await;
+    }
+);
