@@ -9,7 +9,8 @@
 //! - larger than `http.max_body_bytes` → 413 (checked on `Content-Length` first, then while
 //!   reading, so a lying or absent header changes nothing);
 //! - not JSON → 400, saying where it broke;
-//! - JSON of the wrong shape → 422 naming the field (`serde_path_to_error`).
+//! - JSON of the wrong shape → 422 naming the field (`serde_path_to_error`); for a secret
+//!   field ([`SECRET_FIELDS`]) the message does not quote the value.
 
 use std::future::Future;
 
@@ -116,6 +117,9 @@ fn too_large(limit: usize) -> ApiError {
     ApiError::PayloadTooLarge(format!("the request body is larger than {limit} bytes"))
 }
 
+/// Fields whose value a message never quotes (a password typed as a number is still one).
+const SECRET_FIELDS: [&str; 3] = ["password", "private_key", "private_key_passphrase"];
+
 /// Parse a JSON body: 400 when it is not JSON (or not an object), 422 naming the field when
 /// a value has the wrong type.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -128,6 +132,15 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
-        ApiError::Invalid(FieldError::new(field, e.into_inner().to_string()))
+        let mut message = e.into_inner().to_string();
+        if SECRET_FIELDS
+            .iter()
+            .any(|s| field.rsplit('.').next() == Some(*s))
+        {
+            // serde quotes the value it got between backquotes: `12345678`.
+            let parts = message.split('`').enumerate();
+            message = (parts.map(|(i, p)| if i % 2 == 1 { "(not shown)" } else { p })).collect();
+        }
+        ApiError::Invalid(FieldError::new(field, message))
     })
 }

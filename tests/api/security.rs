@@ -987,3 +987,56 @@ db_test!(
         app.stop().await;
     }
 );
+
+db_test!(
+    a_wrong_typed_secret_is_not_quoted_back,
+    |db: TestDb| async move {
+        let app = TestApp::start(&db, &[]).await;
+        for (field, value) in [
+            ("password", json!(12345678)),
+            ("password", json!(31415.9265)),
+            ("private_key_passphrase", json!(87654321)),
+            ("private_key", json!(true)),
+        ] {
+            let mut server = json!({"name": "s", "hostname": "127.0.0.1", "user": "u", "auth_type": "password", "password": "p"});
+            server[field] = value.clone();
+            let (status, err) = app.post("/api/v1/servers", &server).await;
+            assert_eq!(status, 422, "{err}");
+            assert_eq!(err["field"], field, "{err}");
+            assert!(!err.to_string().contains(&value.to_string()), "{err}");
+        }
+        app.stop().await;
+    }
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_names_the_class_of_a_database_failure_not_its_detail() {
+    use diesel::prelude::*;
+    let Some(db) = TestDb::create(Db::Postgres) else {
+        return;
+    };
+    let app = TestApp::start(&db, &[]).await;
+    let name = db.url.rsplit('/').next().unwrap().to_string();
+    let mut admin = diesel::PgConnection::establish(&crate::helpers::postgres_admin_url()).unwrap();
+    let sql = |q: String, c: &mut diesel::PgConnection| diesel::sql_query(q).execute(c).unwrap();
+    sql(
+        format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"),
+        &mut admin,
+    );
+    sql(
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"),
+        &mut admin,
+    );
+    let (status, body) = app.get("/health").await;
+    sql(
+        format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"),
+        &mut admin,
+    );
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["database"], "error: database unreachable", "{body}");
+    for detail in [name.as_str(), "127.0.0.1", "5432", "FATAL"] {
+        assert!(!body.to_string().contains(detail), "{detail}: {body}");
+    }
+    app.stop().await;
+}
