@@ -877,6 +877,15 @@ db_test!(
             Some(&server),
         )
         .await;
+        assert_eq!(status, 403, "{err}");
+        // Without an Origin (a client that is no browser) the body is still not JSON.
+        let (status, err) = send(
+            Method::POST,
+            "/api/v1/servers",
+            &[text.clone()],
+            Some(&server),
+        )
+        .await;
         assert_eq!(status, 415, "{err}");
         assert_eq!(err["code"], "unsupported_media_type");
         // No type at all is not JSON either.
