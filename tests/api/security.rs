@@ -882,7 +882,7 @@ db_test!(
         let (status, err) = send(
             Method::POST,
             "/api/v1/servers",
-            &[text.clone()],
+            std::slice::from_ref(&text),
             Some(&server),
         )
         .await;
@@ -923,7 +923,7 @@ db_test!(
             "/health",
             "/api/v1/openapi.json",
         ] {
-            let (status, err) = send(Method::GET, path, &[rebound.clone()], None).await;
+            let (status, err) = send(Method::GET, path, std::slice::from_ref(&rebound), None).await;
             assert_eq!(status, 403, "{path}: {err}");
             assert_eq!(err["code"], "forbidden", "{path}");
         }
