@@ -1,5 +1,5 @@
 //! Per-caller limits: a rate for job submissions (governor's keyed GCRA limiter), a count
-//! of open streams.
+//! of open streams; and for everyone, a bound on the output reads streamed at once.
 //!
 //! Counted per process: an api behind a load balancer with N processes admits N times the
 //! rate, which is what a limit meant to stop a runaway script needs.
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 use crate::settings::LimitSettings;
@@ -18,10 +19,15 @@ use crate::settings::LimitSettings;
 /// refilled (they are indistinguishable from new).
 const RETAIN_ABOVE: usize = 10_000;
 
+/// Job outputs (`/logs`, `/stdout`, `/stderr`) read at once; more wait their turn. Each
+/// holds a page of chunks and a few frames (see `output`), so this bounds their memory.
+const HEAVY_READS: usize = 4;
+
 /// The limits of one process.
 pub struct Limits {
     config: RwLock<Config>,
     streams: Arc<Mutex<HashMap<String, usize>>>,
+    heavy_reads: Arc<Semaphore>,
 }
 
 #[derive(Clone)]
@@ -91,6 +97,7 @@ impl Limits {
         Self {
             config: RwLock::new(Config::new(s, None)),
             streams: Arc::new(Mutex::new(HashMap::new())),
+            heavy_reads: Arc::new(Semaphore::new(HEAVY_READS)),
         }
     }
 
@@ -132,6 +139,13 @@ impl Limits {
             ),
             retry_after_secs: secs,
         })
+    }
+
+    /// A turn to stream a job's output, held until dropped; waits while
+    /// [`HEAVY_READS`] are under way.
+    pub async fn heavy_read(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        (self.heavy_reads.clone().acquire_owned().await)
+            .map_err(|_| ApiError::Internal("the output read limiter is closed".into()))
     }
 
     /// Count a stream opened by `key`, or refuse it (429) at the cap.

@@ -16,6 +16,7 @@ mod jobs;
 pub mod limits;
 pub mod metrics;
 mod openapi;
+mod output;
 pub use openapi::{
     BadRequest, Conflict, Errors, InvalidField, NotFound, PayloadTooLarge, TooManyRequests,
     Unauthorized, Unavailable, UnsupportedMediaType,
@@ -105,9 +106,9 @@ pub fn register(cfg: &mut ServiceConfig) {
         .service(jobs::get_job)
         .service(jobs::cancel_job)
         .service(jobs::duplicate_job)
-        .service(jobs::job_logs)
-        .service(jobs::job_stdout)
-        .service(jobs::job_stderr)
+        .service(output::job_logs)
+        .service(output::job_stdout)
+        .service(output::job_stderr)
         .service(stream::follow_job)
         .service(servers::list_servers)
         .service(servers::create_server)

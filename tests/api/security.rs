@@ -1049,3 +1049,75 @@ async fn health_names_the_class_of_a_database_failure_not_its_detail() {
     }
     app.stop().await;
 }
+
+db_test!(
+    a_large_output_is_streamed_in_bounded_frames,
+    |db: TestDb| async move {
+        use futures::StreamExt;
+        let (app, _host, server) = TestApp::with_host(&db, &[]).await;
+        const N: usize = 16 * 1024 * 1024;
+        let id = submit(
+            &app,
+            json!({"command": format!("head -c {N} /dev/zero | tr '\\0' '\\1'"), "server_id": server, "timeout": 300}),
+        )
+        .await;
+        let job = wait_done(&app, &id, Duration::from_secs(240)).await;
+        assert_eq!(job["status"], "completed", "{job}");
+        assert_eq!(job["output_bytes"], N, "{job}");
+        // The body arrives in frames as it is read (no Content-Length: nothing was built
+        // whole), each frame small, and is exactly the JSON the route always sent.
+        let resp = app
+            .client
+            .get(app.url(&format!("/api/v1/jobs/{id}/logs")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        assert!(resp.content_length().is_none(), "{:?}", resp.headers());
+        let (mut body, mut frames) = (Vec::new(), 0);
+        let mut stream = resp.bytes_stream();
+        while let Some(frame) = stream.next().await {
+            body.extend_from_slice(&frame.unwrap());
+            frames += 1;
+        }
+        assert!(frames > 100, "{frames} frames");
+        let logs: Value = serde_json::from_slice(&body).unwrap();
+        let text = "\u{1}".repeat(N);
+        assert!(logs["stdout"] == text.as_str() && logs["output"] == text.as_str());
+        let field = |name: &str| logs[name].to_string();
+        let expected = format!(
+            "{{\"job_id\":\"{id}\",\"status\":\"completed\",\"exit_code\":0,\"stdout\":{t},\"stderr\":\"\",\"output\":{t},\"started_at\":{},\"finished_at\":{},\"duration\":{},\"truncated\":false}}",
+            field("started_at"),
+            field("finished_at"),
+            field("duration"),
+            t = serde_json::to_string(&text).unwrap(),
+        );
+        assert!(
+            body == expected.as_bytes(),
+            "the body differs from the whole encoding"
+        );
+        // The raw stream too, and the chunks.
+        let resp = app
+            .client
+            .get(app.url(&format!("/api/v1/jobs/{id}/stdout")))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.content_length().is_none());
+        let raw = resp.bytes().await.unwrap();
+        assert!(raw.len() == N && raw.iter().all(|b| *b == 1));
+        let (status, chunks) = app
+            .get(&format!("/api/v1/jobs/{id}/logs?format=chunks"))
+            .await;
+        assert_eq!(status, 200);
+        let total: usize = chunks
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["data"].as_str().unwrap().len())
+            .sum();
+        assert_eq!(total, N);
+        app.stop().await;
+    }
+);
