@@ -141,8 +141,8 @@ impl Limits {
         })
     }
 
-    /// A turn to stream a job's output, held until dropped; waits while
-    /// [`HEAVY_READS`] are under way.
+    /// A turn to stream a job's output, held until dropped; waits while `HEAVY_READS` (4)
+    /// are under way.
     pub async fn heavy_read(&self) -> Result<OwnedSemaphorePermit, ApiError> {
         (self.heavy_reads.clone().acquire_owned().await)
             .map_err(|_| ApiError::Internal("the output read limiter is closed".into()))
