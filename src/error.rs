@@ -23,6 +23,9 @@ pub enum ApiError {
     /// 401: no token, or not a valid one.
     #[error("{0}")]
     Unauthorized(String),
+    /// 403: refused whoever asks (without tokens: a foreign `Host` or `Origin`).
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: the id names nothing.
     #[error("{0}")]
     NotFound(String),
@@ -40,6 +43,9 @@ pub enum ApiError {
     /// 413: the body is larger than allowed.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 415: a body that is not said to be JSON (`Content-Type: application/json`).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// 422: a field is invalid.
     #[error("{0}")]
     Invalid(FieldError),
@@ -65,9 +71,9 @@ pub enum ApiError {
 pub struct ErrorBody {
     /// What went wrong, in a sentence (for a 422 it names the field). Never contains secrets.
     pub error: String,
-    /// Machine-readable: `bad_request`, `unauthorized`, `not_found`, `method_not_allowed`,
-    /// `conflict`, `payload_too_large`, `invalid_field`, `too_many_requests`, `unavailable`
-    /// or `internal`.
+    /// Machine-readable: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
+    /// `method_not_allowed`, `conflict`, `payload_too_large`, `unsupported_media_type`,
+    /// `invalid_field`, `too_many_requests`, `unavailable` or `internal`.
     #[schema(value_type = String, example = "not_found")]
     pub code: &'static str,
     /// The offending field of a 422 (`invalid_field`), as the API spells it.
@@ -76,20 +82,29 @@ pub struct ErrorBody {
 }
 
 impl ApiError {
+    /// The status and the machine-readable code sent beside the message.
+    fn kind(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
     /// The machine-readable code sent beside the message.
     pub fn code(&self) -> &'static str {
-        match self {
-            Self::BadRequest(_) => "bad_request",
-            Self::Unauthorized(_) => "unauthorized",
-            Self::NotFound(_) => "not_found",
-            Self::MethodNotAllowed { .. } => "method_not_allowed",
-            Self::Conflict(_) => "conflict",
-            Self::PayloadTooLarge(_) => "payload_too_large",
-            Self::Invalid(_) => "invalid_field",
-            Self::TooManyRequests { .. } => "too_many_requests",
-            Self::Unavailable(_) => "unavailable",
-            Self::Internal(_) => "internal",
-        }
+        self.kind().1
     }
 }
 
@@ -124,47 +139,32 @@ impl From<StoreError> for ApiError {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.kind().0
     }
 
     fn error_response(&self) -> HttpResponse {
+        use actix_web::http::header;
+        let (status, code) = self.kind();
         let mut body = ErrorBody {
             error: self.to_string(),
-            code: self.code(),
+            code,
             field: None,
         };
+        let mut response = HttpResponse::build(status);
         match self {
             Self::Invalid(f) => body.field = Some(f.field.to_string()),
             Self::Internal(detail) => tracing::error!(error = %detail, "request failed"),
             Self::Unavailable(detail) => tracing::warn!(error = %detail, "dependency unavailable"),
-            _ => {}
-        }
-        let mut response = HttpResponse::build(self.status_code());
-        match self {
             Self::Unauthorized(_) => {
-                response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
             Self::MethodNotAllowed { allow, .. } => {
-                response.insert_header((actix_web::http::header::ALLOW, allow.as_str()));
+                response.insert_header((header::ALLOW, allow.as_str()));
             }
             Self::TooManyRequests {
                 retry_after_secs, ..
             } => {
-                response.insert_header((
-                    actix_web::http::header::RETRY_AFTER,
-                    retry_after_secs.to_string(),
-                ));
+                response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
             _ => {}
         }

@@ -196,6 +196,17 @@ impl Engine {
         Ok((job, chunks))
     }
 
+    /// Up to `n` output chunks of job `job_id` after seq `after` (-1: from the start), in
+    /// order: one page of a streamed read.
+    pub async fn output_page(
+        &self,
+        job_id: &str,
+        after: i64,
+        n: i64,
+    ) -> Result<Vec<ChunkRow>, Error> {
+        Ok(self.store.read_output(job_id.to_string(), after, n).await?)
+    }
+
     /// The last `n` output chunks stored at or before seq `last`, oldest first (a resumed
     /// stream rebuilds what it carried over from them).
     pub async fn output_before(

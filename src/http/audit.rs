@@ -5,7 +5,9 @@ use actix_web::web;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{AppState, InvalidField, Unauthorized, Unavailable, optional_id, page_limit};
+use super::{
+    AppState, BadRequest, Errors, InvalidField, Unauthorized, Unavailable, optional_id, page_limit,
+};
 use crate::domain::Micros;
 use crate::error::ApiError;
 use crate::store::{AuditFilter, AuditRow};
@@ -91,10 +93,7 @@ impl From<AuditRow> for AuditEntryView {
     params(AuditQuery),
     responses(
         (status = 200, description = "A page of entries.", body = AuditPage),
-        (status = 400, response = super::BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 422, response = InvalidField),
-        (status = 503, response = Unavailable),
+        Errors<(BadRequest, Unauthorized, InvalidField, Unavailable)>,
     )
 )]
 #[get("/audit")]

@@ -5,14 +5,21 @@
 //! neither the answer's timing nor its content says how close a guess came. Every request
 //! to `/api/v1` gets a [`Caller`] (the token's name, or `anonymous` when authentication is
 //! off, and the peer address), which the audit log and the rate limits use.
+//!
+//! Without tokens the API trusts whoever reaches it on loopback, so [`loopback_guard`]
+//! makes sure a web page is not the one asking: a page can make the browser send requests
+//! to 127.0.0.1 (a form post, a `no-cors` fetch) and, by DNS rebinding, read the answers
+//! under a name of its own. So without tokens only loopback `Host` values are served, and a
+//! request that changes something is refused when its `Origin` is another one.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header;
+use actix_web::http::{Method, header};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
 use ring::digest::{SHA256, digest};
 use secrecy::{ExposeSecret, SecretString};
+use std::sync::PoisonError;
 use subtle::ConstantTimeEq;
 
 use super::AppState;
@@ -58,14 +65,11 @@ fn hex(bytes: &[u8]) -> String {
 
 fn unhex(text: &str) -> Option<[u8; 32]> {
     let text = text.trim();
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    let bytes: Option<Vec<u8>> = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect();
+    bytes?.try_into().ok()
 }
 
 /// Equal in time independent of where the inputs differ (`subtle`; ring keeps its own
@@ -92,21 +96,21 @@ impl Tokens {
             if text.is_empty() {
                 return Err(fail("is empty"));
             }
-            let (name, hash) = match text.split_once(':') {
-                Some((name, rest)) => {
-                    let hash = match rest.strip_prefix("sha256:") {
-                        Some(h) => unhex(h).ok_or_else(|| {
-                            fail("after sha256: comes the token's SHA-256 as 64 hex digits")
-                        })?,
-                        None => sha256(rest.as_bytes()),
-                    };
-                    (name.trim().to_string(), hash)
-                }
-                None => {
-                    let hash = sha256(text.as_bytes());
-                    (format!("token-{}", &hex(&hash)[..8]), hash)
-                }
+            let (name, rest) = match text.split_once(':') {
+                Some((name, rest)) => (Some(name.trim()), rest),
+                None => (None, text),
             };
+            // A plain token (not a digest entry) must be long enough.
+            let (hash, short) = match rest.strip_prefix("sha256:") {
+                Some(h) => (
+                    unhex(h).ok_or_else(|| {
+                        fail("after sha256: comes the token's SHA-256 as 64 hex digits")
+                    })?,
+                    false,
+                ),
+                None => (sha256(rest.as_bytes()), rest.chars().count() < 16),
+            };
+            let name = name.map_or_else(|| format!("token-{}", &hex(&hash)[..8]), str::to_string);
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic()) {
                 return Err(fail(
                     "the name before ':' must be printable ASCII, no spaces",
@@ -118,7 +122,7 @@ impl Tokens {
             {
                 return Err(fail("the same token is configured twice"));
             }
-            if rest_is_short(text) {
+            if short {
                 return Err(fail("a token must be at least 16 characters"));
             }
             entries.push(Entry { name, hash });
@@ -129,19 +133,16 @@ impl Tokens {
     }
 
     fn snapshot(&self) -> std::sync::Arc<Vec<Entry>> {
-        match self.entries.read() {
-            Ok(e) => e.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Put `other`'s tokens in place of these (a reload).
     pub fn replace(&self, other: Tokens) {
         let next = other.snapshot();
-        match self.entries.write() {
-            Ok(mut e) => *e = next,
-            Err(poisoned) => *poisoned.into_inner() = next,
-        }
+        *self.entries.write().unwrap_or_else(PoisonError::into_inner) = next;
     }
 
     /// How many tokens are configured.
@@ -162,24 +163,12 @@ impl Tokens {
     /// The name of the token `presented`, if it is one of ours. Every entry is compared.
     pub fn verify(&self, presented: &str) -> Option<String> {
         let hash = sha256(presented.as_bytes());
-        let mut found = None;
-        for entry in self.snapshot().iter() {
-            if constant_time_eq(&entry.hash, &hash) {
-                found = Some(entry.name.clone());
-            }
-        }
-        found
+        (self.snapshot().iter()).fold(None, |found, entry| {
+            constant_time_eq(&entry.hash, &hash)
+                .then(|| entry.name.clone())
+                .or(found)
+        })
     }
-}
-
-/// A plain token (not a digest entry) shorter than 16 characters.
-fn rest_is_short(text: &str) -> bool {
-    let token = match text.split_once(':') {
-        Some((_, rest)) if rest.starts_with("sha256:") => return false,
-        Some((_, rest)) => rest,
-        None => text,
-    };
-    token.chars().count() < 16
 }
 
 /// Who made a request.
@@ -246,6 +235,57 @@ pub async fn authenticate(
     next.call(req).await
 }
 
+/// Middleware on every route: without tokens, refuse (403) a `Host` that is not loopback
+/// (`localhost`, `127.0.0.1`, `[::1]`, any port: a rebound name is not) and a POST, PUT,
+/// PATCH or DELETE whose `Origin` is not the service's own loopback origin. With tokens a
+/// page has no credential to send, and nothing is checked here.
+pub async fn loopback_guard(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let tokenless = (req.app_data::<web::Data<AppState>>()).is_some_and(|s| !s.tokens.enabled());
+    if tokenless {
+        refuse_foreign(&req)?;
+    }
+    next.call(req).await
+}
+
+/// The checks of [`loopback_guard`].
+fn refuse_foreign(req: &ServiceRequest) -> Result<(), ApiError> {
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let host = header(header::HOST).or(req.uri().authority().map(|a| a.as_str()));
+    if let Some(host) = host.filter(|h| !is_loopback(h)) {
+        tracing::warn!(host, path = %req.path(), "request for a foreign host name refused");
+        return Err(ApiError::Forbidden(format!(
+            "without API tokens only loopback host names are served, not {host:?}"
+        )));
+    }
+    let changes = [Method::POST, Method::PUT, Method::PATCH, Method::DELETE].contains(req.method());
+    if let Some(origin) = header(header::ORIGIN).filter(|_| changes) {
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        let own = authority.is_some_and(|a| host.is_some_and(|h| h.eq_ignore_ascii_case(a)));
+        if !own {
+            tracing::warn!(origin, path = %req.path(), "cross-origin change refused");
+            return Err(ApiError::Forbidden(format!(
+                "without API tokens a request from another origin ({origin:?}) may not change anything"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a `Host` value (a name and an optional port) is a loopback name.
+fn is_loopback(host: &str) -> bool {
+    let (name, port) = match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => (&host[..i], Some(&host[i + 1..])),
+        _ => (host, None),
+    };
+    port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && (["localhost", "127.0.0.1", "[::1]"].iter()).any(|n| name.eq_ignore_ascii_case(n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +336,32 @@ mod tests {
             );
         }
         assert!(!tokens(&[]).unwrap().enabled());
+    }
+
+    #[test]
+    fn loopback_names_with_any_port_only() {
+        for ok in [
+            "localhost",
+            "LocalHost:8080",
+            "127.0.0.1",
+            "127.0.0.1:1",
+            "[::1]",
+            "[::1]:80",
+        ] {
+            assert!(is_loopback(ok), "{ok}");
+        }
+        for bad in [
+            "rebind.evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:80",
+            "127.0.0.2",
+            "::1",
+            "[::1]:",
+            "localhost:x",
+            "",
+        ] {
+            assert!(!is_loopback(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -3,16 +3,20 @@
 //! `T::default()`).
 //!
 //! - no body where one is required → 400;
+//! - a body not said to be JSON (`Content-Type: application/json`, UTF-8 if a charset is
+//!   given) → 415, so a web page cannot slip one past the browser as a "simple" `text/plain`
+//!   request (no CORS preflight); an empty optional body needs no type;
 //! - larger than `http.max_body_bytes` → 413 (checked on `Content-Length` first, then while
 //!   reading, so a lying or absent header changes nothing);
 //! - not JSON → 400, saying where it broke;
-//! - JSON of the wrong shape → 422 naming the field (`serde_path_to_error`).
+//! - JSON of the wrong shape → 422 naming the field (`serde_path_to_error`); for a secret
+//!   field ([`SECRET_FIELDS`]) the message does not quote the value.
 
 use std::future::Future;
-use std::pin::Pin;
 
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use futures::StreamExt;
+use futures::future::{FutureExt, LocalBoxFuture};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
@@ -30,49 +34,35 @@ pub struct OptionalJsonBody<T>(pub T);
 
 impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let missing = || {
-            Err(ApiError::BadRequest(
-                "a JSON object is required as the request body".into(),
-            ))
-        };
-        Box::pin(extract(read(req, payload), missing, JsonBody))
+        let body = read(req, payload);
+        async move {
+            let missing =
+                || ApiError::BadRequest("a JSON object is required as the request body".into());
+            body.await?.ok_or_else(missing).map(JsonBody)
+        }
+        .boxed_local()
     }
 }
 
 impl<T: DeserializeOwned + Default + 'static> FromRequest for OptionalJsonBody<T> {
     type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let missing = || Ok(T::default());
-        Box::pin(extract(read(req, payload), missing, OptionalJsonBody))
+        let body = read(req, payload);
+        async move { Ok(OptionalJsonBody(body.await?.unwrap_or_default())) }.boxed_local()
     }
 }
 
-/// The body as `T`, or what `missing` says when there is none (empty, or only `null`).
-async fn extract<T: DeserializeOwned, B>(
-    body: impl Future<Output = Result<web::BytesMut, ApiError>>,
-    missing: impl FnOnce() -> Result<T, ApiError>,
-    wrap: fn(T) -> B,
-) -> Result<B, ApiError> {
-    let body = body.await?;
-    let trimmed = body.trim_ascii();
-    let value = if trimmed.is_empty() || trimmed == b"null" {
-        missing()?
-    } else {
-        parse(&body)?
-    };
-    Ok(wrap(value))
-}
-
-/// The body's bytes, up to `http.max_body_bytes` (413 past it).
-fn read(
+/// The body as `T`, up to `http.max_body_bytes` (413 past it); `None` when there is none
+/// (empty, or only `null`).
+fn read<T: DeserializeOwned>(
     req: &HttpRequest,
     payload: &mut Payload,
-) -> impl Future<Output = Result<web::BytesMut, ApiError>> + 'static {
+) -> impl Future<Output = Result<Option<T>, ApiError>> + 'static {
     let limit = req
         .app_data::<web::Data<AppState>>()
         .map(|s| s.engine.settings().http.max_body_bytes)
@@ -82,6 +72,7 @@ fn read(
         .get(actix_web::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
+    let json = says_json(req);
     let mut payload = payload.take();
     async move {
         if declared.is_some_and(|n| n > limit) {
@@ -96,13 +87,38 @@ fn read(
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(body)
+        let trimmed = body.trim_ascii();
+        if trimmed.is_empty() {
+            return Ok(None);
+        }
+        if !json {
+            return Err(ApiError::UnsupportedMediaType(
+                "the request body must be JSON, sent with Content-Type: application/json".into(),
+            ));
+        }
+        if trimmed == b"null" {
+            return Ok(None);
+        }
+        parse(&body).map(Some)
     }
+}
+
+/// Whether the request says its body is JSON: `application/json`, UTF-8 if a charset is given.
+fn says_json(req: &HttpRequest) -> bool {
+    use actix_web::HttpMessage as _;
+    req.mime_type().ok().flatten().is_some_and(|m| {
+        m.essence_str() == "application/json"
+            && (m.get_param(actix_web::mime::CHARSET))
+                .is_none_or(|c| c.as_str().eq_ignore_ascii_case("utf-8"))
+    })
 }
 
 fn too_large(limit: usize) -> ApiError {
     ApiError::PayloadTooLarge(format!("the request body is larger than {limit} bytes"))
 }
+
+/// Fields whose value a message never quotes (a password typed as a number is still one).
+const SECRET_FIELDS: [&str; 3] = ["password", "private_key", "private_key_passphrase"];
 
 /// Parse a JSON body: 400 when it is not JSON (or not an object), 422 naming the field when
 /// a value has the wrong type.
@@ -116,6 +132,15 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
-        ApiError::Invalid(FieldError::new(field, e.into_inner().to_string()))
+        let mut message = e.into_inner().to_string();
+        if SECRET_FIELDS
+            .iter()
+            .any(|s| field.rsplit('.').next() == Some(*s))
+        {
+            // serde quotes the value it got between backquotes: `12345678`.
+            let parts = message.split('`').enumerate();
+            message = (parts.map(|(i, p)| if i % 2 == 1 { "(not shown)" } else { p })).collect();
+        }
+        ApiError::Invalid(FieldError::new(field, message))
     })
 }

@@ -14,7 +14,8 @@ pub struct HealthView {
     /// `ok`, or `unavailable` when the database does not answer.
     #[schema(example = "ok")]
     status: &'static str,
-    /// `ok`, or `error: …` saying why.
+    /// `ok`, or `error: database unreachable` (the cause, which names the database's host and
+    /// user, goes to the log).
     #[schema(example = "ok")]
     database: String,
     /// `sqlite` or `postgres`.
@@ -44,6 +45,7 @@ pub struct HealthView {
 )]
 #[get(
     "/health",
+    wrap = "actix_web::middleware::from_fn(super::auth::loopback_guard)",
     wrap = "actix_web::middleware::from_fn(super::metrics::track)"
 )]
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
@@ -56,7 +58,10 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         },
         database: match &h.database {
             Ok(()) => "ok".to_string(),
-            Err(e) => format!("error: {e}"),
+            Err(e) => {
+                tracing::warn!(error = %e, "health: the database does not answer");
+                "error: database unreachable".to_string()
+            }
         },
         database_backend: h.backend.as_str(),
         queue: h.queue,

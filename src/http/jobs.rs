@@ -1,7 +1,7 @@
-//! `/api/v1/jobs`: submit, read, list, cancel, duplicate, and the job's output.
+//! `/api/v1/jobs`: submit, read, list, cancel, duplicate (the job's output: `output`).
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, Responder, web};
+use actix_web::{Responder, web};
 use actix_web::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -9,12 +9,13 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::{
-    AppState, BadRequest, Conflict, InvalidField, JsonBody, NotFound, OptionalJsonBody,
-    PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable, job_id, optional_id, page_limit,
+    AppState, BadRequest, Conflict, Errors, InvalidField, JsonBody, NotFound, OptionalJsonBody,
+    PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable, UnsupportedMediaType, job_id,
+    optional_id, page_limit,
 };
-use crate::domain::{FieldError, JobKind, JobRequest, JobStatus, Micros, OutputStream};
+use crate::domain::{FieldError, JobKind, JobRequest, JobStatus, Micros};
 use crate::error::ApiError;
-use crate::store::{ChunkRow, JobFilter, JobRow};
+use crate::store::{JobFilter, JobRow};
 
 /// The job object of the API: what every job response, the `status` and `complete` events
 /// of the stream, and the lists carry. The output itself is not inline (see the output
@@ -151,12 +152,7 @@ async fn submit(
     responses(
         (status = 201, description = "The job, queued.", body = JobView),
         (status = 200, description = "The job an earlier submit with the same `idempotency_key` made; nothing new is queued.", body = JobView),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 413, response = PayloadTooLarge),
-        (status = 422, response = InvalidField),
-        (status = 429, response = TooManyRequests),
-        (status = 503, response = Unavailable),
+        Errors<(BadRequest, Unauthorized, PayloadTooLarge, UnsupportedMediaType, InvalidField, TooManyRequests, Unavailable)>,
     )
 )]
 #[post("/jobs")]
@@ -179,12 +175,7 @@ pub async fn submit_command(
     responses(
         (status = 201, description = "The job, queued.", body = JobView),
         (status = 200, description = "The job an earlier submit with the same `idempotency_key` made; nothing new is queued.", body = JobView),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 413, response = PayloadTooLarge),
-        (status = 422, response = InvalidField),
-        (status = 429, response = TooManyRequests),
-        (status = 503, response = Unavailable),
+        Errors<(BadRequest, Unauthorized, PayloadTooLarge, UnsupportedMediaType, InvalidField, TooManyRequests, Unavailable)>,
     )
 )]
 #[post("/jobs/script")]
@@ -203,9 +194,7 @@ pub async fn submit_script(
     params(("id" = uuid::Uuid, Path, description = "The job's id.")),
     responses(
         (status = 200, description = "The job.", body = JobView),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 503, response = Unavailable),
+        Errors<(Unauthorized, NotFound, Unavailable)>,
     )
 )]
 #[get("/jobs/{id}")]
@@ -277,10 +266,7 @@ fn statuses(raw: Option<&str>) -> Result<Vec<JobStatus>, ApiError> {
     params(ListQuery),
     responses(
         (status = 200, description = "A page of jobs.", body = JobList),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 422, response = InvalidField),
-        (status = 503, response = Unavailable),
+        Errors<(BadRequest, Unauthorized, InvalidField, Unavailable)>,
     )
 )]
 #[get("/jobs")]
@@ -323,10 +309,7 @@ pub struct CancelResult {
     params(("id" = uuid::Uuid, Path, description = "The job's id.")),
     responses(
         (status = 200, description = "Canceled, or the stop is under way.", body = CancelResult),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 409, response = Conflict),
-        (status = 503, response = Unavailable),
+        Errors<(Unauthorized, NotFound, Conflict, Unavailable)>,
     )
 )]
 #[post("/jobs/{id}/cancel")]
@@ -376,13 +359,7 @@ pub struct DuplicateResult {
     request_body = Option<DuplicateRequest>,
     responses(
         (status = 201, description = "The new job, queued.", body = DuplicateResult),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 413, response = PayloadTooLarge),
-        (status = 422, response = InvalidField),
-        (status = 429, response = TooManyRequests),
-        (status = 503, response = Unavailable),
+        Errors<(BadRequest, Unauthorized, NotFound, PayloadTooLarge, UnsupportedMediaType, InvalidField, TooManyRequests, Unavailable)>,
     )
 )]
 #[post("/jobs/{id}/duplicate")]
@@ -406,196 +383,4 @@ pub async fn duplicate_job(
     })
     .customize()
     .with_status(StatusCode::CREATED))
-}
-
-/// Query of `GET /jobs/{id}/logs`.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct LogsQuery {
-    /// `json` (default): the seed's shape; `chunks`: the output as stored, chunk by chunk.
-    #[param(value_type = Option<String>, pattern = "^(json|chunks)?$")]
-    format: Option<String>,
-}
-
-/// `GET /api/v1/jobs/{id}/logs` (the seed's shape).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobLogs {
-    /// The job's id.
-    #[schema(format = Uuid)]
-    job_id: String,
-    /// The job's status.
-    status: JobStatus,
-    /// The exit code, null until known.
-    #[schema(required = true)]
-    exit_code: Option<i32>,
-    /// Everything written to stdout so far.
-    stdout: String,
-    /// Everything written to stderr so far.
-    stderr: String,
-    /// stdout and stderr interleaved in arrival order.
-    output: String,
-    /// When it started.
-    #[schema(required = true)]
-    started_at: Option<Micros>,
-    /// When it ended.
-    #[schema(required = true)]
-    finished_at: Option<Micros>,
-    /// Seconds from start to end, null until it ended.
-    #[schema(required = true)]
-    duration: Option<f64>,
-    /// Whether the output was cut at the configured cap.
-    truncated: bool,
-}
-
-impl JobLogs {
-    fn of(job: JobRow, chunks: &[ChunkRow]) -> Self {
-        let (mut out, mut err, mut both) = (Vec::new(), Vec::new(), Vec::new());
-        for c in chunks {
-            match c.stream() {
-                OutputStream::Stdout => out.extend_from_slice(&c.data),
-                OutputStream::Stderr => err.extend_from_slice(&c.data),
-            }
-            both.extend_from_slice(&c.data);
-        }
-        let duration = match (job.started_at, job.finished_at) {
-            (Some(s), Some(f)) => Some((f - s) as f64 / 1_000_000.0),
-            _ => None,
-        };
-        JobLogs {
-            job_id: job.id,
-            status: job.status,
-            exit_code: job.exit_code,
-            stdout: String::from_utf8_lossy(&out).into_owned(),
-            stderr: String::from_utf8_lossy(&err).into_owned(),
-            output: String::from_utf8_lossy(&both).into_owned(),
-            started_at: job.started_at.map(Micros),
-            finished_at: job.finished_at.map(Micros),
-            duration,
-            truncated: job.output_truncated,
-        }
-    }
-}
-
-/// One stored chunk of output (`GET /api/v1/jobs/{id}/logs?format=chunks`).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct OutputChunk {
-    /// Its sequence number in the job's output (the stream's event ids).
-    seq: i64,
-    /// Which stream it came from.
-    stream: OutputStream,
-    /// The bytes as text (bytes that are not UTF-8 are replaced).
-    data: String,
-    /// When it arrived.
-    at: Micros,
-}
-
-/// `GET /api/v1/jobs/{id}/logs`: the seed's shape, or the chunks with `?format=chunks`.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum LogsResponse {
-    /// Default (`?format=json`).
-    Logs(JobLogs),
-    /// `?format=chunks`.
-    Chunks(Vec<OutputChunk>),
-}
-
-/// A job's output as JSON
-///
-/// The seed's shape (stdout, stderr and both interleaved in arrival order), or with
-/// `?format=chunks` the chunks as stored. Bytes that are not UTF-8 are replaced.
-#[utoipa::path(
-    operation_id = "get_job_logs",
-    tag = "jobs",
-    params(("id" = uuid::Uuid, Path, description = "The job's id."), LogsQuery),
-    responses(
-        (status = 200, description = "`JobLogs`, or with `?format=chunks` an array of `OutputChunk`.", body = LogsResponse),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 422, response = InvalidField),
-        (status = 503, response = Unavailable),
-    )
-)]
-#[get("/jobs/{id}/logs")]
-pub async fn job_logs(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-    query: web::Query<LogsQuery>,
-) -> Result<web::Json<LogsResponse>, ApiError> {
-    let chunked = match query.format.as_deref() {
-        Some("chunks") => true,
-        None | Some("") | Some("json") => false,
-        Some(other) => {
-            return Err(FieldError::new(
-                "format",
-                format!("{other:?} is not \"json\" or \"chunks\""),
-            )
-            .into());
-        }
-    };
-    let (job, chunks) = state.engine.output(job_id(&path)?).await?;
-    if chunked {
-        let list = chunks
-            .iter()
-            .map(|c| OutputChunk {
-                seq: c.seq,
-                stream: c.stream(),
-                data: String::from_utf8_lossy(&c.data).into_owned(),
-                at: Micros(c.at),
-            })
-            .collect();
-        return Ok(web::Json(LogsResponse::Chunks(list)));
-    }
-    Ok(web::Json(LogsResponse::Logs(JobLogs::of(job, &chunks))))
-}
-
-async fn raw(state: &AppState, id: &str, stream: OutputStream) -> Result<HttpResponse, ApiError> {
-    let (_, chunks) = state.engine.output(job_id(id)?).await?;
-    let mut body = Vec::new();
-    for c in chunks.iter().filter(|c| c.stream() == stream) {
-        body.extend_from_slice(&c.data);
-    }
-    Ok(HttpResponse::Ok()
-        .content_type("text/plain; charset=utf-8")
-        .body(body))
-}
-
-/// A job's raw stdout
-#[utoipa::path(
-    operation_id = "get_job_stdout",
-    tag = "jobs",
-    params(("id" = uuid::Uuid, Path, description = "The job's id.")),
-    responses(
-        (status = 200, description = "The stdout bytes stored so far, as the command wrote them (not necessarily UTF-8).", body = String, content_type = "text/plain"),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 503, response = Unavailable),
-    )
-)]
-#[get("/jobs/{id}/stdout")]
-pub async fn job_stdout(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    raw(&state, &path, OutputStream::Stdout).await
-}
-
-/// A job's raw stderr
-#[utoipa::path(
-    operation_id = "get_job_stderr",
-    tag = "jobs",
-    params(("id" = uuid::Uuid, Path, description = "The job's id.")),
-    responses(
-        (status = 200, description = "The stderr bytes stored so far, as the command wrote them (not necessarily UTF-8).", body = String, content_type = "text/plain"),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 503, response = Unavailable),
-    )
-)]
-#[get("/jobs/{id}/stderr")]
-pub async fn job_stderr(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    raw(&state, &path, OutputStream::Stderr).await
 }

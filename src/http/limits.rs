@@ -1,15 +1,16 @@
 //! Per-caller limits: a rate for job submissions (governor's keyed GCRA limiter), a count
-//! of open streams.
+//! of open streams; and for everyone, a bound on the output reads streamed at once.
 //!
 //! Counted per process: an api behind a load balancer with N processes admits N times the
 //! rate, which is what a limit meant to stop a runaway script needs.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 use crate::settings::LimitSettings;
@@ -18,10 +19,15 @@ use crate::settings::LimitSettings;
 /// refilled (they are indistinguishable from new).
 const RETAIN_ABOVE: usize = 10_000;
 
+/// Job outputs (`/logs`, `/stdout`, `/stderr`) read at once; more wait their turn. Each
+/// holds a page of chunks and a few frames (see `output`), so this bounds their memory.
+const HEAVY_READS: usize = 4;
+
 /// The limits of one process.
 pub struct Limits {
     config: RwLock<Config>,
     streams: Arc<Mutex<HashMap<String, usize>>>,
+    heavy_reads: Arc<Semaphore>,
 }
 
 #[derive(Clone)]
@@ -91,23 +97,21 @@ impl Limits {
         Self {
             config: RwLock::new(Config::new(s, None)),
             streams: Arc::new(Mutex::new(HashMap::new())),
+            heavy_reads: Arc::new(Semaphore::new(HEAVY_READS)),
         }
     }
 
     fn config(&self) -> Config {
-        match self.config.read() {
-            Ok(c) => c.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Apply new settings (a reload). Open streams carry over, and so do the callers'
     /// submission rates unless the rate or burst changed (then every caller starts afresh).
     pub fn reconfigure(&self, s: &LimitSettings) {
-        let mut c = match self.config.write() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut c = self.config.write().unwrap_or_else(PoisonError::into_inner);
         let next = Config::new(s, Some(&c));
         *c = next;
     }
@@ -135,6 +139,13 @@ impl Limits {
             ),
             retry_after_secs: secs,
         })
+    }
+
+    /// A turn to stream a job's output, held until dropped; waits while `HEAVY_READS` (4)
+    /// are under way.
+    pub async fn heavy_read(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        (self.heavy_reads.clone().acquire_owned().await)
+            .map_err(|_| ApiError::Internal("the output read limiter is closed".into()))
     }
 
     /// Count a stream opened by `key`, or refuse it (429) at the cap.

@@ -32,20 +32,25 @@ use crate::metrics;
         (status = 200, description = "Prometheus text format 0.0.4.", body = String, content_type = "text/plain"),
     )
 )]
-#[get("/metrics", wrap = "actix_web::middleware::from_fn(track)")]
+#[get(
+    "/metrics",
+    wrap = "actix_web::middleware::from_fn(super::auth::loopback_guard)",
+    wrap = "actix_web::middleware::from_fn(track)"
+)]
 pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
     let counts = state.engine.job_counts().await;
     let registry = Registry::new();
-    let gauge = |name: &str, help: &str| {
-        let gauge = metrics::made(name, IntGauge::with_opts(Opts::new(name, help)))?;
-        register(&registry, name, gauge)
+    let gauge = |name: &str, help: &str, value: i64| {
+        let gauge = metrics::made(name, IntGauge::with_opts(Opts::new(name, help)));
+        if let Some(gauge) = gauge.and_then(|g| register(&registry, name, g)) {
+            gauge.set(value);
+        }
     };
-    if let Some(up) = gauge(
+    gauge(
         "jobexec_store_up",
         "1 when the database answered the job counts of this scrape.",
-    ) {
-        up.set(i64::from(counts.is_ok()));
-    }
+        i64::from(counts.is_ok()),
+    );
     match counts {
         Ok(counts) => {
             let name = "jobexec_jobs";
@@ -63,12 +68,11 @@ pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
                 .iter()
                 .find(|(s, _)| *s == JobStatus::Queued)
                 .map_or(0, |(_, n)| *n);
-            if let Some(depth) = gauge(
+            gauge(
                 "jobexec_queue_depth",
                 "Jobs queued in the database, waiting for a worker.",
-            ) {
-                depth.set(queued);
-            }
+                queued,
+            );
         }
         Err(e) => tracing::warn!(error = %e, "metrics: cannot count the jobs"),
     }
@@ -121,16 +125,10 @@ pub(super) fn count_unmatched(req: &HttpRequest, status: actix_web::http::Status
 
 /// The standard methods by name; anything else is `other` (a client can invent methods).
 fn method_label(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "other",
-    }
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    (STANDARD.into_iter())
+        .find(|name| *name == m.as_str())
+        .unwrap_or("other")
 }

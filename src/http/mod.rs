@@ -16,9 +16,10 @@ mod jobs;
 pub mod limits;
 pub mod metrics;
 mod openapi;
+mod output;
 pub use openapi::{
-    BadRequest, Conflict, InvalidField, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized,
-    Unavailable,
+    BadRequest, Conflict, Errors, InvalidField, NotFound, PayloadTooLarge, TooManyRequests,
+    Unauthorized, Unavailable, UnsupportedMediaType,
 };
 mod servers;
 mod stream;
@@ -105,9 +106,9 @@ pub fn register(cfg: &mut ServiceConfig) {
         .service(jobs::get_job)
         .service(jobs::cancel_job)
         .service(jobs::duplicate_job)
-        .service(jobs::job_logs)
-        .service(jobs::job_stdout)
-        .service(jobs::job_stderr)
+        .service(output::job_logs)
+        .service(output::job_stdout)
+        .service(output::job_stderr)
         .service(stream::follow_job)
         .service(servers::list_servers)
         .service(servers::create_server)
@@ -118,6 +119,7 @@ pub fn register(cfg: &mut ServiceConfig) {
         .map(|api| {
             api.default_service(web::to(not_found))
                 .wrap(from_fn(auth::authenticate))
+                .wrap(from_fn(auth::loopback_guard))
                 // Outermost, so a request the token check refuses is counted too.
                 .wrap(from_fn(metrics::track))
         });
@@ -142,14 +144,6 @@ pub fn document() -> utoipa::openapi::OpenApi {
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     openapi::narrow_bodies(&mut doc);
-    // The `data:` of the stream's `output` events: described, though no JSON body names it.
-    use utoipa::{PartialSchema, ToSchema};
-    if let Some(components) = doc.components.as_mut() {
-        components.schemas.insert(
-            stream::OutputEvent::name().into_owned(),
-            stream::OutputEvent::schema(),
-        );
-    }
     doc
 }
 
@@ -161,21 +155,20 @@ struct Served {
 
 static SERVED: LazyLock<Served> = LazyLock::new(|| {
     let doc = document();
-    let mut routes = Vec::new();
-    for (path, item) in &doc.paths.paths {
-        let ops = [
-            (Method::GET, &item.get),
-            (Method::POST, &item.post),
-            (Method::PUT, &item.put),
-            (Method::DELETE, &item.delete),
-            (Method::PATCH, &item.patch),
-        ];
-        for (method, op) in ops {
-            if op.is_some() {
-                routes.push((method, path.clone()));
-            }
-        }
-    }
+    let routes = (doc.paths.paths.iter())
+        .flat_map(|(path, item)| {
+            let ops = [
+                (Method::GET, &item.get),
+                (Method::POST, &item.post),
+                (Method::PUT, &item.put),
+                (Method::DELETE, &item.delete),
+                (Method::PATCH, &item.patch),
+            ];
+            ops.into_iter()
+                .filter(|(_, op)| op.is_some())
+                .map(|(method, _)| (method, path.clone()))
+        })
+        .collect();
     Served {
         json: doc.to_json(),
         routes,
@@ -187,16 +180,9 @@ pub fn routes() -> &'static [(Method, String)] {
     &SERVED.routes
 }
 
-/// Whether `path` is an instance of the route pattern `pattern`.
+/// Whether `path` is an instance of the route pattern `pattern` (actix's own matching).
 fn matches(pattern: &str, path: &str) -> bool {
-    let (mut p, mut q) = (pattern.split('/'), path.split('/'));
-    loop {
-        match (p.next(), q.next()) {
-            (None, None) => return true,
-            (Some(seg), Some(got)) if seg.starts_with('{') || seg == got => {}
-            _ => return false,
-        }
-    }
+    actix_web::dev::ResourceDef::new(pattern).is_match(path)
 }
 
 /// The methods the route patterns that best match `path` take: of the patterns `path` is
@@ -255,30 +241,22 @@ fn optional_id<T: std::str::FromStr>(
     what: &'static str,
     raw: Option<&str>,
 ) -> Result<Option<T>, ApiError> {
-    match raw {
-        Some(s) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| FieldError::new(what, format!("{s:?} is not a UUID")).into()),
-        None => Ok(None),
-    }
+    raw.map(|s| {
+        s.parse()
+            .map_err(|_| FieldError::new(what, format!("{s:?} is not a UUID")).into())
+    })
+    .transpose()
 }
 
 /// The `limit` of a paged list: 1 to 1000, 50 when absent.
 fn page_limit(raw: Option<&str>) -> Result<i64, ApiError> {
-    match raw {
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| {
-                ApiError::Invalid(FieldError::new(
-                    "limit",
-                    format!("{l:?} is not a number from 1 to 1000"),
-                ))
-            }),
-        None => Ok(50),
-    }
+    let Some(l) = raw else { return Ok(50) };
+    l.parse::<i64>()
+        .ok()
+        .filter(|n| (1..=1000).contains(n))
+        .ok_or_else(|| {
+            FieldError::new("limit", format!("{l:?} is not a number from 1 to 1000")).into()
+        })
 }
 
 #[cfg(test)]

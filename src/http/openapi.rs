@@ -23,7 +23,10 @@ use crate::error::{ApiError, ErrorBody};
             and read their output.\n\n\
             **Authentication.** When tokens are configured every route under `/api/v1` needs \
             `Authorization: Bearer TOKEN` (401 otherwise); without tokens the service listens \
-            on loopback only and needs none. `/health` and `/metrics` never need one.\n\n\
+            on loopback only and needs none, but serves only loopback `Host` names and \
+            refuses a change (POST, PUT, PATCH, DELETE) from another `Origin` (403). \
+            `/health` and `/metrics` never need one.\n\n\
+            **Bodies** are JSON, sent with `Content-Type: application/json` (415 otherwise).\n\n\
             **Errors.** Every error is JSON, `{\"error\", \"code\"}` plus `\"field\"` for a \
             422 (`ErrorBody`). A path no route matches is a 404, a method a path does not \
             take a 405 (`method_not_allowed`), both with that body. A fault of the service \
@@ -33,13 +36,15 @@ use crate::error::{ApiError, ErrorBody};
         license(name = "MIT"),
     ),
     components(
-        schemas(ErrorBody),
+        // `OutputEvent`: the `data:` of the stream's `output` events, which no JSON body names.
+        schemas(ErrorBody, super::stream::OutputEvent),
         responses(
             BadRequest,
             Unauthorized,
             NotFound,
             Conflict,
             PayloadTooLarge,
+            UnsupportedMediaType,
             InvalidField,
             TooManyRequests,
             Unavailable,
@@ -116,7 +121,7 @@ fn error_response(description: &str, headers: &[(&str, &str)]) -> RefOr<Response
 }
 
 macro_rules! error_responses {
-    ($($(#[$doc:meta])* $name:ident => $description:literal $(, $header:literal : $about:literal)?;)*) => {$(
+    ($($(#[$doc:meta])* $name:ident = $status:literal => $description:literal $(, $header:literal : $about:literal)?;)*) => {$(
         $(#[$doc])*
         #[derive(Debug)]
         pub struct $name;
@@ -126,6 +131,11 @@ macro_rules! error_responses {
                 (stringify!($name), error_response($description, &[$(($header, $about))?]))
             }
         }
+
+        impl ErrorResponse for $name {
+            const STATUS: &'static str = stringify!($status);
+            const NAME: &'static str = stringify!($name);
+        }
     )*};
 }
 
@@ -133,26 +143,62 @@ use utoipa::PartialSchema as _;
 
 error_responses! {
     /// 400 `bad_request`.
-    BadRequest => "The body is not JSON, or not a JSON object.";
+    BadRequest = 400 => "The body is not JSON, or not a JSON object.";
     /// 401 `unauthorized`.
-    Unauthorized => "Tokens are configured and the request has none, or not a valid one.",
+    Unauthorized = 401 => "Tokens are configured and the request has none, or not a valid one.",
         "WWW-Authenticate": "`Bearer`.";
     /// 404 `not_found`.
-    NotFound => "The id names nothing (an id that is not a UUID included).";
+    NotFound = 404 => "The id names nothing (an id that is not a UUID included).";
     /// 409 `conflict`.
-    Conflict => "The change conflicts with the current state (a job that already ended, a \
-        server with queued or running jobs, a name already taken).";
+    Conflict = 409 => "The change conflicts with the current state (a job that already ended, \
+        a server with queued or running jobs, a name already taken).";
     /// 413 `payload_too_large`.
-    PayloadTooLarge => "The body is larger than `http.max_body_bytes`.";
+    PayloadTooLarge = 413 => "The body is larger than `http.max_body_bytes`.";
+    /// 415 `unsupported_media_type`.
+    UnsupportedMediaType = 415 => "There is a body, and `Content-Type` does not say \
+        `application/json`.";
     /// 422 `invalid_field`.
-    InvalidField => "A field is invalid; `field` names it and `error` says why.";
+    InvalidField = 422 => "A field is invalid; `field` names it and `error` says why.";
     /// 429 `too_many_requests`.
-    TooManyRequests => "A rate or count limit of the caller was reached (job submissions per \
-        minute, open streams).",
+    TooManyRequests = 429 => "A rate or count limit of the caller was reached (job submissions \
+        per minute, open streams).",
         "Retry-After": "Seconds to wait before trying again.";
     /// 503 `unavailable`.
-    Unavailable => "The database (or the queue) cannot be reached.";
+    Unavailable = 503 => "The database (or the queue) cannot be reached.";
 }
+
+/// One of the error responses above: its status and the component that describes it.
+pub trait ErrorResponse {
+    /// The HTTP status, as the document's responses key it.
+    const STATUS: &'static str;
+    /// The name of its component (`#/components/responses/NAME`).
+    const NAME: &'static str;
+}
+
+/// The error responses of a route, each a reference to its component:
+/// `responses((status = 200, …), Errors<(Unauthorized, NotFound, Unavailable)>)`.
+pub struct Errors<T>(std::marker::PhantomData<T>);
+
+/// `Errors` of every tuple of [`ErrorResponse`]s up to the length given.
+macro_rules! error_sets {
+    () => {};
+    ($first:ident $($rest:ident)*) => {
+        impl<$first: ErrorResponse, $($rest: ErrorResponse),*> utoipa::IntoResponses
+            for Errors<($first, $($rest,)*)>
+        {
+            fn responses() -> std::collections::BTreeMap<String, RefOr<Response>> {
+                [$first::STATUS, $($rest::STATUS),*]
+                    .into_iter()
+                    .zip([$first::NAME, $($rest::NAME),*])
+                    .map(|(status, name)| (status.to_string(), Ref::from_response_name(name).into()))
+                    .collect()
+            }
+        }
+        error_sets!($($rest)*);
+    };
+}
+
+error_sets!(A B C D E F G H I);
 
 /// A request type that serves several routes, with the rules of one route stated in a
 /// schema of its own, derived from the type's: the fields it refuses are left out, the ones

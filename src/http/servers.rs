@@ -8,8 +8,8 @@ use utoipa::ToSchema;
 
 use super::auth::Caller;
 use super::{
-    AppState, BadRequest, Conflict, InvalidField, JsonBody, NotFound, OptionalJsonBody,
-    PayloadTooLarge, Unauthorized, Unavailable, server_id,
+    AppState, BadRequest, Conflict, Errors, InvalidField, JsonBody, NotFound, OptionalJsonBody,
+    PayloadTooLarge, Unauthorized, Unavailable, UnsupportedMediaType, server_id,
 };
 use crate::domain::{AuthType, HostKeyCheck, Micros, ServerPatch};
 use crate::error::ApiError;
@@ -101,12 +101,7 @@ pub struct Message {
     request_body = ServerPatch,
     responses(
         (status = 201, description = "The server.", body = ServerView),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 409, response = Conflict),
-        (status = 413, response = PayloadTooLarge),
-        (status = 422, response = InvalidField),
-        (status = 503, response = Unavailable),
+        Errors<(BadRequest, Unauthorized, Conflict, PayloadTooLarge, UnsupportedMediaType, InvalidField, Unavailable)>,
     )
 )]
 #[post("/servers")]
@@ -127,8 +122,7 @@ pub async fn create_server(
     tag = "servers",
     responses(
         (status = 200, description = "Every server.", body = ServerList),
-        (status = 401, response = Unauthorized),
-        (status = 503, response = Unavailable),
+        Errors<(Unauthorized, Unavailable)>,
     )
 )]
 #[get("/servers")]
@@ -146,9 +140,7 @@ pub async fn list_servers(state: web::Data<AppState>) -> Result<web::Json<Server
     params(("id" = uuid::Uuid, Path, description = "The server's id.")),
     responses(
         (status = 200, description = "The server.", body = ServerView),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 503, response = Unavailable),
+        Errors<(Unauthorized, NotFound, Unavailable)>,
     )
 )]
 #[get("/servers/{id}")]
@@ -170,13 +162,7 @@ pub async fn get_server(
     request_body = ServerPatch,
     responses(
         (status = 200, description = "The server as updated.", body = ServerView),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 409, response = Conflict),
-        (status = 413, response = PayloadTooLarge),
-        (status = 422, response = InvalidField),
-        (status = 503, response = Unavailable),
+        Errors<(BadRequest, Unauthorized, NotFound, Conflict, PayloadTooLarge, UnsupportedMediaType, InvalidField, Unavailable)>,
     )
 )]
 #[put("/servers/{id}")]
@@ -203,10 +189,7 @@ pub async fn update_server(
     params(("id" = uuid::Uuid, Path, description = "The server's id.")),
     responses(
         (status = 200, description = "Deleted.", body = Message),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 409, response = Conflict),
-        (status = 503, response = Unavailable),
+        Errors<(Unauthorized, NotFound, Conflict, Unavailable)>,
     )
 )]
 #[delete("/servers/{id}")]
@@ -264,12 +247,7 @@ pub struct TestResult {
     request_body = Option<TestOptions>,
     responses(
         (status = 200, description = "The outcome, failed or not.", body = TestResult),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 413, response = PayloadTooLarge),
-        (status = 422, response = InvalidField),
-        (status = 503, response = Unavailable),
+        Errors<(BadRequest, Unauthorized, NotFound, PayloadTooLarge, UnsupportedMediaType, InvalidField, Unavailable)>,
     )
 )]
 #[post("/servers/{id}/test")]

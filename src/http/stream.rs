@@ -23,7 +23,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use tokio::sync::mpsc;
 
 use super::jobs::JobView;
-use super::{AppState, BadRequest, NotFound, TooManyRequests, Unauthorized, Unavailable, job_id};
+use super::{
+    AppState, BadRequest, Errors, NotFound, TooManyRequests, Unauthorized, Unavailable, job_id,
+};
 use crate::domain::{Micros, OutputStream};
 use crate::engine::Engine;
 use crate::engine::follow::{Gone, Sink};
@@ -47,27 +49,17 @@ impl Utf8Carry {
         let mut buf = std::mem::take(&mut self.pending);
         buf.extend_from_slice(data);
         let mut out = String::with_capacity(buf.len());
-        let mut rest: &[u8] = &buf;
-        loop {
-            match std::str::from_utf8(rest) {
-                Ok(s) => {
-                    out.push_str(s);
-                    break;
-                }
-                Err(e) => {
-                    let (valid, after) = rest.split_at(e.valid_up_to());
-                    out.push_str(&String::from_utf8_lossy(valid));
-                    match e.error_len() {
-                        Some(n) => {
-                            out.push(char::REPLACEMENT_CHARACTER);
-                            rest = &after[n..];
-                        }
-                        None => {
-                            self.pending = after.to_vec();
-                            break;
-                        }
-                    }
-                }
+        let mut chunks = buf.utf8_chunks().peekable();
+        while let Some(chunk) = chunks.next() {
+            out.push_str(chunk.valid());
+            let invalid = chunk.invalid();
+            // Only the last chunk's invalid bytes can be a character still incomplete.
+            let incomplete = chunks.peek().is_none()
+                && std::str::from_utf8(invalid).is_err_and(|e| e.error_len().is_none());
+            if incomplete {
+                self.pending = invalid.to_vec();
+            } else if !invalid.is_empty() {
+                out.push(char::REPLACEMENT_CHARACTER);
             }
         }
         out
@@ -240,11 +232,7 @@ impl Sink for SseSink {
     ),
     responses(
         (status = 200, description = "`text/event-stream` of `status`, `output` (data: `OutputEvent`) and `complete` events.", body = SseEvent, content_type = "text/event-stream"),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 429, response = TooManyRequests),
-        (status = 503, response = Unavailable),
+        Errors<(BadRequest, Unauthorized, NotFound, TooManyRequests, Unavailable)>,
     )
 )]
 #[get("/jobs/{id}/stream")]

@@ -842,3 +842,282 @@ async fn with_a_certificate_the_api_speaks_tls_only() {
     assert!(err.contains("TLS") && err.contains("wrong.pem"), "{err}");
     assert!(!err.contains("PRIVATE KEY"), "{err}");
 }
+
+db_test!(
+    without_tokens_a_web_page_can_neither_change_nor_read_anything,
+    |db: TestDb| async move {
+        let app = TestApp::start(&db, &[]).await;
+        let client = reqwest::Client::new();
+        let port = app.addr.port();
+        let server = json!({"name": "s", "hostname": "127.0.0.1", "user": "u", "auth_type": "password", "password": "p"});
+        let send =
+            |method: Method, path: &str, headers: &[(&str, String)], body: Option<&Value>| {
+                let mut req = client.request(method, app.url(path));
+                for (name, value) in headers {
+                    req = req.header(*name, value);
+                }
+                if let Some(body) = body {
+                    req = req.body(body.to_string());
+                }
+                async move {
+                    let resp = req.send().await.unwrap();
+                    let status = resp.status().as_u16();
+                    let body: Value = resp.json().await.unwrap();
+                    (status, body)
+                }
+            };
+        let text = ("content-type", "text/plain".to_string());
+        let json_type = ("content-type", "application/json".to_string());
+        // A "simple" cross-origin form post (text/plain: no CORS preflight): not JSON.
+        let evil = ("origin", "http://evil.example".to_string());
+        let (status, err) = send(
+            Method::POST,
+            "/api/v1/servers",
+            &[text.clone(), evil.clone()],
+            Some(&server),
+        )
+        .await;
+        assert_eq!(status, 403, "{err}");
+        // Without an Origin (a client that is no browser) the body is still not JSON.
+        let (status, err) = send(
+            Method::POST,
+            "/api/v1/servers",
+            std::slice::from_ref(&text),
+            Some(&server),
+        )
+        .await;
+        assert_eq!(status, 415, "{err}");
+        assert_eq!(err["code"], "unsupported_media_type");
+        // No type at all is not JSON either.
+        let (status, err) = send(Method::POST, "/api/v1/servers", &[], Some(&server)).await;
+        assert_eq!(status, 415, "{err}");
+        // JSON from a foreign origin: refused.
+        let (status, err) = send(
+            Method::POST,
+            "/api/v1/servers",
+            &[json_type.clone(), evil.clone()],
+            Some(&server),
+        )
+        .await;
+        assert_eq!(status, 403, "{err}");
+        assert_eq!(err["code"], "forbidden");
+        for origin in [
+            "null",
+            "http://localhost:1",
+            "http://127.0.0.1.evil.example",
+        ] {
+            let (status, err) = send(
+                Method::DELETE,
+                "/api/v1/servers/0195f2a4-3b7c-7d8e-9f00-112233445566",
+                &[("origin", origin.into())],
+                None,
+            )
+            .await;
+            assert_eq!(status, 403, "{origin}: {err}");
+        }
+        // DNS rebinding: a foreign name for 127.0.0.1 reads nothing, not even /health.
+        let rebound = ("host", format!("rebind.evil.example:{port}"));
+        for path in [
+            "/api/v1/servers",
+            "/api/v1/jobs",
+            "/health",
+            "/api/v1/openapi.json",
+        ] {
+            let (status, err) = send(Method::GET, path, std::slice::from_ref(&rebound), None).await;
+            assert_eq!(status, 403, "{path}: {err}");
+            assert_eq!(err["code"], "forbidden", "{path}");
+        }
+        let resp = client
+            .get(app.url("/metrics"))
+            .header("host", "rebind.evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+        let (status, list) = app.get("/api/v1/servers").await;
+        assert_eq!(status, 200);
+        assert_eq!(list["servers"], json!([]), "nothing refused was done");
+        // What a local client sends is served: loopback names, its own origin, JSON with a
+        // charset, an optional body left out without a type.
+        for host in [
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            "[::1]".into(),
+        ] {
+            let (status, body) = send(
+                Method::GET,
+                "/api/v1/servers",
+                &[("host", host.clone())],
+                None,
+            )
+            .await;
+            assert_eq!(status, 200, "{host}: {body}");
+        }
+        let own = ("origin", format!("http://127.0.0.1:{port}"));
+        let utf8 = (
+            "content-type",
+            "application/json; charset=utf-8".to_string(),
+        );
+        let (status, created) =
+            send(Method::POST, "/api/v1/servers", &[utf8, own], Some(&server)).await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_str().unwrap();
+        let (status, body) = send(
+            Method::POST,
+            &format!("/api/v1/servers/{id}/test"),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        app.stop().await;
+
+        // With tokens a page has no credential: the host name is not checked, the type is.
+        let app = TestApp::start(&db, &[("JOBEXEC_API_TOKENS", &tokens())])
+            .await
+            .with_token(OPS);
+        let resp = app
+            .client
+            .get(app.url("/api/v1/servers"))
+            .header("host", "api.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let resp = app
+            .client
+            .post(app.url("/api/v1/servers"))
+            .header("content-type", "text/plain")
+            .body(server.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 415);
+        app.stop().await;
+    }
+);
+
+db_test!(
+    a_wrong_typed_secret_is_not_quoted_back,
+    |db: TestDb| async move {
+        let app = TestApp::start(&db, &[]).await;
+        for (field, value) in [
+            ("password", json!(12345678)),
+            ("password", json!(31415.9265)),
+            ("private_key_passphrase", json!(87654321)),
+            ("private_key", json!(true)),
+        ] {
+            let mut server = json!({"name": "s", "hostname": "127.0.0.1", "user": "u", "auth_type": "password", "password": "p"});
+            server[field] = value.clone();
+            let (status, err) = app.post("/api/v1/servers", &server).await;
+            assert_eq!(status, 422, "{err}");
+            assert_eq!(err["field"], field, "{err}");
+            assert!(!err.to_string().contains(&value.to_string()), "{err}");
+        }
+        app.stop().await;
+    }
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_names_the_class_of_a_database_failure_not_its_detail() {
+    use diesel::prelude::*;
+    let Some(db) = TestDb::create(Db::Postgres) else {
+        return;
+    };
+    let app = TestApp::start(&db, &[]).await;
+    let name = db.url.rsplit('/').next().unwrap().to_string();
+    let mut admin = diesel::PgConnection::establish(&crate::helpers::postgres_admin_url()).unwrap();
+    let sql = |q: String, c: &mut diesel::PgConnection| diesel::sql_query(q).execute(c).unwrap();
+    sql(
+        format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"),
+        &mut admin,
+    );
+    sql(
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"),
+        &mut admin,
+    );
+    let (status, body) = app.get("/health").await;
+    sql(
+        format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"),
+        &mut admin,
+    );
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["database"], "error: database unreachable", "{body}");
+    for detail in [name.as_str(), "127.0.0.1", "5432", "FATAL"] {
+        assert!(!body.to_string().contains(detail), "{detail}: {body}");
+    }
+    app.stop().await;
+}
+
+db_test!(
+    a_large_output_is_streamed_in_bounded_frames,
+    |db: TestDb| async move {
+        use futures::StreamExt;
+        let (app, _host, server) = TestApp::with_host(&db, &[]).await;
+        const N: usize = 16 * 1024 * 1024;
+        let id = submit(
+            &app,
+            json!({"command": format!("head -c {N} /dev/zero | tr '\\0' '\\1'"), "server_id": server, "timeout": 300}),
+        )
+        .await;
+        let job = wait_done(&app, &id, Duration::from_secs(240)).await;
+        assert_eq!(job["status"], "completed", "{job}");
+        assert_eq!(job["output_bytes"], N, "{job}");
+        // The body arrives in frames as it is read (no Content-Length: nothing was built
+        // whole), each frame small, and is exactly the JSON the route always sent.
+        let resp = app
+            .client
+            .get(app.url(&format!("/api/v1/jobs/{id}/logs")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        assert!(resp.content_length().is_none(), "{:?}", resp.headers());
+        let (mut body, mut frames) = (Vec::new(), 0);
+        let mut stream = resp.bytes_stream();
+        while let Some(frame) = stream.next().await {
+            body.extend_from_slice(&frame.unwrap());
+            frames += 1;
+        }
+        assert!(frames > 100, "{frames} frames");
+        let logs: Value = serde_json::from_slice(&body).unwrap();
+        let text = "\u{1}".repeat(N);
+        assert!(logs["stdout"] == text.as_str() && logs["output"] == text.as_str());
+        let field = |name: &str| logs[name].to_string();
+        let expected = format!(
+            "{{\"job_id\":\"{id}\",\"status\":\"completed\",\"exit_code\":0,\"stdout\":{t},\"stderr\":\"\",\"output\":{t},\"started_at\":{},\"finished_at\":{},\"duration\":{},\"truncated\":false}}",
+            field("started_at"),
+            field("finished_at"),
+            field("duration"),
+            t = serde_json::to_string(&text).unwrap(),
+        );
+        assert!(
+            body == expected.as_bytes(),
+            "the body differs from the whole encoding"
+        );
+        // The raw stream too, and the chunks.
+        let resp = app
+            .client
+            .get(app.url(&format!("/api/v1/jobs/{id}/stdout")))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.content_length().is_none());
+        let raw = resp.bytes().await.unwrap();
+        assert!(raw.len() == N && raw.iter().all(|b| *b == 1));
+        let (status, chunks) = app
+            .get(&format!("/api/v1/jobs/{id}/logs?format=chunks"))
+            .await;
+        assert_eq!(status, 200);
+        let total: usize = chunks
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["data"].as_str().unwrap().len())
+            .sum();
+        assert_eq!(total, N);
+        app.stop().await;
+    }
+);
