@@ -18,7 +18,6 @@ use async_ssh2_tokio::Client;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::messages::{AcquireSlot, ChannelLease, Checkout, HostError, LeaseReturned};
-use crate::domain::ServerDraft;
 use crate::metrics;
 use crate::ssh::{self, SshError, SshOptions, SshTarget};
 use crate::store::{ServerRow, Store, StoreError};
@@ -336,14 +335,14 @@ impl Handler<LeaseReturned> for HostActor {
 pub(super) async fn server_target(
     store: &Store,
     id: uuid::Uuid,
-) -> Result<(ServerRow, ServerDraft, SshTarget), HostError> {
+) -> Result<(ServerRow, SshTarget), HostError> {
     let row = store.get_server(id).await.map_err(|e| match e {
         StoreError::NotFound => HostError::ServerGone(id),
         other => HostError::ServerUnreadable(other),
     })?;
     let draft = store.open_server(&row).map_err(HostError::Credentials)?;
     let target = SshTarget::from_server(&draft)?;
-    Ok((row, draft, target))
+    Ok((row, target))
 }
 
 async fn connect_new(
@@ -351,7 +350,7 @@ async fn connect_new(
     opts: SshOptions,
     id: uuid::Uuid,
 ) -> Result<(Client, bool), HostError> {
-    let (row, _, target) = server_target(&store, id).await?;
+    let (row, target) = server_target(&store, id).await?;
     let conn = ssh::connect(&target, &opts).await?;
     let line = ssh::openssh_line(&conn.host_key);
     let fingerprint = ssh::fingerprint(&conn.host_key);

@@ -9,7 +9,7 @@ use super::{Actor, Engine, Error, StartError, Subject};
 use crate::domain::{FieldError, ServerDraft, ServerId, ServerPatch};
 use crate::settings::Settings;
 use crate::ssh::{self, SshError, SshOptions, SshTarget, TestReport};
-use crate::store::{AuditEntry, ServerRow, Store, StoreError, UpdateError};
+use crate::store::{AuditEntry, ServerRow, Store, StoreError, UpdateError, Updated};
 
 /// A connection test's result.
 #[derive(Debug)]
@@ -60,11 +60,25 @@ fn missing(id: ServerId) -> impl FnOnce() -> Subject {
     move || Subject::Server(id.to_string())
 }
 
-fn update_error(id: ServerId) -> impl FnOnce(UpdateError) -> Error {
-    move |e| match e {
+/// Store a new server.
+async fn insert(
+    store: &Store,
+    settings: &Settings,
+    input: ServerPatch,
+) -> Result<ServerRow, Error> {
+    let draft = ServerDraft::create(input, settings.ssh.default_max_concurrent_jobs)?;
+    Ok(store.insert_server(draft).await?)
+}
+
+/// Change a stored server: omitted fields keep their value, the result is validated whole.
+async fn patch(store: &Store, id: ServerId, input: ServerPatch) -> Result<Updated, Error> {
+    let updated = store
+        .update_server(id.0, move |draft| draft.patch(input))
+        .await;
+    updated.map_err(|e| match e {
         UpdateError::Invalid(f) => Error::Invalid(f),
         UpdateError::Store(s) => Error::store(missing(id))(s),
-    }
+    })
 }
 
 impl Engine {
@@ -75,18 +89,10 @@ impl Engine {
         input: ServerPatch,
     ) -> Result<ServerRow, Error> {
         let fields = fields_set(&input);
-        let draft = ServerDraft::create(input, self.settings.ssh.default_max_concurrent_jobs)?;
-        let row = self.store.insert_server(draft).await?;
+        let row = insert(&self.store, &self.settings, input).await?;
         tracing::info!(server_id = %row.id, name = %row.name, "server created");
         let detail = json!({ "name": row.name, "hostname": row.hostname, "fields": fields });
-        self.audit(AuditEntry::by(
-            actor,
-            "server.create",
-            "server",
-            &row.id,
-            detail,
-        ))
-        .await;
+        self.audit(actor, "server.create", &row.id, detail).await;
         Ok(row)
     }
 
@@ -133,35 +139,19 @@ impl Engine {
         input: ServerPatch,
     ) -> Result<ServerRow, Error> {
         let fields = fields_set(&input);
-        let updated = self
-            .store
-            .update_server(id.0, move |draft| draft.patch(input))
-            .await
-            .map_err(update_error(id))?;
+        let updated = patch(&self.store, id, input).await?;
         let row = updated.row;
         tracing::info!(server_id = %row.id, "server updated");
-        self.audit(AuditEntry::by(
-            actor,
-            "server.update",
-            "server",
-            &row.id,
-            json!({ "fields": fields }),
-        ))
-        .await;
+        let detail = json!({ "fields": fields });
+        self.audit(actor, "server.update", &row.id, detail).await;
         if updated.previous_host_key != row.host_key {
             let detail = json!({
                 "old_fingerprint": updated.previous_host_key.as_deref().map(ssh::pinned_fingerprint),
                 "new_fingerprint": row.host_key.as_deref().map(ssh::pinned_fingerprint),
                 "by": "update",
             });
-            self.audit(AuditEntry::by(
-                actor,
-                "server.host_key_changed",
-                "server",
-                &row.id,
-                detail,
-            ))
-            .await;
+            self.audit(actor, "server.host_key_changed", &row.id, detail)
+                .await;
         }
         Ok(row)
     }
@@ -175,8 +165,7 @@ impl Engine {
             .map_err(Error::store(missing(id)))?;
         tracing::info!(server_id = %id, "server deleted");
         let detail = json!({ "name": row.name, "hostname": row.hostname });
-        self.audit(AuditEntry::by(actor, "server.delete", "server", id, detail))
-            .await;
+        self.audit(actor, "server.delete", id, detail).await;
         Ok(())
     }
 
@@ -192,56 +181,49 @@ impl Engine {
         let row = self.server(id).await?;
         let opts = SshOptions::from_settings(&self.settings.ssh);
         let bound = Duration::from_secs(self.settings.ssh.test_timeout_secs.max(1));
-        let mut accepted: Option<String> = None;
-        let report = match self.target(&row) {
-            Err(e) => failed(&e),
-            Ok(mut target) => {
-                let probed = if accept_host_key {
-                    // Learn the key now presented (no credentials are sent), then test
-                    // against it.
-                    ssh::probe_host_key(&target, &opts).await.map(|key| {
-                        let line = ssh::openssh_line(&key);
-                        target.pinned = Some(line.clone());
-                        accepted = Some(line);
-                    })
-                } else {
-                    Ok(())
-                };
-                match probed {
-                    Ok(()) => ssh::test_connection(&target, &opts, bound).await,
-                    Err(e) => failed(&e),
+        let (report, accepted) = match self.target(&row) {
+            Err(e) => (failed(&e), None),
+            // Learn the key now presented (no credentials are sent), then test against it.
+            Ok(mut target) if accept_host_key => match ssh::probe_host_key(&target, &opts).await {
+                Ok(key) => {
+                    let line = ssh::openssh_line(&key);
+                    target.pinned = Some(line.clone());
+                    (
+                        ssh::test_connection(&target, &opts, bound).await,
+                        Some(line),
+                    )
                 }
-            }
+                Err(e) => (failed(&e), None),
+            },
+            Ok(target) => (ssh::test_connection(&target, &opts, bound).await, None),
         };
-        let mut pinned = false;
-        if report.ok
-            && let Some(line) = accepted
-        {
-            let detail = json!({
-                "old_fingerprint": row.host_key.as_deref().map(ssh::pinned_fingerprint),
-                "new_fingerprint": ssh::pinned_fingerprint(&line),
-                "by": "accept_host_key",
-            });
-            let record = AuditEntry::by(actor, "server.host_key_changed", "server", id, detail);
-            self.store
-                .repin_host_key(id.0, line, record)
-                .await
-                .map_err(Error::store(missing(id)))?;
-            pinned = true;
-            tracing::info!(server_id = %id, fingerprint = ?report.host_key_fingerprint, "host key accepted");
-        } else if report.ok
-            && let Some(key) = report.host_key.clone()
-        {
-            let fingerprint = report.host_key_fingerprint.clone().unwrap_or_default();
-            pinned = self
-                .store
-                .pin_on_first_use(&row, key, &fingerprint, actor, "connection test")
-                .await?;
-        }
+        let pinned = match (accepted, report.host_key.clone()) {
+            _ if !report.ok => false,
+            (Some(line), _) => {
+                let detail = json!({
+                    "old_fingerprint": row.host_key.as_deref().map(ssh::pinned_fingerprint),
+                    "new_fingerprint": ssh::pinned_fingerprint(&line),
+                    "by": "accept_host_key",
+                });
+                let record = AuditEntry::by(actor, "server.host_key_changed", "server", id, detail);
+                self.store
+                    .repin_host_key(id.0, line, record)
+                    .await
+                    .map_err(Error::store(missing(id)))?;
+                tracing::info!(server_id = %id, fingerprint = ?report.host_key_fingerprint, "host key accepted");
+                true
+            }
+            (None, Some(key)) => {
+                let fingerprint = report.host_key_fingerprint.clone().unwrap_or_default();
+                self.store
+                    .pin_on_first_use(&row, key, &fingerprint, actor, "connection test")
+                    .await?
+            }
+            (None, None) => false,
+        };
         tracing::info!(server_id = %id, ok = report.ok, latency_ms = report.latency_ms, error = ?report.error, "connection test");
         let detail = json!({ "ok": report.ok, "error": report.error });
-        self.audit(AuditEntry::by(actor, "server.test", "server", id, detail))
-            .await;
+        self.audit(actor, "server.test", id, detail).await;
         Ok(Tested { report, pinned })
     }
 
@@ -258,28 +240,21 @@ impl Engine {
 /// Create a server by name, or update the one with that name (fields not given keep their
 /// value). For the library, `[[servers]]` in the settings file and the seed's default
 /// server.
-pub async fn upsert_server(
+async fn upsert_server(
     store: &Store,
     settings: &Settings,
-    patch: ServerPatch,
+    input: ServerPatch,
 ) -> Result<ServerRow, Error> {
-    let name = patch
+    let name = input
         .name
         .clone()
         .ok_or_else(|| FieldError::new("name", "is required"))?;
     match store.get_server_by_name(name.clone()).await {
         Ok(row) => {
             let id = ServerId(crate::domain::parse_id("id", &row.id)?);
-            store
-                .update_server(id.0, move |draft| draft.patch(patch))
-                .await
-                .map(|updated| updated.row)
-                .map_err(update_error(id))
+            Ok(patch(store, id, input).await?.row)
         }
-        Err(StoreError::NotFound) => {
-            let draft = ServerDraft::create(patch, settings.ssh.default_max_concurrent_jobs)?;
-            Ok(store.insert_server(draft).await?)
-        }
+        Err(StoreError::NotFound) => insert(store, settings, input).await,
         Err(e) => Err(e.into()),
     }
 }
