@@ -1,12 +1,13 @@
 //! Servers: register, change, delete, test the connection, pin host keys; and the servers
 //! the settings declare (`[[servers]]`, the seed's `SSH_*` default server).
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::json;
 
 use super::{Actor, Engine, Error, StartError, Subject};
-use crate::domain::{FieldError, ServerDraft, ServerId, ServerPatch};
+use crate::domain::{AuthType, FieldError, ServerDraft, ServerId, ServerPatch};
 use crate::settings::Settings;
 use crate::ssh::{self, SshError, SshOptions, SshTarget, TestReport};
 use crate::store::{AuditEntry, ServerRow, Store, StoreError, UpdateError, Updated};
@@ -72,13 +73,30 @@ async fn insert(
 
 /// Change a stored server: omitted fields keep their value, the result is validated whole.
 async fn patch(store: &Store, id: ServerId, input: ServerPatch) -> Result<Updated, Error> {
-    let updated = store
-        .update_server(id.0, move |draft| draft.patch(input))
-        .await;
-    updated.map_err(|e| match e {
+    let updated = store.update_server(id.0, move |draft| draft.patch(input));
+    updated.await.map_err(update_error(id))
+}
+
+fn update_error(id: ServerId) -> impl FnOnce(UpdateError) -> Error {
+    move |e| match e {
         UpdateError::Invalid(f) => Error::Invalid(f),
         UpdateError::Store(s) => Error::store(missing(id))(s),
-    })
+    }
+}
+
+/// The fields whose change sends the stored secret somewhere else, or to a host no longer
+/// verified as before.
+fn destination_changes(old: &ServerDraft, new: &ServerDraft) -> Vec<&'static str> {
+    [
+        ("hostname", old.hostname != new.hostname),
+        ("port", old.port != new.port),
+        ("user", old.user != new.user),
+        ("host_key_check", old.host_key_check != new.host_key_check),
+        ("host_key", old.host_key.is_some() && new.host_key.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(field, changed)| changed.then_some(field))
+    .collect()
 }
 
 impl Engine {
@@ -131,7 +149,10 @@ impl Engine {
     }
 
     /// Change a server: omitted fields keep their value, the result is validated whole. A
-    /// change of the pinned key is recorded as such.
+    /// change of where the stored secret goes (hostname, port, user, host key policy, the
+    /// pinned key cleared) needs the secret (password or private key) again in the same
+    /// request: the stored one is never sent to a new destination. A change of the pinned
+    /// key is recorded as such.
     pub async fn update_server(
         &self,
         actor: &Actor,
@@ -139,10 +160,40 @@ impl Engine {
         input: ServerPatch,
     ) -> Result<ServerRow, Error> {
         let fields = fields_set(&input);
-        let updated = patch(&self.store, id, input).await?;
+        let changes = Arc::new(OnceLock::new());
+        let seen = changes.clone();
+        let updated = self
+            .store
+            .update_server(id.0, move |old: ServerDraft| {
+                let password = input.password.is_some();
+                let key = input.private_key.is_some() || input.pem_file.is_some();
+                let new = old.clone().patch(input)?;
+                let (secret, reentered) = match new.auth_type {
+                    AuthType::Password => ("password", password),
+                    AuthType::Key => ("private_key", key),
+                };
+                let moved = destination_changes(&old, &new);
+                if !moved.is_empty() && !reentered {
+                    let message = format!(
+                        "is required again to change {}: the stored secret is not sent to a new \
+                         destination",
+                        moved.join(", ")
+                    );
+                    return Err(FieldError::new(secret, message));
+                }
+                let _ = seen.set((moved, reentered));
+                Ok(new)
+            })
+            .await
+            .map_err(update_error(id))?;
         let row = updated.row;
         tracing::info!(server_id = %row.id, "server updated");
-        let detail = json!({ "fields": fields });
+        let (moved, reentered) = changes.get().cloned().unwrap_or_default();
+        let detail = json!({
+            "fields": fields,
+            "destination_changed": moved,
+            "secret_reentered": reentered,
+        });
         self.audit(actor, "server.update", &row.id, detail).await;
         if updated.previous_host_key != row.host_key {
             let detail = json!({

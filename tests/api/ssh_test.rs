@@ -248,7 +248,8 @@ db_test!(
         let (status, server) = app
             .put(
                 &format!("/api/v1/servers/{id}"),
-                &json!({"host_key": wrong, "host_key_check": "off"}),
+                &json!({"host_key": wrong, "host_key_check": "off",
+                        "private_key": host.keys.ed25519_openssh}),
             )
             .await;
         assert_eq!(status, 200, "{server}");
