@@ -437,7 +437,8 @@ impl DatabaseSettings {
     }
 }
 
-/// Replace the password of `scheme://user:password@host…` with `***`.
+/// Replace the password of `scheme://user:password@host…` with `***`, and leave out the
+/// query and fragment (they may carry credentials too: `?password=…`).
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
@@ -446,12 +447,14 @@ pub fn redact_url(url: &str) -> String {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}{tail}")
-        }
-        None => url.to_string(),
+    let (user, place) = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => (userinfo.split(':').next(), format!("{host}{tail}")),
+        None => (None, rest.to_string()),
+    };
+    let place = place.split(['?', '#']).next().unwrap_or_default();
+    match user {
+        Some(user) => format!("{scheme}://{user}:***@{place}"),
+        None => format!("{scheme}://{place}"),
     }
 }
 

@@ -48,9 +48,30 @@ pub(crate) const WAIT_POLL: Duration = Duration::from_millis(500);
 /// Output chunks read per database page.
 const OUTPUT_PAGE: i64 = 5000;
 
+/// An idempotency key as stored: the caller's name (its length first, so no name and key
+/// read as another pair), then the key as the caller gave it.
+fn scoped_key(caller: &str, key: &str) -> String {
+    format!("{}:{caller}:{key}", caller.len())
+}
+
+impl JobRow {
+    /// The idempotency key as its caller gave it (the stored key is scoped to the caller; a
+    /// key stored before keys were scoped is shown as it is).
+    pub fn caller_idempotency_key(&self) -> Option<&str> {
+        let stored = self.idempotency_key.as_deref()?;
+        let unscoped = || {
+            let (len, rest) = stored.split_once(':')?;
+            let len: usize = len.parse().ok()?;
+            rest.get(len..)?.strip_prefix(':')
+        };
+        Some(unscoped().unwrap_or(stored))
+    }
+}
+
 impl Engine {
     /// Validate a submission, store it queued and announce it. With an idempotency key
-    /// already used, the earlier job is returned and nothing new is queued.
+    /// this caller already used, the earlier job is returned and nothing new is queued; keys
+    /// are the caller's own (its token's name, `anonymous` without tokens, `library`).
     pub async fn submit(
         &self,
         actor: &Actor,
@@ -58,7 +79,9 @@ impl Engine {
         request: JobRequest,
     ) -> Result<Submitted, Error> {
         let server = self.resolve_server(request.server_id.as_deref()).await?;
-        let spec = JobSpec::from_request(kind, request, &self.settings.jobs.limits())?;
+        let mut spec = JobSpec::from_request(kind, request, &self.settings.jobs.limits())?;
+        // A key names the caller's own earlier job, never another caller's.
+        spec.idempotency_key = spec.idempotency_key.map(|k| scoped_key(&actor.name, &k));
         let (job, created) = self
             .store
             .insert_job(spec, server.clone(), None)
