@@ -287,6 +287,9 @@ pub struct SshSettings {
     pub default_max_concurrent_jobs: u32,
     /// An OpenSSH known_hosts file consulted for servers with no pinned key; empty for none.
     pub known_hosts_file: String,
+    /// Glob patterns (`*`, `?`) a server's hostname must match; empty: any.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[jobs]`
@@ -539,6 +542,7 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("auth.tokens")
+                .with_list_parse_key("ssh.allowed_hosts")
                 .source(Some(ours)),
         );
         Ok(builder.build()?.try_deserialize()?)

@@ -149,6 +149,7 @@ impl Dispatcher {
                 channels_per_connection: w.channels_per_connection,
                 idle: Duration::from_secs(w.idle_connection_secs),
             },
+            self.settings.ssh.allowed_hosts.clone().into(),
         )
         .start();
         self.hosts.insert(server_id.to_string(), addr.clone());
@@ -159,6 +160,7 @@ impl Dispatcher {
         let store = self.deps.store.clone();
         let ssh_opts = SshOptions::from_settings(&self.settings.ssh);
         let grace = Duration::from_secs(self.settings.jobs.kill_grace_secs);
+        let allowed: Arc<[String]> = self.settings.ssh.allowed_hosts.clone().into();
         let events = self.deps.events.clone();
         let worker = self.worker_id.clone();
         let ids: Vec<String> = self.running.keys().cloned().collect();
@@ -179,7 +181,7 @@ impl Dispatcher {
                             if let Some(pgid) = job.remote_pgid {
                                 actix::spawn(kill_lost_group(
                                     store.clone(),
-                                    ssh_opts.clone(),
+                                    (ssh_opts.clone(), allowed.clone()),
                                     job.clone(),
                                     pgid,
                                     grace,
@@ -218,7 +220,7 @@ impl Dispatcher {
 /// any process (an api too) can do it.
 async fn kill_lost_group(
     store: Store,
-    opts: SshOptions,
+    (opts, allowed): (SshOptions, Arc<[String]>),
     job: crate::store::LostJob,
     pgid: i64,
     grace: Duration,
@@ -228,7 +230,7 @@ async fn kill_lost_group(
         return;
     };
     let work = async {
-        let (_, target) = host::server_target(&store, server_id).await?;
+        let (_, target) = host::server_target(&store, server_id, &allowed).await?;
         let conn = crate::ssh::connect(&target, &opts).await?;
         let done = crate::ssh::exec::kill_orphan_group(&conn.client, pgid, &job.id, grace).await;
         let _ = conn.client.disconnect().await;

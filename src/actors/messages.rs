@@ -133,6 +133,9 @@ pub enum HostError {
     /// The server's stored credentials cannot be opened (wrong secret key).
     #[error("cannot use the stored credentials: {0}")]
     Credentials(#[source] StoreError),
+    /// `ssh.allowed_hosts` does not allow the server's host: nothing was sent to it.
+    #[error("host {0:?} is not allowed by ssh.allowed_hosts; nothing was sent to it")]
+    NotAllowed(String),
     /// The host actor stopped before it answered.
     #[error("host actor unavailable: {0}")]
     Unavailable(#[from] actix::MailboxError),
@@ -143,7 +146,7 @@ impl HostError {
     pub fn is_permanent(&self) -> bool {
         match self {
             HostError::Ssh(e) => e.is_permanent(),
-            HostError::ServerGone(_) | HostError::Credentials(_) => true,
+            HostError::ServerGone(_) | HostError::Credentials(_) | HostError::NotAllowed(_) => true,
             HostError::ServerUnreadable(_) | HostError::Unavailable(_) => false,
         }
     }

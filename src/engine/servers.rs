@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{Actor, Engine, Error, StartError, Subject};
+use crate::actors::host::host_allowed;
 use crate::domain::{AuthType, FieldError, ServerDraft, ServerId, ServerPatch};
 use crate::settings::Settings;
 use crate::ssh::{self, SshError, SshOptions, SshTarget, TestReport};
@@ -48,12 +49,18 @@ fn fields_set(p: &ServerPatch) -> Vec<&'static str> {
 
 /// The report of a test that failed before it could connect.
 fn failed(e: &SshError) -> TestReport {
+    not_tested(e.to_string(), Some(e.clone()))
+}
+
+/// The report of a test that did not get to connect, and why.
+fn not_tested(error: String, failure: Option<SshError>) -> TestReport {
     TestReport {
         ok: false,
         latency_ms: 0,
         host_key_fingerprint: None,
-        error: Some(e.to_string()),
+        error: Some(error),
         host_key: None,
+        failure,
     }
 }
 
@@ -68,12 +75,67 @@ async fn insert(
     input: ServerPatch,
 ) -> Result<ServerRow, Error> {
     let draft = ServerDraft::create(input, settings.ssh.default_max_concurrent_jobs)?;
+    allowed(&settings.ssh.allowed_hosts, &draft.hostname)?;
     Ok(store.insert_server(draft).await?)
 }
 
+/// Refused, naming `hostname`, unless `ssh.allowed_hosts` allows the host.
+fn allowed(patterns: &[String], hostname: &str) -> Result<(), FieldError> {
+    if host_allowed(patterns, hostname) {
+        return Ok(());
+    }
+    let message = format!("{hostname:?} is not allowed by ssh.allowed_hosts");
+    Err(FieldError::new("hostname", message))
+}
+
+/// What a caller of a connection test is told: the kind of failure, never what would tell a
+/// closed port from a filtered one or from a service that is not SSH (the precise cause is
+/// in the audit record and the log).
+fn for_callers(e: &SshError) -> String {
+    let unreachable = "unreachable: no working SSH session could be made with the server";
+    match e {
+        SshError::Resolve { .. }
+        | SshError::Refused { .. }
+        | SshError::Unreachable { .. }
+        | SshError::Timeout { .. }
+        | SshError::Protocol { .. } => unreachable.into(),
+        SshError::AuthRejected { .. } => {
+            "authentication failed: the server refused the credentials".into()
+        }
+        SshError::BadKey(_) => "authentication failed: the private key cannot be used".into(),
+        SshError::Credentials(_) => {
+            "the stored credentials cannot be opened (wrong secret key)".into()
+        }
+        SshError::HostKeyChanged {
+            pinned, presented, ..
+        } => format!(
+            "host key mismatch: pinned {pinned}, server presented {presented}; if the change is \
+             expected, accept the new key (POST /api/v1/servers/ID/test with \
+             {{\"accept_host_key\": true}}, or set host_key on the server)"
+        ),
+        SshError::HostKeyUnknown { .. } => {
+            "host key mismatch: the server's key is not the one the known_hosts file lists".into()
+        }
+        SshError::HostKeyRejected { .. } => {
+            "host key mismatch: the server's key was refused".into()
+        }
+        SshError::Build(_) => "the test command cannot be built".into(),
+    }
+}
+
 /// Change a stored server: omitted fields keep their value, the result is validated whole.
-async fn patch(store: &Store, id: ServerId, input: ServerPatch) -> Result<Updated, Error> {
-    let updated = store.update_server(id.0, move |draft| draft.patch(input));
+async fn patch(
+    store: &Store,
+    settings: &Settings,
+    id: ServerId,
+    input: ServerPatch,
+) -> Result<Updated, Error> {
+    let patterns = settings.ssh.allowed_hosts.clone();
+    let updated = store.update_server(id.0, move |draft| {
+        let draft = draft.patch(input)?;
+        allowed(&patterns, &draft.hostname)?;
+        Ok(draft)
+    });
     updated.await.map_err(update_error(id))
 }
 
@@ -162,12 +224,14 @@ impl Engine {
         let fields = fields_set(&input);
         let changes = Arc::new(OnceLock::new());
         let seen = changes.clone();
+        let patterns = self.settings.ssh.allowed_hosts.clone();
         let updated = self
             .store
             .update_server(id.0, move |old: ServerDraft| {
                 let password = input.password.is_some();
                 let key = input.private_key.is_some() || input.pem_file.is_some();
                 let new = old.clone().patch(input)?;
+                allowed(&patterns, &new.hostname)?;
                 let (secret, reentered) = match new.auth_type {
                     AuthType::Password => ("password", password),
                     AuthType::Key => ("private_key", key),
@@ -232,7 +296,12 @@ impl Engine {
         let row = self.server(id).await?;
         let opts = SshOptions::from_settings(&self.settings.ssh);
         let bound = Duration::from_secs(self.settings.ssh.test_timeout_secs.max(1));
-        let (report, accepted) = match self.target(&row) {
+        let (mut report, accepted) = match self.target(&row) {
+            // Nothing is sent to a host the settings do not allow.
+            _ if !host_allowed(&self.settings.ssh.allowed_hosts, &row.hostname) => {
+                let message = format!("{:?} is not allowed by ssh.allowed_hosts", row.hostname);
+                (not_tested(message, None), None)
+            }
             Err(e) => (failed(&e), None),
             // Learn the key now presented (no credentials are sent), then test against it.
             Ok(mut target) if accept_host_key => match ssh::probe_host_key(&target, &opts).await {
@@ -273,8 +342,12 @@ impl Engine {
             (None, None) => false,
         };
         tracing::info!(server_id = %id, ok = report.ok, latency_ms = report.latency_ms, error = ?report.error, "connection test");
+        // The precise cause stays in the log and the audit record; the caller gets its kind.
         let detail = json!({ "ok": report.ok, "error": report.error });
         self.audit(actor, "server.test", id, detail).await;
+        if let Some(e) = report.failure.take() {
+            report.error = Some(for_callers(&e));
+        }
         Ok(Tested { report, pinned })
     }
 
@@ -303,7 +376,7 @@ async fn upsert_server(
     match store.get_server_by_name(name.clone()).await {
         Ok(row) => {
             let id = ServerId(crate::domain::parse_id("id", &row.id)?);
-            Ok(patch(store, id, input).await?.row)
+            Ok(patch(store, settings, id, input).await?.row)
         }
         Err(StoreError::NotFound) => insert(store, settings, input).await,
         Err(e) => Err(e.into()),
