@@ -87,12 +87,9 @@ async fn main() -> anyhow::Result<()> {
         Command::RotateKey { retire_old } => return rotate_key(&settings, retire_old).await,
         Command::Migrate => {
             let store = Store::open(&settings).await?;
-            let applied = store.migrate().await?;
-            println!(
-                "database {} is up to date",
-                settings.database.redacted_url()
-            );
-            drop(applied);
+            store.migrate().await?;
+            let url = settings.database.redacted_url();
+            println!("database {url} is up to date");
             return Ok(());
         }
     };
@@ -169,7 +166,8 @@ async fn rotate_key(settings: &Settings, retire_old: bool) -> anyhow::Result<()>
         None => {
             let mut all: Vec<String> = Vec::new();
             if !retire_old {
-                all.push(settings_key_text(settings));
+                use secrecy::ExposeSecret;
+                all.push(settings.secrets.key.expose_secret().trim().to_string());
             }
             all.push(entry);
             eprintln!("start every process with JOBEXEC_SECRET_KEY set to the line below");
@@ -177,11 +175,6 @@ async fn rotate_key(settings: &Settings, retire_old: bool) -> anyhow::Result<()>
         }
     }
     Ok(())
-}
-
-fn settings_key_text(settings: &Settings) -> String {
-    use secrecy::ExposeSecret;
-    settings.secrets.key.expose_secret().trim().to_string()
 }
 
 fn replace_file(path: &std::path::Path, text: &str) -> anyhow::Result<()> {

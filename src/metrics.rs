@@ -66,8 +66,8 @@ pub static JOB_DURATION: HistogramVec<1> = HistogramVec::new(
     "jobexec_job_duration_seconds",
     "Run time of jobs that ended in this process, by final status.",
     ["status"],
-    JOB_DURATION_BUCKETS,
-);
+)
+.buckets(JOB_DURATION_BUCKETS);
 
 /// SSH connections held in this process's pools, by server id.
 pub static SSH_CONNECTIONS_OPEN: GaugeVec<1> = GaugeVec::new(
@@ -117,8 +117,8 @@ pub static HTTP_DURATION: HistogramVec<2> = HistogramVec::new(
     "jobexec_http_request_duration_seconds",
     "Time to the response head of HTTP requests, by route pattern and method.",
     ["route", "method"],
-    HTTP_DURATION_BUCKETS,
-);
+)
+.buckets(HTTP_DURATION_BUCKETS);
 
 /// The version of the running build, a gauge at 1.
 static BUILD_INFO: GaugeVec<1> = GaugeVec::new(
@@ -131,16 +131,16 @@ static BUILD_INFO: GaugeVec<1> = GaugeVec::new(
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     let registry = Registry::new();
     BUILD_INFO.set([env!("CARGO_PKG_VERSION")], 1);
-    BUILD_INFO.0.register(&registry);
-    RUNNING_JOBS.0.register(&registry);
-    JOB_DURATION.0.register(&registry);
-    SSH_CONNECTIONS_OPEN.0.register(&registry);
-    SSH_CONNECTS.0.register(&registry);
-    SSH_CONNECT_FAILURES.0.register(&registry);
-    SSH_CHANNEL_OPENS.0.register(&registry);
-    OUTPUT_BYTES.0.register(&registry);
-    HTTP_REQUESTS.0.register(&registry);
-    HTTP_DURATION.0.register(&registry);
+    BUILD_INFO.register(&registry);
+    RUNNING_JOBS.register(&registry);
+    JOB_DURATION.register(&registry);
+    SSH_CONNECTIONS_OPEN.register(&registry);
+    SSH_CONNECTS.register(&registry);
+    SSH_CONNECT_FAILURES.register(&registry);
+    SSH_CHANNEL_OPENS.register(&registry);
+    OUTPUT_BYTES.register(&registry);
+    HTTP_REQUESTS.register(&registry);
+    HTTP_DURATION.register(&registry);
     registry
 });
 
@@ -161,34 +161,59 @@ pub fn made<C>(name: &str, made: prometheus::Result<C>) -> Option<C> {
         .ok()
 }
 
-/// Makes a family's vector from its options, label names and bucket bounds.
-type Make<V> = fn(Opts, &[&str], &[f64]) -> prometheus::Result<V>;
+/// A prometheus vector a [`Family`] holds, made from its options, label names and buckets.
+pub trait Vector: Sized {
+    /// Make the vector.
+    fn make(opts: Opts, labels: &[&str], buckets: &[f64]) -> prometheus::Result<Self>;
+}
+
+impl Vector for IntCounterVec {
+    fn make(opts: Opts, labels: &[&str], _: &[f64]) -> prometheus::Result<Self> {
+        IntCounterVec::new(opts, labels)
+    }
+}
+
+impl Vector for IntGaugeVec {
+    fn make(opts: Opts, labels: &[&str], _: &[f64]) -> prometheus::Result<Self> {
+        IntGaugeVec::new(opts, labels)
+    }
+}
+
+impl Vector for prometheus::HistogramVec {
+    fn make(opts: Opts, labels: &[&str], buckets: &[f64]) -> prometheus::Result<Self> {
+        let opts = HistogramOpts::from(opts).buckets(buckets.to_vec());
+        prometheus::HistogramVec::new(opts, labels)
+    }
+}
 
 /// A family's name, help, label names (and bucket bounds), made into a prometheus vector on
 /// first use.
-struct Family<const N: usize, V> {
+pub struct Family<const N: usize, V> {
     name: &'static str,
     help: &'static str,
     labels: [&'static str; N],
     buckets: &'static [f64],
-    make: Make<V>,
     vec: OnceLock<Option<V>>,
 }
 
-impl<const N: usize, T: MetricVecBuilder + 'static> Family<N, MetricVec<T>> {
-    const fn new(
-        name: &'static str,
-        help: &'static str,
-        labels: [&'static str; N],
-        buckets: &'static [f64],
-        make: Make<MetricVec<T>>,
-    ) -> Self {
+/// A family of counters: values that only go up.
+pub type CounterVec<const N: usize> = Family<N, IntCounterVec>;
+/// A family of gauges: values that go up and down.
+pub type GaugeVec<const N: usize> = Family<N, IntGaugeVec>;
+/// A family of histograms with fixed bucket bounds.
+pub type HistogramVec<const N: usize> = Family<N, prometheus::HistogramVec>;
+
+impl<const N: usize, T: MetricVecBuilder + 'static> Family<N, MetricVec<T>>
+where
+    MetricVec<T>: Vector,
+{
+    /// A family `name` with the label names `labels`.
+    pub const fn new(name: &'static str, help: &'static str, labels: [&'static str; N]) -> Self {
         Self {
             name,
             help,
             labels,
-            buckets,
-            make,
+            buckets: &[],
             vec: OnceLock::new(),
         }
     }
@@ -197,7 +222,8 @@ impl<const N: usize, T: MetricVecBuilder + 'static> Family<N, MetricVec<T>> {
         self.vec
             .get_or_init(|| {
                 let opts = Opts::new(self.name, self.help);
-                let vec = made(self.name, (self.make)(opts, &self.labels, self.buckets))?;
+                let made_vec = MetricVec::<T>::make(opts, &self.labels, self.buckets);
+                let vec = made(self.name, made_vec)?;
                 if N == 0 {
                     // The one series of an unlabelled family is there from the start, at 0.
                     let _ = vec.get_metric_with_label_values::<&str>(&[]);
@@ -225,44 +251,14 @@ impl<const N: usize, T: MetricVecBuilder + 'static> Family<N, MetricVec<T>> {
     fn text(&self) -> String {
         let registry = Registry::new();
         self.register(&registry);
-        render_registry(&registry)
+        let mut text = String::new();
+        let encoded = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut text);
+        assert!(encoded.is_ok(), "{encoded:?}");
+        text
     }
 }
-
-#[cfg(test)]
-fn render_registry(registry: &Registry) -> String {
-    let mut text = String::new();
-    let encoded = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut text);
-    assert!(encoded.is_ok(), "{encoded:?}");
-    text
-}
-
-fn counters(opts: Opts, labels: &[&str], _: &[f64]) -> prometheus::Result<IntCounterVec> {
-    IntCounterVec::new(opts, labels)
-}
-
-fn gauges(opts: Opts, labels: &[&str], _: &[f64]) -> prometheus::Result<IntGaugeVec> {
-    IntGaugeVec::new(opts, labels)
-}
-
-fn histograms(
-    opts: Opts,
-    labels: &[&str],
-    buckets: &[f64],
-) -> prometheus::Result<prometheus::HistogramVec> {
-    let opts = HistogramOpts::from(opts).buckets(buckets.to_vec());
-    prometheus::HistogramVec::new(opts, labels)
-}
-
-/// A family of counters: values that only go up.
-pub struct CounterVec<const N: usize>(Family<N, IntCounterVec>);
 
 impl<const N: usize> CounterVec<N> {
-    /// A family `name` with the label names `labels`.
-    pub const fn new(name: &'static str, help: &'static str, labels: [&'static str; N]) -> Self {
-        Self(Family::new(name, help, labels, &[], counters))
-    }
-
     /// Add one to the series of `values`.
     pub fn inc(&self, values: [&str; N]) {
         self.inc_by(values, 1);
@@ -270,71 +266,45 @@ impl<const N: usize> CounterVec<N> {
 
     /// Add `n` to the series of `values`.
     pub fn inc_by(&self, values: [&str; N], n: u64) {
-        if let Some(c) = self.0.series(values) {
+        if let Some(c) = self.series(values) {
             c.inc_by(n);
         }
     }
 
     /// The value of the series of `values` (made at 0 if it was never moved).
     pub fn get(&self, values: [&str; N]) -> u64 {
-        self.0.series(values).map_or(0, |c| c.get())
+        self.series(values).map_or(0, |c| c.get())
     }
 }
 
-/// A family of gauges: values that go up and down.
-pub struct GaugeVec<const N: usize>(Family<N, IntGaugeVec>);
-
 impl<const N: usize> GaugeVec<N> {
-    /// A family `name` with the label names `labels`.
-    pub const fn new(name: &'static str, help: &'static str, labels: [&'static str; N]) -> Self {
-        Self(Family::new(name, help, labels, &[], gauges))
-    }
-
-    /// Add `delta` (may be negative) to the series of `values`.
-    pub fn add(&self, values: [&str; N], delta: i64) {
-        if let Some(g) = self.0.series(values) {
-            g.add(delta);
-        }
-    }
-
     /// Set the series of `values` to `value`.
     pub fn set(&self, values: [&str; N], value: i64) {
-        if let Some(g) = self.0.series(values) {
+        if let Some(g) = self.series(values) {
             g.set(value);
         }
     }
 
     /// The value of the series of `values` (made at 0 if it was never moved).
     pub fn get(&self, values: [&str; N]) -> i64 {
-        self.0.series(values).map_or(0, |g| g.get())
+        self.series(values).map_or(0, |g| g.get())
     }
 
     /// Add one to the series of `values` now, and take it back when the guard is dropped:
     /// for things that are open while a value lives (a connection, a running job).
     pub fn track(&'static self, values: [&str; N]) -> GaugeGuard<N> {
-        let gauge = self.0.series(values);
+        let gauge = self.series(values);
         if let Some(g) = &gauge {
             g.inc();
         }
-        GaugeGuard {
-            name: self.0.name,
-            gauge,
-        }
+        GaugeGuard { gauge }
     }
 }
 
 /// One unit of a gauge, given back when dropped (see [`GaugeVec::track`]).
+#[derive(Debug)]
 pub struct GaugeGuard<const N: usize> {
-    name: &'static str,
     gauge: Option<IntGauge>,
-}
-
-impl<const N: usize> std::fmt::Debug for GaugeGuard<N> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GaugeGuard")
-            .field("gauge", &self.name)
-            .finish_non_exhaustive()
-    }
 }
 
 impl<const N: usize> Drop for GaugeGuard<N> {
@@ -345,31 +315,23 @@ impl<const N: usize> Drop for GaugeGuard<N> {
     }
 }
 
-/// A family of histograms with fixed bucket bounds.
-pub struct HistogramVec<const N: usize>(Family<N, prometheus::HistogramVec>);
-
 impl<const N: usize> HistogramVec<N> {
-    /// A family `name` with the label names `labels` and the (ascending) bucket upper
-    /// bounds `bounds`; `+Inf` is implied.
-    pub const fn new(
-        name: &'static str,
-        help: &'static str,
-        labels: [&'static str; N],
-        bounds: &'static [f64],
-    ) -> Self {
-        Self(Family::new(name, help, labels, bounds, histograms))
+    /// These (ascending) bucket upper bounds; `+Inf` is implied.
+    pub const fn buckets(mut self, bounds: &'static [f64]) -> Self {
+        self.buckets = bounds;
+        self
     }
 
     /// Count `value` in the series of `values`.
     pub fn observe(&self, values: [&str; N], value: f64) {
-        if let Some(h) = self.0.series(values) {
+        if let Some(h) = self.series(values) {
             h.observe(value);
         }
     }
 
     /// Observations so far in the series of `values` (made empty if there were none).
     pub fn count(&self, values: [&str; N]) -> u64 {
-        self.0.series(values).map_or(0, |h| h.get_sample_count())
+        self.series(values).map_or(0, |h| h.get_sample_count())
     }
 }
 
@@ -388,7 +350,7 @@ mod tests {
         C.inc(["z", "1"]);
         assert_eq!(C.get(["z", "1"]), 2);
         assert_eq!(
-            C.0.text(),
+            C.text(),
             "# HELP t_requests_total Help with \\\\ and\\nnewline.\n\
              # TYPE t_requests_total counter\n\
              t_requests_total{a=\"a\\\"q\\\\\\n\",b=\"2\"} 5\n\
@@ -400,7 +362,7 @@ mod tests {
     fn unlabelled_families_show_zero_before_use_and_guards_give_back() {
         static G: GaugeVec<0> = GaugeVec::new("t_open", "Open things.", []);
         assert_eq!(
-            G.0.text(),
+            G.text(),
             "# HELP t_open Open things.\n# TYPE t_open gauge\nt_open 0\n"
         );
         let a = G.track([]);
@@ -411,19 +373,19 @@ mod tests {
         drop(b);
         assert_eq!(G.get([]), 0);
         G.set([], -3);
-        assert!(G.0.text().ends_with("\nt_open -3\n"));
+        assert!(G.text().ends_with("\nt_open -3\n"));
     }
 
     #[test]
     fn histogram_buckets_are_cumulative_and_end_with_inf() {
         static H: HistogramVec<1> =
-            HistogramVec::new("t_seconds", "Durations.", ["status"], &[0.5, 1.0, 2.5]);
+            HistogramVec::new("t_seconds", "Durations.", ["status"]).buckets(&[0.5, 1.0, 2.5]);
         for v in [0.25, 0.5, 0.75, 2.0, 100.0] {
             H.observe(["ok"], v);
         }
         assert_eq!(H.count(["ok"]), 5);
         assert_eq!(
-            H.0.text(),
+            H.text(),
             "# HELP t_seconds Durations.\n\
              # TYPE t_seconds histogram\n\
              t_seconds_bucket{status=\"ok\",le=\"0.5\"} 2\n\
@@ -437,11 +399,11 @@ mod tests {
 
     #[test]
     fn every_process_family_can_be_made_and_the_unlabelled_ones_always_show() {
-        assert!(JOB_DURATION.0.vec().is_some() && HTTP_DURATION.0.vec().is_some());
-        assert!(RUNNING_JOBS.0.vec().is_some() && SSH_CONNECTIONS_OPEN.0.vec().is_some());
-        assert!(SSH_CONNECTS.0.vec().is_some() && SSH_CONNECT_FAILURES.0.vec().is_some());
-        assert!(SSH_CHANNEL_OPENS.0.vec().is_some() && OUTPUT_BYTES.0.vec().is_some());
-        assert!(HTTP_REQUESTS.0.vec().is_some());
+        assert!(JOB_DURATION.vec().is_some() && HTTP_DURATION.vec().is_some());
+        assert!(RUNNING_JOBS.vec().is_some() && SSH_CONNECTIONS_OPEN.vec().is_some());
+        assert!(SSH_CONNECTS.vec().is_some() && SSH_CONNECT_FAILURES.vec().is_some());
+        assert!(SSH_CHANNEL_OPENS.vec().is_some() && OUTPUT_BYTES.vec().is_some());
+        assert!(HTTP_REQUESTS.vec().is_some());
         let text = render(Vec::new());
         assert!(text.contains("# TYPE jobexec_running_jobs gauge\njobexec_running_jobs "));
         let version = env!("CARGO_PKG_VERSION");
@@ -453,6 +415,6 @@ mod tests {
         static BAD: CounterVec<1> = CounterVec::new("bad name", "Refused.", ["x"]);
         BAD.inc(["a"]);
         assert_eq!(BAD.get(["a"]), 0);
-        assert!(BAD.0.text().is_empty());
+        assert!(BAD.text().is_empty());
     }
 }

@@ -70,9 +70,12 @@ enum Source {
     File(PathBuf),
 }
 
+/// The keys held, by version.
+type Keys = BTreeMap<i32, LessSafeKey>;
+
 /// The keys that seal and open secrets.
 pub struct Keyring {
-    keys: RwLock<BTreeMap<i32, LessSafeKey>>,
+    keys: RwLock<Keys>,
     source: Source,
     rng: SystemRandom,
 }
@@ -95,7 +98,7 @@ pub fn generate_entry(version: i32) -> Result<String, SecretsError> {
     Ok(format!("{version}:{}", B64.encode(bytes)))
 }
 
-fn parse(text: &str) -> Result<BTreeMap<i32, LessSafeKey>, SecretsError> {
+fn parse(text: &str) -> Result<Keys, SecretsError> {
     let mut keys = BTreeMap::new();
     for (n, entry) in text
         .split([',', '\n'])
@@ -103,6 +106,7 @@ fn parse(text: &str) -> Result<BTreeMap<i32, LessSafeKey>, SecretsError> {
         .filter(|e| !e.is_empty() && !e.starts_with('#'))
         .enumerate()
     {
+        let bad = |why: String| SecretsError::BadKey(format!("key entry {}: {why}", n + 1));
         let (version, encoded) = match entry.split_once(':') {
             Some((v, k)) => (
                 v.trim()
@@ -110,23 +114,19 @@ fn parse(text: &str) -> Result<BTreeMap<i32, LessSafeKey>, SecretsError> {
                     .ok()
                     .filter(|v| *v >= 1)
                     .ok_or_else(|| {
-                        SecretsError::BadKey(format!(
-                            "key entry {}: the version before ':' must be a whole number ≥ 1",
-                            n + 1
-                        ))
+                        bad("the version before ':' must be a whole number ≥ 1".into())
                     })?,
                 k.trim(),
             ),
             None => (1, entry),
         };
-        let bytes = B64.decode(encoded).map_err(|_| {
-            SecretsError::BadKey(format!("key entry {}: the key is not base64", n + 1))
-        })?;
+        let bytes = B64
+            .decode(encoded)
+            .map_err(|_| bad("the key is not base64".into()))?;
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, &bytes).map_err(|_| {
-            SecretsError::BadKey(format!(
-                "key entry {}: a key is 32 bytes (44 base64 characters), this one is {} bytes",
-                n + 1,
-                bytes.len()
+            let n = bytes.len();
+            bad(format!(
+                "a key is 32 bytes (44 base64 characters), this one is {n} bytes"
             ))
         })?;
         if keys.insert(version, LessSafeKey::new(unbound)).is_some() {
@@ -148,7 +148,7 @@ fn file_error(path: &Path, e: impl std::fmt::Display) -> SecretsError {
     }
 }
 
-fn read_key_file(path: &Path) -> Result<BTreeMap<i32, LessSafeKey>, SecretsError> {
+fn read_key_file(path: &Path) -> Result<Keys, SecretsError> {
     let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
     #[cfg(unix)]
     if let Ok(meta) = std::fs::metadata(path) {
@@ -229,7 +229,7 @@ impl Keyring {
         Ok(Self::new(parse(text.expose_secret())?, Source::Inline))
     }
 
-    fn new(keys: BTreeMap<i32, LessSafeKey>, source: Source) -> Self {
+    fn new(keys: Keys, source: Source) -> Self {
         Self {
             keys: RwLock::new(keys),
             source,
@@ -278,12 +278,15 @@ impl Keyring {
         Ok(())
     }
 
+    /// The keys held, to read.
+    fn held(&self) -> Result<std::sync::RwLockReadGuard<'_, Keys>, SecretsError> {
+        let poisoned = |_| SecretsError::BadKey("the keyring is poisoned".into());
+        self.keys.read().map_err(poisoned)
+    }
+
     /// Seal `plain` for `aad` under the current key; returns the version and the bytes.
     pub fn seal(&self, aad: &str, plain: &[u8]) -> Result<(i32, Vec<u8>), SecretsError> {
-        let keys = self
-            .keys
-            .read()
-            .map_err(|_| SecretsError::BadKey("the keyring is poisoned".into()))?;
+        let keys = self.held()?;
         let (&version, key) = keys
             .last_key_value()
             .ok_or_else(|| SecretsError::BadKey("the keyring is empty".into()))?;
@@ -318,10 +321,7 @@ impl Keyring {
             // A newer version may have been added to the key file since this process read it.
             self.reload()?;
         }
-        let keys = self
-            .keys
-            .read()
-            .map_err(|_| SecretsError::BadKey("the keyring is poisoned".into()))?;
+        let keys = self.held()?;
         let key = keys
             .get(&version)
             .ok_or(SecretsError::UnknownVersion(version))?;

@@ -287,6 +287,9 @@ pub struct SshSettings {
     pub default_max_concurrent_jobs: u32,
     /// An OpenSSH known_hosts file consulted for servers with no pinned key; empty for none.
     pub known_hosts_file: String,
+    /// Glob patterns (`*`, `?`) a server's hostname must match; empty: any.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[jobs]`
@@ -572,7 +575,8 @@ impl DatabaseSettings {
     }
 }
 
-/// Replace the password of `scheme://user:password@host…` with `***`.
+/// Replace the password of `scheme://user:password@host…` with `***`, and leave out the
+/// query and fragment (they may carry credentials too: `?password=…`).
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
@@ -581,12 +585,14 @@ pub fn redact_url(url: &str) -> String {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}{tail}")
-        }
-        None => url.to_string(),
+    let (user, place) = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => (userinfo.split(':').next(), format!("{host}{tail}")),
+        None => (None, rest.to_string()),
+    };
+    let place = place.split(['?', '#']).next().unwrap_or_default();
+    match user {
+        Some(user) => format!("{scheme}://{user}:***@{place}"),
+        None => format!("{scheme}://{place}"),
     }
 }
 
@@ -680,6 +686,7 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("auth.tokens")
+                .with_list_parse_key("ssh.allowed_hosts")
                 .source(Some(ours)),
         );
         builder

@@ -71,46 +71,31 @@ pub struct Builder {
 
 impl Builder {
     /// The database: a file path, `sqlite://PATH`, or `postgres://…`.
-    pub fn database(mut self, url: &str) -> Self {
-        if let Ok(s) = &mut self.settings {
-            s.database.url = SecretString::from(url.to_string());
-        }
-        self
+    pub fn database(self, url: &str) -> Self {
+        self.settings(|s| s.database.url = SecretString::from(url.to_string()))
     }
 
     /// A RabbitMQ broker to share work with `job-executor` workers (default: in-process
     /// queue).
-    pub fn rabbitmq(mut self, url: &str) -> Self {
-        if let Ok(s) = &mut self.settings {
-            s.rabbitmq.url = SecretString::from(url.to_string());
-        }
-        self
+    pub fn rabbitmq(self, url: &str) -> Self {
+        self.settings(|s| s.rabbitmq.url = SecretString::from(url.to_string()))
     }
 
     /// The secret key that seals stored credentials (`VERSION:BASE64`; see
     /// [`crate::secrets`]). Needed on PostgreSQL; on SQLite a key file is made beside the
     /// database otherwise.
-    pub fn secret_key(mut self, key: &str) -> Self {
-        if let Ok(s) = &mut self.settings {
-            s.secrets.key = SecretString::from(key.to_string());
-        }
-        self
+    pub fn secret_key(self, key: &str) -> Self {
+        self.settings(|s| s.secrets.key = SecretString::from(key.to_string()))
     }
 
     /// Jobs this process runs at once.
-    pub fn concurrency(mut self, n: usize) -> Self {
-        if let Ok(s) = &mut self.settings {
-            s.worker.concurrency = n.max(1);
-        }
-        self
+    pub fn concurrency(self, n: usize) -> Self {
+        self.settings(|s| s.worker.concurrency = n.max(1))
     }
 
     /// Seconds a job may run when it does not say.
-    pub fn default_timeout(mut self, d: Duration) -> Self {
-        if let Ok(s) = &mut self.settings {
-            s.jobs.default_timeout_secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1);
-        }
-        self
+    pub fn default_timeout(self, d: Duration) -> Self {
+        self.settings(|s| s.jobs.default_timeout_secs = whole_seconds(d))
     }
 
     /// Change any other setting.
@@ -205,24 +190,26 @@ pub struct NewJob {
 impl NewJob {
     /// A command line, run by the login shell of `server`.
     pub fn command(server: &str, command: &str) -> Self {
-        NewJob {
-            kind: Some(JobKind::Command),
-            request: JobRequest {
-                command: Some(command.to_string()),
-                ..Default::default()
-            },
-            server: server.to_string(),
-        }
+        let request = JobRequest {
+            command: Some(command.to_string()),
+            ..Default::default()
+        };
+        Self::new(JobKind::Command, server, request)
     }
 
     /// A script, run by `/bin/bash` (or [`NewJob::shell`]) with [`NewJob::args`] as `$1…`.
     pub fn script(server: &str, script: &str) -> Self {
+        let request = JobRequest {
+            script: Some(script.to_string()),
+            ..Default::default()
+        };
+        Self::new(JobKind::Script, server, request)
+    }
+
+    fn new(kind: JobKind, server: &str, request: JobRequest) -> Self {
         NewJob {
-            kind: Some(JobKind::Script),
-            request: JobRequest {
-                script: Some(script.to_string()),
-                ..Default::default()
-            },
+            kind: Some(kind),
+            request,
             server: server.to_string(),
         }
     }
@@ -235,7 +222,7 @@ impl NewJob {
 
     /// Stop the job after this long (it ends `timed_out`).
     pub fn timeout(mut self, d: Duration) -> Self {
-        self.request.timeout = Some(i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1));
+        self.request.timeout = Some(whole_seconds(d));
         self
     }
 
@@ -281,14 +268,9 @@ pub struct OutputChunk {
 }
 
 /// A running supervisor. Drop it or call [`Supervisor::shutdown`] to stop.
+#[derive(Debug)]
 pub struct Supervisor {
     runtime: Runtime,
-}
-
-impl std::fmt::Debug for Supervisor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Supervisor").finish_non_exhaustive()
-    }
 }
 
 impl Supervisor {
@@ -394,10 +376,6 @@ struct ChunkSink {
 }
 
 impl Sink for ChunkSink {
-    async fn status(&mut self, _: i64, _: &JobRow) -> Result<(), Gone> {
-        Ok(())
-    }
-
     async fn output(
         &mut self,
         seq: i64,
@@ -414,18 +392,15 @@ impl Sink for ChunkSink {
         self.tx.send(chunk).await.map_err(|_| Gone)
     }
 
-    async fn complete(&mut self, _: i64, _: &JobRow) -> Result<(), Gone> {
-        Ok(())
-    }
-
-    async fn idle(&mut self) -> Result<(), Gone> {
-        Ok(())
-    }
-
     fn gone(&self) -> impl std::future::Future<Output = ()> + 'static {
         let tx = self.tx.clone();
         async move { tx.closed().await }
     }
+}
+
+/// `d` in whole seconds, at least 1.
+fn whole_seconds(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1)
 }
 
 impl JobRow {

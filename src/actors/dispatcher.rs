@@ -20,11 +20,10 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::host::{self, HostActor, PoolLimits};
 use super::job::{JobActor, JobDeps};
-use super::messages::{
-    AcquireSlot, CancelJob, Delivery, Drain, HostError, JobEnded, RemoteCancel, StopReason,
-};
+use super::messages::{AcquireSlot, CancelJob, Delivery, Drain, HostError, JobEnded, StopReason};
 use crate::domain::Micros;
 use crate::events::JobEvent;
+use crate::queue::rabbit::{ControlMsg, RabbitBroker};
 use crate::queue::{Ack, JobQueue};
 use crate::settings::Settings;
 use crate::ssh::SshOptions;
@@ -51,7 +50,7 @@ pub struct Dispatcher {
     next_delivery: u64,
     /// The delivery whose slot request goes next.
     next_admitted: u64,
-    broker: Option<Arc<crate::queue::rabbit::RabbitBroker>>,
+    broker: Option<Arc<RabbitBroker>>,
     /// This worker's run slots (`worker.concurrency`). A semaphore: a delivery waits for a
     /// permit away from the actor, and the permit stays with the job until it ends.
     slots: Arc<Semaphore>,
@@ -111,7 +110,7 @@ impl Dispatcher {
     }
 
     /// Take cancels from the broker's control exchange as well.
-    pub fn with_broker(mut self, broker: Option<Arc<crate::queue::rabbit::RabbitBroker>>) -> Self {
+    pub fn with_broker(mut self, broker: Option<Arc<RabbitBroker>>) -> Self {
         self.broker = broker;
         self
     }
@@ -150,6 +149,7 @@ impl Dispatcher {
                 channels_per_connection: w.channels_per_connection,
                 idle: Duration::from_secs(w.idle_connection_secs),
             },
+            self.settings.ssh.allowed_hosts.clone().into(),
         )
         .start();
         self.hosts.insert(server_id.to_string(), addr.clone());
@@ -160,6 +160,7 @@ impl Dispatcher {
         let store = self.deps.store.clone();
         let ssh_opts = SshOptions::from_settings(&self.settings.ssh);
         let grace = Duration::from_secs(self.settings.jobs.kill_grace_secs);
+        let allowed: Arc<[String]> = self.settings.ssh.allowed_hosts.clone().into();
         let events = self.deps.events.clone();
         let worker = self.worker_id.clone();
         let ids: Vec<String> = self.running.keys().cloned().collect();
@@ -180,7 +181,7 @@ impl Dispatcher {
                             if let Some(pgid) = job.remote_pgid {
                                 actix::spawn(kill_lost_group(
                                     store.clone(),
-                                    ssh_opts.clone(),
+                                    (ssh_opts.clone(), allowed.clone()),
                                     job.clone(),
                                     pgid,
                                     grace,
@@ -219,7 +220,7 @@ impl Dispatcher {
 /// any process (an api too) can do it.
 async fn kill_lost_group(
     store: Store,
-    opts: SshOptions,
+    (opts, allowed): (SshOptions, Arc<[String]>),
     job: crate::store::LostJob,
     pgid: i64,
     grace: Duration,
@@ -229,7 +230,7 @@ async fn kill_lost_group(
         return;
     };
     let work = async {
-        let (_, _, target) = host::server_target(&store, server_id).await?;
+        let (_, target) = host::server_target(&store, server_id, &allowed).await?;
         let conn = crate::ssh::connect(&target, &opts).await?;
         let done = crate::ssh::exec::kill_orphan_group(&conn.client, pgid, &job.id, grace).await;
         let _ = conn.client.disconnect().await;
@@ -254,11 +255,11 @@ impl Actor for Dispatcher {
         if !self.runs_jobs {
             return;
         }
-        if let Some(rx) = self.queue.take_consumer() {
-            ctx.add_stream(tokio_stream_from(rx));
+        if let Some(mut rx) = self.queue.take_consumer() {
+            ctx.add_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
         }
-        if let Some(rx) = self.broker.as_ref().and_then(|b| b.take_control()) {
-            ctx.add_stream(control_stream(rx));
+        if let Some(mut rx) = self.broker.as_ref().and_then(|b| b.take_control()) {
+            ctx.add_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
         }
         let poll = Duration::from_secs(self.settings.rabbitmq.poll_secs.max(1));
         ctx.run_interval(poll, |act, ctx| act.poll_queued(ctx));
@@ -267,33 +268,9 @@ impl Actor for Dispatcher {
     }
 }
 
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::queue::Delivered>,
-) -> impl futures::Stream<Item = Delivery> {
-    futures::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx).map(|o| {
-            o.map(|d| Delivery {
-                job_id: d.job_id,
-                ack: d.ack,
-            })
-        })
-    })
-}
-
-fn control_stream(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::queue::rabbit::ControlMsg>,
-) -> impl futures::Stream<Item = RemoteCancel> {
-    futures::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx).map(|o| {
-            o.map(|m| match m {
-                crate::queue::rabbit::ControlMsg::Cancel { job_id } => RemoteCancel { job_id },
-            })
-        })
-    })
-}
-
-impl StreamHandler<RemoteCancel> for Dispatcher {
-    fn handle(&mut self, RemoteCancel { job_id }: RemoteCancel, _: &mut Self::Context) {
+impl StreamHandler<ControlMsg> for Dispatcher {
+    fn handle(&mut self, msg: ControlMsg, _: &mut Self::Context) {
+        let ControlMsg::Cancel { job_id } = msg;
         self.stop_job(job_id, StopReason::Canceled);
     }
 }
@@ -301,10 +278,6 @@ impl StreamHandler<RemoteCancel> for Dispatcher {
 impl StreamHandler<Delivery> for Dispatcher {
     fn handle(&mut self, msg: Delivery, ctx: &mut Self::Context) {
         <Self as Handler<Delivery>>::handle(self, msg, ctx);
-    }
-
-    fn finished(&mut self, _: &mut Self::Context) {
-        tracing::debug!("queue consumer ended");
     }
 }
 
@@ -464,26 +437,21 @@ impl Dispatcher {
 
     /// Start the actor of a claimed job.
     fn start(&mut self, claimed: Claimed, ctx: &mut Context<Self>) {
-        let Claimed {
-            row,
-            host,
-            host_slot,
-            worker_slot,
-        } = claimed;
+        let (row, deps) = (claimed.row, self.deps.clone());
         let id = row.id.clone();
         tracing::info!(job_id = %id, server_id = %row.server_id, "job started");
         let dispatcher = ctx.address().recipient();
         let actor = JobActor::new(
             row,
-            self.deps.clone(),
-            host,
+            deps,
+            claimed.host,
             dispatcher,
             &self.token,
-            host_slot,
+            claimed.host_slot,
         );
         let job = Running {
             actor: actor.start(),
-            _worker_slot: worker_slot,
+            _worker_slot: claimed.worker_slot,
             _tracked: self.tracker.token(),
         };
         self.running.insert(id, job);

@@ -18,7 +18,6 @@ use actix::prelude::*;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::messages::{AcquireSlot, ChannelLease, Checkout, HostError, LeaseReturned};
-use crate::domain::ServerDraft;
 use crate::metrics;
 use crate::ssh::{self, SshError, SshOptions, SshTarget};
 use crate::store::{ServerRow, Store, StoreError};
@@ -56,6 +55,8 @@ pub struct HostActor {
     store: Store,
     opts: SshOptions,
     limits: PoolLimits,
+    /// `ssh.allowed_hosts`: checked before every connection.
+    allowed: Arc<[String]>,
     /// The run slots. A semaphore, not a count of the actor's: a slot's permit goes with the
     /// job to its actor and comes back the moment it is dropped, however the job ends.
     slots: Arc<Semaphore>,
@@ -75,19 +76,22 @@ pub struct HostActor {
 }
 
 impl HostActor {
-    /// A host actor for `server_id`, running at most `max_jobs` jobs at once.
+    /// A host actor for `server_id`, running at most `max_jobs` jobs at once, connecting
+    /// only to the hosts `allowed` allows (`ssh.allowed_hosts`).
     pub fn new(
         server_id: uuid::Uuid,
         max_jobs: usize,
         store: Store,
         opts: SshOptions,
         limits: PoolLimits,
+        allowed: Arc<[String]>,
     ) -> Self {
         Self {
             server_id,
             store,
             opts,
             limits,
+            allowed,
             slots: Arc::new(Semaphore::new(max_jobs.max(1))),
             capacity: max_jobs.max(1),
             slot_waiters: BTreeMap::new(),
@@ -179,7 +183,13 @@ impl HostActor {
     /// Open a connection for `waiter`, which gets the first lease on it (or the error).
     fn connect(&mut self, waiter: LeaseReply, ctx: &mut Context<Self>) {
         self.connecting += 1;
-        let made = connect_new(self.store.clone(), self.opts.clone(), self.server_id);
+        let allowed = self.allowed.clone();
+        let made = connect_new(
+            self.store.clone(),
+            self.opts.clone(),
+            self.server_id,
+            allowed,
+        );
         ctx.spawn(made.into_actor(self).map(move |made, act, ctx| {
             act.connecting -= 1;
             let server = act.server_id.to_string();
@@ -331,27 +341,71 @@ impl Handler<LeaseReturned> for HostActor {
     }
 }
 
+/// Whether `hostname` matches one of `patterns` (`ssh.allowed_hosts`: globs with `*` and
+/// `?`, case-insensitive); no patterns allow any host.
+pub fn host_allowed(patterns: &[String], hostname: &str) -> bool {
+    patterns.is_empty()
+        || patterns
+            .iter()
+            .any(|p| glob(p.as_bytes(), hostname.as_bytes()))
+}
+
+/// `text` matches `pattern` whole: `*` stands for any run, `?` for one byte.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    // The last `*` seen, and where in `text` it started matching.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c.eq_ignore_ascii_case(&text[t]) => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                // Let the `*` take one more byte and try again.
+                Some((sp, st)) => {
+                    star = Some((sp, st + 1));
+                    p = sp + 1;
+                    t = st + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
 /// The server's record, read afresh (credentials or the pinned key may have changed), and
-/// where to connect to it.
+/// where to connect to it; refused, without connecting, when `ssh.allowed_hosts` does not
+/// allow its host.
 pub(super) async fn server_target(
     store: &Store,
     id: uuid::Uuid,
-) -> Result<(ServerRow, ServerDraft, SshTarget), HostError> {
+    allowed: &[String],
+) -> Result<(ServerRow, SshTarget), HostError> {
     let row = store.get_server(id).await.map_err(|e| match e {
         StoreError::NotFound => HostError::ServerGone(id),
         other => HostError::ServerUnreadable(other),
     })?;
+    if !host_allowed(allowed, &row.hostname) {
+        return Err(HostError::NotAllowed(row.hostname));
+    }
     let draft = store.open_server(&row).map_err(HostError::Credentials)?;
     let target = SshTarget::from_server(&draft)?;
-    Ok((row, draft, target))
+    Ok((row, target))
 }
 
 async fn connect_new(
     store: Store,
     opts: SshOptions,
     id: uuid::Uuid,
+    allowed: Arc<[String]>,
 ) -> Result<(Client, bool), HostError> {
-    let (row, _, target) = server_target(&store, id).await?;
+    let (row, target) = server_target(&store, id, &allowed).await?;
     let conn = ssh::connect(&target, &opts).await?;
     let line = ssh::openssh_line(&conn.host_key);
     let fingerprint = ssh::fingerprint(&conn.host_key);
@@ -373,6 +427,7 @@ fn failure_kind(e: &HostError) -> &'static str {
         HostError::Ssh(e) => e,
         HostError::ServerGone(_) => return "bad_key",
         HostError::Credentials(_) => return "credentials",
+        HostError::NotAllowed(_) => return "not_allowed",
         HostError::ServerUnreadable(_) | HostError::Unavailable(_) => return "protocol",
     };
     match e {
@@ -388,5 +443,29 @@ fn failure_kind(e: &HostError) -> &'static str {
         SshError::HostKeyRejected { .. } | SshError::HostCertificate { .. } => "host_key_rejected",
         SshError::Protocol { .. } => "protocol",
         SshError::Build(_) => "protocol",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn allowed_hosts_are_globs_on_the_whole_name() {
+        assert!(host_allowed(&[], "anything"));
+        let patterns = ["*.example.com", "10.0.?.*", "db"].map(String::from);
+        for ok in ["a.example.com", "A.B.EXAMPLE.COM", "10.0.1.25", "db"] {
+            assert!(host_allowed(&patterns, ok), "{ok}");
+        }
+        for no in [
+            "example.com",
+            "a.example.com.evil",
+            "10.0.12.5",
+            "db2",
+            "xdb",
+            "",
+        ] {
+            assert!(!host_allowed(&patterns, no), "{no}");
+        }
     }
 }

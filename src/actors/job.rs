@@ -93,12 +93,8 @@ impl Actor for JobActor {
         self.running = Some(metrics::RUNNING_JOBS.track([]));
         let began = Instant::now();
         let id = row.id.clone();
-        let ctx_run = RunCtx {
-            host: self.host.clone(),
-            cancel: self.cancel.clone(),
-            deps: self.deps.clone(),
-        };
-        let run = AssertUnwindSafe(run(row, ctx_run))
+        let (host, cancel, deps) = (self.host.clone(), self.cancel.clone(), self.deps.clone());
+        let run = AssertUnwindSafe(run(row, host, cancel, deps))
             .catch_unwind()
             .map(|ran| ran.unwrap_or_else(Ending::Panicked));
         ctx.spawn(
@@ -164,12 +160,6 @@ async fn record(deps: &JobDeps, id: String, finish: Finish, began: Instant) {
     }
 }
 
-struct RunCtx {
-    host: Addr<HostActor>,
-    cancel: CancellationToken,
-    deps: JobDeps,
-}
-
 /// How a run ended.
 enum Ending {
     /// On its own: its end as it is.
@@ -193,11 +183,7 @@ impl Ending {
                     StopReason::Canceled => format!("canceled by request{when}"),
                     StopReason::Shutdown => format!("canceled: the worker shut down{when}"),
                 };
-                Finish {
-                    status: JobStatus::Canceled,
-                    exit_code: None,
-                    error: Some(error),
-                }
+                ended(JobStatus::Canceled, None, error)
             }
             Ending::Panicked(panic) => {
                 let what = panic
@@ -215,10 +201,16 @@ impl Ending {
 }
 
 fn failed(error: impl Into<String>) -> Finish {
+    ended(JobStatus::Failed, None, error)
+}
+
+/// An end other than success, with why.
+fn ended(status: JobStatus, exit_code: Option<i32>, error: impl Into<String>) -> Finish {
+    let error = Some(error.into());
     Finish {
-        status: JobStatus::Failed,
-        exit_code: None,
-        error: Some(error.into()),
+        status,
+        exit_code,
+        error,
     }
 }
 
@@ -248,18 +240,22 @@ fn remote_job(row: &JobRow) -> RemoteJob {
     }
 }
 
-async fn run(row: JobRow, cx: RunCtx) -> Ending {
-    let settings = cx.deps.jobs.clone();
+async fn run(
+    row: JobRow,
+    host: Addr<HostActor>,
+    cancel: CancellationToken,
+    deps: JobDeps,
+) -> Ending {
+    let settings = deps.jobs.clone();
     let job = remote_job(&row);
     if let Err(e) = exec::build(&job) {
         return Ending::Ran(failed(format!("the job cannot be run: {e}")));
     }
     let timeout = Duration::from_secs(u64::try_from(row.timeout_secs).unwrap_or(1).max(1));
     let deadline = tokio::time::Instant::now() + timeout;
-    let timed_out = || Finish {
-        status: JobStatus::TimedOut,
-        exit_code: None,
-        error: Some(format!("timed out after {}s", timeout.as_secs())),
+    let timed_out = || {
+        let error = format!("timed out after {}s", timeout.as_secs());
+        ended(JobStatus::TimedOut, None, error)
     };
 
     // Connect (bounded retries: nothing has run yet) and open a channel.
@@ -267,10 +263,10 @@ async fn run(row: JobRow, cx: RunCtx) -> Ending {
     let (lease, channel) = loop {
         attempt += 1;
         let got = tokio::select! {
-            _ = cx.cancel.cancelled() => return Ending::Stopped { started: false },
+            _ = cancel.cancelled() => return Ending::Stopped { started: false },
             _ = tokio::time::sleep_until(deadline) => return Ending::Ran(timed_out()),
             got = async {
-                let lease = cx.host.send(Checkout).await??;
+                let lease = host.send(Checkout).await??;
                 let channel = exec::open_channel(&lease.client).await?;
                 metrics::SSH_CHANNEL_OPENS.inc([&row.server_id]);
                 Ok::<_, HostError>((lease, channel))
@@ -289,8 +285,8 @@ async fn run(row: JobRow, cx: RunCtx) -> Ending {
     let (tx, mut group, writer) = output::spawn(
         row.id.clone(),
         row.next_seq,
-        cx.deps.store.clone(),
-        cx.deps.events.clone(),
+        deps.store.clone(),
+        deps.events.clone(),
         settings.output_cap_bytes,
     );
     // Boxed so it can be dropped early: dropping it closes the channel and the writer's input.
@@ -302,7 +298,7 @@ async fn run(row: JobRow, cx: RunCtx) -> Ending {
     }
     let outcome = tokio::select! {
         r = &mut exec_run => Outcome::Ran(r),
-        _ = cx.cancel.cancelled() => Outcome::Stop(None),
+        _ = cancel.cancelled() => Outcome::Stop(None),
         _ = tokio::time::sleep_until(deadline) => Outcome::Stop(Some(timed_out())),
     };
     let ending = match outcome {
@@ -311,11 +307,10 @@ async fn run(row: JobRow, cx: RunCtx) -> Ending {
             exit_code: Some(0),
             error: None,
         }),
-        Outcome::Ran(Ok(ExecEnd::Exited(code))) => Ending::Ran(Finish {
-            status: JobStatus::Failed,
-            exit_code: Some(code),
-            error: Some(format!("the command exited with status {code}")),
-        }),
+        Outcome::Ran(Ok(ExecEnd::Exited(code))) => {
+            let error = format!("the command exited with status {code}");
+            Ending::Ran(ended(JobStatus::Failed, Some(code), error))
+        }
         Outcome::Ran(Ok(ExecEnd::Signaled(sig))) => {
             Ending::Ran(failed(format!("the command was killed by signal {sig}")))
         }

@@ -1,5 +1,6 @@
 //! The actors' protocol: every message they exchange, one documented struct each with its
-//! `rtype` explicit, and the values that travel in them ([`ChannelLease`], [`HostError`]).
+//! `rtype` explicit (the queue's delivery and cancel travel as the queue made them), and the
+//! values that travel in them ([`ChannelLease`], [`HostError`]).
 //!
 //! Owns the vocabulary only: it imports nothing from the actors themselves, so each actor
 //! depends on its messages and never the other way round.
@@ -14,22 +15,11 @@ use crate::store::StoreError;
 // ── To the dispatcher ────────────────────────────────────────────────────────────────────
 
 /// A job id arrived (from the queue, or from the database poll): try to claim and run it,
-/// then acknowledge the delivery if it came with an acker.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Delivery {
-    /// The job.
-    pub job_id: String,
-    /// How to acknowledge the delivery, once the claim is committed or lost.
-    pub ack: Option<crate::queue::Ack>,
-}
+/// then acknowledge the delivery if it came with an acker. The queue's delivery as it is.
+pub use crate::queue::Delivered as Delivery;
 
-impl std::fmt::Debug for Delivery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Delivery")
-            .field("job_id", &self.job_id)
-            .finish_non_exhaustive()
-    }
+impl Message for Delivery {
+    type Result = ();
 }
 
 /// Stop a job (sent to the dispatcher, which forwards it to the job's actor if it runs here).
@@ -52,11 +42,8 @@ pub enum StopReason {
 }
 
 /// A cancel another process asked for, through the broker's control exchange.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct RemoteCancel {
-    /// The job.
-    pub job_id: String,
+impl Message for crate::queue::rabbit::ControlMsg {
+    type Result = ();
 }
 
 /// A job actor is done (sent by the job actor to the dispatcher).
@@ -146,6 +133,9 @@ pub enum HostError {
     /// The server's stored credentials cannot be opened (wrong secret key).
     #[error("cannot use the stored credentials: {0}")]
     Credentials(#[source] StoreError),
+    /// `ssh.allowed_hosts` does not allow the server's host: nothing was sent to it.
+    #[error("host {0:?} is not allowed by ssh.allowed_hosts; nothing was sent to it")]
+    NotAllowed(String),
     /// The host actor stopped before it answered.
     #[error("host actor unavailable: {0}")]
     Unavailable(#[from] actix::MailboxError),
@@ -156,7 +146,7 @@ impl HostError {
     pub fn is_permanent(&self) -> bool {
         match self {
             HostError::Ssh(e) => e.is_permanent(),
-            HostError::ServerGone(_) | HostError::Credentials(_) => true,
+            HostError::ServerGone(_) | HostError::Credentials(_) | HostError::NotAllowed(_) => true,
             HostError::ServerUnreadable(_) | HostError::Unavailable(_) => false,
         }
     }

@@ -60,9 +60,24 @@ pub fn spawn(
 ) {
     let (tx, rx) = mpsc::channel(1024);
     let (group_tx, group_rx) = watch::channel(None);
-    let task = tokio::spawn(run(
-        job_id, first_seq, store, events, cap_bytes, rx, group_tx,
-    ));
+    let head_limit = cap_bytes / 2;
+    let state = State {
+        job_key: Arc::from(job_id.as_str()),
+        job_id,
+        store,
+        seq: first_seq.max(0),
+        batch: Vec::new(),
+        batch_bytes: 0,
+        stored_bytes: 0,
+        head_limit,
+        tail_limit: cap_bytes - head_limit,
+        tail: VecDeque::new(),
+        tail_bytes: 0,
+        first_dropped_seq: None,
+        in_flight: None,
+        report: WriterReport::default(),
+    };
+    let task = tokio::spawn(state.run(events, rx, group_tx));
     (tx, group_rx, task)
 }
 
@@ -84,6 +99,7 @@ struct State {
 }
 
 impl State {
+    /// Number, publish and keep one chunk; flush when the batch is large.
     fn take(&mut self, stream: OutputStream, data: Vec<u8>, events: &EventBus) {
         let seq = self.seq;
         self.seq += 1;
@@ -114,30 +130,38 @@ impl State {
             self.stored_bytes += len;
             self.batch_bytes += row.data.len();
             self.batch.push(row);
-            return;
-        }
-        // Past the head: keep a bounded tail, drop from the middle.
-        self.first_dropped_seq.get_or_insert(seq);
-        self.tail_bytes += len;
-        self.tail.push_back(row);
-        while self.tail_bytes > self.tail_limit {
-            match self.tail.pop_front() {
-                Some(old) => self.tail_bytes -= old.data.len() as u64,
-                None => break,
+        } else {
+            // Past the head: keep a bounded tail, drop from the middle.
+            self.first_dropped_seq.get_or_insert(seq);
+            self.tail_bytes += len;
+            self.tail.push_back(row);
+            while self.tail_bytes > self.tail_limit {
+                match self.tail.pop_front() {
+                    Some(old) => self.tail_bytes -= old.data.len() as u64,
+                    None => break,
+                }
             }
+        }
+        if self.batch_bytes >= FLUSH_BYTES {
+            self.maybe_flush();
         }
     }
 
     fn reap_flush(&mut self) {
         if let Some(handle) = &self.in_flight
             && handle.is_finished()
-            && let Some(handle) = self.in_flight.take()
+            && let Some(Some(done)) = self.in_flight.take().map(futures::FutureExt::now_or_never)
         {
-            match futures::FutureExt::now_or_never(handle) {
-                Some(Ok(Err(e))) => self.report.store_error = Some(e),
-                Some(Err(e)) => self.report.store_error = Some(e.to_string()),
-                _ => {}
-            }
+            self.flushed(done);
+        }
+    }
+
+    /// Note the error of a flush that ended.
+    fn flushed(&mut self, done: Result<Result<(), String>, tokio::task::JoinError>) {
+        match done {
+            Ok(Err(e)) => self.report.store_error = Some(e),
+            Err(e) => self.report.store_error = Some(e.to_string()),
+            Ok(Ok(())) => {}
         }
     }
 
@@ -161,11 +185,7 @@ impl State {
 
     async fn finish(mut self) -> WriterReport {
         if let Some(handle) = self.in_flight.take() {
-            match handle.await {
-                Ok(Err(e)) => self.report.store_error = Some(e),
-                Err(e) => self.report.store_error = Some(e.to_string()),
-                Ok(Ok(())) => {}
-            }
+            self.flushed(handle.await);
         }
         let mut rows = std::mem::take(&mut self.batch);
         if let Some(first) = self.first_dropped_seq {
@@ -200,59 +220,34 @@ impl State {
         }
         self.report
     }
-}
 
-async fn run(
-    job_id: String,
-    first_seq: i64,
-    store: Store,
-    events: EventBus,
-    cap_bytes: u64,
-    mut rx: mpsc::Receiver<ExecEvent>,
-    group: watch::Sender<Option<RemoteGroup>>,
-) -> WriterReport {
-    let head_limit = cap_bytes / 2;
-    let mut st = State {
-        job_key: Arc::from(job_id.as_str()),
-        job_id,
-        store,
-        seq: first_seq.max(0),
-        batch: Vec::new(),
-        batch_bytes: 0,
-        stored_bytes: 0,
-        head_limit,
-        tail_limit: cap_bytes - head_limit,
-        tail: VecDeque::new(),
-        tail_bytes: 0,
-        first_dropped_seq: None,
-        in_flight: None,
-        report: WriterReport::default(),
-    };
-    let mut tick = tokio::time::interval(FLUSH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            ev = rx.recv() => match ev {
-                None => break,
-                Some(ExecEvent::Started { pgid, tmpfile }) => {
-                    let _ = group.send(Some(RemoteGroup { pgid, tmpfile }));
-                    let store = st.store.clone();
-                    let id = st.job_id.clone();
-                    tokio::spawn(async move {
-                        let _ = store.set_remote_pgid(id, pgid).await;
-                    });
-                }
-                Some(ExecEvent::Stdout(data)) => {
-                    st.take(OutputStream::Stdout, data, &events);
-                    if st.batch_bytes >= FLUSH_BYTES { st.maybe_flush(); }
-                }
-                Some(ExecEvent::Stderr(data)) => {
-                    st.take(OutputStream::Stderr, data, &events);
-                    if st.batch_bytes >= FLUSH_BYTES { st.maybe_flush(); }
-                }
-            },
-            _ = tick.tick() => st.maybe_flush(),
+    /// Take the chunks until the reader is done, then store the rest.
+    async fn run(
+        mut self,
+        events: EventBus,
+        mut rx: mpsc::Receiver<ExecEvent>,
+        group: watch::Sender<Option<RemoteGroup>>,
+    ) -> WriterReport {
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    None => break,
+                    Some(ExecEvent::Started { pgid, tmpfile }) => {
+                        let _ = group.send(Some(RemoteGroup { pgid, tmpfile }));
+                        let store = self.store.clone();
+                        let id = self.job_id.clone();
+                        tokio::spawn(async move {
+                            let _ = store.set_remote_pgid(id, pgid).await;
+                        });
+                    }
+                    Some(ExecEvent::Stdout(data)) => self.take(OutputStream::Stdout, data, &events),
+                    Some(ExecEvent::Stderr(data)) => self.take(OutputStream::Stderr, data, &events),
+                },
+                _ = tick.tick() => self.maybe_flush(),
+            }
         }
+        self.finish().await
     }
-    st.finish().await
 }

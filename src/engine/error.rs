@@ -47,7 +47,7 @@ pub enum Error {
     /// The database refused or failed (a conflict such as a name taken or a busy server, an
     /// outage, a fault).
     #[error(transparent)]
-    Store(StoreError),
+    Store(#[from] StoreError),
 }
 
 impl Error {
@@ -57,11 +57,5 @@ impl Error {
             StoreError::NotFound => Error::NotFound(subject()),
             other => Error::Store(other),
         }
-    }
-}
-
-impl From<StoreError> for Error {
-    fn from(e: StoreError) -> Self {
-        Error::Store(e)
     }
 }

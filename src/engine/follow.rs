@@ -25,10 +25,12 @@ const PAGE: i64 = 1000;
 #[derive(Debug)]
 pub struct Gone;
 
-/// Where a followed job's events go.
+/// Where a followed job's events go (what a sink does not want it need not implement).
 pub trait Sink {
     /// The job's status (first, and on each change); `last` is the last output seq sent.
-    fn status(&mut self, last: i64, row: &JobRow) -> impl Future<Output = Result<(), Gone>>;
+    fn status(&mut self, _last: i64, _row: &JobRow) -> impl Future<Output = Result<(), Gone>> {
+        async { Ok(()) }
+    }
     /// The next chunk (each seq once, in order).
     fn output(
         &mut self,
@@ -38,29 +40,45 @@ pub trait Sink {
         at: i64,
     ) -> impl Future<Output = Result<(), Gone>>;
     /// The end, after the last chunk.
-    fn complete(&mut self, last: i64, row: &JobRow) -> impl Future<Output = Result<(), Gone>>;
-    /// Nothing happened for `Follower::idle_every`.
-    fn idle(&mut self) -> impl Future<Output = Result<(), Gone>>;
+    fn complete(&mut self, _last: i64, _row: &JobRow) -> impl Future<Output = Result<(), Gone>> {
+        async { Ok(()) }
+    }
+    /// Nothing happened for the keep-alive period ([`FollowTask::keep_alive`]).
+    fn idle(&mut self) -> impl Future<Output = Result<(), Gone>> {
+        async { Ok(()) }
+    }
     /// Resolves once the consumer has gone (so a quiet job does not keep its task alive).
     fn gone(&self) -> impl Future<Output = ()> + 'static;
 }
 
-/// Follows one job into a [`Sink`].
-pub(crate) struct Follower<S> {
+/// A follow ready to run (made by [`super::Engine::follow`]): [`FollowTask::run`] drives it
+/// to its end.
+pub struct FollowTask<S> {
     store: Store,
-    job_id: String,
+    /// The events, subscribed to before `job` was read (so nothing falls in between).
+    bus: broadcast::Receiver<JobEvent>,
+    /// The job as read after subscribing: where the follow starts.
+    job: JobRow,
     last: i64,
     sink: S,
     idle_every: Duration,
     poll: Option<Duration>,
 }
 
-impl<S: Sink> Follower<S> {
-    /// Follow `job_id` from after output seq `last` (-1: from the start).
-    pub(crate) fn new(store: Store, job_id: String, last: i64, sink: S) -> Self {
+impl<S: Sink> FollowTask<S> {
+    /// Follow `job` from after output seq `last` (-1: from the start); `bus` was subscribed
+    /// before `job` was read.
+    pub(crate) fn new(
+        store: Store,
+        bus: broadcast::Receiver<JobEvent>,
+        job: JobRow,
+        last: i64,
+        sink: S,
+    ) -> Self {
         Self {
             store,
-            job_id,
+            bus,
+            job,
             last,
             sink,
             idle_every: Duration::from_secs(15),
@@ -68,22 +86,28 @@ impl<S: Sink> Follower<S> {
         }
     }
 
-    /// The sink.
-    pub(crate) fn sink_mut(&mut self) -> &mut S {
+    /// The sink, to prepare it before the follow starts (a resumed SSE stream rebuilds its
+    /// UTF-8 carries).
+    pub fn sink_mut(&mut self) -> &mut S {
         &mut self.sink
     }
 
-    /// Call [`Sink::idle`] after this long without an event.
-    pub(crate) fn keep_alive(mut self, every: Duration) -> Self {
+    /// Call [`Sink::idle`] (a keep-alive) after this long without an event.
+    pub fn keep_alive(mut self, every: Duration) -> Self {
         self.idle_every = every;
         self
     }
 
     /// Also look at the database this often: for a process that does not hear the events of
-    /// jobs other processes run.
-    pub(crate) fn polling(mut self, every: Duration) -> Self {
+    /// jobs other processes run (they come only through the broker).
+    pub fn polling(mut self, every: Duration) -> Self {
         self.poll = Some(every);
         self
+    }
+
+    /// Follow until the job ends or the sink is gone.
+    pub async fn run(self) {
+        let _ = self.follow().await;
     }
 
     /// Send one chunk (skipping what was already sent).
@@ -106,12 +130,12 @@ impl<S: Sink> Follower<S> {
         loop {
             let page = match self
                 .store
-                .read_output(self.job_id.clone(), self.last, PAGE)
+                .read_output(self.job.id.clone(), self.last, PAGE)
                 .await
             {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::warn!(job_id = %self.job_id, error = %e, "cannot read output to follow");
+                    tracing::warn!(job_id = %self.job.id, error = %e, "cannot read output to follow");
                     return Ok(());
                 }
             };
@@ -135,7 +159,7 @@ impl<S: Sink> Follower<S> {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        tracing::warn!(job_id = %self.job_id, from = self.last, to = seq, "skipped output that could not be found");
+        tracing::warn!(job_id = %self.job.id, from = self.last, to = seq, "skipped output that could not be found");
         Ok(())
     }
 
@@ -146,14 +170,10 @@ impl<S: Sink> Follower<S> {
         self.sink.complete(self.last, row).await
     }
 
-    /// Run until the job ends or the consumer goes, from `row`, the job as read after `bus`
-    /// was subscribed (so no event falls between replay and live).
-    pub(crate) async fn run(
-        mut self,
-        mut bus: broadcast::Receiver<JobEvent>,
-        row: JobRow,
-    ) -> Result<(), Gone> {
-        let uuid = parse_id("id", &self.job_id).map_err(|_| Gone)?;
+    /// Run until the job ends or the consumer goes.
+    async fn follow(mut self) -> Result<(), Gone> {
+        let uuid = parse_id("id", &self.job.id).map_err(|_| Gone)?;
+        let row = self.job.clone();
         self.sink.status(self.last, &row).await?;
         self.replay().await?;
         if row.status().is_terminal() {
@@ -166,39 +186,42 @@ impl<S: Sink> Follower<S> {
         let gone = self.sink.gone();
         tokio::pin!(gone);
         loop {
-            tokio::select! {
+            let catch_up = tokio::select! {
                 _ = &mut gone => return Err(Gone),
-                ev = bus.recv() => match ev {
-                    Ok(JobEvent::Output { job_id, seq, stream, data, at }) if *job_id == *self.job_id => {
+                ev = self.bus.recv() => match ev {
+                    Ok(JobEvent::Output { job_id, seq, stream, data, at }) if *job_id == *self.job.id => {
                         if seq > self.last + 1 {
                             self.fill_gap(seq).await?;
                         }
                         self.output(seq, stream, &data, at).await?;
+                        false
                     }
-                    Ok(JobEvent::Status(row)) if row.id == self.job_id => {
+                    Ok(JobEvent::Status(row)) if row.id == self.job.id => {
                         if row.status().is_terminal() {
                             return self.finish(&row).await;
                         }
                         self.sink.status(self.last, &row).await?;
+                        false
                     }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        self.replay().await?;
-                        let row = self.store.get_job(uuid).await.map_err(|_| Gone)?;
-                        if row.status().is_terminal() {
-                            return self.finish(&row).await;
-                        }
-                    }
+                    Ok(_) => false,
+                    // Events were lost: what they said is in the database.
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 },
-                _ = poll.tick(), if self.poll.is_some() => {
-                    self.replay().await?;
-                    let row = self.store.get_job(uuid).await.map_err(|_| Gone)?;
-                    if row.status().is_terminal() {
-                        return self.finish(&row).await;
-                    }
+                _ = poll.tick(), if self.poll.is_some() => true,
+                _ = idle.tick() => {
+                    self.sink.idle().await?;
+                    false
                 }
-                _ = idle.tick() => self.sink.idle().await?,
+            };
+            if !catch_up {
+                continue;
+            }
+            // Lagged, or the poll: catch up from the database.
+            self.replay().await?;
+            let row = self.store.get_job(uuid).await.map_err(|_| Gone)?;
+            if row.status().is_terminal() {
+                return self.finish(&row).await;
             }
         }
     }

@@ -4,15 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::sync::broadcast;
 
-use super::follow::{Follower, Sink};
+use super::follow::{FollowTask, Sink};
 use super::{Actor, Engine, Error, Subject};
 use crate::actors::messages::{CancelJob, Delivery, StopReason};
 use crate::domain::{FieldError, JobId, JobKind, JobRequest, JobSpec, JobStatus};
 use crate::events::JobEvent;
 use crate::queue::rabbit::ControlMsg;
-use crate::store::{AuditEntry, CancelOutcome, ChunkRow, JobFilter, JobRow, StoreError};
+use crate::store::{CancelOutcome, ChunkRow, JobFilter, JobRow, StoreError};
 
 /// A submission's result.
 #[derive(Debug)]
@@ -49,9 +48,30 @@ pub(crate) const WAIT_POLL: Duration = Duration::from_millis(500);
 /// Output chunks read per database page.
 const OUTPUT_PAGE: i64 = 5000;
 
+/// An idempotency key as stored: the caller's name (its length first, so no name and key
+/// read as another pair), then the key as the caller gave it.
+fn scoped_key(caller: &str, key: &str) -> String {
+    format!("{}:{caller}:{key}", caller.len())
+}
+
+impl JobRow {
+    /// The idempotency key as its caller gave it (the stored key is scoped to the caller; a
+    /// key stored before keys were scoped is shown as it is).
+    pub fn caller_idempotency_key(&self) -> Option<&str> {
+        let stored = self.idempotency_key.as_deref()?;
+        let unscoped = || {
+            let (len, rest) = stored.split_once(':')?;
+            let len: usize = len.parse().ok()?;
+            rest.get(len..)?.strip_prefix(':')
+        };
+        Some(unscoped().unwrap_or(stored))
+    }
+}
+
 impl Engine {
     /// Validate a submission, store it queued and announce it. With an idempotency key
-    /// already used, the earlier job is returned and nothing new is queued.
+    /// this caller already used, the earlier job is returned and nothing new is queued; keys
+    /// are the caller's own (its token's name, `anonymous` without tokens, `library`).
     pub async fn submit(
         &self,
         actor: &Actor,
@@ -59,7 +79,9 @@ impl Engine {
         request: JobRequest,
     ) -> Result<Submitted, Error> {
         let server = self.resolve_server(request.server_id.as_deref()).await?;
-        let spec = JobSpec::from_request(kind, request, &self.settings.jobs.limits())?;
+        let mut spec = JobSpec::from_request(kind, request, &self.settings.jobs.limits())?;
+        // A key names the caller's own earlier job, never another caller's.
+        spec.idempotency_key = spec.idempotency_key.map(|k| scoped_key(&actor.name, &k));
         let (job, created) = self
             .store
             .insert_job(spec, server.clone(), None)
@@ -68,8 +90,7 @@ impl Engine {
         if created {
             self.announce(&job).await;
             let detail = json!({ "kind": job.kind, "server_id": job.server_id });
-            self.audit(AuditEntry::by(actor, "job.submit", "job", &job.id, detail))
-                .await;
+            self.audit(actor, "job.submit", &job.id, detail).await;
         }
         Ok(Submitted { job, created })
     }
@@ -122,14 +143,8 @@ impl Engine {
             }
         };
         tracing::info!(job_id = %id, "{message}");
-        self.audit(AuditEntry::by(
-            actor,
-            "job.cancel",
-            "job",
-            id,
-            json!({ "result": message }),
-        ))
-        .await;
+        let detail = json!({ "result": message });
+        self.audit(actor, "job.cancel", id, detail).await;
         Ok(Canceled { message, job })
     }
 
@@ -164,14 +179,7 @@ impl Engine {
             .map_err(Error::store(|| Subject::Server(server)))?;
         self.announce(&job).await;
         let detail = json!({ "duplicated_from": original.id, "server_id": job.server_id });
-        self.audit(AuditEntry::by(
-            actor,
-            "job.duplicate",
-            "job",
-            &job.id,
-            detail,
-        ))
-        .await;
+        self.audit(actor, "job.duplicate", &job.id, detail).await;
         Ok(Duplicated { original, job })
     }
 
@@ -238,8 +246,7 @@ impl Engine {
     ) -> Result<FollowTask<S>, Error> {
         let bus = self.events.subscribe();
         let job = self.job(id).await?;
-        let follower = Follower::new(self.store.clone(), job.id.clone(), last, sink);
-        Ok(FollowTask { follower, bus, job })
+        Ok(FollowTask::new(self.store.clone(), bus, job, last, sink))
     }
 
     /// Wait until the job ends; returns its final row.
@@ -250,18 +257,16 @@ impl Engine {
             if row.status().is_terminal() {
                 return Ok(row);
             }
-            let until = tokio::time::sleep(WAIT_POLL);
-            tokio::pin!(until);
-            loop {
-                tokio::select! {
-                    _ = &mut until => break,
-                    ev = bus.recv() => match ev {
-                        Ok(JobEvent::Status(r)) if r.id == row.id && r.status().is_terminal() => break,
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Lagged(_) | broadcast::error::RecvError::Closed) => break,
-                    },
+            // Until its end is heard of (or events were lost), or the poll period is over.
+            let ended = async {
+                while let Ok(ev) = bus.recv().await {
+                    if matches!(ev, JobEvent::Status(r) if r.id == row.id && r.status().is_terminal())
+                    {
+                        return;
+                    }
                 }
-            }
+            };
+            let _ = tokio::time::timeout(WAIT_POLL, ended).await;
         }
     }
 
@@ -319,39 +324,5 @@ impl Engine {
                 });
             }
         }
-    }
-}
-
-/// A follow ready to run: [`FollowTask::run`] drives it to its end.
-pub struct FollowTask<S> {
-    follower: Follower<S>,
-    bus: broadcast::Receiver<JobEvent>,
-    /// The job as read after subscribing: where the follow starts.
-    job: JobRow,
-}
-
-impl<S: Sink> FollowTask<S> {
-    /// Send a keep-alive to the sink after this long without events.
-    pub fn keep_alive(mut self, every: Duration) -> Self {
-        self.follower = self.follower.keep_alive(every);
-        self
-    }
-
-    /// Look at the database on this period too (for jobs other workers run, heard of only
-    /// through the broker).
-    pub fn polling(mut self, every: Duration) -> Self {
-        self.follower = self.follower.polling(every);
-        self
-    }
-
-    /// The sink, to prepare it before the follow starts (a resumed SSE stream rebuilds its
-    /// UTF-8 carries).
-    pub fn sink_mut(&mut self) -> &mut S {
-        self.follower.sink_mut()
-    }
-
-    /// Follow until the job ends or the sink is gone.
-    pub async fn run(self) {
-        let _ = self.follower.run(self.bus, self.job).await;
     }
 }

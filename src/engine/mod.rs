@@ -33,10 +33,11 @@ use std::sync::Arc;
 use actix::Addr;
 
 pub use error::{Error, Subject};
+pub use follow::FollowTask;
 pub(crate) use jobs::WAIT_POLL;
-pub use jobs::{Canceled, Duplicated, FollowTask, Submitted};
+pub use jobs::{Canceled, Duplicated, Submitted};
 pub use runtime::{Role, Runtime, StartError};
-pub use servers::{Tested, apply_servers, ensure_default_server, upsert_server};
+pub use servers::{Tested, apply_servers, ensure_default_server};
 
 pub use crate::domain::Actor;
 
@@ -111,9 +112,18 @@ impl Engine {
         Ok(self.store.list_audit(filter).await?)
     }
 
-    /// Record what `actor` did. A failure to record is logged; the action stands.
-    async fn audit(&self, entry: AuditEntry) {
-        let (action, target) = (entry.action, entry.target_id.clone());
+    /// Record that `actor` did `action` (`KIND.VERB`: the target's kind comes first) to
+    /// `target`. A failure to record is logged; the action stands.
+    async fn audit(
+        &self,
+        actor: &Actor,
+        action: &'static str,
+        target: impl ToString,
+        detail: serde_json::Value,
+    ) {
+        let kind = action.split('.').next().unwrap_or(action);
+        let entry = AuditEntry::by(actor, action, kind, target, detail);
+        let target = entry.target_id.clone();
         if let Err(e) = self.store.audit(entry).await {
             tracing::error!(action, target_id = ?target, error = %e, "cannot write the audit record");
         }

@@ -1,15 +1,17 @@
 //! Servers: register, change, delete, test the connection, pin host keys; and the servers
 //! the settings declare (`[[servers]]`, the seed's `SSH_*` default server).
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::json;
 
 use super::{Actor, Engine, Error, StartError, Subject};
-use crate::domain::{FieldError, ServerDraft, ServerId, ServerPatch};
+use crate::actors::host::host_allowed;
+use crate::domain::{AuthType, FieldError, ServerDraft, ServerId, ServerPatch};
 use crate::settings::Settings;
 use crate::ssh::{self, SshError, SshOptions, SshTarget, TestReport};
-use crate::store::{AuditEntry, ServerRow, Store, StoreError, UpdateError};
+use crate::store::{AuditEntry, ServerRow, Store, StoreError, UpdateError, Updated};
 
 /// A connection test's result.
 #[derive(Debug)]
@@ -47,12 +49,18 @@ fn fields_set(p: &ServerPatch) -> Vec<&'static str> {
 
 /// The report of a test that failed before it could connect.
 fn failed(e: &SshError) -> TestReport {
+    not_tested(e.to_string(), Some(e.clone()))
+}
+
+/// The report of a test that did not get to connect, and why.
+fn not_tested(error: String, failure: Option<SshError>) -> TestReport {
     TestReport {
         ok: false,
         latency_ms: 0,
         host_key_fingerprint: None,
-        error: Some(e.to_string()),
+        error: Some(error),
         host_key: None,
+        failure,
     }
 }
 
@@ -60,11 +68,97 @@ fn missing(id: ServerId) -> impl FnOnce() -> Subject {
     move || Subject::Server(id.to_string())
 }
 
+/// Store a new server.
+async fn insert(
+    store: &Store,
+    settings: &Settings,
+    input: ServerPatch,
+) -> Result<ServerRow, Error> {
+    let draft = ServerDraft::create(input, settings.ssh.default_max_concurrent_jobs)?;
+    allowed(&settings.ssh.allowed_hosts, &draft.hostname)?;
+    Ok(store.insert_server(draft).await?)
+}
+
+/// Refused, naming `hostname`, unless `ssh.allowed_hosts` allows the host.
+fn allowed(patterns: &[String], hostname: &str) -> Result<(), FieldError> {
+    if host_allowed(patterns, hostname) {
+        return Ok(());
+    }
+    let message = format!("{hostname:?} is not allowed by ssh.allowed_hosts");
+    Err(FieldError::new("hostname", message))
+}
+
+/// What a caller of a connection test is told: the kind of failure, never what would tell a
+/// closed port from a filtered one or from a service that is not SSH (the precise cause is
+/// in the audit record and the log).
+fn for_callers(e: &SshError) -> String {
+    let unreachable = "unreachable: no working SSH session could be made with the server";
+    match e {
+        SshError::Resolve { .. }
+        | SshError::Refused { .. }
+        | SshError::Unreachable { .. }
+        | SshError::Timeout { .. }
+        | SshError::Protocol { .. } => unreachable.into(),
+        SshError::AuthRejected { .. } => {
+            "authentication failed: the server refused the credentials".into()
+        }
+        SshError::BadKey(_) => "authentication failed: the private key cannot be used".into(),
+        SshError::Credentials(_) => {
+            "the stored credentials cannot be opened (wrong secret key)".into()
+        }
+        SshError::HostKeyChanged {
+            pinned, presented, ..
+        } => format!(
+            "host key mismatch: pinned {pinned}, server presented {presented}; if the change is \
+             expected, accept the new key (POST /api/v1/servers/ID/test with \
+             {{\"accept_host_key\": true}}, or set host_key on the server)"
+        ),
+        SshError::HostKeyUnknown { .. } => {
+            "host key mismatch: the server's key is not the one the known_hosts file lists".into()
+        }
+        SshError::HostKeyRejected { .. } => {
+            "host key mismatch: the server's key was refused".into()
+        }
+        SshError::Build(_) => "the test command cannot be built".into(),
+    }
+}
+
+/// Change a stored server: omitted fields keep their value, the result is validated whole.
+async fn patch(
+    store: &Store,
+    settings: &Settings,
+    id: ServerId,
+    input: ServerPatch,
+) -> Result<Updated, Error> {
+    let patterns = settings.ssh.allowed_hosts.clone();
+    let updated = store.update_server(id.0, move |draft| {
+        let draft = draft.patch(input)?;
+        allowed(&patterns, &draft.hostname)?;
+        Ok(draft)
+    });
+    updated.await.map_err(update_error(id))
+}
+
 fn update_error(id: ServerId) -> impl FnOnce(UpdateError) -> Error {
     move |e| match e {
         UpdateError::Invalid(f) => Error::Invalid(f),
         UpdateError::Store(s) => Error::store(missing(id))(s),
     }
+}
+
+/// The fields whose change sends the stored secret somewhere else, or to a host no longer
+/// verified as before.
+fn destination_changes(old: &ServerDraft, new: &ServerDraft) -> Vec<&'static str> {
+    [
+        ("hostname", old.hostname != new.hostname),
+        ("port", old.port != new.port),
+        ("user", old.user != new.user),
+        ("host_key_check", old.host_key_check != new.host_key_check),
+        ("host_key", old.host_key.is_some() && new.host_key.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(field, changed)| changed.then_some(field))
+    .collect()
 }
 
 impl Engine {
@@ -75,18 +169,10 @@ impl Engine {
         input: ServerPatch,
     ) -> Result<ServerRow, Error> {
         let fields = fields_set(&input);
-        let draft = ServerDraft::create(input, self.settings.ssh.default_max_concurrent_jobs)?;
-        let row = self.store.insert_server(draft).await?;
+        let row = insert(&self.store, &self.settings, input).await?;
         tracing::info!(server_id = %row.id, name = %row.name, "server created");
         let detail = json!({ "name": row.name, "hostname": row.hostname, "fields": fields });
-        self.audit(AuditEntry::by(
-            actor,
-            "server.create",
-            "server",
-            &row.id,
-            detail,
-        ))
-        .await;
+        self.audit(actor, "server.create", &row.id, detail).await;
         Ok(row)
     }
 
@@ -125,7 +211,10 @@ impl Engine {
     }
 
     /// Change a server: omitted fields keep their value, the result is validated whole. A
-    /// change of the pinned key is recorded as such.
+    /// change of where the stored secret goes (hostname, port, user, host key policy, the
+    /// pinned key cleared) needs the secret (password or private key) again in the same
+    /// request: the stored one is never sent to a new destination. A change of the pinned
+    /// key is recorded as such.
     pub async fn update_server(
         &self,
         actor: &Actor,
@@ -133,35 +222,51 @@ impl Engine {
         input: ServerPatch,
     ) -> Result<ServerRow, Error> {
         let fields = fields_set(&input);
+        let changes = Arc::new(OnceLock::new());
+        let seen = changes.clone();
+        let patterns = self.settings.ssh.allowed_hosts.clone();
         let updated = self
             .store
-            .update_server(id.0, move |draft| draft.patch(input))
+            .update_server(id.0, move |old: ServerDraft| {
+                let password = input.password.is_some();
+                let key = input.private_key.is_some() || input.pem_file.is_some();
+                let new = old.clone().patch(input)?;
+                allowed(&patterns, &new.hostname)?;
+                let (secret, reentered) = match new.auth_type {
+                    AuthType::Password => ("password", password),
+                    AuthType::Key => ("private_key", key),
+                };
+                let moved = destination_changes(&old, &new);
+                if !moved.is_empty() && !reentered {
+                    let message = format!(
+                        "is required again to change {}: the stored secret is not sent to a new \
+                         destination",
+                        moved.join(", ")
+                    );
+                    return Err(FieldError::new(secret, message));
+                }
+                let _ = seen.set((moved, reentered));
+                Ok(new)
+            })
             .await
             .map_err(update_error(id))?;
         let row = updated.row;
         tracing::info!(server_id = %row.id, "server updated");
-        self.audit(AuditEntry::by(
-            actor,
-            "server.update",
-            "server",
-            &row.id,
-            json!({ "fields": fields }),
-        ))
-        .await;
+        let (moved, reentered) = changes.get().cloned().unwrap_or_default();
+        let detail = json!({
+            "fields": fields,
+            "destination_changed": moved,
+            "secret_reentered": reentered,
+        });
+        self.audit(actor, "server.update", &row.id, detail).await;
         if updated.previous_host_key != row.host_key {
             let detail = json!({
                 "old_fingerprint": updated.previous_host_key.as_deref().map(ssh::pinned_fingerprint),
                 "new_fingerprint": row.host_key.as_deref().map(ssh::pinned_fingerprint),
                 "by": "update",
             });
-            self.audit(AuditEntry::by(
-                actor,
-                "server.host_key_changed",
-                "server",
-                &row.id,
-                detail,
-            ))
-            .await;
+            self.audit(actor, "server.host_key_changed", &row.id, detail)
+                .await;
         }
         Ok(row)
     }
@@ -175,8 +280,7 @@ impl Engine {
             .map_err(Error::store(missing(id)))?;
         tracing::info!(server_id = %id, "server deleted");
         let detail = json!({ "name": row.name, "hostname": row.hostname });
-        self.audit(AuditEntry::by(actor, "server.delete", "server", id, detail))
-            .await;
+        self.audit(actor, "server.delete", id, detail).await;
         Ok(())
     }
 
@@ -192,56 +296,58 @@ impl Engine {
         let row = self.server(id).await?;
         let opts = SshOptions::from_settings(&self.settings.ssh);
         let bound = Duration::from_secs(self.settings.ssh.test_timeout_secs.max(1));
-        let mut accepted: Option<String> = None;
-        let report = match self.target(&row) {
-            Err(e) => failed(&e),
-            Ok(mut target) => {
-                let probed = if accept_host_key {
-                    // Learn the key now presented (no credentials are sent), then test
-                    // against it.
-                    ssh::probe_host_key(&target, &opts).await.map(|key| {
-                        let line = ssh::openssh_line(&key);
-                        target.pinned = Some(line.clone());
-                        accepted = Some(line);
-                    })
-                } else {
-                    Ok(())
-                };
-                match probed {
-                    Ok(()) => ssh::test_connection(&target, &opts, bound).await,
-                    Err(e) => failed(&e),
-                }
+        let (mut report, accepted) = match self.target(&row) {
+            // Nothing is sent to a host the settings do not allow.
+            _ if !host_allowed(&self.settings.ssh.allowed_hosts, &row.hostname) => {
+                let message = format!("{:?} is not allowed by ssh.allowed_hosts", row.hostname);
+                (not_tested(message, None), None)
             }
+            Err(e) => (failed(&e), None),
+            // Learn the key now presented (no credentials are sent), then test against it.
+            Ok(mut target) if accept_host_key => match ssh::probe_host_key(&target, &opts).await {
+                Ok(key) => {
+                    let line = ssh::openssh_line(&key);
+                    target.pinned = Some(line.clone());
+                    (
+                        ssh::test_connection(&target, &opts, bound).await,
+                        Some(line),
+                    )
+                }
+                Err(e) => (failed(&e), None),
+            },
+            Ok(target) => (ssh::test_connection(&target, &opts, bound).await, None),
         };
-        let mut pinned = false;
-        if report.ok
-            && let Some(line) = accepted
-        {
-            let detail = json!({
-                "old_fingerprint": row.host_key.as_deref().map(ssh::pinned_fingerprint),
-                "new_fingerprint": ssh::pinned_fingerprint(&line),
-                "by": "accept_host_key",
-            });
-            let record = AuditEntry::by(actor, "server.host_key_changed", "server", id, detail);
-            self.store
-                .repin_host_key(id.0, line, record)
-                .await
-                .map_err(Error::store(missing(id)))?;
-            pinned = true;
-            tracing::info!(server_id = %id, fingerprint = ?report.host_key_fingerprint, "host key accepted");
-        } else if report.ok
-            && let Some(key) = report.host_key.clone()
-        {
-            let fingerprint = report.host_key_fingerprint.clone().unwrap_or_default();
-            pinned = self
-                .store
-                .pin_on_first_use(&row, key, &fingerprint, actor, "connection test")
-                .await?;
-        }
+        let pinned = match (accepted, report.host_key.clone()) {
+            _ if !report.ok => false,
+            (Some(line), _) => {
+                let detail = json!({
+                    "old_fingerprint": row.host_key.as_deref().map(ssh::pinned_fingerprint),
+                    "new_fingerprint": ssh::pinned_fingerprint(&line),
+                    "by": "accept_host_key",
+                });
+                let record = AuditEntry::by(actor, "server.host_key_changed", "server", id, detail);
+                self.store
+                    .repin_host_key(id.0, line, record)
+                    .await
+                    .map_err(Error::store(missing(id)))?;
+                tracing::info!(server_id = %id, fingerprint = ?report.host_key_fingerprint, "host key accepted");
+                true
+            }
+            (None, Some(key)) => {
+                let fingerprint = report.host_key_fingerprint.clone().unwrap_or_default();
+                self.store
+                    .pin_on_first_use(&row, key, &fingerprint, actor, "connection test")
+                    .await?
+            }
+            (None, None) => false,
+        };
         tracing::info!(server_id = %id, ok = report.ok, latency_ms = report.latency_ms, error = ?report.error, "connection test");
+        // The precise cause stays in the log and the audit record; the caller gets its kind.
         let detail = json!({ "ok": report.ok, "error": report.error });
-        self.audit(AuditEntry::by(actor, "server.test", "server", id, detail))
-            .await;
+        self.audit(actor, "server.test", id, detail).await;
+        if let Some(e) = report.failure.take() {
+            report.error = Some(for_callers(&e));
+        }
         Ok(Tested { report, pinned })
     }
 
@@ -258,28 +364,21 @@ impl Engine {
 /// Create a server by name, or update the one with that name (fields not given keep their
 /// value). For the library, `[[servers]]` in the settings file and the seed's default
 /// server.
-pub async fn upsert_server(
+async fn upsert_server(
     store: &Store,
     settings: &Settings,
-    patch: ServerPatch,
+    input: ServerPatch,
 ) -> Result<ServerRow, Error> {
-    let name = patch
+    let name = input
         .name
         .clone()
         .ok_or_else(|| FieldError::new("name", "is required"))?;
     match store.get_server_by_name(name.clone()).await {
         Ok(row) => {
             let id = ServerId(crate::domain::parse_id("id", &row.id)?);
-            store
-                .update_server(id.0, move |draft| draft.patch(patch))
-                .await
-                .map(|updated| updated.row)
-                .map_err(update_error(id))
+            Ok(patch(store, settings, id, input).await?.row)
         }
-        Err(StoreError::NotFound) => {
-            let draft = ServerDraft::create(patch, settings.ssh.default_max_concurrent_jobs)?;
-            Ok(store.insert_server(draft).await?)
-        }
+        Err(StoreError::NotFound) => insert(store, settings, input).await,
         Err(e) => Err(e.into()),
     }
 }

@@ -109,7 +109,7 @@ impl JobView {
             finished_at: row.finished_at.map(Micros),
             duplicated_from: row.duplicated_from.clone(),
             worker: row.worker.clone(),
-            idempotency_key: row.idempotency_key.clone(),
+            idempotency_key: row.caller_idempotency_key().map(str::to_string),
             retry_safe: row.retry_safe,
             attempts: row.attempts,
             cancel_requested: row.cancel_requested,

@@ -26,7 +26,7 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use secrecy::ExposeSecret;
 use tokio::sync::{RwLock, mpsc};
 
@@ -209,61 +209,45 @@ impl RabbitBroker {
         )
         .await
         .map_err(|_| SessionError::Timeout)??;
-        let e = SessionError::Broker;
-        let publish = conn.create_channel().await.map_err(e)?;
+        let publish = conn.create_channel().await?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(e)?;
+            .await?;
         let mut args = FieldTable::default();
         args.insert(
             "x-queue-type".into(),
             AMQPValue::LongString("quorum".into()),
         );
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
         publish
-            .queue_declare(
-                s.jobs_queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                args,
-            )
-            .await
-            .map_err(e)?;
+            .queue_declare(s.jobs_queue.as_str().into(), durable, args)
+            .await?;
         for (exchange, kind) in [
             (&s.control_exchange, ExchangeKind::Fanout),
             (&s.events_exchange, ExchangeKind::Topic),
         ] {
+            let durable = ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
             publish
                 .exchange_declare(
                     exchange.as_str().into(),
                     kind,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
+                    durable,
                     FieldTable::default(),
                 )
-                .await
-                .map_err(e)?;
+                .await?;
         }
-        let events = conn.create_channel().await.map_err(e)?;
+        let events = conn.create_channel().await?;
 
         if let Some(prefetch) = roles.consume_jobs {
-            let ch = conn.create_channel().await.map_err(e)?;
-            ch.basic_qos(prefetch.max(1), BasicQosOptions::default())
-                .await
-                .map_err(e)?;
-            let mut consumer = ch
-                .basic_consume(
-                    s.jobs_queue.as_str().into(),
-                    format!("{name}-jobs").as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(e)?;
+            let tag = format!("{name}-jobs");
+            let ch = conn.create_channel().await?;
+            let mut consumer = consume(&ch, s.jobs_queue.as_str(), &tag, Some(prefetch)).await?;
             let tx = sinks.jobs.clone();
             tokio::spawn(async move {
                 while let Some(Ok(delivery)) = consumer.next().await {
@@ -274,84 +258,43 @@ impl RabbitBroker {
                             let _ = acker.ack(BasicAckOptions::default()).await;
                         })
                     });
-                    if tx
-                        .send(Delivered {
-                            job_id,
-                            ack: Some(ack),
-                        })
-                        .is_err()
+                    let ack = Some(ack);
+                    if tx.send(Delivered { job_id, ack }).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        if roles.control {
+            let mut consumer = subscribe(&conn, &s.control_exchange, "").await?;
+            let tx = sinks.control.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(delivery)) = consumer.next().await {
+                    if let Ok(msg) = serde_json::from_slice::<ControlMsg>(&delivery.data)
+                        && tx.send(msg).is_err()
                     {
                         return;
                     }
                 }
             });
         }
-        for (wanted, exchange, key) in [
-            (roles.control, s.control_exchange.as_str(), ""),
-            (roles.events, s.events_exchange.as_str(), "job.#"),
-        ] {
-            if !wanted {
-                continue;
-            }
-            let ch = conn.create_channel().await.map_err(e)?;
-            let q = ch
-                .queue_declare(
-                    "".into(),
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(e)?;
-            ch.queue_bind(
-                q.name().clone(),
-                exchange.into(),
-                key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(e)?;
-            let mut consumer = ch
-                .basic_consume(
-                    q.name().clone(),
-                    "".into(),
-                    BasicConsumeOptions {
-                        no_ack: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(e)?;
-            let control = sinks.control.clone();
-            let events_tx = sinks.events.clone();
-            let is_control = exchange == s.control_exchange;
+        if roles.events {
+            let mut consumer = subscribe(&conn, &s.events_exchange, "job.#").await?;
+            let tx = sinks.events.clone();
             tokio::spawn(async move {
                 while let Some(Ok(delivery)) = consumer.next().await {
-                    if is_control {
-                        if let Ok(msg) = serde_json::from_slice::<ControlMsg>(&delivery.data)
-                            && control.send(msg).is_err()
-                        {
-                            return;
-                        }
-                    } else {
-                        let header = delivery
-                            .properties
-                            .headers()
-                            .as_ref()
-                            .and_then(|h| h.inner().get("event").cloned());
-                        let Some(AMQPValue::LongString(text)) = header else {
-                            continue;
-                        };
-                        if let Ok(ev) = serde_json::from_slice::<WireEvent>(text.as_bytes())
-                            && events_tx.send((ev, delivery.data)).is_err()
-                        {
-                            return;
-                        }
+                    let header = delivery
+                        .properties
+                        .headers()
+                        .as_ref()
+                        .and_then(|h| h.inner().get("event").cloned());
+                    let Some(AMQPValue::LongString(text)) = header else {
+                        continue;
+                    };
+                    if let Ok(ev) = serde_json::from_slice::<WireEvent>(text.as_bytes())
+                        && tx.send((ev, delivery.data)).is_err()
+                    {
+                        return;
                     }
                 }
             });
@@ -426,6 +369,42 @@ impl RabbitBroker {
             Err(QueueError("the broker refused the message (nack)".into()))
         }
     }
+}
+
+/// A consumer of `queue` on `ch`: with a prefetch, acknowledged by hand;
+/// without, acknowledged on delivery.
+async fn consume(
+    ch: &Channel,
+    queue: &str,
+    tag: &str,
+    prefetch: Option<u16>,
+) -> Result<Consumer, lapin::Error> {
+    if let Some(n) = prefetch {
+        ch.basic_qos(n.max(1), BasicQosOptions::default()).await?;
+    }
+    let options = BasicConsumeOptions {
+        no_ack: prefetch.is_none(),
+        ..Default::default()
+    };
+    ch.basic_consume(queue.into(), tag.into(), options, FieldTable::default())
+        .await
+}
+
+/// A consumer of an exclusive queue of this process bound to `exchange` with `key`.
+async fn subscribe(conn: &Connection, exchange: &str, key: &str) -> Result<Consumer, lapin::Error> {
+    let ch = conn.create_channel().await?;
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let q = ch
+        .queue_declare("".into(), exclusive, FieldTable::default())
+        .await?;
+    let (bind, args) = (QueueBindOptions::default(), FieldTable::default());
+    ch.queue_bind(q.name().clone(), exchange.into(), key.into(), bind, args)
+        .await?;
+    consume(&ch, q.name().as_str(), "", None).await
 }
 
 impl JobQueue for RabbitBroker {

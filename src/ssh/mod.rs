@@ -795,6 +795,9 @@ pub struct TestReport {
     /// The server's key as an OpenSSH line (not serialized; the caller may pin it).
     #[serde(skip)]
     pub host_key: Option<String>,
+    /// Why it failed, as an error (not serialized; the caller words it for its audience).
+    #[serde(skip)]
+    pub failure: Option<SshError>,
 }
 
 /// Connect, authenticate and run `true`, within `bound`.
@@ -829,6 +832,7 @@ pub async fn test_connection(target: &SshTarget, opts: &SshOptions, bound: Durat
             host_key_fingerprint: Some(fingerprint(&key)),
             error: None,
             host_key: Some(openssh_line(&key)).filter(|l| !l.is_empty()),
+            failure: None,
         },
         Err(err) => {
             let presented = match &err {
@@ -841,6 +845,7 @@ pub async fn test_connection(target: &SshTarget, opts: &SshOptions, bound: Durat
                 host_key_fingerprint: presented,
                 error: Some(err.to_string()),
                 host_key: None,
+                failure: Some(err),
             }
         }
     }

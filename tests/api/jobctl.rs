@@ -557,7 +557,7 @@ async fn servers_commands() {
     assert_eq!(report["ok"], true);
     let out = jobctl(&app, &["servers", "test", "p"]).await;
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stdout.contains("refused"), "{out:?}");
+    assert!(out.stdout.contains("unreachable"), "{out:?}");
 
     let updated = jobctl(
         &app,

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use job_executor::domain::{JobStatus, OutputStream};
+use job_executor::domain::{Actor, JobKind, JobRequest, JobStatus, OutputStream};
 use job_executor::supervisor::{Error, JobId, NewJob, NewServer, OutputChunk, Supervisor};
 
 use crate::db_test;
@@ -169,4 +169,69 @@ async fn the_routes_mount_in_an_embedding_programs_own_actix_web_app() {
     .await;
     assert_eq!(resp.status(), 404);
     sup.shutdown().await;
+}
+
+db_test!(
+    idempotency_keys_are_each_callers_own,
+    |db: TestDb| async move {
+        let mut builder = Supervisor::builder().database(&db.url);
+        if let Some((_, key)) = secret_key_env(&db.url) {
+            builder = builder.secret_key(key);
+        }
+        let sup = builder.build().await.unwrap();
+        // Nothing listens on port 1: the jobs fail at once, which does not matter here.
+        let server = NewServer::with_password("i", "127.0.0.1", "u", "p").port(1);
+        let server = sup.upsert_server(server).await.unwrap().id;
+        let engine = sup.engine();
+        let submit = |caller: &str, key: &str| {
+            let caller = Actor {
+                name: caller.to_string(),
+                peer: None,
+            };
+            let request = JobRequest {
+                command: Some("true".into()),
+                server_id: Some(server.clone()),
+                idempotency_key: Some(key.to_string()),
+                ..Default::default()
+            };
+            async move {
+                engine
+                    .submit(&caller, JobKind::Command, request)
+                    .await
+                    .unwrap()
+            }
+        };
+        let a = submit("a", "k").await;
+        let b = submit("b", "k").await;
+        assert!(a.created && b.created, "another caller's key is not mine");
+        assert_ne!(a.job.id, b.job.id);
+        let again = submit("a", "k").await;
+        assert!(!again.created);
+        assert_eq!(again.job.id, a.job.id);
+        // Names and keys do not run into each other.
+        let c = submit("a:b", "c").await;
+        let d = submit("a", "b:c").await;
+        assert!(c.created && d.created);
+        assert_eq!(a.job.caller_idempotency_key(), Some("k"));
+        assert_eq!(d.job.caller_idempotency_key(), Some("b:c"));
+        sup.shutdown().await;
+    }
+);
+
+#[test]
+fn redacted_urls_leave_out_the_query() {
+    use job_executor::settings::redact_url;
+    assert_eq!(
+        redact_url("postgres://u:pw@db:5432/jobs?sslpassword=hunter2&sslmode=require"),
+        "postgres://u:***@db:5432/jobs"
+    );
+    assert_eq!(
+        redact_url("amqp://mq:5672/%2f?auth=plain&password=hunter2#x"),
+        "amqp://mq:5672/%2f"
+    );
+    assert_eq!(
+        redact_url("sqlite://./jobs.db?key=hunter2"),
+        "sqlite://./jobs.db"
+    );
+    assert_eq!(redact_url("./jobs.db"), "./jobs.db");
 }

@@ -60,11 +60,12 @@ db_test!(create_get_list_update_delete, |db: TestDb| async move {
     let (status, updated) = app
         .put(
             &format!("/api/v1/servers/{id}"),
-            &json!({"port": 22, "is_active": false}),
+            &json!({"max_concurrent_jobs": 3, "is_active": false}),
         )
         .await;
     assert_eq!(status, 200, "{updated}");
-    assert_eq!(updated["port"], 22);
+    assert_eq!(updated["port"], 2222);
+    assert_eq!(updated["max_concurrent_jobs"], 3);
     assert_eq!(updated["is_active"], false);
     assert_eq!(updated["hostname"], "10.0.0.5");
     assert_eq!(updated["has_password"], true);
@@ -291,6 +292,54 @@ db_test!(data_survives_a_restart, |db: TestDb| async move {
     assert_eq!(got, created);
     app.stop().await;
 });
+
+db_test!(
+    changing_where_the_secret_goes_needs_the_secret_again,
+    |db: TestDb| async move {
+        let app = TestApp::start(&db, &[]).await;
+        let mut body = password_server("moving");
+        body["host_key"] = json!("SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU");
+        let (status, created) = app.post("/api/v1/servers", &body).await;
+        assert_eq!(status, 201, "{created}");
+        let path = format!("/api/v1/servers/{}", created["id"].as_str().unwrap());
+        // Each of these would send the stored password elsewhere (or to an unverified host).
+        for (change, field) in [
+            (json!({"hostname": "attacker.example"}), "hostname"),
+            (json!({"port": 22}), "port"),
+            (json!({"user": "root"}), "user"),
+            (json!({"host_key_check": "off"}), "host_key_check"),
+            (json!({"host_key": ""}), "host_key"),
+        ] {
+            let (status, err) = app.put(&path, &change).await;
+            assert_eq!(status, 422, "{change}: {err}");
+            assert_eq!(err["field"], "password", "{err}");
+            assert!(err["error"].as_str().unwrap().contains(field), "{err}");
+        }
+        let (_, now) = app.get(&path).await;
+        assert_eq!(now, created, "nothing changed");
+        // The same values again are no change; other fields need no secret.
+        let same =
+            json!({"hostname": "10.0.0.5", "port": 2222, "user": "deploy", "is_active": true});
+        let (status, body) = app.put(&path, &same).await;
+        assert_eq!(status, 200, "{body}");
+        // With the password re-entered the move is made, and the audit says so.
+        let moved = json!({"hostname": "10.0.0.6", "port": 22, "password": "s3cret-pw-value"});
+        let (status, updated) = app.put(&path, &moved).await;
+        assert_eq!(status, 200, "{updated}");
+        assert_eq!(updated["hostname"], "10.0.0.6");
+        assert_no_secrets(&updated);
+        let (status, log) = app.get("/api/v1/audit?action=server.update").await;
+        assert_eq!(status, 200, "{log}");
+        let last = &log["entries"][0];
+        assert_eq!(last["detail"]["secret_reentered"], true, "{last}");
+        assert_eq!(
+            last["detail"]["destination_changed"],
+            json!(["hostname", "port"]),
+            "{last}"
+        );
+        app.stop().await;
+    }
+);
 
 #[tokio::test]
 async fn delete_is_refused_while_jobs_are_queued_or_running() {

@@ -23,6 +23,19 @@ async fn test_server(app: &TestApp, id: &str) -> Value {
     body
 }
 
+/// What a caller is told of every failure to reach the server, whatever the port did.
+const UNREACHABLE: &str = "unreachable: no working SSH session could be made with the server";
+
+/// The precise cause of the last connection test, as the audit record keeps it.
+async fn last_test_error(app: &TestApp) -> String {
+    let (status, log) = app.get("/api/v1/audit?action=server.test").await;
+    assert_eq!(status, 200, "{log}");
+    log["entries"][0]["detail"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 async fn add(app: &TestApp, body: Value) -> String {
     let (status, created) = app.post("/api/v1/servers", &body).await;
     assert_eq!(status, 201, "{created}");
@@ -105,7 +118,7 @@ db_test!(
         let report = test_server(&app, &bad).await;
         assert_eq!(report["ok"], false, "{report}");
         let error = report["error"].as_str().unwrap();
-        assert!(error.contains("authentication rejected"), "{error}");
+        assert!(error.contains("authentication failed"), "{error}");
         assert!(
             !report.to_string().contains("definitely-wrong-pw"),
             "{report}"
@@ -129,7 +142,7 @@ db_test!(unauthorized_key_is_rejected, |db: TestDb| async move {
         report["error"]
             .as_str()
             .unwrap()
-            .contains("authentication rejected"),
+            .contains("authentication failed"),
         "{report}"
     );
     app.stop().await;
@@ -152,13 +165,9 @@ db_test!(refused_port_is_named_quickly, |db: TestDb| async move {
     let report = test_server(&app, &id).await;
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(report["ok"], false);
-    assert!(
-        report["error"]
-            .as_str()
-            .unwrap()
-            .contains("connection refused"),
-        "{report}"
-    );
+    // The caller learns the kind, not the port's state; the audit record keeps the cause.
+    assert_eq!(report["error"], UNREACHABLE, "{report}");
+    assert!(last_test_error(&app).await.contains("connection refused"));
     app.stop().await;
 });
 
@@ -189,10 +198,8 @@ db_test!(
             started.elapsed()
         );
         assert_eq!(report["ok"], false);
-        assert!(
-            report["error"].as_str().unwrap().contains("timed out"),
-            "{report}"
-        );
+        assert_eq!(report["error"], UNREACHABLE, "{report}");
+        assert!(last_test_error(&app).await.contains("timed out"));
         hold.abort();
         app.stop().await;
     }
@@ -208,10 +215,8 @@ db_test!(unresolvable_host_is_named, |db: TestDb| async move {
     .await;
     let report = test_server(&app, &id).await;
     assert_eq!(report["ok"], false);
-    assert!(
-        report["error"].as_str().unwrap().contains("cannot resolve"),
-        "{report}"
-    );
+    assert_eq!(report["error"], UNREACHABLE, "{report}");
+    assert!(last_test_error(&app).await.contains("cannot resolve"));
     app.stop().await;
 });
 
@@ -227,7 +232,7 @@ db_test!(
         let report = test_server(&app, &id).await;
         assert_eq!(report["ok"], false, "{report}");
         let error = report["error"].as_str().unwrap();
-        assert!(error.contains("host key changed"), "{error}");
+        assert!(error.contains("host key mismatch"), "{error}");
         assert!(
             error.contains(wrong) && error.contains(&host.host_key_fingerprint),
             "{error}"
@@ -248,13 +253,66 @@ db_test!(
         let (status, server) = app
             .put(
                 &format!("/api/v1/servers/{id}"),
-                &json!({"host_key": wrong, "host_key_check": "off"}),
+                &json!({"host_key": wrong, "host_key_check": "off",
+                        "private_key": host.keys.ed25519_openssh}),
             )
             .await;
         assert_eq!(status, 200, "{server}");
         assert_eq!(server["host_key_check"], "off");
         let report = test_server(&app, &id).await;
         assert_eq!(report["ok"], true, "{report}");
+        app.stop().await;
+    }
+);
+
+db_test!(
+    only_allowed_hosts_are_registered_tested_or_connected_to,
+    |db: TestDb| async move {
+        // A server registered before the setting was made.
+        let (app, host, server) = TestApp::with_host(&db, &[]).await;
+        app.stop().await;
+        let app = TestApp::start(
+            &db,
+            &[("JOBEXEC__SSH__ALLOWED_HOSTS", "*.example.com,10.1.?.*")],
+        )
+        .await;
+        let body = |name: &str, hostname: &str| {
+            json!({"name": name, "hostname": hostname, "user": "u",
+                   "auth_type": "password", "password": "p"})
+        };
+        let (status, err) = app.post("/api/v1/servers", &body("x", "10.0.0.5")).await;
+        assert_eq!(status, 422, "{err}");
+        assert_eq!(err["field"], "hostname");
+        assert!(
+            err["error"].as_str().unwrap().contains("allowed_hosts"),
+            "{err}"
+        );
+        let (status, made) = app
+            .post("/api/v1/servers", &body("y", "Web.Example.COM"))
+            .await;
+        assert_eq!(status, 201, "{made}");
+        let (status, made) = app.post("/api/v1/servers", &body("z", "10.1.2.3")).await;
+        assert_eq!(status, 201, "{made}");
+        let path = format!("/api/v1/servers/{}", made["id"].as_str().unwrap());
+        let moved = json!({"hostname": "10.2.2.3", "password": "p"});
+        let (status, err) = app.put(&path, &moved).await;
+        assert_eq!(status, 422, "{err}");
+        assert_eq!(err["field"], "hostname");
+        // The server from before: neither its test nor its jobs connect to it.
+        let report = test_server(&app, &server).await;
+        assert_eq!(report["ok"], false, "{report}");
+        assert!(
+            report["error"].as_str().unwrap().contains("allowed_hosts"),
+            "{report}"
+        );
+        let job = crate::jobs::submit(&app, json!({"command": "true", "server_id": server})).await;
+        let done = crate::jobs::wait_done(&app, &job, Duration::from_secs(20)).await;
+        assert_eq!(done["status"], "failed", "{done}");
+        assert!(
+            done["error"].as_str().unwrap().contains("allowed_hosts"),
+            "{done}"
+        );
+        drop(host);
         app.stop().await;
     }
 );
