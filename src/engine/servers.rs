@@ -116,8 +116,11 @@ fn for_callers(e: &SshError) -> String {
         SshError::HostKeyUnknown { .. } => {
             "host key mismatch: the server's key is not the one the known_hosts file lists".into()
         }
-        SshError::HostKeyRejected { .. } => {
+        SshError::HostKeyRejected { .. } | SshError::KnownHostsRefused { .. } => {
             "host key mismatch: the server's key was refused".into()
+        }
+        SshError::HostCertificate { .. } => {
+            "host key mismatch: the server presented a host certificate, which is refused".into()
         }
         SshError::Build(_) => "the test command cannot be built".into(),
     }
