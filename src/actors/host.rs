@@ -406,19 +406,53 @@ async fn connect_new(
     allowed: Arc<[String]>,
 ) -> Result<(Client, bool), HostError> {
     let (row, target) = server_target(&store, id, &allowed).await?;
-    let conn = ssh::connect(&target, &opts).await?;
-    let line = ssh::openssh_line(&conn.host_key);
-    let fingerprint = ssh::fingerprint(&conn.host_key);
-    let system = crate::domain::Actor::system();
-    if let Err(e) = store
-        .pin_on_first_use(&row, line, &fingerprint, &system, "first connection")
-        .await
-    {
-        tracing::error!(server_id = %id, error = %e, "cannot pin the host key");
-    }
+    let addr = target.addr();
+    let conn = ssh::connect_claiming(&target, &opts, |key| {
+        claim_first_use(&store, &row, id, addr, key)
+    })
+    .await?;
     let posix = ssh::exec::login_shell_is_posix(&conn.client).await;
     tracing::debug!(server_id = %id, login_shell_posix = posix, "SSH connection opened");
     Ok((conn.client, posix))
+}
+
+/// Before any credential is sent: on a server whose policy is trust on first use and that
+/// had nothing pinned, pin the key the handshake will accept (one conditional update: of two
+/// first connections only one pins). A connection whose key lost that race to another key
+/// stops here, before authenticating; so does one whose pin cannot be recorded.
+async fn claim_first_use(
+    store: &Store,
+    row: &ServerRow,
+    id: uuid::Uuid,
+    addr: String,
+    key: russh::keys::PublicKey,
+) -> Result<(), HostError> {
+    if row.host_key.is_some() || row.host_key_check != crate::domain::HostKeyCheck::Tofu {
+        return Ok(());
+    }
+    let presented = ssh::fingerprint(&key);
+    let system = crate::domain::Actor::system();
+    let line = ssh::openssh_line(&key);
+    let pinned = store
+        .pin_on_first_use(row, line, &presented, &system, "first connection")
+        .await
+        .map_err(HostError::ServerUnreadable)?;
+    if pinned {
+        return Ok(());
+    }
+    // Another connection pinned first (or the policy changed): only its key will do.
+    let now = store.get_server(id).await.map_err(|e| match e {
+        StoreError::NotFound => HostError::ServerGone(id),
+        other => HostError::ServerUnreadable(other),
+    })?;
+    match now.host_key.as_deref().map(ssh::pinned_fingerprint) {
+        Some(winner) if winner != presented => Err(HostError::Ssh(SshError::HostKeyChanged {
+            addr,
+            pinned: winner,
+            presented,
+        })),
+        _ => Ok(()),
+    }
 }
 
 /// The kind of a connect failure, for the `reason` label (a fixed set: never the message).
@@ -448,7 +482,59 @@ fn failure_kind(e: &HostError) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::host_allowed;
+    use super::*;
+    use crate::domain::{Actor, ServerDraft, ServerPatch};
+    use crate::store::tests::TestDb;
+
+    const WINNER: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+
+    /// Finding 6: two first connections, the other one pinned first. The loser's key is
+    /// refused by the claim made before authenticating; the winner's own key passes, and a
+    /// first connection alone pins what it saw.
+    #[tokio::test]
+    async fn a_first_connection_that_lost_the_pin_race_stops_before_authenticating() {
+        let db = TestDb::sqlite();
+        let store = db.open().await;
+        let input = ServerPatch {
+            name: Some("web-1".into()),
+            hostname: Some("127.0.0.1".into()),
+            user: Some("deploy".into()),
+            password: Some("hunter2".to_string().into()),
+            ..Default::default()
+        };
+        let row = store
+            .insert_server(ServerDraft::create(input, 1).unwrap())
+            .await
+            .unwrap();
+        let id = uuid::Uuid::parse_str(&row.id).unwrap();
+        let winner = russh::keys::PublicKey::from_openssh(WINNER).unwrap();
+        let loser = russh::keys::PublicKey::from_openssh(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEAl1U/wClblcZO5HPJc3PBeF/KZHbWF8W17AQ+865Sl",
+        )
+        .unwrap();
+        // The other connection's pin lands after this one read the row (`row` is stale).
+        let other = store.get_server(id).await.unwrap();
+        let fp = ssh::fingerprint(&winner);
+        assert!(
+            store
+                .pin_on_first_use(&other, WINNER.into(), &fp, &Actor::system(), "test")
+                .await
+                .unwrap()
+        );
+        let lost = claim_first_use(&store, &row, id, "h:22".into(), loser).await;
+        assert!(
+            matches!(lost, Err(HostError::Ssh(SshError::HostKeyChanged { .. }))),
+            "{lost:?}"
+        );
+        claim_first_use(&store, &row, id, "h:22".into(), winner.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_server(id).await.unwrap().host_key.as_deref(),
+            Some(WINNER)
+        );
+    }
 
     #[test]
     fn allowed_hosts_are_globs_on_the_whole_name() {

@@ -631,8 +631,37 @@ async fn checked_probe(
 
 /// Connect and authenticate, verifying the host key before any credential is sent.
 pub async fn connect(target: &SshTarget, opts: &SshOptions) -> Result<Connection, SshError> {
+    connect_claiming(target, opts, |_| async { Ok::<(), SshError>(()) }).await
+}
+
+/// [`connect`], calling `claim` with the one key the handshake will accept once it is known
+/// and before any credential is sent: an error from `claim` ends the attempt there. A
+/// worker's first connection pins the key this way (`actors::host`), so a connection whose
+/// key lost a pinning race never authenticates.
+pub async fn connect_claiming<E, F, Fut>(
+    target: &SshTarget,
+    opts: &SshOptions,
+    claim: F,
+) -> Result<Connection, E>
+where
+    E: From<SshError>,
+    F: FnOnce(PublicKey) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
     let started = Instant::now();
     let key = expected_key(target, opts).await?;
+    claim(key.clone()).await?;
+    Ok(handshake_and_login(target, opts, key, started).await?)
+}
+
+/// The handshake accepting `key` alone, then the login, within what is left of the connect
+/// timeout counted from `started`.
+async fn handshake_and_login(
+    target: &SshTarget,
+    opts: &SshOptions,
+    key: PublicKey,
+    started: Instant,
+) -> Result<Connection, SshError> {
     let remaining = opts.connect_timeout.saturating_sub(started.elapsed());
     let addr = target.addr();
     let attempt = async {
