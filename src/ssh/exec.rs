@@ -198,21 +198,20 @@ pub async fn open_channel(client: &Client) -> Result<Channel<Msg>, SshError> {
     }
 }
 
-/// The name of a signal as OpenSSH reports it (`TERM`, `KILL`, …): russh's names of the
-/// standard ones are their variants' names.
-fn signal_name(sig: &Sig) -> String {
-    match sig {
-        Sig::Custom(name) => name.clone(),
-        standard => format!("{standard:?}"),
-    }
-}
-
 fn exit_of(msg: &ChannelMsg) -> Option<ExecEnd> {
     match msg {
         ChannelMsg::ExitStatus { exit_status } => Some(ExecEnd::Exited(
             i32::try_from(*exit_status).unwrap_or(i32::MAX),
         )),
-        ChannelMsg::ExitSignal { signal_name: s, .. } => Some(ExecEnd::Signaled(signal_name(s))),
+        // Named as OpenSSH reports it (`TERM`, `KILL`, …): russh's standard signals are
+        // variants of those names.
+        ChannelMsg::ExitSignal {
+            signal_name: Sig::Custom(name),
+            ..
+        } => Some(ExecEnd::Signaled(name.clone())),
+        ChannelMsg::ExitSignal { signal_name, .. } => {
+            Some(ExecEnd::Signaled(format!("{signal_name:?}")))
+        }
         _ => None,
     }
 }
@@ -301,18 +300,13 @@ fn parse_preamble(line: &[u8]) -> Option<Preamble> {
         Some((pgid, file)) => (pgid, Some(file)),
         None => (rest, None),
     };
-    if pgid.is_empty() || !pgid.bytes().all(|b| b.is_ascii_digit()) {
+    // Digits only (`parse` would take a sign), above 1; the file, an absolute path.
+    let digits = !pgid.is_empty() && pgid.bytes().all(|b| b.is_ascii_digit());
+    let pgid = pgid.parse().ok().filter(|&p: &i64| digits && p > 1)?;
+    if tmpfile.is_some_and(|f| !f.starts_with('/')) {
         return None;
     }
-    let pgid: i64 = pgid.parse().ok()?;
-    if pgid <= 1 {
-        return None;
-    }
-    let tmpfile = match tmpfile {
-        Some(f) if f.starts_with('/') => Some(f.to_string()),
-        Some(_) => return None,
-        None => None,
-    };
+    let tmpfile = tmpfile.map(str::to_string);
     Some(Preamble { pgid, tmpfile })
 }
 
@@ -413,18 +407,14 @@ pub async fn run_in(
                 continue;
             }
             Some(ChannelMsg::Close) | None => {
-                let mut why =
-                    String::from("the channel closed before the remote bootstrap started");
-                match &exit {
-                    Some(ExecEnd::Exited(code)) => why.push_str(&format!(" (exit status {code})")),
-                    Some(ExecEnd::Signaled(sig)) => why.push_str(&format!(" (signal {sig})")),
-                    None => {}
-                }
-                let said = snippet(&err, 300);
-                if !said.is_empty() {
-                    why.push_str(&format!(": {said}"));
-                }
-                why
+                let end = match &exit {
+                    Some(ExecEnd::Exited(code)) => format!(" (exit status {code})"),
+                    Some(ExecEnd::Signaled(sig)) => format!(" (signal {sig})"),
+                    None => String::new(),
+                };
+                let said = Some(snippet(&err, 300)).filter(|s| !s.is_empty());
+                let said = said.map(|s| format!(": {s}")).unwrap_or_default();
+                format!("the channel closed before the remote bootstrap started{end}{said}")
             }
             Some(_) => continue,
         };
@@ -432,14 +422,8 @@ pub async fn run_in(
     };
 
     let (preamble, noise, rest) = found;
-    emit(
-        &events,
-        ExecEvent::Started {
-            pgid: preamble.pgid,
-            tmpfile: preamble.tmpfile,
-        },
-    )
-    .await;
+    let (pgid, tmpfile) = (preamble.pgid, preamble.tmpfile);
+    emit(&events, ExecEvent::Started { pgid, tmpfile }).await;
     for (event, bytes) in [
         (ExecEvent::Stdout as fn(Vec<u8>) -> ExecEvent, noise),
         (ExecEvent::Stderr, err),

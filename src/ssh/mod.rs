@@ -216,7 +216,7 @@ fn timeout(addr: impl Into<String>, secs: u64, stage: &'static str) -> SshError 
 }
 
 /// Where to connect and as whom.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct SshTarget {
     /// Host name or address.
     pub host: String,
@@ -224,7 +224,7 @@ pub struct SshTarget {
     pub port: u16,
     /// Login user.
     pub user: String,
-    /// Credentials. Never `Debug`-printed.
+    /// Credentials (their `Debug` shows no secret: `secrecy` redacts it).
     auth: AuthKind,
     /// Pinned key: a full OpenSSH key line or a `SHA256:` fingerprint.
     pub pinned: Option<String>,
@@ -232,7 +232,7 @@ pub struct SshTarget {
     pub check: HostKeyCheck,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 enum AuthKind {
     Password(secrecy::SecretString),
     Key {
@@ -241,34 +241,21 @@ enum AuthKind {
     },
 }
 
-impl std::fmt::Debug for SshTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SshTarget")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("user", &self.user)
-            .finish_non_exhaustive()
-    }
-}
-
 impl SshTarget {
     /// The target a server record describes.
     pub fn from_server(server: &ServerDraft) -> Result<Self, SshError> {
+        let secrets = &server.secrets;
+        let missing = |what: &str| SshError::BadKey(format!("no {what} is stored"));
         let auth = match server.auth_type {
             AuthType::Password => AuthKind::Password(
-                server
-                    .secrets
+                secrets
                     .password
                     .clone()
-                    .ok_or_else(|| SshError::BadKey("no password is stored".into()))?,
+                    .ok_or_else(|| missing("password"))?,
             ),
             AuthType::Key => AuthKind::Key {
-                key: server
-                    .secrets
-                    .private_key
-                    .clone()
-                    .ok_or_else(|| SshError::BadKey("no private key is stored".into()))?,
-                passphrase: server.secrets.private_key_passphrase.clone(),
+                key: (secrets.private_key.clone()).ok_or_else(|| missing("private key"))?,
+                passphrase: secrets.private_key_passphrase.clone(),
             },
         };
         Ok(Self {
@@ -287,13 +274,6 @@ impl SshTarget {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
-        }
-    }
-
-    fn method_name(&self) -> &'static str {
-        match self.auth {
-            AuthKind::Password(_) => "password",
-            AuthKind::Key { .. } => "key",
         }
     }
 }
@@ -379,19 +359,6 @@ struct KeyVerifier {
     seen: Option<oneshot::Sender<PublicKey>>,
 }
 
-/// Why a handshake stopped: russh's error, or a host certificate refused.
-#[derive(Debug)]
-enum HandshakeError {
-    Ssh(russh::Error),
-    Certificate,
-}
-
-impl From<russh::Error> for HandshakeError {
-    fn from(e: russh::Error) -> Self {
-        HandshakeError::Ssh(e)
-    }
-}
-
 /// Handler methods for channels the server opens, each refusing the channel (the reply is
 /// dropped unanswered, which russh sends as a refusal). Arguments: the types between the
 /// channel and the reply.
@@ -410,14 +377,15 @@ macro_rules! refuse_channels {
 }
 
 impl russh::client::Handler for KeyVerifier {
-    type Error = HandshakeError;
+    /// Why a handshake stopped: a `russh::Error`, or else a host certificate refused.
+    type Error = anyhow::Error;
 
     async fn check_server_key(
         &mut self,
         presented: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
         let PublicKeyOrCertificate::PublicKey { key, .. } = presented else {
-            return Err(HandshakeError::Certificate);
+            return Err(anyhow::anyhow!("host certificate refused"));
         };
         if let Some(tx) = self.seen.take() {
             let _ = tx.send(key.clone());
@@ -441,10 +409,10 @@ impl russh::client::Handler for KeyVerifier {
     }
 }
 
-fn classify_handshake(addr: &str, e: HandshakeError) -> SshError {
-    match e {
-        HandshakeError::Ssh(e) => classify_russh(addr, e),
-        HandshakeError::Certificate => SshError::HostCertificate {
+fn classify_handshake(addr: &str, e: anyhow::Error) -> SshError {
+    match e.downcast::<russh::Error>() {
+        Ok(e) => classify_russh(addr, e),
+        Err(_) => SshError::HostCertificate {
             addr: addr.to_string(),
         },
     }
@@ -615,12 +583,13 @@ async fn authenticate(
     target: &SshTarget,
 ) -> Result<(), SshError> {
     let addr = target.addr();
-    let result = match &target.auth {
-        AuthKind::Password(pw) => {
+    let (method, result) = match &target.auth {
+        AuthKind::Password(pw) => (
+            "password",
             handle
                 .authenticate_password(&target.user, pw.expose_secret())
-                .await
-        }
+                .await,
+        ),
         AuthKind::Key { key, passphrase } => {
             let key = russh::keys::decode_secret_key(
                 key.expose_secret(),
@@ -633,22 +602,20 @@ async fn authenticate(
                 .await
                 .map_err(|e| classify_russh(&addr, e))?
                 .flatten();
-            handle
-                .authenticate_publickey(
-                    &target.user,
-                    PrivateKeyWithHashAlg::new(Arc::new(key), hash),
-                )
-                .await
+            let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
+            (
+                "key",
+                handle.authenticate_publickey(&target.user, key).await,
+            )
         }
-    }
-    .map_err(|e| classify_russh(&addr, e))?;
-    if result.success() {
+    };
+    if result.map_err(|e| classify_russh(&addr, e))?.success() {
         Ok(())
     } else {
         Err(SshError::AuthRejected {
             addr,
             user: target.user.clone(),
-            method: target.method_name(),
+            method,
         })
     }
 }
@@ -716,9 +683,8 @@ pub async fn test_connection(target: &SshTarget, opts: &SshOptions, bound: Durat
         let conn = connect(target, opts).await?;
         let result = conn.client.execute("true").await;
         let _ = conn.client.disconnect().await;
-        let result = result?;
-        if result.exit_status != 0 {
-            let status = result.exit_status;
+        let status = result?.exit_status;
+        if status != 0 {
             return Err(protocol(
                 target.addr(),
                 format!("`true` exited with status {status}"),
