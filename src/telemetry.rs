@@ -52,17 +52,16 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::io::{Read, Seek};
 
     use super::*;
 
     /// What the events below leave in the log under `directives`.
     fn logged(directives: &str) -> String {
-        let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
-        let sink = Arc::clone(&buf);
+        let mut file = tempfile::tempfile().unwrap();
         let layer = tracing_subscriber::fmt::layer()
             .with_ansi(false)
-            .with_writer(move || Sink(Arc::clone(&sink)))
+            .with_writer(file.try_clone().unwrap())
             .with_filter(capped(EnvFilter::new(directives)));
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, || {
@@ -71,22 +70,10 @@ mod tests {
             tracing::debug!(target: "russh::client", "msg type 50");
             tracing::trace!(target: "job_executor::ssh", "our trace");
         });
-        let bytes = buf.lock().map(|b| b.clone()).unwrap_or_default();
-        String::from_utf8(bytes).unwrap()
-    }
-
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Sink {
-        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-            if let Ok(mut b) = self.0.lock() {
-                b.extend_from_slice(data);
-            }
-            Ok(data.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+        let mut log = String::new();
+        file.rewind().unwrap();
+        file.read_to_string(&mut log).unwrap();
+        log
     }
 
     #[test]

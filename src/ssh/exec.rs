@@ -49,7 +49,7 @@ use russh::client::Msg;
 use russh::{Channel, ChannelMsg, ChannelWriteHalf, Sig};
 use tokio::sync::mpsc;
 
-use super::{Client, SshError};
+use super::{Client, SshError, classify_russh, protocol};
 
 /// What a job runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,18 +167,6 @@ pub enum BuildError {
     RelativeTmpfile,
 }
 
-/// `host:port` of a client's connection, for errors.
-fn client_addr(client: &Client) -> String {
-    client.addr().to_string()
-}
-
-fn protocol(addr: &str, reason: impl Into<String>) -> SshError {
-    SshError::Protocol {
-        addr: addr.to_string(),
-        reason: reason.into(),
-    }
-}
-
 /// Open a session channel, retrying refusals with backoff.
 ///
 /// A refusal (`SSH_MSG_CHANNEL_OPEN_FAILURE`, e.g. sshd's `MaxSessions` reached) is retried up
@@ -193,7 +181,7 @@ pub async fn open_channel(client: &Client) -> Result<Channel<Msg>, SshError> {
             Err(russh::Error::ChannelOpenFailure(why)) => {
                 if attempt >= OPEN_ATTEMPTS {
                     return Err(protocol(
-                        &client_addr(client),
+                        client.addr().to_string(),
                         format!(
                             "the server refused a new session channel {attempt} times \
                              (last reason: {why:?}); too many sessions on one connection?"
@@ -205,29 +193,9 @@ pub async fn open_channel(client: &Client) -> Result<Channel<Msg>, SshError> {
                 delay = (delay * 2).min(OPEN_BACKOFF_MAX);
                 attempt += 1;
             }
-            Err(e) => return Err(super::classify_russh(&client_addr(client), e)),
+            Err(e) => return Err(classify_russh(&client.addr().to_string(), e)),
         }
     }
-}
-
-/// The name of a signal as OpenSSH reports it (`TERM`, `KILL`, …).
-fn signal_name(sig: &Sig) -> String {
-    match sig {
-        Sig::ABRT => "ABRT",
-        Sig::ALRM => "ALRM",
-        Sig::FPE => "FPE",
-        Sig::HUP => "HUP",
-        Sig::ILL => "ILL",
-        Sig::INT => "INT",
-        Sig::KILL => "KILL",
-        Sig::PIPE => "PIPE",
-        Sig::QUIT => "QUIT",
-        Sig::SEGV => "SEGV",
-        Sig::TERM => "TERM",
-        Sig::USR1 => "USR1",
-        Sig::Custom(name) => name.as_str(),
-    }
-    .to_string()
 }
 
 fn exit_of(msg: &ChannelMsg) -> Option<ExecEnd> {
@@ -235,7 +203,15 @@ fn exit_of(msg: &ChannelMsg) -> Option<ExecEnd> {
         ChannelMsg::ExitStatus { exit_status } => Some(ExecEnd::Exited(
             i32::try_from(*exit_status).unwrap_or(i32::MAX),
         )),
-        ChannelMsg::ExitSignal { signal_name: s, .. } => Some(ExecEnd::Signaled(signal_name(s))),
+        // Named as OpenSSH reports it (`TERM`, `KILL`, …): russh's standard signals are
+        // variants of those names.
+        ChannelMsg::ExitSignal {
+            signal_name: Sig::Custom(name),
+            ..
+        } => Some(ExecEnd::Signaled(name.clone())),
+        ChannelMsg::ExitSignal { signal_name, .. } => {
+            Some(ExecEnd::Signaled(format!("{signal_name:?}")))
+        }
         _ => None,
     }
 }
@@ -255,14 +231,6 @@ impl CloseOnDrop {
     /// The channel ended normally: nothing to close.
     fn disarm(&mut self) {
         self.0 = None;
-    }
-
-    /// Send EOF and close now.
-    async fn close(&mut self) {
-        if let Some(half) = self.0.take() {
-            let _ = half.eof().await;
-            let _ = half.close().await;
-        }
     }
 }
 
@@ -332,18 +300,13 @@ fn parse_preamble(line: &[u8]) -> Option<Preamble> {
         Some((pgid, file)) => (pgid, Some(file)),
         None => (rest, None),
     };
-    if pgid.is_empty() || !pgid.bytes().all(|b| b.is_ascii_digit()) {
+    // Digits only (`parse` would take a sign), above 1; the file, an absolute path.
+    let digits = !pgid.is_empty() && pgid.bytes().all(|b| b.is_ascii_digit());
+    let pgid = pgid.parse().ok().filter(|&p: &i64| digits && p > 1)?;
+    if tmpfile.is_some_and(|f| !f.starts_with('/')) {
         return None;
     }
-    let pgid: i64 = pgid.parse().ok()?;
-    if pgid <= 1 {
-        return None;
-    }
-    let tmpfile = match tmpfile {
-        Some(f) if f.starts_with('/') => Some(f.to_string()),
-        Some(_) => return None,
-        None => None,
-    };
+    let tmpfile = tmpfile.map(str::to_string);
     Some(Preamble { pgid, tmpfile })
 }
 
@@ -405,16 +368,20 @@ pub async fn run_in(
     let (line, payload) = build_for(job, login_shell_posix)?;
     let (mut rx, tx) = channel.split();
     let mut tx = CloseOnDrop(Some(tx));
-    if let Err(e) = tx.half()?.exec(true, line).await {
-        tx.close().await;
-        return Err(super::classify_russh(UNKNOWN_ADDR, e));
-    }
+    let exec = tx.half()?.exec(true, line).await;
+    exec.map_err(|e| classify_russh(UNKNOWN_ADDR, e))?;
 
     // Phase 1: up to the preamble. Nothing of the user's has run.
     let mut out = Vec::new();
     let mut err = Vec::new();
     let mut exit = None;
     let found = loop {
+        let seen = out.len() + err.len();
+        if seen > PREAMBLE_LIMIT {
+            let failure =
+                format!("no preamble from the remote bootstrap after {seen} bytes of output");
+            return Err(protocol(UNKNOWN_ADDR, failure));
+        }
         let failure = match rx.wait().await {
             Some(ChannelMsg::Data { data }) => {
                 out.extend_from_slice(&data);
@@ -427,23 +394,12 @@ pub async fn run_in(
                     Scan::Malformed(line) => {
                         format!("the remote bootstrap sent a malformed preamble: {line:?}")
                     }
-                    Scan::NotYet if out.len() + err.len() > PREAMBLE_LIMIT => format!(
-                        "no preamble from the remote bootstrap after {} bytes of output",
-                        out.len() + err.len()
-                    ),
                     Scan::NotYet => continue,
                 }
             }
             Some(ChannelMsg::ExtendedData { data, .. }) => {
                 err.extend_from_slice(&data);
-                if out.len() + err.len() > PREAMBLE_LIMIT {
-                    format!(
-                        "no preamble from the remote bootstrap after {} bytes of output",
-                        out.len() + err.len()
-                    )
-                } else {
-                    continue;
-                }
+                continue;
             }
             Some(ChannelMsg::Failure) => "the server refused to run the command".to_string(),
             Some(msg @ (ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. })) => {
@@ -451,34 +407,23 @@ pub async fn run_in(
                 continue;
             }
             Some(ChannelMsg::Close) | None => {
-                let mut why =
-                    String::from("the channel closed before the remote bootstrap started");
-                match &exit {
-                    Some(ExecEnd::Exited(code)) => why.push_str(&format!(" (exit status {code})")),
-                    Some(ExecEnd::Signaled(sig)) => why.push_str(&format!(" (signal {sig})")),
-                    None => {}
-                }
-                let said = snippet(&err, 300);
-                if !said.is_empty() {
-                    why.push_str(&format!(": {said}"));
-                }
-                why
+                let end = match &exit {
+                    Some(ExecEnd::Exited(code)) => format!(" (exit status {code})"),
+                    Some(ExecEnd::Signaled(sig)) => format!(" (signal {sig})"),
+                    None => String::new(),
+                };
+                let said = Some(snippet(&err, 300)).filter(|s| !s.is_empty());
+                let said = said.map(|s| format!(": {s}")).unwrap_or_default();
+                format!("the channel closed before the remote bootstrap started{end}{said}")
             }
             Some(_) => continue,
         };
-        tx.close().await;
         return Err(protocol(UNKNOWN_ADDR, failure));
     };
 
     let (preamble, noise, rest) = found;
-    emit(
-        &events,
-        ExecEvent::Started {
-            pgid: preamble.pgid,
-            tmpfile: preamble.tmpfile,
-        },
-    )
-    .await;
+    let (pgid, tmpfile) = (preamble.pgid, preamble.tmpfile);
+    emit(&events, ExecEvent::Started { pgid, tmpfile }).await;
     for (event, bytes) in [
         (ExecEvent::Stdout as fn(Vec<u8>) -> ExecEvent, noise),
         (ExecEvent::Stderr, err),
@@ -568,59 +513,70 @@ async fn run_kill(
     pgid: i64,
     grace: Duration,
 ) -> Result<(), SshError> {
-    let addr = client_addr(client);
+    let addr = client.addr().to_string();
     let bound = grace + Duration::from_secs(10);
-    let work = async {
-        let channel = open_channel(client).await?;
-        let (mut rx, tx) = channel.split();
-        let mut tx = CloseOnDrop(Some(tx));
-        if let Err(e) = tx.half()?.exec(true, script).await {
-            tx.close().await;
-            return Err(super::classify_russh(&addr, e));
-        }
-        let _ = tx.half()?.eof().await;
-        let mut exit = None;
-        let mut err = Vec::new();
-        loop {
-            match rx.wait().await {
-                Some(ChannelMsg::ExtendedData { data, .. }) if err.len() < 4096 => {
-                    err.extend_from_slice(&data)
-                }
-                Some(ChannelMsg::Failure) => {
-                    tx.close().await;
-                    return Err(protocol(&addr, "the server refused to run `kill`"));
-                }
-                Some(msg @ (ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. })) => {
-                    exit = exit_of(&msg)
-                }
-                Some(ChannelMsg::Close) | None => break,
-                Some(_) => {}
-            }
-        }
-        tx.disarm();
-        match exit {
-            Some(ExecEnd::Exited(0)) => Ok(()),
-            Some(other) => Err(protocol(
-                &addr,
-                format!(
-                    "killing process group {pgid} failed ({other:?}): {}",
-                    snippet(&err, 300)
-                ),
-            )),
-            None => Err(protocol(
-                &addr,
-                "the connection was lost while killing the process group",
-            )),
-        }
-    };
-    match tokio::time::timeout(bound, work).await {
-        Ok(result) => result,
-        Err(_) => Err(SshError::Timeout {
+    let ran = tokio::time::timeout(bound, collect(client, script))
+        .await
+        .map_err(|_| super::timeout(&addr, bound.as_secs(), "killing the process group"))??;
+    match ran.end {
+        Some(ExecEnd::Exited(0)) => Ok(()),
+        Some(other) => Err(protocol(
             addr,
-            secs: bound.as_secs(),
-            stage: "killing the process group",
-        }),
+            format!(
+                "killing process group {pgid} failed ({other:?}): {}",
+                snippet(&ran.stderr, 300)
+            ),
+        )),
+        None => Err(protocol(
+            addr,
+            "the connection was lost while killing the process group",
+        )),
     }
+}
+
+/// What [`collect`] gathered from a command.
+pub(crate) struct Collected {
+    /// All of its stdout.
+    pub(crate) stdout: Vec<u8>,
+    /// The start of its stderr (reading stops keeping it past 4 KiB).
+    pub(crate) stderr: Vec<u8>,
+    /// Its exit status or signal; `None` when the channel closed without one.
+    pub(crate) end: Option<ExecEnd>,
+}
+
+/// Run `command` with no input on a channel of its own ([`open_channel`]) and gather what it
+/// prints until the channel closes. Dropping the future asks the server to close the channel.
+pub(crate) async fn collect(client: &Client, command: String) -> Result<Collected, SshError> {
+    let addr = client.addr().to_string();
+    let (mut rx, tx) = open_channel(client).await?.split();
+    let mut tx = CloseOnDrop(Some(tx));
+    let half = tx.half()?;
+    let exec = half.exec(true, command).await;
+    exec.map_err(|e| classify_russh(&addr, e))?;
+    let _ = half.eof().await;
+    let (mut stdout, mut stderr, mut end) = (Vec::new(), Vec::new(), None);
+    loop {
+        match rx.wait().await {
+            Some(ChannelMsg::Data { data }) => stdout.extend_from_slice(&data),
+            Some(ChannelMsg::ExtendedData { data, .. }) if stderr.len() < 4096 => {
+                stderr.extend_from_slice(&data)
+            }
+            Some(ChannelMsg::Failure) => {
+                return Err(protocol(addr, "the server refused to run the command"));
+            }
+            Some(msg @ (ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. })) => {
+                end = exit_of(&msg)
+            }
+            Some(ChannelMsg::Close) | None => break,
+            Some(_) => {}
+        }
+    }
+    tx.disarm();
+    Ok(Collected {
+        stdout,
+        stderr,
+        end,
+    })
 }
 
 /// The environment variable that marks a job's remote processes with its id.
@@ -677,17 +633,7 @@ fn kill_script(
 
 /// `s` in POSIX single quotes (`'` becomes `'\''`).
 fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        if c == '\'' {
-            out.push_str("'\\''");
-        } else {
-            out.push(c);
-        }
-    }
-    out.push('\'');
-    out
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn valid_env_name(name: &str) -> bool {

@@ -60,19 +60,14 @@ pub enum Refusal {
     },
 }
 
-/// The name a host is listed under: `host`, or `[host]:port` off port 22, lowercased.
-fn host_name(host: &str, port: u16) -> String {
-    let host = host.to_ascii_lowercase();
-    if port == 22 {
-        host
-    } else {
-        format!("[{host}]:{port}")
-    }
-}
-
 /// Check `presented` against the file's text for `host`:`port`.
 pub fn check(text: &str, host: &str, port: u16, presented: &PublicKey) -> Result<Listed, Refusal> {
-    let name = host_name(host, port);
+    // The name the host is listed under: `host`, or `[host]:port` off port 22, lowercased.
+    let host = host.to_ascii_lowercase();
+    let name = match port {
+        22 => host,
+        _ => format!("[{host}]:{port}"),
+    };
     let mut listed = Listed::Absent;
     let mut authority = None;
     // A refusal for this host; revocations and file-wide doubts are checked over every line
@@ -90,13 +85,10 @@ pub fn check(text: &str, host: &str, port: u16, presented: &PublicKey) -> Result
         }
         let mut fields = raw.split_ascii_whitespace();
         let mut first = fields.next().unwrap_or_default();
-        let marker = if first.starts_with('@') {
-            let marker = first;
+        let marker = first.starts_with('@').then_some(first);
+        if marker.is_some() {
             first = fields.next().unwrap_or_default();
-            Some(marker)
-        } else {
-            None
-        };
+        }
         if first.is_empty() {
             return Err(unreadable("no host patterns"));
         }
@@ -146,10 +138,9 @@ pub fn check(text: &str, host: &str, port: u16, presented: &PublicKey) -> Result
 fn names(patterns: &str, name: &str) -> Result<bool, &'static str> {
     let mut matched = false;
     for pattern in patterns.split(',').filter(|p| !p.is_empty()) {
-        let (negated, pattern) = match pattern.strip_prefix('!') {
-            Some(p) => (true, p),
-            None => (false, pattern),
-        };
+        let (negated, pattern) = pattern
+            .strip_prefix('!')
+            .map_or((false, pattern), |p| (true, p));
         let hit = match pattern.strip_prefix("|1|") {
             Some(hashed) => hashed_matches(hashed, name)?,
             None if pattern.starts_with('|') => return Err("unknown hashed name format"),

@@ -15,9 +15,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use russh::Channel;
 use russh::client::{ChannelOpenHandle, Handle, Msg, Session};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
-use russh::{Channel, ChannelMsg};
 use secrecy::ExposeSecret;
 use tokio::sync::oneshot;
 
@@ -203,8 +203,20 @@ pub fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
+/// [`SshError::Protocol`].
+fn protocol(addr: impl Into<String>, reason: impl Into<String>) -> SshError {
+    let (addr, reason) = (addr.into(), reason.into());
+    SshError::Protocol { addr, reason }
+}
+
+/// [`SshError::Timeout`].
+fn timeout(addr: impl Into<String>, secs: u64, stage: &'static str) -> SshError {
+    let addr = addr.into();
+    SshError::Timeout { addr, secs, stage }
+}
+
 /// Where to connect and as whom.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct SshTarget {
     /// Host name or address.
     pub host: String,
@@ -212,7 +224,7 @@ pub struct SshTarget {
     pub port: u16,
     /// Login user.
     pub user: String,
-    /// Credentials. Never `Debug`-printed.
+    /// Credentials (their `Debug` shows no secret: `secrecy` redacts it).
     auth: AuthKind,
     /// Pinned key: a full OpenSSH key line or a `SHA256:` fingerprint.
     pub pinned: Option<String>,
@@ -220,7 +232,7 @@ pub struct SshTarget {
     pub check: HostKeyCheck,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 enum AuthKind {
     Password(secrecy::SecretString),
     Key {
@@ -229,34 +241,21 @@ enum AuthKind {
     },
 }
 
-impl std::fmt::Debug for SshTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SshTarget")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("user", &self.user)
-            .finish_non_exhaustive()
-    }
-}
-
 impl SshTarget {
     /// The target a server record describes.
     pub fn from_server(server: &ServerDraft) -> Result<Self, SshError> {
+        let secrets = &server.secrets;
+        let missing = |what: &str| SshError::BadKey(format!("no {what} is stored"));
         let auth = match server.auth_type {
             AuthType::Password => AuthKind::Password(
-                server
-                    .secrets
+                secrets
                     .password
                     .clone()
-                    .ok_or_else(|| SshError::BadKey("no password is stored".into()))?,
+                    .ok_or_else(|| missing("password"))?,
             ),
             AuthType::Key => AuthKind::Key {
-                key: server
-                    .secrets
-                    .private_key
-                    .clone()
-                    .ok_or_else(|| SshError::BadKey("no private key is stored".into()))?,
-                passphrase: server.secrets.private_key_passphrase.clone(),
+                key: (secrets.private_key.clone()).ok_or_else(|| missing("private key"))?,
+                passphrase: secrets.private_key_passphrase.clone(),
             },
         };
         Ok(Self {
@@ -275,13 +274,6 @@ impl SshTarget {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
-        }
-    }
-
-    fn method_name(&self) -> &'static str {
-        match self.auth {
-            AuthKind::Password(_) => "password",
-            AuthKind::Key { .. } => "key",
         }
     }
 }
@@ -327,26 +319,16 @@ impl Client {
     /// Run `command` on a channel of its own, and collect its stdout and exit status
     /// (stderr is discarded). A command that ends without an exit status is an error.
     pub async fn execute(&self, command: &str) -> Result<Executed, SshError> {
-        let addr = self.addr.to_string();
-        let fail = |e| classify_russh(&addr, e);
-        let mut channel = self.channel_open_session().await.map_err(fail)?;
-        channel.exec(true, command).await.map_err(fail)?;
-        let mut stdout = Vec::new();
-        let mut exit_status = None;
-        while let Some(msg) = channel.wait().await {
-            match msg {
-                ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
-                ChannelMsg::ExitStatus { exit_status: s } => exit_status = Some(s),
-                _ => {}
-            }
-        }
-        let exit_status = exit_status.ok_or_else(|| SshError::Protocol {
-            addr: addr.clone(),
-            reason: format!("{command:?} ended without an exit status"),
-        })?;
+        let ran = exec::collect(self, command.to_string()).await?;
+        let Some(exec::ExecEnd::Exited(status)) = ran.end else {
+            return Err(protocol(
+                self.addr.to_string(),
+                format!("{command:?} ended without an exit status"),
+            ));
+        };
         Ok(Executed {
-            stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            exit_status,
+            stdout: String::from_utf8_lossy(&ran.stdout).into_owned(),
+            exit_status: u32::try_from(status).unwrap_or(u32::MAX),
         })
     }
 
@@ -377,28 +359,33 @@ struct KeyVerifier {
     seen: Option<oneshot::Sender<PublicKey>>,
 }
 
-/// Why a handshake stopped: russh's error, or a host certificate refused.
-#[derive(Debug)]
-enum HandshakeError {
-    Ssh(russh::Error),
-    Certificate,
-}
-
-impl From<russh::Error> for HandshakeError {
-    fn from(e: russh::Error) -> Self {
-        HandshakeError::Ssh(e)
-    }
+/// Handler methods for channels the server opens, each refusing the channel (the reply is
+/// dropped unanswered, which russh sends as a refusal). Arguments: the types between the
+/// channel and the reply.
+macro_rules! refuse_channels {
+    ($($name:ident($($arg:ty),*);)*) => {$(
+        async fn $name(
+            &mut self,
+            _: Channel<Msg>,
+            $(_: $arg,)*
+            _: ChannelOpenHandle,
+            _: &mut Session,
+        ) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    )*};
 }
 
 impl russh::client::Handler for KeyVerifier {
-    type Error = HandshakeError;
+    /// Why a handshake stopped: a `russh::Error`, or else a host certificate refused.
+    type Error = anyhow::Error;
 
     async fn check_server_key(
         &mut self,
         presented: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
         let PublicKeyOrCertificate::PublicKey { key, .. } = presented else {
-            return Err(HandshakeError::Certificate);
+            return Err(anyhow::anyhow!("host certificate refused"));
         };
         if let Some(tx) = self.seen.take() {
             let _ = tx.send(key.clone());
@@ -411,87 +398,21 @@ impl russh::client::Handler for KeyVerifier {
 
     // Channels are only ever opened by us: every kind the server may open towards the client
     // is refused (dropping the reply refuses), where russh's defaults accept them.
-
-    async fn server_channel_open_session(
-        &mut self,
-        _: Channel<Msg>,
-        _: ChannelOpenHandle,
-        _: &mut Session,
-    ) -> Result<(), Self::Error> {
-        Ok(())
-    }
-
-    async fn server_channel_open_direct_tcpip(
-        &mut self,
-        _: Channel<Msg>,
-        _: &str,
-        _: u32,
-        _: &str,
-        _: u32,
-        _: ChannelOpenHandle,
-        _: &mut Session,
-    ) -> Result<(), Self::Error> {
-        Ok(())
-    }
-
-    async fn server_channel_open_direct_streamlocal(
-        &mut self,
-        _: Channel<Msg>,
-        _: &str,
-        _: ChannelOpenHandle,
-        _: &mut Session,
-    ) -> Result<(), Self::Error> {
-        Ok(())
-    }
-
-    async fn server_channel_open_forwarded_tcpip(
-        &mut self,
-        _: Channel<Msg>,
-        _: &str,
-        _: u32,
-        _: &str,
-        _: u32,
-        _: ChannelOpenHandle,
-        _: &mut Session,
-    ) -> Result<(), Self::Error> {
-        Ok(())
-    }
-
-    async fn server_channel_open_forwarded_streamlocal(
-        &mut self,
-        _: Channel<Msg>,
-        _: &str,
-        _: ChannelOpenHandle,
-        _: &mut Session,
-    ) -> Result<(), Self::Error> {
-        Ok(())
-    }
-
-    async fn server_channel_open_agent_forward(
-        &mut self,
-        _: Channel<Msg>,
-        _: ChannelOpenHandle,
-        _: &mut Session,
-    ) -> Result<(), Self::Error> {
-        Ok(())
-    }
-
-    async fn server_channel_open_x11(
-        &mut self,
-        _: Channel<Msg>,
-        _: &str,
-        _: u32,
-        _: ChannelOpenHandle,
-        _: &mut Session,
-    ) -> Result<(), Self::Error> {
-        Ok(())
+    refuse_channels! {
+        server_channel_open_session();
+        server_channel_open_direct_tcpip(&str, u32, &str, u32);
+        server_channel_open_direct_streamlocal(&str);
+        server_channel_open_forwarded_tcpip(&str, u32, &str, u32);
+        server_channel_open_forwarded_streamlocal(&str);
+        server_channel_open_agent_forward();
+        server_channel_open_x11(&str, u32);
     }
 }
 
-fn classify_handshake(addr: &str, e: HandshakeError) -> SshError {
-    match e {
-        HandshakeError::Ssh(e) => classify_russh(addr, e),
-        HandshakeError::Certificate => SshError::HostCertificate {
+fn classify_handshake(addr: &str, e: anyhow::Error) -> SshError {
+    match e.downcast::<russh::Error>() {
+        Ok(e) => classify_russh(addr, e),
+        Err(_) => SshError::HostCertificate {
             addr: addr.to_string(),
         },
     }
@@ -503,38 +424,26 @@ pub async fn probe_host_key(target: &SshTarget, opts: &SshOptions) -> Result<Pub
     let deadline = opts.connect_timeout;
     let work = async {
         let sockaddr = resolve(target).await?;
-        let (tx, rx) = oneshot::channel();
-        let config = Arc::new(opts.russh_config());
-        // Accepts nothing: the probe never authenticates.
+        let (tx, mut rx) = oneshot::channel();
+        // Accepts nothing: the probe never authenticates, and the refusal ends the handshake.
         let handler = KeyVerifier {
             expected: None,
             seen: Some(tx),
         };
-        let session =
-            tokio::spawn(async move { russh::client::connect(config, sockaddr, handler).await });
-        match rx.await {
-            Ok(key) => {
-                session.abort();
-                Ok(key)
-            }
-            Err(_) => match session.await {
-                Ok(Err(e)) => Err(classify_handshake(&addr, e)),
-                _ => Err(SshError::Protocol {
-                    addr: addr.clone(),
-                    reason: "the server closed the connection before presenting a host key".into(),
-                }),
-            },
+        let config = Arc::new(opts.russh_config());
+        let ended = russh::client::connect(config, sockaddr, handler).await;
+        match (rx.try_recv(), ended) {
+            (Ok(key), _) => Ok(key),
+            (Err(_), Err(e)) => Err(classify_handshake(&addr, e)),
+            (Err(_), Ok(_)) => Err(protocol(
+                &addr,
+                format!("{CLOSED} before presenting a host key"),
+            )),
         }
     };
     tokio::time::timeout(deadline, work)
         .await
-        .unwrap_or_else(|_| {
-            Err(SshError::Timeout {
-                addr: target.addr(),
-                secs: deadline.as_secs(),
-                stage: "key exchange",
-            })
-        })
+        .unwrap_or_else(|_| Err(timeout(target.addr(), deadline.as_secs(), "key exchange")))
 }
 
 async fn resolve(target: &SshTarget) -> Result<std::net::SocketAddr, SshError> {
@@ -568,13 +477,14 @@ pub fn pinned_fingerprint(pinned: &str) -> String {
 async fn expected_key(target: &SshTarget, opts: &SshOptions) -> Result<PublicKey, SshError> {
     let tofu = target.check == HostKeyCheck::Tofu;
     let key = match &target.pinned {
-        Some(pinned) if tofu && !pinned.starts_with("SHA256:") => {
-            match PublicKey::from_openssh(pinned) {
-                Ok(key) => key,
-                Err(_) => checked_probe(target, opts, pinned).await?,
+        // A full key is accepted as it is; a fingerprint, by the key the probe sees.
+        Some(pinned) if tofu => match PublicKey::from_openssh(pinned) {
+            Ok(key) => key,
+            Err(_) => {
+                let seen = probe_host_key(target, opts).await?;
+                unchanged(target.addr(), pinned_fingerprint(pinned), seen)?
             }
-        }
-        Some(pinned) if tofu => checked_probe(target, opts, pinned).await?,
+        },
         _ => probe_host_key(target, opts).await?,
     };
     if let (true, Some(file)) = (tofu, &opts.known_hosts) {
@@ -582,10 +492,10 @@ async fn expected_key(target: &SshTarget, opts: &SshOptions) -> Result<PublicKey
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => {
-                return Err(SshError::Protocol {
-                    addr: target.addr(),
-                    reason: format!("cannot read {}: {e}", file.display()),
-                });
+                return Err(protocol(
+                    target.addr(),
+                    format!("cannot read {}: {e}", file.display()),
+                ));
             }
         };
         let file = file.display().to_string();
@@ -610,19 +520,13 @@ async fn expected_key(target: &SshTarget, opts: &SshOptions) -> Result<PublicKey
     Ok(key)
 }
 
-/// The key the probe sees, if its fingerprint is the pinned one.
-async fn checked_probe(
-    target: &SshTarget,
-    opts: &SshOptions,
-    pinned: &str,
-) -> Result<PublicKey, SshError> {
-    let seen = probe_host_key(target, opts).await?;
-    let pinned_fp = pinned_fingerprint(pinned);
+/// `seen`, if its fingerprint is `pinned`; otherwise [`SshError::HostKeyChanged`].
+fn unchanged(addr: String, pinned: String, seen: PublicKey) -> Result<PublicKey, SshError> {
     let presented = fingerprint(&seen);
-    if pinned_fp != presented {
+    if pinned != presented {
         return Err(SshError::HostKeyChanged {
-            addr: target.addr(),
-            pinned: pinned_fp,
+            addr,
+            pinned,
             presented,
         });
     }
@@ -687,23 +591,18 @@ async fn handshake_and_login(
         // The pinned key was refused in the handshake (before any credential): learn what
         // the server presents now, to name both keys.
         Ok(Err(SshError::HostKeyRejected { addr })) if target.pinned.is_some() => {
-            match probe_host_key(target, opts).await {
-                Ok(seen) if fingerprint(&seen) != fingerprint(&key) => {
-                    Err(SshError::HostKeyChanged {
-                        addr,
-                        pinned: fingerprint(&key),
-                        presented: fingerprint(&seen),
-                    })
-                }
-                _ => Err(SshError::HostKeyRejected { addr }),
-            }
+            let changed = match probe_host_key(target, opts).await {
+                Ok(seen) => unchanged(addr.clone(), fingerprint(&key), seen).err(),
+                Err(_) => None,
+            };
+            Err(changed.unwrap_or(SshError::HostKeyRejected { addr }))
         }
         Ok(Err(other)) => Err(other),
-        Err(_) => Err(SshError::Timeout {
+        Err(_) => Err(timeout(
             addr,
-            secs: opts.connect_timeout.as_secs(),
-            stage: "authentication",
-        }),
+            opts.connect_timeout.as_secs(),
+            "authentication",
+        )),
     }
 }
 
@@ -713,12 +612,13 @@ async fn authenticate(
     target: &SshTarget,
 ) -> Result<(), SshError> {
     let addr = target.addr();
-    let result = match &target.auth {
-        AuthKind::Password(pw) => {
+    let (method, result) = match &target.auth {
+        AuthKind::Password(pw) => (
+            "password",
             handle
                 .authenticate_password(&target.user, pw.expose_secret())
-                .await
-        }
+                .await,
+        ),
         AuthKind::Key { key, passphrase } => {
             let key = russh::keys::decode_secret_key(
                 key.expose_secret(),
@@ -731,22 +631,20 @@ async fn authenticate(
                 .await
                 .map_err(|e| classify_russh(&addr, e))?
                 .flatten();
-            handle
-                .authenticate_publickey(
-                    &target.user,
-                    PrivateKeyWithHashAlg::new(Arc::new(key), hash),
-                )
-                .await
+            let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
+            (
+                "key",
+                handle.authenticate_publickey(&target.user, key).await,
+            )
         }
-    }
-    .map_err(|e| classify_russh(&addr, e))?;
-    if result.success() {
+    };
+    if result.map_err(|e| classify_russh(&addr, e))?.success() {
         Ok(())
     } else {
         Err(SshError::AuthRejected {
             addr,
             user: target.user.clone(),
-            method: target.method_name(),
+            method,
         })
     }
 }
@@ -764,49 +662,30 @@ fn classify_russh(addr: &str, e: russh::Error) -> SshError {
         russh::Error::UnknownKey | russh::Error::WrongServerSig => SshError::HostKeyRejected {
             addr: addr.to_string(),
         },
-        russh::Error::ConnectionTimeout => SshError::Timeout {
-            addr: addr.to_string(),
-            secs: 0,
-            stage: "connect",
-        },
-        russh::Error::Disconnect | russh::Error::HUP => SshError::Protocol {
-            addr: addr.to_string(),
-            reason: "the server closed the connection".into(),
-        },
-        russh::Error::KeepaliveTimeout => SshError::Protocol {
-            addr: addr.to_string(),
-            reason: "the connection was lost (keepalives went unanswered)".into(),
-        },
-        other => SshError::Protocol {
-            addr: addr.to_string(),
-            reason: other.to_string(),
-        },
+        russh::Error::ConnectionTimeout => timeout(addr, 0, "connect"),
+        russh::Error::Disconnect | russh::Error::HUP => protocol(addr, CLOSED),
+        russh::Error::KeepaliveTimeout => {
+            protocol(addr, "the connection was lost (keepalives went unanswered)")
+        }
+        other => protocol(addr, other.to_string()),
     }
 }
 
+/// Why a connection ended that the server closed.
+const CLOSED: &str = "the server closed the connection";
+
 fn classify_io(addr: &str, e: &std::io::Error) -> SshError {
     use std::io::ErrorKind as K;
+    let addr = addr.to_string();
     match e.kind() {
-        K::ConnectionRefused => SshError::Refused {
-            addr: addr.to_string(),
-        },
-        K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => SshError::Unreachable {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        },
-        K::TimedOut => SshError::Timeout {
-            addr: addr.to_string(),
-            secs: 0,
-            stage: "connect",
-        },
-        K::ConnectionReset | K::UnexpectedEof | K::BrokenPipe => SshError::Protocol {
-            addr: addr.to_string(),
-            reason: "the server closed the connection".into(),
-        },
-        _ => SshError::Protocol {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        },
+        K::ConnectionRefused => SshError::Refused { addr },
+        K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => {
+            let reason = e.to_string();
+            SshError::Unreachable { addr, reason }
+        }
+        K::TimedOut => timeout(addr, 0, "connect"),
+        K::ConnectionReset | K::UnexpectedEof | K::BrokenPipe => protocol(addr, CLOSED),
+        _ => protocol(addr, e.to_string()),
     }
 }
 
@@ -836,47 +715,39 @@ pub async fn test_connection(target: &SshTarget, opts: &SshOptions, bound: Durat
         let conn = connect(target, opts).await?;
         let result = conn.client.execute("true").await;
         let _ = conn.client.disconnect().await;
-        let result = result?;
-        if result.exit_status != 0 {
-            return Err(SshError::Protocol {
-                addr: target.addr(),
-                reason: format!("`true` exited with status {}", result.exit_status),
-            });
+        let status = result?.exit_status;
+        if status != 0 {
+            return Err(protocol(
+                target.addr(),
+                format!("`true` exited with status {status}"),
+            ));
         }
         Ok(conn.host_key)
     })
     .await
-    .unwrap_or_else(|_| {
-        Err(SshError::Timeout {
-            addr: target.addr(),
-            secs: bound.as_secs(),
-            stage: "connection test",
-        })
-    });
+    .unwrap_or_else(|_| Err(timeout(target.addr(), bound.as_secs(), "connection test")));
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    match outcome {
-        Ok(key) => TestReport {
-            ok: true,
-            latency_ms,
-            host_key_fingerprint: Some(fingerprint(&key)),
-            error: None,
-            host_key: Some(openssh_line(&key)).filter(|l| !l.is_empty()),
-            failure: None,
-        },
+    let (host_key_fingerprint, error, host_key, failure) = match outcome {
+        Ok(key) => {
+            let line = Some(openssh_line(&key)).filter(|l| !l.is_empty());
+            (Some(fingerprint(&key)), None, line, None)
+        }
+        // A changed key is named: the caller may accept it.
         Err(err) => {
             let presented = match &err {
                 SshError::HostKeyChanged { presented, .. } => Some(presented.clone()),
                 _ => None,
             };
-            TestReport {
-                ok: false,
-                latency_ms,
-                host_key_fingerprint: presented,
-                error: Some(err.to_string()),
-                host_key: None,
-                failure: Some(err),
-            }
+            (presented, Some(err.to_string()), None, Some(err))
         }
+    };
+    TestReport {
+        ok: error.is_none(),
+        latency_ms,
+        host_key_fingerprint,
+        error,
+        host_key,
+        failure,
     }
 }
 
