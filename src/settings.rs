@@ -77,6 +77,8 @@ pub struct ServerSettings {
     pub max_concurrent_jobs: Option<u32>,
     /// Whether jobs may run on it.
     pub is_active: Option<bool>,
+    /// Labels (`labels = { role = "web", env = "prod" }`), matched by run selectors.
+    pub labels: Option<crate::domain::Labels>,
 }
 
 /// Why a `[[servers]]` table cannot be applied. Says which table and which field or file,
@@ -180,6 +182,7 @@ impl ServerSettings {
             host_key_check: self.host_key_check.clone(),
             max_concurrent_jobs: self.max_concurrent_jobs.map(i64::from),
             is_active: self.is_active,
+            labels: self.labels.clone(),
             ..Default::default()
         })
     }

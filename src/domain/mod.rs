@@ -78,6 +78,8 @@ fn expected_names(names: &[&str]) -> String {
 
 mod ids;
 mod job;
+mod labels;
+mod run;
 mod server;
 mod spec;
 
@@ -110,6 +112,8 @@ impl Actor {
     }
 }
 pub use job::{JobKind, JobStatus, OutputStream};
+pub use labels::{Labels, Selector, validate_labels};
+pub use run::{Amount, Failure, HostState, HostStatus, Plan, RunStatus, Strategy, plan};
 pub use server::{AuthType, HostKeyCheck, ServerDraft, ServerPatch, ServerSecrets};
 pub(crate) use spec::whole_number;
 pub use spec::{DEFAULT_SHELL, JobLimits, JobRequest, JobSpec, valid_env_name, valid_shell};

@@ -97,6 +97,11 @@ pub struct ServerPatch {
     #[serde(default, deserialize_with = "super::spec::whole_number")]
     #[schema(minimum = 1, maximum = 10000)]
     pub max_concurrent_jobs: Option<i64>,
+    /// Labels, `{"role": "web", "env": "prod"}` (keys 1-63 of `a-z 0-9 _ . - /`, values up
+    /// to 255 characters without `,` `=` `!`): what selectors match. On update the whole map
+    /// is replaced.
+    #[schema(schema_with = super::labels::labels_schema)]
+    pub labels: Option<super::Labels>,
 }
 
 /// A complete, validated server (without its id and timestamps).
@@ -122,6 +127,8 @@ pub struct ServerDraft {
     pub host_key_check: HostKeyCheck,
     /// Cap of concurrent jobs on this server.
     pub max_concurrent_jobs: u32,
+    /// Labels, matched by selectors.
+    pub labels: super::Labels,
 }
 
 /// Upper bound of `max_concurrent_jobs`.
@@ -161,6 +168,7 @@ impl ServerDraft {
             host_key: None,
             host_key_check: HostKeyCheck::Tofu,
             max_concurrent_jobs: default_max_jobs,
+            labels: super::Labels::new(),
         };
         base.patch(input)
     }
@@ -221,6 +229,10 @@ impl ServerDraft {
         if let Some(max) = input.max_concurrent_jobs {
             self.max_concurrent_jobs =
                 in_range("max_concurrent_jobs", max, 1, MAX_CONCURRENT_JOBS_LIMIT)?;
+        }
+        if let Some(labels) = input.labels {
+            super::validate_labels(&labels)?;
+            self.labels = labels;
         }
         self.validate()?;
         Ok(self)

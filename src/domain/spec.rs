@@ -129,8 +129,8 @@ pub struct JobLimits {
     pub max_env_entries: usize,
 }
 
-/// A validated job, ready to store.
-#[derive(Debug, Clone, PartialEq)]
+/// A validated job, ready to store (a run keeps it as JSON, for the jobs it makes).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct JobSpec {
     /// Command or script.
     pub kind: JobKind,

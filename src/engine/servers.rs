@@ -41,6 +41,7 @@ fn fields_set(p: &ServerPatch) -> Vec<&'static str> {
         ("host_key", p.host_key.is_some()),
         ("host_key_check", p.host_key_check.is_some()),
         ("max_concurrent_jobs", p.max_concurrent_jobs.is_some()),
+        ("labels", p.labels.is_some()),
     ]
     .into_iter()
     .filter_map(|(name, set)| set.then_some(name))

@@ -54,11 +54,15 @@ pub struct ServerView {
     created_at: Micros,
     /// When it was last changed.
     updated_at: Micros,
+    /// Labels, matched by run selectors.
+    #[schema(value_type = BTreeMap<String, String>)]
+    labels: crate::domain::Labels,
 }
 
 impl From<ServerRow> for ServerView {
     fn from(row: ServerRow) -> Self {
         let host_key_fingerprint = row.host_key.as_deref().map(ssh::pinned_fingerprint);
+        let labels = row.labels();
         ServerView {
             has_password: row.password.is_some(),
             has_private_key: row.private_key.is_some(),
@@ -76,6 +80,7 @@ impl From<ServerRow> for ServerView {
             max_concurrent_jobs: row.max_concurrent_jobs,
             created_at: Micros(row.created_at),
             updated_at: Micros(row.updated_at),
+            labels,
         }
     }
 }
@@ -116,18 +121,38 @@ pub async fn create_server(
         .with_status(StatusCode::CREATED))
 }
 
+/// Query of `GET /servers`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ServerQuery {
+    /// Only the servers a selector matches: `role=web,env=prod`, `key!=value`, `key`, `!key`.
+    labels: Option<String>,
+}
+
 /// List servers
+///
+/// By name; `labels` keeps only the servers its selector matches.
 #[utoipa::path(
     operation_id = "list_servers",
     tag = "servers",
+    params(ServerQuery),
     responses(
-        (status = 200, description = "Every server.", body = ServerList),
-        Errors<(Unauthorized, Unavailable)>,
+        (status = 200, description = "The servers, by name.", body = ServerList),
+        Errors<(BadRequest, Unauthorized, InvalidField, Unavailable)>,
     )
 )]
 #[get("/servers")]
-pub async fn list_servers(state: web::Data<AppState>) -> Result<web::Json<ServerList>, ApiError> {
-    let rows = state.engine.servers().await?;
+pub async fn list_servers(
+    state: web::Data<AppState>,
+    query: web::Query<ServerQuery>,
+) -> Result<web::Json<ServerList>, ApiError> {
+    let selector = (query.labels.as_deref())
+        .map(|raw| crate::domain::Selector::parse("labels", raw))
+        .transpose()?;
+    let mut rows = state.engine.servers().await?;
+    if let Some(sel) = selector {
+        rows.retain(|row| sel.matches(&row.labels()));
+    }
     Ok(web::Json(ServerList {
         servers: rows.into_iter().map(ServerView::from).collect(),
     }))

@@ -68,6 +68,8 @@ pub struct JobRow {
     pub output_truncated: bool,
     /// Next event sequence number.
     pub next_seq: i64,
+    /// The run this job is one host of.
+    pub run_id: Option<String>,
 }
 
 impl JobRow {
@@ -162,6 +164,32 @@ pub struct Finish {
     pub error: Option<String>,
 }
 
+/// A new queued job's row.
+pub(super) fn new_job_row(
+    spec: JobSpec,
+    server_id: String,
+    duplicated_from: Option<String>,
+) -> JobRow {
+    JobRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        kind: spec.kind,
+        command: spec.command,
+        args: spec.args,
+        script: spec.script,
+        shell: spec.shell,
+        server_id,
+        timeout_secs: spec.timeout_secs,
+        env: serde_json::to_string(&spec.env).unwrap_or_else(|_| "{}".into()),
+        cwd: spec.cwd,
+        idempotency_key: spec.idempotency_key,
+        retry_safe: spec.retry_safe,
+        status: JobStatus::Queued,
+        created_at: Micros::now().0,
+        duplicated_from,
+        ..JobRow::default()
+    }
+}
+
 fn find(conn: &mut super::DbConnection, id: &str) -> Result<JobRow, StoreError> {
     jobs::table
         .find(id)
@@ -205,24 +233,7 @@ impl Store {
                 if exists == 0 {
                     return Err(StoreError::NotFound);
                 }
-                let row = JobRow {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    kind: spec.kind,
-                    command: spec.command,
-                    args: spec.args,
-                    script: spec.script,
-                    shell: spec.shell,
-                    server_id,
-                    timeout_secs: spec.timeout_secs,
-                    env: serde_json::to_string(&spec.env).unwrap_or_else(|_| "{}".into()),
-                    cwd: spec.cwd,
-                    idempotency_key: spec.idempotency_key,
-                    retry_safe: spec.retry_safe,
-                    status: JobStatus::Queued,
-                    created_at: Micros::now().0,
-                    duplicated_from,
-                    ..JobRow::default()
-                };
+                let row = new_job_row(spec, server_id, duplicated_from);
                 diesel::insert_into(jobs::table)
                     .values(&row)
                     .execute(conn)

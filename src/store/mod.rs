@@ -10,6 +10,7 @@
 mod audit;
 mod jobs;
 mod models;
+mod runs;
 pub mod schema;
 mod servers;
 mod types;
@@ -18,6 +19,7 @@ pub use servers::{UpdateError, Updated};
 pub use audit::{AuditEntry, AuditFilter, AuditRow};
 pub use jobs::{CancelOutcome, ChunkRow, Finish, JobFilter, JobRow, LostJob};
 pub use models::{ServerRow, server_secrets};
+pub use runs::{Advanced, Run, RunFilter, RunHost, RunHostRow, RunRow};
 
 use std::time::Duration;
 

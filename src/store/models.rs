@@ -44,6 +44,8 @@ pub struct ServerRow {
     pub created_at: i64,
     /// Last update time.
     pub updated_at: i64,
+    /// Labels, a JSON object of strings.
+    pub labels: String,
 }
 
 impl std::fmt::Debug for ServerRow {
@@ -129,6 +131,7 @@ impl ServerRow {
         self.host_key_check = draft.host_key_check;
         self.max_concurrent_jobs = i32::try_from(draft.max_concurrent_jobs).unwrap_or(i32::MAX);
         self.is_active = draft.is_active;
+        self.labels = serde_json::to_string(&draft.labels).unwrap_or_else(|_| "{}".into());
         self.updated_at = now.0;
         Ok(())
     }
@@ -174,6 +177,12 @@ impl ServerRow {
             host_key: self.host_key.clone(),
             host_key_check: self.host_key_check,
             max_concurrent_jobs: u32::try_from(self.max_concurrent_jobs).unwrap_or(1),
+            labels: self.labels(),
         })
+    }
+
+    /// The labels (none, if the column does not hold a JSON object of strings).
+    pub fn labels(&self) -> crate::domain::Labels {
+        serde_json::from_str(&self.labels).unwrap_or_default()
     }
 }

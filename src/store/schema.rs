@@ -19,6 +19,7 @@ diesel::table! {
         is_active -> Bool,
         created_at -> BigInt,
         updated_at -> BigInt,
+        labels -> Text,
     }
 }
 
@@ -52,6 +53,7 @@ diesel::table! {
         output_bytes -> BigInt,
         output_truncated -> Bool,
         next_seq -> BigInt,
+        run_id -> Nullable<Text>,
     }
 }
 
@@ -78,5 +80,38 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    runs (id) {
+        id -> Text,
+        spec -> Text,
+        targets -> Text,
+        batch -> Nullable<Text>,
+        canary -> Integer,
+        max_failures -> Text,
+        keep_going -> Bool,
+        status -> Text,
+        cancel_requested -> Bool,
+        rerun_of -> Nullable<Text>,
+        actor -> Text,
+        created_at -> BigInt,
+        started_at -> Nullable<BigInt>,
+        finished_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    run_hosts (run_id, position) {
+        run_id -> Text,
+        position -> Integer,
+        server_id -> Text,
+        server_name -> Text,
+        state -> Text,
+        job_id -> Nullable<Text>,
+    }
+}
+
 diesel::joinable!(job_output -> jobs (job_id));
-diesel::allow_tables_to_appear_in_same_query!(servers, jobs, job_output, audit_log);
+diesel::joinable!(run_hosts -> runs (run_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    servers, jobs, job_output, audit_log, runs, run_hosts
+);

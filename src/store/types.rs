@@ -6,7 +6,7 @@ use diesel::deserialize::{self, FromSql};
 use diesel::serialize::{self, Output, ToSql};
 use diesel::sql_types::Text;
 
-use crate::domain::{AuthType, HostKeyCheck, JobKind, JobStatus};
+use crate::domain::{AuthType, HostKeyCheck, JobKind, JobStatus, RunStatus};
 
 macro_rules! text_enum {
     ($($ty:ty),*) => {$(
@@ -33,4 +33,4 @@ macro_rules! text_enum {
     )*};
 }
 
-text_enum!(JobStatus, JobKind, AuthType, HostKeyCheck);
+text_enum!(JobStatus, JobKind, AuthType, HostKeyCheck, RunStatus);
