@@ -14,6 +14,7 @@ mod library;
 mod logs;
 mod metrics;
 mod openapi;
+mod runs;
 mod security;
 mod servers;
 mod ssh_exec;
