@@ -1,9 +1,11 @@
 //! Server labels and the selectors that match them.
 //!
 //! A label is `key=value` (keys `[a-z0-9_.\-/]{1,63}`, values up to 255 characters without
-//! a comma). A selector is a comma-separated list of terms, every one of which must hold:
-//! `key=value`, `key!=value` (absent or another value), `key` (has the key) and `!key` (has
-//! it not). The same string filters `GET /servers?labels=` and picks a run's targets.
+//! `,` `=` `!`, control characters or surrounding spaces). A selector is a comma-separated
+//! list of terms, every one of which must hold: `key=value`, `key!=value` (absent or another
+//! value), `key` (has the key) and `!key` (has it not), written without spaces around them
+//! ([`SELECTOR_PATTERN`] says it exactly). The same string filters `GET /servers?labels=`
+//! and picks a run's targets.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,6 +17,9 @@ pub type Labels = BTreeMap<String, String>;
 
 /// Most labels one server carries.
 pub const MAX_LABELS: usize = 64;
+
+/// A selector, as the OpenAPI document states it (what [`Selector::parse`] accepts).
+pub const SELECTOR_PATTERN: &str = "^(!?[a-z0-9_./-]{1,63}|[a-z0-9_./-]{1,63}!?=([^\\s,=!\\u0000-\\u001f\\u007f-\\u009f]([^,=!\\u0000-\\u001f\\u007f-\\u009f]{0,253}[^\\s,=!\\u0000-\\u001f\\u007f-\\u009f])?)?)(,(!?[a-z0-9_./-]{1,63}|[a-z0-9_./-]{1,63}!?=([^\\s,=!\\u0000-\\u001f\\u007f-\\u009f]([^,=!\\u0000-\\u001f\\u007f-\\u009f]{0,253}[^\\s,=!\\u0000-\\u001f\\u007f-\\u009f])?)?))*$";
 
 /// Whether `key` is a label key: 1 to 63 of `a-z 0-9 _ . - /`.
 pub fn valid_label_key(key: &str) -> bool {
@@ -111,16 +116,14 @@ impl Selector {
     /// Parse `role=web,env!=prod,canary,!retired`; `field` names the 422 on a bad term.
     pub fn parse(field: &'static str, raw: &str) -> Result<Self, FieldError> {
         let mut terms = Vec::new();
-        for part in raw.split(',').map(str::trim) {
+        for part in raw.split(',') {
             let bad = |why: &str| FieldError::new(field, format!("term {part:?} {why}"));
             let key = |k: &str| {
-                let k = k.trim();
                 valid_label_key(k)
                     .then(|| k.to_string())
                     .ok_or_else(|| bad("has a key that is not 1-63 of a-z, 0-9, _ . - /"))
             };
             let value = |v: &str| {
-                let v = v.trim();
                 valid_label_value(v)
                     .then(|| v.to_string())
                     .ok_or_else(|| bad("has a value a label cannot have"))
@@ -199,7 +202,7 @@ mod tests {
         assert_eq!(pick("env"), [true, true, false]);
         assert_eq!(pick("!env"), [false, false, true]);
         assert_eq!(pick("canary"), [false, true, false]);
-        assert_eq!(pick(" role = web , !canary "), [true, false, false]);
+        assert_eq!(pick("role=web,!canary"), [true, false, false]);
     }
 
     #[test]
@@ -212,6 +215,9 @@ mod tests {
             "!",
             "=web",
             "k!=v,x y",
+            " role=web",
+            "role= web",
+            "role=web ,x",
         ] {
             let err = Selector::parse("targets.selector", raw).unwrap_err();
             assert_eq!(err.field, "targets.selector", "{raw:?}");
@@ -222,8 +228,8 @@ mod tests {
 
     #[test]
     fn selectors_print_canonically() {
-        let sel = Selector::parse("s", " role = web ,env!=prod, x ,!y").unwrap();
-        assert_eq!(sel.to_string(), "role=web,env!=prod,x,!y");
+        let sel = Selector::parse("s", "role=web,env!=prod,x,!y,k=a b").unwrap();
+        assert_eq!(sel.to_string(), "role=web,env!=prod,x,!y,k=a b");
         assert_eq!(Selector::parse("s", &sel.to_string()).unwrap(), sel);
     }
 

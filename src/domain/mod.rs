@@ -112,7 +112,7 @@ impl Actor {
     }
 }
 pub use job::{JobKind, JobStatus, OutputStream};
-pub use labels::{Labels, Selector, validate_labels};
+pub use labels::{Labels, SELECTOR_PATTERN, Selector, validate_labels};
 pub use run::{
     Amount, Failure, HostState, HostStatus, NewRun, Plan, RunRequest, RunStatus, Strategy,
     StrategyRequest, Targets, TargetsRequest, plan,

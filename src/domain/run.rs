@@ -284,7 +284,9 @@ pub struct RunRequest {
 pub struct TargetsRequest {
     /// `role=web,env=prod`, `key!=value`, `key`, `!key`: every active server it matches.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 4096)]
+    #[schema(
+        pattern = "^(!?[a-z0-9_./-]{1,63}|[a-z0-9_./-]{1,63}!?=([^\\s,=!\\u0000-\\u001f\\u007f-\\u009f]([^,=!\\u0000-\\u001f\\u007f-\\u009f]{0,253}[^\\s,=!\\u0000-\\u001f\\u007f-\\u009f])?)?)(,(!?[a-z0-9_./-]{1,63}|[a-z0-9_./-]{1,63}!?=([^\\s,=!\\u0000-\\u001f\\u007f-\\u009f]([^,=!\\u0000-\\u001f\\u007f-\\u009f]{0,253}[^\\s,=!\\u0000-\\u001f\\u007f-\\u009f])?)?))*$"
+    )]
     pub selector: Option<String>,
     /// Server names or ids, in the order they are to be run.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -320,6 +320,20 @@ mod tests {
     }
 
     #[test]
+    fn selectors_are_documented_as_they_are_parsed() {
+        let doc = serde_json::to_value(document()).expect("json");
+        let param = (doc["paths"]["/api/v1/servers"]["get"]["parameters"].as_array())
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "labels"))
+            .expect("the labels parameter");
+        assert_eq!(param["schema"]["pattern"], crate::domain::SELECTOR_PATTERN);
+        let targets = &doc["components"]["schemas"]["TargetsRequest"];
+        assert_eq!(
+            targets["properties"]["selector"]["pattern"],
+            crate::domain::SELECTOR_PATTERN
+        );
+    }
+
+    #[test]
     fn a_literal_segment_beats_a_parameter() {
         assert_eq!(allowed_methods("/api/v1/jobs/script"), vec!["POST"]);
         assert_eq!(allowed_methods("/api/v1/jobs/x"), vec!["GET"]);

@@ -44,6 +44,17 @@ pub struct StrategyView {
     keep_going: bool,
 }
 
+/// The targets of a run as given: a selector, or a list of servers (the other is null).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TargetsView {
+    /// The label selector.
+    #[schema(required = true)]
+    selector: Option<String>,
+    /// The server names or ids listed.
+    #[schema(required = true)]
+    servers: Option<Vec<String>>,
+}
+
 /// How many hosts are where.
 #[derive(Debug, Default, Serialize, ToSchema)]
 pub struct RunCounts {
@@ -146,7 +157,7 @@ pub struct RunView {
     /// Seconds each host's job is allowed.
     timeout: i64,
     /// The targets as given.
-    targets: TargetsRequest,
+    targets: TargetsView,
     /// How hosts are admitted.
     strategy: StrategyView,
     /// The run this one reruns.
@@ -199,7 +210,13 @@ impl RunView {
             env: serde_json::to_value(&spec.env).unwrap_or_else(|_| json!({})),
             cwd: spec.cwd,
             timeout: spec.timeout_secs,
-            targets: serde_json::from_str(&row.targets).unwrap_or_default(),
+            targets: {
+                let given: TargetsRequest = serde_json::from_str(&row.targets).unwrap_or_default();
+                TargetsView {
+                    selector: given.selector,
+                    servers: given.servers,
+                }
+            },
             strategy: StrategyView {
                 batch: strategy.batch.map(amount),
                 canary: strategy.canary,

@@ -125,7 +125,11 @@ pub async fn create_server(
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ServerQuery {
-    /// Only the servers a selector matches: `role=web,env=prod`, `key!=value`, `key`, `!key`.
+    /// Only the servers a selector matches: `role=web,env=prod`, `key!=value`, `key`, `!key`
+    /// (no spaces around terms).
+    #[param(
+        pattern = "^(!?[a-z0-9_./-]{1,63}|[a-z0-9_./-]{1,63}!?=([^\\s,=!\\u0000-\\u001f\\u007f-\\u009f]([^,=!\\u0000-\\u001f\\u007f-\\u009f]{0,253}[^\\s,=!\\u0000-\\u001f\\u007f-\\u009f])?)?)(,(!?[a-z0-9_./-]{1,63}|[a-z0-9_./-]{1,63}!?=([^\\s,=!\\u0000-\\u001f\\u007f-\\u009f]([^,=!\\u0000-\\u001f\\u007f-\\u009f]{0,253}[^\\s,=!\\u0000-\\u001f\\u007f-\\u009f])?)?))*$"
+    )]
     labels: Option<String>,
 }
 

@@ -163,11 +163,19 @@ async fn schemathesis_finds_no_failure() {
              include-name = \"PUT /api/v1/servers/{{id}}\"\n\
              {ok422}\n\n\
              [[operations]]\n\
+             include-name = \"POST /api/v1/runs\"\n\
+             {ok422}\n\n\
+             [[operations]]\n\
+             include-name = \"POST /api/v1/runs/{{id}}/rerun\"\n\
+             {ok422}\n\n\
+             [[operations]]\n\
              include-path = \"/api/v1/servers/{{id}}/test\"\n\
              parameters = {{ \"path.id\" = \"{b}\" }}\n",
             // Rules a JSON Schema cannot state, each a documented 422 naming the field: a
             // `server_id` must name a registered server (submit, duplicate), a private key
-            // must decode and the credential must suit `auth_type` (server create, update).
+            // must decode and the credential must suit `auth_type` (server create, update), a
+            // run's targets must name or match registered servers and a rerun needs a host
+            // that did not complete (runs).
             // For those operations a schema-valid request may be refused with that 422;
             // everything else about them is checked as for any operation.
             ok422 = "checks.positive_data_acceptance.expected-statuses = \

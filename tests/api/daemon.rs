@@ -75,7 +75,7 @@ async fn a_daemon_from_a_config_file_serves_its_servers_and_reloads_on_sighup() 
     // The file changes: web gets 5 slots, a second server appears, tokens are required.
     let extra = format!(
         "\n[[servers]]\nname = \"db\"\nhostname = \"{}\"\nport = {}\nuser = \"{}\"\n\
-         private_key_file = \"{key_file}\"\n\n[auth]\ntokens = [\"ops:reloaded-token-0123456789\"]\n\n\
+         private_key_file = \"{key_file}\"\nlabels = {{ role = \"db\", env = \"prod\" }}\n\n[auth]\ntokens = [\"ops:reloaded-token-0123456789\"]\n\n\
          [limits]\nsubmissions_per_minute = 6\nsubmission_burst = 1\n",
         host.host, host.port, host.user
     );
@@ -117,6 +117,8 @@ async fn a_daemon_from_a_config_file_serves_its_servers_and_reloads_on_sighup() 
         "updated in place, not re-created"
     );
     assert_eq!(web_now["max_concurrent_jobs"], 5);
+    let db_now = servers.iter().find(|s| s["name"] == "db").unwrap();
+    assert_eq!(db_now["labels"], json!({"role": "db", "env": "prod"}));
 
     // The running job was not dropped.
     let start = Instant::now();

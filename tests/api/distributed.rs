@@ -18,7 +18,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 struct Api {
     base: String,
     client: reqwest::Client,
-    _proc: Proc,
+    proc: Proc,
 }
 
 impl Api {
@@ -28,7 +28,7 @@ impl Api {
         let api = Api {
             base: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
-            _proc: proc,
+            proc,
         };
         let start = Instant::now();
         loop {
@@ -214,6 +214,101 @@ async fn jobs_spread_over_workers_and_each_runs_exactly_once() {
     let (_, health) = api.call(reqwest::Method::GET, "/health", None).await;
     assert_eq!(health["queue"], "rabbitmq");
     assert_eq!(health["queue_connected"], true);
+}
+
+/// The status of run `id` and how many jobs it has, read from the database itself.
+fn run_in_db(db: &TestDb, id: &str) -> (String, i64) {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        status: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        jobs: i64,
+    }
+    let mut c = diesel::PgConnection::establish(&db.url).unwrap();
+    let row: Row = diesel::sql_query(format!(
+        "SELECT status, (SELECT count(*) FROM jobs WHERE run_id = '{id}') AS jobs \
+         FROM runs WHERE id = '{id}'"
+    ))
+    .get_result(&mut c)
+    .unwrap();
+    (row.status, row.jobs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_started_through_an_api_keeps_advancing_after_the_api_is_killed() {
+    let Some(Setup {
+        _serial,
+        db,
+        vhost,
+        host,
+    }) = setup().await
+    else {
+        return;
+    };
+    let mut api = Api::start(&db, &vhost).await;
+    let _w1 = Proc::spawn("worker", "w1", &db, &vhost, free_port());
+    vhost.wait_consumers(1).await;
+    let mut names = Vec::new();
+    for i in 0..4 {
+        let name = format!("d-{i}");
+        let (status, body) = api
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/servers",
+                Some(
+                    json!({"name": name, "hostname": host.host, "port": host.port,
+                            "user": host.user, "auth_type": "key",
+                            "private_key": host.keys.ed25519_openssh}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        names.push(name);
+    }
+    let dir = shared_dir();
+    let ledger = dir.path().join("ledger");
+    let (status, run) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/runs",
+            Some(json!({
+                "script": format!("echo up; sleep 0.5; echo \"$JOBEXEC_JOB_ID\" >> '{}'", ledger.display()),
+                "targets": {"servers": names}, "strategy": {"batch": 1},
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{run}");
+    let id = run["id"].as_str().unwrap().to_string();
+    // The api dies while the first host runs: nothing that knows of the run is left but the
+    // database and the worker.
+    api.wait_running(run["hosts"][0]["job_id"].as_str().unwrap())
+        .await;
+    api.proc.kill9();
+    let start = Instant::now();
+    loop {
+        let (status, jobs) = run_in_db(&db, &id);
+        if status == "completed" {
+            assert_eq!(jobs, 4);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the run stopped advancing: {status}, {jobs} jobs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Each host ran exactly once.
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    let lines: std::collections::HashSet<&str> = text.lines().collect();
+    assert_eq!((text.lines().count(), lines.len()), (4, 4), "{text}");
+    // A new api reads it as the worker left it.
+    let api = Api::start(&db, &vhost).await;
+    let (_, run) = api
+        .call(reqwest::Method::GET, &format!("/api/v1/runs/{id}"), None)
+        .await;
+    assert_eq!(run["counts"]["completed"], 4, "{run}");
 }
 
 fn group_alive(pgid: i64) -> bool {
