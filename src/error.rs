@@ -114,7 +114,9 @@ impl From<crate::engine::Error> for ApiError {
         match e {
             Error::NotFound(_) => Self::NotFound(e.to_string()),
             Error::Invalid(f) => Self::Invalid(f),
-            Error::AlreadyEnded { .. } => Self::Conflict(e.to_string()),
+            Error::AlreadyEnded { .. } | Error::RunEnded { .. } | Error::RunNotEnded { .. } => {
+                Self::Conflict(e.to_string())
+            }
             Error::Store(s) => s.into(),
         }
     }

@@ -65,3 +65,8 @@ id_type!(
     ServerId,
     "server"
 );
+id_type!(
+    /// A run's id (UUID v7: ids sort by creation time).
+    RunId,
+    "run"
+);

@@ -83,7 +83,7 @@ mod run;
 mod server;
 mod spec;
 
-pub use ids::{JobId, ServerId};
+pub use ids::{JobId, RunId, ServerId};
 
 /// Who asks for something: recorded in the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +113,10 @@ impl Actor {
 }
 pub use job::{JobKind, JobStatus, OutputStream};
 pub use labels::{Labels, Selector, validate_labels};
-pub use run::{Amount, Failure, HostState, HostStatus, Plan, RunStatus, Strategy, plan};
+pub use run::{
+    Amount, Failure, HostState, HostStatus, NewRun, Plan, RunRequest, RunStatus, Strategy,
+    StrategyRequest, Targets, TargetsRequest, plan,
+};
 pub use server::{AuthType, HostKeyCheck, ServerDraft, ServerPatch, ServerSecrets};
 pub(crate) use spec::whole_number;
 pub use spec::{DEFAULT_SHELL, JobLimits, JobRequest, JobSpec, valid_env_name, valid_shell};

@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-use super::{FieldError, JobStatus};
+use super::{FieldError, JobKind, JobLimits, JobRequest, JobSpec, JobStatus, Selector};
 
 /// A number of hosts, or a percentage of the run's hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,6 +263,214 @@ pub fn plan(hosts: &[HostState], strategy: &Strategy, canceled: bool) -> Plan {
         });
     }
     plan
+}
+
+/// `POST /runs`: the job every host runs, its targets and the strategy.
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+pub struct RunRequest {
+    /// The job fields, as a job takes them (`command` + `args`, or `script` + `shell`; `env`,
+    /// `cwd`, `timeout`, `retry_safe`); `server_id` and `idempotency_key` are not taken (a
+    /// run names its servers in `targets`).
+    #[serde(flatten)]
+    pub job: JobRequest,
+    /// Which servers: resolved once, when the run is created.
+    pub targets: Option<TargetsRequest>,
+    /// How hosts are admitted (default: all at once, stop at the first failure).
+    pub strategy: Option<StrategyRequest>,
+}
+
+/// `targets`: a selector over server labels, or an explicit list. Exactly one is given.
+#[derive(Debug, Default, Clone, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
+pub struct TargetsRequest {
+    /// `role=web,env=prod`, `key!=value`, `key`, `!key`: every active server it matches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 4096)]
+    pub selector: Option<String>,
+    /// Server names or ids, in the order they are to be run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1, max_items = 10000)]
+    pub servers: Option<Vec<String>>,
+}
+
+/// `strategy`: every field optional.
+#[derive(Debug, Default, Clone, serde::Deserialize, utoipa::ToSchema)]
+pub struct StrategyRequest {
+    /// Most hosts running at once: a number (at least 1) or a percentage (`"25%"`) of the
+    /// hosts, rounded up. Default: all at once.
+    #[schema(schema_with = batch_schema)]
+    pub batch: Option<serde_json::Value>,
+    /// This many hosts run first, alone (the rest wait until they have all ended).
+    #[serde(default, deserialize_with = "super::spec::whole_number")]
+    #[schema(minimum = 0, maximum = 10000)]
+    pub canary: Option<i64>,
+    /// Failures allowed before no new host starts (the rest are `skipped`): a number or a
+    /// percentage of the hosts, rounded down. Default 0: stop at the first failure.
+    #[schema(schema_with = max_failures_schema)]
+    pub max_failures: Option<serde_json::Value>,
+    /// Start every host whatever fails (`max_failures` is then ignored).
+    pub keep_going: Option<bool>,
+}
+
+fn amount_schema(min: i64, percent: &str, what: &str) -> utoipa::openapi::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    let count = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(min))
+        .maximum(Some(1_000_000));
+    let share = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(percent));
+    OneOfBuilder::new()
+        .item(count)
+        .item(share)
+        .description(Some(what))
+        .build()
+        .into()
+}
+
+fn batch_schema() -> utoipa::openapi::Schema {
+    amount_schema(
+        1,
+        "^(100|[1-9][0-9]?)%$",
+        "Hosts at once: a number or a percentage.",
+    )
+}
+
+fn max_failures_schema() -> utoipa::openapi::Schema {
+    amount_schema(
+        0,
+        "^(100|[1-9]?[0-9])%$",
+        "Failures allowed: a number or a percentage.",
+    )
+}
+
+/// A number or a percentage as sent: an integer, or a string such as `"25%"`.
+fn amount(field: &'static str, value: &serde_json::Value) -> Result<Amount, FieldError> {
+    let raw = match value {
+        serde_json::Value::Number(n) if n.is_u64() => n.to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => {
+            return Err(FieldError::new(
+                field,
+                format!("{other} is not a whole number of hosts or a percentage such as \"25%\""),
+            ));
+        }
+    };
+    Amount::parse(field, &raw)
+}
+
+impl StrategyRequest {
+    /// The strategy it says (its fit to the run's hosts is checked by [`Strategy::validate`]).
+    pub fn parse(self) -> Result<Strategy, FieldError> {
+        let batch = (self.batch.as_ref())
+            .filter(|v| !v.is_null())
+            .map(|v| amount("strategy.batch", v))
+            .transpose()?;
+        let max_failures = (self.max_failures.as_ref())
+            .filter(|v| !v.is_null())
+            .map(|v| amount("strategy.max_failures", v))
+            .transpose()?
+            .unwrap_or(Amount::Count(0));
+        let canary = match self.canary {
+            None => 0,
+            Some(n) => u32::try_from(n)
+                .ok()
+                .filter(|n| *n <= 10_000)
+                .ok_or_else(|| {
+                    FieldError::new("strategy.canary", format!("{n} is out of range (0-10000)"))
+                })?,
+        };
+        Ok(Strategy {
+            batch,
+            canary,
+            max_failures,
+            keep_going: self.keep_going.unwrap_or(false),
+        })
+    }
+}
+
+/// What a run targets, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Targets {
+    /// Every active server the selector matches.
+    Selector(Selector),
+    /// These servers (names or ids), in this order.
+    Servers(Vec<String>),
+}
+
+impl TargetsRequest {
+    /// Exactly one of `selector` and `servers`, each well formed.
+    pub fn parse(self) -> Result<Targets, FieldError> {
+        match (self.selector, self.servers) {
+            (Some(_), Some(_)) => Err(FieldError::new(
+                "targets",
+                "give a selector or a list of servers, not both",
+            )),
+            (Some(raw), None) => Ok(Targets::Selector(Selector::parse(
+                "targets.selector",
+                &raw,
+            )?)),
+            (None, Some(list)) => {
+                if list.is_empty() {
+                    return Err(FieldError::new("targets.servers", "is empty"));
+                }
+                if let Some(blank) = list.iter().position(|s| s.trim().is_empty()) {
+                    return Err(FieldError::new(
+                        "targets.servers",
+                        format!("entry {blank} is empty"),
+                    ));
+                }
+                Ok(Targets::Servers(list))
+            }
+            (None, None) => Err(FieldError::new(
+                "targets",
+                "is required: {\"selector\": \"role=web\"} or {\"servers\": [\"web-1\", …]}",
+            )),
+        }
+    }
+}
+
+/// A run request, checked: the job, the targets (still to resolve) and the strategy.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// The job every host runs.
+    pub spec: JobSpec,
+    /// Which servers.
+    pub targets: Targets,
+    /// The targets as given, for the run object.
+    pub targets_given: TargetsRequest,
+    /// How hosts are admitted.
+    pub strategy: Strategy,
+}
+
+impl RunRequest {
+    /// Check everything that does not need the database.
+    pub fn validate(self, limits: &JobLimits) -> Result<NewRun, FieldError> {
+        if self.job.server_id.is_some() {
+            return Err(FieldError::new(
+                "server_id",
+                "a run names its servers in targets, not server_id",
+            ));
+        }
+        if self.job.idempotency_key.is_some() {
+            return Err(FieldError::new("idempotency_key", "is not taken by runs"));
+        }
+        let kind = if self.job.script.is_some() {
+            JobKind::Script
+        } else {
+            JobKind::Command
+        };
+        let spec = JobSpec::from_request(kind, self.job, limits)?;
+        let targets_given = self.targets.unwrap_or_default();
+        let targets = targets_given.clone().parse()?;
+        let strategy = self.strategy.unwrap_or_default().parse()?;
+        Ok(NewRun {
+            spec,
+            targets,
+            targets_given,
+            strategy,
+        })
+    }
 }
 
 #[cfg(test)]

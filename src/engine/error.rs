@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::domain::{FieldError, JobStatus};
+use crate::domain::{FieldError, JobStatus, RunStatus};
 use crate::store::StoreError;
 
 /// The thing a request named and that was not there.
@@ -15,6 +15,8 @@ pub enum Subject {
     Server(String),
     /// A server, by name.
     ServerNamed(String),
+    /// A run, by id.
+    Run(String),
 }
 
 impl fmt::Display for Subject {
@@ -23,6 +25,7 @@ impl fmt::Display for Subject {
             Self::Job(id) => write!(f, "job {id}"),
             Self::Server(id) => write!(f, "server {id}"),
             Self::ServerNamed(name) => write!(f, "server {name:?}"),
+            Self::Run(id) => write!(f, "run {id}"),
         }
     }
 }
@@ -43,6 +46,22 @@ pub enum Error {
         id: String,
         /// How it ended.
         status: JobStatus,
+    },
+    /// The run has ended: it cannot be canceled.
+    #[error("run {id} has already ended ({status}); it cannot be canceled")]
+    RunEnded {
+        /// The run.
+        id: String,
+        /// How it ended.
+        status: RunStatus,
+    },
+    /// The run has not ended: what it would rerun is not known yet.
+    #[error("run {id} is still {status}; rerun it once it has ended (or cancel it)")]
+    RunNotEnded {
+        /// The run.
+        id: String,
+        /// Where it is.
+        status: RunStatus,
     },
     /// The database refused or failed (a conflict such as a name taken or a busy server, an
     /// outage, a fault).

@@ -303,7 +303,7 @@ impl Engine {
 
     /// Hand a new job to the queue. The row is the truth: if the queue is down the job stays
     /// queued and is announced again later, so the submit still succeeds.
-    async fn announce(&self, row: &JobRow) {
+    pub(super) async fn announce(&self, row: &JobRow) {
         tracing::info!(job_id = %row.id, server_id = %row.server_id, kind = %row.kind, "job queued");
         match self.queue.publish(row.id.clone()).await {
             Ok(()) if self.broker.is_some() => {

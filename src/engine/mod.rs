@@ -1,7 +1,8 @@
 //! The engine: every use case, once.
 //!
-//! Submit, cancel, duplicate, read and follow output; register, change, delete and test
-//! servers and pin their host keys; the audit record of each. The HTTP handlers, the library
+//! Submit, cancel, duplicate, read and follow output; runs over many servers (start,
+//! advance, cancel, rerun, summarize); register, change, delete and test servers and pin
+//! their host keys; the audit record of each. The HTTP handlers, the library
 //! ([`crate::Supervisor`]) and the daemon's settings file all call these functions; none of
 //! them holds a use case of its own. Each returns a typed [`Error`]; `http` maps it to a
 //! status, the library hands it out as it is.
@@ -25,6 +26,7 @@
 mod error;
 pub mod follow;
 mod jobs;
+mod runs;
 mod runtime;
 mod servers;
 
@@ -36,6 +38,7 @@ pub use error::{Error, Subject};
 pub use follow::FollowTask;
 pub(crate) use jobs::WAIT_POLL;
 pub use jobs::{Canceled, Duplicated, Submitted};
+pub use runs::{OutputGroup, RerunOnly};
 pub use runtime::{Role, Runtime, StartError};
 pub use servers::{Tested, apply_servers, ensure_default_server};
 

@@ -116,6 +116,7 @@ impl Runtime {
                 let system = actix_rt::System::new();
                 system.block_on(async move {
                     let engine = assemble(settings, store, role);
+                    engine.spawn_run_driver();
                     match extra(engine.clone()).await {
                         Ok(made) => {
                             let _ = ready_tx.send(Ok((engine.clone(), made)));

@@ -85,6 +85,9 @@ pub struct JobView {
     pub output_bytes: i64,
     /// Whether the output was cut at the configured cap.
     pub output_truncated: bool,
+    /// The run this job is one host of (null: a job of its own).
+    #[schema(required = true, format = Uuid)]
+    pub run_id: Option<String>,
 }
 
 impl JobView {
@@ -115,6 +118,7 @@ impl JobView {
             cancel_requested: row.cancel_requested,
             output_bytes: row.output_bytes,
             output_truncated: row.output_truncated,
+            run_id: row.run_id.clone(),
         }
     }
 }

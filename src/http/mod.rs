@@ -17,6 +17,8 @@ pub mod limits;
 pub mod metrics;
 mod openapi;
 mod output;
+mod run_stream;
+mod runs;
 pub use openapi::{
     BadRequest, Conflict, Errors, InvalidField, NotFound, PayloadTooLarge, TooManyRequests,
     Unauthorized, Unavailable, UnsupportedMediaType,
@@ -116,6 +118,13 @@ pub fn register(cfg: &mut ServiceConfig) {
         .service(servers::update_server)
         .service(servers::delete_server)
         .service(servers::test_server)
+        .service(runs::list_runs)
+        .service(runs::start_run)
+        .service(runs::get_run)
+        .service(runs::cancel_run)
+        .service(runs::rerun_run)
+        .service(runs::run_summary)
+        .service(run_stream::follow_run)
         .map(|api| {
             api.default_service(web::to(not_found))
                 .wrap(from_fn(auth::authenticate))

@@ -37,7 +37,12 @@ use crate::error::{ApiError, ErrorBody};
     ),
     components(
         // `OutputEvent`: the `data:` of the stream's `output` events, which no JSON body names.
-        schemas(ErrorBody, super::stream::OutputEvent),
+        schemas(
+            ErrorBody,
+            super::stream::OutputEvent,
+            super::run_stream::HostEvent,
+            super::run_stream::HostOutputEvent,
+        ),
         responses(
             BadRequest,
             Unauthorized,
@@ -55,6 +60,7 @@ use crate::error::{ApiError, ErrorBody};
     tags(
         (name = "jobs", description = "Submit, follow, cancel and read the output of jobs."),
         (name = "servers", description = "The SSH servers jobs run on."),
+        (name = "runs", description = "One command on many servers: labels, selectors, rolling batches, failure thresholds."),
         (name = "audit", description = "Who did what."),
         (name = "health", description = "Liveness and metrics; no token."),
         (name = "meta", description = "This document."),

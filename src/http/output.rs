@@ -520,6 +520,7 @@ mod tests {
             output_bytes: 0,
             output_truncated: true,
             next_seq: 5,
+            run_id: None,
         };
         // What the route sent when it built the whole response.
         let all = |keep: &dyn Fn(&ChunkRow) -> bool| {

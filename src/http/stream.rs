@@ -122,7 +122,12 @@ pub struct OutputEvent<'a> {
     timestamp: Micros,
 }
 
-fn frame(id: i64, event: &str, data: &impl serde::Serialize) -> Bytes {
+/// One SSE frame: `id:`, `event:` and one line of JSON.
+pub(super) fn frame(
+    id: impl std::fmt::Display,
+    event: &str,
+    data: &impl serde::Serialize,
+) -> Bytes {
     let data = serde_json::to_string(data).unwrap_or_default();
     Bytes::from(format!("id: {id}\nevent: {event}\ndata: {data}\n\n"))
 }
