@@ -76,8 +76,10 @@ struct Host {
     colour: u8,
     /// The start of a line not ended yet, per stream.
     partial: BTreeMap<Dest, String>,
-    /// The last output sequence number shown (a reconnection never repeats one, but a
-    /// replay must not print a line twice either).
+    /// The highest output sequence number shown: an event below it was shown already (a
+    /// stream replayed from the start must not print a line twice). One equal to it is new:
+    /// the service sends what a host's output ended with (bytes of a character never
+    /// finished) under its last number.
     shown_seq: i64,
 }
 
@@ -171,7 +173,7 @@ impl Prefixer {
         let text = data["output"].as_str().unwrap_or("");
         let host = self.host(data);
         if let Some(seq) = data["seq"].as_i64() {
-            if seq <= host.shown_seq {
+            if seq < host.shown_seq {
                 return Vec::new();
             }
             host.shown_seq = seq;
@@ -285,17 +287,26 @@ mod tests {
     }
 
     #[test]
-    fn empty_lines_and_repeated_sequence_numbers() {
+    fn empty_lines_and_sequence_numbers_already_shown() {
         let mut p = Prefixer::new(&run(&["a"]), Colours::default());
         assert_eq!(
             p.output(&out(0, 0, "stdout", "\n\nx\n")),
             [(Dest::Stdout, "a | \na | \na | x\n".to_string())]
         );
-        assert!(
-            p.output(&out(0, 0, "stdout", "again\n")).is_empty(),
-            "seq 0 shown"
+        assert_eq!(
+            p.output(&out(0, 2, "stdout", "y\n")),
+            [(Dest::Stdout, "a | y\n".to_string())]
         );
-        assert!(p.flush_all().is_empty());
+        assert!(
+            p.output(&out(0, 1, "stdout", "old\n")).is_empty(),
+            "seq 1 is past"
+        );
+        // The end of a host's output may come under its last number again.
+        assert!(p.output(&out(0, 2, "stdout", "\u{FFFD}")).is_empty());
+        assert_eq!(
+            p.flush_all(),
+            [(Dest::Stdout, "a | \u{FFFD}\n".to_string())]
+        );
     }
 
     #[test]

@@ -95,8 +95,8 @@ pub struct ServerFields {
     /// How many jobs may run on it at once.
     #[arg(long, value_name = "N")]
     max_jobs: Option<u32>,
-    /// A label, what run selectors match (repeatable; on update the labels given replace
-    /// all the server's labels).
+    /// A label for run selectors to match (repeatable; on update, the labels given replace
+    /// all of the server's labels).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     labels: Vec<(String, String)>,
     #[command(flatten)]
