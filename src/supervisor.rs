@@ -35,11 +35,15 @@ use futures::Stream;
 use secrecy::SecretString;
 use tokio::sync::mpsc;
 
-pub use crate::domain::JobId;
-use crate::domain::{Actor, JobKind, JobRequest, JobStatus, OutputStream, ServerPatch};
+use crate::domain::{
+    Actor, JobKind, JobRequest, JobStatus, OutputStream, RunRequest, ServerPatch, StrategyRequest,
+    TargetsRequest,
+};
+pub use crate::domain::{JobId, RunId};
 use crate::engine::follow::{Gone, Sink};
-use crate::engine::{self, Engine, Role, Runtime, Subject};
+use crate::engine::{self, Engine, Role, RunEvent, Runtime, Subject};
 use crate::settings::{Settings, SettingsError};
+pub use crate::store::Run;
 use crate::store::{JobRow, ServerRow, StoreError};
 
 /// What went wrong in a library call. Messages never contain secrets.
@@ -167,6 +171,13 @@ impl NewServer {
         self
     }
 
+    /// A label, matched by run selectors ([`NewRun::on`]).
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        (self.patch.labels.get_or_insert_with(Default::default))
+            .insert(key.to_string(), value.to_string());
+        self
+    }
+
     /// Pin its host key up front (an OpenSSH public key line or a `SHA256:` fingerprint).
     pub fn host_key(mut self, key: &str) -> Self {
         self.patch.host_key = Some(key.to_string());
@@ -251,6 +262,187 @@ impl NewJob {
     pub fn idempotency_key(mut self, key: &str) -> Self {
         self.request.idempotency_key = Some(key.to_string());
         self
+    }
+}
+
+/// A run to start: one command or script on many servers, admitted as its strategy says
+/// (default: all at once, stop at the first failure).
+#[derive(Debug, Default)]
+pub struct NewRun {
+    request: RunRequest,
+}
+
+impl NewRun {
+    /// A command line, run by each server's login shell.
+    pub fn command(command: &str) -> Self {
+        let mut run = NewRun::default();
+        run.request.job.command = Some(command.to_string());
+        run
+    }
+
+    /// A script, run by `/bin/bash` (or [`NewRun::shell`]) on each server.
+    pub fn script(script: &str) -> Self {
+        let mut run = NewRun::default();
+        run.request.job.script = Some(script.to_string());
+        run
+    }
+
+    /// On every active server a label selector matches (`role=web,env!=prod`).
+    pub fn on(mut self, selector: &str) -> Self {
+        self.request.targets = Some(TargetsRequest {
+            selector: Some(selector.to_string()),
+            servers: None,
+        });
+        self
+    }
+
+    /// On these servers (names or ids), in this order.
+    pub fn on_servers(mut self, servers: &[&str]) -> Self {
+        self.request.targets = Some(TargetsRequest {
+            selector: None,
+            servers: Some(servers.iter().map(|s| s.to_string()).collect()),
+        });
+        self
+    }
+
+    fn strategy(&mut self) -> &mut StrategyRequest {
+        self.request.strategy.get_or_insert_with(Default::default)
+    }
+
+    /// At most `n` hosts running at once.
+    pub fn batch(mut self, n: u32) -> Self {
+        self.strategy().batch = Some(serde_json::json!(n));
+        self
+    }
+
+    /// At most `percent`% of the hosts running at once (rounded up).
+    pub fn batch_percent(mut self, percent: u32) -> Self {
+        self.strategy().batch = Some(serde_json::json!(format!("{percent}%")));
+        self
+    }
+
+    /// The first `n` hosts run alone before the rest.
+    pub fn canary(mut self, n: u32) -> Self {
+        self.strategy().canary = Some(i64::from(n));
+        self
+    }
+
+    /// Failures allowed before no new host starts (the rest are skipped).
+    pub fn max_failures(mut self, n: u32) -> Self {
+        self.strategy().max_failures = Some(serde_json::json!(n));
+        self
+    }
+
+    /// Start every host whatever fails.
+    pub fn keep_going(mut self) -> Self {
+        self.strategy().keep_going = Some(true);
+        self
+    }
+
+    /// Arguments (appended to a command, or a script's `$1…`).
+    pub fn args(mut self, args: &str) -> Self {
+        self.request.job.args = Some(args.to_string());
+        self
+    }
+
+    /// Stop each host's job after this long (it ends `timed_out`).
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.request.job.timeout = Some(whole_seconds(d));
+        self
+    }
+
+    /// An environment variable for the remote command.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        (self.request.job.env.get_or_insert_with(BTreeMap::new))
+            .insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// The interpreter of a script (an absolute path).
+    pub fn shell(mut self, shell: &str) -> Self {
+        self.request.job.shell = Some(shell.to_string());
+        self
+    }
+}
+
+/// A run started by [`Supervisor::run`]: read, wait for, cancel or follow it.
+#[derive(Debug, Clone)]
+pub struct RunHandle {
+    id: RunId,
+    engine: Engine,
+}
+
+/// A piece of one host's output in a run.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// The host's place in the run.
+    pub position: usize,
+    /// The host's server name.
+    pub server_name: String,
+    /// The chunk.
+    pub chunk: OutputChunk,
+}
+
+impl RunHandle {
+    /// The run's id.
+    pub fn id(&self) -> RunId {
+        self.id
+    }
+
+    /// The run as stored now (each host with its job).
+    pub async fn get(&self) -> Result<Run, Error> {
+        Ok(self.engine.run(self.id).await?)
+    }
+
+    /// Wait until every host has ended; returns the run as it ended.
+    pub async fn wait(&self) -> Result<Run, Error> {
+        Ok(self.engine.wait_run(self.id).await?)
+    }
+
+    /// Cancel: hosts not started are skipped, running ones canceled. Refused when the run
+    /// has already ended.
+    pub async fn cancel(&self) -> Result<Run, Error> {
+        Ok(self.engine.cancel_run(&Actor::library(), self.id).await?)
+    }
+
+    /// Every host's output from the start, live, as one async stream that ends when the run
+    /// does (each host's chunks in order; hosts interleaved as they came).
+    pub fn output(&self) -> Pin<Box<dyn Stream<Item = RunOutput> + Send>> {
+        let (tx, mut rx) = mpsc::channel::<RunOutput>(64);
+        let engine = self.engine.clone();
+        let id = self.id;
+        tokio::spawn(async move {
+            let Ok(mut run) = engine.run(id).await else {
+                return;
+            };
+            let (events_tx, mut events) = mpsc::channel(64);
+            tokio::spawn(engine.follow_run(run.clone(), Vec::new(), events_tx).run());
+            while let Some(event) = events.recv().await {
+                let (position, chunk) = match event {
+                    RunEvent::Run(r) => {
+                        run = r;
+                        continue;
+                    }
+                    RunEvent::Output { position, chunk } => (position, chunk),
+                    RunEvent::Complete(_) => return,
+                    RunEvent::Status { .. } | RunEvent::HostComplete { .. } => continue,
+                };
+                let out = RunOutput {
+                    position,
+                    server_name: run.hosts[position].host.server_name.clone(),
+                    chunk: OutputChunk {
+                        seq: chunk.seq,
+                        stream: chunk.stream(),
+                        data: chunk.data,
+                        at: chunk.at,
+                    },
+                };
+                if tx.send(out).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
     }
 }
 
@@ -361,6 +553,25 @@ impl Supervisor {
             }
         });
         Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    }
+
+    /// Start a run: one job per target server, admitted as its strategy says.
+    pub async fn run(&self, run: NewRun) -> Result<RunHandle, Error> {
+        let started = self
+            .engine()
+            .start_run(&Actor::library(), run.request)
+            .await?;
+        let id = RunId::of_row(&started.row.id)
+            .map_err(|_| engine::Error::NotFound(Subject::Run(started.row.id)))?;
+        Ok(self.run_handle(id))
+    }
+
+    /// The handle of run `id` (started here or elsewhere).
+    pub fn run_handle(&self, id: RunId) -> RunHandle {
+        RunHandle {
+            id,
+            engine: self.engine().clone(),
+        }
     }
 
     /// Stop: running jobs get `worker.shutdown_grace_secs` to finish, then are canceled

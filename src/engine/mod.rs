@@ -26,6 +26,7 @@
 mod error;
 pub mod follow;
 mod jobs;
+mod run_follow;
 mod runs;
 mod runtime;
 mod servers;
@@ -38,6 +39,7 @@ pub use error::{Error, Subject};
 pub use follow::FollowTask;
 pub(crate) use jobs::WAIT_POLL;
 pub use jobs::{Canceled, Duplicated, Submitted};
+pub use run_follow::{RunEvent, RunFollow};
 pub use runs::{OutputGroup, RerunOnly};
 pub use runtime::{Role, Runtime, StartError};
 pub use servers::{Tested, apply_servers, ensure_default_server};

@@ -174,6 +174,27 @@ impl Engine {
             .map_err(Error::store(|| Subject::Run(id.to_string())))
     }
 
+    /// Wait until the run ends; returns it as it ended.
+    pub async fn wait_run(&self, id: RunId) -> Result<Run, Error> {
+        let mut bus = self.events.subscribe();
+        loop {
+            let run = self.run(id).await?;
+            if run.row.status.is_terminal() {
+                return Ok(run);
+            }
+            // Until a host of it ends (or events were lost), or the poll period is over.
+            let host_ended = async {
+                while let Ok(ev) = bus.recv().await {
+                    if matches!(&ev, JobEvent::Status(r) if r.status.is_terminal() && r.run_id.as_deref() == Some(run.row.id.as_str()))
+                    {
+                        return;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(super::WAIT_POLL, host_ended).await;
+        }
+    }
+
     /// A page of runs, newest first, and the cursor of the next page.
     pub async fn runs(&self, filter: RunFilter) -> Result<(Vec<Run>, Option<String>), Error> {
         Ok(self.store.list_runs(filter).await?)

@@ -2,15 +2,12 @@
 //! each host's `status`, `output` and `host_complete`, each naming its server, and
 //! `complete` (the final run) at the end.
 //!
-//! Each admitted host is followed as a job stream is ([`crate::engine::Engine::follow`]:
-//! replay from the database, then live); their events meet in one task that writes the
-//! frames. Every event's `id:` is the run's cursor: the last output sequence number sent
+//! The run is followed by the engine ([`crate::engine::Engine::follow_run`]: each admitted
+//! host replayed from the database, then live, hosts admitted meanwhile picked up); one task
+//! per client writes its events as frames. Every event's `id:` is the run's cursor: the last output sequence number sent
 //! of each host, in host order, joined by `.` (`4.-1.12`). A client that reconnects with
 //! `Last-Event-ID` set to it gets, for each host, exactly the output after its number.
-//! Hosts admitted while the stream is open are picked up as the run advances (heard on the
-//! event bus, and looked up every second).
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -24,17 +21,14 @@ use super::jobs::JobView;
 use super::runs::{RunView, run_id};
 use super::stream::{Utf8Carry, frame};
 use super::{AppState, BadRequest, Errors, NotFound, TooManyRequests, Unauthorized, Unavailable};
-use crate::domain::{JobId, Micros, OutputStream, RunId};
-use crate::engine::Engine;
-use crate::engine::follow::{Gone, Sink};
+use crate::domain::{Micros, OutputStream};
+use crate::engine::follow::Gone;
+use crate::engine::{Engine, RunEvent};
 use crate::error::ApiError;
-use crate::events::JobEvent;
 use crate::store::{JobRow, Run};
 
 /// How often an idle stream gets a keep-alive comment.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// How often the run is read again for hosts admitted meanwhile.
-const LOOK: Duration = Duration::from_secs(1);
 /// Events buffered per client before its task waits for it.
 const CLIENT_BUFFER: usize = 64;
 
@@ -110,62 +104,6 @@ pub struct HostOutputEvent {
     timestamp: Micros,
 }
 
-/// What a host's follow hands the writer.
-enum Item {
-    Status(JobRow),
-    Output {
-        seq: i64,
-        stream: OutputStream,
-        data: Vec<u8>,
-        at: i64,
-    },
-    Complete(JobRow),
-}
-
-/// A host's follow: its events, tagged with the host's position, to the writer.
-struct HostSink {
-    position: usize,
-    tx: mpsc::Sender<(usize, Item)>,
-}
-
-impl HostSink {
-    async fn send(&self, item: Item) -> Result<(), Gone> {
-        self.tx.send((self.position, item)).await.map_err(|_| Gone)
-    }
-}
-
-impl Sink for HostSink {
-    async fn status(&mut self, _last: i64, row: &JobRow) -> Result<(), Gone> {
-        self.send(Item::Status(row.clone())).await
-    }
-
-    async fn output(
-        &mut self,
-        seq: i64,
-        stream: OutputStream,
-        data: &[u8],
-        at: i64,
-    ) -> Result<(), Gone> {
-        let data = data.to_vec();
-        self.send(Item::Output {
-            seq,
-            stream,
-            data,
-            at,
-        })
-        .await
-    }
-
-    async fn complete(&mut self, _last: i64, row: &JobRow) -> Result<(), Gone> {
-        self.send(Item::Complete(row.clone())).await
-    }
-
-    fn gone(&self) -> impl std::future::Future<Output = ()> + 'static {
-        let tx = self.tx.clone();
-        async move { tx.closed().await }
-    }
-}
-
 /// Parse a cursor this stream sent: one number from -1 per host.
 fn parse_cursor(raw: &str, hosts: usize) -> Option<Vec<i64>> {
     let cursor: Vec<i64> = raw
@@ -184,16 +122,11 @@ fn cursor_id(cursor: &[i64]) -> String {
         .join(".")
 }
 
-/// The frame writer of one client: the cursor, each host's UTF-8 carries, what it follows.
+/// The frame writer of one client: the cursor, each host's UTF-8 carries.
 struct Writer {
-    engine: Engine,
-    id: RunId,
     run: Run,
     cursor: Vec<i64>,
     carries: Vec<[Utf8Carry; 2]>,
-    followed: HashSet<usize>,
-    completed: HashSet<usize>,
-    items: mpsc::Sender<(usize, Item)>,
     out: mpsc::Sender<Bytes>,
 }
 
@@ -236,54 +169,40 @@ impl Writer {
         self.send("output", &data).await
     }
 
-    /// Follow every admitted host not followed yet, from its cursor.
-    async fn follow_new_hosts(&mut self) {
+    /// Rebuild the UTF-8 carries of the hosts resumed mid-way, as they stood at the cursor.
+    async fn prime(&mut self, engine: &Engine) {
         for (i, host) in self.run.hosts.iter().enumerate() {
-            let Some(job) = &host.job else { continue };
-            if !self.followed.insert(i) {
-                continue;
-            }
-            let last = self.cursor[i];
-            if last >= 0 {
-                // A resumed stream: rebuild the carries as they stood after `last`.
-                let tail = (self.engine.output_before(&job.id, last, 16).await).unwrap_or_default();
-                for c in tail {
-                    let _ = self.carries[i][c.stream as usize & 1].push(&c.data);
-                }
-            }
-            let Ok(job_id) = job.id.parse::<JobId>() else {
+            let (Some(job), last) = (&host.job, self.cursor[i]) else {
                 continue;
             };
-            let sink = HostSink {
-                position: i,
-                tx: self.items.clone(),
-            };
-            match self.engine.follow(job_id, last, sink).await {
-                Ok(task) => {
-                    actix_web::rt::spawn(task.keep_alive(KEEP_ALIVE * 4).polling(LOOK).run());
-                }
-                Err(e) => tracing::warn!(job_id = %job.id, error = %e, "cannot follow a host"),
+            if last < 0 {
+                continue;
+            }
+            let tail = (engine.output_before(&job.id, last, 16).await).unwrap_or_default();
+            for c in tail {
+                let _ = self.carries[i][c.stream().code() as usize & 1].push(&c.data);
             }
         }
     }
 
-    async fn item(&mut self, position: usize, item: Item) -> Result<(), Gone> {
-        match item {
-            Item::Status(row) => self.send("status", &self.host_event(position, &row)).await,
-            Item::Output {
-                seq,
-                stream,
-                data,
-                at,
-            } => {
-                self.cursor[position] = self.cursor[position].max(seq);
-                let text = self.carries[position][stream.code() as usize & 1].push(&data);
-                if text.is_empty() {
-                    return Ok(());
-                }
-                self.output_text(position, seq, stream, text, at).await
+    /// Write one event of the run; `false` after the last.
+    async fn event(&mut self, event: RunEvent) -> Result<bool, Gone> {
+        match event {
+            RunEvent::Run(run) => self.run = run,
+            RunEvent::Status { position, job } => {
+                self.send("status", &self.host_event(position, &job))
+                    .await?;
             }
-            Item::Complete(row) => {
+            RunEvent::Output { position, chunk } => {
+                self.cursor[position] = self.cursor[position].max(chunk.seq);
+                let stream = chunk.stream();
+                let text = self.carries[position][stream.code() as usize & 1].push(&chunk.data);
+                if !text.is_empty() {
+                    self.output_text(position, chunk.seq, stream, text, chunk.at)
+                        .await?;
+                }
+            }
+            RunEvent::HostComplete { position, job } => {
                 for stream in [OutputStream::Stdout, OutputStream::Stderr] {
                     let rest = self.carries[position][stream.code() as usize & 1].finish();
                     if !rest.is_empty() {
@@ -292,51 +211,39 @@ impl Writer {
                             .await?;
                     }
                 }
-                self.completed.insert(position);
-                self.send("host_complete", &self.host_event(position, &row))
-                    .await
+                self.send("host_complete", &self.host_event(position, &job))
+                    .await?;
+            }
+            RunEvent::Complete(run) => {
+                self.run = run;
+                self.send("complete", &RunView::of(&self.run)).await?;
+                return Ok(false);
             }
         }
+        Ok(true)
     }
 
-    /// Every admitted host has sent its end, and the run has ended.
-    fn over(&self) -> bool {
-        self.run.row.status.is_terminal()
-            && (self.run.hosts.iter().enumerate())
-                .all(|(i, h)| h.job.is_none() || self.completed.contains(&i))
-    }
-
-    async fn run(mut self, mut items: mpsc::Receiver<(usize, Item)>) -> Result<(), Gone> {
+    async fn run(
+        mut self,
+        engine: Engine,
+        mut events: mpsc::Receiver<RunEvent>,
+    ) -> Result<(), Gone> {
+        self.prime(&engine).await;
         self.send("run", &RunView::of(&self.run)).await?;
-        let mut bus = self.engine.events().subscribe();
-        let mut look = tokio::time::interval(LOOK);
         let mut idle = tokio::time::interval(KEEP_ALIVE);
         idle.tick().await;
         loop {
-            self.follow_new_hosts().await;
-            if self.over() {
-                return self.send("complete", &RunView::of(&self.run)).await;
-            }
-            let reread = tokio::select! {
-                Some((position, item)) = items.recv() => {
-                    self.item(position, item).await?;
+            tokio::select! {
+                ev = events.recv() => {
+                    let Some(ev) = ev else { return Ok(()) };
+                    if !self.event(ev).await? {
+                        return Ok(());
+                    }
                     idle.reset();
-                    false
                 }
-                ev = bus.recv() => match ev {
-                    Ok(JobEvent::Status(row)) => row.run_id.as_deref() == Some(&self.run.row.id),
-                    Ok(_) => false,
-                    Err(_) => true,
-                },
-                _ = look.tick() => true,
                 _ = idle.tick() => {
                     self.out.send(Bytes::from_static(b": keep-alive\n\n")).await.map_err(|_| Gone)?;
-                    false
                 }
-                _ = self.out.closed() => return Err(Gone),
-            };
-            if reread && let Ok(run) = self.engine.run(self.id).await {
-                self.run = run;
             }
         }
     }
@@ -390,20 +297,20 @@ pub async fn follow_run(
         .limits
         .open_stream(&caller.limit_key(state.tokens.enabled()))?;
     let (out, mut rx) = mpsc::channel::<Bytes>(CLIENT_BUFFER);
-    let (items, items_rx) = mpsc::channel(CLIENT_BUFFER);
+    let (events_tx, events) = mpsc::channel(CLIENT_BUFFER);
+    let follow = state
+        .engine
+        .follow_run(run.clone(), cursor.clone(), events_tx);
     let writer = Writer {
-        engine: state.engine.clone(),
-        id,
         run,
         cursor,
         carries: (0..hosts).map(|_| Default::default()).collect(),
-        followed: HashSet::new(),
-        completed: HashSet::new(),
-        items,
         out,
     };
+    let engine = state.engine.clone();
+    actix_web::rt::spawn(follow.run());
     actix_web::rt::spawn(async move {
-        let _ = writer.run(items_rx).await;
+        let _ = writer.run(engine, events).await;
         drop(slot);
     });
     let body =

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use job_executor::domain::{Actor, JobKind, JobRequest, JobStatus, OutputStream};
-use job_executor::supervisor::{Error, JobId, NewJob, NewServer, OutputChunk, Supervisor};
+use job_executor::domain::{HostStatus, RunStatus};
+use job_executor::supervisor::{
+    Error, JobId, NewJob, NewRun, NewServer, OutputChunk, RunOutput, Supervisor,
+};
 
 use crate::db_test;
 use crate::helpers::{TestDb, TestHost, secret_key_env};
@@ -235,3 +238,74 @@ fn redacted_urls_leave_out_the_query() {
     );
     assert_eq!(redact_url("./jobs.db"), "./jobs.db");
 }
+
+db_test!(
+    a_supervisor_runs_one_command_on_many_servers,
+    |db: TestDb| async move {
+        let host = TestHost::start().await;
+        let mut builder = Supervisor::builder().database(&db.url).concurrency(8);
+        if let Some((_, key)) = secret_key_env(&db.url) {
+            builder = builder.secret_key(key);
+        }
+        let sup = builder.build().await.unwrap();
+        for name in ["lib-1", "lib-2", "lib-3"] {
+            let server =
+                NewServer::with_key(name, &host.host, &host.user, &host.keys.ed25519_openssh)
+                    .port(host.port)
+                    .label("role", "lib");
+            sup.upsert_server(server).await.unwrap();
+        }
+        let run = sup
+            .run(
+                NewRun::command("echo hi; sleep 0.2; echo bye")
+                    .on("role=lib")
+                    .batch(2),
+            )
+            .await
+            .unwrap();
+        let output: Vec<RunOutput> = run.output().collect().await;
+        for name in ["lib-1", "lib-2", "lib-3"] {
+            let text: String = (output.iter())
+                .filter(|o| o.server_name == name)
+                .map(|o| String::from_utf8_lossy(&o.chunk.data).into_owned())
+                .collect();
+            assert_eq!(text, "hi\nbye\n", "{name}");
+        }
+        let done = run.wait().await.unwrap();
+        assert_eq!(done.row.status, RunStatus::Completed);
+        assert!(
+            done.hosts
+                .iter()
+                .all(|h| h.status() == HostStatus::Completed)
+        );
+        // Cancel: the running host stops, the waiting one is skipped.
+        let run = sup
+            .run(
+                NewRun::command("sleep 30")
+                    .on_servers(&["lib-1", "lib-2"])
+                    .batch(1),
+            )
+            .await
+            .unwrap();
+        let start = Instant::now();
+        while run.get().await.unwrap().hosts[0].status() != HostStatus::Running {
+            assert!(start.elapsed() < Duration::from_secs(20), "never ran");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        run.cancel().await.unwrap();
+        let done = run.wait().await.unwrap();
+        assert_eq!(done.row.status, RunStatus::Canceled);
+        let statuses: Vec<HostStatus> = done.hosts.iter().map(|h| h.status()).collect();
+        assert_eq!(statuses, [HostStatus::Canceled, HostStatus::Skipped]);
+        // Bad input is the engine's typed error.
+        let err = sup
+            .run(NewRun::command("true").on("role=none"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Engine(job_executor::engine::Error::Invalid(f)) if f.field == "targets.selector"),
+            "{err}"
+        );
+        sup.shutdown().await;
+    }
+);

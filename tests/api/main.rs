@@ -15,6 +15,7 @@ mod library;
 mod logs;
 mod metrics;
 mod openapi;
+mod runs;
 mod security;
 mod servers;
 mod ssh_exec;

@@ -12,7 +12,10 @@ use crate::helpers::{TestApp, TestDb};
 /// One parsed event.
 #[derive(Debug, Clone)]
 pub struct Event {
+    /// The `id:` as a number (a job stream's), `i64::MIN` if it is not one.
     pub id: i64,
+    /// The `id:` as sent (a run stream's is a cursor).
+    pub cursor: String,
     pub kind: String,
     pub data: Value,
 }
@@ -38,9 +41,19 @@ impl Sse {
         id: &str,
         last_event_id: Option<i64>,
     ) -> Sse {
-        let mut req = client.get(format!("{base}/api/v1/jobs/{id}/stream"));
+        let url = format!("{base}/api/v1/jobs/{id}/stream");
+        Sse::open_url(client, &url, last_event_id.map(|l| l.to_string())).await
+    }
+
+    /// Open the event stream at `url`, resuming after `last_event_id`.
+    pub async fn open_url(
+        client: &reqwest::Client,
+        url: &str,
+        last_event_id: Option<String>,
+    ) -> Sse {
+        let mut req = client.get(url);
         if let Some(last) = last_event_id {
-            req = req.header("Last-Event-ID", last.to_string());
+            req = req.header("Last-Event-ID", last);
         }
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), 200);
@@ -64,15 +77,21 @@ impl Sse {
                     if line.starts_with(':') {
                         self.comments += 1;
                     } else if let Some(v) = line.strip_prefix("id: ") {
-                        id = Some(v.parse::<i64>().unwrap());
+                        id = Some(v.to_string());
                     } else if let Some(v) = line.strip_prefix("event: ") {
                         kind = Some(v.to_string());
                     } else if let Some(v) = line.strip_prefix("data: ") {
                         data = Some(serde_json::from_str(v).unwrap());
                     }
                 }
-                if let (Some(id), Some(kind), Some(data)) = (id, kind, data) {
-                    return Some(Event { id, kind, data });
+                if let (Some(cursor), Some(kind), Some(data)) = (id, kind, data) {
+                    let id = cursor.parse::<i64>().unwrap_or(i64::MIN);
+                    return Some(Event {
+                        id,
+                        cursor,
+                        kind,
+                        data,
+                    });
                 }
                 continue;
             }
