@@ -9,6 +9,7 @@ mod daemon;
 mod distributed;
 mod health;
 mod jobctl;
+mod jobctl_runs;
 mod jobs;
 mod library;
 mod logs;

@@ -122,7 +122,15 @@ impl Api {
 
     /// The registered servers.
     pub async fn servers(&self) -> anyhow::Result<Vec<Value>> {
-        let mut list = self.get("/servers").await?;
+        self.servers_matching(None).await
+    }
+
+    /// The registered servers a label selector matches (all without one).
+    pub async fn servers_matching(&self, selector: Option<&str>) -> anyhow::Result<Vec<Value>> {
+        let query = [("labels", selector)];
+        let mut list = self
+            .send(self.request(Method::GET, "/servers").query(&query))
+            .await?;
         Ok(serde_json::from_value(list["servers"].take()).unwrap_or_default())
     }
 

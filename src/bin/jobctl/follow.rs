@@ -1,6 +1,8 @@
-//! Following a job to its end: the event stream (`GET /jobs/:id/stream`), reconnecting with
-//! `Last-Event-ID` when the connection drops; polling `GET /jobs/:id` when the service has
-//! no stream (404/405 on the route). Output is written through as it arrives.
+//! Following a job or a run to its end: the event stream (`GET /jobs/:id/stream`,
+//! `GET /runs/:id/stream`), reconnecting with `Last-Event-ID` when the connection drops
+//! ([`follow_events`]); for a job, polling `GET /jobs/:id` when the service has no stream
+//! (404/405 on the route). A job's output is written through as it arrives; a run's goes
+//! through [`crate::prefixed`].
 
 use std::time::{Duration, Instant};
 
@@ -49,20 +51,121 @@ pub fn finish(output: Output, job: &Value) -> u8 {
     exit_status(job)
 }
 
-/// Follows one job, remembering what it has shown.
-struct Follower<'a> {
-    api: &'a Api,
-    id: &'a str,
+/// What a followed stream is about, for its messages: `job 3f…`, and the command that
+/// resumes following it.
+pub struct Subject<'a> {
+    /// `job` or `run`.
+    pub kind: &'a str,
+    /// Its id.
+    pub id: &'a str,
+    /// The command that resumes following it, for the message when the stream is lost.
+    pub resume: String,
+}
+
+/// Follow the event stream at API path `path` to its `complete` event, reconnecting with
+/// `Last-Event-ID` when the connection drops; every event goes to `on_event(kind, id, data)`
+/// (its data parsed as JSON). Returns the `complete` event's data, or `Ok(None)` when the
+/// first connection answers 404 or 405 (no such thing, or a service without the stream).
+pub async fn follow_events(
+    api: &Api,
+    path: &str,
+    subject: &Subject<'_>,
+    mut on_event: impl FnMut(&str, Option<&str>, &Value),
+) -> anyhow::Result<Option<Value>> {
+    // The id of the last event received, sent as `Last-Event-ID` when reconnecting.
+    let mut last_id: Option<String> = None;
+    let mut connected_once = false;
+    let mut failures: u32 = 0;
+    loop {
+        let mut req = api.stream_request(path);
+        if let Some(l) = &last_id {
+            req = req.header("Last-Event-ID", l);
+        }
+        // Why this connection failed or ended before the stream's subject did.
+        let lost = match req.send().await {
+            Err(e) if !connected_once => return Err(api.transport_error(&e)),
+            Err(e) => api.transport_error(&e).to_string(),
+            Ok(resp) if resp.status().is_success() => {
+                connected_once = true;
+                let opened = Instant::now();
+                let lost = match read(resp, subject, &mut last_id, &mut on_event).await {
+                    Ok(last) => return Ok(Some(last)),
+                    Err(lost) => lost,
+                };
+                // A connection that lived a while resets the count of failures.
+                if opened.elapsed() > Duration::from_secs(5) {
+                    failures = 0;
+                }
+                lost
+            }
+            Ok(resp) => {
+                let status = resp.status();
+                let no_stream = [StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED];
+                if !connected_once && no_stream.contains(&status) {
+                    return Ok(None);
+                }
+                let err = error_of(resp).await;
+                let transient = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+                if !(connected_once && transient) {
+                    return Err(err.into());
+                }
+                err.to_string()
+            }
+        };
+        failures += 1;
+        if failures > MAX_RECONNECTS {
+            let Subject { kind, id, resume } = subject;
+            return Err(anyhow!(
+                "lost the event stream of {kind} {id} ({lost}); `{resume}` resumes"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200 * u64::from(failures))).await;
+    }
+}
+
+/// Pass on the events of one connection: the `complete` event's data, or why the stream
+/// ended before it.
+async fn read(
+    resp: Response,
+    subject: &Subject<'_>,
+    last_id: &mut Option<String>,
+    on_event: &mut impl FnMut(&str, Option<&str>, &Value),
+) -> Result<Value, String> {
+    let mut events = std::pin::pin!(chunks(resp).eventsource());
+    while let Some(ev) = events.next().await {
+        let ev = ev.map_err(|e| match e {
+            EventStreamError::Transport(dropped) => dropped,
+            other => format!("the event stream does not parse ({other})"),
+        })?;
+        // Every event of the service has an `id:` (the last one is carried over).
+        let id = Some(ev.id.as_str()).filter(|id| !id.is_empty());
+        if let Some(id) = id {
+            *last_id = Some(id.to_string());
+        }
+        let Ok(data) = serde_json::from_str::<Value>(&ev.data) else {
+            continue;
+        };
+        on_event(&ev.event, id, &data);
+        if ev.event == "complete" {
+            return Ok(data);
+        }
+    }
+    Err(format!(
+        "the service closed the stream before the {} ended",
+        subject.kind
+    ))
+}
+
+/// Shows one job's events, remembering what it has shown.
+struct JobShow {
     /// What to show: nothing (`wait`); for `Table` the output as text, stdout to stdout and
     /// stderr to stderr; for `Json` every event as one JSON line `{"event", "id", "data"}`.
     show: Option<Output>,
     /// The last output sequence number shown.
     shown: i64,
-    /// The id of the last event received, sent as `Last-Event-ID` when reconnecting.
-    last_id: Option<String>,
 }
 
-impl Follower<'_> {
+impl JobShow {
     /// Show one event as asked: an `output` event's text (`output` of `seq` on `stream`,
     /// skipped when that sequence number was shown already), or any event as a JSON line.
     fn show(&mut self, kind: &str, id: Option<&str>, data: &Value) {
@@ -90,93 +193,13 @@ impl Follower<'_> {
         }
     }
 
-    /// Follow the stream; fall back to polling when the service has none.
-    async fn run(mut self) -> anyhow::Result<Value> {
-        let path = job_path(self.id, "/stream");
-        let mut connected_once = false;
-        let mut failures: u32 = 0;
-        loop {
-            let mut req = self.api.stream_request(&path);
-            if let Some(l) = &self.last_id {
-                req = req.header("Last-Event-ID", l);
-            }
-            // Why this connection failed or ended before the job did.
-            let lost = match req.send().await {
-                Err(e) if !connected_once => return Err(self.api.transport_error(&e)),
-                Err(e) => self.api.transport_error(&e).to_string(),
-                Ok(resp) if resp.status().is_success() => {
-                    connected_once = true;
-                    let opened = Instant::now();
-                    let lost = match self.read(resp).await {
-                        Ok(job) => return Ok(job),
-                        Err(lost) => lost,
-                    };
-                    // A connection that lived a while resets the count of failures.
-                    if opened.elapsed() > Duration::from_secs(5) {
-                        failures = 0;
-                    }
-                    lost
-                }
-                Ok(resp) => {
-                    let status = resp.status();
-                    let no_stream = [StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED];
-                    if !connected_once && no_stream.contains(&status) {
-                        // An unknown job is an error; a service without the stream is polled.
-                        self.api.get(&job_path(self.id, "")).await?;
-                        return self.poll().await;
-                    }
-                    let err = error_of(resp).await;
-                    let transient =
-                        status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
-                    if !(connected_once && transient) {
-                        return Err(err.into());
-                    }
-                    err.to_string()
-                }
-            };
-            failures += 1;
-            if failures > MAX_RECONNECTS {
-                return Err(anyhow!(
-                    "lost the event stream of job {} ({lost}); `jobctl logs --follow {}` resumes",
-                    self.id,
-                    self.id
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(200 * u64::from(failures))).await;
-        }
-    }
-
-    /// Show the events of one connection: the final job, or why the stream ended before it.
-    async fn read(&mut self, resp: Response) -> Result<Value, String> {
-        let mut events = std::pin::pin!(chunks(resp).eventsource());
-        while let Some(ev) = events.next().await {
-            let ev = ev.map_err(|e| match e {
-                EventStreamError::Transport(dropped) => dropped,
-                other => format!("the event stream does not parse ({other})"),
-            })?;
-            // Every event of the service has an `id:` (the last one is carried over).
-            let id = Some(ev.id.as_str()).filter(|id| !id.is_empty());
-            if let Some(id) = id {
-                self.last_id = Some(id.to_string());
-            }
-            let Ok(data) = serde_json::from_str::<Value>(&ev.data) else {
-                continue;
-            };
-            self.show(&ev.event, id, &data);
-            if ev.event == "complete" {
-                return Ok(data);
-            }
-        }
-        Err("the service closed the stream before the job ended".into())
-    }
-
     /// Without a stream: poll the job, and its output chunks when it has grown.
-    async fn poll(mut self) -> anyhow::Result<Value> {
-        let chunks_path = job_path(self.id, "/logs?format=chunks");
+    async fn poll(mut self, api: &Api, id: &str) -> anyhow::Result<Value> {
+        let chunks_path = job_path(id, "/logs?format=chunks");
         let mut seen_bytes: i64 = -1;
         let mut first = true;
         loop {
-            let job = self.api.get(&job_path(self.id, "")).await?;
+            let job = api.get(&job_path(id, "")).await?;
             if first {
                 self.show("status", None, &job);
                 first = false;
@@ -184,14 +207,14 @@ impl Follower<'_> {
             let done = !matches!(job["status"].as_str(), Some("queued" | "running"));
             let bytes = job["output_bytes"].as_i64().unwrap_or(0);
             if self.show.is_some() && (bytes != seen_bytes || done) {
-                let chunks = self.api.get(&chunks_path).await?;
+                let chunks = api.get(&chunks_path).await?;
                 for c in chunks.as_array().into_iter().flatten() {
                     // As the stream's `output` event would carry it.
                     let seq = c["seq"].as_i64().unwrap_or(-1);
                     let stream = c["stream"].as_str().unwrap_or("stdout");
                     let text = c["data"].as_str().unwrap_or("");
                     let data = json!({
-                        "job_id": self.id, "seq": seq, "stream": stream,
+                        "job_id": id, "seq": seq, "stream": stream,
                         "is_stderr": stream == "stderr", "output": text, "timestamp": c["at"],
                     });
                     self.show("output", Some(&seq.to_string()), &data);
@@ -222,14 +245,21 @@ fn chunks(resp: Response) -> impl Stream<Item = Result<impl AsRef<[u8]>, String>
 
 /// Follow job `id` until it ends, showing its output as asked; returns the final job.
 pub async fn follow(api: &Api, id: &str, show: Option<Output>) -> anyhow::Result<Value> {
-    let follower = Follower {
-        api,
+    let mut shown = JobShow { show, shown: -1 };
+    let subject = Subject {
+        kind: "job",
         id,
-        show,
-        shown: -1,
-        last_id: None,
+        resume: format!("jobctl logs --follow {id}"),
     };
-    follower.run().await
+    let path = job_path(id, "/stream");
+    match follow_events(api, &path, &subject, |k, i, d| shown.show(k, i, d)).await? {
+        Some(job) => Ok(job),
+        None => {
+            // An unknown job is an error; a service without the stream is polled.
+            api.get(&job_path(id, "")).await?;
+            shown.poll(api, id).await
+        }
+    }
 }
 
 #[cfg(test)]

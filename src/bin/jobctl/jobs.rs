@@ -16,19 +16,19 @@ use crate::{Ctx, Output, follow, output};
 pub struct JobOpts {
     /// The server to run on, by name or id (omitted: the service's default server).
     #[arg(long, short = 's', value_name = "NAME_OR_ID")]
-    server: Option<String>,
+    pub server: Option<String>,
     /// Seconds before the job is stopped and ends timed_out.
     #[arg(long, short = 't', value_name = "SECS")]
-    timeout: Option<i64>,
+    pub timeout: Option<i64>,
     /// An environment variable for the remote command (repeatable).
     #[arg(long, short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
-    env: Vec<(String, String)>,
+    pub env: Vec<(String, String)>,
     /// Working directory on the remote host.
     #[arg(long, value_name = "DIR")]
-    cwd: Option<String>,
+    pub cwd: Option<String>,
     /// A second submit with the same key returns the first job instead of a new one.
     #[arg(long, value_name = "KEY")]
-    idempotency_key: Option<String>,
+    pub idempotency_key: Option<String>,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -42,7 +42,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 #[derive(Debug, Args)]
 pub struct CommandArgs {
     #[command(flatten)]
-    opts: JobOpts,
+    pub opts: JobOpts,
     /// The command and its arguments (joined by spaces; the remote shell interprets them).
     #[arg(
         required = true,
@@ -50,7 +50,7 @@ pub struct CommandArgs {
         allow_hyphen_values = true,
         value_name = "CMD"
     )]
-    command: Vec<String>,
+    pub command: Vec<String>,
 }
 
 /// `jobctl script`.
@@ -136,7 +136,7 @@ async fn submit_command(ctx: &Ctx, a: &CommandArgs) -> anyhow::Result<Value> {
 }
 
 /// Words joined by spaces, or null when there are none.
-fn joined(words: &[String]) -> Value {
+pub fn joined(words: &[String]) -> Value {
     (!words.is_empty()).then(|| words.join(" ")).into()
 }
 
@@ -156,10 +156,10 @@ fn print_created(ctx: &Ctx, job: &Value) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// `jobctl run`: submit, follow, mirror the exit code; Ctrl-C cancels.
-pub async fn run(ctx: &Ctx, a: CommandArgs) -> anyhow::Result<u8> {
-    // Listen for Ctrl-C before submitting, so one pressed meanwhile cancels the new job.
-    let (tx, mut interrupts) = tokio::sync::mpsc::unbounded_channel();
+/// Every Ctrl-C from now on, as a message (listen before submitting, so one pressed
+/// meanwhile cancels the new job or run).
+pub fn interrupts() -> tokio::sync::mpsc::UnboundedReceiver<()> {
+    let (tx, interrupts) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while tokio::signal::ctrl_c().await.is_ok() {
             if tx.send(()).is_err() {
@@ -167,6 +167,12 @@ pub async fn run(ctx: &Ctx, a: CommandArgs) -> anyhow::Result<u8> {
             }
         }
     });
+    interrupts
+}
+
+/// `jobctl run`: submit, follow, mirror the exit code; Ctrl-C cancels.
+pub async fn run(ctx: &Ctx, a: CommandArgs) -> anyhow::Result<u8> {
+    let mut interrupts = interrupts();
     let id = id_of(&submit_command(ctx, &a).await?)?;
     let following = follow::follow(&ctx.api, &id, Some(ctx.output));
     tokio::pin!(following);

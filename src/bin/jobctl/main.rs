@@ -3,13 +3,16 @@
 //! Every subcommand is one or a few requests to `/api/v1`. Objects print as aligned tables
 //! for people or as the API's JSON for scripts (`--output json`). `run`, `wait` and
 //! `logs --follow` follow a job's event stream and exit with the job's exit code, like
-//! `ssh host cmd`. Errors are one line on stderr (`jobctl: …`) and exit status 1; usage
+//! `ssh host cmd`. `run --labels …|--servers …` starts a run (one command on many servers)
+//! and prints every host's lines prefixed with its name (see `runs.rs`). Errors are one line on stderr (`jobctl: …`) and exit status 1; usage
 //! errors exit 2.
 
 mod client;
 mod follow;
 mod jobs;
 mod output;
+mod prefixed;
+mod runs;
 mod servers;
 
 use std::collections::HashMap;
@@ -66,10 +69,16 @@ pub enum Output {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a command on a server, mirror its output and exit with its exit code.
+    /// Run a command on a server, mirror its output and exit with its exit code; or, with
+    /// --labels or --servers, on many servers (a run).
     ///
-    /// Ctrl-C cancels the job and waits for it to stop (a second Ctrl-C stops waiting).
-    Run(jobs::CommandArgs),
+    /// A run prints every host's lines prefixed with its server's name (stdout to stdout,
+    /// stderr to stderr), then a table of its hosts on stderr, and exits 0 when every host
+    /// completed, else 1.
+    ///
+    /// Ctrl-C cancels the job or run and waits for it to stop (a second Ctrl-C stops
+    /// waiting).
+    Run(runs::RunArgs),
     /// Submit a command job and print its id.
     Submit(jobs::CommandArgs),
     /// Submit a shell script (a file, or `-` for stdin) and print the job's id.
@@ -89,6 +98,9 @@ enum Command {
     /// Manage the servers jobs run on.
     #[command(subcommand)]
     Servers(servers::ServersCommand),
+    /// Runs: one command on many servers (`jobctl run --labels …` starts one).
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -137,7 +149,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         output: g.output,
     };
     match cli.command {
-        Command::Run(a) => jobs::run(&ctx, a).await,
+        Command::Run(a) if a.fleet.is_run() => runs::run(&ctx, a).await,
+        Command::Run(a) => jobs::run(&ctx, a.cmd).await,
         Command::Submit(a) => jobs::submit(&ctx, a).await,
         Command::Script(a) => jobs::script(&ctx, a).await,
         Command::Get(a) => jobs::get(&ctx, a).await,
@@ -147,6 +160,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Logs(a) => jobs::logs(&ctx, a).await,
         Command::Wait(a) => jobs::wait(&ctx, a).await,
         Command::Servers(c) => servers::dispatch(&ctx, c).await,
+        Command::Runs(c) => runs::dispatch(&ctx, c).await,
         Command::Completions { .. } => Ok(0),
     }
 }

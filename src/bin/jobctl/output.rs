@@ -190,7 +190,17 @@ fn server_pairs(s: &Value) -> Vec<(&'static str, String)> {
         ("active", yes_no(&s["is_active"])),
         ("max jobs", text(&s["max_concurrent_jobs"])),
         ("host key", text(&s["host_key_fingerprint"])),
+        ("labels", labels(&s["labels"])),
     ]
+}
+
+/// Labels as a selector would name them, by key: `env=prod,role=web` (`-` for none).
+pub fn labels(v: &Value) -> String {
+    let mut pairs: Vec<String> = (v.as_object().into_iter().flatten())
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    pairs.sort();
+    text(&Value::from(pairs.join(",")))
 }
 
 /// A JSON array of servers as a table: the headers are the listing's first keys, in capitals.
@@ -230,6 +240,14 @@ mod tests {
             ],
         );
         assert_eq!(t, "ID   NAME\n1    a\n222  bb\n");
+    }
+
+    #[test]
+    fn labels_read_like_a_selector() {
+        let v = serde_json::json!({"role": "web", "env": "prod"});
+        assert_eq!(labels(&v), "env=prod,role=web");
+        assert_eq!(labels(&serde_json::json!({})), "-");
+        assert_eq!(labels(&Value::Null), "-");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `jobctl servers …`: the server registry. Secrets never come from the command line:
 //! keys are read from a file, passwords and passphrases from a prompt or one line of stdin.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
@@ -14,8 +15,8 @@ use crate::{Ctx, output};
 /// `jobctl servers …`.
 #[derive(Debug, Subcommand)]
 pub enum ServersCommand {
-    /// List the servers.
-    List,
+    /// List the servers (`--labels`: those a label selector matches).
+    List(ListArgs),
     /// Register a server.
     Add(AddArgs),
     /// Show one server.
@@ -26,6 +27,15 @@ pub enum ServersCommand {
     Delete(NameArg),
     /// Connect, authenticate and run `true`; exits 1 when that fails.
     Test(TestArgs),
+}
+
+/// `servers list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only the servers this label selector matches: `role=web,env=prod`, `key!=value`,
+    /// `key` (has it), `!key` (has it not).
+    #[arg(long, short = 'l', value_name = "SELECTOR")]
+    labels: Option<String>,
 }
 
 /// `servers test`.
@@ -85,6 +95,10 @@ pub struct ServerFields {
     /// How many jobs may run on it at once.
     #[arg(long, value_name = "N")]
     max_jobs: Option<u32>,
+    /// A label for run selectors to match (repeatable; on update, the labels given replace
+    /// all of the server's labels).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
     #[command(flatten)]
     credentials: Credentials,
 }
@@ -122,6 +136,23 @@ pub struct UpdateArgs {
     /// Stop new jobs from running on it.
     #[arg(long)]
     inactive: bool,
+    /// Remove all its labels.
+    #[arg(long, conflicts_with = "labels")]
+    clear_labels: bool,
+}
+
+/// `KEY=VALUE` (the service checks the key's characters and the value's length).
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+/// The labels given, as the API takes them: null when none was given.
+fn labels_body(labels: &[(String, String)]) -> Value {
+    let map: BTreeMap<&str, &str> = labels.iter().map(|(k, v)| (&**k, &**v)).collect();
+    (!map.is_empty()).then(|| json!(map)).into()
 }
 
 /// A secret that must not be empty: one line of stdin (without its line end) or a prompt.
@@ -150,6 +181,7 @@ fn fields_body(f: &ServerFields) -> anyhow::Result<Value> {
         "user": f.user,
         "host_key": f.host_key,
         "max_concurrent_jobs": f.max_jobs,
+        "labels": labels_body(&f.labels),
     });
     let c = &f.credentials;
     if let Some(path) = &c.key_file {
@@ -186,8 +218,8 @@ async fn server_path(ctx: &Ctx, name_or_id: &str, rest: &str) -> anyhow::Result<
 /// Run a `servers` subcommand.
 pub async fn dispatch(ctx: &Ctx, cmd: ServersCommand) -> anyhow::Result<u8> {
     let server = match cmd {
-        ServersCommand::List => {
-            let servers = Value::Array(ctx.api.servers().await?);
+        ServersCommand::List(a) => {
+            let servers = Value::Array(ctx.api.servers_matching(a.labels.as_deref()).await?);
             ctx.print(&servers, output::servers_table);
             return Ok(0);
         }
@@ -203,6 +235,9 @@ pub async fn dispatch(ctx: &Ctx, cmd: ServersCommand) -> anyhow::Result<u8> {
             let mut body = fields_body(&a.fields)?;
             body["name"] = a.name.into();
             body["is_active"] = (a.active || a.inactive).then_some(a.active).into();
+            if a.clear_labels {
+                body["labels"] = json!({});
+            }
             let mut given = body.as_object().into_iter().flatten();
             if given.all(|(_, v)| v.is_null()) {
                 return Err(anyhow!(
@@ -240,4 +275,46 @@ pub async fn dispatch(ctx: &Ctx, cmd: ServersCommand) -> anyhow::Result<u8> {
     };
     ctx.print(&server, output::server_listing);
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse_into_the_body() {
+        assert_eq!(parse_label("role=web"), Ok(("role".into(), "web".into())));
+        assert_eq!(parse_label("k=a=b"), Ok(("k".into(), "a=b".into())));
+        assert_eq!(parse_label("k="), Ok(("k".into(), String::new())));
+        assert!(parse_label("=web").is_err());
+        assert!(parse_label("role").is_err());
+        let given = [("role", "web"), ("env", "prod"), ("role", "db")];
+        let given: Vec<(String, String)> = (given.iter())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(
+            labels_body(&given),
+            json!({"env": "prod", "role": "db"}),
+            "last wins"
+        );
+        assert_eq!(labels_body(&[]), Value::Null);
+    }
+
+    #[test]
+    fn update_clears_or_replaces_labels() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            let argv = ["jobctl", "servers", "update", "web-1"];
+            crate::Cli::try_parse_from(argv.iter().chain(args))
+        };
+        assert!(parse(&["--clear-labels", "--label", "a=b"]).is_err());
+        let cli = parse(&["--label", "a=b", "--label", "c=d"]).unwrap();
+        let crate::Command::Servers(ServersCommand::Update(u)) = cli.command else {
+            panic!("not update");
+        };
+        assert_eq!(
+            fields_body(&u.fields).unwrap()["labels"],
+            json!({"a": "b", "c": "d"})
+        );
+    }
 }
