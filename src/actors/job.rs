@@ -13,6 +13,7 @@
 //! finish (conditional update) ─▶ status event ─▶ JobEnded to the dispatcher ─▶ stop
 //! ```
 
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -214,7 +215,7 @@ fn ended(status: JobStatus, exit_code: Option<i32>, error: impl Into<String>) ->
     }
 }
 
-fn remote_job(row: &JobRow) -> RemoteJob {
+fn remote_job(row: &JobRow, secret_env: BTreeMap<String, String>) -> RemoteJob {
     let spec = row.spec();
     let work = match spec.kind {
         JobKind::Command => RemoteWork::Command {
@@ -236,6 +237,7 @@ fn remote_job(row: &JobRow) -> RemoteJob {
     RemoteJob {
         work,
         env,
+        secret_env,
         cwd: spec.cwd,
     }
 }
@@ -247,7 +249,15 @@ async fn run(
     deps: JobDeps,
 ) -> Ending {
     let settings = deps.jobs.clone();
-    let job = remote_job(&row);
+    let secret_env = match deps.store.job_secret_env(&row) {
+        Ok(env) => env,
+        Err(e) => {
+            return Ending::Ran(failed(format!(
+                "the job's secret parameters cannot be opened: {e}"
+            )));
+        }
+    };
+    let job = remote_job(&row, secret_env);
     if let Err(e) = exec::build(&job) {
         return Ending::Ran(failed(format!("the job cannot be run: {e}")));
     }

@@ -82,6 +82,7 @@ mod labels;
 mod run;
 mod server;
 mod spec;
+mod template;
 
 pub use ids::{JobId, RunId, ServerId};
 
@@ -120,6 +121,10 @@ pub use run::{
 pub use server::{AuthType, HostKeyCheck, ServerDraft, ServerPatch, ServerSecrets};
 pub(crate) use spec::whole_number;
 pub use spec::{DEFAULT_SHELL, JobLimits, JobRequest, JobSpec, valid_env_name, valid_shell};
+pub use template::{
+    Launch, MAX_PARAMS, ParamDef, ParamType, TemplateRequest, check_launch, valid_template_name,
+    validate_params,
+};
 
 use std::borrow::Cow;
 use std::fmt;

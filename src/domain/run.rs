@@ -295,7 +295,7 @@ pub struct TargetsRequest {
 }
 
 /// `strategy`: every field optional.
-#[derive(Debug, Default, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Default, Clone, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
 pub struct StrategyRequest {
     /// Most hosts running at once: a number (at least 1) or a percentage (`"25%"`) of the
     /// hosts, rounded up. Default: all at once.

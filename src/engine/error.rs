@@ -17,6 +17,8 @@ pub enum Subject {
     ServerNamed(String),
     /// A run, by id.
     Run(String),
+    /// A template, by name or id.
+    Template(String),
 }
 
 impl fmt::Display for Subject {
@@ -26,6 +28,7 @@ impl fmt::Display for Subject {
             Self::Server(id) => write!(f, "server {id}"),
             Self::ServerNamed(name) => write!(f, "server {name:?}"),
             Self::Run(id) => write!(f, "run {id}"),
+            Self::Template(name) => write!(f, "template {name:?}"),
         }
     }
 }

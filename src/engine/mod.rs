@@ -30,6 +30,7 @@ mod run_follow;
 mod runs;
 mod runtime;
 mod servers;
+mod templates;
 
 use std::sync::Arc;
 
@@ -43,6 +44,7 @@ pub use run_follow::{RunEvent, RunFollow};
 pub use runs::{OutputGroup, RerunOnly};
 pub use runtime::{Role, Runtime, StartError};
 pub use servers::{Tested, apply_servers, ensure_default_server};
+pub use templates::LaunchRequest;
 
 pub use crate::domain::Actor;
 

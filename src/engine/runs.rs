@@ -42,6 +42,17 @@ pub struct OutputGroup {
     pub sample: Vec<u8>,
 }
 
+/// What launched a run besides its request: a template, its plain values, its secrets.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Origin {
+    /// The template.
+    pub template_id: Option<String>,
+    /// Its parameters' values that are not secret, as a JSON object.
+    pub parameters: Option<String>,
+    /// Its secret parameters' environment (sealed with the run, never shown).
+    pub secret_env: std::collections::BTreeMap<String, String>,
+}
+
 /// Which hosts a rerun takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -57,20 +68,25 @@ impl Engine {
     /// Check a run request, resolve its targets, store it and start its first hosts.
     pub async fn start_run(&self, actor: &Actor, request: RunRequest) -> Result<Run, Error> {
         let new = request.validate(&self.settings.jobs.limits())?;
-        self.create_run(actor, new, None).await
+        self.create_run(actor, new, None, Origin::default()).await
     }
 
-    async fn create_run(
+    pub(super) async fn create_run(
         &self,
         actor: &Actor,
         new: NewRun,
         rerun_of: Option<String>,
+        origin: Origin,
     ) -> Result<Run, Error> {
         let hosts = self.resolve_targets(&new.targets).await?;
         new.strategy.validate(hosts.len())?;
         let s = new.strategy;
+        let id = uuid::Uuid::now_v7().to_string();
+        let sealed_env = (!origin.secret_env.is_empty())
+            .then(|| self.store.seal_run_env(&id, &origin.secret_env))
+            .transpose()?;
         let row = RunRow {
-            id: uuid::Uuid::now_v7().to_string(),
+            id,
             spec: serde_json::to_string(&new.spec).unwrap_or_default(),
             targets: serde_json::to_string(&new.targets_given).unwrap_or_default(),
             batch: s.batch.map(|b| b.to_string()),
@@ -84,11 +100,18 @@ impl Engine {
             created_at: crate::domain::Micros::now().0,
             started_at: None,
             finished_at: None,
+            template_id: origin.template_id.clone(),
+            parameters: origin.parameters,
+            sealed_env,
         };
         let run = self.store.insert_run(row, hosts).await?;
         let id = run.row.id.clone();
         tracing::info!(run_id = %id, hosts = run.hosts.len(), "run created");
-        let detail = json!({ "hosts": run.hosts.len(), "rerun_of": rerun_of });
+        let detail = json!({
+            "hosts": run.hosts.len(),
+            "rerun_of": rerun_of,
+            "template_id": origin.template_id,
+        });
         self.audit(actor, "run.start", &id, detail).await;
         self.advance_run(&id).await?;
         self.run(RunId(parse_run(&id)?)).await
@@ -265,7 +288,12 @@ impl Engine {
             },
             strategy,
         };
-        self.create_run(actor, new, Some(old.row.id)).await
+        let origin = Origin {
+            template_id: old.row.template_id.clone(),
+            parameters: old.row.parameters.clone(),
+            secret_env: self.store.run_secret_env(&old.row)?,
+        };
+        self.create_run(actor, new, Some(old.row.id), origin).await
     }
 
     /// The hosts of a run grouped by identical output and end, in the order each group's

@@ -25,6 +25,7 @@ pub use openapi::{
 };
 mod servers;
 mod stream;
+mod templates;
 
 use std::sync::{Arc, LazyLock};
 
@@ -125,6 +126,12 @@ pub fn register(cfg: &mut ServiceConfig) {
         .service(runs::rerun_run)
         .service(runs::run_summary)
         .service(run_stream::follow_run)
+        .service(templates::list_templates)
+        .service(templates::create_template)
+        .service(templates::get_template)
+        .service(templates::update_template)
+        .service(templates::delete_template)
+        .service(templates::launch_template)
         .map(|api| {
             api.default_service(web::to(not_found))
                 .wrap(from_fn(auth::authenticate))

@@ -521,6 +521,7 @@ mod tests {
             output_truncated: true,
             next_seq: 5,
             run_id: None,
+            sealed_env: None,
         };
         // What the route sent when it built the whole response.
         let all = |keep: &dyn Fn(&ChunkRow) -> bool| {

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::domain::{
     Amount, Failure, FieldError, HostStatus, JobKind, Micros, RunId, RunRequest, RunStatus,
-    TargetsRequest,
+    Strategy, TargetsRequest,
 };
 use crate::engine::RerunOnly;
 use crate::error::ApiError;
@@ -53,6 +53,28 @@ pub struct TargetsView {
     /// The server names or ids listed.
     #[schema(required = true)]
     servers: Option<Vec<String>>,
+}
+
+impl TargetsView {
+    /// The view of targets as given.
+    pub(super) fn of(given: TargetsRequest) -> Self {
+        TargetsView {
+            selector: given.selector,
+            servers: given.servers,
+        }
+    }
+}
+
+impl StrategyView {
+    /// The view of a strategy.
+    pub(super) fn of(s: &Strategy) -> Self {
+        StrategyView {
+            batch: s.batch.map(amount),
+            canary: s.canary,
+            max_failures: amount(s.max_failures),
+            keep_going: s.keep_going,
+        }
+    }
 }
 
 /// How many hosts are where.
@@ -163,6 +185,13 @@ pub struct RunView {
     /// The run this one reruns.
     #[schema(required = true, format = Uuid)]
     rerun_of: Option<String>,
+    /// The template that launched it.
+    #[schema(required = true, format = Uuid)]
+    template_id: Option<String>,
+    /// The values of the template's parameters that launched it (secret ones are never
+    /// shown).
+    #[schema(required = true, value_type = Option<Object>)]
+    parameters: Option<Value>,
     /// A cancel was asked for.
     cancel_requested: bool,
     /// Hosts per status.
@@ -210,19 +239,10 @@ impl RunView {
             env: serde_json::to_value(&spec.env).unwrap_or_else(|_| json!({})),
             cwd: spec.cwd,
             timeout: spec.timeout_secs,
-            targets: {
-                let given: TargetsRequest = serde_json::from_str(&row.targets).unwrap_or_default();
-                TargetsView {
-                    selector: given.selector,
-                    servers: given.servers,
-                }
-            },
-            strategy: StrategyView {
-                batch: strategy.batch.map(amount),
-                canary: strategy.canary,
-                max_failures: amount(strategy.max_failures),
-                keep_going: strategy.keep_going,
-            },
+            targets: TargetsView::of(serde_json::from_str(&row.targets).unwrap_or_default()),
+            strategy: StrategyView::of(&strategy),
+            template_id: row.template_id.clone(),
+            parameters: (row.parameters.as_deref()).and_then(|p| serde_json::from_str(p).ok()),
             rerun_of: row.rerun_of.clone(),
             cancel_requested: row.cancel_requested,
             counts,

@@ -79,6 +79,9 @@ pub struct RemoteJob {
     pub work: RemoteWork,
     /// Extra environment variables, exported before the user's code runs.
     pub env: BTreeMap<String, String>,
+    /// Environment variables that must not show on the remote host's process list (secret
+    /// parameters): they travel on stdin after the gate, never on the command line.
+    pub secret_env: BTreeMap<String, String>,
     /// Working directory; relative paths are relative to the login directory, and `~` or
     /// `~/…` are relative to `$HOME`. `None` keeps the login directory.
     pub cwd: Option<String>,
@@ -704,6 +707,26 @@ pub fn build_for(
         check_text(&format!("the value of {name}"), value)?;
         setup.push(format!("export {name}={}", quote(value)));
     }
+    // Each secret is one stdin line of octal escapes, which `printf %b` (a builtin) turns back
+    // into its bytes; the `x` keeps trailing newlines from `$(…)`.
+    let mut secrets: Vec<(String, &str)> = Vec::new();
+    let mut secret_lines = Vec::new();
+    for (name, value) in &job.secret_env {
+        if !valid_env_name(name) {
+            return Err(BuildError::EnvName(name.clone()));
+        }
+        check_text(&format!("the value of {name}"), value)?;
+        secrets.push((
+            format!("_v=$(printf '%bx' \"$_v\"); {name}=\"${{_v%x}}\"; export {name}; unset _v"),
+            "IFS= read -r _v ||",
+        ));
+        for b in value.bytes() {
+            secret_lines.extend_from_slice(format!("\\0{b:03o}").as_bytes());
+        }
+        secret_lines.push(b'\n');
+    }
+    let mut stdin = b"\n".to_vec();
+    stdin.extend_from_slice(&secret_lines);
 
     let gate = format!("IFS= read -r _gate || exit {BOOTSTRAP_FAILED}");
     match &job.work {
@@ -713,6 +736,12 @@ pub fn build_for(
                 return Err(BuildError::EmptyCommand);
             }
             let mut parts = vec!["printf 'JOBEXEC %s\\n' \"$$\"".to_string(), gate];
+            let fail = format!("exit {BOOTSTRAP_FAILED}");
+            parts.extend(
+                secrets
+                    .iter()
+                    .map(|(set, read)| format!("{read} {fail}; {set}")),
+            );
             parts.extend(setup);
             // `eval` in the bootstrap shell rather than `exec /bin/sh -c`: one shell start less
             // per job (shell starts were 40% of the CPU of a run of trivial jobs), the same
@@ -720,7 +749,7 @@ pub fn build_for(
             // shell with status 2 and a message on stderr.
             parts.push(format!("unset _gate; eval {}", quote(line)));
             let bootstrap = parts.join("; ");
-            Ok((wrap(&bootstrap), b"\n".to_vec()))
+            Ok((wrap(&bootstrap), stdin))
         }
         RemoteWork::Script {
             shell,
@@ -740,6 +769,9 @@ pub fn build_for(
             inner.push(format!("exec {} \"$0\" {args}", quote(shell)));
             let inner = inner.join("; ");
             let fail = BOOTSTRAP_FAILED;
+            let reads = (secrets.iter())
+                .map(|(set, read)| format!("{read} {{ rm -f \"$_f\"; exit {fail}; }}; {set}"))
+                .collect::<Vec<_>>();
             let bootstrap = [
                 "_u=$(umask); umask 077".to_string(),
                 format!("_f=$(mktemp \"${{TMPDIR:-/tmp}}/jobexec.XXXXXX\") || exit {fail}"),
@@ -747,6 +779,10 @@ pub fn build_for(
                 "case \"$_f\" in /*) ;; *) _f=\"$PWD/$_f\" ;; esac".to_string(),
                 "printf 'JOBEXEC %s %s\\n' \"$$\" \"$_f\"".to_string(),
                 format!("IFS= read -r _gate || {{ rm -f \"$_f\"; exit {fail}; }}"),
+            ]
+            .into_iter()
+            .chain(reads)
+            .chain([
                 format!("head -c {n} > \"$_f\""),
                 format!(
                     "_n=$(wc -c < \"$_f\") && [ $_n -eq {n} ] || {{ rm -f \"$_f\"; \
@@ -756,10 +792,10 @@ pub fn build_for(
                 "_s=$?".to_string(),
                 "rm -f \"$_f\"".to_string(),
                 "exit \"$_s\"".to_string(),
-            ]
+            ])
+            .collect::<Vec<_>>()
             .join("; ");
-            let mut payload = Vec::with_capacity(n + 1);
-            payload.push(b'\n');
+            let mut payload = stdin;
             payload.extend_from_slice(script);
             Ok((wrap(&bootstrap), payload))
         }
@@ -890,6 +926,7 @@ mod tests {
                 ("A".into(), "it's \"q\" $HOME `x` \\n".into()),
                 ("B".into(), "two\nlines".into()),
             ]),
+            secret_env: BTreeMap::new(),
             cwd: Some("/".into()),
         };
         let (line, payload) = build(&job).unwrap();
@@ -907,5 +944,49 @@ mod tests {
         let (first, rest) = text.split_once('\n').unwrap();
         assert!(first.starts_with("JOBEXEC "), "{text}");
         assert_eq!(rest, "it's \"q\" $HOME `x` \\n|two\nlines|/");
+    }
+
+    /// Secrets reach the command's environment byte for byte over stdin, and never appear
+    /// in the command line (what `ps` on the host shows), for commands and for scripts.
+    #[test]
+    fn secrets_travel_on_stdin_and_arrive_whole() {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let secret = "it's $(id) `x` \\0101 \"q\"; rm -rf / \u{e9}\ntwo lines\n\n";
+        let run = |work: RemoteWork| {
+            let job = RemoteJob {
+                work,
+                env: BTreeMap::from([("PLAIN".into(), "p".into())]),
+                secret_env: BTreeMap::from([
+                    ("S".into(), secret.to_string()),
+                    ("EMPTY".into(), String::new()),
+                ]),
+                cwd: None,
+            };
+            let (line, payload) = build(&job).unwrap();
+            assert!(!line.contains("rm -rf"), "{line}");
+            assert!(!line.contains("two lines"), "{line}");
+            let mut child = Command::new("/bin/sh")
+                .arg("-c")
+                .arg(&line)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(&payload).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(out.status.code(), Some(0), "{out:?}");
+            let text = String::from_utf8(out.stdout).unwrap();
+            text.split_once('\n').unwrap().1.to_string()
+        };
+        let print = r#"printf '%s|%s|%s' "$S" "${EMPTY-unset}" "$PLAIN""#;
+        let want = format!("{secret}||p");
+        assert_eq!(run(RemoteWork::Command { line: print.into() }), want);
+        let script = RemoteWork::Script {
+            shell: "/bin/sh".into(),
+            script: print.as_bytes().to_vec(),
+            args: String::new(),
+        };
+        assert_eq!(run(script), want);
     }
 }

@@ -70,6 +70,8 @@ pub struct JobRow {
     pub next_seq: i64,
     /// The run this job is one host of.
     pub run_id: Option<String>,
+    /// The secret parameters' environment of its template, sealed (never shown).
+    pub sealed_env: Option<Vec<u8>>,
 }
 
 impl JobRow {

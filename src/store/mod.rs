@@ -13,6 +13,7 @@ mod models;
 mod runs;
 pub mod schema;
 mod servers;
+mod templates;
 mod types;
 pub use servers::{UpdateError, Updated};
 
@@ -20,6 +21,7 @@ pub use audit::{AuditEntry, AuditFilter, AuditRow};
 pub use jobs::{CancelOutcome, ChunkRow, Finish, JobFilter, JobRow, LostJob};
 pub use models::{ServerRow, server_secrets};
 pub use runs::{Advanced, Run, RunFilter, RunHost, RunHostRow, RunRow};
+pub use templates::TemplateRow;
 
 use std::time::Duration;
 

@@ -7,6 +7,8 @@
 //! hosts' jobs, marks skipped hosts and records the run's end. Any process may call it at
 //! any time: a host is admitted only from `pending`, so never twice.
 
+use std::collections::BTreeMap;
+
 use diesel::prelude::*;
 
 use super::jobs::{JobRow, new_job_row};
@@ -15,6 +17,7 @@ use super::{Store, StoreError};
 use crate::domain::{
     Amount, Failure, HostState, HostStatus, JobSpec, JobStatus, Micros, RunStatus, Strategy, plan,
 };
+use crate::secrets::{Keyring, SecretsError};
 
 /// A `runs` row.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -48,6 +51,12 @@ pub struct RunRow {
     pub started_at: Option<i64>,
     /// When its last host ended.
     pub finished_at: Option<i64>,
+    /// The template that launched it.
+    pub template_id: Option<String>,
+    /// The values of its template's parameters that are not secret, as a JSON object.
+    pub parameters: Option<String>,
+    /// The secret parameters' environment, sealed (never shown).
+    pub sealed_env: Option<Vec<u8>>,
 }
 
 impl RunRow {
@@ -76,6 +85,63 @@ impl RunRow {
             max_failures: amount(&self.max_failures).unwrap_or(Amount::Count(0)),
             keep_going: self.keep_going,
         }
+    }
+}
+
+/// The secret environment of a run or a job, sealed for `aad` (`runs/<id>/env`,
+/// `jobs/<id>/env`): the key version (4 bytes, big-endian), then the JSON object sealed
+/// under the keyring's current key.
+pub(crate) fn seal_env(
+    keyring: &Keyring,
+    aad: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, StoreError> {
+    let json = serde_json::to_vec(env).unwrap_or_default();
+    let (version, sealed) = keyring.seal(aad, &json)?;
+    let mut out = version.to_be_bytes().to_vec();
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+/// Open what [`seal_env`] sealed; nothing sealed is an empty environment.
+pub(crate) fn open_env(
+    keyring: &Keyring,
+    aad: &str,
+    sealed: Option<&[u8]>,
+) -> Result<BTreeMap<String, String>, StoreError> {
+    let Some(sealed) = sealed else {
+        return Ok(BTreeMap::new());
+    };
+    let corrupt = |v| StoreError::Secrets(SecretsError::Corrupt(v));
+    let (version, body) = sealed.split_first_chunk::<4>().ok_or(corrupt(0))?;
+    let version = i32::from_be_bytes(*version);
+    if version <= 0 {
+        return Err(SecretsError::Unsealed(aad.to_string()).into());
+    }
+    let plain = keyring.open(version, aad, body)?;
+    serde_json::from_slice(&plain).map_err(|_| corrupt(version))
+}
+
+impl Store {
+    /// The secret environment of a job (its template's secret parameters), opened.
+    pub fn job_secret_env(&self, job: &JobRow) -> Result<BTreeMap<String, String>, StoreError> {
+        let aad = format!("jobs/{}/env", job.id);
+        open_env(&self.keyring, &aad, job.sealed_env.as_deref())
+    }
+
+    /// The secret environment of a run, opened (for a rerun).
+    pub fn run_secret_env(&self, run: &RunRow) -> Result<BTreeMap<String, String>, StoreError> {
+        let aad = format!("runs/{}/env", run.id);
+        open_env(&self.keyring, &aad, run.sealed_env.as_deref())
+    }
+
+    /// Seal a run's secret environment (before the run is inserted).
+    pub fn seal_run_env(
+        &self,
+        run_id: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Vec<u8>, StoreError> {
+        seal_env(&self.keyring, &format!("runs/{run_id}/env"), env)
     }
 }
 
@@ -220,7 +286,11 @@ fn find(conn: &mut super::DbConnection, id: &str) -> Result<RunRow, StoreError> 
 
 /// Admit, skip and end what the plan says, until it says nothing more (a host whose server
 /// has gone fails at once, which may let the next one in).
-fn advance(conn: &mut super::DbConnection, id: &str) -> Result<Advanced, StoreError> {
+fn advance(
+    conn: &mut super::DbConnection,
+    keyring: &Keyring,
+    id: &str,
+) -> Result<Advanced, StoreError> {
     let mut done = Advanced::default();
     let row = find(conn, id)?;
     if row.status.is_terminal() {
@@ -228,6 +298,11 @@ fn advance(conn: &mut super::DbConnection, id: &str) -> Result<Advanced, StoreEr
     }
     let strategy = row.strategy();
     let spec = row.job_spec();
+    let secret_env = open_env(
+        keyring,
+        &format!("runs/{id}/env"),
+        row.sealed_env.as_deref(),
+    )?;
     loop {
         let run = load(conn, row.clone())?;
         let states: Vec<HostState> = run.hosts.iter().map(RunHost::state).collect();
@@ -254,6 +329,10 @@ fn advance(conn: &mut super::DbConnection, id: &str) -> Result<Advanced, StoreEr
                 .optional()?;
             let mut job = new_job_row(spec.clone(), host.server_id.clone(), None);
             job.run_id = Some(row.id.clone());
+            if !secret_env.is_empty() {
+                let aad = format!("jobs/{}/env", job.id);
+                job.sealed_env = Some(seal_env(keyring, &aad, &secret_env)?);
+            }
             if active != Some(true) {
                 let why = if active.is_none() {
                     "was deleted"
@@ -413,7 +492,8 @@ impl Store {
 
     /// Advance a run as its strategy says, in one transaction on its locked row.
     pub async fn advance_run(&self, id: String) -> Result<Advanced, StoreError> {
-        self.run(move |conn| super::write_tx(conn, |conn| advance(conn, &id)))
+        let keyring = self.keyring.clone();
+        self.run(move |conn| super::write_tx(conn, |conn| advance(conn, &keyring, &id)))
             .await
     }
 

@@ -54,6 +54,7 @@ diesel::table! {
         output_truncated -> Bool,
         next_seq -> BigInt,
         run_id -> Nullable<Text>,
+        sealed_env -> Nullable<Binary>,
     }
 }
 
@@ -96,6 +97,23 @@ diesel::table! {
         created_at -> BigInt,
         started_at -> Nullable<BigInt>,
         finished_at -> Nullable<BigInt>,
+        template_id -> Nullable<Text>,
+        parameters -> Nullable<Text>,
+        sealed_env -> Nullable<Binary>,
+    }
+}
+
+diesel::table! {
+    templates (id) {
+        id -> Text,
+        name -> Text,
+        description -> Nullable<Text>,
+        spec -> Text,
+        targets -> Text,
+        strategy -> Text,
+        parameters -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
     }
 }
 
@@ -113,5 +131,5 @@ diesel::table! {
 diesel::joinable!(job_output -> jobs (job_id));
 diesel::joinable!(run_hosts -> runs (run_id));
 diesel::allow_tables_to_appear_in_same_query!(
-    servers, jobs, job_output, audit_log, runs, run_hosts
+    servers, jobs, job_output, audit_log, runs, run_hosts, templates
 );

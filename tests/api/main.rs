@@ -21,3 +21,4 @@ mod servers;
 mod ssh_exec;
 mod ssh_test;
 mod stream;
+mod templates;

@@ -43,6 +43,7 @@ fn command(line: &str) -> RemoteJob {
     RemoteJob {
         work: RemoteWork::Command { line: line.into() },
         env: BTreeMap::new(),
+        secret_env: BTreeMap::new(),
         cwd: None,
     }
 }
@@ -166,6 +167,7 @@ async fn command_job_streams_output_env_cwd_and_exit_code() {
             ("GREETING".to_string(), greeting.to_string()),
             ("ODD".to_string(), odd.to_string()),
         ]),
+        secret_env: BTreeMap::new(),
         cwd: Some(cwd.clone()),
     };
     let out = run_job(&client, &job).await;
@@ -236,6 +238,7 @@ async fn script_job_runs_from_a_private_temp_file_that_is_removed() {
             args: "\"first arg\" second".into(),
         },
         env: BTreeMap::new(),
+        secret_env: BTreeMap::new(),
         cwd: None,
     };
     let channel = exec::open_channel(&client).await.unwrap();
@@ -304,6 +307,7 @@ async fn script_job_with_env_cwd_and_a_bad_args_syntax() {
             args: "'one two'".into(),
         },
         env: BTreeMap::from([("V".to_string(), "x'y".to_string())]),
+        secret_env: BTreeMap::new(),
         cwd: Some(dir.path().display().to_string()),
     };
     let out = run_job(&client, &job).await;
@@ -326,6 +330,7 @@ async fn script_job_with_env_cwd_and_a_bad_args_syntax() {
             args: String::new(),
         },
         env: BTreeMap::new(),
+        secret_env: BTreeMap::new(),
         cwd: None,
     };
     let out = run_job(&client, &job).await;
@@ -340,6 +345,7 @@ async fn script_job_with_env_cwd_and_a_bad_args_syntax() {
             args: "'unbalanced".into(),
         },
         env: BTreeMap::new(),
+        secret_env: BTreeMap::new(),
         cwd: None,
     };
     let out = run_job(&client, &job).await;
@@ -539,6 +545,7 @@ fn build_validates_names_shells_and_directories() {
             args: String::new(),
         },
         env: BTreeMap::new(),
+        secret_env: BTreeMap::new(),
         cwd: None,
     };
     assert!(exec::build(&script("bash")).is_err());
@@ -589,6 +596,7 @@ fn build_quotes_everything_and_keeps_scripts_off_the_command_line() {
             args: "a b".into(),
         },
         env: BTreeMap::new(),
+        secret_env: BTreeMap::new(),
         cwd: None,
     };
     let (line, payload) = exec::build(&job).unwrap();

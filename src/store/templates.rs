@@ -1,0 +1,115 @@
+//! Queries on `templates`.
+
+use diesel::prelude::*;
+
+use super::schema::{runs, templates};
+use super::{Store, StoreError, conflict_on_unique};
+
+/// A `templates` row: the run request as JSON parts, and the parameters' definitions.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = templates)]
+#[diesel(treat_none_as_null = true)]
+pub struct TemplateRow {
+    /// UUID.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// What it is for.
+    pub description: Option<String>,
+    /// The job ([`crate::domain::JobSpec`] as JSON).
+    pub spec: String,
+    /// The targets ([`crate::domain::TargetsRequest`] as JSON).
+    pub targets: String,
+    /// The strategy ([`crate::domain::StrategyRequest`] as JSON).
+    pub strategy: String,
+    /// The parameters ([`crate::domain::ParamDef`]s as a JSON array).
+    pub parameters: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Last update time.
+    pub updated_at: i64,
+}
+
+fn taken(name: &str) -> String {
+    format!("a template named {name:?} already exists")
+}
+
+impl Store {
+    /// Insert a template.
+    pub async fn insert_template(&self, row: TemplateRow) -> Result<TemplateRow, StoreError> {
+        self.run(move |conn| {
+            diesel::insert_into(templates::table)
+                .values(&row)
+                .execute(conn)
+                .map_err(|e| conflict_on_unique(e, || taken(&row.name)))?;
+            Ok(row)
+        })
+        .await
+    }
+
+    /// A template by id or by name.
+    pub async fn get_template(&self, name_or_id: String) -> Result<TemplateRow, StoreError> {
+        self.run(move |conn| {
+            templates::table
+                .filter(
+                    templates::id
+                        .eq(&name_or_id)
+                        .or(templates::name.eq(&name_or_id)),
+                )
+                .select(TemplateRow::as_select())
+                .first(conn)
+                .optional()?
+                .ok_or(StoreError::NotFound)
+        })
+        .await
+    }
+
+    /// Every template, by name.
+    pub async fn list_templates(&self) -> Result<Vec<TemplateRow>, StoreError> {
+        self.run(|conn| {
+            Ok(templates::table
+                .order(templates::name.asc())
+                .select(TemplateRow::as_select())
+                .load(conn)?)
+        })
+        .await
+    }
+
+    /// Replace a template's definition (its id and creation time stay).
+    pub async fn update_template(&self, row: TemplateRow) -> Result<TemplateRow, StoreError> {
+        self.run(move |conn| {
+            let n = diesel::update(templates::table.find(&row.id))
+                .set(&row)
+                .execute(conn)
+                .map_err(|e| conflict_on_unique(e, || taken(&row.name)))?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(row)
+        })
+        .await
+    }
+
+    /// Delete a template; runs it launched keep its id.
+    pub async fn delete_template(&self, id: String) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            let n = diesel::delete(templates::table.find(&id)).execute(conn)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// How many runs a template launched.
+    pub async fn template_runs(&self, id: String) -> Result<i64, StoreError> {
+        self.run(move |conn| {
+            Ok(runs::table
+                .filter(runs::template_id.eq(&id))
+                .count()
+                .get_result(conn)?)
+        })
+        .await
+    }
+}
