@@ -9,9 +9,15 @@
 //! 4. memory per running job, over 1000 concurrent `sleep` jobs;
 //! 5. 1000 SSE clients on one job printing for a few seconds: the job's wall time beside the
 //!    same job with no client, memory per client (the clients run in a child process, so the
-//!    figure is the server's alone), and that every client got every byte and the end.
+//!    figure is the server's alone), and that every client got every byte and the end;
+//! 6. runs: `true` on 50 server entries (all on the test sshd) as one run with `batch` 10,
+//!    beside the same 50 jobs submitted one by one and beside pssh-style OpenSSH (50 fresh
+//!    `ssh` connections, 10 at a time), warm (medians of several passes) and cold (the first
+//!    connection to each entry), with the hosts' timeline from their clocks and the
+//!    connections sshd dropped past its `MaxStartups`.
 //!
-//! `JOBEXEC_BENCH_ONLY=sse cargo bench --bench engine` runs phase 5 alone.
+//! `JOBEXEC_BENCH_ONLY=sse cargo bench --bench engine` runs phase 5 alone,
+//! `JOBEXEC_BENCH_ONLY=runs` phase 6.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
@@ -657,6 +663,422 @@ async fn sse_fan_out(app: &TestApp, host: &TestHost, n: usize) {
     );
 }
 
+/// Register `n` servers `{prefix}-00`.. on the test sshd, key login as the other phases'
+/// server, labeled `bench={prefix}`, with slots that are never the limit (each gets one job
+/// at a time here), and the host key pinned up front when `pin` (else the first connection
+/// learns it): their (name, id).
+async fn add_run_servers(
+    app: &TestApp,
+    host: &TestHost,
+    prefix: &str,
+    n: usize,
+    pin: bool,
+) -> Vec<(String, String)> {
+    let mut servers = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("{prefix}-{i:02}");
+        let mut body = json!({"name": name, "hostname": host.host, "port": host.port,
+                              "user": host.user, "auth_type": "key",
+                              "private_key": host.keys.ed25519_openssh,
+                              "max_concurrent_jobs": 10, "labels": {"bench": prefix}});
+        if pin {
+            body["host_key"] = json!(host_key_line(host));
+        }
+        let (status, body) = app.post("/api/v1/servers", &body).await;
+        assert_eq!(status, 201, "{body}");
+        servers.push((name, body["id"].as_str().unwrap().to_string()));
+    }
+    servers
+}
+
+/// What `pssh -p par` does: `n` runs of the system `ssh` client running `true`, each on a
+/// fresh connection (no ControlMaster), `par` at a time, with `extra` options first: (wall
+/// seconds, failed runs).
+fn pssh_style(host: &TestHost, n: usize, par: usize, extra: &[&str]) -> (f64, usize) {
+    let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+    args.extend(ssh_args(host, "none"));
+    let args = Arc::new(args);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..par)
+        .map(|_| {
+            let (args, next, failed) = (args.clone(), next.clone(), failed.clone());
+            std::thread::spawn(move || {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                    let st = Command::new("ssh")
+                        .args(args.iter())
+                        .arg("true")
+                        .stdout(Stdio::null())
+                        .status()
+                        .unwrap();
+                    if !st.success() {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let wall = start.elapsed().as_secs_f64();
+    (wall, failed.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// One run of `true` over `servers` (names), `batch` at a time, polled every 10 ms: the wall
+/// time from the POST to the poll that saw it end, and the run as that poll read it.
+async fn timed_run(app: &TestApp, servers: &[String], batch: usize) -> (f64, serde_json::Value) {
+    let start = Instant::now();
+    let (status, run) = app
+        .post(
+            "/api/v1/runs",
+            &json!({"command": "true", "targets": {"servers": servers},
+                    "strategy": {"batch": batch}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{run}");
+    let id = run["id"].as_str().unwrap().to_string();
+    loop {
+        let (_, run) = app.get(&format!("/api/v1/runs/{id}")).await;
+        if !matches!(run["status"].as_str(), Some("queued" | "running")) {
+            return (start.elapsed().as_secs_f64(), run);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "run {id} not done: {}",
+            run["counts"]
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `true` on each of `servers` (ids), submitted one by one with `POST /jobs`, then awaited
+/// (no job queued or running, polled every 10 ms): the wall time from the first submit to
+/// that poll, and the jobs.
+async fn timed_jobs(app: &TestApp, servers: &[String]) -> (f64, Vec<serde_json::Value>) {
+    let start = Instant::now();
+    let mut ids = Vec::with_capacity(servers.len());
+    for server in servers {
+        ids.push(submit_on(app, server, "true").await);
+    }
+    loop {
+        let (_, q) = app.get("/api/v1/jobs?status=queued&limit=1").await;
+        let (_, r) = app.get("/api/v1/jobs?status=running&limit=1").await;
+        if q["jobs"].as_array().unwrap().is_empty() && r["jobs"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "jobs still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let mut jobs = Vec::with_capacity(ids.len());
+    for id in &ids {
+        jobs.push(app.get(&format!("/api/v1/jobs/{id}")).await.1);
+    }
+    (wall, jobs)
+}
+
+/// From the hosts' clocks (`started_at`, `finished_at` of each run host or job): the span
+/// from the first start to the last end in seconds, the most running at once, and, with a
+/// window of `batch`, the idle time of a slot between a host's end and the next host's start
+/// (p50 and max, ms). `None` when some host never started.
+fn timeline(items: &[serde_json::Value], batch: usize) -> Option<(f64, usize, f64, f64)> {
+    let mut spans: Vec<(i64, i64)> = Vec::with_capacity(items.len());
+    for item in items {
+        if item["started_at"].is_null() || item["finished_at"].is_null() {
+            return None;
+        }
+        spans.push((micros(&item["started_at"]), micros(&item["finished_at"])));
+    }
+    let first = spans.iter().map(|s| s.0).min()?;
+    let last = spans.iter().map(|s| s.1).max()?;
+    let mut edges: Vec<(i64, i32)> = spans.iter().flat_map(|s| [(s.0, 1), (s.1, -1)]).collect();
+    edges.sort(); // an end (-1) before a start (+1) at the same instant
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    let mut starts: Vec<i64> = spans.iter().map(|s| s.0).collect();
+    let mut ends: Vec<i64> = spans.iter().map(|s| s.1).collect();
+    starts.sort_unstable();
+    ends.sort_unstable();
+    let mut gaps: Vec<f64> = (batch..starts.len())
+        .map(|k| (starts[k] - ends[k - batch]) as f64 / 1000.0)
+        .collect();
+    gaps.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (p50, max) = if gaps.is_empty() {
+        (0.0, 0.0)
+    } else {
+        (gaps[gaps.len() / 2], gaps[gaps.len() - 1])
+    };
+    Some((
+        (last - first) as f64 / 1e6,
+        usize::try_from(most).unwrap_or(0),
+        p50,
+        max,
+    ))
+}
+
+/// Where a slot's idle time goes, from the jobs' clocks (`created_at`, `started_at`,
+/// `finished_at`): for each job after the first `batch`, in the order they were created,
+/// from the end that freed its slot to its creation (a run: the driver admitting it), and for
+/// every job from its creation to its start (the dispatch, the same for any job): p50 and max
+/// of each, ms.
+fn slot_idle(jobs: &[serde_json::Value], batch: usize) -> ((f64, f64), (f64, f64)) {
+    let at = |j: &serde_json::Value, f: &str| micros(&j[f]);
+    let mut created: Vec<i64> = jobs.iter().map(|j| at(j, "created_at")).collect();
+    let mut ends: Vec<i64> = jobs.iter().map(|j| at(j, "finished_at")).collect();
+    created.sort_unstable();
+    ends.sort_unstable();
+    let react: Vec<f64> = (batch..created.len())
+        .map(|k| (created[k] - ends[k - batch]) as f64 / 1000.0)
+        .collect();
+    let dispatch: Vec<f64> = (jobs.iter())
+        .map(|j| (at(j, "started_at") - at(j, "created_at")) as f64 / 1000.0)
+        .collect();
+    let p50_max = |mut v: Vec<f64>| {
+        if v.is_empty() {
+            return (0.0, 0.0);
+        }
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    (p50_max(react), p50_max(dispatch))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// The hosts of a run that did not complete, as `name: status (error)`, at most five.
+fn run_failures(run: &serde_json::Value) -> Vec<String> {
+    let hosts = run["hosts"].as_array().unwrap();
+    (hosts.iter())
+        .filter(|h| h["status"] != "completed")
+        .take(5)
+        .map(|h| format!("{}: {} ({})", h["server_name"], h["status"], h["error"]))
+        .collect()
+}
+
+/// Phase 6: one command on 50 servers as a run (`batch` 10) beside the same 50 jobs submitted
+/// one by one and beside pssh-style OpenSSH (10-way, a fresh connection each). The 50 server
+/// entries all point at the one test sshd, so a cold pass opens 50 connections to it: its
+/// `MaxStartups` (default 10:30:100, unauthenticated connections) is reported, and the
+/// connections it dropped are counted from its log.
+async fn runs_phase(app: &TestApp, host: &TestHost, reps: usize) {
+    let (n, batch) = (50, 10);
+    let config = std::fs::read_to_string(host.dir.path().join("sshd_config")).unwrap_or_default();
+    let setting = |key: &str, default: &str| {
+        (config.lines())
+            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| format!("{default} (default)"))
+    };
+    let drops = || host.log().matches("past MaxStartups").count();
+    let dropped_before = drops();
+    println!(
+        "(runs: {n} server entries on the one test sshd; its MaxStartups {}, MaxSessions {}; a \
+         job's first connection to an entry also pins its host key and probes the login shell)",
+        setting("MaxStartups ", "10:30:100"),
+        setting("MaxSessions ", "10"),
+    );
+    let servers = add_run_servers(app, host, "run", n, false).await;
+    let names: Vec<String> = servers.iter().map(|s| s.0.clone()).collect();
+    let ids: Vec<String> = servers.iter().map(|s| s.1.clone()).collect();
+    let hosts_of = |run: &serde_json::Value| run["hosts"].as_array().unwrap().clone();
+
+    // Cold: the run opens the first connection to each of the 50 entries.
+    let (cold, run) = timed_run(app, &names, batch).await;
+    let dropped_cold_run = drops() - dropped_before;
+    let cold_line = match timeline(&hosts_of(&run), batch) {
+        Some((span, most, p50, max)) => format!(
+            "hosts' span {span:.2} s, at most {most} at once; slot idle between a host's end and the next start p50 {p50:.1} ms, max {max:.1} ms"
+        ),
+        None => "some host never started".into(),
+    };
+    let cold_failures = run_failures(&run);
+    // Warm-up of the one-by-one path on the same entries (their pools are warm now).
+    let (_, warmup) = timed_jobs(app, &ids).await;
+    let warmup_failed = warmup.iter().filter(|j| j["status"] != "completed").count();
+
+    // OpenSSH 9.2's client offers sntrup761x25519-sha512 first and this sshd takes it; russh
+    // offers mlkem768x25519 (which OpenSSH 9.2 lacks), then curve25519-sha256: the second
+    // baseline pins that, to tell the key exchange's cost from the rest.
+    let curve = ["-o", "KexAlgorithms=curve25519-sha256"];
+    let (mut pssh, mut pssh_curve, mut ours_run, mut ours_jobs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut pssh_failed, mut last_run, mut last_jobs) = ([0, 0], json!(null), Vec::new());
+    let (mut dropped_pssh, mut dropped_ours) = (0, 0);
+    for _ in 0..reps {
+        let before = drops();
+        let (wall, failed) = pssh_style(host, n, batch, &[]);
+        pssh.push(wall);
+        pssh_failed[0] += failed;
+        let (wall, failed) = pssh_style(host, n, batch, &curve);
+        pssh_curve.push(wall);
+        pssh_failed[1] += failed;
+        let between = drops();
+        dropped_pssh += between - before;
+        let (wall, run) = timed_run(app, &names, batch).await;
+        assert_eq!(run["status"], "completed", "{:?}", run_failures(&run));
+        assert!(
+            (run["hosts"].as_array().unwrap().iter()).all(|h| h["status"] == "completed"),
+            "{:?}",
+            run_failures(&run)
+        );
+        ours_run.push(wall);
+        last_run = run;
+        let (wall, jobs) = timed_jobs(app, &ids).await;
+        let failed: Vec<_> = (jobs.iter())
+            .filter(|j| j["status"] != "completed")
+            .map(|j| format!("{}: {} ({})", j["server_id"], j["status"], j["error"]))
+            .collect();
+        assert!(failed.is_empty(), "jobs failed: {failed:?}");
+        ours_jobs.push(wall);
+        last_jobs = jobs;
+        dropped_ours += drops() - between;
+    }
+    let range = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        format!("{lo:.2}..{hi:.2}")
+    };
+    let (pssh_m, curve_m, run_m, jobs_m) = (
+        median(pssh.clone()),
+        median(pssh_curve.clone()),
+        median(ours_run.clone()),
+        median(ours_jobs.clone()),
+    );
+    let failed = |f: usize| {
+        if f > 0 {
+            format!("  ({f} ssh runs FAILED: dropped by sshd?)")
+        } else {
+            String::new()
+        }
+    };
+    println!(
+        "(runs: medians of {reps} passes, range in brackets; the server-side figures are of the last pass)"
+    );
+    println!(
+        "baseline  {:<55}{pssh_m:>7.2} s  [{}]{}",
+        format!("pssh-style: {n} x ssh true, {batch}-way, fresh connections"),
+        range(&pssh),
+        failed(pssh_failed[0])
+    );
+    println!(
+        "baseline  {:<55}{curve_m:>7.2} s  [{}]{}",
+        "  the same, -o KexAlgorithms=curve25519-sha256 (russh's)",
+        range(&pssh_curve),
+        failed(pssh_failed[1])
+    );
+    let run_timeline = timeline(&hosts_of(&last_run), batch);
+    println!(
+        "ours      {:<55}{run_m:>7.2} s  [{}]  ({:.2}x pssh-style)",
+        format!("run over {n} servers, batch {batch} (warm)"),
+        range(&ours_run),
+        run_m / pssh_m
+    );
+    if let Some((span, most, p50, max)) = run_timeline {
+        println!(
+            "ours        the run, server side: hosts' span {span:.2} s, at most {most} at once; slot idle between a host's end and the next start p50 {p50:.1} ms, max {max:.1} ms"
+        );
+    }
+    let mut run_jobs = Vec::new();
+    for h in last_run["hosts"].as_array().unwrap() {
+        let id = h["job_id"].as_str().unwrap();
+        run_jobs.push(app.get(&format!("/api/v1/jobs/{id}")).await.1);
+    }
+    let ((react, react_max), (dispatch, dispatch_max)) = slot_idle(&run_jobs, batch);
+    println!(
+        "ours        of that idle time: a host's end -> the next host's job created (the run driver) p50 {react:.1} ms, max {react_max:.1} ms; job created -> started p50 {dispatch:.1} ms, max {dispatch_max:.1} ms"
+    );
+    println!(
+        "ours      {:<55}{jobs_m:>7.2} s  [{}]  ({:.2}x pssh-style; the run is {:.2}x this)",
+        format!("{n} jobs submitted one by one (warm)"),
+        range(&ours_jobs),
+        jobs_m / pssh_m,
+        run_m / jobs_m
+    );
+    if let Some((span, most, ..)) = timeline(&last_jobs, batch) {
+        let (_, (dispatch, dispatch_max)) = slot_idle(&last_jobs, batch);
+        println!(
+            "ours        the jobs, server side: first start to last end {span:.2} s, at most {most} at once; job created -> started p50 {dispatch:.1} ms, max {dispatch_max:.1} ms"
+        );
+    }
+    println!(
+        "ours      {:<55}{cold:>7.2} s  ({:.2}x pssh-style, {:.2}x curve25519; status {}, counts {}; sshd dropped {dropped_cold_run})",
+        format!("run over {n} servers, batch {batch} (cold: first connections)"),
+        cold / pssh_m,
+        cold / curve_m,
+        run["status"],
+        run["counts"]
+    );
+    println!("ours        the cold run, server side: {cold_line}");
+    if !cold_failures.is_empty() {
+        println!("ours        the cold run's hosts not completed: {cold_failures:?}");
+    }
+    if warmup_failed > 0 {
+        println!("(runs: {warmup_failed} jobs of the one-by-one warm-up did not complete)");
+    }
+
+    // Cold again, on 50 fresh entries with the host key pinned at registration: the first
+    // connection to each is then one handshake, as each of pssh's is (without a pin, a first
+    // connection is a handshake that learns the key, then the one that logs in).
+    let pinned = add_run_servers(app, host, "pin", n, true).await;
+    let pinned: Vec<String> = pinned.into_iter().map(|s| s.0).collect();
+    let before = drops();
+    let (cold_pinned, run) = timed_run(app, &pinned, batch).await;
+    println!(
+        "ours      {:<55}{cold_pinned:>7.2} s  ({:.2}x pssh-style, {:.2}x curve25519; status {}, {}/{n} hosts completed; sshd dropped {})",
+        format!("run over {n} servers, batch {batch} (cold, host keys pinned)"),
+        cold_pinned / pssh_m,
+        cold_pinned / curve_m,
+        run["status"],
+        (run["hosts"].as_array().unwrap().iter())
+            .filter(|h| h["status"] == "completed")
+            .count(),
+        drops() - before,
+    );
+    let dropped_pinned = drops() - before;
+
+    // Cold one by one, on 50 fresh entries: 50 first connections to the one sshd at once.
+    let fresh = add_run_servers(app, host, "job", n, false).await;
+    let fresh: Vec<String> = fresh.into_iter().map(|s| s.1).collect();
+    let dropped_mid = drops();
+    let (cold_jobs, jobs) = timed_jobs(app, &fresh).await;
+    let not_completed: Vec<String> = (jobs.iter())
+        .filter(|j| j["status"] != "completed")
+        .map(|j| format!("{} ({})", j["status"], j["error"]))
+        .collect();
+    println!(
+        "ours      {:<55}{cold_jobs:>7.2} s  ({}/{n} completed; sshd dropped {} connections past MaxStartups)",
+        format!("{n} jobs submitted one by one (cold: fresh entries)"),
+        n - not_completed.len(),
+        drops() - dropped_mid,
+    );
+    if !not_completed.is_empty() {
+        println!(
+            "ours        not completed: {:?}",
+            &not_completed[..not_completed.len().min(5)]
+        );
+    }
+    println!(
+        "(runs: connections sshd dropped past MaxStartups: {dropped_cold_run} in the cold run, {} in the warm-up, {dropped_pssh} in the ssh baselines, {dropped_ours} in our warm passes, {dropped_pinned} in the pinned cold run, {} in the cold one-by-one pass)",
+        dropped_mid
+            - dropped_before
+            - dropped_cold_run
+            - dropped_pssh
+            - dropped_ours
+            - dropped_pinned,
+        drops() - dropped_mid,
+    );
+}
+
 /// The login the benchmark runs as: `JOBEXEC_TEST_SSH_USER`, or (as root) an account
 /// `jobexec-bench` made with `/bin/sh` as its shell, so that no rc file of an interactive
 /// user (root's `.bashrc` here runs pyenv's init, tens of milliseconds or more) is timed
@@ -707,8 +1129,8 @@ async fn main() {
         .ok()
         .filter(|o| !o.is_empty());
     assert!(
-        only.as_deref().is_none_or(|o| o == "sse"),
-        "JOBEXEC_BENCH_ONLY={only:?}: the only phase that runs alone is `sse`"
+        only.as_deref().is_none_or(|o| o == "sse" || o == "runs"),
+        "JOBEXEC_BENCH_ONLY={only:?}: the phases that run alone are `sse` and `runs`"
     );
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 5 } else { 1 };
@@ -777,6 +1199,11 @@ async fn main() {
             "ours      memory per running job ({n} x sleep)    {per_job:>9.1} KiB  (target < 50 KB)"
         );
     }
-    sse_fan_out(&app, &host, 1000 / scale).await;
+    if only.as_deref().is_none_or(|o| o == "sse") {
+        sse_fan_out(&app, &host, 1000 / scale).await;
+    }
+    if only.as_deref().is_none_or(|o| o == "runs") {
+        runs_phase(&app, &host, if quick { 3 } else { 10 }).await;
+    }
     app.stop().await;
 }
