@@ -169,13 +169,18 @@ async fn schemathesis_finds_no_failure() {
              include-name = \"POST /api/v1/runs/{{id}}/rerun\"\n\
              {ok422}\n\n\
              [[operations]]\n\
+             include-path-regex = \"^/api/v1/templates\"\n\
+             {ok422}\n\n\
+             [[operations]]\n\
              include-path = \"/api/v1/servers/{{id}}/test\"\n\
              parameters = {{ \"path.id\" = \"{b}\" }}\n",
             // Rules a JSON Schema cannot state, each a documented 422 naming the field: a
             // `server_id` must name a registered server (submit, duplicate), a private key
             // must decode and the credential must suit `auth_type` (server create, update), a
             // run's targets must name or match registered servers and a rerun needs a host
-            // that did not complete (runs).
+            // that did not complete (runs), a template's parameters must be consistent (a
+            // choice has choices, a pattern compiles, a default fits) and a launch's values
+            // must fit them (templates).
             // For those operations a schema-valid request may be refused with that 422;
             // everything else about them is checked as for any operation.
             ok422 = "checks.positive_data_acceptance.expected-statuses = \
