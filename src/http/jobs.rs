@@ -227,6 +227,8 @@ pub struct ListQuery {
     /// Only jobs of this server.
     #[param(value_type = Option<uuid::Uuid>)]
     server_id: Option<String>,
+    /// Only jobs of runs this template (a name or an id) launched.
+    template: Option<String>,
     /// Jobs per page, 1 to 1000 (default 50).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
@@ -279,7 +281,25 @@ pub async fn list_jobs(
     query: web::Query<ListQuery>,
 ) -> Result<web::Json<JobList>, ApiError> {
     let q = query.into_inner();
+    let template_id = match q.template.as_deref() {
+        None => None,
+        Some(t) => Some(
+            state
+                .engine
+                .template(t)
+                .await
+                .map(|t| t.id)
+                .map_err(|e| match e {
+                    crate::engine::Error::NotFound(s) => ApiError::Invalid(FieldError::new(
+                        "template",
+                        format!("{s} does not exist"),
+                    )),
+                    other => other.into(),
+                })?,
+        ),
+    };
     let filter = JobFilter {
+        template_id,
         statuses: statuses(q.status.as_deref())?,
         limit: page_limit(q.limit.as_deref())?,
         server_id: optional_id("server_id", q.server_id.as_deref())?,

@@ -127,6 +127,8 @@ pub struct JobFilter {
     pub statuses: Vec<JobStatus>,
     /// Only this server.
     pub server_id: Option<ServerId>,
+    /// Only the jobs of runs this template launched.
+    pub template_id: Option<String>,
     /// Page size, 1 to 1000.
     pub limit: i64,
     /// Jobs older than this one (the previous page's `next_cursor`).
@@ -304,6 +306,12 @@ impl Store {
             }
             if let Some(server) = filter.server_id {
                 q = q.filter(jobs::server_id.eq(server.to_string()));
+            }
+            if let Some(template) = filter.template_id {
+                let launched = super::schema::runs::table
+                    .filter(super::schema::runs::template_id.eq(template))
+                    .select(super::schema::runs::id.nullable());
+                q = q.filter(jobs::run_id.eq_any(launched));
             }
             if let Some(before) = filter.before {
                 q = q.filter(jobs::id.lt(before.to_string()));

@@ -107,6 +107,18 @@ db_test!(
             assert_eq!(job["env"]["JOBEXEC_PARAM_NOTE"], evil);
         }
         assert!(!std::path::Path::new("/tmp/jobexec-injected").exists());
+        // The jobs it launched, by the template's name or id.
+        for t in ["deploy", tpl["id"].as_str().unwrap()] {
+            let (status, jobs) = app.get(&format!("/api/v1/jobs?template={t}")).await;
+            assert_eq!(status, 200, "{jobs}");
+            assert_eq!(jobs["jobs"].as_array().unwrap().len(), 2, "{jobs}");
+        }
+        let (status, err) = app.get("/api/v1/jobs?template=nope").await;
+        assert_eq!(
+            (status, err["field"].as_str()),
+            (422, Some("template")),
+            "{err}"
+        );
 
         let ok = json!({"version": "v1", "env": "prod", "token": "t"});
         let with = |k: &str, v: Value| {
