@@ -11,6 +11,7 @@ mod audit;
 mod jobs;
 mod models;
 mod runs;
+mod schedules;
 pub mod schema;
 mod servers;
 mod templates;
@@ -21,6 +22,7 @@ pub use audit::{AuditEntry, AuditFilter, AuditRow};
 pub use jobs::{CancelOutcome, ChunkRow, Finish, JobFilter, JobRow, LostJob};
 pub use models::{ServerRow, server_secrets};
 pub use runs::{Advanced, Run, RunFilter, RunHost, RunHostRow, RunRow};
+pub use schedules::{FireRow, ScheduleRow};
 pub use templates::TemplateRow;
 
 use std::time::Duration;

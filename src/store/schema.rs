@@ -118,6 +118,36 @@ diesel::table! {
 }
 
 diesel::table! {
+    schedules (id) {
+        id -> Text,
+        name -> Text,
+        template_id -> Text,
+        parameters -> Text,
+        sealed_params -> Nullable<Binary>,
+        cron -> Text,
+        timezone -> Text,
+        overlap -> Text,
+        catch_up_secs -> BigInt,
+        paused -> Bool,
+        cursor_at -> BigInt,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    schedule_fires (schedule_id, fire_at) {
+        schedule_id -> Text,
+        fire_at -> BigInt,
+        status -> Text,
+        run_id -> Nullable<Text>,
+        detail -> Nullable<Text>,
+        claimed_by -> Text,
+        claimed_at -> BigInt,
+    }
+}
+
+diesel::table! {
     run_hosts (run_id, position) {
         run_id -> Text,
         position -> Integer,
@@ -131,5 +161,13 @@ diesel::table! {
 diesel::joinable!(job_output -> jobs (job_id));
 diesel::joinable!(run_hosts -> runs (run_id));
 diesel::allow_tables_to_appear_in_same_query!(
-    servers, jobs, job_output, audit_log, runs, run_hosts, templates
+    servers,
+    jobs,
+    job_output,
+    audit_log,
+    runs,
+    run_hosts,
+    templates,
+    schedules,
+    schedule_fires
 );

@@ -1,0 +1,3 @@
+DROP TABLE schedule_fires;
+DROP INDEX schedules_template_idx;
+DROP TABLE schedules;
