@@ -80,6 +80,7 @@ mod ids;
 mod job;
 mod labels;
 mod run;
+mod schedule;
 mod server;
 mod spec;
 mod template;
@@ -117,6 +118,9 @@ pub use labels::{Labels, SELECTOR_PATTERN, Selector, validate_labels};
 pub use run::{
     Amount, Failure, HostState, HostStatus, NewRun, Plan, RunRequest, RunStatus, Strategy,
     StrategyRequest, Targets, TargetsRequest, plan,
+};
+pub use schedule::{
+    Cron, Fire, MAX_DURATION, Overlap, SEARCH_YEARS, Zone, fires_between, next_fires, parse_duration,
 };
 pub use server::{AuthType, HostKeyCheck, ServerDraft, ServerPatch, ServerSecrets};
 pub(crate) use spec::whole_number;
