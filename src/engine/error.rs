@@ -19,6 +19,8 @@ pub enum Subject {
     Run(String),
     /// A template, by name or id.
     Template(String),
+    /// A schedule, by name or id.
+    Schedule(String),
 }
 
 impl fmt::Display for Subject {
@@ -29,6 +31,7 @@ impl fmt::Display for Subject {
             Self::ServerNamed(name) => write!(f, "server {name:?}"),
             Self::Run(id) => write!(f, "run {id}"),
             Self::Template(name) => write!(f, "template {name:?}"),
+            Self::Schedule(name) => write!(f, "schedule {name:?}"),
         }
     }
 }

@@ -29,6 +29,7 @@ mod jobs;
 mod run_follow;
 mod runs;
 mod runtime;
+mod schedules;
 mod servers;
 mod templates;
 
@@ -44,6 +45,7 @@ pub use run_follow::{RunEvent, RunFollow};
 pub use runs::{OutputGroup, RerunOnly};
 pub use runtime::{Role, Runtime, StartError};
 pub use servers::{Tested, apply_servers, ensure_default_server};
+pub use schedules::{Schedule, ScheduleRequest};
 pub use templates::LaunchRequest;
 
 pub use crate::domain::Actor;

@@ -117,6 +117,9 @@ impl Runtime {
                 system.block_on(async move {
                     let engine = assemble(settings, store, role);
                     engine.spawn_run_driver();
+                    if role.runs_jobs() {
+                        engine.spawn_scheduler();
+                    }
                     match extra(engine.clone()).await {
                         Ok(made) => {
                             let _ = ready_tx.send(Ok((engine.clone(), made)));

@@ -132,6 +132,13 @@ impl Engine {
     /// Delete a template (the runs it launched stay).
     pub async fn delete_template(&self, actor: &Actor, name_or_id: &str) -> Result<(), Error> {
         let row = self.template(name_or_id).await?;
+        let used = self.store.schedules_of_template(row.id.clone()).await?;
+        if used > 0 {
+            return Err(Error::Store(crate::store::StoreError::Conflict(format!(
+                "template {:?} is launched by {used} schedule(s); delete them first",
+                row.name
+            ))));
+        }
         self.store.delete_template(row.id.clone()).await?;
         self.audit(actor, "template.delete", &row.id, json!({"name": row.name}))
             .await;
@@ -146,6 +153,18 @@ impl Engine {
         name_or_id: &str,
         request: LaunchRequest,
     ) -> Result<Run, Error> {
+        self.launch_with(actor, name_or_id, request, BTreeMap::new())
+            .await
+    }
+
+    /// [`Engine::launch`], the jobs also seeing `extra` (a schedule's fire time).
+    pub(super) async fn launch_with(
+        &self,
+        actor: &Actor,
+        name_or_id: &str,
+        request: LaunchRequest,
+        extra: BTreeMap<String, String>,
+    ) -> Result<Run, Error> {
         let tpl = self.template(name_or_id).await?;
         let given = request.parameters.unwrap_or_default();
         let launch = check_launch(&tpl.params(), &given)?;
@@ -153,6 +172,7 @@ impl Engine {
             .job_spec()
             .ok_or_else(|| Error::Invalid(FieldError::new("template", "cannot be read")))?;
         spec.env.extend(launch.env);
+        spec.env.extend(extra);
         let targets_given = request.targets.unwrap_or_else(|| tpl.targets());
         let new = NewRun {
             spec,
