@@ -120,7 +120,8 @@ pub use run::{
     StrategyRequest, Targets, TargetsRequest, plan,
 };
 pub use schedule::{
-    Cron, Fire, MAX_DURATION, Overlap, SEARCH_YEARS, Zone, fires_between, next_fires, parse_duration,
+    Cron, Fire, MAX_DURATION, Overlap, SEARCH_YEARS, Zone, fires_between, next_fires,
+    parse_duration,
 };
 pub use server::{AuthType, HostKeyCheck, ServerDraft, ServerPatch, ServerSecrets};
 pub(crate) use spec::whole_number;

@@ -232,13 +232,21 @@ fn parser() -> CronParser {
 
 /// Croner's reason, as the end of a sentence.
 fn croner_message(e: &croner::errors::CronError) -> String {
+    use croner::errors::CronError;
     let text = match e {
-        croner::errors::CronError::ComponentError(m) => m.clone(),
-        croner::errors::CronError::IllegalCharacters(m) => m.clone(),
-        croner::errors::CronError::InvalidPattern(m) => m.clone(),
+        // "CronPattern contains illegal character '%' in part '%'": the character.
+        CronError::IllegalCharacters(m) => match m.split('\'').nth(1) {
+            Some(c) => return format!("{c:?} is not a character a cron field takes"),
+            None => m.clone(),
+        },
+        CronError::ComponentError(m) | CronError::InvalidPattern(m) => m.clone(),
         other => other.to_string(),
     };
     let text = text.trim_end_matches('.');
+    let first_word = text.split(' ').next().unwrap_or_default();
+    if first_word.chars().skip(1).any(char::is_uppercase) {
+        return text.to_string();
+    }
     let mut chars = text.chars();
     match chars.next() {
         Some(c) => c.to_lowercase().chain(chars).collect(),
@@ -275,29 +283,62 @@ fn check_field(i: usize, raw: &str) -> Result<(), String> {
         }
     }
     let (lo, hi) = FIELD_RANGES[i];
+    // A number, or a name of the month or day-of-week field, as the number it stands for.
+    let value = |piece: &str| -> Option<Result<u32, ()>> {
+        let digits = piece.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Some(digits.parse::<u32>().map_err(drop));
+        }
+        let upper = piece.to_ascii_uppercase();
+        let names: &[&str] = match i {
+            4 => &MONTHS,
+            5 => &WEEKDAYS,
+            _ => &[],
+        };
+        let index = names.iter().position(|n| *n == upper)?;
+        Some(Ok(index as u32 + lo))
+    };
     for item in raw.split(',') {
+        if item.is_empty() {
+            return Err(format!("the {name} field {raw:?} has an empty list item"));
+        }
         let base = item.split('/').next().unwrap_or_default();
         let base = base.split('#').next().unwrap_or_default();
-        for piece in base.split('-') {
-            let digits = piece.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                continue;
+        let mut bounds = Vec::new();
+        for (k, piece) in base.split('-').enumerate() {
+            let Some(mut n) = value(piece) else { continue };
+            // `mon-sun`: a range ending on Sunday ends on 7.
+            if i == 5 && k == 1 && piece.eq_ignore_ascii_case("sun") {
+                n = Ok(7);
             }
-            if digits.parse::<u32>().map_or(true, |n| n < lo || n > hi) {
-                return Err(if digits == raw {
-                    format!("the {name} field {raw:?} is out of range {lo}-{hi}")
-                } else {
-                    format!("the {name} field {raw:?} has {digits}, out of range {lo}-{hi}")
-                });
+            match n {
+                Ok(n) if (lo..=hi).contains(&n) => bounds.push(n),
+                _ => {
+                    let piece = piece.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+                    return Err(if piece == raw {
+                        format!("the {name} field {raw:?} is out of range {lo}-{hi}")
+                    } else {
+                        format!("the {name} field {raw:?} has {piece}, out of range {lo}-{hi}")
+                    });
+                }
             }
+        }
+        if let [from, to] = bounds[..]
+            && from > to
+        {
+            return Err(format!(
+                "the {name} field {raw:?} has the range {base}, which runs backwards"
+            ));
         }
     }
     let mut probe = ["*"; 6];
     probe[i] = raw;
-    parser()
-        .parse(&probe.join(" "))
-        .map(drop)
-        .map_err(|e| format!("the {name} field {raw:?} is not valid: {}", croner_message(&e)))
+    parser().parse(&probe.join(" ")).map(drop).map_err(|e| {
+        format!(
+            "the {name} field {raw:?} is not valid: {}",
+            croner_message(&e)
+        )
+    })
 }
 
 fn first_of_next_month(date: NaiveDate) -> Option<NaiveDate> {
@@ -379,7 +420,13 @@ pub fn next_fires(cron: &Cron, zone: &Zone, after: Micros, count: usize) -> Vec<
 /// The fires in `(from, to]` (`from` excluded, `to` included), in order, by the rules of
 /// [`next_fires`]; at most `cap`, the earliest ones (a full list may have been cut: the
 /// catch-up of a long window should not start thousands of runs).
-pub fn fires_between(cron: &Cron, zone: &Zone, from: Micros, to: Micros, cap: usize) -> Vec<Micros> {
+pub fn fires_between(
+    cron: &Cron,
+    zone: &Zone,
+    from: Micros,
+    to: Micros,
+    cap: usize,
+) -> Vec<Micros> {
     fires(cron, *zone, from)
         .map(micros)
         .take_while(|at| *at <= to)
@@ -412,8 +459,7 @@ fn fires(cron: &Cron, zone: Zone, after: Micros) -> impl Iterator<Item = i64> + 
     let mut last: Option<i64> = None;
     std::iter::from_fn(move || {
         loop {
-            let local = cron.next_local(cursor?);
-            let Some(local) = local else {
+            let Some(local) = cron.next_local(cursor?) else {
                 cursor = None;
                 return None;
             };
@@ -500,15 +546,21 @@ pub fn parse_duration(field: &'static str, raw: &str) -> Result<Duration, FieldE
         return Err(refuse(format!("is empty; expected a duration {EXAMPLE}")));
     }
     if text.starts_with('-') {
-        return Err(refuse(format!("{raw:?} is negative; a duration is 0s or more")));
+        return Err(refuse(format!(
+            "{raw:?} is negative; a duration is 0s or more"
+        )));
     }
     let mut rest = text;
     let mut total: u64 = 0;
     let mut last_rank: Option<usize> = None;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let (number, tail) = rest.split_at(digits);
-        let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_len);
         if number.is_empty() {
             return Err(refuse(format!(
@@ -593,8 +645,14 @@ mod tests {
 
     /// The gaps between consecutive fires, in seconds; also checks they are increasing.
     fn steps(fires: &[Micros]) -> Vec<i64> {
-        let steps: Vec<i64> = fires.windows(2).map(|w| (w[1].0 - w[0].0) / 1_000_000).collect();
-        assert!(steps.iter().all(|&s| s > 0), "not strictly increasing: {steps:?}");
+        let steps: Vec<i64> = fires
+            .windows(2)
+            .map(|w| (w[1].0 - w[0].0) / 1_000_000)
+            .collect();
+        assert!(
+            steps.iter().all(|&s| s > 0),
+            "not strictly increasing: {steps:?}"
+        );
         steps
     }
 
@@ -644,7 +702,12 @@ mod tests {
                 "2027-07-15T00:00:00Z"
             ]
         );
-        let got = fires_of("0 10-40/15 8 * * sun", &Zone::UTC, "2027-01-01T00:00:00Z", 3);
+        let got = fires_of(
+            "0 10-40/15 8 * * sun",
+            &Zone::UTC,
+            "2027-01-01T00:00:00Z",
+            3,
+        );
         let times: Vec<&str> = got.iter().map(|(u, _)| u.as_str()).collect();
         assert_eq!(
             times,
@@ -657,6 +720,10 @@ mod tests {
         // 7 is Sunday too; the last day of the month.
         assert_eq!(
             fires_of("0 0 * * 7", &Zone::UTC, "2027-01-01T00:00:00Z", 1)[0].0,
+            "2027-01-03T00:00:00Z"
+        );
+        assert_eq!(
+            fires_of("0 0 * * sat-sun", &Zone::UTC, "2027-01-01T00:00:00Z", 2)[1].0,
             "2027-01-03T00:00:00Z"
         );
         assert_eq!(
@@ -674,20 +741,76 @@ mod tests {
         let cases = [
             ("0 25 * * *", "the hour field \"25\" is out of range 0-23"),
             ("60 * * * *", "the minute field \"60\" is out of range 0-59"),
-            ("0 0 32 * *", "the day-of-month field \"32\" is out of range 1-31"),
-            ("0 0 0 * *", "the day-of-month field \"0\" is out of range 1-31"),
+            (
+                "0 0 32 * *",
+                "the day-of-month field \"32\" is out of range 1-31",
+            ),
+            (
+                "0 0 0 * *",
+                "the day-of-month field \"0\" is out of range 1-31",
+            ),
             ("0 0 * 13 *", "the month field \"13\" is out of range 1-12"),
-            ("0 0 * * 8", "the day-of-week field \"8\" is out of range 0-7"),
-            ("61 * * * * *", "the second field \"61\" is out of range 0-59"),
-            ("0 1,2,24 * * *", "the hour field \"1,2,24\" has 24, out of range 0-23"),
-            ("0 5-99 * * *", "the hour field \"5-99\" has 99, out of range 0-23"),
-            ("mon * * * *", "the minute field \"mon\" takes numbers only, not \"mon\""),
-            ("0 0 * mon *", "the month field \"mon\" takes numbers and month names"),
-            ("0 0 * * jan", "the day-of-week field \"jan\" takes numbers, weekday names"),
-            ("0 0 X * *", "the day-of-month field \"X\" takes numbers, L and W"),
-            ("*/0 * * * *", "the minute field \"*/0\" is not valid: step cannot be zero"),
+            (
+                "0 0 * * 8",
+                "the day-of-week field \"8\" is out of range 0-7",
+            ),
+            (
+                "61 * * * * *",
+                "the second field \"61\" is out of range 0-59",
+            ),
+            (
+                "0 1,2,24 * * *",
+                "the hour field \"1,2,24\" has 24, out of range 0-23",
+            ),
+            (
+                "0 5-99 * * *",
+                "the hour field \"5-99\" has 99, out of range 0-23",
+            ),
+            (
+                "mon * * * *",
+                "the minute field \"mon\" takes numbers only, not \"mon\"",
+            ),
+            (
+                "0 0 * mon *",
+                "the month field \"mon\" takes numbers and month names",
+            ),
+            (
+                "0 0 * * jan",
+                "the day-of-week field \"jan\" takes numbers, weekday names",
+            ),
+            (
+                "0 0 X * *",
+                "the day-of-month field \"X\" takes numbers, L and W",
+            ),
+            (
+                "*/0 * * * *",
+                "the minute field \"*/0\" is not valid: step cannot be zero",
+            ),
             ("5/15 * * * *", "the minute field \"5/15\" is not valid"),
-            ("0 % * * *", "the hour field \"%\" is not valid"),
+            (
+                "0 % * * *",
+                "the hour field \"%\" is not valid: \"%\" is not a character",
+            ),
+            (
+                "0 1,,2 * * *",
+                "the hour field \"1,,2\" has an empty list item",
+            ),
+            (
+                "0 5-1 * * *",
+                "the hour field \"5-1\" has the range 5-1, which runs backwards",
+            ),
+            (
+                "0 0 * * fri-mon",
+                "the day-of-week field \"fri-mon\" has the range fri-mon",
+            ),
+            (
+                "0 0 * dec-jan *",
+                "the month field \"dec-jan\" has the range dec-jan",
+            ),
+            (
+                "0 0 * * mon#9",
+                "the day-of-week field \"mon#9\" is not valid: nth specifier",
+            ),
             ("0 1-2-3 * * *", "the hour field \"1-2-3\" is not valid"),
         ];
         for (expr, message) in cases {
@@ -708,8 +831,16 @@ mod tests {
             "is empty; expected 5 fields (minute hour day-of-month month day-of-week) or 6 \
              (second first)"
         );
-        assert!(refusal("* * * *").message.starts_with("\"* * * *\" has 4 fields;"));
-        assert!(refusal("0 0 0 * * * 2030").message.starts_with("\"0 0 0 * * * 2030\" has 7"));
+        assert!(
+            refusal("* * * *")
+                .message
+                .starts_with("\"* * * *\" has 4 fields;")
+        );
+        assert!(
+            refusal("0 0 0 * * * 2030")
+                .message
+                .starts_with("\"0 0 0 * * * 2030\" has 7")
+        );
         assert!(refusal("@reboot").message.contains("not a known shorthand"));
         let e = Cron::parse("schedule.cron", "0 24 * * *").unwrap_err();
         assert_eq!(e.field, "schedule.cron");
@@ -723,7 +854,11 @@ mod tests {
         for bad in ["Mars/Olympus", "", "europe/berlin", "CEST+2"] {
             let e = Zone::parse("timezone", bad).unwrap_err();
             assert_eq!(e.field, "timezone");
-            assert!(e.message.contains("not a time zone"), "{bad}: {}", e.message);
+            assert!(
+                e.message.contains("not a time zone"),
+                "{bad}: {}",
+                e.message
+            );
         }
     }
 
@@ -786,7 +921,10 @@ mod tests {
         let steps = steps(&ats);
         // 00:59:02..00:59:58, then 02:00:00..02:01:00 (03:00+01:00 on).
         assert_eq!(ats.len(), 29 + 31);
-        assert_eq!(steps.iter().filter(|&&s| s != 2).collect::<Vec<_>>(), [&3_602]);
+        assert_eq!(
+            steps.iter().filter(|&&s| s != 2).collect::<Vec<_>>(),
+            [&3_602]
+        );
     }
 
     #[test]
@@ -902,7 +1040,12 @@ mod tests {
     fn other_zones_gaps() {
         // Lord Howe springs forward by 30 minutes: 02:00+10:30 becomes 02:30+11:00.
         assert_eq!(
-            fires_of("15 2 * * *", &zone("Australia/Lord_Howe"), "2027-10-02T00:00:00Z", 2),
+            fires_of(
+                "15 2 * * *",
+                &zone("Australia/Lord_Howe"),
+                "2027-10-02T00:00:00Z",
+                2
+            ),
             pairs(&[
                 ("2027-10-02T15:30:00Z", "2027-10-03T02:30:00+11:00"),
                 ("2027-10-03T15:15:00Z", "2027-10-04T02:15:00+11:00"),
@@ -910,7 +1053,12 @@ mod tests {
         );
         // Samoa skipped 2011-12-30 whole: its noon fires at the next midnight.
         assert_eq!(
-            fires_of("0 12 * * *", &zone("Pacific/Apia"), "2011-12-29T00:00:00Z", 3),
+            fires_of(
+                "0 12 * * *",
+                &zone("Pacific/Apia"),
+                "2011-12-29T00:00:00Z",
+                3
+            ),
             pairs(&[
                 ("2011-12-29T22:00:00Z", "2011-12-29T12:00:00-10:00"),
                 ("2011-12-30T10:00:00Z", "2011-12-31T00:00:00+14:00"),
@@ -918,7 +1066,12 @@ mod tests {
             ])
         );
         // A zone's offset at each instant: New York in winter and summer.
-        let got = fires_of("0 9 1 1,7 *", &zone("America/New_York"), "2027-01-01T00:00:00Z", 2);
+        let got = fires_of(
+            "0 9 1 1,7 *",
+            &zone("America/New_York"),
+            "2027-01-01T00:00:00Z",
+            2,
+        );
         assert_eq!(got[0].1, "2027-01-01T09:00:00-05:00");
         assert_eq!(got[1].1, "2027-07-01T09:00:00-04:00");
     }
@@ -926,16 +1079,29 @@ mod tests {
     #[test]
     fn impossible_dates_return_nothing_fast() {
         let started = std::time::Instant::now();
-        for expr in ["0 0 31 2 *", "0 0 30 2 *", "0 0 31 4,6,9,11 *", "0 0 1 * +sun#5"] {
+        for expr in [
+            "0 0 31 2 *",
+            "0 0 30 2 *",
+            "0 0 31 4,6,9,11 *",
+            "0 0 1 * +sun#5",
+        ] {
             let c = cron(expr);
-            assert_eq!(next_fires(&c, &berlin(), at("2027-01-01T00:00:00Z"), 5), vec![], "{expr}");
+            assert_eq!(
+                next_fires(&c, &berlin(), at("2027-01-01T00:00:00Z"), 5),
+                vec![],
+                "{expr}"
+            );
             assert_eq!(
                 fires_between(&c, &Zone::UTC, Micros(0), at("2100-01-01T00:00:00Z"), 5),
                 vec![],
                 "{expr}"
             );
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
@@ -959,7 +1125,11 @@ mod tests {
         };
         assert_eq!(
             window("2027-01-04T10:00:00Z", "2027-01-04T13:00:00Z", 100),
-            ["2027-01-04T11:00:00Z", "2027-01-04T12:00:00Z", "2027-01-04T13:00:00Z"]
+            [
+                "2027-01-04T11:00:00Z",
+                "2027-01-04T12:00:00Z",
+                "2027-01-04T13:00:00Z"
+            ]
         );
         assert_eq!(
             window("2027-01-04T10:00:00Z", "2027-01-04T13:00:00Z", 2),
@@ -977,9 +1147,11 @@ mod tests {
         assert_eq!("queue_one".parse::<Overlap>(), Ok(Overlap::QueueOne));
         assert_eq!(
             "queue".parse::<Overlap>(),
-            Err("unknown overlap \"queue\"; expected one of skip, queue_one, allow, \
+            Err(
+                "unknown overlap \"queue\"; expected one of skip, queue_one, allow, \
                  cancel_previous"
-                .to_string())
+                    .to_string()
+            )
         );
     }
 
