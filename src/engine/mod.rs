@@ -44,8 +44,8 @@ pub use jobs::{Canceled, Duplicated, Submitted};
 pub use run_follow::{RunEvent, RunFollow};
 pub use runs::{OutputGroup, RerunOnly};
 pub use runtime::{Role, Runtime, StartError};
-pub use servers::{Tested, apply_servers, ensure_default_server};
 pub use schedules::{Schedule, ScheduleRequest};
+pub use servers::{Tested, apply_servers, ensure_default_server};
 pub use templates::LaunchRequest;
 
 pub use crate::domain::Actor;

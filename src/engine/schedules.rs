@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use super::templates::LaunchRequest;
 use super::{Actor, Engine, Error, Subject};
 use crate::domain::{
-    Cron, FieldError, Fire, Micros, Overlap, RunId, Zone, check_launch, fires_between,
-    next_fires, parse_duration,
+    Cron, FieldError, Fire, Micros, Overlap, RunId, Zone, check_launch, fires_between, next_fires,
+    parse_duration,
 };
 use crate::store::{FireRow, ScheduleRow};
 
@@ -233,7 +233,11 @@ impl Engine {
             row.updated_at = Micros::now().0;
             row = self.store.update_schedule(row).await?;
         }
-        let action = if paused { "schedule.pause" } else { "schedule.resume" };
+        let action = if paused {
+            "schedule.pause"
+        } else {
+            "schedule.resume"
+        };
         self.audit(actor, action, &row.id, json!({})).await;
         self.schedule_of(row).await
     }
@@ -248,7 +252,12 @@ impl Engine {
     ) -> Result<Vec<Fire>, Error> {
         let cron = Cron::parse("cron", cron)?;
         let zone = Zone::parse("timezone", timezone.unwrap_or("UTC"))?;
-        Ok(next_fires(&cron, &zone, from.unwrap_or_else(Micros::now), count))
+        Ok(next_fires(
+            &cron,
+            &zone,
+            from.unwrap_or_else(Micros::now),
+            count,
+        ))
     }
 
     /// Fire what is due now, for every schedule not paused.
@@ -341,10 +350,7 @@ impl Engine {
             parameters: Some(given),
             targets: None,
         };
-        let extra = BTreeMap::from([(
-            "JOBEXEC_FIRE_AT".to_string(),
-            Micros(fire_at).to_rfc3339(),
-        )]);
+        let extra = BTreeMap::from([("JOBEXEC_FIRE_AT".to_string(), Micros(fire_at).to_rfc3339())]);
         let launched = self
             .launch_with(&schedule_actor(row), &row.template_id, request, extra)
             .await;

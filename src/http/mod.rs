@@ -19,6 +19,7 @@ mod openapi;
 mod output;
 mod run_stream;
 mod runs;
+mod schedules;
 pub use openapi::{
     BadRequest, Conflict, Errors, InvalidField, NotFound, PayloadTooLarge, TooManyRequests,
     Unauthorized, Unavailable, UnsupportedMediaType,
@@ -132,6 +133,14 @@ pub fn register(cfg: &mut ServiceConfig) {
         .service(templates::update_template)
         .service(templates::delete_template)
         .service(templates::launch_template)
+        .service(schedules::list_schedules)
+        .service(schedules::create_schedule)
+        .service(schedules::preview)
+        .service(schedules::get_schedule)
+        .service(schedules::update_schedule)
+        .service(schedules::delete_schedule)
+        .service(schedules::pause_schedule)
+        .service(schedules::resume_schedule)
         .map(|api| {
             api.default_service(web::to(not_found))
                 .wrap(from_fn(auth::authenticate))

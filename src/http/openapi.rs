@@ -61,6 +61,7 @@ use crate::error::{ApiError, ErrorBody};
         (name = "jobs", description = "Submit, follow, cancel and read the output of jobs."),
         (name = "servers", description = "The SSH servers jobs run on."),
         (name = "templates", description = "Saved run requests with typed parameters, launched by name."),
+        (name = "schedules", description = "Templates launched on a cron timer, each fire time exactly once."),
         (name = "runs", description = "One command on many servers: labels, selectors, rolling batches, failure thresholds."),
         (name = "audit", description = "Who did what."),
         (name = "health", description = "Liveness and metrics; no token."),

@@ -101,7 +101,11 @@ impl Store {
     pub async fn get_schedule(&self, name_or_id: String) -> Result<ScheduleRow, StoreError> {
         self.run(move |conn| {
             schedules::table
-                .filter(schedules::id.eq(&name_or_id).or(schedules::name.eq(&name_or_id)))
+                .filter(
+                    schedules::id
+                        .eq(&name_or_id)
+                        .or(schedules::name.eq(&name_or_id)),
+                )
                 .select(ScheduleRow::as_select())
                 .first(conn)
                 .optional()?

@@ -16,6 +16,7 @@ mod logs;
 mod metrics;
 mod openapi;
 mod runs;
+mod schedules;
 mod security;
 mod servers;
 mod ssh_exec;
