@@ -169,7 +169,7 @@ async fn schemathesis_finds_no_failure() {
              include-name = \"POST /api/v1/runs/{{id}}/rerun\"\n\
              {ok422}\n\n\
              [[operations]]\n\
-             include-path-regex = \"^/api/v1/templates\"\n\
+             include-path-regex = \"^/api/v1/(templates|schedules)\"\n\
              {ok422}\n\n\
              [[operations]]\n\
              include-name = \"GET /api/v1/jobs\"\n\
@@ -183,7 +183,8 @@ async fn schemathesis_finds_no_failure() {
             // run's targets must name or match registered servers and a rerun needs a host
             // that did not complete (runs), a template's parameters must be consistent (a
             // choice has choices, a pattern compiles, a default fits) and a launch's values
-            // must fit them (templates), and a job list's `template` must name one.
+            // must fit them (templates, and the schedules that launch them, whose cron
+            // fields and zone are checked too), and a job list's `template` must name one.
             // For those operations a schema-valid request may be refused with that 422;
             // everything else about them is checked as for any operation.
             ok422 = "checks.positive_data_acceptance.expected-statuses = \
