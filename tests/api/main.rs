@@ -10,6 +10,7 @@ mod distributed;
 mod health;
 mod jobctl;
 mod jobctl_runs;
+mod jobctl_templates;
 mod jobs;
 mod library;
 mod logs;

@@ -4,8 +4,9 @@
 //! for people or as the API's JSON for scripts (`--output json`). `run`, `wait` and
 //! `logs --follow` follow a job's event stream and exit with the job's exit code, like
 //! `ssh host cmd`. `run --labels …|--servers …` starts a run (one command on many servers)
-//! and prints every host's lines prefixed with its name (see `runs.rs`). Errors are one line on stderr (`jobctl: …`) and exit status 1; usage
-//! errors exit 2.
+//! and prints every host's lines prefixed with its name (see `runs.rs`); `templates launch`
+//! starts one from a saved template and follows it the same way. Errors are one line on
+//! stderr (`jobctl: …`) and exit status 1; usage errors exit 2.
 
 mod client;
 mod follow;
@@ -14,6 +15,7 @@ mod output;
 mod prefixed;
 mod runs;
 mod servers;
+mod templates;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -101,6 +103,9 @@ enum Command {
     /// Runs: one command on many servers (`jobctl run --labels …` starts one).
     #[command(subcommand)]
     Runs(runs::RunsCommand),
+    /// Templates: saved runs with typed parameters (`jobctl templates launch NAME -p k=v`).
+    #[command(subcommand)]
+    Templates(templates::TemplatesCommand),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -161,6 +166,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Wait(a) => jobs::wait(&ctx, a).await,
         Command::Servers(c) => servers::dispatch(&ctx, c).await,
         Command::Runs(c) => runs::dispatch(&ctx, c).await,
+        Command::Templates(c) => templates::dispatch(&ctx, c).await,
         Command::Completions { .. } => Ok(0),
     }
 }

@@ -125,17 +125,7 @@ fn parse_max_failures(s: &str) -> Result<Amount, String> {
 /// where not given).
 pub fn run_body(cmd: &CommandArgs, fleet: &FleetArgs) -> Value {
     let env: BTreeMap<_, _> = cmd.opts.env.iter().cloned().collect();
-    let targets = match &fleet.labels {
-        Some(selector) => json!({ "selector": selector }),
-        None => {
-            let servers = fleet
-                .servers
-                .iter()
-                .map(|s| s.trim())
-                .filter(|s| !s.is_empty());
-            json!({ "servers": servers.collect::<Vec<_>>() })
-        }
-    };
+    let targets = targets_body(fleet.labels.as_deref(), &fleet.servers);
     let mut strategy = json!({
         "batch": fleet.batch.map(Amount::json),
         "canary": fleet.canary,
@@ -156,6 +146,18 @@ pub fn run_body(cmd: &CommandArgs, fleet: &FleetArgs) -> Value {
         "targets": targets,
         "strategy": strategy,
     })
+}
+
+/// The `targets` of a request: the selector when given, else the servers (names or ids,
+/// blanks dropped).
+pub fn targets_body(labels: Option<&str>, servers: &[String]) -> Value {
+    match labels {
+        Some(selector) => json!({ "selector": selector }),
+        None => {
+            let servers = servers.iter().map(|s| s.trim()).filter(|s| !s.is_empty());
+            json!({ "servers": servers.collect::<Vec<_>>() })
+        }
+    }
 }
 
 /// `jobctl runs …`.
@@ -224,7 +226,8 @@ pub fn run_path(id: &str, rest: &str) -> String {
     format!("/runs/{}{rest}", escape(id))
 }
 
-fn id_of(run: &Value) -> anyhow::Result<String> {
+/// The id of a run the service answered.
+pub fn id_of(run: &Value) -> anyhow::Result<String> {
     run["id"]
         .as_str()
         .map(str::to_string)
@@ -245,13 +248,27 @@ pub fn exit_status(run: &Value) -> u8 {
 /// `jobctl run --labels …|--servers …`: start a run, follow it, print its hosts' table;
 /// Ctrl-C cancels it.
 pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
-    let mut interrupts = jobs::interrupts();
+    let interrupts = jobs::interrupts();
     let created = ctx.api.post("/runs", run_body(&a.cmd, &a.fleet)).await?;
-    let id = id_of(&created)?;
+    follow_created(ctx, &created, interrupts, a.fleet.summary).await
+}
+
+/// Follow a run just created (`POST /runs`, a template's launch) as `jobctl run` does: its
+/// id on stderr, its hosts' lines, then its report (with `summary`, the hosts grouped);
+/// Ctrl-C (from `interrupts`, listened to before the run was created) cancels it. Returns
+/// the exit status: 0 when every host completed, else 1 (130 when a second Ctrl-C stopped
+/// the waiting).
+pub async fn follow_created(
+    ctx: &Ctx,
+    created: &Value,
+    mut interrupts: tokio::sync::mpsc::UnboundedReceiver<()>,
+    summary: bool,
+) -> anyhow::Result<u8> {
+    let id = id_of(created)?;
     let hosts = created["hosts"].as_array().map_or(0, Vec::len);
     let noun = if hosts == 1 { "server" } else { "servers" };
     output::write_stderr(format!("jobctl: run {id} on {hosts} {noun}\n").as_bytes());
-    let following = follow_run(&ctx.api, &id, Some(&created), ctx.output);
+    let following = follow_run(&ctx.api, &id, Some(created), ctx.output);
     tokio::pin!(following);
     let mut interrupted = false;
     let last = loop {
@@ -274,7 +291,7 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<u8> {
             }
         }
     };
-    report(ctx, &last, a.fleet.summary).await
+    report(ctx, &last, summary).await
 }
 
 /// Follow run `id` to its end, printing its hosts' lines; returns the final run. `known` is
@@ -443,8 +460,8 @@ pub fn hosts_table(run: &Value) -> String {
     output::table(&headers, &rows)
 }
 
-/// A run's targets as given: its selector, or its servers.
-fn targets_text(run: &Value) -> String {
+/// A run's (or a template's) targets as given: its selector, or its servers.
+pub fn targets_text(run: &Value) -> String {
     let targets = &run["targets"];
     if let Some(selector) = targets["selector"].as_str() {
         return selector.to_string();
@@ -458,8 +475,9 @@ fn targets_text(run: &Value) -> String {
     }
 }
 
-/// A run's strategy: `batch=2 canary=1 max_failures=0 keep_going=false` (what it holds).
-fn strategy_text(run: &Value) -> String {
+/// A run's (or a template's) strategy: `batch=2 canary=1 max_failures=0 keep_going=false`
+/// (what it holds).
+pub fn strategy_text(run: &Value) -> String {
     let fields = run["strategy"].as_object().into_iter().flatten();
     let parts: Vec<String> = fields
         .filter(|(_, v)| !v.is_null())

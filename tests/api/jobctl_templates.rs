@@ -1,0 +1,404 @@
+//! `jobctl templates`, the real binary against a real service and a test sshd: a template
+//! with a string (pattern), integer, boolean, choice and secret parameter over two labelled
+//! servers; `launch` types each `-p` value, follows the run like `jobctl run -l` (prefixed
+//! lines, the hosts' table, the exit status), shows the service's refusal naming the
+//! parameter, reads a secret from a file or stdin and prints it nowhere; `list`, `get`,
+//! `create`, `delete` and `launch --detach`.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::helpers::{Db, TestApp, TestDb, TestHost};
+
+const BIN: &str = env!("CARGO_BIN_EXE_jobctl");
+
+/// What one `jobctl` invocation did.
+#[derive(Debug)]
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+
+    /// The lines of stdout, sorted (hosts run at once: their lines interleave).
+    fn sorted_stdout(&self) -> Vec<&str> {
+        let mut lines: Vec<&str> = self.stdout.lines().collect();
+        lines.sort_unstable();
+        lines
+    }
+
+    /// The row of server `name` in the hosts' table on stderr.
+    fn host_row(&self, name: &str) -> &str {
+        let mut lines = (self.stderr.lines()).skip_while(|l| !l.starts_with("SERVER "));
+        (lines.find(|l| l.starts_with(&format!("{name} "))))
+            .unwrap_or_else(|| panic!("no row of {name} in the table: {self:?}"))
+    }
+
+    /// Neither stdout nor stderr holds `secret`.
+    fn assert_hides(&self, secret: &str) {
+        assert!(
+            !self.stdout.contains(secret) && !self.stderr.contains(secret),
+            "the secret is printed: {self:?}"
+        );
+    }
+}
+
+/// Run `jobctl args` against `app`, with `stdin` as its stdin (none: /dev/null).
+async fn jobctl_with(app: &TestApp, args: &[&str], stdin: Option<&str>) -> Out {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env("JOBEXEC_URL", &app.base)
+        .env_remove("JOBEXEC_TOKEN")
+        .env_remove("NO_COLOR")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = c.spawn().expect("spawn jobctl");
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(text.as_bytes()).await.unwrap();
+        drop(pipe);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("jobctl {args:?} did not end in 60s"))
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+async fn jobctl(app: &TestApp, args: &[&str]) -> Out {
+    jobctl_with(app, args, None).await
+}
+
+/// Poll run `id` until it ended.
+async fn wait_run(app: &TestApp, id: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let (status, run) = app.get(&format!("/api/v1/runs/{id}")).await;
+        assert_eq!(status, 200, "{run}");
+        if !matches!(run["status"].as_str(), Some("queued" | "running")) {
+            return run;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const SECRET: &str = "tok-5e6f-from-a-file-a81c";
+
+/// The template: it prints what it was given and compares the secret's digest (the secret
+/// itself is in no command text, template or request but the launch).
+fn deploy() -> Value {
+    let digest = ring::digest::digest(&ring::digest::SHA256, SECRET.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let command = format!(
+        "printf 'version=%s count=%s dry_run=%s env=%s\\n' \"$JOBEXEC_PARAM_VERSION\" \
+         \"$JOBEXEC_PARAM_COUNT\" \"$JOBEXEC_PARAM_DRY_RUN\" \"$JOBEXEC_PARAM_ENV\"; \
+         if [ \"$(printf '%s' \"$JOBEXEC_PARAM_TOKEN\" | sha256sum | cut -c1-64)\" = {hex} ]; \
+         then echo token-ok; else echo token-differs; fi"
+    );
+    json!({
+        "name": "deploy",
+        "description": "print what it was given",
+        "command": command,
+        "targets": {"selector": "role=t"},
+        "parameters": [
+            {"name": "version", "type": "string", "required": true, "pattern": "v[0-9]+(\\.[0-9]+)*",
+             "description": "the release"},
+            {"name": "count", "type": "integer", "default": 2},
+            {"name": "dry_run", "type": "boolean", "default": false},
+            {"name": "env", "type": "choice", "choices": ["staging", "prod"], "required": true},
+            {"name": "token", "type": "string", "secret": true, "required": true,
+             "pattern": "[a-z0-9-]+"},
+        ],
+    })
+}
+
+/// A service, a test host, servers `t-1` and `t-2` (role=t) on it and the `deploy` template.
+async fn setup() -> (TestDb, TestApp, TestHost, Value) {
+    let db = TestDb::create(Db::Sqlite).expect("sqlite");
+    let app = TestApp::start(&db, &[]).await;
+    let host = TestHost::start().await;
+    for name in ["t-1", "t-2"] {
+        let (status, body) = app
+            .post(
+                "/api/v1/servers",
+                &json!({"name": name, "hostname": host.host, "port": host.port,
+                        "user": host.user, "auth_type": "key",
+                        "private_key": host.keys.ed25519_openssh, "labels": {"role": "t"}}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, tpl) = app.post("/api/v1/templates", &deploy()).await;
+    assert_eq!(status, 201, "{tpl}");
+    (db, app, host, tpl)
+}
+
+/// A file holding `text` (and the directory that holds it, removed when dropped).
+fn file_with(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("value");
+    std::fs::write(&path, text).unwrap();
+    (dir, path.to_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_types_every_value_follows_the_run_and_hides_the_secret() {
+    let (_db, app, _host, tpl) = setup().await;
+    let (_dir, secret_file) = file_with(&format!("{SECRET}\n"));
+    let token = format!("token=@{secret_file}");
+    let launch = |extra: &[&str]| {
+        let mut args = vec![
+            "templates",
+            "launch",
+            "deploy",
+            "-p",
+            "version=v1.2.3",
+            "-p",
+            "count=5",
+            "-p",
+            "dry_run=yes",
+            "-p",
+            "env=prod",
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let args = launch(&["-p", &token]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = jobctl(&app, &args).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let line = "version=v1.2.3 count=5 dry_run=true env=prod";
+    assert_eq!(
+        out.sorted_stdout(),
+        [
+            "t-1 | token-ok".into(),
+            format!("t-1 | {line}"),
+            "t-2 | token-ok".into(),
+            format!("t-2 | {line}"),
+        ],
+        "{out:?}"
+    );
+    for name in ["t-1", "t-2"] {
+        assert!(out.host_row(name).contains("completed"), "{out:?}");
+    }
+    out.assert_hides(SECRET);
+    // The run: launched from the template, the values of their types, the secret not shown.
+    let id = (out.stderr.lines())
+        .find_map(|l| l.strip_prefix("jobctl: run "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no run id on stderr: {out:?}"))
+        .to_string();
+    let run = wait_run(&app, &id).await;
+    assert_eq!(run["template_id"], tpl["id"], "{run}");
+    assert_eq!(
+        run["parameters"],
+        json!({"version": "v1.2.3", "count": 5, "dry_run": true, "env": "prod"}),
+        "{run}"
+    );
+
+    // The secret from stdin; the targets overridden; -o json: the final run alone.
+    let args = launch(&["-p", "token=@-", "--servers", "t-2", "-o", "json"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = jobctl_with(&app, &args, Some(&format!("{SECRET}\n"))).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let run = out.json();
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["counts"]["completed"], 1, "{run}");
+    assert_eq!(run["targets"]["servers"], json!(["t-2"]), "{run}");
+    assert!(out.stderr.contains("t-2 | token-ok"), "{out:?}");
+    out.assert_hides(SECRET);
+
+    // Refusals: the service's message, naming the parameter; exit 1, no run.
+    let (_bad_dir, bad_file) = file_with("Not A Valid Secret!\n");
+    let bad_token = format!("token=@{bad_file}");
+    for (args, field) in [
+        (
+            vec!["-p", "count=two", "-p", token.as_str()],
+            "parameters.count",
+        ),
+        (
+            vec!["-p", "dry_run=maybe", "-p", token.as_str()],
+            "parameters.dry_run",
+        ),
+        (
+            vec!["-p", "env=dev", "-p", token.as_str()],
+            "parameters.env",
+        ),
+        (
+            vec!["-p", "nope=1", "-p", token.as_str()],
+            "parameters.nope",
+        ),
+        (vec!["-p", bad_token.as_str()], "parameters.token"),
+    ] {
+        let args = launch(&args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = jobctl(&app, &args).await;
+        assert_eq!(out.code, 1, "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        assert!(
+            out.stderr.starts_with(&format!("jobctl: {field}: ")) && out.stderr.contains("422"),
+            "{out:?}"
+        );
+        out.assert_hides(SECRET);
+        out.assert_hides("Not A Valid Secret");
+    }
+    let out = jobctl(
+        &app,
+        &["templates", "launch", "deploy", "-p", "version=1.0"],
+    )
+    .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("parameters.version"), "{out:?}");
+    let (_, runs) = app.get("/api/v1/runs").await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 2, "{runs}");
+
+    // An empty secret, or one read from a file that is not there, is not sent.
+    let out = jobctl_with(&app, &args_of(&launch(&["-p", "token=@-"])), Some("")).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("parameter token"), "{out:?}");
+    let missing = format!("token=@{secret_file}.missing");
+    let out = jobctl(&app, &args_of(&launch(&["-p", &missing]))).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("cannot read the value of parameter token"),
+        "{out:?}"
+    );
+    let out = jobctl(&app, &["templates", "launch", "nope"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("HTTP 404"), "{out:?}");
+    app.stop().await;
+}
+
+fn args_of(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_are_listed_shown_created_detached_and_deleted() {
+    let (_db, app, _host, tpl) = setup().await;
+    let out = jobctl(&app, &["templates", "list"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let mut lines = out.stdout.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("NAME    KIND     TARGETS  PARAMETERS"),
+        "{out:?}"
+    );
+    assert_eq!(
+        lines.next().unwrap(),
+        "deploy  command  role=t   version*, count, dry_run, env*, token* (secret)  \
+         print what it was given",
+        "{out:?}"
+    );
+    let out = jobctl(&app, &["templates", "list", "-o", "json"]).await;
+    assert_eq!(out.json()[0]["id"], tpl["id"], "{out:?}");
+
+    for name_or_id in ["deploy", tpl["id"].as_str().unwrap()] {
+        let out = jobctl(&app, &["templates", "get", name_or_id]).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        for expected in [
+            "name         deploy",
+            "targets      role=t",
+            "parameters   5",
+            "NAME     TYPE     REQUIRED  DEFAULT  ALLOWED",
+        ] {
+            assert!(out.stdout.contains(expected), "{expected:?}: {out:?}");
+        }
+        // A row of the parameters' table (below the listing, whose keys may look alike).
+        let row = |name: &str| {
+            let mut rows = (out.stdout.lines()).skip_while(|l| !l.starts_with("NAME "));
+            (rows.find(|l| l.starts_with(&format!("{name} "))))
+                .unwrap_or_else(|| panic!("no row of {name}: {out:?}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(
+            row("version"),
+            "version string yes - matches v[0-9]+(\\.[0-9]+)* no the release"
+        );
+        assert_eq!(row("count"), "count integer no 2 - no -");
+        assert_eq!(row("dry_run"), "dry_run boolean no false - no -");
+        assert_eq!(row("env"), "env choice yes - one of staging, prod no -");
+        assert_eq!(row("token"), "token string yes - matches [a-z0-9-]+ yes -");
+    }
+    let out = jobctl(&app, &["templates", "get", "deploy", "-o", "json"]).await;
+    assert_eq!(out.json(), tpl);
+
+    // create -f: the file's JSON, POSTed; a template that fails on its host exits 1.
+    let (_dir, file) = file_with(
+        &json!({"name": "fails", "command": "echo no; exit 3",
+                "targets": {"servers": ["t-1"]}})
+        .to_string(),
+    );
+    let out = jobctl(&app, &["templates", "create", "-f", &file]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("name         fails"), "{out:?}");
+    assert!(out.stdout.contains("parameters   none"), "{out:?}");
+    let out = jobctl(&app, &["templates", "create", "-f", &file]).await;
+    assert_eq!(out.code, 1, "a second one of the name: {out:?}");
+    assert!(out.stderr.contains("HTTP 409"), "{out:?}");
+    let out = jobctl(&app, &["templates", "launch", "fails"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.stdout, "t-1 | no\n", "{out:?}");
+    assert!(out.host_row("t-1").contains("failed"), "{out:?}");
+
+    // --detach: the run's id, at once.
+    let out = jobctl(
+        &app,
+        &[
+            "templates",
+            "launch",
+            "deploy",
+            "--detach",
+            "-p",
+            "version=v2",
+            "-p",
+            "env=staging",
+            "-p",
+            "token=abc",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let id = out.stdout.trim_end_matches('\n');
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    let run = wait_run(&app, id).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["template_id"], tpl["id"], "{run}");
+
+    let out = jobctl(&app, &["templates", "delete", "deploy"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("deleted"), "{out:?}");
+    let out = jobctl(&app, &["templates", "get", "deploy"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("HTTP 404"), "{out:?}");
+    let out = jobctl(&app, &["templates", "list", "-o", "json"]).await;
+    assert_eq!(out.json().as_array().unwrap().len(), 1, "{out:?}");
+    app.stop().await;
+}
