@@ -402,3 +402,55 @@ async fn templates_are_listed_shown_created_detached_and_deleted() {
     assert_eq!(out.json().as_array().unwrap().len(), 1, "{out:?}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_are_listed_shown_paused_resumed_and_previewed() {
+    let (_db, app, _host, _tpl) = setup().await;
+    let (status, body) = app
+        .post(
+            "/api/v1/schedules",
+            &json!({"name": "nightly", "template": "deploy", "cron": "30 2 * * *",
+                    "timezone": "Europe/Berlin",
+                    "parameters": {"version": "v1", "env": "prod", "token": "tok-hidden-3f"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let out = jobctl(&app, &["schedules", "list"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let row = (out.stdout.lines())
+        .find(|l| l.starts_with("nightly "))
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert!(
+        row.contains("30 2 * * *") && row.contains("Europe/Berlin"),
+        "{row}"
+    );
+    let out = jobctl(&app, &["schedules", "pause", "nightly"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let (_, s) = app.get("/api/v1/schedules/nightly").await;
+    assert_eq!(s["paused"], true);
+    let out = jobctl(&app, &["-o", "json", "schedules", "resume", "nightly"]).await;
+    let s: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(s["paused"], false);
+    let out = jobctl(&app, &["schedules", "get", "nightly"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    out.assert_hides("tok-hidden-3f");
+    // Spring forward in Berlin: 02:30 does not exist; it fires at 03:00 local.
+    let args = [
+        "schedules",
+        "preview",
+        "30 2 * * *",
+        "-z",
+        "Europe/Berlin",
+        "--from",
+        "2027-03-27T12:00:00Z",
+        "-n",
+        "1",
+    ];
+    let out = jobctl(&app, &args).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("2027-03-28T01:00:00"), "{out:?}");
+    assert!(out.stdout.contains("2027-03-28T03:00:00+02:00"), "{out:?}");
+    let out = jobctl(&app, &["schedules", "preview", "0 25 * * *"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("hour"), "{out:?}");
+}

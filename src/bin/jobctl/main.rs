@@ -14,6 +14,7 @@ mod jobs;
 mod output;
 mod prefixed;
 mod runs;
+mod schedules;
 mod servers;
 mod templates;
 
@@ -106,6 +107,9 @@ enum Command {
     /// Templates: saved runs with typed parameters (`jobctl templates launch NAME -p k=v`).
     #[command(subcommand)]
     Templates(templates::TemplatesCommand),
+    /// Schedules: templates on a cron timer (`jobctl schedules preview '30 2 * * *' -z Europe/Berlin`).
+    #[command(subcommand)]
+    Schedules(schedules::SchedulesCommand),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -167,6 +171,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Servers(c) => servers::dispatch(&ctx, c).await,
         Command::Runs(c) => runs::dispatch(&ctx, c).await,
         Command::Templates(c) => templates::dispatch(&ctx, c).await,
+        Command::Schedules(c) => schedules::dispatch(&ctx, c).await,
         Command::Completions { .. } => Ok(0),
     }
 }
