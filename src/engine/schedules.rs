@@ -280,9 +280,9 @@ impl Engine {
         let now = Micros::now().0;
         let window = (row.catch_up_secs.saturating_mul(1_000_000)).max(ON_TIME);
         let from = row.cursor_at.max(now - window);
-        // A queued fire starts once the runs before it have ended.
-        let (going, queued) = self.store.schedule_activity(row.id.clone()).await?;
-        if let Some(q) = queued
+        // A queued fire (only `queue_one` makes them) starts once the runs before it ended.
+        if overlap == Overlap::QueueOne
+            && let (going, Some(q)) = self.store.schedule_activity(row.id.clone()).await?
             && going.is_empty()
             && self
                 .store
@@ -306,7 +306,11 @@ impl Engine {
             if !won {
                 continue;
             }
-            let (going, queued) = self.store.schedule_activity(row.id.clone()).await?;
+            // Only the policies that look at the runs still going read them.
+            let (going, queued) = match overlap {
+                Overlap::Allow => (Vec::new(), None),
+                _ => self.store.schedule_activity(row.id.clone()).await?,
+            };
             let busy = !going.is_empty();
             let settle = |status, detail: &str| {
                 let detail = Some(detail.to_string());

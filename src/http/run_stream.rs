@@ -8,10 +8,8 @@
 //! of each host, in host order, joined by `.` (`4.-1.12`). A client that reconnects with
 //! `Last-Event-ID` set to it gets, for each host, exactly the output after its number.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
-use actix_web::http::header;
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use serde::Serialize;
@@ -19,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::jobs::JobView;
 use super::runs::{RunView, run_id};
-use super::stream::{Utf8Carry, frame};
+use super::stream::{Utf8Carry, frame, sse_response};
 use super::{AppState, BadRequest, Errors, NotFound, TooManyRequests, Unauthorized, Unavailable};
 use crate::domain::{Micros, OutputStream};
 use crate::engine::follow::Gone;
@@ -296,7 +294,7 @@ pub async fn follow_run(
     let slot = state
         .limits
         .open_stream(&caller.limit_key(state.tokens.enabled()))?;
-    let (out, mut rx) = mpsc::channel::<Bytes>(CLIENT_BUFFER);
+    let (out, rx) = mpsc::channel::<Bytes>(CLIENT_BUFFER);
     let (events_tx, events) = mpsc::channel(CLIENT_BUFFER);
     let follow = state
         .engine
@@ -313,13 +311,7 @@ pub async fn follow_run(
         let _ = writer.run(engine, events).await;
         drop(slot);
     });
-    let body =
-        futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok::<_, Infallible>)));
-    Ok(HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body))
+    Ok(sse_response(rx))
 }
 
 #[cfg(test)]

@@ -325,9 +325,18 @@ pub async fn pause_schedule(
     caller: web::ReqData<Caller>,
     path: web::Path<String>,
 ) -> Result<web::Json<ScheduleView>, ApiError> {
-    let s = state
-        .engine
-        .pause_schedule(&caller.actor(), &path, true)
+    set_paused(&state, &caller, &path, true).await
+}
+
+/// Pause (`true`) or resume a schedule; its view.
+async fn set_paused(
+    state: &AppState,
+    caller: &Caller,
+    name_or_id: &str,
+    paused: bool,
+) -> Result<web::Json<ScheduleView>, ApiError> {
+    let s = (state.engine)
+        .pause_schedule(&caller.actor(), name_or_id, paused)
         .await?;
     Ok(web::Json(ScheduleView::of(s)))
 }
@@ -350,9 +359,5 @@ pub async fn resume_schedule(
     caller: web::ReqData<Caller>,
     path: web::Path<String>,
 ) -> Result<web::Json<ScheduleView>, ApiError> {
-    let s = state
-        .engine
-        .pause_schedule(&caller.actor(), &path, false)
-        .await?;
-    Ok(web::Json(ScheduleView::of(s)))
+    set_paused(&state, &caller, &path, false).await
 }

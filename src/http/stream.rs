@@ -267,7 +267,7 @@ pub async fn follow_job(
                 )
             })?,
     };
-    let (tx, mut rx) = mpsc::channel::<Bytes>(CLIENT_BUFFER);
+    let (tx, rx) = mpsc::channel::<Bytes>(CLIENT_BUFFER);
     let sink = SseSink {
         job_id: id.to_string(),
         stdout: Utf8Carry::default(),
@@ -281,13 +281,19 @@ pub async fn follow_job(
         task.keep_alive(KEEP_ALIVE).run().await;
         drop(slot);
     });
+    Ok(sse_response(rx))
+}
+
+/// A `text/event-stream` response of the frames `rx` brings (uncached, unbuffered by
+/// proxies); it ends when the sending task drops its end.
+pub(super) fn sse_response(mut rx: mpsc::Receiver<Bytes>) -> HttpResponse {
     let body =
         futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok::<_, Infallible>)));
-    Ok(HttpResponse::Ok()
+    HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body))
+        .streaming(body)
 }
 
 #[cfg(test)]

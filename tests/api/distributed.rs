@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::helpers::procs::{Proc, Vhost, free_port, rabbitmqctl};
-use crate::helpers::{Db, TestDb, TestHost};
+use crate::helpers::{Db, TestDb, TestHost, shared_dir};
 use crate::stream::{self, Target};
 
 /// Tests here stop and start the shared broker: one at a time.
@@ -160,13 +160,6 @@ async fn setup() -> Option<Setup> {
         vhost,
         host: TestHost::start().await,
     })
-}
-
-fn shared_dir() -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

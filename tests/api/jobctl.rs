@@ -1,74 +1,16 @@
 //! `jobctl`, the real binary, against a real service and a real sshd; and against small fake
 //! services for the stream's reconnection and the polling fallback.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::Command;
 
+use crate::helpers::jobctl::{Out, command, jobctl_at};
+use crate::helpers::procs::free_port;
 use crate::helpers::{Db, TestApp, TestDb, TestHost};
 use crate::jobs::wait_done;
-
-const BIN: &str = env!("CARGO_BIN_EXE_jobctl");
-
-/// What one `jobctl` invocation did.
-#[derive(Debug)]
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
-    }
-
-    /// The single line of stdout (an id).
-    fn line(&self) -> String {
-        let line = self.stdout.trim_end_matches('\n');
-        assert!(!line.is_empty() && !line.contains('\n'), "{self:?}");
-        line.to_string()
-    }
-}
-
-fn command(base: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .env("JOBEXEC_URL", base)
-        .env_remove("JOBEXEC_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    c
-}
-
-async fn jobctl_at(base: &str, args: &[&str], stdin: Option<&str>) -> Out {
-    let mut c = command(base, args);
-    if stdin.is_some() {
-        c.stdin(Stdio::piped());
-    }
-    let mut child = c.spawn().expect("spawn jobctl");
-    if let Some(text) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(text.as_bytes()).await.unwrap();
-        drop(pipe);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("jobctl {args:?} did not end in 30s"))
-        .unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 async fn jobctl(app: &TestApp, args: &[&str]) -> Out {
     jobctl_at(&app.base, args, None).await
@@ -85,14 +27,6 @@ async fn setup() -> (TestDb, TestApp, TestHost, String) {
     let host = TestHost::start().await;
     let server = app.add_key_server("h", &host).await;
     (db, app, host, server)
-}
-
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,7 +435,7 @@ async fn servers_commands() {
     assert_eq!(out.code, 0, "{out:?}");
 
     // A password from one line of stdin, never argv.
-    let dead = closed_port().to_string();
+    let dead = free_port().to_string();
     let out = jobctl_at(
         &app.base,
         &[
@@ -685,7 +619,7 @@ async fn errors_are_one_line_and_exit_1() {
         "{out:?}"
     );
 
-    let url = format!("http://127.0.0.1:{}", closed_port());
+    let url = format!("http://127.0.0.1:{}", free_port());
     let out = jobctl_at(&url, &["list"], None).await;
     assert_eq!(out.code, 1, "{out:?}");
     assert_eq!(out.stderr.lines().count(), 1, "{out:?}");

@@ -2,99 +2,18 @@
 //! with several named servers on one test sshd (and one on a closed port, unreachable), and
 //! against a small fake service for the run stream's reconnection.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::Command;
 
+use crate::helpers::jobctl::{Out, command, jobctl_at};
+use crate::helpers::procs::free_port;
 use crate::helpers::{Db, TestApp, TestDb, TestHost};
 
-const BIN: &str = env!("CARGO_BIN_EXE_jobctl");
-
-/// What one `jobctl` invocation did.
-#[derive(Debug)]
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
-    }
-
-    /// The single line of stdout (an id).
-    fn line(&self) -> String {
-        let line = self.stdout.trim_end_matches('\n');
-        assert!(!line.is_empty() && !line.contains('\n'), "{self:?}");
-        line.to_string()
-    }
-
-    /// The lines of stdout, sorted (hosts run at once: their lines interleave).
-    fn sorted_stdout(&self) -> Vec<&str> {
-        let mut lines: Vec<&str> = self.stdout.lines().collect();
-        lines.sort_unstable();
-        lines
-    }
-
-    /// The first line of stderr that starts with `prefix`.
-    fn stderr_row(&self, prefix: &str) -> &str {
-        (self.stderr.lines().find(|l| l.starts_with(prefix)))
-            .unwrap_or_else(|| panic!("no stderr line starts with {prefix:?}: {self:?}"))
-    }
-
-    /// The row of server `name` in the hosts' table on stderr.
-    fn host_row(&self, name: &str) -> &str {
-        let mut lines = self
-            .stderr
-            .lines()
-            .skip_while(|l| !l.starts_with("SERVER "));
-        (lines.find(|l| l.starts_with(&format!("{name} "))))
-            .unwrap_or_else(|| panic!("no row of {name} in the table: {self:?}"))
-    }
-}
-
-fn command(base: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .env("JOBEXEC_URL", base)
-        .env_remove("JOBEXEC_TOKEN")
-        .env_remove("NO_COLOR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    c
-}
-
-async fn jobctl_at(base: &str, args: &[&str]) -> Out {
-    let child = command(base, args).spawn().expect("spawn jobctl");
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("jobctl {args:?} did not end in 60s"))
-        .unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 async fn jobctl(app: &TestApp, args: &[&str]) -> Out {
-    jobctl_at(&app.base, args).await
-}
-
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    jobctl_at(&app.base, args, None).await
 }
 
 /// Register a key server named `name` on `host` (or, with `port`, on that port of it) with
@@ -132,7 +51,7 @@ async fn setup(unreachable: bool) -> (TestDb, TestApp, TestHost) {
         ("db-1", "db"),
     ] {
         let port = if unreachable && name == "web-3" {
-            closed_port()
+            free_port()
         } else {
             host.port
         };
@@ -585,7 +504,7 @@ async fn usage_errors_exit_2() {
         &["run", "-l", "role=web", "-s", "h", "--", "true"],
         &["runs", "get"],
     ] {
-        let out = jobctl_at("http://127.0.0.1:1", args).await;
+        let out = jobctl_at("http://127.0.0.1:1", args, None).await;
         assert_eq!(out.code, 2, "{args:?}: {out:?}");
     }
 }
@@ -709,6 +628,7 @@ async fn run_stream_reconnects_and_joins_split_lines() {
             "echo",
             "hi",
         ],
+        None,
     )
     .await;
     assert_eq!(out.code, 1, "a host failed: {out:?}");

@@ -5,84 +5,16 @@
 //! parameter, reads a secret from a file or stdin and prints it nowhere; `list`, `get`,
 //! `create`, `delete` and `launch --detach`.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
 
+use crate::helpers::jobctl::{Out, jobctl_at};
 use crate::helpers::{Db, TestApp, TestDb, TestHost};
-
-const BIN: &str = env!("CARGO_BIN_EXE_jobctl");
-
-/// What one `jobctl` invocation did.
-#[derive(Debug)]
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
-    }
-
-    /// The lines of stdout, sorted (hosts run at once: their lines interleave).
-    fn sorted_stdout(&self) -> Vec<&str> {
-        let mut lines: Vec<&str> = self.stdout.lines().collect();
-        lines.sort_unstable();
-        lines
-    }
-
-    /// The row of server `name` in the hosts' table on stderr.
-    fn host_row(&self, name: &str) -> &str {
-        let mut lines = (self.stderr.lines()).skip_while(|l| !l.starts_with("SERVER "));
-        (lines.find(|l| l.starts_with(&format!("{name} "))))
-            .unwrap_or_else(|| panic!("no row of {name} in the table: {self:?}"))
-    }
-
-    /// Neither stdout nor stderr holds `secret`.
-    fn assert_hides(&self, secret: &str) {
-        assert!(
-            !self.stdout.contains(secret) && !self.stderr.contains(secret),
-            "the secret is printed: {self:?}"
-        );
-    }
-}
 
 /// Run `jobctl args` against `app`, with `stdin` as its stdin (none: /dev/null).
 async fn jobctl_with(app: &TestApp, args: &[&str], stdin: Option<&str>) -> Out {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .env("JOBEXEC_URL", &app.base)
-        .env_remove("JOBEXEC_TOKEN")
-        .env_remove("NO_COLOR")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = c.spawn().expect("spawn jobctl");
-    if let Some(text) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(text.as_bytes()).await.unwrap();
-        drop(pipe);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("jobctl {args:?} did not end in 60s"))
-        .unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    jobctl_at(&app.base, args, stdin).await
 }
 
 async fn jobctl(app: &TestApp, args: &[&str]) -> Out {

@@ -54,7 +54,7 @@ async fn start_run(app: &TestApp, body: Value) -> Value {
 }
 
 /// Poll a run until it ends.
-async fn wait_run(app: &TestApp, id: &str) -> Value {
+pub async fn wait_run(app: &TestApp, id: &str) -> Value {
     let start = Instant::now();
     loop {
         let (status, run) = app.get(&format!("/api/v1/runs/{id}")).await;
@@ -70,7 +70,7 @@ async fn wait_run(app: &TestApp, id: &str) -> Value {
     }
 }
 
-async fn stdout(app: &TestApp, job_id: &str) -> String {
+pub async fn stdout(app: &TestApp, job_id: &str) -> String {
     let url = app.url(&format!("/api/v1/jobs/{job_id}/stdout"));
     let resp = app.client.get(url).send().await.unwrap();
     assert_eq!(resp.status(), 200);

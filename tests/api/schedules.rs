@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::db_test;
 use crate::helpers::procs::{Service, free_port};
-use crate::helpers::{Db, TEST_SECRET_KEY, TestApp, TestDb, TestHost};
+use crate::helpers::{Db, TEST_SECRET_KEY, TestApp, TestDb, TestHost, shared_dir};
 
 /// A server on `host` and a template `t` whose command appends its fire time (and `extra`)
 /// to `ledger`.
@@ -49,13 +49,6 @@ fn micros(rfc3339: &str) -> i64 {
     chrono::DateTime::parse_from_rfc3339(rfc3339)
         .unwrap()
         .timestamp_micros()
-}
-
-fn shared_dir() -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

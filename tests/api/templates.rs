@@ -2,36 +2,11 @@
 //! parameter type and every refusal; values that look like shell arrive as data; secret
 //! values reach the command but no response and no byte of the database.
 
-use std::time::{Duration, Instant};
-
 use serde_json::{Value, json};
 
 use crate::db_test;
 use crate::helpers::{TestApp, TestDb, TestHost};
-
-async fn wait_run(app: &TestApp, id: &str) -> Value {
-    let start = Instant::now();
-    loop {
-        let (_, run) = app.get(&format!("/api/v1/runs/{id}")).await;
-        if !matches!(run["status"].as_str(), Some("queued" | "running")) {
-            return run;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "{run}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn stdout(app: &TestApp, job: &Value) -> String {
-    let url = app.url(&format!("/api/v1/jobs/{}/stdout", job.as_str().unwrap()));
-    app.client
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
+use crate::runs::{stdout, wait_run};
 
 const SECRET: &str = "s3cret-0f-the-template-9d2c";
 
@@ -94,7 +69,7 @@ db_test!(
         let run = wait_run(&app, run["id"].as_str().unwrap()).await;
         assert_eq!(run["status"], "completed", "{run}");
         for host in run["hosts"].as_array().unwrap() {
-            let out = stdout(&app, &host["job_id"]).await;
+            let out = stdout(&app, host["job_id"].as_str().unwrap()).await;
             assert_eq!(out, format!("v1.2.3|2|true|prod|{evil}\ntoken-ok\n"));
             let (_, job) = app
                 .get(&format!(
@@ -201,14 +176,17 @@ db_test!(
         let run = wait_run(&app, &id).await;
         assert_eq!(run["status"], "completed", "{run}");
         let job = &run["hosts"][0]["job_id"];
-        assert_eq!(stdout(&app, job).await, "same\n");
+        assert_eq!(stdout(&app, job.as_str().unwrap()).await, "same\n");
         // A rerun keeps the secret (sealed again for the new run).
         let (status, rerun) = app
             .post(&format!("/api/v1/runs/{id}/rerun"), &json!({"only": "all"}))
             .await;
         assert_eq!(status, 201, "{rerun}");
         let rerun = wait_run(&app, rerun["id"].as_str().unwrap()).await;
-        assert_eq!(stdout(&app, &rerun["hosts"][0]["job_id"]).await, "same\n");
+        assert_eq!(
+            stdout(&app, rerun["hosts"][0]["job_id"].as_str().unwrap()).await,
+            "same\n"
+        );
         let job = job.as_str().unwrap();
         for path in [
             format!("/api/v1/runs/{id}"),

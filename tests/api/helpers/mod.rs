@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod jobctl;
 pub mod procs;
 pub mod sshd;
 pub mod standin;
@@ -21,6 +22,15 @@ pub use sshd::TestHost;
 /// True under CI: a missing service is a failure there, never a skip.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// A temporary directory every account may write to (jobs run as the test account write
+/// their ledgers there).
+pub fn shared_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
 }
 
 /// Which database a test runs against.
