@@ -398,3 +398,73 @@ async fn two_serve_processes_on_one_database_fire_each_time_once() {
         began.elapsed()
     );
 }
+
+db_test!(
+    queue_one_waits_for_the_previous_run_and_cancel_previous_stops_it,
+    |db: TestDb| async move {
+        let app = TestApp::start(&db, &[("JOBEXEC__JOBS__KILL_GRACE_SECS", "1")]).await;
+        let host = TestHost::start().await;
+        let dir = shared_dir();
+        setup(&app, &host, &dir.path().join("ledger"), "sleep 2.5; ").await;
+        let (status, s) = app
+            .post(
+                "/api/v1/schedules",
+                &json!({"name": "q", "template": "t", "cron": "* * * * * *", "overlap": "queue_one"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{s}");
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        app.post("/api/v1/schedules/q/pause", &json!({})).await;
+        let (_, s) = app.get("/api/v1/schedules/q").await;
+        let fires = s["last_fires"].as_array().unwrap();
+        // A fire that waited was launched later; the ones past it were skipped.
+        assert!(fires.iter().any(|f| f["status"] == "skipped"), "{s}");
+        let (_, runs) = app.get("/api/v1/runs?limit=100").await;
+        let runs = runs["runs"].as_array().unwrap().clone();
+        assert!(runs.len() >= 2, "{runs:?}");
+        let mut spans: Vec<(i64, i64)> = Vec::new();
+        for r in &runs {
+            let r = crate::runs::wait_run(&app, r["id"].as_str().unwrap()).await;
+            let h = &r["hosts"][0];
+            spans.push((
+                micros(h["started_at"].as_str().unwrap()),
+                micros(h["finished_at"].as_str().unwrap()),
+            ));
+        }
+        spans.sort();
+        assert!(
+            spans.windows(2).all(|w| w[0].1 <= w[1].0),
+            "runs overlapped: {spans:?}"
+        );
+        // And one waited: its run started well after its fire time.
+        let mut waited = false;
+        for f in fires.iter().filter(|f| f["status"] == "launched") {
+            let run = crate::runs::wait_run(&app, f["run_id"].as_str().unwrap()).await;
+            let started = micros(run["hosts"][0]["started_at"].as_str().unwrap());
+            waited |= started - micros(f["fire_at"].as_str().unwrap()) > 1_000_000;
+        }
+        assert!(waited, "no queued fire started later: {s}");
+
+        let (status, s) = app
+            .post(
+                "/api/v1/schedules",
+                &json!({"name": "c", "template": "t", "cron": "*/2 * * * * *",
+                        "overlap": "cancel_previous"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{s}");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        app.post("/api/v1/schedules/c/pause", &json!({})).await;
+        let (_, s) = app.get("/api/v1/schedules/c").await;
+        let launched: Vec<&str> = (s["last_fires"].as_array().unwrap().iter())
+            .filter(|f| f["status"] == "launched")
+            .map(|f| f["run_id"].as_str().unwrap())
+            .collect();
+        assert!(launched.len() >= 2, "{s}");
+        // Newest first: every run but the newest was canceled by the fire after it.
+        for id in &launched[1..] {
+            let run = crate::runs::wait_run(&app, id).await;
+            assert_eq!(run["status"], "canceled", "{run}");
+        }
+    }
+);
