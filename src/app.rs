@@ -219,8 +219,9 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Apply what can change without a restart: `[[servers]]` (created or updated by name;
-    /// servers no longer in the file are left as they are), `auth.tokens` and `[limits]`.
+    /// Apply what can change without a restart: `[[servers]]`, `[[templates]]` and
+    /// `[[schedules]]` (created or updated by name; those no longer in the file are left as
+    /// they are), `auth.tokens` and `[limits]`.
     /// Running jobs are not touched. Everything else needs a restart. Returns a summary.
     pub async fn reload(&self, settings: &Settings) -> Result<String, StartError> {
         let engine = &self.state.engine;
@@ -231,11 +232,14 @@ impl Reloader {
         let servers = apply_servers(engine.store(), settings)
             .await
             .map_err(StartError::from)?;
+        let declared = engine.apply_declared(settings).await?;
         let n_tokens = tokens.len();
         self.state.tokens.replace(tokens);
         self.state.limits.reconfigure(&settings.limits);
         Ok(format!(
-            "{servers} server(s) applied, {n_tokens} token(s), limits updated"
+            "{servers} server(s) applied, {} template(s) and {} schedule(s) ({} changed), \
+             {n_tokens} token(s), limits updated",
+            declared.templates, declared.schedules, declared.changed
         ))
     }
 }

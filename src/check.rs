@@ -6,7 +6,11 @@
 //! layered loader would otherwise ignore: `serde_ignored` names them) and values of the wrong
 //! type (`serde_path_to_error` names the key); then what the service itself would refuse at
 //! start: tokens, the secret key, each `[[servers]]` table (its secret files read, its fields
-//! validated as the API would), the listen address without tokens, the TLS pair.
+//! validated as the API would), each `[[templates]]` table (as `POST /templates` would check
+//! it), each `[[schedules]]` table (its cron, time zone, overlap and catch-up, and its
+//! parameters against its template when the template is one of the file's; one only in the
+//! database is checked when the service applies the file), the listen address without
+//! tokens, the TLS pair.
 //!
 //! Positions come from the spans toml keeps for every key. A message names keys, never a
 //! value of the file: a value may be a password or a token.
@@ -23,6 +27,10 @@ use crate::settings::{DEFAULT_TOML, Settings, key_positions, loopback_only, with
 pub struct Summary {
     /// `[[servers]]` tables.
     pub servers: usize,
+    /// `[[templates]]` tables.
+    pub templates: usize,
+    /// `[[schedules]]` tables.
+    pub schedules: usize,
     /// API tokens.
     pub tokens: usize,
     /// Where the API listens.
@@ -57,7 +65,7 @@ fn unknown_key(path: &str, defaults: &Table) -> String {
     let names = |t: &Table| t.keys().cloned().collect::<Vec<_>>().join(", ");
     match path.split_once('.') {
         None => format!(
-            "unknown section [{path}]; known: {}, [[servers]]",
+            "unknown section [{path}]; known: {}, [[servers]], [[templates]], [[schedules]]",
             names(defaults)
         ),
         Some((section, name)) if !name.contains('.') => match defaults.get(section) {
@@ -93,11 +101,11 @@ pub fn check(path: &Path) -> Result<Summary, Vec<String>> {
         .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
     let at = key_positions(path, &text).map_err(|e| vec![e.to_string()])?;
     let render = |mut problems: Vec<Problem>| {
-        problems.sort_by_key(|(key, _)| at.get(key).copied().unwrap_or((0, 0)));
+        problems.sort_by_key(|(key, _)| position(&at, key).unwrap_or((0, 0)));
         let file = path.display();
         problems
             .into_iter()
-            .map(|(key, message)| match at.get(&key) {
+            .map(|(key, message)| match position(&at, &key) {
                 Some((line, col)) => format!("{file}:{line}:{col}: {message}"),
                 None => format!("{file}: {message}"),
             })
@@ -138,7 +146,7 @@ pub fn check(path: &Path) -> Result<Summary, Vec<String>> {
         };
         let mut bad: Vec<Segment> = e.path().iter().cloned().collect();
         let message = e.inner().message();
-        // `[[servers]]` refuses unknown keys itself: the key is in the message.
+        // The table arrays refuse unknown keys themselves: the key is in the message.
         match message
             .strip_prefix("unknown field `")
             .and_then(|rest| rest.split_once('`'))
@@ -153,9 +161,11 @@ pub fn check(path: &Path) -> Result<Summary, Vec<String>> {
                     .split_once("expected one of ")
                     .map(|(_, list)| list.replace('`', ""))
                     .unwrap_or_default();
+                // The table array it is in: `servers[1].x` is in `[[servers]]`.
+                let array = key.split('[').next().unwrap_or_default();
                 problems.push((
-                    key,
-                    format!("[[servers]] has no key {name:?}; known: {known}"),
+                    key.clone(),
+                    format!("[[{array}]] has no key {name:?}; known: {known}"),
                 ));
             }
             None => problems.push((
@@ -182,6 +192,8 @@ pub fn check(path: &Path) -> Result<Summary, Vec<String>> {
             }
             Ok(Summary {
                 servers: settings.servers.len(),
+                templates: settings.templates.len(),
+                schedules: settings.schedules.len(),
                 tokens: settings.auth.tokens.len(),
                 addr: settings.http.addr.clone(),
             })
@@ -252,7 +264,60 @@ fn semantic(settings: &Settings) -> Vec<Problem> {
             refuse(&at, e.to_string());
         }
     }
+    declared(settings, &mut refuse);
     problems
+}
+
+/// The `[[templates]]` and `[[schedules]]` tables, checked as applying them would.
+fn declared(settings: &Settings, refuse: &mut impl FnMut(&str, String)) {
+    use crate::engine::{Error, ScheduleRequest, check_schedule, template_row};
+    // The key a refusal is about: the field's own when the API names one.
+    let field = |table: &str, i: usize, e: &Error| match e {
+        Error::Invalid(f) => format!("{table}[{i}].{}", f.field),
+        _ => format!("{table}[{i}].name"),
+    };
+    let limits = settings.jobs.limits();
+    let mut templates = Vec::new();
+    for (i, table) in settings.templates.iter().enumerate() {
+        if templates.iter().any(|(name, _)| name == &table.name) {
+            let message = format!("two [[templates]] are named {:?}", table.name);
+            refuse(&format!("templates[{i}].name"), message);
+        }
+        match template_row(table.to_request(), None, &limits) {
+            Ok(row) => templates.push((table.name.clone(), Some(row.params()))),
+            Err(e) => {
+                let message = format!("template {:?}: {e}", table.name);
+                refuse(&field("templates", i, &e), message);
+                templates.push((table.name.clone(), None));
+            }
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, table) in settings.schedules.iter().enumerate() {
+        if !names.insert(&table.name) {
+            let message = format!("two [[schedules]] are named {:?}", table.name);
+            refuse(&format!("schedules[{i}].name"), message);
+        }
+        let params = (templates.iter())
+            .find(|(name, _)| name == &table.template)
+            .and_then(|(_, params)| params.as_deref());
+        if let Err(e) = check_schedule(&ScheduleRequest::from(table), params) {
+            let message = format!("schedule {:?}: {e}", table.name);
+            refuse(&field("schedules", i, &e), message);
+        }
+    }
+}
+
+/// Where `key` is in the file, or the nearest key above it that is (a field the API names,
+/// `schedules[0].parameters.version`, may be a value's part the file has no key for).
+fn position(at: &crate::settings::KeyPositions, key: &str) -> Option<(usize, usize)> {
+    let mut key = key;
+    loop {
+        if let Some(found) = at.get(key) {
+            return Some(*found);
+        }
+        key = &key[..key.rfind(['.', '['])?];
+    }
 }
 
 #[cfg(test)]

@@ -64,9 +64,12 @@ async fn main() -> anyhow::Result<()> {
             return match job_executor::check::check(&file) {
                 Ok(s) => {
                     println!(
-                        "{}: ok ({} server(s), {} token(s), listens on {})",
+                        "{}: ok ({} server(s), {} template(s), {} schedule(s), {} token(s), \
+                         listens on {})",
                         file.display(),
                         s.servers,
+                        s.templates,
+                        s.schedules,
                         s.tokens,
                         s.addr
                     );

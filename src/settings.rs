@@ -43,6 +43,132 @@ pub struct Settings {
     /// on SIGHUP.
     #[serde(default)]
     pub servers: Vec<ServerSettings>,
+    /// Templates declared in the file (`[[templates]]`), created or updated by name at start
+    /// and on SIGHUP, before the schedules.
+    #[serde(default)]
+    pub templates: Vec<TemplateSettings>,
+    /// Schedules declared in the file (`[[schedules]]`), created or updated by name at start
+    /// and on SIGHUP.
+    #[serde(default)]
+    pub schedules: Vec<ScheduleSettings>,
+}
+
+/// One `[[templates]]` table: the fields `POST /api/v1/templates` takes, as TOML.
+///
+/// ```toml
+/// [[templates]]
+/// name = "deploy"
+/// script = "deploy --version \"$JOBEXEC_PARAM_VERSION\""
+/// targets = { selector = "role=web" }
+/// strategy = { batch = "25%", max_failures = 1 }
+/// parameters = [{ name = "version", type = "string", required = true, pattern = "[0-9.]+" }]
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSettings {
+    /// Unique name: the key a reload matches on.
+    pub name: String,
+    /// What it is for.
+    pub description: Option<String>,
+    /// The command (with `args`), or give `script`.
+    pub command: Option<String>,
+    /// The command's arguments.
+    pub args: Option<String>,
+    /// A script, run by `shell`.
+    pub script: Option<String>,
+    /// The script's interpreter.
+    pub shell: Option<String>,
+    /// Environment variables the job gets.
+    pub env: Option<std::collections::BTreeMap<String, String>>,
+    /// The directory it runs in.
+    pub cwd: Option<String>,
+    /// Seconds each job may take.
+    pub timeout: Option<i64>,
+    /// Whether a job may be run again after its worker died.
+    pub retry_safe: Option<bool>,
+    /// Which servers (`{ selector = "role=web" }` or `{ servers = ["a", "b"] }`).
+    pub targets: Option<crate::domain::TargetsRequest>,
+    /// How hosts are admitted.
+    pub strategy: Option<crate::domain::StrategyRequest>,
+    /// The typed parameters a launch gives.
+    #[serde(default)]
+    pub parameters: Vec<crate::domain::ParamDef>,
+}
+
+impl TemplateSettings {
+    /// The API's template request for this table.
+    pub fn to_request(&self) -> crate::domain::TemplateRequest {
+        crate::domain::TemplateRequest {
+            name: Some(self.name.clone()),
+            description: self.description.clone(),
+            parameters: Some(self.parameters.clone()),
+            run: crate::domain::RunRequest {
+                job: crate::domain::JobRequest {
+                    command: self.command.clone(),
+                    args: self.args.clone(),
+                    script: self.script.clone(),
+                    shell: self.shell.clone(),
+                    env: self.env.clone(),
+                    cwd: self.cwd.clone(),
+                    timeout: self.timeout,
+                    retry_safe: self.retry_safe,
+                    ..Default::default()
+                },
+                targets: self.targets.clone(),
+                strategy: self.strategy.clone(),
+            },
+        }
+    }
+}
+
+/// One `[[schedules]]` table: the fields `POST /api/v1/schedules` takes, as TOML.
+///
+/// ```toml
+/// [[schedules]]
+/// name = "nightly-deploy"
+/// template = "deploy"
+/// parameters = { version = "1.4.2" }
+/// cron = "0 30 2 * * *"
+/// timezone = "Europe/Berlin"
+/// overlap = "skip"
+/// catch_up = "1h"
+/// ```
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSettings {
+    /// Unique name: the key a reload matches on.
+    pub name: String,
+    /// The template it launches (name or id): one of the file's, or one in the database.
+    pub template: String,
+    /// The template's parameters, by name.
+    pub parameters: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// 5 fields (`min hour dom month dow`) or 6 (seconds first).
+    pub cron: String,
+    /// IANA time zone (default `UTC`).
+    pub timezone: Option<String>,
+    /// `skip` (default), `queue_one`, `allow` or `cancel_previous`.
+    pub overlap: Option<String>,
+    /// How far back missed fires are made up after downtime (`"1h"`; default `"0s"`).
+    pub catch_up: Option<String>,
+    /// Paused or not; left as it is in the database when not given.
+    pub paused: Option<bool>,
+}
+
+impl std::fmt::Debug for ScheduleSettings {
+    /// The parameters' names only: a secret parameter's value may be among them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&String> = self.parameters.iter().flat_map(|p| p.keys()).collect();
+        f.debug_struct("ScheduleSettings")
+            .field("name", &self.name)
+            .field("template", &self.template)
+            .field("parameters", &names)
+            .field("cron", &self.cron)
+            .field("timezone", &self.timezone)
+            .field("overlap", &self.overlap)
+            .field("catch_up", &self.catch_up)
+            .field("paused", &self.paused)
+            .finish()
+    }
 }
 
 /// One `[[servers]]` table: the API's server fields, plus secrets read from files.

@@ -23,6 +23,7 @@
 //!                 store (diesel) ─────────▶ domain (pure) ◀── ssh, settings, events
 //! ```
 
+mod declared;
 mod error;
 pub mod follow;
 mod jobs;
@@ -37,6 +38,7 @@ use std::sync::Arc;
 
 use actix::Addr;
 
+pub use declared::Declared;
 pub use error::{Error, Subject};
 pub use follow::FollowTask;
 pub(crate) use jobs::WAIT_POLL;
@@ -44,9 +46,9 @@ pub use jobs::{Canceled, Duplicated, Submitted};
 pub use run_follow::{RunEvent, RunFollow};
 pub use runs::{OutputGroup, RerunOnly};
 pub use runtime::{Role, Runtime, StartError};
-pub use schedules::{Schedule, ScheduleRequest};
+pub use schedules::{Schedule, ScheduleRequest, check_schedule};
 pub use servers::{Tested, apply_servers, ensure_default_server};
-pub use templates::LaunchRequest;
+pub use templates::{LaunchRequest, template_row};
 
 pub use crate::domain::Actor;
 

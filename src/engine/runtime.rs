@@ -54,6 +54,9 @@ pub enum StartError {
     /// A `[[servers]]` table is invalid or its secret file cannot be read.
     #[error("[[servers]]: {0}")]
     Servers(String),
+    /// A `[[templates]]` or `[[schedules]]` table is invalid, or could not be saved.
+    #[error("{0}")]
+    Declared(String),
     /// The default server from the seed's `SSH_*` variables is invalid.
     #[error("default server (SSH_HOST…): {0}")]
     DefaultServer(String),
@@ -116,6 +119,10 @@ impl Runtime {
                 let system = actix_rt::System::new();
                 system.block_on(async move {
                     let engine = assemble(settings, store, role);
+                    if let Err(e) = engine.apply_declared(&engine.settings).await {
+                        let _ = ready_tx.send(Err(E::from(e)));
+                        return;
+                    }
                     engine.spawn_run_driver();
                     if role.runs_jobs() {
                         engine.spawn_scheduler();

@@ -68,6 +68,55 @@ pub struct Schedule {
     pub fires: Vec<FireRow>,
 }
 
+/// A schedule request's own fields, checked.
+pub struct Checked {
+    name: String,
+    cron: Cron,
+    zone: Zone,
+    overlap: Overlap,
+    catch_up: Duration,
+}
+
+/// Check what a schedule request says by itself (name, cron, time zone, overlap, catch-up)
+/// and, given its template's parameters, its parameters as a launch would: what saving it
+/// refuses short of a template that does not exist.
+pub fn check_schedule(
+    request: &ScheduleRequest,
+    params: Option<&[crate::domain::ParamDef]>,
+) -> Result<Checked, Error> {
+    let invalid = |field: &'static str, m: &str| Error::Invalid(FieldError::new(field, m));
+    let name = request
+        .name
+        .clone()
+        .ok_or_else(|| invalid("name", "is required"))?;
+    if !crate::domain::valid_template_name(&name) {
+        return Err(invalid(
+            "name",
+            "must be 1 to 128 of letters, digits, '.', '_' and '-'",
+        ));
+    }
+    let cron_text = (request.cron.as_deref()).ok_or_else(|| invalid("cron", "is required"))?;
+    let cron = Cron::parse("cron", cron_text)?;
+    let zone = Zone::parse("timezone", request.timezone.as_deref().unwrap_or("UTC"))?;
+    let overlap: Overlap = (request.overlap.as_deref().unwrap_or("skip"))
+        .parse()
+        .map_err(|m: String| FieldError::new("overlap", m))?;
+    let catch_up = parse_duration("catch_up", request.catch_up.as_deref().unwrap_or("0s"))?;
+    if let Some(params) = params {
+        check_launch(
+            params,
+            request.parameters.as_ref().unwrap_or(&BTreeMap::new()),
+        )?;
+    }
+    Ok(Checked {
+        name,
+        cron,
+        zone,
+        overlap,
+        catch_up,
+    })
+}
+
 impl ScheduleRow {
     fn parsed(&self) -> Option<(Cron, Zone, Overlap)> {
         Some((
@@ -81,26 +130,19 @@ impl ScheduleRow {
 impl Engine {
     /// Check a schedule request whole (its parameters as its template would check them) and
     /// make its row (`old`: the row it replaces).
-    async fn schedule_row(
+    pub(super) async fn schedule_row(
         &self,
         request: ScheduleRequest,
         old: Option<&ScheduleRow>,
     ) -> Result<ScheduleRow, Error> {
         let invalid = |field: &'static str, m: &str| Error::Invalid(FieldError::new(field, m));
-        let name = request.name.ok_or_else(|| invalid("name", "is required"))?;
-        if !crate::domain::valid_template_name(&name) {
-            return Err(invalid(
-                "name",
-                "must be 1 to 128 of letters, digits, '.', '_' and '-'",
-            ));
-        }
-        let cron_text = request.cron.ok_or_else(|| invalid("cron", "is required"))?;
-        let cron = Cron::parse("cron", &cron_text)?;
-        let zone = Zone::parse("timezone", request.timezone.as_deref().unwrap_or("UTC"))?;
-        let overlap: Overlap = (request.overlap.as_deref().unwrap_or("skip"))
-            .parse()
-            .map_err(|m: String| FieldError::new("overlap", m))?;
-        let catch_up = parse_duration("catch_up", request.catch_up.as_deref().unwrap_or("0s"))?;
+        let Checked {
+            name,
+            cron,
+            zone,
+            overlap,
+            catch_up,
+        } = check_schedule(&request, None)?;
         let template = request
             .template
             .ok_or_else(|| invalid("template", "is required"))?;

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::runs::Origin;
 use super::{Actor, Engine, Error, Subject};
 use crate::domain::{
-    FieldError, JobSpec, Micros, NewRun, ParamDef, StrategyRequest, TargetsRequest,
+    FieldError, JobLimits, JobSpec, Micros, NewRun, ParamDef, StrategyRequest, TargetsRequest,
     TemplateRequest, check_launch, valid_template_name, validate_params,
 };
 use crate::store::{Run, TemplateRow};
@@ -45,47 +45,56 @@ impl TemplateRow {
     }
 }
 
+/// Check a template request whole, as saving it would (`limits`: the job limits of the
+/// settings); the row it makes (a new id, or `id` kept).
+pub fn template_row(
+    request: TemplateRequest,
+    id: Option<(String, i64)>,
+    limits: &JobLimits,
+) -> Result<TemplateRow, Error> {
+    let name = request
+        .name
+        .ok_or_else(|| FieldError::new("name", "is required"))?;
+    if !valid_template_name(&name) {
+        return Err(FieldError::new(
+            "name",
+            "must be 1 to 128 of letters, digits, '.', '_' and '-'",
+        )
+        .into());
+    }
+    if request
+        .description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > 1024)
+    {
+        return Err(FieldError::new("description", "is longer than 1024 characters").into());
+    }
+    let params = request.parameters.unwrap_or_default();
+    validate_params(&params)?;
+    let strategy = request.run.strategy.clone().unwrap_or_default();
+    let new = request.run.validate(limits)?;
+    let now = Micros::now().0;
+    let (id, created_at) = id.unwrap_or_else(|| (uuid::Uuid::now_v7().to_string(), now));
+    Ok(TemplateRow {
+        id,
+        name,
+        description: request.description,
+        spec: serde_json::to_string(&new.spec).unwrap_or_default(),
+        targets: serde_json::to_string(&new.targets_given).unwrap_or_default(),
+        strategy: serde_json::to_string(&strategy).unwrap_or_default(),
+        parameters: serde_json::to_string(&params).unwrap_or_default(),
+        created_at,
+        updated_at: now,
+    })
+}
+
 impl Engine {
-    /// Check a template request whole; the row it makes (a new id, or `id` kept).
     fn template_row(
         &self,
         request: TemplateRequest,
         id: Option<(String, i64)>,
     ) -> Result<TemplateRow, Error> {
-        let name = request
-            .name
-            .ok_or_else(|| FieldError::new("name", "is required"))?;
-        if !valid_template_name(&name) {
-            return Err(FieldError::new(
-                "name",
-                "must be 1 to 128 of letters, digits, '.', '_' and '-'",
-            )
-            .into());
-        }
-        if request
-            .description
-            .as_ref()
-            .is_some_and(|d| d.chars().count() > 1024)
-        {
-            return Err(FieldError::new("description", "is longer than 1024 characters").into());
-        }
-        let params = request.parameters.unwrap_or_default();
-        validate_params(&params)?;
-        let strategy = request.run.strategy.clone().unwrap_or_default();
-        let new = request.run.validate(&self.settings.jobs.limits())?;
-        let now = Micros::now().0;
-        let (id, created_at) = id.unwrap_or_else(|| (uuid::Uuid::now_v7().to_string(), now));
-        Ok(TemplateRow {
-            id,
-            name,
-            description: request.description,
-            spec: serde_json::to_string(&new.spec).unwrap_or_default(),
-            targets: serde_json::to_string(&new.targets_given).unwrap_or_default(),
-            strategy: serde_json::to_string(&strategy).unwrap_or_default(),
-            parameters: serde_json::to_string(&params).unwrap_or_default(),
-            created_at,
-            updated_at: now,
-        })
+        template_row(request, id, &self.settings.jobs.limits())
     }
 
     /// Save a new template.

@@ -332,3 +332,240 @@ async fn a_refused_reload_logs_no_secret() {
         "{logged}"
     );
 }
+
+/// `[[templates]]` and `[[schedules]]` for [`config`]: a script template with a checked
+/// parameter, and a schedule of it (`cron` and `more` vary between reloads).
+fn declared(cron: &str, more: &str) -> String {
+    format!(
+        "\n[[templates]]\nname = \"greet\"\ndescription = \"says hello\"\n\
+         script = 'echo \"$GREETING $JOBEXEC_PARAM_WHO\"'\nenv = {{ GREETING = \"hello\" }}\n\
+         targets = {{ servers = [\"web\"] }}\n\
+         parameters = [{{ name = \"who\", type = \"string\", required = true, pattern = \"[a-z]+\" }}]\n\n\
+         [[schedules]]\nname = \"nightly\"\ntemplate = \"greet\"\nparameters = {{ who = \"night\" }}\n\
+         cron = \"{cron}\"\ntimezone = \"Europe/Berlin\"\ncatch_up = \"1h\"\n{more}"
+    )
+}
+
+/// SIGHUP `pid`, then wait until `done` holds of what `path` answers.
+async fn reload_until(d: &Service, pid: u32, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = Instant::now();
+    loop {
+        let (_, body) = d.call_json(reqwest::Method::GET, path, None, None).await;
+        if done(&body) {
+            return body;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the reload did not take: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_and_schedules_from_the_file_are_applied_by_name_and_kept_across_reloads() {
+    let host = TestHost::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("id_ed25519");
+    std::fs::write(&key_file, &host.keys.ed25519_openssh).unwrap();
+    let key_file = key_file.display().to_string();
+    let db = dir.path().join("jobs.db").display().to_string();
+    let port = free_port();
+    let file = dir.path().join("job-executor.toml");
+    let write = |cron: &str, more: &str| {
+        let text = config(port, &db, &host, &key_file, &declared(cron, more));
+        std::fs::write(&file, text).unwrap();
+    };
+    write("0 30 2 * * *", "");
+    let check = Command::new(env!("CARGO_BIN_EXE_job-executor"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{check:?}");
+    assert!(said.contains("1 template(s), 1 schedule(s)"), "{said}");
+
+    let file_arg = file.display().to_string();
+    let d = Service::start(&["--config", &file_arg, "serve"], &[], port, None).await;
+    let pid = d.pid();
+    let d = &d;
+    let get = |path: String| async move {
+        let (status, body) = d.call_json(reqwest::Method::GET, &path, None, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    };
+    let tpl = get("/api/v1/templates/greet".into()).await;
+    assert_eq!(tpl["description"], "says hello");
+    assert_eq!(tpl["parameters"][0]["pattern"], "[a-z]+");
+    // Keys keep their case: the environment variable is GREETING, not greeting.
+    assert_eq!(tpl["env"], json!({"GREETING": "hello"}));
+    let nightly = get("/api/v1/schedules/nightly".into()).await;
+    assert_eq!(
+        (&nightly["cron"], &nightly["timezone"], &nightly["template"]),
+        (
+            &json!("0 30 2 * * *"),
+            &json!("Europe/Berlin"),
+            &json!("greet")
+        )
+    );
+    assert_eq!(nightly["catch_up_secs"], 3600);
+    assert!(
+        (nightly["next_fire_local"].as_str().unwrap()).contains("T02:30:00+0"),
+        "{nightly}"
+    );
+
+    // A launch of the file's template checks its parameter and runs it.
+    let launch = |who: &'static str| {
+        d.call_json(
+            reqwest::Method::POST,
+            "/api/v1/templates/greet/launch",
+            None,
+            Some(json!({"parameters": {"who": who}})),
+        )
+    };
+    let (status, err) = launch("Robert'); DROP").await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (422, Some("parameters.who"))
+    );
+    let (status, run) = launch("world").await;
+    assert_eq!(status, 201, "{run}");
+    let start = Instant::now();
+    let run = loop {
+        let run = get(format!("/api/v1/runs/{}", run["id"].as_str().unwrap())).await;
+        if !matches!(run["status"].as_str(), Some("queued" | "running")) {
+            break run;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{run}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(run["status"], "completed", "{run}");
+    let job = run["hosts"][0]["job_id"].as_str().unwrap();
+    let (_, out) = d
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/jobs/{job}/stdout"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(out, "hello world\n");
+
+    // Paused through the API; a reload of the same file leaves it paused, and writes
+    // nothing: the schedule is not made to fire "from now on" (its cursor is kept).
+    let (status, _) = d
+        .call_json(
+            reqwest::Method::POST,
+            "/api/v1/schedules/nightly/pause",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let paused = get("/api/v1/schedules/nightly".into()).await;
+    write(
+        "0 30 2 * * *",
+        "\n[[templates]]\nname = \"second\"\ncommand = \"true\"\n\
+         targets = { selector = \"role=none\" }\n",
+    );
+    reload_until(d, pid, "/api/v1/templates", |b| {
+        b["templates"].as_array().is_some_and(|t| t.len() == 2)
+    })
+    .await;
+    let same = get("/api/v1/schedules/nightly".into()).await;
+    assert_eq!(same["paused"], true);
+    assert_eq!(
+        same["updated_at"], paused["updated_at"],
+        "an unchanged table was rewritten"
+    );
+    let audit = get("/api/v1/audit?limit=100".into()).await.to_string();
+    assert_eq!(audit.matches("template.update").count(), 0, "{audit}");
+
+    // A changed table is updated in place; `paused = false` in the file resumes it.
+    write("*/10 * * * *", "paused = false\n");
+    let changed = reload_until(d, pid, "/api/v1/schedules/nightly", |b| {
+        b["cron"] == "*/10 * * * *"
+    })
+    .await;
+    assert_eq!(
+        changed["id"], nightly["id"],
+        "re-created instead of updated"
+    );
+    assert_eq!(changed["paused"], false);
+
+    // A bad file: check-config names each problem with its line; a reload with it is
+    // refused whole (the good template in it is not applied either).
+    let bad = config(port, &db, &host, &key_file, &declared("61 * * * *", ""))
+        .replace("says hello", "says hi")
+        + "\n[[schedules]]\nname = \"loud\"\ntemplate = \"greet\"\ncron = \"* * * * *\"\n\
+           parameters = { who = \"NIGHT\" }\n\
+           \n[[schedules]]\nname = \"tz\"\ntemplate = \"greet\"\ncron = \"* * * * *\"\n\
+           timezone = \"Mars/Olympus\"\nparameters = { who = \"x\" }\nevery = 1\n";
+    std::fs::write(&file, &bad).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_job-executor"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+    let err = String::from_utf8_lossy(&check.stderr);
+    let line_of = |needle: &str| 1 + bad.lines().position(|l| l.contains(needle)).unwrap();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "unknown keys come first, alone: {err}");
+    assert!(
+        lines[0].contains(&format!(":{}:", line_of("every = 1")))
+            && lines[0].contains("[[schedules]] has no key \"every\""),
+        "{err}"
+    );
+    std::fs::write(&file, bad.replace("every = 1\n", "")).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_job-executor"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&check.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(
+        lines[0].contains(&format!(":{}:", line_of("cron = \"61"))) && lines[0].contains("minute"),
+        "{err}"
+    );
+    assert!(
+        lines[1].contains(&format!(":{}:", line_of("who = \"NIGHT\"")))
+            && lines[1].contains("parameters.who"),
+        "{err}"
+    );
+    assert!(
+        lines[2].contains(&format!(":{}:", line_of("Mars/Olympus")))
+            && lines[2].contains("timezone"),
+        "{err}"
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        get("/api/v1/templates/greet".into()).await["description"],
+        "says hello"
+    );
+    assert_eq!(
+        get("/api/v1/schedules/nightly".into()).await["cron"],
+        "*/10 * * * *"
+    );
+    let (status, _) = d
+        .call_json(reqwest::Method::GET, "/api/v1/schedules/tz", None, None)
+        .await;
+    assert_eq!(status, 404);
+}

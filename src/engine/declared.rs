@@ -1,0 +1,181 @@
+//! What the settings file declares beside servers: `[[templates]]` and `[[schedules]]`,
+//! created or updated by name at start and on SIGHUP.
+//!
+//! Every table is checked before any is written, so a bad one changes nothing; templates are
+//! written before the schedules that launch them. A table that says what the database
+//! already holds is left alone: no audit record, and a schedule keeps its cursor (an update
+//! would make it fire from now on, and a restart would lose the fires `catch_up` makes up).
+//! Templates and schedules no longer in the file stay as they are.
+
+use super::schedules::check_schedule;
+use super::templates::template_row;
+use super::{Actor, Engine, Error, ScheduleRequest, StartError};
+use crate::settings::{ScheduleSettings, Settings};
+use crate::store::{ScheduleRow, StoreError, TemplateRow};
+
+/// What [`Engine::apply_declared`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Declared {
+    /// `[[templates]]` tables in the file.
+    pub templates: usize,
+    /// `[[schedules]]` tables in the file.
+    pub schedules: usize,
+    /// Of those, how many were created or changed.
+    pub changed: usize,
+}
+
+impl From<&ScheduleSettings> for ScheduleRequest {
+    fn from(s: &ScheduleSettings) -> Self {
+        ScheduleRequest {
+            name: Some(s.name.clone()),
+            template: Some(s.template.clone()),
+            parameters: s.parameters.clone(),
+            cron: Some(s.cron.clone()),
+            timezone: s.timezone.clone(),
+            overlap: s.overlap.clone(),
+            catch_up: s.catch_up.clone(),
+            paused: s.paused,
+        }
+    }
+}
+
+/// Whether two rows of one template define the same thing.
+fn same_template(a: &TemplateRow, b: &TemplateRow) -> bool {
+    (
+        &a.description,
+        &a.spec,
+        &a.targets,
+        &a.strategy,
+        &a.parameters,
+    ) == (
+        &b.description,
+        &b.spec,
+        &b.targets,
+        &b.strategy,
+        &b.parameters,
+    )
+}
+
+/// The actor the audit records for what the file changed.
+fn file_actor() -> Actor {
+    Actor {
+        name: "settings-file".into(),
+        peer: None,
+    }
+}
+
+impl Engine {
+    /// Apply the file's `[[templates]]` and then its `[[schedules]]` (see the module's
+    /// doc). A schedule's template is one of the file's or one already saved.
+    pub async fn apply_declared(&self, settings: &Settings) -> Result<Declared, StartError> {
+        let limits = settings.jobs.limits();
+        let template_error =
+            |name: &str, e: Error| StartError::Declared(format!("[[templates]] {name:?}: {e}"));
+        let schedule_error =
+            |name: &str, e: Error| StartError::Declared(format!("[[schedules]] {name:?}: {e}"));
+        let mut rows = Vec::new();
+        for table in &settings.templates {
+            if rows.iter().any(|r: &TemplateRow| r.name == table.name) {
+                let e = Error::Invalid(crate::domain::FieldError::new("name", "is used twice"));
+                return Err(template_error(&table.name, e));
+            }
+            let row = template_row(table.to_request(), None, &limits)
+                .map_err(|e| template_error(&table.name, e))?;
+            rows.push(row);
+        }
+        for table in &settings.schedules {
+            if (settings.schedules.iter())
+                .filter(|s| s.name == table.name)
+                .count()
+                > 1
+            {
+                let e = Error::Invalid(crate::domain::FieldError::new("name", "is used twice"));
+                return Err(schedule_error(&table.name, e));
+            }
+            let params = match rows.iter().find(|r| r.name == table.template) {
+                Some(row) => row.params(),
+                None => self
+                    .template(&table.template)
+                    .await
+                    .map_err(|e| schedule_error(&table.name, e))?
+                    .params(),
+            };
+            check_schedule(&ScheduleRequest::from(table), Some(&params))
+                .map_err(|e| schedule_error(&table.name, e))?;
+        }
+
+        let actor = file_actor();
+        let mut changed = 0;
+        for (table, row) in settings.templates.iter().zip(&rows) {
+            let failed = |e| template_error(&table.name, e);
+            match self.store.get_template(table.name.clone()).await {
+                Ok(old) if same_template(&old, row) => continue,
+                Ok(old) => drop(
+                    (self
+                        .update_template(&actor, &old.id, table.to_request())
+                        .await)
+                        .map_err(failed)?,
+                ),
+                Err(StoreError::NotFound) => {
+                    drop((self.create_template(&actor, table.to_request()).await).map_err(failed)?)
+                }
+                Err(e) => return Err(failed(e.into())),
+            }
+            tracing::info!(name = %table.name, "template from the settings file applied");
+            changed += 1;
+        }
+        for table in &settings.schedules {
+            let request = ScheduleRequest::from(table);
+            let failed = |e| schedule_error(&table.name, e);
+            match self.store.get_schedule(table.name.clone()).await {
+                Ok(old) => {
+                    let new = (self.schedule_row(request, Some(&old)).await).map_err(failed)?;
+                    if self.same_schedule(&old, &new).map_err(failed)? {
+                        continue;
+                    }
+                    let request = ScheduleRequest::from(table);
+                    (self.update_schedule(&actor, &old.id, request).await).map_err(failed)?;
+                }
+                Err(StoreError::NotFound) => {
+                    (self.create_schedule(&actor, request).await).map_err(failed)?;
+                }
+                Err(e) => return Err(failed(e.into())),
+            }
+            tracing::info!(name = %table.name, "schedule from the settings file applied");
+            changed += 1;
+        }
+        Ok(Declared {
+            templates: settings.templates.len(),
+            schedules: settings.schedules.len(),
+            changed,
+        })
+    }
+
+    /// Whether two rows of one schedule define the same thing (secret values compared
+    /// opened: each sealing differs).
+    fn same_schedule(&self, a: &ScheduleRow, b: &ScheduleRow) -> Result<bool, Error> {
+        let shown = |r: &ScheduleRow| {
+            let ScheduleRow {
+                template_id,
+                parameters,
+                cron,
+                timezone,
+                overlap,
+                catch_up_secs,
+                paused,
+                ..
+            } = r;
+            (
+                template_id.clone(),
+                parameters.clone(),
+                cron.clone(),
+                timezone.clone(),
+                overlap.clone(),
+                *catch_up_secs,
+                *paused,
+            )
+        };
+        Ok(shown(a) == shown(b)
+            && self.store.schedule_secret_params(a)? == self.store.schedule_secret_params(b)?)
+    }
+}
