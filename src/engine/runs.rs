@@ -51,6 +51,9 @@ pub(crate) struct Origin {
     pub parameters: Option<String>,
     /// Its secret parameters' environment (sealed with the run, never shown).
     pub secret_env: std::collections::BTreeMap<String, String>,
+    /// The run's id, chosen beforehand (a schedule's fire names its run before launching
+    /// it, so a second launch of the fire cannot make a second run); none: a new one.
+    pub run_id: Option<String>,
 }
 
 /// Which hosts a rerun takes.
@@ -81,7 +84,7 @@ impl Engine {
         let hosts = self.resolve_targets(&new.targets).await?;
         new.strategy.validate(hosts.len())?;
         let s = new.strategy;
-        let id = uuid::Uuid::now_v7().to_string();
+        let id = (origin.run_id.clone()).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let sealed_env = (!origin.secret_env.is_empty())
             .then(|| self.store.seal_run_env(&id, &origin.secret_env))
             .transpose()?;
@@ -292,6 +295,7 @@ impl Engine {
             template_id: old.row.template_id.clone(),
             parameters: old.row.parameters.clone(),
             secret_env: self.store.run_secret_env(&old.row)?,
+            run_id: None,
         };
         self.create_run(actor, new, Some(old.row.id), origin).await
     }

@@ -8,8 +8,11 @@
 //! What a claimed fire does is decided by `overlap` against the schedule's runs still
 //! going.
 //!
-//! A process that dies between claiming a fire and launching its run loses that fire (it
-//! stays `claimed`): at most once, never twice.
+//! A fire names its run (an id chosen before the run is made) before launching it. A process
+//! that dies between claiming a fire and settling it leaves it `claimed`; after [`STALE`]
+//! another process takes it over: it finds the run if it was made, launches it under the
+//! same id if not (the database refuses a second run of that id), or, when the fire is now
+//! outside `catch_up`, records it `failed`. So each fire launches once, or says why not.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -30,6 +33,11 @@ const TICK: Duration = Duration::from_millis(500);
 const ON_TIME: i64 = 5_000_000;
 /// Most fires one schedule makes up in one look.
 const MAKE_UP_CAP: usize = 100;
+/// A fire claimed this long ago and still not settled was lost with the process that
+/// claimed it: another process takes it over.
+const STALE: i64 = 30_000_000;
+/// Looks for lost fires every this many ticks.
+const RECOVER_EVERY: u32 = 20;
 
 /// `POST /schedules`, `PUT /schedules/{id}`.
 #[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
@@ -302,14 +310,76 @@ impl Engine {
         ))
     }
 
-    /// Fire what is due now, for every schedule not paused.
-    async fn fire_due(&self, worker: &str) -> Result<(), Error> {
-        for row in self.store.list_schedules().await? {
+    /// Fire what is due now, for every schedule not paused; with `recover`, take over the
+    /// fires whose process died first.
+    async fn fire_due(&self, worker: &str, recover: bool) -> Result<(), Error> {
+        let rows = self.store.list_schedules().await?;
+        if recover {
+            self.recover_lost(&rows, worker).await?;
+        }
+        for row in rows {
             if row.paused {
                 continue;
             }
             if let Err(e) = self.fire_schedule(&row, worker).await {
                 tracing::warn!(schedule = %row.name, error = %e, "cannot fire the schedule yet");
+            }
+        }
+        Ok(())
+    }
+
+    /// Take over the fires claimed more than [`STALE`] ago and never settled, and finish
+    /// them as their claimer would have.
+    async fn recover_lost(&self, rows: &[ScheduleRow], worker: &str) -> Result<(), Error> {
+        let now = Micros::now().0;
+        for lost in self.store.stale_fires(now - STALE).await? {
+            let Some(row) = rows.iter().find(|r| r.id == lost.schedule_id) else {
+                continue;
+            };
+            let taken = self.store.reclaim_fire(
+                row.id.clone(),
+                lost.fire_at,
+                "claimed",
+                Some(lost.claimed_at),
+                worker.to_string(),
+            );
+            if !taken.await? {
+                continue;
+            }
+            tracing::warn!(schedule = %row.name, fire_at = %Micros(lost.fire_at),
+                claimed_by = %lost.claimed_by, "taking over a fire its process did not finish");
+            let window = (row.catch_up_secs.saturating_mul(1_000_000)).max(ON_TIME);
+            let made = match &lost.run_id {
+                Some(id) => self.store.run_exists(id.clone()).await?,
+                None => false,
+            };
+            let settle = |status, detail: String| {
+                self.store.settle_fire(
+                    row.id.clone(),
+                    lost.fire_at,
+                    "claimed",
+                    status,
+                    lost.run_id.clone().filter(|_| made),
+                    Some(detail),
+                )
+            };
+            if made {
+                settle("launched", format!("settled for {}", lost.claimed_by)).await?;
+            } else if row.paused {
+                settle(
+                    "failed",
+                    "lost with its process; the schedule is paused".into(),
+                )
+                .await?;
+            } else if lost.fire_at < now - window {
+                let detail = format!(
+                    "lost with the process that claimed it ({}); too late to make up \
+                     (catch_up is {}s)",
+                    lost.claimed_by, row.catch_up_secs
+                );
+                settle("failed", detail).await?;
+            } else if let Some((_, _, overlap)) = row.parsed() {
+                self.decide(row, overlap, lost.fire_at).await?;
             }
         }
         Ok(())
@@ -328,7 +398,7 @@ impl Engine {
             && going.is_empty()
             && self
                 .store
-                .settle_fire(row.id.clone(), q.fire_at, "queued", "claimed", None, None)
+                .reclaim_fire(row.id.clone(), q.fire_at, "queued", None, worker.into())
                 .await?
         {
             self.launch_fire(row, q.fire_at).await?;
@@ -345,47 +415,73 @@ impl Engine {
             };
             let won = self.store.claim_fire(fire).await?;
             self.store.advance_cursor(row.id.clone(), at.0).await?;
-            if !won {
-                continue;
-            }
-            // Only the policies that look at the runs still going read them.
-            let (going, queued) = match overlap {
-                Overlap::Allow => (Vec::new(), None),
-                _ => self.store.schedule_activity(row.id.clone()).await?,
-            };
-            let busy = !going.is_empty();
-            let settle = |status, detail: &str| {
-                let detail = Some(detail.to_string());
-                self.store
-                    .settle_fire(row.id.clone(), at.0, "claimed", status, None, detail)
-            };
-            match overlap {
-                Overlap::Skip if busy => {
-                    settle("skipped", "the previous run was still going").await?;
-                    tracing::info!(schedule = %row.name, fire_at = %at, "fire skipped: the previous run is still going");
-                }
-                Overlap::QueueOne if busy && queued.is_some() => {
-                    settle("skipped", "a fire was already waiting").await?;
-                }
-                Overlap::QueueOne if busy => {
-                    settle("queued", "waits for the previous run").await?;
-                }
-                Overlap::CancelPrevious if busy => {
-                    for id in going {
-                        if let Ok(id) = id.parse() {
-                            let _ = self.cancel_run(&schedule_actor(row), RunId(id)).await;
-                        }
-                    }
-                    self.launch_fire(row, at.0).await?;
-                }
-                _ => self.launch_fire(row, at.0).await?,
+            if won {
+                self.decide(row, overlap, at.0).await?;
             }
         }
         Ok(())
     }
 
+    /// What the claimed fire at `at` does: `overlap` against the schedule's runs going.
+    async fn decide(&self, row: &ScheduleRow, overlap: Overlap, at: i64) -> Result<(), Error> {
+        let at = Micros(at);
+        // Only the policies that look at the runs still going read them.
+        let (going, queued) = match overlap {
+            Overlap::Allow => (Vec::new(), None),
+            _ => self.store.schedule_activity(row.id.clone()).await?,
+        };
+        let busy = !going.is_empty();
+        let settle = |status, detail: &str| {
+            let detail = Some(detail.to_string());
+            self.store
+                .settle_fire(row.id.clone(), at.0, "claimed", status, None, detail)
+        };
+        match overlap {
+            Overlap::Skip if busy => {
+                settle("skipped", "the previous run was still going").await?;
+                tracing::info!(schedule = %row.name, fire_at = %at, "fire skipped: the previous run is still going");
+            }
+            Overlap::QueueOne if busy && queued.is_some() => {
+                settle("skipped", "a fire was already waiting").await?;
+            }
+            Overlap::QueueOne if busy => {
+                settle("queued", "waits for the previous run").await?;
+            }
+            Overlap::CancelPrevious if busy => {
+                for id in going {
+                    if let Ok(id) = id.parse() {
+                        let _ = self.cancel_run(&schedule_actor(row), RunId(id)).await;
+                    }
+                }
+                self.launch_fire(row, at.0).await?;
+            }
+            _ => self.launch_fire(row, at.0).await?,
+        }
+        Ok(())
+    }
+
     /// Launch the run of a claimed fire and record it (`launched`, or `failed` and why).
+    /// The run's id is written into the fire first: whoever finishes the fire (this process,
+    /// or one taking it over) launches that one run or finds it made.
     async fn launch_fire(&self, row: &ScheduleRow, fire_at: i64) -> Result<(), Error> {
+        let candidate = uuid::Uuid::now_v7().to_string();
+        let Some(run_id) = (self.store.name_fire_run(row.id.clone(), fire_at, candidate)).await?
+        else {
+            return Ok(()); // no longer claimed: another process settled it
+        };
+        if self.store.run_exists(run_id.clone()).await? {
+            self.store
+                .settle_fire(
+                    row.id.clone(),
+                    fire_at,
+                    "claimed",
+                    "launched",
+                    Some(run_id),
+                    None,
+                )
+                .await?;
+            return Ok(());
+        }
         let plain: BTreeMap<String, Value> =
             serde_json::from_str(&row.parameters).unwrap_or_default();
         let mut given = plain;
@@ -398,10 +494,20 @@ impl Engine {
         };
         let extra = BTreeMap::from([("JOBEXEC_FIRE_AT".to_string(), Micros(fire_at).to_rfc3339())]);
         let launched = self
-            .launch_with(&schedule_actor(row), &row.template_id, request, extra)
+            .launch_with(
+                &schedule_actor(row),
+                &row.template_id,
+                request,
+                extra,
+                Some(run_id.clone()),
+            )
             .await;
         let (status, run_id, detail) = match launched {
             Ok(run) => ("launched", Some(run.row.id), None),
+            // Made meanwhile by a process that took the fire over.
+            Err(_) if self.store.run_exists(run_id.clone()).await? => {
+                ("launched", Some(run_id), None)
+            }
             Err(e) => {
                 tracing::warn!(schedule = %row.name, error = %e, "the schedule's launch was refused");
                 ("failed", None, Some(e.to_string()))
@@ -419,9 +525,9 @@ impl Engine {
         let worker = self.settings.worker.worker_id();
         actix::spawn(async move {
             let mut tick = tokio::time::interval(TICK);
-            loop {
+            for n in 0u32.. {
                 tick.tick().await;
-                if let Err(e) = engine.fire_due(&worker).await {
+                if let Err(e) = engine.fire_due(&worker, n % RECOVER_EVERY == 0).await {
                     tracing::debug!(error = %e, "cannot read the schedules");
                 }
             }

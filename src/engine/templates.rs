@@ -162,17 +162,19 @@ impl Engine {
         name_or_id: &str,
         request: LaunchRequest,
     ) -> Result<Run, Error> {
-        self.launch_with(actor, name_or_id, request, BTreeMap::new())
+        self.launch_with(actor, name_or_id, request, BTreeMap::new(), None)
             .await
     }
 
-    /// [`Engine::launch`], the jobs also seeing `extra` (a schedule's fire time).
+    /// [`Engine::launch`], the jobs also seeing `extra` (a schedule's fire time), the run
+    /// under `run_id` when given.
     pub(super) async fn launch_with(
         &self,
         actor: &Actor,
         name_or_id: &str,
         request: LaunchRequest,
         extra: BTreeMap<String, String>,
+        run_id: Option<String>,
     ) -> Result<Run, Error> {
         let tpl = self.template(name_or_id).await?;
         let given = request.parameters.unwrap_or_default();
@@ -193,6 +195,7 @@ impl Engine {
             template_id: Some(tpl.id.clone()),
             parameters: Some(serde_json::to_string(&launch.values).unwrap_or_default()),
             secret_env: launch.secret_env,
+            run_id,
         };
         self.create_run(actor, new, None, origin).await
     }

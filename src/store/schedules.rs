@@ -213,6 +213,82 @@ impl Store {
         .await
     }
 
+    /// Take a fire over: from status `from` (and, when given, still claimed at
+    /// `claimed_at`: nobody took it over first) to `claimed` by `me`, now. `true` when this
+    /// call took it.
+    pub async fn reclaim_fire(
+        &self,
+        schedule_id: String,
+        fire_at: i64,
+        from: &'static str,
+        claimed_at: Option<i64>,
+        me: String,
+    ) -> Result<bool, StoreError> {
+        self.run(move |conn| {
+            let fire = schedule_fires::table
+                .find((&schedule_id, fire_at))
+                .filter(schedule_fires::status.eq(from));
+            let set = (
+                schedule_fires::status.eq("claimed"),
+                schedule_fires::claimed_by.eq(&me),
+                schedule_fires::claimed_at.eq(crate::domain::Micros::now().0),
+            );
+            let n = match claimed_at {
+                Some(at) => diesel::update(fire.filter(schedule_fires::claimed_at.eq(at)))
+                    .set(set)
+                    .execute(conn)?,
+                None => diesel::update(fire).set(set).execute(conn)?,
+            };
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Fires still `claimed` that were claimed before `before`.
+    pub async fn stale_fires(&self, before: i64) -> Result<Vec<FireRow>, StoreError> {
+        self.run(move |conn| {
+            Ok(schedule_fires::table
+                .filter(schedule_fires::status.eq("claimed"))
+                .filter(schedule_fires::claimed_at.lt(before))
+                .select(FireRow::as_select())
+                .load(conn)?)
+        })
+        .await
+    }
+
+    /// The run a claimed fire launches: `candidate` unless it already names one. `None` when
+    /// the fire is no longer claimed.
+    pub async fn name_fire_run(
+        &self,
+        schedule_id: String,
+        fire_at: i64,
+        candidate: String,
+    ) -> Result<Option<String>, StoreError> {
+        self.run(move |conn| {
+            let fire = schedule_fires::table
+                .find((&schedule_id, fire_at))
+                .filter(schedule_fires::status.eq("claimed"));
+            diesel::update(fire.filter(schedule_fires::run_id.is_null()))
+                .set(schedule_fires::run_id.eq(&candidate))
+                .execute(conn)?;
+            Ok(fire
+                .select(schedule_fires::run_id)
+                .first::<Option<String>>(conn)
+                .optional()?
+                .flatten())
+        })
+        .await
+    }
+
+    /// Whether a run with this id exists.
+    pub async fn run_exists(&self, id: String) -> Result<bool, StoreError> {
+        self.run(move |conn| {
+            let n: i64 = runs::table.find(&id).count().get_result(conn)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     /// Move a schedule's cursor forward to `to` (never back).
     pub async fn advance_cursor(&self, id: String, to: i64) -> Result<(), StoreError> {
         self.run(move |conn| {

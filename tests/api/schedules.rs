@@ -468,3 +468,112 @@ db_test!(
         }
     }
 );
+
+/// Run `sql` on the test database directly: how a test leaves behind what a process killed
+/// mid-step would have (a fault no request can make at a chosen instant).
+fn execute(db: &TestDb, sql: &str) {
+    use diesel::{Connection, RunQueryDsl};
+    match db.kind() {
+        Db::Sqlite => {
+            let mut c = diesel::SqliteConnection::establish(&db.url).unwrap();
+            diesel::sql_query(sql).execute(&mut c).unwrap();
+        }
+        Db::Postgres => {
+            let mut c = diesel::PgConnection::establish(&db.url).unwrap();
+            diesel::sql_query(sql).execute(&mut c).unwrap();
+        }
+    }
+}
+
+db_test!(
+    a_fire_whose_process_died_after_claiming_it_is_taken_over_once,
+    |db: TestDb| async move {
+        let app = TestApp::start(&db, &[]).await;
+        let host = TestHost::start().await;
+        let dir = shared_dir();
+        let ledger = dir.path().join("ledger");
+        setup(&app, &host, &ledger, "").await;
+        // Once a year: nothing fires by itself while the test runs.
+        let (status, s) = app
+            .post(
+                "/api/v1/schedules",
+                &json!({"name": "yearly", "template": "t", "cron": "0 0 0 1 1 *",
+                        "catch_up": "1h", "overlap": "allow"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{s}");
+        let id = s["id"].as_str().unwrap();
+        // A run a dead process made but never recorded in its fire.
+        let (status, made) = app.post("/api/v1/templates/t/launch", &json!({})).await;
+        assert_eq!(status, 201, "{made}");
+        let made = made["id"].as_str().unwrap();
+        // What three processes killed between claiming and settling a fire left: one fire
+        // inside catch_up with no run, one that had named and made its run, one outside
+        // catch_up. Claimed 60 s ago, so they are stale.
+        let now = chrono::Utc::now().timestamp_micros() / 1_000_000 * 1_000_000;
+        let (inside, named, outside) = (now - 40_000_000, now - 41_000_000, now - 7_200_000_000);
+        let claimed = now - 60_000_000;
+        for (at, run) in [
+            (inside, "NULL".to_string()),
+            (named, format!("'{made}'")),
+            (outside, "NULL".into()),
+        ] {
+            execute(
+                &db,
+                &format!(
+                    "INSERT INTO schedule_fires (schedule_id, fire_at, status, run_id, detail, \
+                     claimed_by, claimed_at) VALUES ('{id}', {at}, 'claimed', {run}, NULL, \
+                     'killed-worker', {claimed})"
+                ),
+            );
+        }
+        let status_of = |s: &Value, at: i64| {
+            (s["last_fires"].as_array().unwrap().iter())
+                .find(|f| micros(f["fire_at"].as_str().unwrap()) == at)
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        let start = Instant::now();
+        let s = loop {
+            let (_, s) = app.get("/api/v1/schedules/yearly").await;
+            if [inside, named, outside]
+                .iter()
+                .all(|at| status_of(&s, *at)["status"] != "claimed")
+            {
+                break s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(25),
+                "not taken over: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let fire = status_of(&s, inside);
+        assert_eq!(fire["status"], "launched", "{s}");
+        let run = fire["run_id"].as_str().unwrap().to_string();
+        assert_ne!(run, made);
+        assert_eq!(status_of(&s, named)["status"], "launched", "{s}");
+        assert_eq!(
+            status_of(&s, named)["run_id"],
+            made,
+            "a second run was made: {s}"
+        );
+        let late = status_of(&s, outside);
+        assert_eq!(late["status"], "failed", "{s}");
+        assert!(
+            late["detail"].as_str().unwrap().contains("too late"),
+            "{late}"
+        );
+        // The taken-over fire ran once, with its own fire time; nothing runs it again.
+        crate::runs::wait_run(&app, &run).await;
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let counts = ledger_counts(&ledger);
+        let fired: Vec<i64> = (counts.keys().filter(|t| !t.is_empty()))
+            .map(|t| micros(t))
+            .collect();
+        assert_eq!(fired, [inside], "{counts:?}");
+        assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+        let (_, runs) = app.get("/api/v1/runs?limit=100").await;
+        assert_eq!(runs["runs"].as_array().unwrap().len(), 2, "{runs}");
+    }
+);
