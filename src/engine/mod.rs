@@ -33,6 +33,7 @@ mod runtime;
 mod schedules;
 mod servers;
 mod templates;
+pub mod views;
 
 use std::sync::Arc;
 

@@ -4,7 +4,6 @@ use actix_web::http::StatusCode;
 use actix_web::{Responder, web};
 use actix_web::{get, post};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
@@ -13,115 +12,10 @@ use super::{
     PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable, UnsupportedMediaType, job_id,
     optional_id, page_limit,
 };
-use crate::domain::{FieldError, JobKind, JobRequest, JobStatus, Micros};
+use crate::domain::{FieldError, JobKind, JobRequest, JobStatus};
+pub use crate::engine::views::JobView;
 use crate::error::ApiError;
-use crate::store::{JobFilter, JobRow};
-
-/// The job object of the API: what every job response, the `status` and `complete` events
-/// of the stream, and the lists carry. The output itself is not inline (see the output
-/// routes and the stream).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobView {
-    /// The job's id (UUID v7: ordered by submission).
-    #[schema(format = Uuid)]
-    pub id: String,
-    /// `command` or `script`.
-    pub kind: JobKind,
-    /// Command jobs: the program.
-    #[schema(required = true)]
-    pub command: Option<String>,
-    /// Arguments: appended to the command line, or the script's `$1…`.
-    #[schema(required = true)]
-    pub args: Option<String>,
-    /// Script jobs: the script text.
-    #[schema(required = true)]
-    pub script: Option<String>,
-    /// Script jobs: the interpreter.
-    #[schema(required = true)]
-    pub shell: Option<String>,
-    /// The server it runs on.
-    #[schema(format = Uuid)]
-    pub server_id: String,
-    /// Seconds allowed before it is stopped and ends `timed_out`.
-    pub timeout: i64,
-    /// Environment variables of the remote command.
-    #[schema(value_type = BTreeMap<String, String>)]
-    pub env: Value,
-    /// Working directory on the remote host.
-    #[schema(required = true)]
-    pub cwd: Option<String>,
-    /// Where the job is in its life; a terminal status never changes again.
-    pub status: JobStatus,
-    /// The remote command's exit code, null until known.
-    #[schema(required = true)]
-    pub exit_code: Option<i32>,
-    /// Null, or a sentence saying why the job failed, was canceled or timed out.
-    #[schema(required = true)]
-    pub error: Option<String>,
-    /// When it was submitted.
-    pub created_at: Micros,
-    /// When a worker started it.
-    #[schema(required = true)]
-    pub started_at: Option<Micros>,
-    /// When it ended.
-    #[schema(required = true)]
-    pub finished_at: Option<Micros>,
-    /// The job this one was duplicated from.
-    #[schema(required = true, format = Uuid)]
-    pub duplicated_from: Option<String>,
-    /// The worker process that ran it.
-    #[schema(required = true)]
-    pub worker: Option<String>,
-    /// The submission's idempotency key.
-    #[schema(required = true)]
-    pub idempotency_key: Option<String>,
-    /// Whether it may be re-run when its worker is lost mid-run.
-    pub retry_safe: bool,
-    /// How many times a worker claimed it.
-    pub attempts: i32,
-    /// Whether a cancel was asked for.
-    pub cancel_requested: bool,
-    /// Output bytes stored.
-    pub output_bytes: i64,
-    /// Whether the output was cut at the configured cap.
-    pub output_truncated: bool,
-    /// The run this job is one host of (null: a job of its own).
-    #[schema(required = true, format = Uuid)]
-    pub run_id: Option<String>,
-}
-
-impl JobView {
-    /// The view of a stored job.
-    pub fn of(row: &JobRow) -> Self {
-        JobView {
-            id: row.id.clone(),
-            kind: row.kind,
-            command: row.command.clone(),
-            args: row.args.clone(),
-            script: row.script.clone(),
-            shell: row.shell.clone(),
-            server_id: row.server_id.clone(),
-            timeout: row.timeout_secs,
-            env: serde_json::from_str(&row.env).unwrap_or_else(|_| json!({})),
-            cwd: row.cwd.clone(),
-            status: row.status,
-            exit_code: row.exit_code,
-            error: row.error.clone(),
-            created_at: Micros(row.created_at),
-            started_at: row.started_at.map(Micros),
-            finished_at: row.finished_at.map(Micros),
-            duplicated_from: row.duplicated_from.clone(),
-            worker: row.worker.clone(),
-            idempotency_key: row.caller_idempotency_key().map(str::to_string),
-            retry_safe: row.retry_safe,
-            attempts: row.attempts,
-            cancel_requested: row.cancel_requested,
-            output_bytes: row.output_bytes,
-            output_truncated: row.output_truncated,
-            run_id: row.run_id.clone(),
-        }
-    }
-}
+use crate::store::JobFilter;
 
 /// A submit's answer: 201 with the new job, or 200 with the job an earlier submit with the
 /// same idempotency key made.
