@@ -352,3 +352,14 @@ impl RunView {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_are_written_as_numbers_or_percentages() {
+        assert_eq!(amount(Amount::Count(2)), json!(2));
+        assert_eq!(amount(Amount::Percent(25)), json!("25%"));
+    }
+}

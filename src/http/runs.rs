@@ -259,14 +259,3 @@ pub async fn run_summary(
         .collect();
     Ok(web::Json(views))
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn amounts_are_written_as_numbers_or_percentages() {
-        assert_eq!(amount(Amount::Count(2)), json!(2));
-        assert_eq!(amount(Amount::Percent(25)), json!("25%"));
-    }
-}
