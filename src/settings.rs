@@ -39,6 +39,8 @@ pub struct Settings {
     pub secrets: SecretSettings,
     /// Request rate and stream limits.
     pub limits: LimitSettings,
+    /// Webhook deliveries.
+    pub webhooks: WebhookSettings,
     /// Servers declared in the file (`[[servers]]`), created or updated by name at start and
     /// on SIGHUP.
     #[serde(default)]
@@ -312,6 +314,21 @@ impl ServerSettings {
             ..Default::default()
         })
     }
+}
+
+/// `[webhooks]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    /// Attempts per delivery before it is `failed`.
+    pub max_attempts: u32,
+    /// Seconds one attempt may take.
+    pub timeout_secs: u64,
+    /// Attempts in flight at once in this process.
+    pub concurrency: usize,
+    /// Attempts in flight at once per webhook.
+    pub per_webhook: usize,
+    /// The wait before the first retry (ms); each retry waits twice the last.
+    pub retry_base_ms: u64,
 }
 
 /// `[auth]`

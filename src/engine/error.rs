@@ -21,6 +21,10 @@ pub enum Subject {
     Template(String),
     /// A schedule, by name or id.
     Schedule(String),
+    /// A webhook, by name or id.
+    Webhook(String),
+    /// A webhook's delivery, by id.
+    Delivery(String),
 }
 
 impl fmt::Display for Subject {
@@ -32,6 +36,8 @@ impl fmt::Display for Subject {
             Self::Run(id) => write!(f, "run {id}"),
             Self::Template(name) => write!(f, "template {name:?}"),
             Self::Schedule(name) => write!(f, "schedule {name:?}"),
+            Self::Webhook(name) => write!(f, "webhook {name:?}"),
+            Self::Delivery(id) => write!(f, "delivery {id}"),
         }
     }
 }

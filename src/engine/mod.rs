@@ -34,6 +34,7 @@ mod schedules;
 mod servers;
 mod templates;
 pub mod views;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -50,6 +51,7 @@ pub use runtime::{Role, Runtime, StartError};
 pub use schedules::{Schedule, ScheduleRequest, check_schedule};
 pub use servers::{Tested, apply_servers, ensure_default_server};
 pub use templates::{LaunchRequest, template_row};
+pub use webhooks::{EVENTS, WebhookFilter, WebhookRequest, signature};
 
 pub use crate::domain::Actor;
 

@@ -124,6 +124,7 @@ impl Runtime {
                         return;
                     }
                     engine.spawn_run_driver();
+                    engine.spawn_deliverer();
                     if role.runs_jobs() {
                         engine.spawn_scheduler();
                     }

@@ -27,6 +27,7 @@ pub use openapi::{
 mod servers;
 mod stream;
 mod templates;
+mod webhooks;
 
 use std::sync::{Arc, LazyLock};
 
@@ -141,6 +142,13 @@ pub fn register(cfg: &mut ServiceConfig) {
         .service(schedules::delete_schedule)
         .service(schedules::pause_schedule)
         .service(schedules::resume_schedule)
+        .service(webhooks::list_webhooks)
+        .service(webhooks::create_webhook)
+        .service(webhooks::get_webhook)
+        .service(webhooks::update_webhook)
+        .service(webhooks::delete_webhook)
+        .service(webhooks::list_deliveries)
+        .service(webhooks::redeliver)
         .map(|api| {
             api.default_service(web::to(not_found))
                 .wrap(from_fn(auth::authenticate))

@@ -62,6 +62,7 @@ use crate::error::{ApiError, ErrorBody};
         (name = "servers", description = "The SSH servers jobs run on."),
         (name = "templates", description = "Saved run requests with typed parameters, launched by name."),
         (name = "schedules", description = "Templates launched on a cron timer, each fire time exactly once."),
+        (name = "webhooks", description = "Signed, retried deliveries of job, run and schedule events."),
         (name = "runs", description = "One command on many servers: labels, selectors, rolling batches, failure thresholds."),
         (name = "audit", description = "Who did what."),
         (name = "health", description = "Liveness and metrics; no token."),

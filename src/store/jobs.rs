@@ -366,20 +366,26 @@ impl Store {
         finish: Finish,
     ) -> Result<Option<JobRow>, StoreError> {
         self.run(move |conn| {
-            let n = diesel::update(
-                jobs::table
-                    .find(&id)
-                    .filter(jobs::status.eq_any(JobStatus::sources_of(finish.status))),
-            )
-            .set((
-                jobs::status.eq(finish.status),
-                jobs::exit_code.eq(finish.exit_code),
-                jobs::error.eq(finish.error),
-                jobs::finished_at.eq(Some(Micros::now().0)),
-                jobs::lease_expires_at.eq(None::<i64>),
-            ))
-            .execute(conn)?;
-            if_changed(conn, &id, n)
+            super::write_tx(conn, |conn| {
+                let n = diesel::update(
+                    jobs::table
+                        .find(&id)
+                        .filter(jobs::status.eq_any(JobStatus::sources_of(finish.status))),
+                )
+                .set((
+                    jobs::status.eq(finish.status),
+                    jobs::exit_code.eq(finish.exit_code),
+                    jobs::error.eq(finish.error),
+                    jobs::finished_at.eq(Some(Micros::now().0)),
+                    jobs::lease_expires_at.eq(None::<i64>),
+                ))
+                .execute(conn)?;
+                let row = if_changed(conn, &id, n)?;
+                if let Some(row) = &row {
+                    super::webhooks::job_ended(conn, row)?;
+                }
+                Ok(row)
+            })
         })
         .await
     }
@@ -390,37 +396,41 @@ impl Store {
         id: uuid::Uuid,
     ) -> Result<(CancelOutcome, JobRow), StoreError> {
         self.run(move |conn| {
-            let id = id.to_string();
-            let now = Micros::now().0;
-            let n = diesel::update(
-                jobs::table
-                    .find(&id)
-                    .filter(jobs::status.eq(JobStatus::Queued)),
-            )
-            .set((
-                jobs::status.eq(JobStatus::Canceled),
-                jobs::cancel_requested.eq(true),
-                jobs::error.eq(Some("canceled by request before it started")),
-                jobs::finished_at.eq(Some(now)),
-            ))
-            .execute(conn)?;
-            if n == 1 {
-                return Ok((CancelOutcome::CanceledQueued, find(conn, &id)?));
-            }
-            let n = diesel::update(
-                jobs::table
-                    .find(&id)
-                    .filter(jobs::status.eq(JobStatus::Running)),
-            )
-            .set(jobs::cancel_requested.eq(true))
-            .execute(conn)?;
-            let row = find(conn, &id)?;
-            let outcome = if n == 1 {
-                CancelOutcome::Requested
-            } else {
-                CancelOutcome::AlreadyFinished(row.status)
-            };
-            Ok((outcome, row))
+            super::write_tx(conn, |conn| {
+                let id = id.to_string();
+                let now = Micros::now().0;
+                let n = diesel::update(
+                    jobs::table
+                        .find(&id)
+                        .filter(jobs::status.eq(JobStatus::Queued)),
+                )
+                .set((
+                    jobs::status.eq(JobStatus::Canceled),
+                    jobs::cancel_requested.eq(true),
+                    jobs::error.eq(Some("canceled by request before it started")),
+                    jobs::finished_at.eq(Some(now)),
+                ))
+                .execute(conn)?;
+                if n == 1 {
+                    let row = find(conn, &id)?;
+                    super::webhooks::job_ended(conn, &row)?;
+                    return Ok((CancelOutcome::CanceledQueued, row));
+                }
+                let n = diesel::update(
+                    jobs::table
+                        .find(&id)
+                        .filter(jobs::status.eq(JobStatus::Running)),
+                )
+                .set(jobs::cancel_requested.eq(true))
+                .execute(conn)?;
+                let row = find(conn, &id)?;
+                let outcome = if n == 1 {
+                    CancelOutcome::Requested
+                } else {
+                    CancelOutcome::AlreadyFinished(row.status)
+                };
+                Ok((outcome, row))
+            })
         })
         .await
     }
@@ -647,14 +657,21 @@ impl Store {
                         continue;
                     }
                 }
-                let n = diesel::update(still_expired)
-                    .set((
-                        jobs::status.eq(JobStatus::Failed),
-                        jobs::error.eq(Some(error.clone())),
-                        jobs::finished_at.eq(Some(now)),
-                        jobs::lease_expires_at.eq(None::<i64>),
-                    ))
-                    .execute(conn)?;
+                let n = super::write_tx(conn, |conn| {
+                    let n = diesel::update(still_expired)
+                        .set((
+                            jobs::status.eq(JobStatus::Failed),
+                            jobs::error.eq(Some(error.clone())),
+                            jobs::finished_at.eq(Some(now)),
+                            jobs::lease_expires_at.eq(None::<i64>),
+                        ))
+                        .execute(conn)?;
+                    if n == 1 {
+                        let row = find(conn, &id)?;
+                        super::webhooks::job_ended(conn, &row)?;
+                    }
+                    Ok::<_, StoreError>(n)
+                })?;
                 if n == 1 {
                     reaped.push(lost);
                 }

@@ -16,6 +16,7 @@ pub mod schema;
 mod servers;
 mod templates;
 mod types;
+mod webhooks;
 pub use servers::{UpdateError, Updated};
 
 pub use audit::{AuditEntry, AuditFilter, AuditRow};
@@ -24,6 +25,7 @@ pub use models::{ServerRow, server_secrets};
 pub use runs::{Advanced, Run, RunFilter, RunHost, RunHostRow, RunRow};
 pub use schedules::{FireRow, ScheduleRow};
 pub use templates::TemplateRow;
+pub use webhooks::{Attempt, DeliveryRow, WebhookRow, envelope};
 
 use std::time::Duration;
 

@@ -360,6 +360,9 @@ fn advance(
                 diesel::insert_into(jobs::table)
                     .values(&job)
                     .execute(conn)?;
+                if job.status != JobStatus::Queued {
+                    super::webhooks::job_ended(conn, &job)?;
+                }
                 changed = true;
                 if job.status == JobStatus::Queued {
                     done.admitted.push(job);
@@ -382,7 +385,9 @@ fn advance(
             diesel::update(runs::table.find(id))
                 .set((runs::status.eq(end), runs::finished_at.eq(Some(now))))
                 .execute(conn)?;
-            done.finished = Some(find(conn, id)?);
+            let finished = find(conn, id)?;
+            super::webhooks::run_finished(conn, &finished)?;
+            done.finished = Some(finished);
             return Ok(done);
         }
         if !changed {

@@ -197,18 +197,23 @@ impl Store {
         detail: Option<String>,
     ) -> Result<bool, StoreError> {
         self.run(move |conn| {
-            let n = diesel::update(
-                schedule_fires::table
-                    .find((&schedule_id, fire_at))
-                    .filter(schedule_fires::status.eq(from)),
-            )
-            .set((
-                schedule_fires::status.eq(status),
-                schedule_fires::run_id.eq(run_id),
-                schedule_fires::detail.eq(detail),
-            ))
-            .execute(conn)?;
-            Ok(n == 1)
+            super::write_tx(conn, |conn| {
+                let n = diesel::update(
+                    schedule_fires::table
+                        .find((&schedule_id, fire_at))
+                        .filter(schedule_fires::status.eq(from)),
+                )
+                .set((
+                    schedule_fires::status.eq(status),
+                    schedule_fires::run_id.eq(run_id),
+                    schedule_fires::detail.eq(&detail),
+                ))
+                .execute(conn)?;
+                if n == 1 && status == "skipped" {
+                    super::webhooks::fire_skipped(conn, &schedule_id, fire_at, detail.as_deref())?;
+                }
+                Ok(n == 1)
+            })
         })
         .await
     }

@@ -158,6 +158,39 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    webhooks (id) {
+        id -> Text,
+        name -> Text,
+        url -> Text,
+        events -> Text,
+        selector -> Nullable<Text>,
+        template_id -> Nullable<Text>,
+        sealed_secret -> Nullable<Binary>,
+        active -> Bool,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Text,
+        webhook_id -> Text,
+        event -> Text,
+        subject_id -> Text,
+        at -> BigInt,
+        body -> Nullable<Text>,
+        status -> Text,
+        attempts -> Integer,
+        last_status_code -> Nullable<Integer>,
+        last_error -> Nullable<Text>,
+        next_attempt_at -> BigInt,
+        claimed_until -> Nullable<BigInt>,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(job_output -> jobs (job_id));
 diesel::joinable!(run_hosts -> runs (run_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -169,5 +202,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     run_hosts,
     templates,
     schedules,
-    schedule_fires
+    schedule_fires,
+    webhooks,
+    webhook_deliveries
 );

@@ -24,3 +24,4 @@ mod ssh_exec;
 mod ssh_test;
 mod stream;
 mod templates;
+mod webhooks;
