@@ -382,7 +382,7 @@ impl Store {
                 .execute(conn)?;
                 let row = if_changed(conn, &id, n)?;
                 if let Some(row) = &row {
-                    super::webhooks::job_ended(conn, row)?;
+                    super::outbox::job_ended(conn, row)?;
                 }
                 Ok(row)
             })
@@ -413,7 +413,7 @@ impl Store {
                 .execute(conn)?;
                 if n == 1 {
                     let row = find(conn, &id)?;
-                    super::webhooks::job_ended(conn, &row)?;
+                    super::outbox::job_ended(conn, &row)?;
                     return Ok((CancelOutcome::CanceledQueued, row));
                 }
                 let n = diesel::update(
@@ -668,7 +668,7 @@ impl Store {
                         .execute(conn)?;
                     if n == 1 {
                         let row = find(conn, &id)?;
-                        super::webhooks::job_ended(conn, &row)?;
+                        super::outbox::job_ended(conn, &row)?;
                     }
                     Ok::<_, StoreError>(n)
                 })?;

@@ -10,6 +10,7 @@
 mod audit;
 mod jobs;
 mod models;
+mod outbox;
 mod runs;
 mod schedules;
 pub mod schema;
@@ -22,10 +23,10 @@ pub use servers::{UpdateError, Updated};
 pub use audit::{AuditEntry, AuditFilter, AuditRow};
 pub use jobs::{CancelOutcome, ChunkRow, Finish, JobFilter, JobRow, LostJob};
 pub use models::{ServerRow, server_secrets};
+pub use outbox::{Attempt, DeliveryRow, WebhookRow, envelope};
 pub use runs::{Advanced, Run, RunFilter, RunHost, RunHostRow, RunRow};
 pub use schedules::{FireRow, ScheduleRow};
 pub use templates::TemplateRow;
-pub use webhooks::{Attempt, DeliveryRow, WebhookRow, envelope};
 
 use std::time::Duration;
 

@@ -361,7 +361,7 @@ fn advance(
                     .values(&job)
                     .execute(conn)?;
                 if job.status != JobStatus::Queued {
-                    super::webhooks::job_ended(conn, &job)?;
+                    super::outbox::job_ended(conn, &job)?;
                 }
                 changed = true;
                 if job.status == JobStatus::Queued {
@@ -386,7 +386,7 @@ fn advance(
                 .set((runs::status.eq(end), runs::finished_at.eq(Some(now))))
                 .execute(conn)?;
             let finished = find(conn, id)?;
-            super::webhooks::run_finished(conn, &finished)?;
+            super::outbox::run_finished(conn, &finished)?;
             done.finished = Some(finished);
             return Ok(done);
         }

@@ -210,7 +210,7 @@ impl Store {
                 ))
                 .execute(conn)?;
                 if n == 1 && status == "skipped" {
-                    super::webhooks::fire_skipped(conn, &schedule_id, fire_at, detail.as_deref())?;
+                    super::outbox::fire_skipped(conn, &schedule_id, fire_at, detail.as_deref())?;
                 }
                 Ok(n == 1)
             })
