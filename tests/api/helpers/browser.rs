@@ -72,6 +72,8 @@ impl Browser {
         let serde_json::Value::Object(caps) = caps else {
             unreachable!()
         };
+        // hyper-rustls turns on aws-lc beside our ring: name the provider (once per process).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = fantoccini::ClientBuilder::rustls()
             .expect("a rustls connector")
             .capabilities(caps)
