@@ -11,7 +11,9 @@ use crate::actors::messages::{CancelJob, Delivery, StopReason};
 use crate::domain::{FieldError, JobId, JobKind, JobRequest, JobSpec, JobStatus};
 use crate::events::JobEvent;
 use crate::queue::rabbit::ControlMsg;
-use crate::store::{CancelOutcome, ChunkRow, JobFilter, JobRow, StoreError};
+use crate::store::{
+    CancelOutcome, ChunkPlace, ChunkRow, JobFilter, JobRow, OutputExtent, StoreError,
+};
 
 /// A submission's result.
 #[derive(Debug)]
@@ -227,6 +229,18 @@ impl Engine {
             .store
             .read_output_tail(job_id.to_string(), last, n)
             .await?)
+    }
+
+    /// How far job `job_id`'s stored output reaches: its last chunk's seq and the combined
+    /// output's length in bytes.
+    pub async fn output_extent(&self, job_id: &str) -> Result<OutputExtent, Error> {
+        Ok(self.store.output_extent(job_id.to_string()).await?)
+    }
+
+    /// The stored chunk of job `job_id` that holds byte `offset` of its combined output
+    /// (stdout and stderr in sequence order); `None` when no chunk starts at or before it.
+    pub async fn chunk_at(&self, job_id: &str, offset: i64) -> Result<Option<ChunkPlace>, Error> {
+        Ok(self.store.chunk_at(job_id.to_string(), offset).await?)
     }
 
     /// How many jobs are in each status, every status listed (one `GROUP BY`).

@@ -11,6 +11,7 @@
 mod audit;
 pub mod auth;
 mod body;
+mod dashboard;
 mod health;
 mod jobs;
 pub mod limits;
@@ -114,6 +115,7 @@ pub fn register(cfg: &mut ServiceConfig) {
         .service(output::job_logs)
         .service(output::job_stdout)
         .service(output::job_stderr)
+        .service(output::job_output)
         .service(stream::follow_job)
         .service(servers::list_servers)
         .service(servers::create_server)
@@ -159,7 +161,8 @@ pub fn register(cfg: &mut ServiceConfig) {
     cfg.service(api)
         // Outside /api/v1: no token (scrapers send none); they show nothing secret.
         .service(health::health)
-        .service(metrics::scrape);
+        .service(metrics::scrape)
+        .map(dashboard::routes);
 }
 
 /// Register every route on an actix-web app (or a scope of the embedding program's app).

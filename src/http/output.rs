@@ -1,4 +1,5 @@
-//! A job's stored output: `GET /jobs/{id}/logs` (JSON), `/stdout` and `/stderr` (raw bytes).
+//! A job's stored output: `GET /jobs/{id}/logs` (JSON), `/stdout` and `/stderr` (raw bytes),
+//! and `/output?offset=&limit=`, a byte range of the combined output (see [`job_output`]).
 //!
 //! Streamed, never built whole: the output is read from the database [`PAGE`] chunks at a
 //! time and sent as it is read, in frames of at most [`FRAME`] bytes through a channel of
@@ -26,7 +27,7 @@ use super::{
 use crate::domain::{FieldError, JobStatus, Micros, OutputStream};
 use crate::engine::{Engine, Error};
 use crate::error::ApiError;
-use crate::store::{ChunkRow, JobRow};
+use crate::store::{ChunkRow, JobRow, OutputExtent};
 
 /// Chunks per database read.
 const PAGE: i64 = 16;
@@ -34,6 +35,12 @@ const PAGE: i64 = 16;
 const FRAME: usize = 64 * 1024;
 /// Frames waiting for the client before the reader waits too.
 const IN_FLIGHT: usize = 4;
+/// Most bytes of output one range read returns.
+pub const MAX_RANGE: i64 = 4 * 1024 * 1024;
+/// Bytes of output a range read returns when it names no limit.
+const DEFAULT_RANGE: i64 = 1024 * 1024;
+/// A range record's header: the stream's code (1 byte) and the length (4 bytes, big-endian).
+const RECORD_HEADER: usize = 5;
 
 /// Query of `GET /jobs/{id}/logs`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -329,7 +336,7 @@ async fn respond(
 ) -> Result<HttpResponse, ApiError> {
     let permit = state.limits.heavy_read().await?;
     let last = state.engine.output_before(&job.id, i64::MAX, 1).await?;
-    let (tx, mut rx) = mpsc::channel(IN_FLIGHT);
+    let (tx, rx) = mpsc::channel(IN_FLIGHT);
     let writer = Writer {
         engine: state.engine.clone(),
         job_id: job.id.clone(),
@@ -341,10 +348,184 @@ async fn respond(
         writer.run(parts).await;
         drop(permit);
     });
-    let body = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     Ok(HttpResponse::Ok()
         .content_type(content_type)
-        .streaming(body))
+        .streaming(body_of(rx)))
+}
+
+/// A response body of the frames `rx` brings.
+fn body_of(
+    mut rx: mpsc::Receiver<Result<Bytes, io::Error>>,
+) -> impl futures::Stream<Item = Result<Bytes, io::Error>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Query of `GET /jobs/{id}/output`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RangeQuery {
+    /// The first byte to return, counted in the combined output (default 0). Past the end
+    /// the body is empty.
+    #[param(minimum = 0)]
+    offset: Option<i64>,
+    /// The most bytes of output to return (default 1048576, at most 4194304).
+    #[param(minimum = 1, maximum = 4194304)]
+    limit: Option<i64>,
+}
+
+/// The body of `GET /jobs/{id}/output`: records of `[stream: u8][length: u32 BE][bytes]`.
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[expect(
+    dead_code,
+    reason = "describes the bytes the range writer sends; never built"
+)]
+pub struct OutputRecords(Vec<u8>);
+
+/// The header of one record of a range: the stream's code, then the length big-endian.
+fn record_header(stream: OutputStream, len: usize) -> [u8; RECORD_HEADER] {
+    let [a, b, c, d] = (len as u32).to_be_bytes();
+    [stream.code() as u8, a, b, c, d]
+}
+
+/// Writes the bytes `[start, end)` of a job's combined output as records.
+struct RangeWriter {
+    engine: Engine,
+    job_id: String,
+    /// The stored output when the request came; later chunks are not read.
+    extent: OutputExtent,
+    start: i64,
+    end: i64,
+    framer: Framer,
+    tx: mpsc::Sender<Result<Bytes, io::Error>>,
+}
+
+impl RangeWriter {
+    async fn send(&mut self, data: &[u8]) -> Result<(), Stop> {
+        for frame in self.framer.push(data) {
+            self.tx.send(Ok(frame)).await.map_err(|_| Stop::Gone)?;
+        }
+        Ok(())
+    }
+
+    /// The records: from the chunk that holds `start`, page by page, up to `end`.
+    async fn records(&mut self) -> Result<(), Stop> {
+        if self.start >= self.end {
+            return Ok(());
+        }
+        let Some(first) = self.engine.chunk_at(&self.job_id, self.start).await? else {
+            return Ok(());
+        };
+        let (mut after, mut pos) = (first.seq - 1, first.byte_offset);
+        let upto = self.extent.last_seq;
+        loop {
+            let page = self.engine.output_page(&self.job_id, after, PAGE).await?;
+            for chunk in page.iter().filter(|c| c.seq <= upto) {
+                let len = chunk.data.len() as i64;
+                let (from, to) = (self.start.max(pos), self.end.min(pos + len));
+                if from < to {
+                    let piece = &chunk.data[(from - pos) as usize..(to - pos) as usize];
+                    self.send(&record_header(chunk.stream(), piece.len()))
+                        .await?;
+                    self.send(piece).await?;
+                }
+                pos += len;
+                if pos >= self.end {
+                    return Ok(());
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE as usize && last.seq < upto => after = last.seq,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    async fn run(mut self) {
+        match self.records().await {
+            Ok(()) => {
+                if let Some(rest) = self.framer.finish() {
+                    let _ = self.tx.send(Ok(rest)).await;
+                }
+            }
+            Err(Stop::Gone) => {}
+            Err(Stop::Failed(e)) => {
+                tracing::warn!(job_id = %self.job_id, error = %e, "cannot read a job's output");
+                let _ = self
+                    .tx
+                    .send(Err(io::Error::other("output unreadable")))
+                    .await;
+            }
+        }
+    }
+}
+
+/// A byte range of a job's output, stdout and stderr together
+///
+/// The bytes `[offset, offset + limit)` of the job's *combined* output — every chunk of
+/// stdout and stderr in the order they came, as stored (not necessarily UTF-8) — cut at what
+/// was stored when the request came. A client reads the whole output by asking again from
+/// `offset + ` the bytes it got, until `X-Output-Total`; a running job's output grows.
+///
+/// The body is a run of records, one per stored chunk (or the part of it in the range):
+/// one byte for the stream (`0` stdout, `1` stderr), the piece's length in bytes as a
+/// 32-bit big-endian number, then the piece. A range may start or end inside a UTF-8
+/// character: a client decoding pieces carries the incomplete bytes over.
+#[utoipa::path(
+    operation_id = "get_job_output_range",
+    tag = "jobs",
+    params(("id" = uuid::Uuid, Path, description = "The job's id."), RangeQuery),
+    responses(
+        (status = 200, description = "Records of `[stream: u8][length: u32 big-endian][bytes]`, at most `limit` bytes of output in all.",
+            body = OutputRecords, content_type = "application/octet-stream",
+            headers(
+                ("X-Output-Offset" = i64, description = "The `offset` asked for: where the first record's bytes start."),
+                ("X-Output-Total" = i64, description = "The combined output's length in bytes when the request came."),
+                ("X-Output-Last-Seq" = i64, description = "The sequence number of the last chunk stored when the request came (-1: none); the stream's `Last-Event-ID` to follow what comes after."),
+            )),
+        Errors<(BadRequest, Unauthorized, NotFound, InvalidField, Unavailable)>,
+    )
+)]
+#[get("/jobs/{id}/output")]
+pub async fn job_output(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<RangeQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let offset = query.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(FieldError::new("offset", format!("{offset} is below 0")).into());
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_RANGE);
+    if !(1..=MAX_RANGE).contains(&limit) {
+        return Err(
+            FieldError::new("limit", format!("{limit} is not from 1 to {MAX_RANGE}")).into(),
+        );
+    }
+    let job = state.engine.job(job_id(&path)?).await?;
+    let permit = state.limits.heavy_read().await?;
+    let extent = state.engine.output_extent(&job.id).await?;
+    let (tx, rx) = mpsc::channel(IN_FLIGHT);
+    let writer = RangeWriter {
+        engine: state.engine.clone(),
+        job_id: job.id,
+        extent,
+        start: offset,
+        end: offset.saturating_add(limit).min(extent.end),
+        framer: Framer::default(),
+        tx,
+    };
+    actix_web::rt::spawn(async move {
+        writer.run().await;
+        drop(permit);
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .insert_header(("X-Output-Offset", offset.to_string()))
+        .insert_header(("X-Output-Total", extent.end.to_string()))
+        .insert_header(("X-Output-Last-Seq", extent.last_seq.to_string()))
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .streaming(body_of(rx)))
 }
 
 /// A job's output as JSON

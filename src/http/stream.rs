@@ -24,7 +24,8 @@ use tokio::sync::mpsc;
 
 use super::jobs::JobView;
 use super::{
-    AppState, BadRequest, Errors, NotFound, TooManyRequests, Unauthorized, Unavailable, job_id,
+    AppState, BadRequest, Errors, InvalidField, NotFound, TooManyRequests, Unauthorized,
+    Unavailable, job_id,
 };
 use crate::domain::{Micros, OutputStream};
 use crate::engine::Engine;
@@ -87,6 +88,17 @@ pub struct StreamHeaders {
     /// Resume after this output sequence number (the `id:` of the last event received).
     #[param(rename = "Last-Event-ID", minimum = -1, nullable = false)]
     last_event_id: Option<i64>,
+}
+
+/// The query of `GET /jobs/{id}/stream`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// Start after this output sequence number, as `Last-Event-ID` does (which wins when
+    /// both are sent): for a client that read the output so far another way (`EventSource`
+    /// cannot send the header on its first request).
+    #[param(minimum = -1)]
+    after: Option<i64>,
 }
 
 /// One event of the stream, as an SSE client parses it.
@@ -228,16 +240,18 @@ impl Sink for SseSink {
 /// the last output sequence number sent (`-1` before any): reconnecting with
 /// `Last-Event-ID` resumes exactly after it. A stream opened on a finished job replays its
 /// output and ends at once. Idle streams get a `: keep-alive` comment every 15 s.
+/// `?after=n` starts the first connection after seq `n`, as `Last-Event-ID: n` would.
 #[utoipa::path(
     operation_id = "stream_job",
     tag = "jobs",
     params(
         ("id" = uuid::Uuid, Path, description = "The job's id."),
         StreamHeaders,
+        StreamQuery,
     ),
     responses(
         (status = 200, description = "`text/event-stream` of `status`, `output` (data: `OutputEvent`) and `complete` events.", body = SseEvent, content_type = "text/event-stream"),
-        Errors<(BadRequest, Unauthorized, NotFound, TooManyRequests, Unavailable)>,
+        Errors<(BadRequest, Unauthorized, NotFound, InvalidField, TooManyRequests, Unavailable)>,
     )
 )]
 #[get("/jobs/{id}/stream")]
@@ -245,15 +259,23 @@ pub async fn follow_job(
     state: web::Data<AppState>,
     caller: web::ReqData<super::auth::Caller>,
     path: web::Path<String>,
+    query: web::Query<StreamQuery>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&path)?;
+    let after = match query.after {
+        None => -1,
+        Some(n) if n >= -1 => n,
+        Some(n) => {
+            return Err(crate::domain::FieldError::new("after", format!("{n} is below -1")).into());
+        }
+    };
     // Counted until the client's task ends (the job ended, or the client went away).
     let slot = state
         .limits
         .open_stream(&caller.limit_key(state.tokens.enabled()))?;
     let last = match req.headers().get("last-event-id") {
-        None => -1,
+        None => after,
         // Only ids this stream sent come back: anything else is a client's mistake.
         Some(v) => v
             .to_str()

@@ -98,7 +98,7 @@ impl JobRow {
 }
 
 /// An output chunk as stored.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = job_output)]
 pub struct ChunkRow {
     /// The job.
@@ -118,6 +118,56 @@ impl ChunkRow {
     pub fn stream(&self) -> OutputStream {
         OutputStream::from_code(self.stream)
     }
+}
+
+/// A chunk as inserted: a [`ChunkRow`] and where it starts in the combined output.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = job_output)]
+struct PlacedChunk<'a> {
+    job_id: &'a str,
+    seq: i64,
+    stream: i16,
+    data: &'a [u8],
+    at: i64,
+    byte_offset: i64,
+}
+
+/// How far a job's stored output reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputExtent {
+    /// The last chunk's sequence number (-1: none).
+    pub last_seq: i64,
+    /// The combined output's length in bytes: where the next chunk will start.
+    pub end: i64,
+}
+
+/// The chunk that holds a byte of the combined output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkPlace {
+    /// Its sequence number.
+    pub seq: i64,
+    /// Where it starts in the combined output.
+    pub byte_offset: i64,
+}
+
+/// How far job `id`'s stored output reaches (its last chunk's seq and end).
+fn extent_of(conn: &mut super::DbConnection, id: &str) -> QueryResult<OutputExtent> {
+    let last: Option<(i64, i64, Vec<u8>)> = job_output::table
+        .filter(job_output::job_id.eq(id))
+        .order(job_output::seq.desc())
+        .select((job_output::seq, job_output::byte_offset, job_output::data))
+        .first(conn)
+        .optional()?;
+    Ok(last.map_or(
+        OutputExtent {
+            last_seq: -1,
+            end: 0,
+        },
+        |(seq, start, data)| OutputExtent {
+            last_seq: seq,
+            end: start + data.len() as i64,
+        },
+    ))
 }
 
 /// List filters and paging.
@@ -488,8 +538,26 @@ impl Store {
             super::write_tx(conn, |conn| {
                 let bytes: i64 = chunks.iter().map(|c| c.data.len() as i64).sum();
                 let next = chunks.last().map(|c| c.seq + 1);
+                // Each chunk starts where the one before it ends (one writer per job, so
+                // the chunks come in sequence order).
+                let mut offset = extent_of(conn, &id)?.end;
+                let placed: Vec<PlacedChunk<'_>> = chunks
+                    .iter()
+                    .map(|c| {
+                        let start = offset;
+                        offset += c.data.len() as i64;
+                        PlacedChunk {
+                            job_id: &c.job_id,
+                            seq: c.seq,
+                            stream: c.stream,
+                            data: &c.data,
+                            at: c.at,
+                            byte_offset: start,
+                        }
+                    })
+                    .collect();
                 // Batch inserts are backend-specific in diesel: one statement per 200 chunks.
-                for part in chunks.chunks(200) {
+                for part in placed.chunks(200) {
                     match conn {
                         super::DbConnection::Pg(c) => diesel::insert_into(job_output::table)
                             .values(part)
@@ -539,6 +607,31 @@ impl Store {
                 .limit(limit)
                 .select(ChunkRow::as_select())
                 .load(conn)?)
+        })
+        .await
+    }
+
+    /// How far job `id`'s stored output reaches.
+    pub async fn output_extent(&self, id: String) -> Result<OutputExtent, StoreError> {
+        self.run(move |conn| Ok(extent_of(conn, &id)?)).await
+    }
+
+    /// The chunk of job `id` that holds byte `offset` of its combined output: the last one
+    /// that starts at or before it (`None`: no chunk does).
+    pub async fn chunk_at(
+        &self,
+        id: String,
+        offset: i64,
+    ) -> Result<Option<ChunkPlace>, StoreError> {
+        self.run(move |conn| {
+            Ok(job_output::table
+                .filter(job_output::job_id.eq(&id))
+                .filter(job_output::byte_offset.le(offset))
+                .order((job_output::byte_offset.desc(), job_output::seq.desc()))
+                .select((job_output::seq, job_output::byte_offset))
+                .first::<(i64, i64)>(conn)
+                .optional()?
+                .map(|(seq, byte_offset)| ChunkPlace { seq, byte_offset }))
         })
         .await
     }

@@ -21,7 +21,9 @@ mod webhooks;
 pub use servers::{UpdateError, Updated};
 
 pub use audit::{AuditEntry, AuditFilter, AuditRow};
-pub use jobs::{CancelOutcome, ChunkRow, Finish, JobFilter, JobRow, LostJob};
+pub use jobs::{
+    CancelOutcome, ChunkPlace, ChunkRow, Finish, JobFilter, JobRow, LostJob, OutputExtent,
+};
 pub use models::{ServerRow, server_secrets};
 pub use outbox::{Attempt, DeliveryRow, WebhookRow, envelope};
 pub use runs::{Advanced, Run, RunFilter, RunHost, RunHostRow, RunRow};

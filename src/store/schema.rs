@@ -65,6 +65,7 @@ diesel::table! {
         stream -> SmallInt,
         data -> Binary,
         at -> BigInt,
+        byte_offset -> BigInt,
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod browser_logs;
 mod conformance;
 mod daemon;
 mod distributed;
@@ -13,6 +14,7 @@ mod jobctl_runs;
 mod jobctl_templates;
 mod jobs;
 mod library;
+mod log_range;
 mod logs;
 mod metrics;
 mod openapi;

@@ -1,0 +1,2 @@
+DROP INDEX job_output_offset_idx;
+ALTER TABLE job_output DROP COLUMN byte_offset;
