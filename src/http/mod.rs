@@ -11,6 +11,7 @@
 mod audit;
 pub mod auth;
 mod body;
+pub mod dashboard;
 mod health;
 mod jobs;
 pub mod limits;
@@ -25,6 +26,7 @@ pub use openapi::{
     Unauthorized, Unavailable, UnsupportedMediaType,
 };
 mod servers;
+pub mod session;
 mod stream;
 mod templates;
 
@@ -51,6 +53,8 @@ pub struct AppState {
     pub tokens: Arc<auth::Tokens>,
     /// Per-caller rate and stream limits.
     pub limits: Arc<limits::Limits>,
+    /// The dashboard's sessions (in memory: a restart ends them).
+    pub sessions: Arc<session::Sessions>,
 }
 
 impl AppState {
@@ -67,6 +71,7 @@ impl AppState {
             engine,
             tokens: Arc::new(tokens),
             limits,
+            sessions: Arc::new(session::Sessions::default()),
         }
     }
 

@@ -4,8 +4,10 @@
 
 mod helpers;
 
+mod browser;
 mod conformance;
 mod daemon;
+mod dashboard;
 mod distributed;
 mod health;
 mod jobctl;

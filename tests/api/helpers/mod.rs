@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod jobctl;
 pub mod procs;
 pub mod sshd;
