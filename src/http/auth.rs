@@ -53,8 +53,7 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
-/// The SHA-256 of `bytes`.
-pub(super) fn sha256(bytes: &[u8]) -> [u8; 32] {
+fn sha256(bytes: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, bytes).as_ref());
     out
@@ -247,7 +246,7 @@ fn identify(req: &ServiceRequest, state: &AppState, peer: &str) -> Result<String
             "this API needs a token: send Authorization: Bearer TOKEN".into(),
         ));
     };
-    let Some(session) = state.sessions.find(&id, &state.tokens) else {
+    let Some(session) = state.session(&id) else {
         tracing::info!(peer = %peer, path = %req.path(), "request with an ended or unknown session refused");
         return Err(ApiError::Unauthorized(
             "the dashboard session has ended: log in again".into(),

@@ -204,7 +204,7 @@ async fn session_state(req: HttpRequest, state: web::Data<AppState>) -> HttpResp
             csrf_token: None,
         }
     } else {
-        let found = session::cookie_id(&req).and_then(|id| state.sessions.find(&id, &state.tokens));
+        let found = session::cookie_id(&req).and_then(|id| state.session(&id));
         SessionState {
             authenticated: found.is_some(),
             tokens_required: true,
@@ -250,7 +250,7 @@ async fn login(
 /// `DELETE /session`: log out; the session ends on the server, so its cookie is worthless.
 async fn logout(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if let Some(id) = session::cookie_id(&req)
-        && let Some(found) = state.sessions.find(&id, &state.tokens)
+        && let Some(found) = state.session(&id)
     {
         Sessions::check_change(&req, &found)?;
         state.sessions.close(&id);

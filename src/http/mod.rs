@@ -75,6 +75,11 @@ impl AppState {
         }
     }
 
+    /// The live dashboard session of the id `id` (its token still configured).
+    pub fn session(&self, id: &str) -> Option<session::Session> {
+        (self.sessions).find(id, |hash| self.tokens.verify_digest(hash).is_some())
+    }
+
     /// Take one submission from the caller's rate (429 past it).
     fn limit_submissions(&self, caller: &auth::Caller) -> Result<(), ApiError> {
         self.limits.submit(&caller.limit_key(self.tokens.enabled()))
