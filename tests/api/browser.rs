@@ -33,13 +33,24 @@ async fn type_into(b: &Browser, css: &str, text: &str) {
     el.send_keys(text).await.unwrap();
 }
 
+/// Click the element `css` (found again if the page re-rendered it meanwhile).
 async fn click(b: &Browser, css: &str) {
-    let el = b
-        .client
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"));
-    el.click().await.unwrap();
+    let mut tries = 0;
+    loop {
+        let found = b.client.find(Locator::Css(css)).await;
+        let clicked = match found {
+            Ok(el) => el.click().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(e) if tries >= 40 => panic!("{css}: {e}"),
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// Every input of the page has a label, and nothing but real buttons and links is clickable.
@@ -201,6 +212,31 @@ async fn a_runs_host_grid_updates_live() {
     )
     .await;
     b.screenshot("run").await;
+    // The run's jobs: the jobs list filtered by run (in the URL), the API's run_id filter.
+    let run = b.eval("return location.hash.slice('#/runs/'.length)").await;
+    let run = run.as_str().unwrap().to_string();
+    let (status, jobs) = app.get(&format!("/api/v1/jobs?run_id={run}")).await;
+    assert_eq!(status, 200, "{jobs}");
+    let jobs = jobs["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert!(jobs.iter().all(|j| j["run_id"] == run.as_str()));
+    let (status, none) = app
+        .get(&format!("/api/v1/jobs?run_id={}", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!((status, none["jobs"].as_array().unwrap().len()), (200, 0));
+    let (status, _) = app.get("/api/v1/jobs?run_id=nope").await;
+    assert_eq!(status, 422);
+    click(&b, &format!("a[href='#/jobs?run_id={run}']")).await;
+    b.wait_until(
+        "document.querySelectorAll('tr[data-job]').length === 2",
+        WAIT,
+    )
+    .await;
+    assert_eq!(
+        b.eval("return document.querySelector('#job-filters input[name=run_id]').value")
+            .await,
+        json!(run)
+    );
     b.goto(&app.url("/#/runs")).await;
     b.wait_until(
         "document.querySelectorAll('main tbody tr a').length === 1",
