@@ -254,7 +254,11 @@ async fn the_login_flow_with_tokens() {
         return;
     };
     let db = sqlite();
-    let app = TestApp::start(&db, &[("JOBEXEC_API_TOKENS", &format!("ops:{TOKEN}"))]).await;
+    let app = TestApp::start(&db, &[("JOBEXEC_API_TOKENS", &format!("ops:{TOKEN}"))])
+        .await
+        .with_token(TOKEN);
+    let host = TestHost::start().await;
+    let server = app.add_key_server("h", &host).await;
     b.goto(&app.url("/")).await;
     b.wait_until("document.querySelector('#login input[name=token]')", WAIT)
         .await;
@@ -311,7 +315,7 @@ async fn the_login_flow_with_tokens() {
     );
     b.screenshot("jobs-logged-in").await;
     // A cross-origin POST with the cookie (what another site's page would make): 403.
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::new(); // no token: only the cookie
     let body = json!({"name": "x", "hostname": "127.0.0.1", "user": "u", "auth_type": "password", "password": "p"});
     let cross = http
         .post(app.url("/api/v1/servers"))
@@ -335,6 +339,18 @@ async fn the_login_flow_with_tokens() {
     type_into(&b, "#server-form input[name=password]", "pw-0123").await;
     click(&b, "#server-form button[type=submit]").await;
     b.wait_until("/^#\\/servers\\/[0-9a-f-]{36}$/.test(location.hash)", WAIT)
+        .await;
+    // The job stream (EventSource) goes with the cookie too.
+    let (status, job) = app
+        .post(
+            "/api/v1/jobs",
+            &json!({"command": "echo via-the-cookie", "server_id": server}),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+    b.goto(&app.url(&format!("/#/jobs/{}", job["id"].as_str().unwrap())))
+        .await;
+    b.wait_until("[...document.querySelectorAll('#log .log-line')].some(l => l.textContent.includes('via-the-cookie'))", WAIT)
         .await;
     // Logout ends the session on the server: the old cookie gets 401.
     click(&b, "#logout").await;
@@ -637,6 +653,83 @@ async fn a_changed_host_key_is_accepted_deliberately_on_the_server_page() {
         new_fp.as_str(),
         "accepted deliberately"
     );
+    b.close().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_a_job_and_a_run_then_rerun_the_failed_hosts_from_their_pages() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let db = sqlite();
+    let (app, _host, server) = TestApp::with_host(&db, &[]).await;
+    let (status, job) = app
+        .post(
+            "/api/v1/jobs",
+            &json!({"command": "echo started; sleep 60", "server_id": server}),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+    let job = job["id"].as_str().unwrap().to_string();
+    b.goto(&app.url(&format!("/#/jobs/{job}"))).await;
+    b.wait_until(
+        "document.querySelector('main').dataset.jobStatus === 'running'",
+        WAIT,
+    )
+    .await;
+    b.eval("window.confirm = () => true; return null").await;
+    click(&b, "main .actions button.danger").await;
+    b.wait_until(
+        "document.querySelector('main').dataset.jobStatus === 'canceled'",
+        WAIT,
+    )
+    .await;
+    let (_, after) = app.get(&format!("/api/v1/jobs/{job}")).await;
+    assert_eq!(after["status"], "canceled", "{after}");
+
+    let (status, run) = app
+        .post(
+            "/api/v1/runs",
+            &json!({"command": "sleep 60", "targets": {"servers": ["h"]}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{run}");
+    let run = run["id"].as_str().unwrap().to_string();
+    b.goto(&app.url(&format!("/#/runs/{run}"))).await;
+    b.wait_until(
+        "document.querySelector('#host-grid .cell[data-status=running]')",
+        WAIT,
+    )
+    .await;
+    b.eval("window.confirm = () => true; return null").await;
+    click(&b, "main .actions button.danger").await;
+    b.wait_until(
+        "document.querySelector('main').dataset.runStatus === 'canceled'",
+        WAIT,
+    )
+    .await;
+    // Rerun the hosts that did not complete: a new run, its page.
+    b.wait_until("[...document.querySelectorAll('main .actions button')].some(x => x.textContent === 'Rerun failed')", WAIT)
+        .await;
+    click(&b, "main .actions button").await;
+    b.wait_until(
+        &format!("location.hash.startsWith('#/runs/') && !location.hash.endsWith('{run}')"),
+        WAIT,
+    )
+    .await;
+    let rerun = b.eval("return location.hash.slice('#/runs/'.length)").await;
+    let (_, rerun) = app
+        .get(&format!("/api/v1/runs/{}", rerun.as_str().unwrap()))
+        .await;
+    assert_eq!(rerun["rerun_of"], run.as_str(), "{rerun}");
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/runs/{}/cancel", rerun["id"].as_str().unwrap()),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
     b.close().await;
     app.stop().await;
 }
