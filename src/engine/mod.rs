@@ -31,6 +31,7 @@ mod runs;
 mod runtime;
 mod schedules;
 mod servers;
+mod sessions;
 mod templates;
 
 use std::sync::Arc;
@@ -46,6 +47,7 @@ pub use runs::{OutputGroup, RerunOnly};
 pub use runtime::{Role, Runtime, StartError};
 pub use schedules::{Schedule, ScheduleRequest};
 pub use servers::{Tested, apply_servers, ensure_default_server};
+pub use sessions::SESSION_IDLE;
 pub use templates::LaunchRequest;
 
 pub use crate::domain::Actor;

@@ -165,6 +165,11 @@ impl Tokens {
         self.verify_digest(&sha256(presented.as_bytes()))
     }
 
+    /// The name of the token whose SHA-256 is `hex` (64 hex digits), if it is one of ours.
+    pub fn verify_hex_digest(&self, hex: &str) -> Option<String> {
+        self.verify_digest(&unhex(hex)?)
+    }
+
     /// The name of the token whose SHA-256 is `hash`, if it is one of ours. Every entry is
     /// compared.
     pub fn verify_digest(&self, hash: &[u8; 32]) -> Option<String> {
@@ -200,7 +205,7 @@ impl Caller {
 /// (when tokens are configured) and attach the [`Caller`].
 ///
 /// A request authenticated by the session cookie (no `Authorization` header) that changes
-/// something must also pass [`Sessions::check_change`](super::session::Sessions::check_change)
+/// something must also pass [`check_change`](super::session::check_change)
 /// (same origin and the session's CSRF token), or it is a 403.
 pub async fn authenticate(
     req: ServiceRequest,
@@ -215,7 +220,7 @@ pub async fn authenticate(
         .cloned()
         .ok_or_else(|| ApiError::Internal("the application state is missing".into()))?;
     let name = if state.tokens.enabled() {
-        identify(&req, &state, &peer)?
+        identify(&req, &state, &peer).await?
     } else {
         "anonymous".to_string()
     };
@@ -225,7 +230,7 @@ pub async fn authenticate(
 
 /// The name of the token the request authenticates with: its bearer token, or else its
 /// session cookie (with the checks on a change).
-fn identify(req: &ServiceRequest, state: &AppState, peer: &str) -> Result<String, ApiError> {
+async fn identify(req: &ServiceRequest, state: &AppState, peer: &str) -> Result<String, ApiError> {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -246,7 +251,7 @@ fn identify(req: &ServiceRequest, state: &AppState, peer: &str) -> Result<String
             "this API needs a token: send Authorization: Bearer TOKEN".into(),
         ));
     };
-    let Some(session) = state.session(&id) else {
+    let Some(session) = state.session(&id).await? else {
         tracing::info!(peer = %peer, path = %req.path(), "request with an ended or unknown session refused");
         return Err(ApiError::Unauthorized(
             "the dashboard session has ended: log in again".into(),
@@ -254,7 +259,7 @@ fn identify(req: &ServiceRequest, state: &AppState, peer: &str) -> Result<String
     };
     let changes = [Method::POST, Method::PUT, Method::PATCH, Method::DELETE].contains(req.method());
     if changes {
-        super::session::Sessions::check_change(req.request(), &session)?;
+        super::session::check_change(req.request(), &session)?;
     }
     Ok(session.name)
 }

@@ -24,7 +24,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::session::{self, Sessions};
+use super::session;
 use super::{AppState, JsonBody};
 use crate::error::ApiError;
 
@@ -195,7 +195,10 @@ fn peer(req: &HttpRequest) -> String {
 }
 
 /// `GET /session`: whether this browser is logged in, and its CSRF token.
-async fn session_state(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+async fn session_state(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let view = if !state.tokens.enabled() {
         SessionState {
             authenticated: true,
@@ -204,7 +207,10 @@ async fn session_state(req: HttpRequest, state: web::Data<AppState>) -> HttpResp
             csrf_token: None,
         }
     } else {
-        let found = session::cookie_id(&req).and_then(|id| state.session(&id));
+        let found = match session::cookie_id(&req) {
+            Some(id) => state.session(&id).await?,
+            None => None,
+        };
         SessionState {
             authenticated: found.is_some(),
             tokens_required: true,
@@ -212,7 +218,7 @@ async fn session_state(req: HttpRequest, state: web::Data<AppState>) -> HttpResp
             csrf_token: found.map(|s| s.csrf),
         }
     };
-    private(HttpResponse::Ok()).json(view)
+    Ok(private(HttpResponse::Ok()).json(view))
 }
 
 /// `POST /session`: log in with a token (401 when it is not one, 429 past the rate).
@@ -240,7 +246,11 @@ async fn login(
         tracing::warn!(peer = %peer, "dashboard login with an unknown token refused");
         return Err(ApiError::Unauthorized("the token is not valid".into()));
     };
-    let id = state.sessions.open(token.expose_secret(), name.clone())?;
+    let id = session::new_id()?;
+    let token_hash = super::auth::token_digest(token.expose_secret());
+    (state.engine)
+        .open_session(session::id_hash(&id), token_hash, name.clone())
+        .await?;
     tracing::info!(peer = %peer, name = %name, "dashboard session opened");
     Ok(private(HttpResponse::NoContent())
         .insert_header((header::SET_COOKIE, session::set_cookie(&id, tls(&state))))
@@ -250,10 +260,10 @@ async fn login(
 /// `DELETE /session`: log out; the session ends on the server, so its cookie is worthless.
 async fn logout(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if let Some(id) = session::cookie_id(&req)
-        && let Some(found) = state.session(&id)
+        && let Some(found) = state.session(&id).await?
     {
-        Sessions::check_change(&req, &found)?;
-        state.sessions.close(&id);
+        session::check_change(&req, &found)?;
+        state.engine.close_session(session::id_hash(&id)).await?;
         tracing::info!(peer = %peer(&req), name = %found.name, "dashboard session closed");
     }
     Ok(private(HttpResponse::NoContent())

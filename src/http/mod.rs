@@ -53,8 +53,6 @@ pub struct AppState {
     pub tokens: Arc<auth::Tokens>,
     /// Per-caller rate and stream limits.
     pub limits: Arc<limits::Limits>,
-    /// The dashboard's sessions (in memory: a restart ends them).
-    pub sessions: Arc<session::Sessions>,
 }
 
 impl AppState {
@@ -71,13 +69,24 @@ impl AppState {
             engine,
             tokens: Arc::new(tokens),
             limits,
-            sessions: Arc::new(session::Sessions::default()),
         }
     }
 
-    /// The live dashboard session of the id `id` (its token still configured).
-    pub fn session(&self, id: &str) -> Option<session::Session> {
-        (self.sessions).find(id, |hash| self.tokens.verify_digest(hash).is_some())
+    /// The live dashboard session of the id `id`: stored, not idle too long, and its token
+    /// still configured (a session whose token is gone is ended).
+    pub async fn session(&self, id: &str) -> Result<Option<session::Session>, ApiError> {
+        let key = session::id_hash(id);
+        let Some(row) = self.engine.session(key.clone()).await? else {
+            return Ok(None);
+        };
+        if self.tokens.verify_hex_digest(&row.token_hash).is_none() {
+            self.engine.close_session(key).await?;
+            return Ok(None);
+        }
+        Ok(Some(session::Session {
+            name: row.name,
+            csrf: session::csrf_of(id),
+        }))
     }
 
     /// Take one submission from the caller's rate (429 past it).

@@ -14,6 +14,7 @@ mod runs;
 mod schedules;
 pub mod schema;
 mod servers;
+mod sessions;
 mod templates;
 mod types;
 pub use servers::{UpdateError, Updated};
@@ -23,6 +24,7 @@ pub use jobs::{CancelOutcome, ChunkRow, Finish, JobFilter, JobRow, LostJob};
 pub use models::{ServerRow, server_secrets};
 pub use runs::{Advanced, Run, RunFilter, RunHost, RunHostRow, RunRow};
 pub use schedules::{FireRow, ScheduleRow};
+pub use sessions::SessionRow;
 pub use templates::TemplateRow;
 
 use std::time::Duration;

@@ -158,6 +158,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    dashboard_sessions (id_hash) {
+        id_hash -> Text,
+        token_hash -> Text,
+        name -> Text,
+        created_at -> BigInt,
+        seen_at -> BigInt,
+    }
+}
+
 diesel::joinable!(job_output -> jobs (job_id));
 diesel::joinable!(run_hosts -> runs (run_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -169,5 +179,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     run_hosts,
     templates,
     schedules,
-    schedule_fires
+    schedule_fires,
+    dashboard_sessions
 );

@@ -401,3 +401,39 @@ async fn under_tls_the_session_cookie_is_secure() {
     );
     app.stop().await;
 }
+
+db_test!(
+    a_session_outlives_a_restart_and_ends_with_its_token,
+    |db: TestDb| async move {
+        let app = with_tokens(&db).await;
+        let (cookie, _) = login(&app).await;
+        app.stop().await;
+        // Kept in the database: the next process knows it.
+        let app = with_tokens(&db).await;
+        let state = session(&app, &cookie).await;
+        assert_eq!(
+            (state["authenticated"].as_bool(), state["name"].as_str()),
+            (Some(true), Some("ops"))
+        );
+        app.stop().await;
+        // Its token is no longer configured: the session is over.
+        let app = TestApp::start(
+            &db,
+            &[("JOBEXEC_API_TOKENS", "ci:another-token-0123456789")],
+        )
+        .await;
+        let resp = reqwest::Client::new()
+            .get(app.url("/api/v1/jobs"))
+            .header(header::COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+        assert_eq!(session(&app, &cookie).await["authenticated"], false);
+        app.stop().await;
+        // And it stays over when the token comes back.
+        let app = with_tokens(&db).await;
+        assert_eq!(session(&app, &cookie).await["authenticated"], false);
+        app.stop().await;
+    }
+);
