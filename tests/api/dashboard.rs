@@ -437,3 +437,31 @@ db_test!(
         app.stop().await;
     }
 );
+
+db_test!(
+    logins_are_rate_limited_per_address,
+    |db: TestDb| async move {
+        let app = TestApp::start(
+            &db,
+            &[
+                ("JOBEXEC_API_TOKENS", &format!("ops:{TOKEN}")),
+                ("JOBEXEC__LIMITS__SUBMISSIONS_PER_MINUTE", "1"),
+                ("JOBEXEC__LIMITS__SUBMISSION_BURST", "2"),
+            ],
+        )
+        .await;
+        let http = reqwest::Client::new();
+        let attempt = |token: &'static str| {
+            http.post(app.url("/session"))
+                .json(&json!({ "token": token }))
+                .send()
+        };
+        assert_eq!(attempt("guess-one-0123456789").await.unwrap().status(), 401);
+        assert_eq!(attempt("guess-two-0123456789").await.unwrap().status(), 401);
+        let limited = attempt(TOKEN).await.unwrap();
+        assert_eq!(limited.status(), 429, "even the right token waits its turn");
+        assert!(limited.headers().contains_key(header::RETRY_AFTER));
+        assert!(!limited.headers().contains_key(header::SET_COOKIE));
+        app.stop().await;
+    }
+);

@@ -61,6 +61,10 @@ async function route() {
   try {
     const result = await render(main, { args, query, go });
     if (typeof result === 'function') cleanup = result;
+    // Keyboard users land on the new page, unless the page focused a field of its own.
+    if (!document.activeElement || document.activeElement === document.body || !document.activeElement.isConnected) {
+      main.focus({ preventScroll: true });
+    }
   } catch (e) {
     const box = h('div');
     main.append(box);
