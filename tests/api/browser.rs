@@ -160,7 +160,7 @@ async fn a_runs_host_grid_updates_live() {
     type_into(
         &b,
         "#command",
-        "sleep 2; echo done-$JOBEXEC_JOB_ID | cut -c1-4",
+        "sleep 4; echo done-$JOBEXEC_JOB_ID | cut -c1-4",
     )
     .await;
     click(&b, "#target-selector").await;
@@ -422,6 +422,23 @@ async fn every_page_renders_at_desktop_and_phone_width() {
     .await;
     assert_accessible(&b, "jobs").await;
     b.screenshot("jobs").await;
+    // The keyboard alone: Tab reaches the nav's links, Enter follows one.
+    b.client
+        .find(Locator::Css("#nav a[href='#/runs']"))
+        .await
+        .unwrap()
+        .send_keys(&fantoccini::key::Key::Enter.to_string())
+        .await
+        .unwrap();
+    b.wait_until(
+        "location.hash === '#/runs' && document.querySelector('main').dataset.page === 'runs'",
+        WAIT,
+    )
+    .await;
+    let tabbable = b
+        .eval("return [...document.querySelectorAll('a[href], button, input, select, textarea')].every(e => e.tabIndex >= 0)")
+        .await;
+    assert_eq!(tabbable, json!(true), "every control is in the tab order");
     b.goto(&app.url("/#/jobs?status=failed")).await;
     b.wait_until("document.querySelector('#job-filters select[name=status]').value === 'failed' && document.querySelector('td[colspan]')", WAIT)
         .await;
