@@ -80,6 +80,14 @@ async fn a_job_submitted_from_the_form_shows_its_lines_before_it_ends() {
     b.wait_until("document.querySelector('#command')", WAIT)
         .await;
     assert_accessible(&b, "submit").await;
+    let shown = b
+        .eval("return ['#command', '#script', '#server', '#selector'].map(c => document.querySelector(c).offsetParent !== null)")
+        .await;
+    assert_eq!(
+        shown,
+        json!([true, false, true, false]),
+        "a command on one server, at first"
+    );
     b.screenshot("submit").await;
     type_into(
         &b,
@@ -263,6 +271,10 @@ async fn the_login_flow_with_tokens() {
     b.wait_until("document.querySelector('#login input[name=token]')", WAIT)
         .await;
     assert_accessible(&b, "login").await;
+    let nav = b
+        .eval("return document.querySelector('#nav').offsetParent === null")
+        .await;
+    assert_eq!(nav, json!(true), "no pages before the login");
     b.screenshot("login").await;
     // A wrong token: a visible error, still the login.
     type_into(&b, "#login input[name=token]", "wrong-token-0123456789").await;
