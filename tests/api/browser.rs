@@ -606,6 +606,26 @@ async fn every_page_renders_at_desktop_and_phone_width() {
     )
     .await;
 
+    // A script from the submit form.
+    b.goto(&app.url("/#/submit")).await;
+    b.wait_until("document.querySelector('#kind-script')", WAIT)
+        .await;
+    click(&b, "#kind-script").await;
+    type_into(&b, "#script", "echo from-a-script \"$1\"").await;
+    type_into(&b, "#script-args", "arg-one").await;
+    click(&b, "#submit-button").await;
+    b.wait_until("location.hash.startsWith('#/jobs/')", WAIT)
+        .await;
+    b.wait_until(
+        "document.querySelector('#log') && document.querySelector('#log').dataset.state === 'done'",
+        WAIT,
+    )
+    .await;
+    let lines = b
+        .eval("return [...document.querySelectorAll('#log .log-line')].map(l => l.textContent.trim())")
+        .await;
+    assert_eq!(lines, json!(["from-a-script arg-one"]));
+
     // A phone's width: no page wider than the screen (tables scroll in their box).
     b.client.set_window_size(390, 844).await.unwrap();
     for (page, ready) in [
