@@ -128,6 +128,8 @@ fn serve(state: &AppState) -> Result<(SocketAddr, actix_web::dev::ServerHandle),
         ActixApp::new()
             .app_data(data.clone())
             .configure(http::configure)
+            // The dashboard at `/` (not part of the OpenAPI document).
+            .configure(http::dashboard::configure)
             .default_service(web::to(http::not_found))
     })
     .disable_signals()

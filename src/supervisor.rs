@@ -488,7 +488,8 @@ impl Supervisor {
 
     /// The engine: every use case, for what this API does not wrap. Mount the HTTP API in
     /// an actix-web app of your own with it:
-    /// `App::new().app_data(web::Data::new(job_executor::http::AppState::new(sup.engine().clone())?)).configure(job_executor::http::configure)`.
+    /// `App::new().app_data(web::Data::new(job_executor::http::AppState::new(sup.engine().clone())?)).configure(job_executor::http::configure)`
+    /// (add `.configure(job_executor::http::dashboard::configure)` for the web dashboard at `/`).
     pub fn engine(&self) -> &Engine {
         self.runtime.engine()
     }

@@ -32,6 +32,7 @@ mod runs;
 mod runtime;
 mod schedules;
 mod servers;
+mod sessions;
 mod templates;
 pub mod views;
 mod webhooks;
@@ -50,6 +51,7 @@ pub use runs::{OutputGroup, RerunOnly};
 pub use runtime::{Role, Runtime, StartError};
 pub use schedules::{Schedule, ScheduleRequest, check_schedule};
 pub use servers::{Tested, apply_servers, ensure_default_server};
+pub use sessions::SESSION_IDLE;
 pub use templates::{LaunchRequest, template_row};
 pub use webhooks::{EVENTS, WebhookFilter, WebhookRequest, signature};
 

@@ -162,9 +162,19 @@ impl Tokens {
 
     /// The name of the token `presented`, if it is one of ours. Every entry is compared.
     pub fn verify(&self, presented: &str) -> Option<String> {
-        let hash = sha256(presented.as_bytes());
+        self.verify_digest(&sha256(presented.as_bytes()))
+    }
+
+    /// The name of the token whose SHA-256 is `hex` (64 hex digits), if it is one of ours.
+    pub fn verify_hex_digest(&self, hex: &str) -> Option<String> {
+        self.verify_digest(&unhex(hex)?)
+    }
+
+    /// The name of the token whose SHA-256 is `hash`, if it is one of ours. Every entry is
+    /// compared.
+    pub fn verify_digest(&self, hash: &[u8; 32]) -> Option<String> {
         (self.snapshot().iter()).fold(None, |found, entry| {
-            constant_time_eq(&entry.hash, &hash)
+            constant_time_eq(&entry.hash, hash)
                 .then(|| entry.name.clone())
                 .or(found)
         })
@@ -191,8 +201,12 @@ impl Caller {
     }
 }
 
-/// Middleware on `/api/v1`: reject requests without a valid token (when tokens are
-/// configured) and attach the [`Caller`].
+/// Middleware on `/api/v1`: reject requests without a valid token or dashboard session
+/// (when tokens are configured) and attach the [`Caller`].
+///
+/// A request authenticated by the session cookie (no `Authorization` header) that changes
+/// something must also pass [`check_change`](super::session::check_change)
+/// (same origin and the session's CSRF token), or it is a 403.
 pub async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -201,38 +215,53 @@ pub async fn authenticate(
         .peer_addr()
         .map(|a| a.ip().to_string())
         .unwrap_or_else(|| "unknown".into());
-    let tokens = req
+    let state = req
         .app_data::<web::Data<AppState>>()
-        .map(|s| s.tokens.clone())
+        .cloned()
         .ok_or_else(|| ApiError::Internal("the application state is missing".into()))?;
-    let name = if tokens.enabled() {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        let Some(presented) = presented else {
-            return Err(ApiError::Unauthorized(
-                "this API needs a token: send Authorization: Bearer TOKEN".into(),
-            )
-            .into());
-        };
-        match tokens.verify(presented) {
-            Some(name) => name,
-            None => {
-                tracing::warn!(peer = %peer, path = %req.path(), "request with an unknown token refused");
-                return Err(ApiError::Unauthorized("the token is not valid".into()).into());
-            }
-        }
+    let name = if state.tokens.enabled() {
+        identify(&req, &state, &peer).await?
     } else {
         "anonymous".to_string()
     };
     req.extensions_mut().insert(Caller { name, peer });
     next.call(req).await
+}
+
+/// The name of the token the request authenticates with: its bearer token, or else its
+/// session cookie (with the checks on a change).
+async fn identify(req: &ServiceRequest, state: &AppState, peer: &str) -> Result<String, ApiError> {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    if let Some(presented) = presented {
+        return state.tokens.verify(presented).ok_or_else(|| {
+            tracing::warn!(peer = %peer, path = %req.path(), "request with an unknown token refused");
+            ApiError::Unauthorized("the token is not valid".into())
+        });
+    }
+    let Some(id) = super::session::cookie_in(req.headers()) else {
+        return Err(ApiError::Unauthorized(
+            "this API needs a token: send Authorization: Bearer TOKEN".into(),
+        ));
+    };
+    let Some(session) = state.session(&id).await? else {
+        tracing::info!(peer = %peer, path = %req.path(), "request with an ended or unknown session refused");
+        return Err(ApiError::Unauthorized(
+            "the dashboard session has ended: log in again".into(),
+        ));
+    };
+    let changes = [Method::POST, Method::PUT, Method::PATCH, Method::DELETE].contains(req.method());
+    if changes {
+        super::session::check_change(req.request(), &session)?;
+    }
+    Ok(session.name)
 }
 
 /// Middleware on every route: without tokens, refuse (403) a `Host` that is not loopback

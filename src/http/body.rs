@@ -118,7 +118,7 @@ fn too_large(limit: usize) -> ApiError {
 }
 
 /// Fields whose value a message never quotes (a password typed as a number is still one).
-const SECRET_FIELDS: [&str; 3] = ["password", "private_key", "private_key_passphrase"];
+const SECRET_FIELDS: [&str; 4] = ["password", "private_key", "private_key_passphrase", "token"];
 
 /// Parse a JSON body: 400 when it is not JSON (or not an object), 422 naming the field when
 /// a value has the wrong type.

@@ -123,6 +123,9 @@ pub struct ListQuery {
     server_id: Option<String>,
     /// Only jobs of runs this template (a name or an id) launched.
     template: Option<String>,
+    /// Only the jobs (one per host) of this run.
+    #[param(value_type = Option<uuid::Uuid>)]
+    run_id: Option<String>,
     /// Jobs per page, 1 to 1000 (default 50).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
@@ -192,8 +195,10 @@ pub async fn list_jobs(
                 })?,
         ),
     };
+    let run_id: Option<uuid::Uuid> = optional_id("run_id", q.run_id.as_deref())?;
     let filter = JobFilter {
         template_id,
+        run_id: run_id.map(|r| r.to_string()),
         statuses: statuses(q.status.as_deref())?,
         limit: page_limit(q.limit.as_deref())?,
         server_id: optional_id("server_id", q.server_id.as_deref())?,

@@ -11,7 +11,7 @@
 mod audit;
 pub mod auth;
 mod body;
-mod dashboard;
+pub mod dashboard;
 mod health;
 mod jobs;
 pub mod limits;
@@ -26,6 +26,7 @@ pub use openapi::{
     Unauthorized, Unavailable, UnsupportedMediaType,
 };
 mod servers;
+pub mod session;
 mod stream;
 mod templates;
 mod webhooks;
@@ -70,6 +71,23 @@ impl AppState {
             tokens: Arc::new(tokens),
             limits,
         }
+    }
+
+    /// The live dashboard session of the id `id`: stored, not idle too long, and its token
+    /// still configured (a session whose token is gone is ended).
+    pub async fn session(&self, id: &str) -> Result<Option<session::Session>, ApiError> {
+        let key = session::id_hash(id);
+        let Some(row) = self.engine.session(key.clone()).await? else {
+            return Ok(None);
+        };
+        if self.tokens.verify_hex_digest(&row.token_hash).is_none() {
+            self.engine.close_session(key).await?;
+            return Ok(None);
+        }
+        Ok(Some(session::Session {
+            name: row.name,
+            csrf: session::csrf_of(id),
+        }))
     }
 
     /// Take one submission from the caller's rate (429 past it).
@@ -161,8 +179,7 @@ pub fn register(cfg: &mut ServiceConfig) {
     cfg.service(api)
         // Outside /api/v1: no token (scrapers send none); they show nothing secret.
         .service(health::health)
-        .service(metrics::scrape)
-        .map(dashboard::routes);
+        .service(metrics::scrape);
 }
 
 /// Register every route on an actix-web app (or a scope of the embedding program's app).

@@ -12,7 +12,7 @@ use super::{
     Unauthorized, Unavailable, UnsupportedMediaType, page_limit,
 };
 use crate::domain::Micros;
-use crate::engine::{WebhookFilter, WebhookRequest};
+use crate::engine::WebhookRequest;
 use crate::error::ApiError;
 use crate::store::{DeliveryRow, WebhookRow};
 
@@ -29,8 +29,8 @@ pub struct WebhookView {
     url: String,
     /// The events it wants.
     events: Vec<String>,
-    /// Which jobs and runs (`template` as the template's id).
-    filter: WebhookFilter,
+    /// Which jobs and runs.
+    filter: FilterView,
     /// Whether deliveries carry `X-JobExec-Signature`.
     has_secret: bool,
     /// Whether events are delivered.
@@ -48,9 +48,9 @@ impl WebhookView {
             name: row.name.clone(),
             url: crate::settings::redact_url(&row.url),
             events: row.event_names(),
-            filter: WebhookFilter {
+            filter: FilterView {
                 selector: row.selector.clone(),
-                template: row.template_id.clone(),
+                template_id: row.template_id.clone(),
             },
             has_secret: row.sealed_secret.is_some(),
             active: row.active,
@@ -58,6 +58,17 @@ impl WebhookView {
             updated_at: Micros(row.updated_at),
         }
     }
+}
+
+/// A webhook's `filter` as saved.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FilterView {
+    /// Only jobs and runs on servers this selector matches.
+    #[schema(required = true)]
+    selector: Option<String>,
+    /// Only jobs and runs of this template (its id), and its schedules' skipped fires.
+    #[schema(required = true, format = Uuid)]
+    template_id: Option<String>,
 }
 
 /// One delivery: an event for one webhook, attempted until delivered or out of attempts.

@@ -179,6 +179,8 @@ pub struct JobFilter {
     pub server_id: Option<ServerId>,
     /// Only the jobs of runs this template launched.
     pub template_id: Option<String>,
+    /// Only the jobs (hosts) of this run.
+    pub run_id: Option<String>,
     /// Page size, 1 to 1000.
     pub limit: i64,
     /// Jobs older than this one (the previous page's `next_cursor`).
@@ -362,6 +364,9 @@ impl Store {
                     .filter(super::schema::runs::template_id.eq(template))
                     .select(super::schema::runs::id.nullable());
                 q = q.filter(jobs::run_id.eq_any(launched));
+            }
+            if let Some(run) = filter.run_id {
+                q = q.filter(jobs::run_id.eq(run));
             }
             if let Some(before) = filter.before {
                 q = q.filter(jobs::id.lt(before.to_string()));

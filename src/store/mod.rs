@@ -15,6 +15,7 @@ mod runs;
 mod schedules;
 pub mod schema;
 mod servers;
+mod sessions;
 mod templates;
 mod types;
 mod webhooks;
@@ -28,6 +29,7 @@ pub use models::{ServerRow, server_secrets};
 pub use outbox::{Attempt, DeliveryRow, WebhookRow, envelope};
 pub use runs::{Advanced, Run, RunFilter, RunHost, RunHostRow, RunRow};
 pub use schedules::{FireRow, ScheduleRow};
+pub use sessions::SessionRow;
 pub use templates::TemplateRow;
 
 use std::time::Duration;

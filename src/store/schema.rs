@@ -192,6 +192,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    dashboard_sessions (id_hash) {
+        id_hash -> Text,
+        token_hash -> Text,
+        name -> Text,
+        created_at -> BigInt,
+        seen_at -> BigInt,
+    }
+}
+
 diesel::joinable!(job_output -> jobs (job_id));
 diesel::joinable!(run_hosts -> runs (run_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -205,5 +215,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     schedules,
     schedule_fires,
     webhooks,
-    webhook_deliveries
+    webhook_deliveries,
+    dashboard_sessions
 );

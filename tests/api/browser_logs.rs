@@ -81,6 +81,12 @@ async fn ansi_red_renders_red_and_escapes_are_dropped() {
     s.open(&id).await;
     s.wait_state("done", Duration::from_secs(10)).await;
     let b = &s.browser;
+    // `done` says the job ended; its lines may still be on their way from the range read.
+    b.wait_until(
+        "[...document.querySelectorAll('#log .log-line span')].some(s => s.textContent === 'red text')",
+        Duration::from_secs(10),
+    )
+    .await;
 
     let red = b
         .eval(

@@ -4,9 +4,11 @@
 
 mod helpers;
 
+mod browser;
 mod browser_logs;
 mod conformance;
 mod daemon;
+mod dashboard;
 mod distributed;
 mod health;
 mod jobctl;

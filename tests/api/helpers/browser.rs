@@ -1,12 +1,10 @@
-//! A real headless Chromium driven over WebDriver (chromedriver + `fantoccini`), for the
-//! dashboard's browser tests.
+//! A real headless Chromium driven over WebDriver (`fantoccini` + `chromedriver`).
 //!
 //! [`Browser::start`] starts `/usr/bin/chromedriver` on a free port and opens a session of
-//! `/usr/bin/chromium --headless=new`; the driver (and so the browser) is killed when the
-//! [`Browser`] is dropped. Missing binaries skip the test with a note outside CI and fail it
-//! under `CI=true`.
+//! `/usr/bin/chromium` (headless, 1280×900, precise memory info for heap readings). Without
+//! them a test prints a skip note and gets `None`; under `CI=true` it panics instead.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,27 +14,41 @@ use super::procs::free_port;
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-/// A browser session and the chromedriver serving it.
+/// A browser session and the chromedriver serving it (killed on drop).
 pub struct Browser {
     pub client: fantoccini::Client,
     driver: Child,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
 }
 
 impl Browser {
     /// None (after printing a skip note) when chromium/chromedriver are missing outside CI;
     /// panics under CI=true.
     pub async fn start() -> Option<Browser> {
-        for bin in [CHROMIUM, CHROMEDRIVER] {
-            if !std::path::Path::new(bin).exists() {
-                assert!(!in_ci(), "{bin} is required under CI but is missing");
-                eprintln!("skipping a browser test: {bin} is missing");
-                return None;
+        let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
+            .into_iter()
+            .filter(|p| !Path::new(p).exists())
+            .collect();
+        if !missing.is_empty() {
+            if in_ci() {
+                panic!(
+                    "the browser tests need {missing:?} under CI (apt-get install chromium chromium-driver)"
+                );
             }
+            eprintln!(
+                "skipping a browser test: {missing:?} missing (apt-get install chromium chromium-driver)"
+            );
+            return None;
         }
         let port = free_port();
         let mut driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -45,19 +57,22 @@ impl Browser {
         let http = reqwest::Client::new();
         let start = Instant::now();
         loop {
-            if let Ok(resp) = http.get(format!("{base}/status")).send().await
-                && resp.status().is_success()
-            {
+            let ready = http.get(format!("{base}/status")).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
                 break;
             }
-            if start.elapsed() > Duration::from_secs(20) {
+            if start.elapsed() > Duration::from_secs(20)
+                || driver.try_wait().ok().flatten().is_some()
+            {
                 let _ = driver.kill();
-                panic!("chromedriver did not answer on {base}/status in 20 s");
+                panic!("chromedriver on port {port} did not answer /status");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let caps = serde_json::json!({
-            "goog:chromeOptions": {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
                 "binary": CHROMIUM,
                 "args": [
                     "--headless=new",
@@ -65,27 +80,22 @@ impl Browser {
                     "--disable-gpu",
                     "--enable-precise-memory-info",
                     "--window-size=1280,900",
-                    "--disable-dev-shm-usage",
                 ],
-            }
-        });
-        let serde_json::Value::Object(caps) = caps else {
-            unreachable!()
-        };
-        // hyper-rustls turns on aws-lc beside our ring: name the provider (once per process).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = fantoccini::ClientBuilder::rustls()
-            .expect("a rustls connector")
+            }),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = fantoccini::ClientBuilder::new(connector)
             .capabilities(caps)
             .connect(&base)
             .await;
-        match client {
-            Ok(client) => Some(Browser { client, driver }),
+        let client = match client {
+            Ok(c) => c,
             Err(e) => {
                 let _ = driver.kill();
-                panic!("cannot open a chromium session: {e}");
+                panic!("chromium session: {e}");
             }
-        }
+        };
+        Some(Browser { client, driver })
     }
 
     pub async fn goto(&self, url: &str) {
@@ -95,7 +105,7 @@ impl Browser {
             .unwrap_or_else(|e| panic!("goto {url}: {e}"));
     }
 
-    /// Run `js` in the page (a function body: it uses `return`); its JSON result.
+    /// Run `js` in the page (it returns its value with `return`).
     pub async fn eval(&self, js: &str) -> serde_json::Value {
         self.client
             .execute(js, Vec::new())
@@ -103,52 +113,54 @@ impl Browser {
             .unwrap_or_else(|e| panic!("script failed: {e}\n{js}"))
     }
 
-    /// Poll the expression `js_condition` every 50 ms until it is truthy; panic with it after
-    /// `timeout`.
+    /// Poll the expression `js_condition` every 50 ms until it is truthy (an exception counts
+    /// as false); panic naming it after `timeout`.
     pub async fn wait_until(&self, js_condition: &str, timeout: Duration) {
-        let js = format!("try {{ return !!({js_condition}); }} catch (e) {{ return false; }}");
+        let script = format!("try {{ return !!({js_condition}); }} catch (e) {{ return false; }}");
         let start = Instant::now();
         loop {
-            if self.eval(&js).await == serde_json::Value::Bool(true) {
+            if self.eval(&script).await == serde_json::Value::Bool(true) {
                 return;
             }
-            assert!(
-                start.elapsed() < timeout,
-                "still false after {timeout:?}: {js_condition}"
-            );
+            if start.elapsed() > timeout {
+                let url = self
+                    .client
+                    .current_url()
+                    .await
+                    .map(|u| u.to_string())
+                    .unwrap_or_default();
+                let text = self
+                    .eval("return document.body ? document.body.innerText.slice(0, 2000) : ''")
+                    .await;
+                panic!(
+                    "not true after {timeout:?}: {js_condition}\nat {url}\npage text: {}",
+                    text.as_str().unwrap_or_default()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// A PNG of the window into `$JOBEXEC_SCREENSHOT_DIR` (or `<target>/screenshots`) as
-    /// `name.png`; its path.
+    /// A PNG of the window into $JOBEXEC_SCREENSHOT_DIR or
+    /// <CARGO_TARGET_DIR or target>/screenshots/NAME.png; returns its path.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
         let dir = std::env::var_os("JOBEXEC_SCREENSHOT_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
                 std::env::var_os("CARGO_TARGET_DIR")
                     .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+                    .unwrap_or_else(|| PathBuf::from("target"))
                     .join("screenshots")
             });
         std::fs::create_dir_all(&dir).expect("the screenshot directory");
         let png = self.client.screenshot().await.expect("a screenshot");
         let path = dir.join(format!("{name}.png"));
         std::fs::write(&path, png).expect("the screenshot is written");
+        eprintln!("screenshot: {}", path.display());
         path
     }
 
-    pub async fn close(mut self) {
-        let client = self.client.clone();
-        let _ = client.close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+    pub async fn close(self) {
+        let _ = self.client.clone().close().await;
     }
 }

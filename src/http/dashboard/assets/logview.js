@@ -158,6 +158,9 @@ export function parseLine(raw) {
 }
 
 /// An element `tag` with class `cls` and text `text` (textContent: never HTML).
+/// Ids of the search boxes made so far (one per viewer).
+let searchIds = 0;
+
 function el(tag, cls, text) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
@@ -342,7 +345,11 @@ export class LogViewer {
     this.nextBtn.setAttribute('aria-label', 'Next hit');
     this.hitInfo = el('span', 'lv-hits', '');
     this.hitInfo.setAttribute('aria-live', 'polite');
-    search.append(this.searchInput, this.prevBtn, this.nextBtn, this.hitInfo);
+    // A real label (read by screen readers, hidden on screen) tied to the box by id.
+    this.searchInput.id = `lv-search-${++searchIds}`;
+    const searchLabel = el('label', 'lv-visually-hidden', 'Search the log');
+    searchLabel.htmlFor = this.searchInput.id;
+    search.append(searchLabel, this.searchInput, this.prevBtn, this.nextBtn, this.hitInfo);
     this._on(this.searchInput, 'keydown', (e) => {
       if (e.key === 'Enter') {
         e.preventDefault();

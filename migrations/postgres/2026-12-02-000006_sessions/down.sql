@@ -1,0 +1,2 @@
+DROP INDEX dashboard_sessions_seen_idx;
+DROP TABLE dashboard_sessions;
