@@ -19,6 +19,54 @@ async fn list_servers(d: &Service, token: Option<&str>) -> Vec<Value> {
     body["servers"].as_array().unwrap().clone()
 }
 
+/// What a daemon test starts from: a test host, a directory with its key file, a database
+/// path, a free port and the settings file's path.
+struct Daemon {
+    host: TestHost,
+    dir: tempfile::TempDir,
+    key_file: String,
+    db: String,
+    port: u16,
+    file: std::path::PathBuf,
+}
+
+impl Daemon {
+    async fn prepare() -> Daemon {
+        let host = TestHost::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("id_ed25519");
+        std::fs::write(&key_file, &host.keys.ed25519_openssh).unwrap();
+        Daemon {
+            key_file: key_file.display().to_string(),
+            db: dir.path().join("jobs.db").display().to_string(),
+            port: free_port(),
+            file: dir.path().join("job-executor.toml"),
+            host,
+            dir,
+        }
+    }
+}
+
+/// `job-executor check-config FILE`.
+fn check_config(file: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_job-executor"))
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+/// Ask the daemon `pid` to reload its settings file.
+fn sighup(pid: u32) {
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
 fn config(port: u16, db: &str, host: &TestHost, key_file: &str, extra: &str) -> String {
     format!(
         "[http]\naddr = \"127.0.0.1:{port}\"\nworkers = 1\n\n[database]\nurl = \"{db}\"\n\n\
@@ -33,21 +81,17 @@ fn config(port: u16, db: &str, host: &TestHost, key_file: &str, extra: &str) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_from_a_config_file_serves_its_servers_and_reloads_on_sighup() {
-    let host = TestHost::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("id_ed25519");
-    std::fs::write(&key_file, &host.keys.ed25519_openssh).unwrap();
-    let key_file = key_file.display().to_string();
-    let db = dir.path().join("jobs.db").display().to_string();
-    let port = free_port();
-    let file = dir.path().join("job-executor.toml");
+    let Daemon {
+        host,
+        dir: _dir,
+        key_file,
+        db,
+        port,
+        file,
+    } = Daemon::prepare().await;
     std::fs::write(&file, config(port, &db, &host, &key_file, "")).unwrap();
 
-    let check = Command::new(env!("CARGO_BIN_EXE_job-executor"))
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let check = check_config(&file);
     assert!(check.status.success(), "{check:?}");
 
     let file_arg = file.display().to_string();
@@ -82,13 +126,7 @@ async fn a_daemon_from_a_config_file_serves_its_servers_and_reloads_on_sighup() 
     let text = config(port, &db, &host, &key_file, &extra)
         .replace("max_concurrent_jobs = 2", "max_concurrent_jobs = 5");
     std::fs::write(&file, text).unwrap();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sighup(pid);
     let token = Some("reloaded-token-0123456789");
     let start = Instant::now();
     loop {
@@ -166,21 +204,11 @@ async fn a_daemon_from_a_config_file_serves_its_servers_and_reloads_on_sighup() 
         "[http]\naddr = \"127.0.0.1:1\"\n[worker]\nconcurrancy = 3\n",
     )
     .unwrap();
-    let check = Command::new(env!("CARGO_BIN_EXE_job-executor"))
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let check = check_config(&file);
     assert!(!check.status.success());
     let err = String::from_utf8_lossy(&check.stderr);
     assert!(err.contains(":4:") && err.contains("concurrancy"), "{err}");
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sighup(pid);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (status, _) = d
         .call_json(reqwest::Method::GET, "/api/v1/servers", None, None)
@@ -348,13 +376,7 @@ fn declared(cron: &str, more: &str) -> String {
 
 /// SIGHUP `pid`, then wait until `done` holds of what `path` answers.
 async fn reload_until(d: &Service, pid: u32, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sighup(pid);
     let start = Instant::now();
     loop {
         let (_, body) = d.call_json(reqwest::Method::GET, path, None, None).await;
@@ -371,24 +393,20 @@ async fn reload_until(d: &Service, pid: u32, path: &str, done: impl Fn(&Value) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn templates_and_schedules_from_the_file_are_applied_by_name_and_kept_across_reloads() {
-    let host = TestHost::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("id_ed25519");
-    std::fs::write(&key_file, &host.keys.ed25519_openssh).unwrap();
-    let key_file = key_file.display().to_string();
-    let db = dir.path().join("jobs.db").display().to_string();
-    let port = free_port();
-    let file = dir.path().join("job-executor.toml");
+    let Daemon {
+        host,
+        dir: _dir,
+        key_file,
+        db,
+        port,
+        file,
+    } = Daemon::prepare().await;
     let write = |cron: &str, more: &str| {
         let text = config(port, &db, &host, &key_file, &declared(cron, more));
         std::fs::write(&file, text).unwrap();
     };
     write("0 30 2 * * *", "");
-    let check = Command::new(env!("CARGO_BIN_EXE_job-executor"))
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let check = check_config(&file);
     let said = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "{check:?}");
     assert!(said.contains("1 template(s), 1 schedule(s)"), "{said}");
@@ -510,11 +528,7 @@ async fn templates_and_schedules_from_the_file_are_applied_by_name_and_kept_acro
            \n[[schedules]]\nname = \"tz\"\ntemplate = \"greet\"\ncron = \"* * * * *\"\n\
            timezone = \"Mars/Olympus\"\nparameters = { who = \"x\" }\nevery = 1\n";
     std::fs::write(&file, &bad).unwrap();
-    let check = Command::new(env!("CARGO_BIN_EXE_job-executor"))
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let check = check_config(&file);
     assert!(!check.status.success());
     let err = String::from_utf8_lossy(&check.stderr);
     let line_of = |needle: &str| 1 + bad.lines().position(|l| l.contains(needle)).unwrap();
@@ -526,11 +540,7 @@ async fn templates_and_schedules_from_the_file_are_applied_by_name_and_kept_acro
         "{err}"
     );
     std::fs::write(&file, bad.replace("every = 1\n", "")).unwrap();
-    let check = Command::new(env!("CARGO_BIN_EXE_job-executor"))
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let check = check_config(&file);
     let err = String::from_utf8_lossy(&check.stderr);
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 3, "{err}");
@@ -548,13 +558,7 @@ async fn templates_and_schedules_from_the_file_are_applied_by_name_and_kept_acro
             && lines[2].contains("timezone"),
         "{err}"
     );
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sighup(pid);
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
         get("/api/v1/templates/greet".into()).await["description"],
