@@ -40,7 +40,7 @@ pub struct Settings {
     /// Request rate and stream limits.
     pub limits: LimitSettings,
     /// Webhook deliveries.
-    pub webhooks: WebhookSettings,
+    pub webhook_delivery: WebhookDeliverySettings,
     /// Servers declared in the file (`[[servers]]`), created or updated by name at start and
     /// on SIGHUP.
     #[serde(default)]
@@ -316,9 +316,9 @@ impl ServerSettings {
     }
 }
 
-/// `[webhooks]`
+/// `[webhook_delivery]`: how deliveries are attempted (the webhooks themselves are `[[webhooks]]`)
 #[derive(Debug, Clone, Deserialize)]
-pub struct WebhookSettings {
+pub struct WebhookDeliverySettings {
     /// Attempts per delivery before it is `failed`.
     pub max_attempts: u32,
     /// Seconds one attempt may take.

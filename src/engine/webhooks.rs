@@ -340,7 +340,7 @@ impl Engine {
     /// One attempt of a claimed delivery, recorded.
     async fn attempt(&self, client: &reqwest::Client, job: Job) {
         let Job { delivery: d, hook } = job;
-        let settings = &self.settings.webhooks;
+        let settings = &self.settings.webhook_delivery;
         let outcome = self.post(client, &d, &hook).await;
         let attempts = u32::try_from(d.attempts)
             .unwrap_or(u32::MAX)
@@ -416,7 +416,7 @@ impl Engine {
     /// task of its own.
     pub(crate) fn spawn_deliverer(&self) {
         let engine = self.clone();
-        let settings = self.settings.webhooks.clone();
+        let settings = self.settings.webhook_delivery.clone();
         actix::spawn(async move {
             let client = match reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())

@@ -96,7 +96,7 @@ async fn wait_for(got: &Arc<Mutex<Vec<Got>>>, n: usize, within: Duration) -> Vec
 db_test!(
     a_job_end_is_delivered_signed_and_retried_with_one_delivery_id,
     |db: TestDb| async move {
-        let app = TestApp::start(&db, &[("webhooks.retry_base_ms", "200")]).await;
+        let app = TestApp::start(&db, &[("webhook_delivery.retry_base_ms", "200")]).await;
         let host = TestHost::start().await;
         let server = app.add_key_server("web", &host).await;
         let (url, got) = receiver(vec![500, 500]).await;
