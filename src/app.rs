@@ -239,9 +239,9 @@ impl Reloader {
         self.state.tokens.replace(tokens);
         self.state.limits.reconfigure(&settings.limits);
         Ok(format!(
-            "{servers} server(s) applied, {} template(s) and {} schedule(s) ({} changed), \
-             {n_tokens} token(s), limits updated",
-            declared.templates, declared.schedules, declared.changed
+            "{servers} server(s) applied, {} template(s), {} schedule(s) and {} webhook(s) \
+             ({} changed), {n_tokens} token(s), limits updated",
+            declared.templates, declared.schedules, declared.webhooks, declared.changed
         ))
     }
 }

@@ -31,6 +31,8 @@ pub struct Summary {
     pub templates: usize,
     /// `[[schedules]]` tables.
     pub schedules: usize,
+    /// `[[webhooks]]` tables.
+    pub webhooks: usize,
     /// API tokens.
     pub tokens: usize,
     /// Where the API listens.
@@ -65,7 +67,8 @@ fn unknown_key(path: &str, defaults: &Table) -> String {
     let names = |t: &Table| t.keys().cloned().collect::<Vec<_>>().join(", ");
     match path.split_once('.') {
         None => format!(
-            "unknown section [{path}]; known: {}, [[servers]], [[templates]], [[schedules]]",
+            "unknown section [{path}]; known: {}, [[servers]], [[templates]], [[schedules]], \
+             [[webhooks]]",
             names(defaults)
         ),
         Some((section, name)) if !name.contains('.') => match defaults.get(section) {
@@ -119,6 +122,16 @@ pub fn check(path: &Path) -> Result<Summary, Vec<String>> {
     // one pass over the file with the defaults beneath it, section by section as the
     // layered loader does.
     let (mut problems, mut unknown, mut settings) = (Vec::new(), Vec::<String>::new(), None);
+    // `[webhooks]` held the delivery settings before `[[webhooks]]` declared webhooks.
+    if let Some(Value::Table(_)) = file.get("webhooks") {
+        problems.push((
+            "webhooks".to_string(),
+            "[webhooks] is now the list of webhooks ([[webhooks]] tables); its delivery \
+             settings (max_attempts, timeout_secs, ...) moved to [webhook_delivery]"
+                .to_string(),
+        ));
+        file.as_table_mut().map(|t| t.remove("webhooks"));
+    }
     // A deserializer stops at its first error: take the bad value out of the file (the
     // default stands in for it) and go again, so one run names every problem.
     for _ in 0..MAX_ROUNDS {
@@ -194,6 +207,7 @@ pub fn check(path: &Path) -> Result<Summary, Vec<String>> {
                 servers: settings.servers.len(),
                 templates: settings.templates.len(),
                 schedules: settings.schedules.len(),
+                webhooks: settings.webhooks.len(),
                 tokens: settings.auth.tokens.len(),
                 addr: settings.http.addr.clone(),
             })
@@ -268,9 +282,10 @@ fn semantic(settings: &Settings) -> Vec<Problem> {
     problems
 }
 
-/// The `[[templates]]` and `[[schedules]]` tables, checked as applying them would.
+/// The `[[templates]]`, `[[schedules]]` and `[[webhooks]]` tables, checked as applying them
+/// would.
 fn declared(settings: &Settings, refuse: &mut impl FnMut(&str, String)) {
-    use crate::engine::{Error, ScheduleRequest, check_schedule, template_row};
+    use crate::engine::{Error, ScheduleRequest, check_schedule, check_webhook, template_row};
     // The key a refusal is about: the field's own when the API names one.
     let field = |table: &str, i: usize, e: &Error| match e {
         Error::Invalid(f) => format!("{table}[{i}].{}", f.field),
@@ -304,6 +319,31 @@ fn declared(settings: &Settings, refuse: &mut impl FnMut(&str, String)) {
         if let Err(e) = check_schedule(&ScheduleRequest::from(table), params) {
             let message = format!("schedule {:?}: {e}", table.name);
             refuse(&field("schedules", i, &e), message);
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, table) in settings.webhooks.iter().enumerate() {
+        if !names.insert(&table.name) {
+            let message = format!("two [[webhooks]] are named {:?}", table.name);
+            refuse(&format!("webhooks[{i}].name"), message);
+        }
+        // A secret that cannot be read is one problem; the rest is checked without it.
+        let request = crate::engine::webhook_request(table).or_else(|message| {
+            let key = if table.secret.is_some() {
+                "secret"
+            } else {
+                "secret_file"
+            };
+            refuse(&format!("webhooks[{i}].{key}"), message);
+            let mut unsigned = table.clone();
+            (unsigned.secret, unsigned.secret_file) = (None, None);
+            crate::engine::webhook_request(&unsigned)
+        });
+        if let Ok(request) = request
+            && let Err(e) = check_webhook(request)
+        {
+            let message = format!("webhook {:?}: {e}", table.name);
+            refuse(&field("webhooks", i, &e), message);
         }
     }
 }
@@ -427,5 +467,25 @@ port = \"z\"
         says(&found, 1, &[":4:1:", "worker.concurrency"]);
         says(&found, 2, &[":5:1:", "\"concurrancy\""]);
         says(&found, 3, &[":10:1:", "servers[0].port"]);
+    }
+
+    #[test]
+    fn webhook_tables_are_checked_at_their_lines_and_the_old_section_is_named() {
+        let found = run(
+            "[[webhooks]]\nname = \"a\"\nurl = \"http://127.0.0.1:9/h\"\n\
+             events = [\"job.exploded\"]\n\
+             [[webhooks]]\nname = \"a\"\nurl = \"ftp://h/\"\nevents = [\"job.failed\"]\n\
+             secret = \"whsec-1\"\nsecret_file = \"/nonexistent\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(found.len(), 4, "{found:?}");
+        says(&found, 0, &[":4:1:", "unknown event \"job.exploded\""]);
+        says(&found, 1, &[":6:1:", "two [[webhooks]] are named \"a\""]);
+        says(&found, 2, &[":7:1:", "http:// or https://"]);
+        says(&found, 3, &[":9:1:", "secret or secret_file, not both"]);
+        assert!(!found.concat().contains("whsec-1"), "{found:?}");
+        let old = run("[webhooks]\nmax_attempts = 3\n").unwrap_err();
+        assert_eq!(old.len(), 1, "{old:?}");
+        says(&old, 0, &[":1:", "[webhook_delivery]"]);
     }
 }

@@ -64,12 +64,13 @@ async fn main() -> anyhow::Result<()> {
             return match job_executor::check::check(&file) {
                 Ok(s) => {
                     println!(
-                        "{}: ok ({} server(s), {} template(s), {} schedule(s), {} token(s), \
-                         listens on {})",
+                        "{}: ok ({} server(s), {} template(s), {} schedule(s), {} webhook(s), \
+                         {} token(s), listens on {})",
                         file.display(),
                         s.servers,
                         s.templates,
                         s.schedules,
+                        s.webhooks,
                         s.tokens,
                         s.addr
                     );

@@ -53,6 +53,10 @@ pub struct Settings {
     /// and on SIGHUP.
     #[serde(default)]
     pub schedules: Vec<ScheduleSettings>,
+    /// Webhooks declared in the file (`[[webhooks]]`), created or updated by name at start
+    /// and on SIGHUP, after the templates their filters may name.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookTableSettings>,
 }
 
 /// One `[[templates]]` table: the fields `POST /api/v1/templates` takes, as TOML.
@@ -170,6 +174,91 @@ impl std::fmt::Debug for ScheduleSettings {
             .field("catch_up", &self.catch_up)
             .field("paused", &self.paused)
             .finish()
+    }
+}
+
+/// One `[[webhooks]]` table: the fields `POST /api/v1/webhooks` takes, as TOML, with the
+/// secret given inline or in a file.
+///
+/// ```toml
+/// [[webhooks]]
+/// name = "ops"
+/// url = "https://hooks.example.com/jobexec"
+/// events = ["job.failed", "job.recovered", "run.finished"]
+/// filter = { selector = "env=prod", template = "deploy" }
+/// secret_file = "/etc/job-executor/ops-webhook.secret"
+/// ```
+///
+/// The file is the webhook's definition: a table without `secret` or `secret_file` makes an
+/// unsigned webhook, and a secret set through the API is removed by the next reload.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTableSettings {
+    /// Unique name: the key a reload matches on.
+    pub name: String,
+    /// Where deliveries are posted (`http://` or `https://`).
+    pub url: String,
+    /// The events it wants (at least one).
+    pub events: Vec<String>,
+    /// Which jobs and runs (both optional).
+    pub filter: Option<WebhookFilterSettings>,
+    /// The signing secret.
+    pub secret: Option<SecretString>,
+    /// A file holding the signing secret (a trailing newline is not part of it).
+    pub secret_file: Option<String>,
+    /// Whether events are delivered (default true).
+    pub active: Option<bool>,
+}
+
+/// `filter` of a `[[webhooks]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFilterSettings {
+    /// Only jobs and runs on servers this selector matches.
+    pub selector: Option<String>,
+    /// Only jobs and runs of this template (name or id).
+    pub template: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookTableSettings {
+    /// The URL without its query and credentials, the secret not at all.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookTableSettings")
+            .field("name", &self.name)
+            .field("url", &redact_url(&self.url))
+            .field("events", &self.events)
+            .field("filter", &self.filter)
+            .field("secret", &self.secret.as_ref().map(|_| "[redacted]"))
+            .field("secret_file", &self.secret_file)
+            .field("active", &self.active)
+            .finish()
+    }
+}
+
+impl WebhookTableSettings {
+    /// The signing secret, read from `secret_file` when that is how it is given. The error
+    /// names the field or the file, never the secret.
+    pub fn read_secret(&self) -> Result<Option<SecretString>, String> {
+        match (&self.secret, &self.secret_file) {
+            (Some(_), Some(_)) => Err(format!(
+                "webhook {:?}: give secret or secret_file, not both",
+                self.name
+            )),
+            (Some(s), None) => Ok(Some(s.clone())),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|s| {
+                    Some(SecretString::from(
+                        s.trim_end_matches(['\r', '\n']).to_string(),
+                    ))
+                })
+                .map_err(|e| {
+                    format!(
+                        "webhook {:?}: cannot read secret_file {path}: {e}",
+                        self.name
+                    )
+                }),
+            (None, None) => Ok(None),
+        }
     }
 }
 

@@ -1,17 +1,20 @@
-//! What the settings file declares beside servers: `[[templates]]` and `[[schedules]]`,
-//! created or updated by name at start and on SIGHUP.
+//! What the settings file declares beside servers: `[[templates]]`, `[[schedules]]` and
+//! `[[webhooks]]`, created or updated by name at start and on SIGHUP.
 //!
 //! Every table is checked before any is written, so a bad one changes nothing; templates are
 //! written before the schedules that launch them. A table that says what the database
 //! already holds is left alone: no audit record, and a schedule keeps its cursor (an update
 //! would make it fire from now on, and a restart would lose the fires `catch_up` makes up).
-//! Templates and schedules no longer in the file stay as they are.
+//! Templates, schedules and webhooks no longer in the file stay as they are.
+
+use secrecy::ExposeSecret;
 
 use super::schedules::check_schedule;
 use super::templates::template_row;
-use super::{Actor, Engine, Error, ScheduleRequest, StartError};
-use crate::settings::{ScheduleSettings, Settings};
-use crate::store::{ScheduleRow, StoreError, TemplateRow};
+use super::webhooks::check_webhook;
+use super::{Actor, Engine, Error, ScheduleRequest, StartError, WebhookFilter, WebhookRequest};
+use crate::settings::{ScheduleSettings, Settings, WebhookTableSettings};
+use crate::store::{ScheduleRow, StoreError, TemplateRow, WebhookRow};
 
 /// What [`Engine::apply_declared`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +23,8 @@ pub struct Declared {
     pub templates: usize,
     /// `[[schedules]]` tables in the file.
     pub schedules: usize,
+    /// `[[webhooks]]` tables in the file.
+    pub webhooks: usize,
     /// Of those, how many were created or changed.
     pub changed: usize,
 }
@@ -37,6 +42,29 @@ impl From<&ScheduleSettings> for ScheduleRequest {
             paused: s.paused,
         }
     }
+}
+
+/// The API's webhook body for a `[[webhooks]]` table, its secret file read. No secret is
+/// `""`, which removes one set before: the file is the definition.
+pub fn webhook_request(table: &WebhookTableSettings) -> Result<WebhookRequest, String> {
+    let secret = table.read_secret()?;
+    Ok(WebhookRequest {
+        name: Some(table.name.clone()),
+        url: Some(table.url.clone()),
+        events: Some(table.events.clone()),
+        filter: table.filter.as_ref().map(|f| WebhookFilter {
+            selector: f.selector.clone(),
+            template: f.template.clone(),
+        }),
+        secret: Some(secret.map_or_else(String::new, |s| s.expose_secret().to_string())),
+        active: table.active,
+    })
+}
+
+/// Whether two rows of one webhook define the same thing, their secrets aside.
+fn same_webhook(a: &WebhookRow, b: &WebhookRow) -> bool {
+    (&a.url, &a.events, &a.selector, &a.template_id, a.active)
+        == (&b.url, &b.events, &b.selector, &b.template_id, b.active)
 }
 
 /// Whether two rows of one template define the same thing.
@@ -104,6 +132,27 @@ impl Engine {
                 .map_err(|e| schedule_error(&table.name, e))?;
         }
 
+        let mut hooks = Vec::new();
+        for table in &settings.webhooks {
+            let failed =
+                |e: String| StartError::Declared(format!("[[webhooks]] {:?}: {e}", table.name));
+            if (settings.webhooks.iter())
+                .filter(|w| w.name == table.name)
+                .count()
+                > 1
+            {
+                return Err(failed("the name is used twice".into()));
+            }
+            let request = webhook_request(table).map_err(failed)?;
+            check_webhook(request.clone()).map_err(|e| failed(e.to_string()))?;
+            if let Some(t) = table.filter.as_ref().and_then(|f| f.template.as_ref())
+                && !settings.templates.iter().any(|s| &s.name == t)
+            {
+                self.template(t).await.map_err(|e| failed(e.to_string()))?;
+            }
+            hooks.push(request);
+        }
+
         let actor = file_actor();
         let mut changed = 0;
         for (table, row) in settings.templates.iter().zip(&rows) {
@@ -144,11 +193,46 @@ impl Engine {
             tracing::info!(name = %table.name, "schedule from the settings file applied");
             changed += 1;
         }
+        for request in hooks {
+            let name = request.name.clone().unwrap_or_default();
+            let failed = |e: Error| StartError::Declared(format!("[[webhooks]] {name:?}: {e}"));
+            match self.store.get_webhook(name.clone()).await {
+                Ok(old) => {
+                    if self
+                        .same_declared_webhook(&old, &request)
+                        .await
+                        .map_err(failed)?
+                    {
+                        continue;
+                    }
+                    (self.update_webhook(&actor, &old.id, request).await).map_err(failed)?;
+                }
+                Err(StoreError::NotFound) => {
+                    (self.create_webhook(&actor, request).await).map_err(failed)?;
+                }
+                Err(e) => return Err(failed(e.into())),
+            }
+            tracing::info!(name = %name, "webhook from the settings file applied");
+            changed += 1;
+        }
         Ok(Declared {
             templates: settings.templates.len(),
             schedules: settings.schedules.len(),
+            webhooks: settings.webhooks.len(),
             changed,
         })
+    }
+
+    /// Whether a saved webhook already is what `request` declares (its secret compared
+    /// opened: each sealing differs).
+    async fn same_declared_webhook(
+        &self,
+        old: &WebhookRow,
+        request: &WebhookRequest,
+    ) -> Result<bool, Error> {
+        let new = self.webhook_row(request.clone(), Some(old)).await?;
+        let wanted = request.secret.as_deref().filter(|s| !s.is_empty());
+        Ok(same_webhook(old, &new) && self.store.webhook_secret(old)?.as_deref() == wanted)
     }
 
     /// Whether two rows of one schedule define the same thing (secret values compared

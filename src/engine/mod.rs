@@ -41,7 +41,7 @@ use std::sync::Arc;
 
 use actix::Addr;
 
-pub use declared::Declared;
+pub use declared::{Declared, webhook_request};
 pub use error::{Error, Subject};
 pub use follow::FollowTask;
 pub(crate) use jobs::WAIT_POLL;
@@ -53,7 +53,7 @@ pub use schedules::{Schedule, ScheduleRequest, check_schedule};
 pub use servers::{Tested, apply_servers, ensure_default_server};
 pub use sessions::SESSION_IDLE;
 pub use templates::{LaunchRequest, template_row};
-pub use webhooks::{EVENTS, WebhookFilter, WebhookRequest, signature};
+pub use webhooks::{EVENTS, WebhookFilter, WebhookRequest, check_webhook, signature};
 
 pub use crate::domain::Actor;
 

@@ -156,42 +156,85 @@ impl InFlight {
     }
 }
 
+/// A webhook request's fields, checked as far as they can be without the database (the
+/// template its filter names is looked up when it is saved).
+#[derive(Debug)]
+struct CheckedWebhook {
+    name: String,
+    url: String,
+    events: Vec<String>,
+    selector: Option<String>,
+    template: Option<String>,
+    secret: Option<String>,
+    active: bool,
+}
+
+/// Check a webhook request whole, without the database: `check-config` and the settings
+/// file's tables use it as the API does.
+pub fn check_webhook(request: WebhookRequest) -> Result<(), Error> {
+    checked(request).map(drop)
+}
+
+fn checked(request: WebhookRequest) -> Result<CheckedWebhook, Error> {
+    let name = request.name.ok_or_else(|| invalid("name", "is required"))?;
+    if !crate::domain::valid_template_name(&name) {
+        return Err(invalid(
+            "name",
+            "must be 1 to 128 of letters, digits, '.', '_' and '-'",
+        ));
+    }
+    let url = request.url.ok_or_else(|| invalid("url", "is required"))?;
+    check_url(&url)?;
+    let events = request
+        .events
+        .ok_or_else(|| invalid("events", "is required"))?;
+    if events.is_empty() {
+        return Err(invalid("events", "is empty: name at least one event"));
+    }
+    if let Some(bad) = events.iter().find(|e| !EVENTS.contains(&e.as_str())) {
+        return Err(invalid(
+            "events",
+            format!(
+                "unknown event {bad:?}; expected any of {}",
+                EVENTS.join(", ")
+            ),
+        ));
+    }
+    let filter = request.filter.unwrap_or_default();
+    let selector = (filter.selector.as_deref())
+        .map(|s| Selector::parse("filter.selector", s).map(|s| s.to_string()))
+        .transpose()?;
+    if request.secret.as_ref().is_some_and(|s| s.len() > 1024) {
+        return Err(invalid("secret", "is longer than 1024 bytes"));
+    }
+    Ok(CheckedWebhook {
+        name,
+        url,
+        events,
+        selector,
+        template: filter.template,
+        secret: request.secret,
+        active: request.active.unwrap_or(true),
+    })
+}
+
 impl Engine {
     /// Check a webhook request whole (`old`: the row it replaces) and make its row.
-    async fn webhook_row(
+    pub(super) async fn webhook_row(
         &self,
         request: WebhookRequest,
         old: Option<&WebhookRow>,
     ) -> Result<WebhookRow, Error> {
-        let name = request.name.ok_or_else(|| invalid("name", "is required"))?;
-        if !crate::domain::valid_template_name(&name) {
-            return Err(invalid(
-                "name",
-                "must be 1 to 128 of letters, digits, '.', '_' and '-'",
-            ));
-        }
-        let url = request.url.ok_or_else(|| invalid("url", "is required"))?;
-        check_url(&url)?;
-        let events = request
-            .events
-            .ok_or_else(|| invalid("events", "is required"))?;
-        if events.is_empty() {
-            return Err(invalid("events", "is empty: name at least one event"));
-        }
-        if let Some(bad) = events.iter().find(|e| !EVENTS.contains(&e.as_str())) {
-            return Err(invalid(
-                "events",
-                format!(
-                    "unknown event {bad:?}; expected any of {}",
-                    EVENTS.join(", ")
-                ),
-            ));
-        }
-        let filter = request.filter.unwrap_or_default();
-        let selector = (filter.selector.as_deref())
-            .map(|s| Selector::parse("filter.selector", s).map(|s| s.to_string()))
-            .transpose()?;
-        let template_id = match filter.template.as_deref() {
+        let CheckedWebhook {
+            name,
+            url,
+            events,
+            selector,
+            template,
+            secret,
+            active,
+        } = checked(request)?;
+        let template_id = match template.as_deref() {
             None => None,
             Some(t) => Some(
                 self.store
@@ -206,12 +249,9 @@ impl Engine {
                     .id,
             ),
         };
-        if request.secret.as_ref().is_some_and(|s| s.len() > 1024) {
-            return Err(invalid("secret", "is longer than 1024 bytes"));
-        }
         let now = Micros::now().0;
         let id = old.map_or_else(|| uuid::Uuid::now_v7().to_string(), |o| o.id.clone());
-        let sealed_secret = match (request.secret.as_deref(), old) {
+        let sealed_secret = match (secret.as_deref(), old) {
             (Some(""), _) => None,
             (Some(s), _) => Some(self.store.seal_webhook_secret(&id, s)?),
             (None, Some(o)) => o.sealed_secret.clone(),
@@ -225,7 +265,7 @@ impl Engine {
             selector,
             template_id,
             sealed_secret,
-            active: request.active.unwrap_or(true),
+            active,
             created_at: old.map_or(now, |o| o.created_at),
             updated_at: now,
         })

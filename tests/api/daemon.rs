@@ -573,3 +573,157 @@ async fn templates_and_schedules_from_the_file_are_applied_by_name_and_kept_acro
         .await;
     assert_eq!(status, 404);
 }
+
+/// `[[webhooks]]` for [`config`]: one webhook of job ends posting to `port` on loopback, its
+/// secret in `secret_file`, retried every 300 ms or so.
+fn declared_webhook(port: u16, secret_file: &str, events: &str) -> String {
+    format!(
+        "\n[[webhooks]]\nname = \"ops\"\nurl = \"http://127.0.0.1:{port}/hook?token=in-the-query\"\n\
+         events = [{events}]\nfilter = {{ selector = \"role=web\" }}\nsecret_file = \"{secret_file}\"\n\n\
+         [webhook_delivery]\nretry_base_ms = 300\nmax_attempts = 100\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_from_the_file_are_applied_by_name_and_their_pending_deliveries_survive_a_kill() {
+    use crate::webhooks::{assert_signed, receiver_on, wait_for};
+    let Daemon {
+        host,
+        dir,
+        key_file,
+        db,
+        port,
+        file,
+    } = Daemon::prepare().await;
+    let secret_file = dir.path().join("webhook.secret");
+    std::fs::write(&secret_file, "whsec-declared\n").unwrap();
+    let secret_file = secret_file.display().to_string();
+    // The receiver's port, chosen now and listened on only after the kill.
+    let hook_port = free_port();
+    let write = |events: &str| {
+        let extra = format!(
+            "labels = {{ role = \"web\" }}\n{}",
+            declared_webhook(hook_port, &secret_file, events)
+        );
+        std::fs::write(&file, config(port, &db, &host, &key_file, &extra)).unwrap();
+    };
+    write("\"job.completed\"");
+    let check = check_config(&file);
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{check:?}");
+    assert!(said.contains("1 webhook(s)"), "{said}");
+
+    let file_arg = file.display().to_string();
+    let d = Service::start(&["--config", &file_arg, "serve"], &[], port, None).await;
+    let (_, hook) = d
+        .call_json(reqwest::Method::GET, "/api/v1/webhooks/ops", None, None)
+        .await;
+    assert_eq!(
+        (
+            &hook["events"],
+            &hook["has_secret"],
+            &hook["filter"]["selector"]
+        ),
+        (&json!(["job.completed"]), &json!(true), &json!("role=web")),
+        "{hook}"
+    );
+    assert!(!hook.to_string().contains("in-the-query"), "{hook}");
+
+    // A job ends while the receiver is down: its delivery waits, attempted and pending.
+    let (status, servers) = d
+        .call_json(reqwest::Method::GET, "/api/v1/servers", None, None)
+        .await;
+    assert_eq!(status, 200);
+    let server = servers["servers"][0]["id"].clone();
+    let (status, job) = d
+        .call_json(
+            reqwest::Method::POST,
+            "/api/v1/jobs",
+            None,
+            Some(json!({"command": "echo hi", "server_id": server})),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+    let start = Instant::now();
+    let pending = loop {
+        let (_, list) = d
+            .call_json(
+                reqwest::Method::GET,
+                "/api/v1/webhooks/ops/deliveries",
+                None,
+                None,
+            )
+            .await;
+        let first = list["deliveries"][0].clone();
+        if first["attempts"].as_i64().unwrap_or(0) >= 1 {
+            break first;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(pending["status"], "pending", "{pending}");
+    assert!(
+        (pending["last_error"].as_str().unwrap()).contains("cannot connect"),
+        "{pending}"
+    );
+    assert!(!pending.to_string().contains("in-the-query"), "{pending}");
+    drop(d); // SIGKILL
+
+    // The receiver comes up; a new process on the same database delivers what waited.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", hook_port))
+        .await
+        .unwrap();
+    let (_, got) = receiver_on(listener, vec![]);
+    let d = Service::start(&["--config", &file_arg, "serve"], &[], port, None).await;
+    let pid = d.pid();
+    let all = wait_for(&got, 1, Duration::from_secs(20)).await;
+    assert_eq!(all[0].header("x-jobexec-delivery"), pending["delivery_id"]);
+    assert_eq!(all[0].header("x-jobexec-event"), "job.completed");
+    assert_signed(&all[0], "whsec-declared");
+    let body: Value = serde_json::from_str(&all[0].body).unwrap();
+    assert_eq!(body["data"]["id"], job["id"]);
+
+    // A changed table is updated in place; an unchanged one is not rewritten.
+    write("\"job.completed\", \"job.failed\"");
+    let changed = reload_until(&d, pid, "/api/v1/webhooks/ops", |b| {
+        b["events"].as_array().is_some_and(|e| e.len() == 2)
+    })
+    .await;
+    assert_eq!(changed["id"], hook["id"], "re-created instead of updated");
+    sighup(pid);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, audit) = d
+        .call_json(reqwest::Method::GET, "/api/v1/audit?limit=100", None, None)
+        .await;
+    let audit = audit.to_string();
+    assert_eq!(audit.matches("webhook.update").count(), 1, "{audit}");
+    assert_eq!(audit.matches("webhook.create").count(), 1, "{audit}");
+    assert!(!audit.contains("whsec-declared"), "{audit}");
+
+    // check-config names a bad table at its line, and the old [webhooks] section by name.
+    let bad = config(
+        port,
+        &db,
+        &host,
+        &key_file,
+        "\n[[webhooks]]\nname = \"x\"\nurl = \"ftp://h/\"\nevents = [\"job.exploded\"]\n\
+         secret_file = \"/nonexistent/secret\"\n",
+    );
+    std::fs::write(&file, bad).unwrap();
+    let out = output_of(&check_config(&file));
+    assert!(out.contains("/nonexistent/secret"), "{out}");
+    assert!(out.contains("must be an http:// or https:// URL"), "{out}");
+    assert!(!out.contains("whsec"), "{out}");
+    let old = config(
+        port,
+        &db,
+        &host,
+        &key_file,
+        "\n[webhooks]\nmax_attempts = 3\n",
+    );
+    std::fs::write(&file, old).unwrap();
+    let out = output_of(&check_config(&file));
+    assert!(out.contains("[webhook_delivery]"), "{out}");
+    let lines = out.lines().count();
+    assert_eq!(lines, 1, "{out}");
+}

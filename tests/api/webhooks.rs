@@ -13,22 +13,32 @@ use crate::helpers::{TestApp, TestDb, TestHost};
 
 /// One request the receiver got: its headers (lower-cased names) and body.
 #[derive(Debug, Clone)]
-struct Got {
+pub struct Got {
     headers: Vec<(String, String)>,
-    body: String,
+    pub body: String,
 }
 
 impl Got {
-    fn header(&self, name: &str) -> &str {
+    pub fn header(&self, name: &str) -> &str {
         (self.headers.iter())
             .find(|(n, _)| n == name)
             .map_or("", |(_, v)| v.as_str())
     }
 }
 
-/// A receiver on loopback answering the statuses of `answers` in turn (then 200).
-async fn receiver(answers: Vec<u16>) -> (String, Arc<Mutex<Vec<Got>>>) {
+/// A receiver on loopback answering the statuses of `answers` in turn (then 200); `0`
+/// holds the connection open without ever answering. Its URL carries a query token that no
+/// response may show.
+pub async fn receiver(answers: Vec<u16>) -> (String, Arc<Mutex<Vec<Got>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    receiver_on(listener, answers)
+}
+
+/// [`receiver`] on a listener the test bound itself (to a port chosen earlier).
+pub fn receiver_on(
+    listener: tokio::net::TcpListener,
+    answers: Vec<u16>,
+) -> (String, Arc<Mutex<Vec<Got>>>) {
     let url = format!(
         "http://{}/hook?token=in-the-query",
         listener.local_addr().unwrap()
@@ -38,46 +48,67 @@ async fn receiver(answers: Vec<u16>) -> (String, Arc<Mutex<Vec<Got>>>) {
     tokio::spawn(async move {
         let mut answers = answers.into_iter();
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
+            let Ok((sock, _)) = listener.accept().await else {
                 return;
             };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 8192];
-            let (head, body) = loop {
-                let n = sock.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    break (String::new(), String::new());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some((head, rest)) = text.split_once("\r\n\r\n") {
-                    let len: usize = (head.lines())
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if rest.len() >= len {
-                        break (head.to_string(), rest[..len].to_string());
-                    }
-                }
-            };
-            let headers = (head.lines().skip(1))
-                .filter_map(|l| l.split_once(':'))
-                .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-                .collect();
-            seen.lock().unwrap().push(Got { headers, body });
             let status = answers.next().unwrap_or(200);
-            let reply =
-                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-            let _ = sock.write_all(reply.as_bytes()).await;
+            tokio::spawn(answer(sock, status, seen.clone()));
         }
     });
     (url, got)
 }
 
-async fn wait_for(got: &Arc<Mutex<Vec<Got>>>, n: usize, within: Duration) -> Vec<Got> {
+/// Read one request from `sock`, record it, answer `status` (`0`: never).
+async fn answer(mut sock: tokio::net::TcpStream, status: u16, seen: Arc<Mutex<Vec<Got>>>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let (head, body) = loop {
+        let n = sock.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+            let len: usize = (head.lines())
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if rest.len() >= len {
+                break (head.to_string(), rest[..len].to_string());
+            }
+        }
+    };
+    let headers = (head.lines().skip(1))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    seen.lock().unwrap().push(Got { headers, body });
+    if status == 0 {
+        // Hold the connection until the client gives up.
+        let _ = sock.read(&mut chunk).await;
+        return;
+    }
+    let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let _ = sock.write_all(reply.as_bytes()).await;
+}
+
+/// Check a delivery's `X-JobExec-Signature` against `secret`: fresh, and over its body.
+pub fn assert_signed(g: &Got, secret: &str) {
+    let sig = g.header("x-jobexec-signature");
+    let (t, v1) = sig
+        .strip_prefix("t=")
+        .and_then(|r| r.split_once(",v1="))
+        .unwrap_or_else(|| panic!("{sig}"));
+    let t: i64 = t.parse().unwrap();
+    assert!((chrono::Utc::now().timestamp() - t).abs() < 60);
+    assert_eq!(v1, job_executor::engine::signature(secret, t, &g.body));
+}
+
+pub async fn wait_for(got: &Arc<Mutex<Vec<Got>>>, n: usize, within: Duration) -> Vec<Got> {
     let start = Instant::now();
     loop {
         let all = got.lock().unwrap().clone();
@@ -96,7 +127,7 @@ async fn wait_for(got: &Arc<Mutex<Vec<Got>>>, n: usize, within: Duration) -> Vec
 db_test!(
     a_job_end_is_delivered_signed_and_retried_with_one_delivery_id,
     |db: TestDb| async move {
-        let app = TestApp::start(&db, &[("webhook_delivery.retry_base_ms", "200")]).await;
+        let app = TestApp::start(&db, &[("JOBEXEC__WEBHOOK_DELIVERY__RETRY_BASE_MS", "200")]).await;
         let host = TestHost::start().await;
         let server = app.add_key_server("web", &host).await;
         let (url, got) = receiver(vec![500, 500]).await;
@@ -149,14 +180,7 @@ db_test!(
             assert_eq!(g.header("x-jobexec-event"), "job.completed");
             assert_eq!(g.header("x-jobexec-delivery"), id, "one id across attempts");
             assert_eq!(g.body, all[0].body, "the same body on every attempt");
-            let sig = g.header("x-jobexec-signature");
-            let (t, v1) = sig
-                .strip_prefix("t=")
-                .and_then(|r| r.split_once(",v1="))
-                .unwrap_or_else(|| panic!("{sig}"));
-            let t: i64 = t.parse().unwrap();
-            assert!((chrono::Utc::now().timestamp() - t).abs() < 60);
-            assert_eq!(v1, job_executor::engine::signature(secret, t, &g.body));
+            assert_signed(g, secret);
         }
         let payload: Value = serde_json::from_str(&all[0].body).unwrap();
         assert_eq!(payload["event"], "job.completed");
@@ -202,6 +226,141 @@ db_test!(
         let (status, _) = app
             .post("/api/v1/webhooks/ops/deliveries/nope/redeliver", &json!({}))
             .await;
+        assert_eq!(status, 404);
+    }
+);
+
+/// A job's id once it has ended with `status`.
+async fn ended(app: &TestApp, body: Value, status: &str) -> String {
+    let (code, job) = app.post("/api/v1/jobs", &body).await;
+    assert_eq!(code, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = crate::jobs::wait_done(app, &id, Duration::from_secs(20)).await;
+    assert_eq!(done["status"], status, "{done}");
+    id
+}
+
+db_test!(
+    a_recovery_is_its_own_event_and_a_receiver_that_never_answers_delays_no_job,
+    |db: TestDb| async move {
+        // One attempt may take 30 s: a receiver that never answers holds its slots that long.
+        let app = TestApp::start(
+            &db,
+            &[
+                ("JOBEXEC__WEBHOOK_DELIVERY__TIMEOUT_SECS", "30"),
+                ("JOBEXEC__WEBHOOK_DELIVERY__PER_WEBHOOK", "1"),
+            ],
+        )
+        .await;
+        let host = TestHost::start().await;
+        let server = app.add_key_server("web", &host).await;
+        let (silent_url, silent) = receiver(vec![0; 16]).await;
+        let (url, got) = receiver(vec![]).await;
+        let secret_dir = tempfile::tempdir().unwrap();
+        let secret_file = secret_dir.path().join("secret");
+        std::fs::write(&secret_file, "whsec-from-a-file\n").unwrap();
+        let secret_arg = secret_file.display().to_string();
+
+        // Both saved with jobctl: the secret from a file, shown nowhere.
+        let all_events = "job.completed,job.failed,job.recovered";
+        let add = |name: &'static str, url: String, events: &'static str| {
+            let (base, secret_arg) = (app.base.clone(), secret_arg.clone());
+            async move {
+                let args = [
+                    "webhooks",
+                    "add",
+                    name,
+                    &url,
+                    "-e",
+                    events,
+                    "--secret-file",
+                    &secret_arg,
+                ];
+                crate::helpers::jobctl::jobctl_at(&base, &args, None).await
+            }
+        };
+        let out = add("silent", silent_url, all_events).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        out.assert_hides("whsec-from-a-file");
+        let out = add("ops", url, "job.recovered,job.failed").await;
+        assert_eq!(out.code, 0, "{out:?}");
+        let out = crate::helpers::jobctl::jobctl_at(&app.base, &["webhooks", "list"], None).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        let ops = (out.stdout.lines().find(|l| l.starts_with("ops ")))
+            .unwrap_or_else(|| panic!("{out:?}"));
+        assert!(
+            ops.contains("job.recovered,job.failed") && ops.contains("yes"),
+            "{}",
+            out.stdout
+        );
+        assert!(!out.stdout.contains("in-the-query"), "{}", out.stdout);
+
+        // Fail, complete (a recovery), complete again (not one): the same command, told
+        // apart by its environment. The silent receiver holds every attempt it gets, and
+        // no job waits for it.
+        let job = |code: &str| json!({"command": "exit \"$CODE\"", "env": {"CODE": code}, "server_id": server});
+        let start = Instant::now();
+        let failed = ended(&app, job("3"), "failed").await;
+        let recovered = ended(&app, job("0"), "completed").await;
+        let again = ended(&app, job("0"), "completed").await;
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(10), "three jobs took {took:?}");
+
+        let all = wait_for(&got, 2, Duration::from_secs(10)).await;
+        let events: Vec<(&str, String)> = (all.iter())
+            .map(|g| {
+                let data: Value = serde_json::from_str(&g.body).unwrap();
+                (
+                    g.header("x-jobexec-event"),
+                    data["data"]["id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            events,
+            [("job.failed", failed), ("job.recovered", recovered.clone())],
+            "a failure, then its recovery (and not the completion after it)"
+        );
+        for g in &all {
+            assert_signed(g, "whsec-from-a-file");
+        }
+        assert!(!again.is_empty());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            got.lock().unwrap().len(),
+            2,
+            "no event for a second completion"
+        );
+        // The silent one got its first attempt (one in flight: per_webhook 1), still open.
+        assert_eq!(silent.lock().unwrap().len(), 1);
+        let out = crate::helpers::jobctl::jobctl_at(
+            &app.base,
+            &["webhooks", "deliveries", "silent", "-o", "json"],
+            None,
+        )
+        .await;
+        let list = out.json();
+        let statuses: Vec<&str> = (list["deliveries"].as_array().unwrap().iter())
+            .map(|d| d["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(statuses, ["pending"; 4], "{list}");
+
+        // Redelivered with jobctl: the same id reaches the receiver again.
+        let first = all[0].header("x-jobexec-delivery").to_string();
+        let out = crate::helpers::jobctl::jobctl_at(
+            &app.base,
+            &["webhooks", "redeliver", "ops", &first],
+            None,
+        )
+        .await;
+        assert_eq!(out.code, 0, "{out:?}");
+        let all = wait_for(&got, 3, Duration::from_secs(10)).await;
+        assert_eq!(all[2].header("x-jobexec-delivery"), first);
+        let out =
+            crate::helpers::jobctl::jobctl_at(&app.base, &["webhooks", "delete", "silent"], None)
+                .await;
+        assert_eq!(out.code, 0, "{out:?}");
+        let (status, _) = app.get("/api/v1/webhooks/silent").await;
         assert_eq!(status, 404);
     }
 );

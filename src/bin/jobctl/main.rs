@@ -17,6 +17,7 @@ mod runs;
 mod schedules;
 mod servers;
 mod templates;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -110,6 +111,9 @@ enum Command {
     /// Schedules: templates on a cron timer (`jobctl schedules preview '30 2 * * *' -z Europe/Berlin`).
     #[command(subcommand)]
     Schedules(schedules::SchedulesCommand),
+    /// Webhooks: where job, run and schedule events are posted, signed and retried.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -172,6 +176,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Runs(c) => runs::dispatch(&ctx, c).await,
         Command::Templates(c) => templates::dispatch(&ctx, c).await,
         Command::Schedules(c) => schedules::dispatch(&ctx, c).await,
+        Command::Webhooks(c) => webhooks::dispatch(&ctx, c).await,
         Command::Completions { .. } => Ok(0),
     }
 }
