@@ -117,6 +117,7 @@ impl From<crate::engine::Error> for ApiError {
             Error::AlreadyEnded { .. } | Error::RunEnded { .. } | Error::RunNotEnded { .. } => {
                 Self::Conflict(e.to_string())
             }
+            Error::Forbidden(message) => Self::Forbidden(message),
             Error::Store(s) => s.into(),
         }
     }

@@ -423,9 +423,80 @@ pub struct WebhookDeliverySettings {
 /// `[auth]`
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
-    /// Bearer tokens: `NAME:TOKEN`, `TOKEN`, or `NAME:sha256:HEX`. Empty: no authentication
-    /// (and then the API listens on loopback only).
-    pub tokens: Vec<SecretString>,
+    /// Bearer tokens: `NAME:TOKEN`, `TOKEN`, or `NAME:sha256:HEX` (admin tokens), or
+    /// `[[auth.tokens]]` tables with a role and a scope. Empty: no authentication (and then
+    /// the API listens on loopback only).
+    pub tokens: Vec<TokenSettings>,
+}
+
+/// One entry of `auth.tokens`: a string as before roles (an admin token), or a table.
+#[derive(Debug, Clone)]
+pub enum TokenSettings {
+    /// `NAME:TOKEN`, `TOKEN`, or `NAME:sha256:HEX`: a token with every right.
+    Bare(SecretString),
+    /// A `[[auth.tokens]]` table.
+    Table(TokenTable),
+}
+
+/// A `[[auth.tokens]]` table.
+///
+/// ```toml
+/// [[auth.tokens]]
+/// name = "ci-staging"
+/// token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+/// role = "operator"
+/// scope = "env=staging"
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenTable {
+    /// The name the audit log records and `whoami` shows.
+    pub name: String,
+    /// The token itself (at least 16 characters).
+    pub token: Option<SecretString>,
+    /// Or its SHA-256, in hex (`job-executor` never needs the token then).
+    pub token_sha256: Option<String>,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// Only servers this label selector matches (`env=staging`); none: every server.
+    pub scope: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for TokenSettings {
+    /// A string (or a number the environment parsed one into) is a bare token; a table is
+    /// a [`TokenTable`].
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = TokenSettings;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a token string or a table with name, token or token_sha256, role")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(TokenSettings::Bare(SecretString::from(v.to_string())))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(TokenSettings::Bare(SecretString::from(v.to_string())))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(TokenSettings::Bare(SecretString::from(v.to_string())))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let table =
+                    TokenTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(TokenSettings::Table(table))
+            }
+        }
+        d.deserialize_any(Entry)
+    }
 }
 
 /// `[secrets]`

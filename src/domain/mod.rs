@@ -76,6 +76,7 @@ fn expected_names(names: &[&str]) -> String {
     }
 }
 
+mod access;
 mod ids;
 mod job;
 mod labels;
@@ -84,6 +85,8 @@ mod schedule;
 mod server;
 mod spec;
 mod template;
+
+pub use access::{Access, Action, Area, Role};
 
 pub use ids::{JobId, RunId, ServerId};
 
@@ -94,6 +97,9 @@ pub struct Actor {
     pub name: String,
     /// The caller's address, when it came over the network.
     pub peer: Option<String>,
+    /// What it may do: its token's role and scope (`admin` for the library and the
+    /// service itself).
+    pub access: Access,
 }
 
 impl Actor {
@@ -102,6 +108,7 @@ impl Actor {
         Actor {
             name: "library".into(),
             peer: None,
+            access: Access::admin(),
         }
     }
 
@@ -110,6 +117,7 @@ impl Actor {
         Actor {
             name: "system".into(),
             peer: None,
+            access: Access::admin(),
         }
     }
 }

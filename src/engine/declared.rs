@@ -89,6 +89,7 @@ fn file_actor() -> Actor {
     Actor {
         name: "settings-file".into(),
         peer: None,
+        access: crate::domain::Access::admin(),
     }
 }
 

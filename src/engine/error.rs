@@ -75,6 +75,10 @@ pub enum Error {
         /// Where it is.
         status: RunStatus,
     },
+    /// The caller's role or scope does not allow it ("operator tokens cannot delete
+    /// servers").
+    #[error("{0}")]
+    Forbidden(String),
     /// The database refused or failed (a conflict such as a name taken or a busy server, an
     /// outage, a fault).
     #[error(transparent)]

@@ -1,5 +1,6 @@
 //! Jobs: submit, read, list, cancel, duplicate, wait, and their output.
 
+use crate::domain::Action;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +81,7 @@ impl Engine {
         kind: JobKind,
         request: JobRequest,
     ) -> Result<Submitted, Error> {
+        self.allow(actor, Action::Submit).await?;
         let server = self.resolve_server(request.server_id.as_deref()).await?;
         let mut spec = JobSpec::from_request(kind, request, &self.settings.jobs.limits())?;
         // A key names the caller's own earlier job, never another caller's.
@@ -113,6 +115,7 @@ impl Engine {
     /// Cancel: a queued job ends `canceled` at once; a running one is asked to stop (its
     /// worker kills the remote process group). Refused when it has already ended.
     pub async fn cancel(&self, actor: &Actor, id: JobId) -> Result<Canceled, Error> {
+        self.allow(actor, Action::Cancel).await?;
         let (outcome, job) = self
             .store
             .request_cancel(id.0)
@@ -159,6 +162,7 @@ impl Engine {
         server: Option<&str>,
         timeout: Option<i64>,
     ) -> Result<Duplicated, Error> {
+        self.allow(actor, Action::Duplicate).await?;
         let original = self.job(id).await?;
         let server = self
             .resolve_server(Some(server.unwrap_or(&original.server_id)))

@@ -124,8 +124,34 @@ impl Engine {
     }
 
     /// A page of the audit log, newest first.
-    pub async fn audit_log(&self, filter: AuditFilter) -> Result<Vec<AuditRow>, Error> {
+    pub async fn audit_log(
+        &self,
+        actor: &Actor,
+        filter: AuditFilter,
+    ) -> Result<Vec<AuditRow>, Error> {
+        self.allow(
+            actor,
+            crate::domain::Action::Read(crate::domain::Area::Audit),
+        )
+        .await?;
         Ok(self.store.list_audit(filter).await?)
+    }
+
+    /// Whether `actor` may do `action`: a refusal (`Forbidden`, a 403) is recorded in the
+    /// audit log as `access.denied`, with the action and the role.
+    pub(crate) async fn allow(
+        &self,
+        actor: &Actor,
+        action: crate::domain::Action,
+    ) -> Result<(), Error> {
+        let Err(message) = actor.access.allow(action) else {
+            return Ok(());
+        };
+        tracing::info!(actor = %actor.name, role = %actor.access.role, action = %action.describe(), "refused");
+        let detail = serde_json::json!({"action": action.describe(), "role": actor.access.role});
+        self.audit(actor, "access.denied", &actor.name, detail)
+            .await;
+        Err(Error::Forbidden(message))
     }
 
     /// Record that `actor` did `action` (`KIND.VERB`: the target's kind comes first) to

@@ -7,6 +7,7 @@
 //! workers' events, or the broker's), and sweeps the unfinished runs every few seconds, so a
 //! run goes on when the process that started it is gone.
 
+use crate::domain::Action;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -70,6 +71,7 @@ pub enum RerunOnly {
 impl Engine {
     /// Check a run request, resolve its targets, store it and start its first hosts.
     pub async fn start_run(&self, actor: &Actor, request: RunRequest) -> Result<Run, Error> {
+        self.allow(actor, Action::StartRun).await?;
         let new = request.validate(&self.settings.jobs.limits())?;
         self.create_run(actor, new, None, Origin::default()).await
     }
@@ -229,6 +231,7 @@ impl Engine {
     /// Cancel a run: no more host starts (the waiting ones are skipped), the running ones
     /// are canceled. Refused when it has already ended.
     pub async fn cancel_run(&self, actor: &Actor, id: RunId) -> Result<Run, Error> {
+        self.allow(actor, Action::CancelRun).await?;
         let run = self
             .store
             .request_run_cancel(id.0)
@@ -261,6 +264,7 @@ impl Engine {
     /// A new run of the same job and strategy over the hosts of run `id` that did not
     /// complete (failed, timed out, unreachable, skipped, canceled), or over all of them.
     pub async fn rerun(&self, actor: &Actor, id: RunId, only: RerunOnly) -> Result<Run, Error> {
+        self.allow(actor, Action::Rerun).await?;
         let old = self.run(id).await?;
         if !old.row.status.is_terminal() {
             return Err(Error::RunNotEnded {

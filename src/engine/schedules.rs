@@ -14,6 +14,7 @@
 //! same id if not (the database refuses a second run of that id), or, when the fire is now
 //! outside `catch_up`, records it `failed`. So each fire launches once, or says why not.
 
+use crate::domain::{Action, Area};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -197,6 +198,7 @@ impl Engine {
         actor: &Actor,
         request: ScheduleRequest,
     ) -> Result<Schedule, Error> {
+        self.allow(actor, Action::Create(Area::Schedules)).await?;
         let row = self.schedule_row(request, None).await?;
         let row = self.store.insert_schedule(row).await?;
         self.audit(actor, "schedule.create", &row.id, json!({"name": row.name}))
@@ -251,6 +253,7 @@ impl Engine {
         name_or_id: &str,
         request: ScheduleRequest,
     ) -> Result<Schedule, Error> {
+        self.allow(actor, Action::Update(Area::Schedules)).await?;
         let old = self.schedule(name_or_id).await?.row;
         let row = self.schedule_row(request, Some(&old)).await?;
         let row = self.store.update_schedule(row).await?;
@@ -261,6 +264,7 @@ impl Engine {
 
     /// Delete a schedule (its runs stay).
     pub async fn delete_schedule(&self, actor: &Actor, name_or_id: &str) -> Result<(), Error> {
+        self.allow(actor, Action::Delete(Area::Schedules)).await?;
         let row = self.schedule(name_or_id).await?.row;
         self.store.delete_schedule(row.id.clone()).await?;
         self.audit(actor, "schedule.delete", &row.id, json!({"name": row.name}))
@@ -276,6 +280,7 @@ impl Engine {
         name_or_id: &str,
         paused: bool,
     ) -> Result<Schedule, Error> {
+        self.allow(actor, Action::PauseSchedule).await?;
         let mut row = self.schedule(name_or_id).await?.row;
         if row.paused != paused {
             row.paused = paused;
@@ -540,5 +545,6 @@ fn schedule_actor(row: &ScheduleRow) -> Actor {
     Actor {
         name: format!("schedule:{}", row.name),
         peer: None,
+        access: crate::domain::Access::admin(),
     }
 }

@@ -1,6 +1,7 @@
 //! Servers: register, change, delete, test the connection, pin host keys; and the servers
 //! the settings declare (`[[servers]]`, the seed's `SSH_*` default server).
 
+use crate::domain::{Action, Area};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -172,6 +173,7 @@ impl Engine {
         actor: &Actor,
         input: ServerPatch,
     ) -> Result<ServerRow, Error> {
+        self.allow(actor, Action::Create(Area::Servers)).await?;
         let fields = fields_set(&input);
         let row = insert(&self.store, &self.settings, input).await?;
         tracing::info!(server_id = %row.id, name = %row.name, "server created");
@@ -225,6 +227,7 @@ impl Engine {
         id: ServerId,
         input: ServerPatch,
     ) -> Result<ServerRow, Error> {
+        self.allow(actor, Action::Update(Area::Servers)).await?;
         let fields = fields_set(&input);
         let changes = Arc::new(OnceLock::new());
         let seen = changes.clone();
@@ -277,6 +280,7 @@ impl Engine {
 
     /// Delete a server; refused while it has queued or running jobs.
     pub async fn delete_server(&self, actor: &Actor, id: ServerId) -> Result<(), Error> {
+        self.allow(actor, Action::Delete(Area::Servers)).await?;
         let row = self
             .store
             .delete_server(id.0)
@@ -297,6 +301,15 @@ impl Engine {
         id: ServerId,
         accept_host_key: bool,
     ) -> Result<Tested, Error> {
+        self.allow(
+            actor,
+            if accept_host_key {
+                Action::AcceptHostKey
+            } else {
+                Action::TestServer
+            },
+        )
+        .await?;
         let row = self.server(id).await?;
         let opts = SshOptions::from_settings(&self.settings.ssh);
         let bound = Duration::from_secs(self.settings.ssh.test_timeout_secs.max(1));

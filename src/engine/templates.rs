@@ -1,6 +1,7 @@
 //! Templates: create, read, list, replace, delete, and launch (a run whose jobs get the
 //! checked parameter values as `JOBEXEC_PARAM_<NAME>`, the secret ones sealed apart).
 
+use crate::domain::{Action, Area};
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
@@ -103,6 +104,7 @@ impl Engine {
         actor: &Actor,
         request: TemplateRequest,
     ) -> Result<TemplateRow, Error> {
+        self.allow(actor, Action::Create(Area::Templates)).await?;
         let row = self.template_row(request, None)?;
         let row = self.store.insert_template(row).await?;
         self.audit(actor, "template.create", &row.id, json!({"name": row.name}))
@@ -130,6 +132,7 @@ impl Engine {
         name_or_id: &str,
         request: TemplateRequest,
     ) -> Result<TemplateRow, Error> {
+        self.allow(actor, Action::Update(Area::Templates)).await?;
         let old = self.template(name_or_id).await?;
         let row = self.template_row(request, Some((old.id, old.created_at)))?;
         let row = self.store.update_template(row).await?;
@@ -140,6 +143,7 @@ impl Engine {
 
     /// Delete a template (the runs it launched stay).
     pub async fn delete_template(&self, actor: &Actor, name_or_id: &str) -> Result<(), Error> {
+        self.allow(actor, Action::Delete(Area::Templates)).await?;
         let row = self.template(name_or_id).await?;
         let used = self.store.schedules_of_template(row.id.clone()).await?;
         if used > 0 {
@@ -162,6 +166,7 @@ impl Engine {
         name_or_id: &str,
         request: LaunchRequest,
     ) -> Result<Run, Error> {
+        self.allow(actor, Action::Launch).await?;
         self.launch_with(actor, name_or_id, request, BTreeMap::new(), None)
             .await
     }

@@ -12,6 +12,7 @@
 //! receiver, each bounded by `webhooks.timeout_secs`: a slow receiver delays nothing else.
 //! Redirects are not followed.
 
+use crate::domain::{Action, Area};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -277,6 +278,7 @@ impl Engine {
         actor: &Actor,
         request: WebhookRequest,
     ) -> Result<WebhookRow, Error> {
+        self.allow(actor, Action::Create(Area::Webhooks)).await?;
         let row = self.webhook_row(request, None).await?;
         let row = self.store.insert_webhook(row).await?;
         self.audit(actor, "webhook.create", &row.id, json!({"name": row.name}))
@@ -284,8 +286,14 @@ impl Engine {
         Ok(row)
     }
 
+    /// One webhook, by name or id, for `actor`.
+    pub async fn webhook(&self, actor: &Actor, name_or_id: &str) -> Result<WebhookRow, Error> {
+        self.allow(actor, Action::Read(Area::Webhooks)).await?;
+        self.find_webhook(name_or_id).await
+    }
+
     /// One webhook, by name or id.
-    pub async fn webhook(&self, name_or_id: &str) -> Result<WebhookRow, Error> {
+    async fn find_webhook(&self, name_or_id: &str) -> Result<WebhookRow, Error> {
         self.store
             .get_webhook(name_or_id.to_string())
             .await
@@ -293,7 +301,8 @@ impl Engine {
     }
 
     /// Every webhook, by name.
-    pub async fn webhooks(&self) -> Result<Vec<WebhookRow>, Error> {
+    pub async fn webhooks(&self, actor: &Actor) -> Result<Vec<WebhookRow>, Error> {
+        self.allow(actor, Action::Read(Area::Webhooks)).await?;
         Ok(self.store.list_webhooks().await?)
     }
 
@@ -304,7 +313,8 @@ impl Engine {
         name_or_id: &str,
         request: WebhookRequest,
     ) -> Result<WebhookRow, Error> {
-        let old = self.webhook(name_or_id).await?;
+        self.allow(actor, Action::Update(Area::Webhooks)).await?;
+        let old = self.find_webhook(name_or_id).await?;
         let secret_given = request.secret.is_some();
         let row = self.webhook_row(request, Some(&old)).await?;
         let row = self.store.update_webhook(row).await?;
@@ -315,7 +325,8 @@ impl Engine {
 
     /// Delete a webhook and its deliveries.
     pub async fn delete_webhook(&self, actor: &Actor, name_or_id: &str) -> Result<(), Error> {
-        let row = self.webhook(name_or_id).await?;
+        self.allow(actor, Action::Delete(Area::Webhooks)).await?;
+        let row = self.find_webhook(name_or_id).await?;
         self.store.delete_webhook(row.id.clone()).await?;
         self.audit(actor, "webhook.delete", &row.id, json!({"name": row.name}))
             .await;
@@ -325,10 +336,11 @@ impl Engine {
     /// A webhook's last `limit` deliveries, newest first.
     pub async fn deliveries(
         &self,
+        actor: &Actor,
         name_or_id: &str,
         limit: i64,
     ) -> Result<Vec<DeliveryRow>, Error> {
-        let row = self.webhook(name_or_id).await?;
+        let row = self.webhook(actor, name_or_id).await?;
         Ok(self.store.list_deliveries(row.id, limit).await?)
     }
 
@@ -339,7 +351,8 @@ impl Engine {
         name_or_id: &str,
         delivery_id: &str,
     ) -> Result<DeliveryRow, Error> {
-        let row = self.webhook(name_or_id).await?;
+        self.allow(actor, Action::Redeliver).await?;
+        let row = self.find_webhook(name_or_id).await?;
         let delivery = self
             .store
             .redeliver(row.id.clone(), delivery_id.to_string())

@@ -99,6 +99,7 @@ impl From<AuditRow> for AuditEntryView {
 #[get("/audit")]
 pub async fn list_audit(
     state: web::Data<AppState>,
+    caller: web::ReqData<super::auth::Caller>,
     query: web::Query<AuditQuery>,
 ) -> Result<web::Json<AuditPage>, ApiError> {
     let q = query.into_inner();
@@ -107,12 +108,15 @@ pub async fn list_audit(
     let target_id: Option<uuid::Uuid> = optional_id("target_id", q.target_id.as_deref())?;
     let mut rows = state
         .engine
-        .audit_log(AuditFilter {
-            action: q.action,
-            target_id: target_id.map(|t| t.to_string()),
-            limit: limit + 1,
-            before: before.map(|b| b.to_string()),
-        })
+        .audit_log(
+            &caller.actor(),
+            AuditFilter {
+                action: q.action,
+                target_id: target_id.map(|t| t.to_string()),
+                limit: limit + 1,
+                before: before.map(|b| b.to_string()),
+            },
+        )
         .await?;
     let page = usize::try_from(limit).unwrap_or(usize::MAX);
     let more = rows.len() > page;

@@ -18,12 +18,14 @@ use actix_web::http::{Method, header};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
 use ring::digest::{SHA256, digest};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use std::sync::PoisonError;
 use subtle::ConstantTimeEq;
 
 use super::AppState;
+use crate::domain::{Access, Role, Selector};
 use crate::error::ApiError;
+use crate::settings::{TokenSettings, TokenTable};
 
 /// Why a token entry in the settings is unusable. Never quotes the token.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,16 @@ pub struct TokenError {
 struct Entry {
     name: String,
     hash: [u8; 32],
+    access: Access,
+}
+
+/// Whose a presented token is: its name and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The token's name.
+    pub name: String,
+    /// Its role and scope.
+    pub access: Access,
 }
 
 /// The configured tokens, hashed. Replaceable while the service runs (SIGHUP).
@@ -83,49 +95,78 @@ pub fn token_digest(token: &str) -> String {
     hex(&sha256(token.as_bytes()))
 }
 
+/// A bare entry: `NAME:TOKEN`, `TOKEN` or `NAME:sha256:HEX`, with every right.
+fn bare(text: &str) -> Result<Entry, &'static str> {
+    if text.is_empty() {
+        return Err("is empty");
+    }
+    let (name, rest) = match text.split_once(':') {
+        Some((name, rest)) => (Some(name.trim()), rest),
+        None => (None, text),
+    };
+    // A plain token (not a digest entry) must be long enough.
+    let hash = match rest.strip_prefix("sha256:") {
+        Some(h) => unhex(h).ok_or("after sha256: comes the token's SHA-256 as 64 hex digits")?,
+        None if rest.chars().count() < 16 => return Err("a token must be at least 16 characters"),
+        None => sha256(rest.as_bytes()),
+    };
+    let name = name.map_or_else(|| format!("token-{}", &hex(&hash)[..8]), str::to_string);
+    Ok(Entry {
+        name,
+        hash,
+        access: Access::admin(),
+    })
+}
+
+/// A `[[auth.tokens]]` table.
+fn from_table(table: &TokenTable) -> Result<Entry, String> {
+    let hash = match (&table.token, &table.token_sha256) {
+        (Some(_), Some(_)) => return Err("give token or token_sha256, not both".into()),
+        (None, None) => return Err("give token or token_sha256".into()),
+        (Some(t), None) if t.expose_secret().trim().chars().count() < 16 => {
+            return Err("a token must be at least 16 characters".into());
+        }
+        (Some(t), None) => sha256(t.expose_secret().trim().as_bytes()),
+        (None, Some(h)) => unhex(h).ok_or("token_sha256 must be 64 hex digits")?,
+    };
+    let role: Role = table.role.parse()?;
+    let scope = (table.scope.as_deref())
+        .map(|s| Selector::parse("scope", s).map_err(|e| format!("scope {}", e.message)))
+        .transpose()?;
+    Ok(Entry {
+        name: table.name.clone(),
+        hash,
+        access: Access { role, scope },
+    })
+}
+
 impl Tokens {
-    /// Parse `auth.tokens`: `NAME:TOKEN`, `TOKEN`, or `NAME:sha256:HEX`.
-    pub fn from_settings(tokens: &[SecretString]) -> Result<Tokens, TokenError> {
-        let mut entries = Vec::new();
+    /// Parse `auth.tokens`: `NAME:TOKEN`, `TOKEN`, or `NAME:sha256:HEX` (admin tokens), or
+    /// tables with a name, the token or its SHA-256, a role and an optional scope.
+    pub fn from_settings(tokens: &[TokenSettings]) -> Result<Tokens, TokenError> {
+        let mut entries: Vec<Entry> = Vec::new();
         for (i, entry) in tokens.iter().enumerate() {
-            let text = entry.expose_secret().trim();
             let fail = |reason: &str| TokenError {
                 index: i + 1,
                 reason: reason.into(),
             };
-            if text.is_empty() {
-                return Err(fail("is empty"));
-            }
-            let (name, rest) = match text.split_once(':') {
-                Some((name, rest)) => (Some(name.trim()), rest),
-                None => (None, text),
+            let entry = match entry {
+                TokenSettings::Bare(text) => bare(text.expose_secret().trim()).map_err(fail)?,
+                TokenSettings::Table(table) => from_table(table).map_err(|e| fail(&e))?,
             };
-            // A plain token (not a digest entry) must be long enough.
-            let (hash, short) = match rest.strip_prefix("sha256:") {
-                Some(h) => (
-                    unhex(h).ok_or_else(|| {
-                        fail("after sha256: comes the token's SHA-256 as 64 hex digits")
-                    })?,
-                    false,
-                ),
-                None => (sha256(rest.as_bytes()), rest.chars().count() < 16),
-            };
-            let name = name.map_or_else(|| format!("token-{}", &hex(&hash)[..8]), str::to_string);
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic()) {
-                return Err(fail(
-                    "the name before ':' must be printable ASCII, no spaces",
-                ));
+            if entry.name.is_empty() || !entry.name.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(fail("the name must be printable ASCII, no spaces"));
             }
             if entries
                 .iter()
-                .any(|e: &Entry| constant_time_eq(&e.hash, &hash))
+                .any(|e| constant_time_eq(&e.hash, &entry.hash))
             {
                 return Err(fail("the same token is configured twice"));
             }
-            if short {
-                return Err(fail("a token must be at least 16 characters"));
+            if entries.iter().any(|e| e.name == entry.name) {
+                return Err(fail("two tokens have this name"));
             }
-            entries.push(Entry { name, hash });
+            entries.push(entry);
         }
         Ok(Tokens {
             entries: std::sync::RwLock::new(std::sync::Arc::new(entries)),
@@ -160,22 +201,25 @@ impl Tokens {
         !self.is_empty()
     }
 
-    /// The name of the token `presented`, if it is one of ours. Every entry is compared.
-    pub fn verify(&self, presented: &str) -> Option<String> {
+    /// Whose the token `presented` is, if it is one of ours. Every entry is compared.
+    pub fn verify(&self, presented: &str) -> Option<Identity> {
         self.verify_digest(&sha256(presented.as_bytes()))
     }
 
-    /// The name of the token whose SHA-256 is `hex` (64 hex digits), if it is one of ours.
-    pub fn verify_hex_digest(&self, hex: &str) -> Option<String> {
+    /// Whose the token whose SHA-256 is `hex` (64 hex digits) is, if it is one of ours.
+    pub fn verify_hex_digest(&self, hex: &str) -> Option<Identity> {
         self.verify_digest(&unhex(hex)?)
     }
 
-    /// The name of the token whose SHA-256 is `hash`, if it is one of ours. Every entry is
+    /// Whose the token whose SHA-256 is `hash` is, if it is one of ours. Every entry is
     /// compared.
-    pub fn verify_digest(&self, hash: &[u8; 32]) -> Option<String> {
+    pub fn verify_digest(&self, hash: &[u8; 32]) -> Option<Identity> {
         (self.snapshot().iter()).fold(None, |found, entry| {
             constant_time_eq(&entry.hash, hash)
-                .then(|| entry.name.clone())
+                .then(|| Identity {
+                    name: entry.name.clone(),
+                    access: entry.access.clone(),
+                })
                 .or(found)
         })
     }
@@ -188,6 +232,8 @@ pub struct Caller {
     pub name: String,
     /// The peer's IP address.
     pub peer: String,
+    /// Its token's role and scope (`admin` when authentication is off).
+    pub access: Access,
 }
 
 impl Caller {
@@ -219,18 +265,25 @@ pub async fn authenticate(
         .app_data::<web::Data<AppState>>()
         .cloned()
         .ok_or_else(|| ApiError::Internal("the application state is missing".into()))?;
-    let name = if state.tokens.enabled() {
+    let Identity { name, access } = if state.tokens.enabled() {
         identify(&req, &state, &peer).await?
     } else {
-        "anonymous".to_string()
+        Identity {
+            name: "anonymous".to_string(),
+            access: Access::admin(),
+        }
     };
-    req.extensions_mut().insert(Caller { name, peer });
+    req.extensions_mut().insert(Caller { name, peer, access });
     next.call(req).await
 }
 
-/// The name of the token the request authenticates with: its bearer token, or else its
-/// session cookie (with the checks on a change).
-async fn identify(req: &ServiceRequest, state: &AppState, peer: &str) -> Result<String, ApiError> {
+/// Whose token the request authenticates with: its bearer token, or else its session
+/// cookie (with the checks on a change).
+async fn identify(
+    req: &ServiceRequest,
+    state: &AppState,
+    peer: &str,
+) -> Result<Identity, ApiError> {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -261,7 +314,7 @@ async fn identify(req: &ServiceRequest, state: &AppState, peer: &str) -> Result<
     if changes {
         super::session::check_change(req.request(), &session)?;
     }
-    Ok(session.name)
+    Ok(session.identity)
 }
 
 /// Middleware on every route: without tokens, refuse (403) a `Host` that is not loopback
@@ -318,11 +371,76 @@ fn is_loopback(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::SecretString;
+
+    fn table(name: &str, token: &str, role: &str, scope: Option<&str>) -> TokenSettings {
+        TokenSettings::Table(TokenTable {
+            name: name.into(),
+            token: Some(SecretString::from(token.to_string())),
+            token_sha256: None,
+            role: role.into(),
+            scope: scope.map(str::to_string),
+        })
+    }
+
+    #[test]
+    fn tables_carry_a_role_and_a_scope() {
+        let digest = token_digest("viewer-token-0123456789");
+        let t = Tokens::from_settings(&[
+            table(
+                "ci",
+                "operator-token-0123456789",
+                "operator",
+                Some("env=staging"),
+            ),
+            TokenSettings::Table(TokenTable {
+                name: "dash".into(),
+                token: None,
+                token_sha256: Some(digest),
+                role: "viewer".into(),
+                scope: None,
+            }),
+            TokenSettings::Bare(SecretString::from(
+                "root:admin-token-0123456789".to_string(),
+            )),
+        ])
+        .unwrap();
+        let ci = t.verify("operator-token-0123456789").unwrap();
+        assert_eq!((ci.name.as_str(), ci.access.role), ("ci", Role::Operator));
+        assert_eq!(ci.access.scope.unwrap().to_string(), "env=staging");
+        assert_eq!(
+            t.verify("viewer-token-0123456789").unwrap().access.role,
+            Role::Viewer
+        );
+        assert_eq!(
+            t.verify("admin-token-0123456789").unwrap().access,
+            Access::admin()
+        );
+        for (bad, says) in [
+            (table("a", "short", "admin", None), "16 characters"),
+            (
+                table("a", "long-enough-token-0123", "root", None),
+                "unknown role",
+            ),
+            (
+                table("a", "long-enough-token-0123", "viewer", Some("a b")),
+                "scope",
+            ),
+        ] {
+            let err = Tokens::from_settings(&[bad]).unwrap_err().to_string();
+            assert!(err.contains(says) && !err.contains("0123"), "{err}");
+        }
+        let twice = Tokens::from_settings(&[
+            table("a", "first-token-0123456789", "admin", None),
+            table("a", "second-token-0123456789", "admin", None),
+        ]);
+        assert!(twice.unwrap_err().to_string().contains("name"));
+    }
 
     fn tokens(list: &[&str]) -> Result<Tokens, TokenError> {
-        let list: Vec<SecretString> = list
+        let list: Vec<TokenSettings> = list
             .iter()
-            .map(|t| SecretString::from(t.to_string()))
+            .map(|t| TokenSettings::Bare(SecretString::from(t.to_string())))
             .collect();
         Tokens::from_settings(&list)
     }
@@ -337,13 +455,18 @@ mod tests {
         ])
         .unwrap();
         assert!(t.enabled());
-        assert_eq!(t.verify("first-token-0123456789").as_deref(), Some("ops"));
+        let name = |t: &Tokens, token: &str| t.verify(token).map(|i| i.name);
+        assert_eq!(name(&t, "first-token-0123456789").as_deref(), Some("ops"));
         assert!(
-            t.verify("second-token-0123456789")
+            name(&t, "second-token-0123456789")
                 .unwrap()
                 .starts_with("token-")
         );
-        assert_eq!(t.verify("third-token-0123456789").as_deref(), Some("ci"));
+        assert_eq!(name(&t, "third-token-0123456789").as_deref(), Some("ci"));
+        assert_eq!(
+            t.verify("third-token-0123456789").unwrap().access,
+            Access::admin()
+        );
         assert_eq!(t.verify("first-token-012345678"), None);
         assert_eq!(t.verify(""), None);
         assert!(!format!("{t:?}").contains("first-token"));

@@ -175,6 +175,8 @@ pub struct SessionState {
     pub tokens_required: bool,
     /// The token's name (`anonymous` without tokens); null when not logged in.
     pub name: Option<String>,
+    /// Its role (`viewer`, `operator`, `admin`); null when not logged in.
+    pub role: Option<crate::domain::Role>,
     /// What the page sends as `X-CSRF-Token` on a change; keep it in memory only.
     pub csrf_token: Option<String>,
 }
@@ -207,6 +209,7 @@ async fn session_state(
             authenticated: true,
             tokens_required: false,
             name: Some("anonymous".into()),
+            role: Some(crate::domain::Role::Admin),
             csrf_token: None,
         }
     } else {
@@ -217,7 +220,8 @@ async fn session_state(
         SessionState {
             authenticated: found.is_some(),
             tokens_required: true,
-            name: found.as_ref().map(|s| s.name.clone()),
+            name: found.as_ref().map(|s| s.identity.name.clone()),
+            role: found.as_ref().map(|s| s.identity.access.role),
             csrf_token: found.map(|s| s.csrf),
         }
     };
@@ -245,7 +249,8 @@ async fn login(
     let peer = peer(&req);
     state.limits.submit(&format!("login:{peer}"))?;
     let token = body.0.token;
-    let Some(name) = state.tokens.verify(token.expose_secret()) else {
+    let Some(super::auth::Identity { name, .. }) = state.tokens.verify(token.expose_secret())
+    else {
         tracing::warn!(peer = %peer, "dashboard login with an unknown token refused");
         return Err(ApiError::Unauthorized("the token is not valid".into()));
     };
@@ -267,7 +272,7 @@ async fn logout(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
     {
         session::check_change(&req, &found)?;
         state.engine.close_session(session::id_hash(&id)).await?;
-        tracing::info!(peer = %peer(&req), name = %found.name, "dashboard session closed");
+        tracing::info!(peer = %peer(&req), name = %found.identity.name, "dashboard session closed");
     }
     Ok(private(HttpResponse::NoContent())
         .insert_header((header::SET_COOKIE, session::clear_cookie(tls(&state))))

@@ -30,6 +30,7 @@ pub mod session;
 mod stream;
 mod templates;
 mod webhooks;
+mod whoami;
 
 use std::sync::{Arc, LazyLock};
 
@@ -80,12 +81,12 @@ impl AppState {
         let Some(row) = self.engine.session(key.clone()).await? else {
             return Ok(None);
         };
-        if self.tokens.verify_hex_digest(&row.token_hash).is_none() {
+        let Some(identity) = self.tokens.verify_hex_digest(&row.token_hash) else {
             self.engine.close_session(key).await?;
             return Ok(None);
-        }
+        };
         Ok(Some(session::Session {
-            name: row.name,
+            identity,
             csrf: session::csrf_of(id),
         }))
     }
@@ -102,6 +103,7 @@ impl auth::Caller {
         Actor {
             name: self.name.clone(),
             peer: Some(self.peer.clone()),
+            access: self.access.clone(),
         }
     }
 }
@@ -169,6 +171,7 @@ pub fn register(cfg: &mut ServiceConfig) {
         .service(webhooks::delete_webhook)
         .service(webhooks::list_deliveries)
         .service(webhooks::redeliver)
+        .service(whoami::whoami)
         .map(|api| {
             api.default_service(web::to(not_found))
                 .wrap(from_fn(auth::authenticate))
@@ -197,6 +200,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     openapi::narrow_bodies(&mut doc);
+    openapi::forbidden_everywhere(&mut doc, API_PREFIX);
     doc
 }
 

@@ -46,6 +46,7 @@ use crate::error::{ApiError, ErrorBody};
         responses(
             BadRequest,
             Unauthorized,
+            Forbidden,
             NotFound,
             Conflict,
             PayloadTooLarge,
@@ -65,6 +66,7 @@ use crate::error::{ApiError, ErrorBody};
         (name = "webhooks", description = "Signed, retried deliveries of job, run and schedule events."),
         (name = "runs", description = "One command on many servers: labels, selectors, rolling batches, failure thresholds."),
         (name = "audit", description = "Who did what."),
+        (name = "access", description = "The caller's token: its name, role and scope."),
         (name = "health", description = "Liveness and metrics; no token."),
         (name = "meta", description = "This document."),
     ),
@@ -156,6 +158,10 @@ error_responses! {
     /// 401 `unauthorized`.
     Unauthorized = 401 => "Tokens are configured and the request has none, or not a valid one.",
         "WWW-Authenticate": "`Bearer`.";
+    /// 403 `forbidden`.
+    Forbidden = 403 => "The token's role or scope does not allow this (the message names the \
+        role and the action), or, without tokens, the request comes from a foreign host name \
+        or origin.";
     /// 404 `not_found`.
     NotFound = 404 => "The id names nothing (an id that is not a UUID included).";
     /// 409 `conflict`.
@@ -208,6 +214,28 @@ macro_rules! error_sets {
 }
 
 error_sets!(A B C D E F G H I);
+
+/// Add the 403 response to every operation under `prefix`: any of them may be refused by a
+/// role, and, without tokens, by the loopback guard.
+pub fn forbidden_everywhere(doc: &mut utoipa::openapi::OpenApi, prefix: &str) {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if !path.starts_with(prefix) {
+            continue;
+        }
+        let ops = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in ops.into_iter().flatten() {
+            (op.responses.responses)
+                .entry(Forbidden::STATUS.to_string())
+                .or_insert_with(|| Ref::from_response_name(Forbidden::NAME).into());
+        }
+    }
+}
 
 /// A request type that serves several routes, with the rules of one route stated in a
 /// schema of its own, derived from the type's: the fields it refuses are left out, the ones

@@ -32,8 +32,8 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// A live session, as a request sees it.
 #[derive(Debug, Clone)]
 pub struct Session {
-    /// The token's name.
-    pub name: String,
+    /// Whose token it was opened with: its name, role and scope as configured now.
+    pub identity: super::auth::Identity,
     /// The CSRF token the page sends back on changes.
     pub csrf: String,
 }

@@ -177,8 +177,11 @@ pub async fn create_webhook(
     )
 )]
 #[get("/webhooks")]
-pub async fn list_webhooks(state: web::Data<AppState>) -> Result<web::Json<WebhookList>, ApiError> {
-    let rows = state.engine.webhooks().await?;
+pub async fn list_webhooks(
+    state: web::Data<AppState>,
+    caller: web::ReqData<Caller>,
+) -> Result<web::Json<WebhookList>, ApiError> {
+    let rows = state.engine.webhooks(&caller.actor()).await?;
     Ok(web::Json(WebhookList {
         webhooks: rows.iter().map(WebhookView::of).collect(),
     }))
@@ -197,10 +200,11 @@ pub async fn list_webhooks(state: web::Data<AppState>) -> Result<web::Json<Webho
 #[get("/webhooks/{name_or_id}")]
 pub async fn get_webhook(
     state: web::Data<AppState>,
+    caller: web::ReqData<Caller>,
     path: web::Path<String>,
 ) -> Result<web::Json<WebhookView>, ApiError> {
     Ok(web::Json(WebhookView::of(
-        &state.engine.webhook(&path).await?,
+        &state.engine.webhook(&caller.actor(), &path).await?,
     )))
 }
 
@@ -266,11 +270,15 @@ pub async fn delete_webhook(
 #[get("/webhooks/{name_or_id}/deliveries")]
 pub async fn list_deliveries(
     state: web::Data<AppState>,
+    caller: web::ReqData<Caller>,
     path: web::Path<String>,
     query: web::Query<DeliveriesQuery>,
 ) -> Result<web::Json<DeliveryList>, ApiError> {
     let limit = page_limit(query.limit.as_deref())?;
-    let rows = state.engine.deliveries(&path, limit).await?;
+    let rows = state
+        .engine
+        .deliveries(&caller.actor(), &path, limit)
+        .await?;
     Ok(web::Json(DeliveryList {
         deliveries: rows.into_iter().map(DeliveryView::of).collect(),
     }))

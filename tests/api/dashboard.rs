@@ -135,7 +135,7 @@ db_test!(
         assert_eq!(status, 200);
         assert_eq!(
             state,
-            json!({"authenticated": true, "tokens_required": false, "name": "anonymous", "csrf_token": null})
+            json!({"authenticated": true, "tokens_required": false, "name": "anonymous", "role": "admin", "csrf_token": null})
         );
         let (status, _) = app.post("/session", &json!({"token": TOKEN})).await;
         assert_eq!(status, 409, "nothing to log in to");
@@ -167,7 +167,7 @@ db_test!(
             .unwrap();
         assert_eq!(
             state,
-            json!({"authenticated": false, "tokens_required": true, "name": null, "csrf_token": null})
+            json!({"authenticated": false, "tokens_required": true, "name": null, "role": null, "csrf_token": null})
         );
         // A wrong token: 401 JSON, no cookie.
         let wrong = http
@@ -213,7 +213,10 @@ db_test!(
         assert_ne!(other, cookie, "each login its own session");
         let state = session(&app, &cookie).await;
         assert_eq!(state["authenticated"], true);
-        assert_eq!(state["name"], "ops");
+        assert_eq!(
+            (&state["name"], &state["role"]),
+            (&json!("ops"), &json!("admin"))
+        );
         let csrf = state["csrf_token"].as_str().unwrap().to_string();
         assert_eq!(csrf.len(), 43);
         assert!(

@@ -190,6 +190,7 @@ db_test!(
             let caller = Actor {
                 name: caller.to_string(),
                 peer: None,
+                access: job_executor::domain::Access::admin(),
             };
             let request = JobRequest {
                 command: Some("true".into()),

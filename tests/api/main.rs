@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod access;
 mod browser;
 mod browser_logs;
 mod conformance;

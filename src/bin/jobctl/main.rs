@@ -114,6 +114,8 @@ enum Command {
     /// Webhooks: where job, run and schedule events are posted, signed and retried.
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
+    /// Print the token's name, role and scope.
+    Whoami,
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -177,6 +179,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Templates(c) => templates::dispatch(&ctx, c).await,
         Command::Schedules(c) => schedules::dispatch(&ctx, c).await,
         Command::Webhooks(c) => webhooks::dispatch(&ctx, c).await,
+        Command::Whoami => {
+            let me = ctx.api.get("/whoami").await?;
+            ctx.print(&me, |me| {
+                let scope = me["scope"].as_str().unwrap_or("every server").to_string();
+                output::listing(&[
+                    ("name", output::text(&me["name"])),
+                    ("role", output::text(&me["role"])),
+                    ("scope", scope),
+                ])
+            });
+            Ok(0)
+        }
         Command::Completions { .. } => Ok(0),
     }
 }

@@ -125,6 +125,15 @@ pub fn secret_key_env(db_url: &str) -> Option<(&'static str, &'static str)> {
 
 /// Settings for a test app: port 0, one HTTP worker, the test database, short SSH bounds.
 pub fn test_settings(db_url: &str, extra: &[(&str, &str)]) -> Settings {
+    test_settings_with_file(db_url, None, extra)
+}
+
+/// [`test_settings`] over a settings file holding `file` (TOML), as `--config` would.
+pub fn test_settings_with_file(
+    db_url: &str,
+    file: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Settings {
     let mut env: HashMap<String, String> = HashMap::from([
         ("JOBEXEC__HTTP__ADDR".into(), "127.0.0.1:0".into()),
         ("JOBEXEC__HTTP__WORKERS".into(), "1".into()),
@@ -135,9 +144,22 @@ pub fn test_settings(db_url: &str, extra: &[(&str, &str)]) -> Settings {
         ("JOBEXEC__SSH__TEST_TIMEOUT_SECS".into(), "8".into()),
     ]);
     for (k, v) in secret_key_env(db_url).iter().chain(extra) {
+        // Environment variables (`JOBEXEC__SECTION__KEY`), not key paths: the loader would
+        // ignore `section.key` and the test would run on the defaults.
+        let variable = |c: char| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_';
+        assert!(
+            k.chars().all(variable),
+            "{k:?} is not an environment variable"
+        );
         env.insert((*k).into(), (*v).into());
     }
-    Settings::load_from(None, &env).expect("test settings")
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("job-executor.toml");
+    if let Some(text) = file {
+        std::fs::write(&path, text).expect("settings file");
+    }
+    let path = file.map(|_| path.as_path());
+    Settings::load_from(path, &env).expect("test settings")
 }
 
 fn init_logs() {
@@ -158,8 +180,16 @@ pub struct TestApp {
 impl TestApp {
     /// Start an app on `db` with extra `JOBEXEC__…` settings.
     pub async fn start(db: &TestDb, extra: &[(&str, &str)]) -> TestApp {
+        Self::from_settings(test_settings(&db.url, extra)).await
+    }
+
+    /// An app on `db` whose settings file holds `file` (TOML), beneath `extra`.
+    pub async fn start_with_file(db: &TestDb, file: &str, extra: &[(&str, &str)]) -> TestApp {
+        Self::from_settings(test_settings_with_file(&db.url, Some(file), extra)).await
+    }
+
+    async fn from_settings(settings: Settings) -> TestApp {
         init_logs();
-        let settings = test_settings(&db.url, extra);
         let app = App::start(settings, Role::Serve).await.expect("app starts");
         let addr = app.local_addr().expect("listening");
         TestApp {
@@ -190,6 +220,15 @@ impl TestApp {
             .build()
             .expect("client");
         self
+    }
+
+    /// Reload the app with `settings`, as SIGHUP would with a changed file.
+    pub async fn reload(&self, settings: &Settings) {
+        let app = self.app.as_ref().expect("running");
+        app.reloader()
+            .reload(settings)
+            .await
+            .expect("the reload is taken");
     }
 
     pub fn url(&self, path: &str) -> String {
