@@ -84,6 +84,15 @@ impl Access {
     }
 }
 
+/// Whose a presented token is: its name and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The token's name.
+    pub name: String,
+    /// Its role and scope.
+    pub access: Access,
+}
+
 /// What an [`Action`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Area {

@@ -86,7 +86,7 @@ mod server;
 mod spec;
 mod template;
 
-pub use access::{Access, Action, Area, Role};
+pub use access::{Access, Action, Area, Identity, Role};
 
 pub use ids::{JobId, RunId, ServerId};
 

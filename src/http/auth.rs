@@ -23,7 +23,7 @@ use std::sync::PoisonError;
 use subtle::ConstantTimeEq;
 
 use super::AppState;
-use crate::domain::{Access, Role, Selector};
+use crate::domain::{Access, Identity, Role, Selector};
 use crate::error::ApiError;
 use crate::settings::{TokenSettings, TokenTable};
 
@@ -40,15 +40,6 @@ struct Entry {
     name: String,
     hash: [u8; 32],
     access: Access,
-}
-
-/// Whose a presented token is: its name and what it may do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The token's name.
-    pub name: String,
-    /// Its role and scope.
-    pub access: Access,
 }
 
 /// The configured tokens, hashed. Replaceable while the service runs (SIGHUP).

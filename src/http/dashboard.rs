@@ -249,7 +249,7 @@ async fn login(
     let peer = peer(&req);
     state.limits.submit(&format!("login:{peer}"))?;
     let token = body.0.token;
-    let Some(super::auth::Identity { name, .. }) = state.tokens.verify(token.expose_secret())
+    let Some(crate::domain::Identity { name, .. }) = state.tokens.verify(token.expose_secret())
     else {
         tracing::warn!(peer = %peer, "dashboard login with an unknown token refused");
         return Err(ApiError::Unauthorized("the token is not valid".into()));

@@ -33,7 +33,7 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 #[derive(Debug, Clone)]
 pub struct Session {
     /// Whose token it was opened with: its name, role and scope as configured now.
-    pub identity: super::auth::Identity,
+    pub identity: crate::domain::Identity,
     /// The CSRF token the page sends back on changes.
     pub csrf: String,
 }
