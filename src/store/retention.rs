@@ -166,32 +166,40 @@ fn output_step(
     let Some((last_at, last_id)) = candidates.last().cloned() else {
         return Ok(Step::default());
     };
-    let ids: Vec<String> = candidates.iter().map(|(_, id)| id.clone()).collect();
-    let chunks = chunks_of(conn, &ids)?;
     let mut step = Step::default();
     if dry_run {
-        let n: i64 = chunks.values().sum();
+        let ids: Vec<String> = candidates.iter().map(|(_, id)| id.clone()).collect();
+        let n: i64 = chunks_of(conn, &ids)?.values().sum();
         step.counts.add(PruneTable::Output, n as u64);
         step.next = Some(Cursor(Position::At(last_at.unwrap_or(0), last_id)));
         return Ok(step);
     }
+    // The jobs whose chunks fit in the batch, counted one by one until it is full (a job
+    // with more than a whole batch loses its oldest `batch` now, the rest in later steps).
+    let (mut budget, mut whole, mut part) = (batch, Vec::new(), None);
+    for (at, id) in &candidates {
+        let n = chunks_of(conn, std::slice::from_ref(id))?
+            .get(id)
+            .copied()
+            .unwrap_or(0);
+        if n > budget {
+            if whole.is_empty() {
+                part = Some(id.clone());
+            }
+            break;
+        }
+        budget -= n;
+        whole.push((at.unwrap_or(0), id.clone()));
+    }
     let now = Micros::now().0;
-    let mut done_through = None;
     let deleted = write_tx(conn, |conn| {
-        let (mut budget, mut deleted, mut marked) = (batch, 0u64, 0usize);
-        for (at, id) in &candidates {
-            let n = chunks.get(id).copied().unwrap_or(0);
-            if n > budget {
-                if marked == 0 {
-                    // More chunks than a batch: the oldest now, the rest in the next steps.
-                    deleted += delete_first_chunks(conn, id, budget)?;
-                }
-                break;
-            }
-            if n > 0 {
-                let mine = job_output::table.filter(job_output::job_id.eq(id));
-                deleted += diesel::delete(mine).execute(conn)? as u64;
-            }
+        let mut deleted = 0u64;
+        if let Some(id) = &part {
+            deleted += delete_first_chunks(conn, id, batch)?;
+        }
+        for (_, id) in &whole {
+            let mine = job_output::table.filter(job_output::job_id.eq(id));
+            deleted += diesel::delete(mine).execute(conn)? as u64;
             diesel::update(
                 jobs::table
                     .find(id)
@@ -199,15 +207,12 @@ fn output_step(
             )
             .set(jobs::output_pruned_at.eq(Some(now)))
             .execute(conn)?;
-            budget -= n;
-            marked += 1;
-            done_through = Some((at.unwrap_or(0), id.clone()));
         }
         Ok::<_, StoreError>(deleted)
     })?;
     step.counts.add(PruneTable::Output, deleted);
-    step.next = Some(match done_through {
-        Some((at, id)) => Cursor(Position::At(at, id)),
+    step.next = Some(match whole.last() {
+        Some((at, id)) => Cursor(Position::At(*at, id.clone())),
         None => Cursor(cursor.clone()),
     });
     Ok(step)
@@ -385,8 +390,6 @@ fn jobs_step(
             Some(_) => {}
         }
     }
-    let all: Vec<String> = units.iter().flat_map(|u| u.jobs.clone()).collect();
-    let mut chunks = chunks_of(conn, &all)?;
     let last = candidates.len() - 1;
     let at = |upto: usize| Position::Server {
         id: server.clone(),
@@ -395,6 +398,8 @@ fn jobs_step(
     };
     let mut step = Step::default();
     if dry_run {
+        let all: Vec<String> = units.iter().flat_map(|u| u.jobs.clone()).collect();
+        let mut chunks = chunks_of(conn, &all)?;
         // Chunks the output step deletes first are not counted twice.
         let covered: Vec<(String, Option<i64>, Option<i64>, i64)> = jobs::table
             .filter(jobs::id.eq_any(&all))
@@ -420,36 +425,39 @@ fn jobs_step(
         step.next = Some(Cursor(at(last)));
         return Ok(step);
     }
-    let counts = write_tx(conn, |conn| {
+    // The units that fit in the batch (chunks and jobs), counted one by one until it is
+    // full. The first one goes whatever its jobs' number (a run's hosts); if it has more
+    // chunks than a whole batch, they go first, over several steps.
+    let (mut budget, mut whole, mut cut_down) = (cuts.batch, Vec::new(), None);
+    for (k, unit) in units.iter().enumerate() {
+        let chunks = chunks_of(conn, &unit.jobs)?;
+        let n: i64 = chunks.values().sum();
+        if k == 0 && n > budget {
+            cut_down = Some(chunks);
+            break;
+        }
+        let cost = n + unit.jobs.len() as i64;
+        if k > 0 && cost > budget {
+            break;
+        }
+        budget = budget.saturating_sub(cost);
+        whole.push((unit, n));
+    }
+    step.counts = write_tx(conn, |conn| {
         let mut counts = PruneCounts::default();
-        let mut budget = cuts.batch;
-        let mut through = None;
-        for (k, unit) in units.iter().enumerate() {
-            let n: i64 = unit.jobs.iter().filter_map(|j| chunks.get(j)).sum();
-            let cost = n + unit.jobs.len() as i64;
-            if k == 0 && n > budget {
-                // More chunks than a batch: they go first, over several steps.
-                {
-                    let mut left = budget;
-                    for job in &unit.jobs {
-                        let has = chunks.get(job).copied().unwrap_or(0);
-                        if has == 0 || left == 0 {
-                            continue;
-                        }
-                        let gone = delete_first_chunks(conn, job, left.min(has))?;
-                        counts.add(PruneTable::Output, gone);
-                        left -= (gone as i64).min(left);
-                    }
-                    through = Some(None);
+        if let Some(chunks) = &cut_down {
+            let mut left = cuts.batch;
+            for (job, has) in chunks {
+                if left == 0 {
+                    break;
                 }
-                break;
+                let gone = delete_first_chunks(conn, job, left.min(*has))?;
+                counts.add(PruneTable::Output, gone);
+                left -= (gone as i64).min(left);
             }
-            // The first unit goes whatever its jobs' number (a run's hosts); then none
-            // past the batch.
-            if k > 0 && cost > budget {
-                break;
-            }
-            if n > 0 {
+        }
+        for (unit, n) in &whole {
+            if *n > 0 {
                 let theirs = job_output::table.filter(job_output::job_id.eq_any(&unit.jobs));
                 let gone = diesel::delete(theirs).execute(conn)?;
                 counts.add(PruneTable::Output, gone as u64);
@@ -471,22 +479,18 @@ fn jobs_step(
                 .execute(conn)?;
                 counts.add(PruneTable::Runs, gone as u64);
             }
-            budget = budget.saturating_sub(cost);
-            through = Some(Some(unit.upto));
         }
-        Ok::<_, StoreError>((counts, through))
+        Ok::<_, StoreError>(counts)
     })?;
-    let (counts, through) = counts;
-    step.counts = counts;
-    step.next = Some(Cursor(match through {
-        // Every unit went: past every candidate (those between were not to go).
-        Some(Some(upto)) if units.last().is_some_and(|u| u.upto == upto) => at(last),
-        // Past the last unit that went; the next one starts the next step.
-        Some(Some(upto)) => at(upto),
+    step.next = Some(Cursor(match (cut_down, whole.last()) {
         // A unit's chunks were cut down: the same place again.
-        Some(None) => position.clone(),
+        (Some(_), _) => position.clone(),
+        // Every unit went: past every candidate (those between were not to go).
+        (None, Some((unit, _))) if units.last().is_some_and(|u| u.upto == unit.upto) => at(last),
+        // Past the last unit that went; the next one starts the next step.
+        (None, Some((unit, _))) => at(unit.upto),
         // No unit at all: past every candidate.
-        None => at(last),
+        (None, None) => at(last),
     }));
     Ok(step)
 }

@@ -270,6 +270,27 @@ db_test!(
                 now + 10 * DAY
             ));
         }
+        // A schedule whose fire launched the run: the fire stays, naming a run that is gone.
+        let (status, body) = app
+            .post(
+                "/api/v1/templates",
+                &json!({"name": "t", "targets": {"servers": ["h"]}, "command": "true"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let (status, schedule) = app
+            .post(
+                "/api/v1/schedules",
+                &json!({"name": "nightly", "template": "t", "cron": "30 2 * * *"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{schedule}");
+        sql.exec(&format!(
+            "INSERT INTO schedule_fires (schedule_id, fire_at, status, run_id, claimed_by, \
+             claimed_at) VALUES ('{}', {1}, 'launched', '{run_id}', 'test', {1})",
+            schedule["id"].as_str().unwrap(),
+            now - 20 * DAY
+        ));
         let output_gone: i64 = [&run_job_id, &j[0], &j[1], &j[2], &j[3], &j[4], &j[5]]
             .iter()
             .map(|id| sql.chunks(id))
@@ -294,6 +315,7 @@ db_test!(
         assert_eq!(sql.census(), before, "the dry run changed something: {out}");
 
         // The prune deletes exactly that.
+        let audits = sql.n("SELECT COUNT(*) AS n FROM audit_log");
         let (ok, out) = prune(&db, POLICY, false);
         assert!(ok, "{out}");
         assert_eq!(counts(&out), expected, "{out}");
@@ -351,6 +373,13 @@ db_test!(
         assert_eq!(status, 404);
         let (status, runs) = app.get("/api/v1/runs").await;
         assert_eq!(status, 200, "{runs}");
+        let (status, schedule) = app.get("/api/v1/schedules/nightly").await;
+        assert_eq!(status, 200, "{schedule}");
+        assert_eq!(
+            schedule["last_fires"][0]["run_id"],
+            run_id.as_str(),
+            "{schedule}"
+        );
         app.stop().await;
     }
 );
