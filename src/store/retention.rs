@@ -734,7 +734,7 @@ impl Store {
         .await
     }
 
-    /// SQLite: give up to [`VACUUM_PAGES`] free pages back to the file system (an
+    /// SQLite: give up to 1024 free pages (4 MiB of 4 KiB pages) back to the file system (an
     /// incremental vacuum, one short write); the free pages left. 0 on PostgreSQL, whose
     /// autovacuum reuses the space.
     pub async fn vacuum_step(&self) -> Result<i64, StoreError> {
