@@ -14,10 +14,14 @@
 //!    beside the same 50 jobs submitted one by one and beside pssh-style OpenSSH (50 fresh
 //!    `ssh` connections, 10 at a time), warm (medians of several passes) and cold (the first
 //!    connection to each entry), with the hosts' timeline from their clocks and the
-//!    connections sshd dropped past its `MaxStartups`.
+//!    connections sshd dropped past its `MaxStartups`;
+//! 7. retention: a prune of 1,000,000 output chunks (1000 old finished jobs of 1000 chunks
+//!    of 100 bytes, seeded straight into the database): its duration and rows/s, and the
+//!    submit → running p50/p99 of trivial jobs submitted one at a time while it runs, beside
+//!    the same with no prune, in the same run.
 //!
 //! `JOBEXEC_BENCH_ONLY=sse cargo bench --bench engine` runs phase 5 alone,
-//! `JOBEXEC_BENCH_ONLY=runs` phase 6.
+//! `JOBEXEC_BENCH_ONLY=runs` phase 6, `JOBEXEC_BENCH_ONLY=prune` phase 7.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
@@ -262,8 +266,33 @@ fn micros(ts: &serde_json::Value) -> i64 {
 
 /// Submit → running, one job at a time: (p50, p99) in milliseconds.
 async fn latency(app: &TestApp, server: &str, n: usize) -> (f64, f64) {
+    let samples = latency_samples(app, server, n, || true).await;
+    (quantile(&samples, 0.50), quantile(&samples, 0.99))
+}
+
+/// The `q` quantile of `samples` (sorted here).
+fn quantile(samples: &[f64], q: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+/// Submit → running of up to `n` jobs, one at a time, while `more()` says so: the samples
+/// in milliseconds.
+async fn latency_samples(
+    app: &TestApp,
+    server: &str,
+    n: usize,
+    more: impl Fn() -> bool,
+) -> Vec<f64> {
     let mut samples = Vec::new();
     for _ in 0..n {
+        if !more() {
+            break;
+        }
         let t0 = chrono::Utc::now().timestamp_micros();
         let (_, job) = app
             .post(
@@ -282,9 +311,100 @@ async fn latency(app: &TestApp, server: &str, n: usize) -> (f64, f64) {
         samples.push((micros(&job["started_at"]) - t0) as f64 / 1000.0);
         wait_idle(app, Duration::from_secs(30)).await;
     }
-    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pick = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-    (pick(0.50), pick(0.99))
+    samples
+}
+
+/// Phase 7: 1000 jobs that finished 60 days ago, 1000 chunks of 100 bytes each, seeded with
+/// two statements; then `n` trivial jobs' submit → running with no prune, and up to `n` while
+/// a prune (`[retention] output = "30d"`, the default batch) deletes the million chunks.
+async fn prune_phase(app: &TestApp, db: &TestDb, server: &str, n: usize) {
+    use diesel::{Connection, RunQueryDsl, SqliteConnection};
+    const JOBS: i64 = 1000;
+    const CHUNKS: i64 = 1000;
+    let mut conn = SqliteConnection::establish(&db.url).unwrap();
+    let exec = |conn: &mut SqliteConnection, sql: &str| {
+        diesel::sql_query(sql)
+            .execute(conn)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    };
+    exec(&mut conn, "PRAGMA busy_timeout = 10000");
+    let old = chrono::Utc::now().timestamp_micros() - 60 * 86_400_000_000;
+    let seeding = Instant::now();
+    exec(
+        &mut conn,
+        &format!(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {}) \
+             INSERT INTO jobs (id, kind, command, server_id, timeout_secs, env, status, \
+             created_at, started_at, finished_at, output_bytes, published, next_seq) \
+             SELECT printf('00000000-0000-7000-8000-%012d', i), 'command', 'true', '{server}', \
+             30, '{{}}', 'completed', {old}, {old}, {old} + i, {}, TRUE, {CHUNKS} FROM n",
+            JOBS - 1,
+            CHUNKS * 100
+        ),
+    );
+    exec(
+        &mut conn,
+        &format!(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {}) \
+             INSERT INTO job_output (job_id, seq, stream, data, at, byte_offset) \
+             SELECT j.id, n.i, 0, randomblob(100), {old}, n.i * 100 FROM jobs j, n \
+             WHERE j.id LIKE '00000000-0000-7000-8000-%'",
+            CHUNKS - 1
+        ),
+    );
+    exec(&mut conn, "PRAGMA wal_checkpoint(TRUNCATE)");
+    let rows = JOBS * CHUNKS;
+    let bytes = std::fs::metadata(&db.url).map_or(0, |m| m.len());
+    println!(
+        "retention seeded {rows} output chunks in {:.1} s ({:.0} MB database)",
+        seeding.elapsed().as_secs_f64(),
+        bytes as f64 / 1e6
+    );
+    let _ = latency(app, server, 20).await; // warm
+    let quiet = latency_samples(app, server, n, || true).await;
+
+    let settings = helpers::test_settings(&db.url, &[("JOBEXEC__RETENTION__OUTPUT", "30d")]);
+    let store = job_executor::store::Store::open(&settings).await.unwrap();
+    let pruner = job_executor::engine::Pruner::new(store, &settings).unwrap();
+    let batch = pruner.policy().batch;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    let prune = tokio::spawn(async move {
+        let report = pruner.prune(false).await.unwrap();
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        report
+    });
+    let busy = latency_samples(app, server, n, || {
+        !done.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    let report = prune.await.unwrap();
+    let deleted = report.counts.get(job_executor::domain::PruneTable::Output);
+    assert_eq!(
+        deleted as i64, rows,
+        "the prune deleted {deleted} of {rows} chunks"
+    );
+    let secs = report.took.as_secs_f64();
+    let after = std::fs::metadata(&db.url).map_or(0, |m| m.len());
+    println!(
+        "ours      prune of {rows} output chunks (batch {batch})   {secs:>9.1} s  ({:.0} rows/s; \
+         database {:.0} MB -> {:.0} MB)",
+        rows as f64 / secs,
+        bytes as f64 / 1e6,
+        after as f64 / 1e6
+    );
+    println!(
+        "ours      submit -> running, no prune ({} jobs)      p50 {:.2} ms, p99 {:.2} ms",
+        quiet.len(),
+        quantile(&quiet, 0.5),
+        quantile(&quiet, 0.99)
+    );
+    println!(
+        "ours      submit -> running, during it ({} jobs)    p50 {:.2} ms, p99 {:.2} ms",
+        busy.len(),
+        quantile(&busy, 0.5),
+        quantile(&busy, 0.99)
+    );
 }
 
 /// One job printing `mb` MB: MB/s between its start and its end.
@@ -1129,8 +1249,9 @@ async fn main() {
         .ok()
         .filter(|o| !o.is_empty());
     assert!(
-        only.as_deref().is_none_or(|o| o == "sse" || o == "runs"),
-        "JOBEXEC_BENCH_ONLY={only:?}: the phases that run alone are `sse` and `runs`"
+        only.as_deref()
+            .is_none_or(|o| o == "sse" || o == "runs" || o == "prune"),
+        "JOBEXEC_BENCH_ONLY={only:?}: the phases that run alone are `sse`, `runs` and `prune`"
     );
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 5 } else { 1 };
@@ -1204,6 +1325,9 @@ async fn main() {
     }
     if only.as_deref().is_none_or(|o| o == "runs") {
         runs_phase(&app, &host, if quick { 3 } else { 10 }).await;
+    }
+    if only.as_deref().is_none_or(|o| o == "prune") {
+        prune_phase(&app, &db, &server, 200 / scale).await;
     }
     app.stop().await;
 }

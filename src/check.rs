@@ -10,7 +10,7 @@
 //! it), each `[[schedules]]` table (its cron, time zone, overlap and catch-up, and its
 //! parameters against its template when the template is one of the file's; one only in the
 //! database is checked when the service applies the file), the listen address without
-//! tokens, the TLS pair.
+//! tokens, the TLS pair, the `[retention]` durations.
 //!
 //! Positions come from the spans toml keeps for every key. A message names keys, never a
 //! value of the file: a value may be a password or a token.
@@ -279,6 +279,9 @@ fn semantic(settings: &Settings) -> Vec<Problem> {
         }
     }
     declared(settings, &mut refuse);
+    if let Err(e) = settings.retention.policy() {
+        refuse(&e.field, e.to_string());
+    }
     problems
 }
 
@@ -487,5 +490,14 @@ port = \"z\"
         let old = run("[webhooks]\nmax_attempts = 3\n").unwrap_err();
         assert_eq!(old.len(), 1, "{old:?}");
         says(&old, 0, &[":1:", "[webhook_delivery]"]);
+    }
+
+    #[test]
+    fn retention_durations_are_checked_without_their_value() {
+        assert!(run("[retention]\njobs = \"30d\"\nfailed_jobs = \"90d\"\n").is_ok());
+        let found = run("[retention]\noutput = \"7d\"\n\njobs = \"hunter2\"\n").unwrap_err();
+        assert_eq!(found.len(), 1, "{found:?}");
+        says(&found, 0, &[":4:1:", "retention.jobs"]);
+        assert!(!found[0].contains("hunter2"), "{found:?}");
     }
 }

@@ -36,6 +36,14 @@ enum Command {
         /// The file.
         file: PathBuf,
     },
+    /// Delete what `[retention]` says is old enough, once, and say how many rows of each
+    /// table went (the background prune of a running service does the same every
+    /// `retention.every`).
+    Prune {
+        /// Say what would be deleted, and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print a new secret key (`1:BASE64`) for JOBEXEC_SECRET_KEY or a key file.
     GenKey,
     /// Add a new key version and re-seal every stored secret under it.
@@ -89,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::RotateKey { retire_old } => return rotate_key(&settings, retire_old).await,
+        Command::Prune { dry_run } => return prune(&settings, dry_run).await,
         Command::Migrate => {
             let store = Store::open(&settings).await?;
             store.migrate().await?;
@@ -138,6 +147,42 @@ async fn main() -> anyhow::Result<()> {
             app.stop().await;
         }
         _ = app.wait() => {}
+    }
+    Ok(())
+}
+
+async fn prune(settings: &Settings, dry_run: bool) -> anyhow::Result<()> {
+    use job_executor::domain::PruneTable;
+    use job_executor::engine::{PruneError, Pruner};
+    match settings.retention.policy() {
+        Ok(policy) if policy.is_set() => {}
+        Ok(_) => {
+            eprintln!("{}", PruneError::NoPolicy);
+            std::process::exit(2);
+        }
+        Err(e) => {
+            eprintln!("{}", PruneError::Invalid(e));
+            std::process::exit(2);
+        }
+    }
+    let store = Store::open(settings).await?;
+    let report = Pruner::new(store, settings)?.prune(dry_run).await?;
+    if report.skipped {
+        println!("another process is pruning (it holds the prune lease): nothing was done");
+        return Ok(());
+    }
+    let verb = if dry_run {
+        "would be deleted"
+    } else {
+        "deleted"
+    };
+    for table in PruneTable::ALL {
+        println!("{table}: {} {verb}", report.counts.get(table));
+    }
+    if dry_run {
+        println!("dry run: nothing was changed");
+    } else {
+        println!("took {} ms", report.took.as_millis());
     }
     Ok(())
 }

@@ -33,6 +33,7 @@
 //! | [`OUTPUT_BYTES`] | counter | `stream` |
 //! | [`HTTP_REQUESTS`] | counter | `route`, `method`, `status` |
 //! | [`HTTP_DURATION`] | histogram | `route`, `method` |
+//! | [`PRUNED_ROWS`] | counter | `table` |
 //!
 //! A family prometheus refuses to make (a bad name or bucket list: the unit tests make every
 //! one) is logged and counts nothing: a metric never takes the process down.
@@ -120,6 +121,14 @@ pub static HTTP_DURATION: HistogramVec<2> = HistogramVec::new(
 )
 .buckets(HTTP_DURATION_BUCKETS);
 
+/// Rows the retention prunes of this process deleted, by table (`job_output`, `jobs`,
+/// `runs`, `audit_log`, `webhook_deliveries`).
+pub static PRUNED_ROWS: CounterVec<1> = CounterVec::new(
+    "jobexec_pruned_rows_total",
+    "Rows deleted by retention prunes in this process, by table.",
+    ["table"],
+);
+
 /// The version of the running build, a gauge at 1.
 static BUILD_INFO: GaugeVec<1> = GaugeVec::new(
     "jobexec_build_info",
@@ -141,6 +150,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     OUTPUT_BYTES.register(&registry);
     HTTP_REQUESTS.register(&registry);
     HTTP_DURATION.register(&registry);
+    PRUNED_ROWS.register(&registry);
     registry
 });
 
@@ -403,7 +413,7 @@ mod tests {
         assert!(RUNNING_JOBS.vec().is_some() && SSH_CONNECTIONS_OPEN.vec().is_some());
         assert!(SSH_CONNECTS.vec().is_some() && SSH_CONNECT_FAILURES.vec().is_some());
         assert!(SSH_CHANNEL_OPENS.vec().is_some() && OUTPUT_BYTES.vec().is_some());
-        assert!(HTTP_REQUESTS.vec().is_some());
+        assert!(HTTP_REQUESTS.vec().is_some() && PRUNED_ROWS.vec().is_some());
         let text = render(Vec::new());
         assert!(text.contains("# TYPE jobexec_running_jobs gauge\njobexec_running_jobs "));
         let version = env!("CARGO_PKG_VERSION");

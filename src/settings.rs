@@ -41,6 +41,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Webhook deliveries.
     pub webhook_delivery: WebhookDeliverySettings,
+    /// What is deleted when, and how the background prune runs.
+    pub retention: RetentionSettings,
     /// Servers declared in the file (`[[servers]]`), created or updated by name at start and
     /// on SIGHUP.
     #[serde(default)]
@@ -418,6 +420,44 @@ pub struct WebhookDeliverySettings {
     pub per_webhook: usize,
     /// The wait before the first retry (ms); each retry waits twice the last.
     pub retry_base_ms: u64,
+}
+
+/// `[retention]`: how long rows are kept, as durations (`"30d"`, `"12h"`, `"10s"`); an empty
+/// string keeps them forever. [`RetentionSettings::policy`] parses them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionSettings {
+    /// Output chunks of jobs that finished longer ago than this.
+    pub output: String,
+    /// Finished jobs (with their output), and their runs once every job of a run is gone.
+    pub jobs: String,
+    /// Failed and timed-out jobs; empty: as `jobs`.
+    pub failed_jobs: String,
+    /// The newest jobs of each server that are never deleted (0: no floor).
+    pub keep_last_per_server: u32,
+    /// Audit records.
+    pub audit: String,
+    /// Webhook deliveries that were delivered or failed (never pending ones).
+    pub deliveries: String,
+    /// How often the background prune runs (when any of the above is set).
+    pub every: String,
+    /// Rows per delete transaction.
+    pub batch: u32,
+}
+
+impl RetentionSettings {
+    /// The policy these settings describe; a refusal names the key, never its value.
+    pub fn policy(&self) -> Result<crate::domain::RetentionPolicy, crate::domain::FieldError> {
+        crate::domain::RetentionPolicy::parse(
+            &self.output,
+            &self.jobs,
+            &self.failed_jobs,
+            self.keep_last_per_server,
+            &self.audit,
+            &self.deliveries,
+            &self.every,
+            self.batch,
+        )
+    }
 }
 
 /// `[auth]`

@@ -80,6 +80,7 @@ mod access;
 mod ids;
 mod job;
 mod labels;
+mod retention;
 mod run;
 mod schedule;
 mod server;
@@ -123,13 +124,14 @@ impl Actor {
 }
 pub use job::{JobKind, JobStatus, OutputStream};
 pub use labels::{Labels, SELECTOR_PATTERN, Selector, validate_labels};
+pub use retention::{Cuts, MAX_RETENTION, PruneCounts, PruneTable, RetentionPolicy};
 pub use run::{
     Amount, Failure, HostState, HostStatus, NewRun, Plan, RunRequest, RunStatus, Strategy,
     StrategyRequest, Targets, TargetsRequest, plan,
 };
 pub use schedule::{
     Cron, Fire, MAX_DURATION, Overlap, SEARCH_YEARS, Zone, fires_between, next_fires,
-    parse_duration,
+    parse_duration, parse_duration_within,
 };
 pub use server::{AuthType, HostKeyCheck, ServerDraft, ServerPatch, ServerSecrets};
 pub(crate) use spec::whole_number;

@@ -539,6 +539,15 @@ named_enum! {
 /// numbers with the units `d`, `h`, `m`, `s`, each at most once, largest first; at most
 /// [`MAX_DURATION`]. `field` names the 422.
 pub fn parse_duration(field: &'static str, raw: &str) -> Result<Duration, FieldError> {
+    parse_duration_within(field, raw, MAX_DURATION)
+}
+
+/// [`parse_duration`] with another bound: at most `max` (whole days).
+pub fn parse_duration_within(
+    field: &'static str,
+    raw: &str,
+    max: Duration,
+) -> Result<Duration, FieldError> {
     const EXAMPLE: &str = "such as \"90s\", \"15m\", \"1h30m\" or \"2d\"";
     let refuse = |message: String| FieldError::new(field, message);
     let text = raw.trim();
@@ -594,8 +603,13 @@ pub fn parse_duration(field: &'static str, raw: &str) -> Result<Duration, FieldE
             .ok()
             .and_then(|n| n.checked_mul(unit_secs))
             .and_then(|s| total.checked_add(s))
-            .filter(|&s| s <= MAX_DURATION.as_secs())
-            .ok_or_else(|| refuse(format!("{raw:?} is more than 7 days")))?;
+            .filter(|&s| s <= max.as_secs())
+            .ok_or_else(|| {
+                refuse(format!(
+                    "{raw:?} is more than {} days",
+                    max.as_secs() / 86_400
+                ))
+            })?;
         rest = next;
     }
     Ok(Duration::from_secs(total))

@@ -2,9 +2,9 @@
 //!
 //! Submit, cancel, duplicate, read and follow output; runs over many servers (start,
 //! advance, cancel, rerun, summarize); register, change, delete and test servers and pin
-//! their host keys; the audit record of each. The HTTP handlers, the library
-//! ([`crate::Supervisor`]) and the daemon's settings file all call these functions; none of
-//! them holds a use case of its own. Each returns a typed [`Error`]; `http` maps it to a
+//! their host keys; the audit record of each; retention (the prune). The HTTP handlers, the
+//! library ([`crate::Supervisor`]) and the daemon's settings file all call these functions;
+//! none of them holds a use case of its own. Each returns a typed [`Error`]; `http` maps it to a
 //! status, the library hands it out as it is.
 //!
 //! [`Runtime`] starts what the use cases act through (the database, the queue, the
@@ -27,6 +27,7 @@ mod declared;
 mod error;
 pub mod follow;
 mod jobs;
+mod retention;
 mod run_follow;
 mod runs;
 mod runtime;
@@ -46,6 +47,7 @@ pub use error::{Error, Subject};
 pub use follow::FollowTask;
 pub(crate) use jobs::WAIT_POLL;
 pub use jobs::{Canceled, Duplicated, Submitted};
+pub use retention::{PruneError, PruneReport, Pruner};
 pub use run_follow::{RunEvent, RunFollow};
 pub use runs::{OutputGroup, RerunOnly};
 pub use runtime::{Role, Runtime, StartError};

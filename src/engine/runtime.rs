@@ -60,6 +60,9 @@ pub enum StartError {
     /// The default server from the seed's `SSH_*` variables is invalid.
     #[error("default server (SSH_HOST…): {0}")]
     DefaultServer(String),
+    /// A `[retention]` value is invalid.
+    #[error("[retention] {0}")]
+    Retention(crate::domain::FieldError),
     /// The runtime thread died before the engine was ready.
     #[error("the engine thread failed to start: {0}")]
     Thread(String),
@@ -102,6 +105,7 @@ impl Runtime {
         F: FnOnce(Engine) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + 'static,
     {
+        settings.retention.policy().map_err(StartError::Retention)?;
         let store = Store::open(&settings).await.map_err(StartError::from)?;
         tracing::info!(
             database = %settings.database.redacted_url(),
@@ -125,6 +129,7 @@ impl Runtime {
                     }
                     engine.spawn_run_driver();
                     engine.spawn_deliverer();
+                    engine.spawn_pruner();
                     if role.runs_jobs() {
                         engine.spawn_scheduler();
                     }

@@ -79,6 +79,9 @@ pub struct JobView {
     pub output_bytes: i64,
     /// Whether the output was cut at the configured cap.
     pub output_truncated: bool,
+    /// When retention deleted its output (`[retention] output`); null: it was not.
+    #[schema(required = true)]
+    pub output_pruned_at: Option<Micros>,
     /// The run this job is one host of (null: a job of its own).
     #[schema(required = true, format = Uuid)]
     pub run_id: Option<String>,
@@ -112,6 +115,7 @@ impl JobView {
             cancel_requested: row.cancel_requested,
             output_bytes: row.output_bytes,
             output_truncated: row.output_truncated,
+            output_pruned_at: row.output_pruned_at.map(Micros),
             run_id: row.run_id.clone(),
         }
     }

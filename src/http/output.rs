@@ -1,5 +1,7 @@
 //! A job's stored output: `GET /jobs/{id}/logs` (JSON), `/stdout` and `/stderr` (raw bytes),
 //! and `/output?offset=&limit=`, a byte range of the combined output (see [`job_output`]).
+//! A job whose output retention deleted says so: `output_pruned_at` in the logs, and the
+//! header [`PRUNED_HEADER`] on every one of these responses.
 //!
 //! Streamed, never built whole: the output is read from the database [`PAGE`] chunks at a
 //! time and sent as it is read, in frames of at most [`FRAME`] bytes through a channel of
@@ -79,6 +81,11 @@ pub struct JobLogs {
     duration: Option<f64>,
     /// Whether the output was cut at the configured cap.
     truncated: bool,
+    /// When retention deleted the job's output (`[retention] output`): the texts are then
+    /// empty because the output is gone, not because the job printed nothing. Null: it was
+    /// not pruned.
+    #[schema(required = true)]
+    output_pruned_at: Option<Micros>,
 }
 
 impl JobLogs {
@@ -99,6 +106,7 @@ impl JobLogs {
             finished_at: job.finished_at.map(Micros),
             duration,
             truncated: job.output_truncated,
+            output_pruned_at: job.output_pruned_at.map(Micros),
         }
     }
 }
@@ -327,6 +335,20 @@ impl Writer {
     }
 }
 
+/// The header that says a job's output was pruned, and when (RFC 3339).
+pub const PRUNED_HEADER: &str = "X-Output-Pruned-At";
+
+/// `response` with [`PRUNED_HEADER`] when retention deleted `job`'s output.
+fn pruned(
+    mut response: actix_web::HttpResponseBuilder,
+    job: &JobRow,
+) -> actix_web::HttpResponseBuilder {
+    if let Some(at) = job.output_pruned_at {
+        response.insert_header((PRUNED_HEADER, Micros(at).to_rfc3339()));
+    }
+    response
+}
+
 /// A 200 of `content_type` whose body is `parts` of job `id`'s output, streamed.
 async fn respond(
     state: &AppState,
@@ -348,7 +370,7 @@ async fn respond(
         writer.run(parts).await;
         drop(permit);
     });
-    Ok(HttpResponse::Ok()
+    Ok(pruned(HttpResponse::Ok(), job)
         .content_type(content_type)
         .streaming(body_of(rx)))
 }
@@ -482,6 +504,7 @@ impl RangeWriter {
                 ("X-Output-Offset" = i64, description = "The `offset` asked for: where the first record's bytes start."),
                 ("X-Output-Total" = i64, description = "The combined output's length in bytes when the request came."),
                 ("X-Output-Last-Seq" = i64, description = "The sequence number of the last chunk stored when the request came (-1: none); the stream's `Last-Event-ID` to follow what comes after."),
+                ("X-Output-Pruned-At" = String, description = "Only when retention deleted the job's output: when (RFC 3339). The output is then empty, or shorter than it was."),
             )),
         Errors<(BadRequest, Unauthorized, NotFound, InvalidField, Unavailable)>,
     )
@@ -505,10 +528,11 @@ pub async fn job_output(
     let job = state.engine.job(job_id(&path)?).await?;
     let permit = state.limits.heavy_read().await?;
     let extent = state.engine.output_extent(&job.id).await?;
+    let mut response = pruned(HttpResponse::Ok(), &job);
     let (tx, rx) = mpsc::channel(IN_FLIGHT);
     let writer = RangeWriter {
         engine: state.engine.clone(),
-        job_id: job.id,
+        job_id: job.id.clone(),
         extent,
         start: offset,
         end: offset.saturating_add(limit).min(extent.end),
@@ -519,7 +543,7 @@ pub async fn job_output(
         writer.run().await;
         drop(permit);
     });
-    Ok(HttpResponse::Ok()
+    Ok(response
         .content_type("application/octet-stream")
         .insert_header(("X-Output-Offset", offset.to_string()))
         .insert_header(("X-Output-Total", extent.end.to_string()))
@@ -537,7 +561,10 @@ pub async fn job_output(
     tag = "jobs",
     params(("id" = uuid::Uuid, Path, description = "The job's id."), LogsQuery),
     responses(
-        (status = 200, description = "`JobLogs`, or with `?format=chunks` an array of `OutputChunk`.", body = LogsResponse),
+        (status = 200, description = "`JobLogs`, or with `?format=chunks` an array of `OutputChunk`. A job whose output retention deleted has `output_pruned_at` set (and, in both shapes, the header `X-Output-Pruned-At`).", body = LogsResponse,
+            headers(
+                ("X-Output-Pruned-At" = String, description = "Only when retention deleted the job's output: when (RFC 3339)."),
+            )),
         Errors<(BadRequest, Unauthorized, NotFound, InvalidField, Unavailable)>,
     )
 )]
@@ -703,6 +730,7 @@ mod tests {
             next_seq: 5,
             run_id: None,
             sealed_env: None,
+            output_pruned_at: None,
         };
         // What the route sent when it built the whole response.
         let all = |keep: &dyn Fn(&ChunkRow) -> bool| {

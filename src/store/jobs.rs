@@ -72,6 +72,8 @@ pub struct JobRow {
     pub run_id: Option<String>,
     /// The secret parameters' environment of its template, sealed (never shown).
     pub sealed_env: Option<Vec<u8>>,
+    /// When a prune deleted its output (null: it was not).
+    pub output_pruned_at: Option<i64>,
 }
 
 impl JobRow {

@@ -11,6 +11,7 @@ mod audit;
 mod jobs;
 mod models;
 mod outbox;
+mod retention;
 mod runs;
 mod schedules;
 pub mod schema;
@@ -27,6 +28,7 @@ pub use jobs::{
 };
 pub use models::{ServerRow, server_secrets};
 pub use outbox::{Attempt, DeliveryRow, WebhookRow, envelope};
+pub use retention::{Cursor, Step};
 pub use runs::{Advanced, Run, RunFilter, RunHost, RunHostRow, RunRow};
 pub use schedules::{FireRow, ScheduleRow};
 pub use sessions::SessionRow;
@@ -45,6 +47,9 @@ use crate::settings::{DatabaseKind, DatabaseSettings, Settings};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// The largest SQLite database that is rewritten at open to turn on incremental vacuum.
+pub const AUTO_VACUUM_MAX_BYTES: i64 = 64 * 1024 * 1024;
 
 /// A connection to whichever database the settings chose.
 #[derive(diesel::MultiConnection)]
@@ -207,8 +212,50 @@ impl Store {
             backend,
             keyring,
         };
+        if backend == Backend::Sqlite {
+            store.incremental_vacuum_blocking();
+        }
         store.migrate_blocking()?;
         Ok(store)
+    }
+
+    /// SQLite: make the database give freed pages back to the file system on request
+    /// (`auto_vacuum = INCREMENTAL`, what a prune's incremental vacuum needs). The mode of a
+    /// database that has pages already only changes with a `VACUUM`, which rewrites the
+    /// file: done here while it is small (a new database, or one under
+    /// [`AUTO_VACUUM_MAX_BYTES`]); a larger one is left as it is, with a warning. A failure
+    /// is logged: the database works without it, its prunes just do not shrink the file.
+    fn incremental_vacuum_blocking(&self) {
+        let done = self.conn().map_err(|e| e.to_string()).and_then(|mut conn| {
+            let DbConnection::Sqlite(c) = &mut *conn else {
+                return Ok(());
+            };
+            let value = |c: &mut SqliteConnection, sql| {
+                retention::sqlite_value(c, sql).map_err(|e| e.to_string())
+            };
+            // 2: INCREMENTAL.
+            if value(c, "SELECT auto_vacuum AS value FROM pragma_auto_vacuum()")? == 2 {
+                return Ok(());
+            }
+            let bytes = value(
+                c,
+                "SELECT page_count * page_size AS value FROM pragma_page_count(), pragma_page_size()",
+            )?;
+            if bytes > AUTO_VACUUM_MAX_BYTES {
+                tracing::warn!(
+                    bytes,
+                    "the SQLite database was made without incremental vacuum: prunes free its \
+                     pages for reuse but do not shrink the file (run `VACUUM` on it once, with \
+                     the service stopped, after `PRAGMA auto_vacuum = INCREMENTAL`)"
+                );
+                return Ok(());
+            }
+            c.batch_execute("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "cannot turn on incremental vacuum on the SQLite database");
+        }
     }
 
     /// Which backend this store uses.

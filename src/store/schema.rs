@@ -55,6 +55,7 @@ diesel::table! {
         next_seq -> BigInt,
         run_id -> Nullable<Text>,
         sealed_env -> Nullable<Binary>,
+        output_pruned_at -> Nullable<BigInt>,
     }
 }
 
@@ -202,6 +203,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    retention_lease (name) {
+        name -> Text,
+        holder -> Text,
+        held_until -> BigInt,
+    }
+}
+
 diesel::joinable!(job_output -> jobs (job_id));
 diesel::joinable!(run_hosts -> runs (run_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -216,5 +225,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     schedule_fires,
     webhooks,
     webhook_deliveries,
-    dashboard_sessions
+    dashboard_sessions,
+    retention_lease
 );

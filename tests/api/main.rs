@@ -21,6 +21,7 @@ mod log_range;
 mod logs;
 mod metrics;
 mod openapi;
+mod retention;
 mod runs;
 mod schedules;
 mod security;

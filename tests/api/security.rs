@@ -1087,7 +1087,7 @@ db_test!(
         assert!(logs["stdout"] == text.as_str() && logs["output"] == text.as_str());
         let field = |name: &str| logs[name].to_string();
         let expected = format!(
-            "{{\"job_id\":\"{id}\",\"status\":\"completed\",\"exit_code\":0,\"stdout\":{t},\"stderr\":\"\",\"output\":{t},\"started_at\":{},\"finished_at\":{},\"duration\":{},\"truncated\":false}}",
+            "{{\"job_id\":\"{id}\",\"status\":\"completed\",\"exit_code\":0,\"stdout\":{t},\"stderr\":\"\",\"output\":{t},\"started_at\":{},\"finished_at\":{},\"duration\":{},\"truncated\":false,\"output_pruned_at\":null}}",
             field("started_at"),
             field("finished_at"),
             field("duration"),

@@ -294,12 +294,24 @@ pub async fn logs(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<u8> {
     match ctx.output {
         Output::Json => output::print_json(&chunks),
         Output::Table => {
+            let mut none = true;
             for c in chunks.as_array().into_iter().flatten() {
+                none = false;
                 let data = c["data"].as_str().unwrap_or("").as_bytes();
                 if c["stream"] == "stderr" {
                     output::write_stderr(data);
                 } else {
                     output::write_stdout(data);
+                }
+            }
+            // No output: say so when retention deleted it, rather than look like a silent job.
+            if none {
+                let job = ctx.api.get(&job_path(&a.id, "")).await?;
+                if let Some(at) = job["output_pruned_at"].as_str() {
+                    eprintln!(
+                        "jobctl: the output of job {} was pruned at {at} (retention)",
+                        a.id
+                    );
                 }
             }
         }

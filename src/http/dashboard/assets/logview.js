@@ -248,6 +248,7 @@ export class LogViewer {
     this.haveSeq = -1; // last chunk seq stored at the last range read
     this.wantSeq = -1; // last seq the stream announced
     this.status = '';
+    this.prunedAt = null; // when retention deleted the output, if it did
     this.finished = false; // the job ended (its final output may still be read)
     this.retries = 0;
 
@@ -421,7 +422,8 @@ export class LogViewer {
     if (!this.info) return;
     const mb = (this.end / (1024 * 1024)).toFixed(this.end < 10 * 1024 * 1024 ? 2 : 1);
     const status = this.status ? ` · ${this.status}` : '';
-    this.info.textContent = `${this.lineCount.toLocaleString('en')} lines · ${mb} MiB${status}`;
+    const pruned = this.prunedAt ? ' · output pruned' : '';
+    this.info.textContent = `${this.lineCount.toLocaleString('en')} lines · ${mb} MiB${status}${pruned}`;
   }
 
   _later(fn, ms) {
@@ -469,8 +471,15 @@ export class LogViewer {
       const job = await this._json('');
       this.status = job.status;
       this.finished = job.status !== 'queued' && job.status !== 'running';
+      this.prunedAt = job.output_pruned_at || null;
       await this._pump();
       if (this.destroyed) return;
+      // Retention deleted the output: say so instead of showing an empty log.
+      if (this.prunedAt && this.lineCount === 0) {
+        const notice = el('p', 'lv-notice', `This job's output was deleted by retention at ${this.prunedAt}.`);
+        notice.setAttribute('role', 'status');
+        this.container.insertBefore(notice, this.viewport);
+      }
       if (!this.finished) {
         this._setState('live');
         this._openStream(this.haveSeq);
