@@ -72,6 +72,26 @@ pub struct Step {
     pub next: Option<Cursor>,
 }
 
+impl Step {
+    /// A step that did `n` rows of `table` and goes on past the row at `(at, id)`.
+    fn past(table: PruneTable, n: u64, at: i64, id: String) -> Step {
+        let mut step = Step::default();
+        step.counts.add(table, n);
+        step.next = Some(Cursor(Position::At(at, id)));
+        step
+    }
+}
+
+/// `q` without the rows up to `cursor`, in the `(at, id)` order a walk goes in.
+macro_rules! past {
+    ($q:expr, $cursor:expr, $at:expr, $id:expr) => {
+        match $cursor {
+            Position::At(at, id) => $q.filter($at.gt(*at).or($at.eq(*at).and($id.gt(id.clone())))),
+            _ => $q,
+        }
+    };
+}
+
 /// The statuses of a job that has ended.
 fn ended() -> Vec<JobStatus> {
     JobStatus::ALL
@@ -146,7 +166,7 @@ fn output_step(
     cursor: &Position,
     dry_run: bool,
 ) -> Result<Step, StoreError> {
-    let mut q = jobs::table
+    let q = jobs::table
         .filter(jobs::status.eq_any(ended()))
         .filter(jobs::finished_at.lt(cut))
         .filter(jobs::output_pruned_at.is_null())
@@ -155,25 +175,18 @@ fn output_step(
         .order((jobs::finished_at.asc(), jobs::id.asc()))
         .limit(JOBS_PER_STEP)
         .into_boxed();
-    if let Position::At(at, id) = cursor {
-        q = q.filter(
-            jobs::finished_at
-                .gt(*at)
-                .or(jobs::finished_at.eq(*at).and(jobs::id.gt(id.clone()))),
-        );
-    }
+    let q = past!(q, cursor, jobs::finished_at, jobs::id);
     let candidates: Vec<(Option<i64>, String)> = q.load(conn)?;
     let Some((last_at, last_id)) = candidates.last().cloned() else {
         return Ok(Step::default());
     };
-    let mut step = Step::default();
     if dry_run {
         let ids: Vec<String> = candidates.iter().map(|(_, id)| id.clone()).collect();
         let n: i64 = chunks_of(conn, &ids)?.values().sum();
-        step.counts.add(PruneTable::Output, n as u64);
-        step.next = Some(Cursor(Position::At(last_at.unwrap_or(0), last_id)));
-        return Ok(step);
+        let at = last_at.unwrap_or(0);
+        return Ok(Step::past(PruneTable::Output, n as u64, at, last_id));
     }
+    let mut step = Step::default();
     // The jobs whose chunks fit in the batch, counted one by one until it is full (a job
     // with more than a whole batch loses its oldest `batch` now, the rest in later steps).
     let (mut budget, mut whole, mut part) = (batch, Vec::new(), None);
@@ -513,7 +526,7 @@ fn runs_step(
     cursor: &Position,
     dry_run: bool,
 ) -> Result<Step, StoreError> {
-    let mut q = runs::table
+    let q = runs::table
         .filter(runs::status.eq_any(run_ended()))
         .filter(runs::finished_at.lt(cut))
         .filter(runs::id.nullable().ne_all(with_jobs()))
@@ -521,13 +534,7 @@ fn runs_step(
         .order((runs::finished_at.asc(), runs::id.asc()))
         .limit(batch)
         .into_boxed();
-    if let Position::At(at, id) = cursor {
-        q = q.filter(
-            runs::finished_at
-                .gt(*at)
-                .or(runs::finished_at.eq(*at).and(runs::id.gt(id.clone()))),
-        );
-    }
+    let q = past!(q, cursor, runs::finished_at, runs::id);
     let rows: Vec<(Option<i64>, String)> = q.load(conn)?;
     let Some((at, last)) = rows.last().cloned() else {
         return Ok(Step::default());
@@ -545,10 +552,12 @@ fn runs_step(
             diesel::delete(mine).execute(conn)
         })?
     };
-    let mut step = Step::default();
-    step.counts.add(PruneTable::Runs, n as u64);
-    step.next = Some(Cursor(Position::At(at.unwrap_or(0), last)));
-    Ok(step)
+    Ok(Step::past(
+        PruneTable::Runs,
+        n as u64,
+        at.unwrap_or(0),
+        last,
+    ))
 }
 
 /// The audit step: records written before `cut`.
@@ -559,19 +568,13 @@ fn audit_step(
     cursor: &Position,
     dry_run: bool,
 ) -> Result<Step, StoreError> {
-    let mut q = audit_log::table
+    let q = audit_log::table
         .filter(audit_log::at.lt(cut))
         .select((audit_log::at, audit_log::id))
         .order((audit_log::at.asc(), audit_log::id.asc()))
         .limit(batch)
         .into_boxed();
-    if let Position::At(at, id) = cursor {
-        q = q.filter(
-            audit_log::at
-                .gt(*at)
-                .or(audit_log::at.eq(*at).and(audit_log::id.gt(id.clone()))),
-        );
-    }
+    let q = past!(q, cursor, audit_log::at, audit_log::id);
     let rows: Vec<(i64, String)> = q.load(conn)?;
     let Some((at, last)) = rows.last().cloned() else {
         return Ok(Step::default());
@@ -584,10 +587,7 @@ fn audit_step(
             diesel::delete(audit_log::table.filter(audit_log::id.eq_any(&ids))).execute(conn)
         })?
     };
-    let mut step = Step::default();
-    step.counts.add(PruneTable::Audit, n as u64);
-    step.next = Some(Cursor(Position::At(at, last)));
-    Ok(step)
+    Ok(Step::past(PruneTable::Audit, n as u64, at, last))
 }
 
 /// The deliveries step: delivered or failed deliveries made before `cut`.
@@ -599,7 +599,7 @@ fn deliveries_step(
     dry_run: bool,
 ) -> Result<Step, StoreError> {
     const SETTLED: [&str; 2] = ["delivered", "failed"];
-    let mut q = webhook_deliveries::table
+    let q = webhook_deliveries::table
         .filter(webhook_deliveries::status.eq_any(SETTLED))
         .filter(webhook_deliveries::created_at.lt(cut))
         .select((webhook_deliveries::created_at, webhook_deliveries::id))
@@ -609,15 +609,12 @@ fn deliveries_step(
         ))
         .limit(batch)
         .into_boxed();
-    if let Position::At(at, id) = cursor {
-        q = q.filter(
-            webhook_deliveries::created_at
-                .gt(*at)
-                .or(webhook_deliveries::created_at
-                    .eq(*at)
-                    .and(webhook_deliveries::id.gt(id.clone()))),
-        );
-    }
+    let q = past!(
+        q,
+        cursor,
+        webhook_deliveries::created_at,
+        webhook_deliveries::id
+    );
     let rows: Vec<(i64, String)> = q.load(conn)?;
     let Some((at, last)) = rows.last().cloned() else {
         return Ok(Step::default());
@@ -634,10 +631,7 @@ fn deliveries_step(
             diesel::delete(mine).execute(conn)
         })?
     };
-    let mut step = Step::default();
-    step.counts.add(PruneTable::Deliveries, n as u64);
-    step.next = Some(Cursor(Position::At(at, last)));
-    Ok(step)
+    Ok(Step::past(PruneTable::Deliveries, n as u64, at, last))
 }
 
 /// One value a pragma or an aggregate returns.
