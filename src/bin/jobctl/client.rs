@@ -157,7 +157,7 @@ impl Api {
     }
 }
 
-/// The JSON of a successful response, or the API's error.
+/// The JSON of a successful response (`null` for a 204), or the API's error.
 pub async fn json_of(resp: Response) -> anyhow::Result<Value> {
     let status = resp.status();
     if !status.is_success() {
@@ -167,6 +167,10 @@ pub async fn json_of(resp: Response) -> anyhow::Result<Value> {
         .text()
         .await
         .map_err(|e| anyhow!("cannot read the answer: {}", root_cause(&e)))?;
+    // 204 No Content (a delete): nothing to show.
+    if status == StatusCode::NO_CONTENT {
+        return Ok(Value::Null);
+    }
     serde_json::from_str(&text)
         .map_err(|e| anyhow!("the service answered {status} with a body that is not JSON: {e}"))
 }

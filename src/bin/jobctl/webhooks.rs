@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::client::{error_of, escape};
+use crate::client::escape;
 use crate::{Ctx, output};
 
 /// `jobctl webhooks …`.
@@ -232,11 +232,7 @@ pub async fn dispatch(ctx: &Ctx, command: WebhooksCommand) -> anyhow::Result<u8>
         }
         WebhooksCommand::Delete(a) => {
             let path = webhook_path(&a.webhook, "");
-            let resp = (ctx.api.request(Method::DELETE, &path).send().await)
-                .map_err(|e| ctx.api.transport_error(&e))?;
-            if !resp.status().is_success() {
-                return Err(error_of(resp).await.into());
-            }
+            ctx.api.send(ctx.api.request(Method::DELETE, &path)).await?;
             let done = json!({"deleted": a.webhook});
             ctx.print(&done, |_| format!("webhook {} deleted\n", a.webhook));
         }
