@@ -84,6 +84,12 @@ fn same_template(a: &TemplateRow, b: &TemplateRow) -> bool {
     )
 }
 
+/// The first name `names` holds twice.
+fn used_twice<'a>(names: impl IntoIterator<Item = &'a String>) -> Option<&'a String> {
+    let mut seen = std::collections::HashSet::new();
+    names.into_iter().find(|name| !seen.insert(*name))
+}
+
 /// The actor the audit records for what the file changed.
 fn file_actor() -> Actor {
     Actor {
@@ -102,25 +108,26 @@ impl Engine {
             |name: &str, e: Error| StartError::Declared(format!("[[templates]] {name:?}: {e}"));
         let schedule_error =
             |name: &str, e: Error| StartError::Declared(format!("[[schedules]] {name:?}: {e}"));
+        let twice = || Error::Invalid(crate::domain::FieldError::new("name", "is used twice"));
+        if let Some(name) = used_twice(settings.templates.iter().map(|t| &t.name)) {
+            return Err(template_error(name, twice()));
+        }
+        if let Some(name) = used_twice(settings.schedules.iter().map(|t| &t.name)) {
+            return Err(schedule_error(name, twice()));
+        }
+        if let Some(name) = used_twice(settings.webhooks.iter().map(|t| &t.name)) {
+            return Err(StartError::Declared(format!(
+                "[[webhooks]] {name:?}: {}",
+                twice()
+            )));
+        }
         let mut rows = Vec::new();
         for table in &settings.templates {
-            if rows.iter().any(|r: &TemplateRow| r.name == table.name) {
-                let e = Error::Invalid(crate::domain::FieldError::new("name", "is used twice"));
-                return Err(template_error(&table.name, e));
-            }
             let row = template_row(table.to_request(), None, &limits)
                 .map_err(|e| template_error(&table.name, e))?;
             rows.push(row);
         }
         for table in &settings.schedules {
-            if (settings.schedules.iter())
-                .filter(|s| s.name == table.name)
-                .count()
-                > 1
-            {
-                let e = Error::Invalid(crate::domain::FieldError::new("name", "is used twice"));
-                return Err(schedule_error(&table.name, e));
-            }
             let params = match rows.iter().find(|r| r.name == table.template) {
                 Some(row) => row.params(),
                 None => self
@@ -137,13 +144,6 @@ impl Engine {
         for table in &settings.webhooks {
             let failed =
                 |e: String| StartError::Declared(format!("[[webhooks]] {:?}: {e}", table.name));
-            if (settings.webhooks.iter())
-                .filter(|w| w.name == table.name)
-                .count()
-                > 1
-            {
-                return Err(failed("the name is used twice".into()));
-            }
             let request = webhook_request(table).map_err(failed)?;
             check_webhook(request.clone()).map_err(|e| failed(e.to_string()))?;
             if let Some(t) = table.filter.as_ref().and_then(|f| f.template.as_ref())
