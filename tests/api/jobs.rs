@@ -564,20 +564,10 @@ db_test!(
 
 /// `jobexec_ssh_connections_open` of one server, from `/metrics`.
 async fn open_connections(app: &TestApp, server: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let series = format!("jobexec_ssh_connections_open{{server_id=\"{server}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series.as_str()))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
+    (app.metric(&format!(
+        "jobexec_ssh_connections_open{{server_id=\"{server}\"}}"
+    )))
+    .await
 }
 
 db_test!(idle_connections_are_closed, |db: TestDb| async move {

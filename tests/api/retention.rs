@@ -509,21 +509,11 @@ db_test!(
 
 /// `jobexec_pruned_rows_total{table="job_output"}` of this process (0 before an app).
 async fn metric(app: Option<&TestApp>) -> f64 {
-    let Some(app) = app else {
-        return job_executor::metrics::PRUNED_ROWS.get(["job_output"]) as f64;
-    };
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with("jobexec_pruned_rows_total{table=\"job_output\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    match app {
+        None => job_executor::metrics::PRUNED_ROWS.get(["job_output"]) as f64,
+        Some(app) => {
+            app.metric("jobexec_pruned_rows_total{table=\"job_output\"}")
+                .await
+        }
+    }
 }

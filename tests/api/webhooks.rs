@@ -1,6 +1,7 @@
 //! Webhooks over real HTTP: a receiver on loopback checks every delivery's signature, a
 //! receiver that answers 500 twice then 200 gets three attempts with one delivery id, a
-//! job's end is recorded once per webhook and event.
+//! job's end is recorded once per webhook and event, a recovery is its own event, a
+//! receiver that never answers delays no job, and a redirect is not followed.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -92,7 +93,14 @@ async fn answer(mut sock: tokio::net::TcpStream, status: u16, seen: Arc<Mutex<Ve
         let _ = sock.read(&mut chunk).await;
         return;
     }
-    let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    // A redirect points elsewhere on this receiver: followed, it would be one more request.
+    let location = if (300..400).contains(&status) {
+        "location: /redirected\r\n"
+    } else {
+        ""
+    };
+    let reply =
+        format!("HTTP/1.1 {status} X\r\n{location}content-length: 0\r\nconnection: close\r\n\r\n");
     let _ = sock.write_all(reply.as_bytes()).await;
 }
 
@@ -249,6 +257,8 @@ db_test!(
             &[
                 ("JOBEXEC__WEBHOOK_DELIVERY__TIMEOUT_SECS", "30"),
                 ("JOBEXEC__WEBHOOK_DELIVERY__PER_WEBHOOK", "1"),
+                // No retry within the test: each receiver's count is its first attempts.
+                ("JOBEXEC__WEBHOOK_DELIVERY__RETRY_BASE_MS", "60000"),
             ],
         )
         .await;
@@ -284,6 +294,10 @@ db_test!(
         out.assert_hides("whsec-from-a-file");
         let out = add("ops", url, "job.recovered,job.failed").await;
         assert_eq!(out.code, 0, "{out:?}");
+        // A receiver that answers with a redirect: not followed, the attempt failed.
+        let (moved_url, moved) = receiver(vec![301; 8]).await;
+        let out = add("moved", moved_url, "job.failed").await;
+        assert_eq!(out.code, 0, "{out:?}");
         let out = crate::helpers::jobctl::jobctl_at(&app.base, &["webhooks", "list"], None).await;
         assert_eq!(out.code, 0, "{out:?}");
         let ops = (out.stdout.lines().find(|l| l.starts_with("ops ")))
@@ -302,11 +316,27 @@ db_test!(
         let start = Instant::now();
         let failed = ended(&app, job("3"), "failed").await;
         let recovered = ended(&app, job("0"), "completed").await;
-        let again = ended(&app, job("0"), "completed").await;
+        ended(&app, job("0"), "completed").await;
         let took = start.elapsed();
         assert!(took < Duration::from_secs(10), "three jobs took {took:?}");
 
         let all = wait_for(&got, 2, Duration::from_secs(10)).await;
+        let start = Instant::now();
+        let redirected = loop {
+            let (_, list) = app.get("/api/v1/webhooks/moved/deliveries").await;
+            let d = list["deliveries"][0].clone();
+            if d["attempts"].as_i64().unwrap_or(0) >= 1 {
+                break d;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "{list}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            (&redirected["status"], &redirected["last_status_code"]),
+            (&json!("pending"), &json!(301)),
+            "{redirected}"
+        );
+        assert_eq!(moved.lock().unwrap().len(), 1, "the redirect was followed");
         let events: Vec<(&str, String)> = (all.iter())
             .map(|g| {
                 let data: Value = serde_json::from_str(&g.body).unwrap();
@@ -324,7 +354,6 @@ db_test!(
         for g in &all {
             assert_signed(g, "whsec-from-a-file");
         }
-        assert!(!again.is_empty());
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(
             got.lock().unwrap().len(),

@@ -231,6 +231,20 @@ impl TestApp {
             .expect("the reload is taken");
     }
 
+    /// The value of one series on `/metrics` (`name{labels}` exactly), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = (self.client.get(self.url("/metrics")).send().await)
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map(|v| v.trim().parse().expect("a number"))
+            .unwrap_or(0.0)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
