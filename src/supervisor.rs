@@ -391,7 +391,7 @@ impl RunHandle {
 
     /// The run as stored now (each host with its job).
     pub async fn get(&self) -> Result<Run, Error> {
-        Ok(self.engine.run(self.id).await?)
+        Ok(self.engine.run(&Actor::library(), self.id).await?)
     }
 
     /// Wait until every host has ended; returns the run as it ended.
@@ -412,7 +412,7 @@ impl RunHandle {
         let engine = self.engine.clone();
         let id = self.id;
         tokio::spawn(async move {
-            let Ok(mut run) = engine.run(id).await else {
+            let Ok(mut run) = engine.run(&Actor::library(), id).await else {
                 return;
             };
             let (events_tx, mut events) = mpsc::channel(64);
@@ -501,7 +501,7 @@ impl Supervisor {
 
     /// The registered servers, by name.
     pub async fn servers(&self) -> Result<Vec<ServerRow>, Error> {
-        Ok(self.engine().servers().await?)
+        Ok(self.engine().servers(&Actor::library()).await?)
     }
 
     /// Submit a job; it is queued and runs as soon as its server has room.
@@ -525,7 +525,7 @@ impl Supervisor {
 
     /// The job as stored now.
     pub async fn job(&self, id: &JobId) -> Result<JobRow, Error> {
-        Ok(self.engine().job(*id).await?)
+        Ok(self.engine().job(&Actor::library(), *id).await?)
     }
 
     /// Ask a job to stop: a queued job ends `canceled` at once, a running one once its
@@ -549,7 +549,10 @@ impl Supervisor {
         let id = *id;
         tokio::spawn(async move {
             // A job another worker runs is heard of only in the database: look there too.
-            if let Ok(task) = engine.follow(id, -1, ChunkSink { tx }).await {
+            if let Ok(task) = engine
+                .follow(&Actor::library(), id, -1, ChunkSink { tx })
+                .await
+            {
                 task.polling(engine::WAIT_POLL).run().await;
             }
         });

@@ -6,6 +6,11 @@
 //! duplicate, runs, template launches); `admin` also changes the fleet's definitions
 //! (servers, templates, schedules, webhooks) and reads the audit log and the webhooks.
 //! A token without a role is `admin`, as every token was before roles.
+//!
+//! A scope (a selector over server labels) narrows what a token reaches to the servers it
+//! matches, whatever the role: the engine hides jobs, runs and servers outside it and
+//! refuses work that would start there; what spans every server alike (the audit log,
+//! webhooks: [`Action::spans_the_fleet`]) is refused to a scoped token.
 
 use super::Selector;
 
@@ -76,11 +81,13 @@ impl Access {
     /// `Ok` when this access may do `action`, else the refusal's message ("operator tokens
     /// cannot delete servers").
     pub fn allow(&self, action: Action) -> Result<(), String> {
-        if self.role >= action.needs() {
-            Ok(())
-        } else {
-            Err(format!("{} tokens cannot {}", self.role, action.describe()))
+        if self.role < action.needs() {
+            return Err(format!("{} tokens cannot {}", self.role, action.describe()));
         }
+        if self.scope.is_some() && action.spans_the_fleet() {
+            return Err(format!("scoped tokens cannot {}", action.describe()));
+        }
+        Ok(())
     }
 }
 
@@ -186,6 +193,21 @@ impl Action {
         }
     }
 
+    /// Whether it reads or changes what concerns every server alike, so that a token scoped
+    /// to some servers may not do it whatever its role: the audit log records actions on
+    /// every server, and a webhook hears (and its deliveries hold) every job's events.
+    pub fn spans_the_fleet(self) -> bool {
+        use Action as A;
+        matches!(
+            self,
+            A::Read(Area::Webhooks | Area::Audit)
+                | A::Create(Area::Webhooks)
+                | A::Update(Area::Webhooks)
+                | A::Delete(Area::Webhooks)
+                | A::Redeliver
+        )
+    }
+
     /// What a refusal says it was ("delete servers": "operator tokens cannot …").
     pub fn describe(self) -> String {
         use Action as A;
@@ -233,6 +255,16 @@ mod tests {
         assert!(viewer.allow(Action::Read(Area::Runs)).is_ok());
         assert!(viewer.allow(Action::Cancel).is_err());
         assert!(Access::admin().allow(Action::Read(Area::Audit)).is_ok());
+        let scoped = Access {
+            role: Role::Admin,
+            scope: Some(Selector::parse("scope", "env=staging").unwrap()),
+        };
+        assert!(scoped.allow(Action::Delete(Area::Servers)).is_ok());
+        assert_eq!(
+            scoped.allow(Action::Read(Area::Audit)).unwrap_err(),
+            "scoped tokens cannot read the audit log"
+        );
+        assert!(scoped.allow(Action::Redeliver).is_err());
         assert_eq!("operator".parse::<Role>(), Ok(Role::Operator));
         assert!("root".parse::<Role>().is_err());
     }

@@ -148,6 +148,13 @@ impl Selector {
         Ok(Selector(terms))
     }
 
+    /// A selector no server matches (`unreadable,!unreadable`): what a stored scope that no
+    /// longer parses becomes, so that it reaches nothing rather than everything.
+    pub fn nothing() -> Self {
+        let key = "unreadable".to_string();
+        Selector(vec![Term::Has(key.clone()), Term::HasNot(key)])
+    }
+
     /// Whether a server with `labels` is selected.
     pub fn matches(&self, labels: &Labels) -> bool {
         self.0.iter().all(|term| match term {

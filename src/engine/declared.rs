@@ -179,7 +179,8 @@ impl Engine {
             let failed = |e| schedule_error(&table.name, e);
             match self.store.get_schedule(table.name.clone()).await {
                 Ok(old) => {
-                    let new = (self.schedule_row(request, Some(&old)).await).map_err(failed)?;
+                    let new =
+                        (self.schedule_row(&actor, request, Some(&old)).await).map_err(failed)?;
                     if self.same_schedule(&old, &new).map_err(failed)? {
                         continue;
                     }
@@ -248,6 +249,7 @@ impl Engine {
                 overlap,
                 catch_up_secs,
                 paused,
+                scope,
                 ..
             } = r;
             (
@@ -258,6 +260,7 @@ impl Engine {
                 overlap.clone(),
                 *catch_up_secs,
                 *paused,
+                scope.clone(),
             )
         };
         Ok(shown(a) == shown(b)

@@ -82,7 +82,7 @@ impl Engine {
         request: JobRequest,
     ) -> Result<Submitted, Error> {
         self.allow(actor, Action::Submit).await?;
-        let server = self.resolve_server(request.server_id.as_deref()).await?;
+        let server = (self.resolve_server(actor, request.server_id.as_deref())).await?;
         let mut spec = JobSpec::from_request(kind, request, &self.settings.jobs.limits())?;
         // A key names the caller's own earlier job, never another caller's.
         spec.idempotency_key = spec.idempotency_key.map(|k| scoped_key(&actor.name, &k));
@@ -99,16 +99,31 @@ impl Engine {
         Ok(Submitted { job, created })
     }
 
-    /// The job as stored now.
-    pub async fn job(&self, id: JobId) -> Result<JobRow, Error> {
+    /// The job as stored now, if `actor` reaches its server (else it does not exist, as far
+    /// as the caller can tell).
+    pub async fn job(&self, actor: &Actor, id: JobId) -> Result<JobRow, Error> {
+        let row = self.load_job(id).await?;
+        if !self.reaches(actor, &row.server_id).await? {
+            return Err(Error::NotFound(Subject::Job(id.to_string())));
+        }
+        Ok(row)
+    }
+
+    /// The job as stored now, whoever asks.
+    pub(super) async fn load_job(&self, id: JobId) -> Result<JobRow, Error> {
         self.store
             .get_job(id.0)
             .await
             .map_err(Error::store(|| Subject::Job(id.to_string())))
     }
 
-    /// A page of jobs, newest first, and the cursor of the next page.
-    pub async fn jobs(&self, filter: JobFilter) -> Result<(Vec<JobRow>, Option<String>), Error> {
+    /// A page of the jobs `actor` reaches, newest first, and the cursor of the next page.
+    pub async fn jobs(
+        &self,
+        actor: &Actor,
+        mut filter: JobFilter,
+    ) -> Result<(Vec<JobRow>, Option<String>), Error> {
+        filter.within = self.reach(actor).await?.ids();
         Ok(self.store.list_jobs(filter).await?)
     }
 
@@ -116,6 +131,9 @@ impl Engine {
     /// worker kills the remote process group). Refused when it has already ended.
     pub async fn cancel(&self, actor: &Actor, id: JobId) -> Result<Canceled, Error> {
         self.allow(actor, Action::Cancel).await?;
+        if actor.access.scope.is_some() {
+            self.job(actor, id).await?;
+        }
         let (outcome, job) = self
             .store
             .request_cancel(id.0)
@@ -163,9 +181,9 @@ impl Engine {
         timeout: Option<i64>,
     ) -> Result<Duplicated, Error> {
         self.allow(actor, Action::Duplicate).await?;
-        let original = self.job(id).await?;
+        let original = self.job(actor, id).await?;
         let server = self
-            .resolve_server(Some(server.unwrap_or(&original.server_id)))
+            .resolve_server(actor, Some(server.unwrap_or(&original.server_id)))
             .await?;
         let mut spec = original.spec();
         if let Some(t) = timeout {
@@ -190,8 +208,8 @@ impl Engine {
     }
 
     /// The job and every output chunk stored so far, in order.
-    pub async fn output(&self, id: JobId) -> Result<(JobRow, Vec<ChunkRow>), Error> {
-        let job = self.job(id).await?;
+    pub async fn output(&self, actor: &Actor, id: JobId) -> Result<(JobRow, Vec<ChunkRow>), Error> {
+        let job = self.job(actor, id).await?;
         let mut chunks = Vec::new();
         let mut after = -1;
         loop {
@@ -258,12 +276,27 @@ impl Engine {
     /// missing job is an error before anything is followed.
     pub async fn follow<S: Sink>(
         &self,
+        actor: &Actor,
+        id: JobId,
+        last: i64,
+        sink: S,
+    ) -> Result<FollowTask<S>, Error> {
+        if actor.access.scope.is_some() {
+            self.job(actor, id).await?;
+        }
+        self.follow_seen(id, last, sink).await
+    }
+
+    /// [`Engine::follow`] for a caller already allowed to see the job (a run's stream,
+    /// allowed for every host of the run).
+    pub(super) async fn follow_seen<S: Sink>(
+        &self,
         id: JobId,
         last: i64,
         sink: S,
     ) -> Result<FollowTask<S>, Error> {
         let bus = self.events.subscribe();
-        let job = self.job(id).await?;
+        let job = self.load_job(id).await?;
         Ok(FollowTask::new(self.store.clone(), bus, job, last, sink))
     }
 
@@ -271,7 +304,7 @@ impl Engine {
     pub async fn wait(&self, id: JobId) -> Result<JobRow, Error> {
         let mut bus = self.events.subscribe();
         loop {
-            let row = self.job(id).await?;
+            let row = self.load_job(id).await?;
             if row.status().is_terminal() {
                 return Ok(row);
             }
@@ -288,9 +321,13 @@ impl Engine {
         }
     }
 
-    /// The server a job goes to: the one named, or the configured default; it must exist
-    /// and be active.
-    async fn resolve_server(&self, server_id: Option<&str>) -> Result<String, Error> {
+    /// The server a job goes to: the one named, or the configured default; it must exist,
+    /// be active and be in `actor`'s scope.
+    async fn resolve_server(
+        &self,
+        actor: &Actor,
+        server_id: Option<&str>,
+    ) -> Result<String, Error> {
         let missing = |e: StoreError, message: String| match e {
             StoreError::NotFound => Error::Invalid(FieldError::new("server_id", message)),
             other => Error::Store(other),
@@ -316,6 +353,7 @@ impl Engine {
                 format!("server {} ({}) is not active", row.id, row.name),
             )));
         }
+        self.may_start_on_server(actor, &row).await?;
         Ok(row.id)
     }
 

@@ -32,6 +32,7 @@ mod run_follow;
 mod runs;
 mod runtime;
 mod schedules;
+mod scope;
 mod servers;
 mod sessions;
 mod templates;

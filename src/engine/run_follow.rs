@@ -159,7 +159,7 @@ impl RunFollow {
                 job_id: job.id.clone(),
                 tx: self.hosts_tx.clone(),
             };
-            match self.engine.follow(job_id, self.cursor[i], sink).await {
+            match self.engine.follow_seen(job_id, self.cursor[i], sink).await {
                 // A job another process runs is heard of only in the database: look there too.
                 Ok(task) => {
                     tokio::spawn(
@@ -213,7 +213,7 @@ impl RunFollow {
                 _ = look.tick() => true,
                 _ = self.out.closed() => return Err(Gone),
             };
-            if reread && let Ok(run) = self.engine.run(self.id).await {
+            if reread && let Ok(run) = self.engine.load_run(self.id).await {
                 let admitted = |r: &Run| r.hosts.iter().filter(|h| h.job.is_some()).count();
                 let changed =
                     admitted(&run) != admitted(&self.run) || run.row.status != self.run.row.status;

@@ -84,6 +84,8 @@ impl Engine {
         origin: Origin,
     ) -> Result<Run, Error> {
         let hosts = self.resolve_targets(&new.targets).await?;
+        // Refused whole, before anything is stored, when a target is outside the scope.
+        self.may_start_on(actor, &hosts).await?;
         new.strategy.validate(hosts.len())?;
         let s = new.strategy;
         let id = (origin.run_id.clone()).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
@@ -119,7 +121,7 @@ impl Engine {
         });
         self.audit(actor, "run.start", &id, detail).await;
         self.advance_run(&id).await?;
-        self.run(RunId(parse_run(&id)?)).await
+        self.load_run(RunId(parse_run(&id)?)).await
     }
 
     /// The servers a run's targets name, as `(id, name)` in run order: the active servers a
@@ -194,8 +196,21 @@ impl Engine {
         Ok(())
     }
 
-    /// The run as stored now.
-    pub async fn run(&self, id: RunId) -> Result<Run, Error> {
+    /// The run as stored now, if `actor` reaches every host of it (else it does not exist,
+    /// as far as the caller can tell).
+    pub async fn run(&self, actor: &Actor, id: RunId) -> Result<Run, Error> {
+        let run = self.load_run(id).await?;
+        if actor.access.scope.is_some() {
+            let reach = self.reach(actor).await?;
+            if !run.hosts.iter().all(|h| reach.has(&h.host.server_id)) {
+                return Err(Error::NotFound(Subject::Run(id.to_string())));
+            }
+        }
+        Ok(run)
+    }
+
+    /// The run as stored now, whoever asks.
+    pub(super) async fn load_run(&self, id: RunId) -> Result<Run, Error> {
         self.store
             .get_run(id.0)
             .await
@@ -206,7 +221,7 @@ impl Engine {
     pub async fn wait_run(&self, id: RunId) -> Result<Run, Error> {
         let mut bus = self.events.subscribe();
         loop {
-            let run = self.run(id).await?;
+            let run = self.load_run(id).await?;
             if run.row.status.is_terminal() {
                 return Ok(run);
             }
@@ -223,8 +238,14 @@ impl Engine {
         }
     }
 
-    /// A page of runs, newest first, and the cursor of the next page.
-    pub async fn runs(&self, filter: RunFilter) -> Result<(Vec<Run>, Option<String>), Error> {
+    /// A page of the runs `actor` reaches (every host of them), newest first, and the cursor
+    /// of the next page.
+    pub async fn runs(
+        &self,
+        actor: &Actor,
+        mut filter: RunFilter,
+    ) -> Result<(Vec<Run>, Option<String>), Error> {
+        filter.within = self.reach(actor).await?.ids();
         Ok(self.store.list_runs(filter).await?)
     }
 
@@ -232,13 +253,16 @@ impl Engine {
     /// are canceled. Refused when it has already ended.
     pub async fn cancel_run(&self, actor: &Actor, id: RunId) -> Result<Run, Error> {
         self.allow(actor, Action::CancelRun).await?;
+        if actor.access.scope.is_some() {
+            self.run(actor, id).await?;
+        }
         let run = self
             .store
             .request_run_cancel(id.0)
             .await
             .map_err(Error::store(|| Subject::Run(id.to_string())))?;
         let Some(run) = run else {
-            let run = self.run(id).await?;
+            let run = self.load_run(id).await?;
             return Err(Error::RunEnded {
                 id: run.row.id,
                 status: run.row.status,
@@ -258,14 +282,14 @@ impl Engine {
             }
         }
         self.advance_run(&run.row.id).await?;
-        self.run(id).await
+        self.load_run(id).await
     }
 
     /// A new run of the same job and strategy over the hosts of run `id` that did not
     /// complete (failed, timed out, unreachable, skipped, canceled), or over all of them.
     pub async fn rerun(&self, actor: &Actor, id: RunId, only: RerunOnly) -> Result<Run, Error> {
         self.allow(actor, Action::Rerun).await?;
-        let old = self.run(id).await?;
+        let old = self.run(actor, id).await?;
         if !old.row.status.is_terminal() {
             return Err(Error::RunNotEnded {
                 id: old.row.id,
@@ -306,8 +330,12 @@ impl Engine {
 
     /// The hosts of a run grouped by identical output and end, in the order each group's
     /// first host appears (a host not started has no output).
-    pub async fn run_summary(&self, id: RunId) -> Result<(Run, Vec<OutputGroup>), Error> {
-        let run = self.run(id).await?;
+    pub async fn run_summary(
+        &self,
+        actor: &Actor,
+        id: RunId,
+    ) -> Result<(Run, Vec<OutputGroup>), Error> {
+        let run = self.run(actor, id).await?;
         let mut groups: Vec<OutputGroup> = Vec::new();
         for (i, host) in run.hosts.iter().enumerate() {
             let mut digest = ring::digest::Context::new(&ring::digest::SHA256);

@@ -139,8 +139,10 @@ impl ScheduleRow {
 impl Engine {
     /// Check a schedule request whole (its parameters as its template would check them) and
     /// make its row (`old`: the row it replaces).
+    /// The schedule takes `actor`'s scope: it starts its runs within it.
     pub(super) async fn schedule_row(
         &self,
+        actor: &Actor,
         request: ScheduleRequest,
         old: Option<&ScheduleRow>,
     ) -> Result<ScheduleRow, Error> {
@@ -189,6 +191,7 @@ impl Engine {
             cursor_at: now,
             created_at: old.map_or(now, |o| o.created_at),
             updated_at: now,
+            scope: actor.access.scope.as_ref().map(ToString::to_string),
         })
     }
 
@@ -199,7 +202,7 @@ impl Engine {
         request: ScheduleRequest,
     ) -> Result<Schedule, Error> {
         self.allow(actor, Action::Create(Area::Schedules)).await?;
-        let row = self.schedule_row(request, None).await?;
+        let row = self.schedule_row(actor, request, None).await?;
         let row = self.store.insert_schedule(row).await?;
         self.audit(actor, "schedule.create", &row.id, json!({"name": row.name}))
             .await;
@@ -255,7 +258,7 @@ impl Engine {
     ) -> Result<Schedule, Error> {
         self.allow(actor, Action::Update(Area::Schedules)).await?;
         let old = self.schedule(name_or_id).await?.row;
-        let row = self.schedule_row(request, Some(&old)).await?;
+        let row = self.schedule_row(actor, request, Some(&old)).await?;
         let row = self.store.update_schedule(row).await?;
         self.audit(actor, "schedule.update", &row.id, json!({"name": row.name}))
             .await;
@@ -540,11 +543,19 @@ impl Engine {
     }
 }
 
-/// Who a schedule's runs are started by, in the audit log.
+/// Who a schedule's runs are started by, in the audit log: an admin within the scope of the
+/// token that made the schedule. A stored scope that no longer parses reaches nothing.
 fn schedule_actor(row: &ScheduleRow) -> Actor {
+    let scope = (row.scope.as_deref()).map(|raw| {
+        crate::domain::Selector::parse("scope", raw)
+            .unwrap_or_else(|_| crate::domain::Selector::nothing())
+    });
     Actor {
         name: format!("schedule:{}", row.name),
         peer: None,
-        access: crate::domain::Access::admin(),
+        access: crate::domain::Access {
+            role: crate::domain::Role::Admin,
+            scope,
+        },
     }
 }

@@ -174,6 +174,8 @@ impl Engine {
         input: ServerPatch,
     ) -> Result<ServerRow, Error> {
         self.allow(actor, Action::Create(Area::Servers)).await?;
+        let name = input.name.as_deref().unwrap_or_default();
+        self.may_place(actor, name, &input.labels.clone().unwrap_or_default())?;
         let fields = fields_set(&input);
         let row = insert(&self.store, &self.settings, input).await?;
         tracing::info!(server_id = %row.id, name = %row.name, "server created");
@@ -182,9 +184,13 @@ impl Engine {
         Ok(row)
     }
 
-    /// Every server.
-    pub async fn servers(&self) -> Result<Vec<ServerRow>, Error> {
-        Ok(self.store.list_servers().await?)
+    /// Every server `actor` reaches.
+    pub async fn servers(&self, actor: &Actor) -> Result<Vec<ServerRow>, Error> {
+        let mut rows = self.store.list_servers().await?;
+        if let Some(scope) = &actor.access.scope {
+            rows.retain(|row| scope.matches(&row.labels()));
+        }
+        Ok(rows)
     }
 
     /// The id of the server `name_or_id` names: an id is taken as it is (a submission checks
@@ -208,12 +214,18 @@ impl Engine {
         upsert_server(&self.store, &self.settings, patch).await
     }
 
-    /// One server.
-    pub async fn server(&self, id: ServerId) -> Result<ServerRow, Error> {
-        self.store
+    /// One server, if `actor` reaches it (else it does not exist, as far as the caller can
+    /// tell).
+    pub async fn server(&self, actor: &Actor, id: ServerId) -> Result<ServerRow, Error> {
+        let row = self
+            .store
             .get_server(id.0)
             .await
-            .map_err(Error::store(missing(id)))
+            .map_err(Error::store(missing(id)))?;
+        match &actor.access.scope {
+            Some(scope) if !scope.matches(&row.labels()) => Err(Error::NotFound(missing(id)())),
+            _ => Ok(row),
+        }
     }
 
     /// Change a server: omitted fields keep their value, the result is validated whole. A
@@ -228,6 +240,12 @@ impl Engine {
         input: ServerPatch,
     ) -> Result<ServerRow, Error> {
         self.allow(actor, Action::Update(Area::Servers)).await?;
+        if actor.access.scope.is_some() {
+            let row = self.server(actor, id).await?;
+            if let Some(labels) = &input.labels {
+                self.may_place(actor, &row.name, labels)?;
+            }
+        }
         let fields = fields_set(&input);
         let changes = Arc::new(OnceLock::new());
         let seen = changes.clone();
@@ -281,6 +299,9 @@ impl Engine {
     /// Delete a server; refused while it has queued or running jobs.
     pub async fn delete_server(&self, actor: &Actor, id: ServerId) -> Result<(), Error> {
         self.allow(actor, Action::Delete(Area::Servers)).await?;
+        if actor.access.scope.is_some() {
+            self.server(actor, id).await?;
+        }
         let row = self
             .store
             .delete_server(id.0)
@@ -310,7 +331,7 @@ impl Engine {
             },
         )
         .await?;
-        let row = self.server(id).await?;
+        let row = self.server(actor, id).await?;
         let opts = SshOptions::from_settings(&self.settings.ssh);
         let bound = Duration::from_secs(self.settings.ssh.test_timeout_secs.max(1));
         let (mut report, accepted) = match self.target(&row) {

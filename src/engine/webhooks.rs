@@ -380,7 +380,7 @@ impl Engine {
         } else {
             let id = (d.subject_id.parse())
                 .map_err(|_| Error::NotFound(Subject::Run(d.subject_id.clone())))?;
-            serde_json::to_value(RunView::of(&self.run(RunId(id)).await?))
+            serde_json::to_value(RunView::of(&self.load_run(RunId(id)).await?))
         }
         .unwrap_or_default();
         let body = envelope(&d.event, &d.id, d.at, data);

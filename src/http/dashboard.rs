@@ -177,6 +177,8 @@ pub struct SessionState {
     pub name: Option<String>,
     /// Its role (`viewer`, `operator`, `admin`); null when not logged in.
     pub role: Option<crate::domain::Role>,
+    /// Its scope, a selector over server labels (null: every server, or not logged in).
+    pub scope: Option<String>,
     /// What the page sends as `X-CSRF-Token` on a change; keep it in memory only.
     pub csrf_token: Option<String>,
 }
@@ -210,6 +212,7 @@ async fn session_state(
             tokens_required: false,
             name: Some("anonymous".into()),
             role: Some(crate::domain::Role::Admin),
+            scope: None,
             csrf_token: None,
         }
     } else {
@@ -222,6 +225,9 @@ async fn session_state(
             tokens_required: true,
             name: found.as_ref().map(|s| s.identity.name.clone()),
             role: found.as_ref().map(|s| s.identity.access.role),
+            scope: (found.as_ref())
+                .and_then(|s| s.identity.access.scope.as_ref())
+                .map(ToString::to_string),
             csrf_token: found.map(|s| s.csrf),
         }
     };

@@ -98,6 +98,7 @@ pub async fn submit_script(
 #[get("/jobs/{id}")]
 pub async fn get_job(
     state: web::Data<AppState>,
+    caller: web::ReqData<Caller>,
     path: web::Path<String>,
     req: actix_web::HttpRequest,
 ) -> Result<web::Json<JobView>, ApiError> {
@@ -107,7 +108,7 @@ pub async fn get_job(
     {
         return Err(err);
     }
-    let job = state.engine.job(job_id(&path)?).await?;
+    let job = state.engine.job(&caller.actor(), job_id(&path)?).await?;
     Ok(web::Json(JobView::of(&job)))
 }
 
@@ -175,6 +176,7 @@ fn statuses(raw: Option<&str>) -> Result<Vec<JobStatus>, ApiError> {
 #[get("/jobs")]
 pub async fn list_jobs(
     state: web::Data<AppState>,
+    caller: web::ReqData<Caller>,
     query: web::Query<ListQuery>,
 ) -> Result<web::Json<JobList>, ApiError> {
     let q = query.into_inner();
@@ -203,9 +205,10 @@ pub async fn list_jobs(
         limit: page_limit(q.limit.as_deref())?,
         server_id: optional_id("server_id", q.server_id.as_deref())?,
         before: optional_id("cursor", q.cursor.as_deref())?,
+        within: None,
     };
     let limit = filter.limit;
-    let (rows, next_cursor) = state.engine.jobs(filter).await?;
+    let (rows, next_cursor) = state.engine.jobs(&caller.actor(), filter).await?;
     Ok(web::Json(JobList {
         jobs: rows.iter().map(JobView::of).collect(),
         limit,

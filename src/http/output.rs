@@ -512,6 +512,7 @@ impl RangeWriter {
 #[get("/jobs/{id}/output")]
 pub async fn job_output(
     state: web::Data<AppState>,
+    caller: web::ReqData<super::auth::Caller>,
     path: web::Path<String>,
     query: web::Query<RangeQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -525,7 +526,7 @@ pub async fn job_output(
             FieldError::new("limit", format!("{limit} is not from 1 to {MAX_RANGE}")).into(),
         );
     }
-    let job = state.engine.job(job_id(&path)?).await?;
+    let job = state.engine.job(&caller.actor(), job_id(&path)?).await?;
     let permit = state.limits.heavy_read().await?;
     let extent = state.engine.output_extent(&job.id).await?;
     let mut response = pruned(HttpResponse::Ok(), &job);
@@ -571,6 +572,7 @@ pub async fn job_output(
 #[get("/jobs/{id}/logs")]
 pub async fn job_logs(
     state: web::Data<AppState>,
+    caller: web::ReqData<super::auth::Caller>,
     path: web::Path<String>,
     query: web::Query<LogsQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -585,7 +587,7 @@ pub async fn job_logs(
             .into());
         }
     };
-    let job = state.engine.job(job_id(&path)?).await?;
+    let job = state.engine.job(&caller.actor(), job_id(&path)?).await?;
     let parts = if chunked {
         let bracket = |text: &str| Part::Literal(text.into());
         vec![bracket("["), Part::Chunks, bracket("]")]
@@ -596,8 +598,13 @@ pub async fn job_logs(
 }
 
 /// The raw bytes of one stream of a job.
-async fn raw(state: &AppState, id: &str, stream: OutputStream) -> Result<HttpResponse, ApiError> {
-    let job = state.engine.job(job_id(id)?).await?;
+async fn raw(
+    state: &AppState,
+    caller: &super::auth::Caller,
+    id: &str,
+    stream: OutputStream,
+) -> Result<HttpResponse, ApiError> {
+    let job = state.engine.job(&caller.actor(), job_id(id)?).await?;
     let parts = vec![Part::Raw(stream)];
     respond(state, &job, parts, "text/plain; charset=utf-8").await
 }
@@ -615,9 +622,10 @@ async fn raw(state: &AppState, id: &str, stream: OutputStream) -> Result<HttpRes
 #[get("/jobs/{id}/stdout")]
 pub async fn job_stdout(
     state: web::Data<AppState>,
+    caller: web::ReqData<super::auth::Caller>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    raw(&state, &path, OutputStream::Stdout).await
+    raw(&state, &caller, &path, OutputStream::Stdout).await
 }
 
 /// A job's raw stderr
@@ -633,9 +641,10 @@ pub async fn job_stdout(
 #[get("/jobs/{id}/stderr")]
 pub async fn job_stderr(
     state: web::Data<AppState>,
+    caller: web::ReqData<super::auth::Caller>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    raw(&state, &path, OutputStream::Stderr).await
+    raw(&state, &caller, &path, OutputStream::Stderr).await
 }
 
 #[cfg(test)]

@@ -276,7 +276,7 @@ pub async fn follow_run(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = run_id(&path)?;
-    let run = state.engine.run(id).await?;
+    let run = state.engine.run(&caller.actor(), id).await?;
     let hosts = run.hosts.len();
     let cursor = match req.headers().get("last-event-id") {
         None => vec![-1; hosts],

@@ -64,9 +64,10 @@ pub async fn start_run(
 #[get("/runs/{id}")]
 pub async fn get_run(
     state: web::Data<AppState>,
+    caller: web::ReqData<Caller>,
     path: web::Path<String>,
 ) -> Result<web::Json<RunView>, ApiError> {
-    let run = state.engine.run(run_id(&path)?).await?;
+    let run = state.engine.run(&caller.actor(), run_id(&path)?).await?;
     Ok(web::Json(RunView::of(&run)))
 }
 
@@ -112,6 +113,7 @@ pub struct RunList {
 #[get("/runs")]
 pub async fn list_runs(
     state: web::Data<AppState>,
+    caller: web::ReqData<Caller>,
     query: web::Query<RunListQuery>,
 ) -> Result<web::Json<RunList>, ApiError> {
     let q = query.into_inner();
@@ -127,9 +129,10 @@ pub async fn list_runs(
         statuses,
         limit: page_limit(q.limit.as_deref())?,
         before: optional_id::<uuid::Uuid>("cursor", q.cursor.as_deref())?.map(|u| u.to_string()),
+        within: None,
     };
     let limit = filter.limit;
-    let (runs, next_cursor) = state.engine.runs(filter).await?;
+    let (runs, next_cursor) = state.engine.runs(&caller.actor(), filter).await?;
     Ok(web::Json(RunList {
         runs: runs.iter().map(RunView::of).collect(),
         limit,
@@ -238,9 +241,13 @@ pub struct OutputGroupView {
 #[get("/runs/{id}/summary")]
 pub async fn run_summary(
     state: web::Data<AppState>,
+    caller: web::ReqData<Caller>,
     path: web::Path<String>,
 ) -> Result<web::Json<Vec<OutputGroupView>>, ApiError> {
-    let (run, groups) = state.engine.run_summary(run_id(&path)?).await?;
+    let (run, groups) = state
+        .engine
+        .run_summary(&caller.actor(), run_id(&path)?)
+        .await?;
     let views = groups
         .into_iter()
         .map(|g| OutputGroupView {

@@ -74,6 +74,10 @@ pub struct ScheduleView {
     created_at: Micros,
     /// When it was last changed.
     updated_at: Micros,
+    /// The scope of the token that created or last changed it, a selector over server
+    /// labels: its runs start only on servers it matches (null: any server).
+    #[schema(required = true)]
+    scope: Option<String>,
 }
 
 impl ScheduleView {
@@ -103,6 +107,7 @@ impl ScheduleView {
             paused: row.paused,
             created_at: Micros(row.created_at),
             updated_at: Micros(row.updated_at),
+            scope: row.scope,
         }
     }
 }

@@ -148,12 +148,13 @@ pub struct ServerQuery {
 #[get("/servers")]
 pub async fn list_servers(
     state: web::Data<AppState>,
+    caller: web::ReqData<Caller>,
     query: web::Query<ServerQuery>,
 ) -> Result<web::Json<ServerList>, ApiError> {
     let selector = (query.labels.as_deref())
         .map(|raw| crate::domain::Selector::parse("labels", raw))
         .transpose()?;
-    let mut rows = state.engine.servers().await?;
+    let mut rows = state.engine.servers(&caller.actor()).await?;
     if let Some(sel) = selector {
         rows.retain(|row| sel.matches(&row.labels()));
     }
@@ -175,9 +176,13 @@ pub async fn list_servers(
 #[get("/servers/{id}")]
 pub async fn get_server(
     state: web::Data<AppState>,
+    caller: web::ReqData<Caller>,
     path: web::Path<String>,
 ) -> Result<web::Json<ServerView>, ApiError> {
-    let row = state.engine.server(server_id(&path)?).await?;
+    let row = state
+        .engine
+        .server(&caller.actor(), server_id(&path)?)
+        .await?;
     Ok(web::Json(ServerView::from(row)))
 }
 

@@ -296,7 +296,7 @@ pub async fn follow_job(
         stderr: Utf8Carry::default(),
         tx,
     };
-    let mut task = state.engine.follow(id, last, sink).await?;
+    let mut task = state.engine.follow(&caller.actor(), id, last, sink).await?;
     let engine = state.engine.clone();
     actix_web::rt::spawn(async move {
         task.sink_mut().prime(&engine, last).await;

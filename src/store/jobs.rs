@@ -187,6 +187,8 @@ pub struct JobFilter {
     pub limit: i64,
     /// Jobs older than this one (the previous page's `next_cursor`).
     pub before: Option<JobId>,
+    /// Only jobs on these servers (a scoped caller's reach; `None`: any server).
+    pub within: Option<Vec<String>>,
 }
 
 /// A running job whose worker was lost (its lease expired), as it stood when reaped.
@@ -360,6 +362,9 @@ impl Store {
             }
             if let Some(server) = filter.server_id {
                 q = q.filter(jobs::server_id.eq(server.to_string()));
+            }
+            if let Some(servers) = filter.within {
+                q = q.filter(jobs::server_id.eq_any(servers));
             }
             if let Some(template) = filter.template_id {
                 let launched = super::schema::runs::table

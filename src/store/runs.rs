@@ -244,6 +244,9 @@ pub struct RunFilter {
     pub limit: i64,
     /// Runs older than this one (the previous page's `next_cursor`).
     pub before: Option<String>,
+    /// Only runs every host of which is one of these servers (a scoped caller's reach;
+    /// `None`: any).
+    pub within: Option<Vec<String>>,
 }
 
 /// The hosts of the runs `ids`, each with its job, grouped by run in position order.
@@ -456,6 +459,12 @@ impl Store {
             }
             if let Some(before) = filter.before {
                 q = q.filter(runs::id.lt(before));
+            }
+            if let Some(servers) = filter.within {
+                let outside = run_hosts::table
+                    .filter(run_hosts::run_id.eq(runs::id))
+                    .filter(run_hosts::server_id.ne_all(servers));
+                q = q.filter(diesel::dsl::not(diesel::dsl::exists(outside)));
             }
             let limit = filter.limit.max(1);
             let mut rows: Vec<RunRow> = q.order(runs::id.desc()).limit(limit + 1).load(conn)?;

@@ -40,6 +40,9 @@ pub struct ScheduleRow {
     pub created_at: i64,
     /// Last update time.
     pub updated_at: i64,
+    /// The scope of the token that created or last changed it, as a selector: its runs
+    /// are started within it (none: every server).
+    pub scope: Option<String>,
 }
 
 /// A `schedule_fires` row.

@@ -134,6 +134,7 @@ diesel::table! {
         cursor_at -> BigInt,
         created_at -> BigInt,
         updated_at -> BigInt,
+        scope -> Nullable<Text>,
     }
 }
 

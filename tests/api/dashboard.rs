@@ -135,7 +135,7 @@ db_test!(
         assert_eq!(status, 200);
         assert_eq!(
             state,
-            json!({"authenticated": true, "tokens_required": false, "name": "anonymous", "role": "admin", "csrf_token": null})
+            json!({"authenticated": true, "tokens_required": false, "name": "anonymous", "role": "admin", "scope": null, "csrf_token": null})
         );
         let (status, _) = app.post("/session", &json!({"token": TOKEN})).await;
         assert_eq!(status, 409, "nothing to log in to");
@@ -167,7 +167,7 @@ db_test!(
             .unwrap();
         assert_eq!(
             state,
-            json!({"authenticated": false, "tokens_required": true, "name": null, "role": null, "csrf_token": null})
+            json!({"authenticated": false, "tokens_required": true, "name": null, "role": null, "scope": null, "csrf_token": null})
         );
         // A wrong token: 401 JSON, no cookie.
         let wrong = http

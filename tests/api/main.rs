@@ -24,6 +24,7 @@ mod openapi;
 mod retention;
 mod runs;
 mod schedules;
+mod scopes;
 mod security;
 mod servers;
 mod ssh_exec;

@@ -220,7 +220,23 @@ async fn secrets_are_sealed_at_rest_and_absent_from_responses_and_the_debug_log(
             )
             .await;
         assert_eq!(status, 200, "{body}");
-        assert!(body.contains("\"ok\":true"), "{body}");
+        // On a failure, say why: the precise cause is in the service's log, the server's
+        // side in sshd's.
+        let why = || {
+            let log = std::fs::read_to_string(dir.path().join("service.log")).unwrap_or_default();
+            let ours: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    l.contains("connection test") || l.contains("WARN") || l.contains("ERROR")
+                })
+                .collect();
+            let sshd = match host.kind {
+                HostKind::OpenSsh => host.log(),
+                _ => String::new(),
+            };
+            format!("service:\n{}\nsshd:\n{sshd}", ours.join("\n"))
+        };
+        assert!(body.contains("\"ok\":true"), "{body}\n{}", why());
         seen.push_str(&body);
         let (status, body) = svc
             .call(
