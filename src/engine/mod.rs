@@ -7,6 +7,11 @@
 //! none of them holds a use case of its own. Each returns a typed [`Error`]; `http` maps it to a
 //! status, the library hands it out as it is.
 //!
+//! Each use case takes the [`Actor`] it is done for and decides access here, once: its role
+//! (`Engine::allow`, the table in [`crate::domain::Action::needs`]) and its scope (`scope`:
+//! what a scoped caller does not reach answers as missing; work that would reach outside is
+//! refused whole).
+//!
 //! [`Runtime`] starts what the use cases act through (the database, the queue, the
 //! dispatcher and its actors on an actix system of their own) for a [`Role`], and stops it.
 //!

@@ -324,7 +324,7 @@ async fn the_login_flow_with_tokens() {
     assert_eq!(
         b.eval("return document.querySelector('#who').innerText")
             .await,
-        json!("ops")
+        json!("ops · admin")
     );
     b.screenshot("jobs-logged-in").await;
     // A cross-origin POST with the cookie (what another site's page would make): 403.
@@ -778,6 +778,124 @@ async fn cancel_a_job_and_a_run_then_rerun_the_failed_hosts_from_their_pages() {
             &format!("/api/v1/runs/{}/cancel", rerun["id"].as_str().unwrap()),
             &json!({}),
         )
+        .await;
+    assert_eq!(status, 200);
+    b.close().await;
+    app.stop().await;
+}
+
+/// Log in through the page's form with `token`; wait for the jobs page.
+async fn log_in(b: &Browser, app: &TestApp, token: &str) {
+    b.goto(&app.url("/")).await;
+    b.wait_until("document.querySelector('#login input[name=token]')", WAIT)
+        .await;
+    type_into(b, "#login input[name=token]", token).await;
+    click(b, "#login button[type=submit]").await;
+    b.wait_until(
+        "document.querySelector('main').dataset.page === 'jobs'",
+        WAIT,
+    )
+    .await;
+}
+
+/// Whether the element `css` is shown (found and laid out).
+async fn shown(b: &Browser, css: &str) -> bool {
+    let js =
+        format!("const e = document.querySelector({css:?}); return !!e && e.offsetParent !== null");
+    b.eval(&js).await == json!(true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_offers_what_the_role_may_do_and_shows_only_the_scope() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let (admin, viewer, scoped) = (
+        "admin-browser-0123456789",
+        "viewer-browser-0123456789",
+        "scoped-browser-0123456789",
+    );
+    let file = format!(
+        "[[auth.tokens]]\nname = \"root\"\ntoken = \"{admin}\"\nrole = \"admin\"\n\n\
+         [[auth.tokens]]\nname = \"dash\"\ntoken = \"{viewer}\"\nrole = \"viewer\"\n\n\
+         [[auth.tokens]]\nname = \"ci-staging\"\ntoken = \"{scoped}\"\nrole = \"operator\"\n\
+         scope = \"env=staging\"\n"
+    );
+    let db = sqlite();
+    let app = TestApp::start_with_file(&db, &file, &[])
+        .await
+        .with_token(admin);
+    let host = TestHost::start().await;
+    let server = app.add_key_server("prod-1", &host).await;
+    let (status, _) = app
+        .put(
+            &format!("/api/v1/servers/{server}"),
+            &json!({"labels": {"env": "prod"}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, job) = app
+        .post(
+            "/api/v1/jobs",
+            &json!({"command": "sleep 30", "server_id": server}),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+    let job = job["id"].as_str().unwrap().to_string();
+    let job_page = app.url(&format!("/#/jobs/{job}"));
+
+    // The admin is offered everything on the running job's page.
+    log_in(&b, &app, admin).await;
+    b.goto(&job_page).await;
+    b.wait_until(
+        "document.querySelector('main').dataset.jobStatus === 'running'",
+        WAIT,
+    )
+    .await;
+    assert!(shown(&b, ".actions button.danger").await, "cancel");
+    assert!(shown(&b, "#duplicate").await);
+    assert!(shown(&b, "#nav a[href='#/submit']").await);
+    click(&b, "#logout").await;
+    b.wait_until("document.querySelector('#login')", WAIT).await;
+
+    // A viewer reads the same page, and is offered no action.
+    log_in(&b, &app, viewer).await;
+    let who = b
+        .eval("return document.querySelector('#who').innerText")
+        .await;
+    assert_eq!(who, json!("dash · viewer"));
+    assert!(!shown(&b, "#nav a[href='#/submit']").await);
+    b.goto(&job_page).await;
+    b.wait_until(
+        "document.querySelector('main').dataset.jobStatus === 'running'",
+        WAIT,
+    )
+    .await;
+    assert!(!shown(&b, ".actions button.danger").await, "cancel");
+    assert!(!shown(&b, "#duplicate").await);
+    b.screenshot("job-as-viewer").await;
+    click(&b, "#logout").await;
+    b.wait_until("document.querySelector('#login')", WAIT).await;
+
+    // A token scoped to staging: the production job is not there.
+    log_in(&b, &app, scoped).await;
+    let who = b
+        .eval("return document.querySelector('#who').innerText")
+        .await;
+    assert_eq!(who, json!("ci-staging · operator · env=staging"));
+    assert!(shown(&b, "#nav a[href='#/submit']").await);
+    b.goto(&job_page).await;
+    b.wait_until("document.querySelector('main .error')", WAIT)
+        .await;
+    let error = b
+        .eval("return document.querySelector('main .error').innerText")
+        .await;
+    assert!(
+        error.as_str().unwrap().contains("does not exist"),
+        "{error}"
+    );
+    let (status, _) = app
+        .post(&format!("/api/v1/jobs/{job}/cancel"), &json!({}))
         .await;
     assert_eq!(status, 200);
     b.close().await;

@@ -74,15 +74,7 @@ async fn totals(app: &TestApp) -> (usize, usize) {
 
 /// An app with the three tokens whose own client is the unscoped admin.
 async fn app_as_admin(db: &TestDb) -> TestApp {
-    let mut app = TestApp::start_with_file(db, &tokens_file(), &[]).await;
-    let mut headers = reqwest::header::HeaderMap::new();
-    let bearer = format!("Bearer {ADMIN}").parse().unwrap();
-    headers.insert(reqwest::header::AUTHORIZATION, bearer);
-    app.client = reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap();
-    app
+    (TestApp::start_with_file(db, &tokens_file(), &[]).await).with_token(ADMIN)
 }
 
 /// The servers `stg` (env=staging) and `prd` (env=prod), both `role=web`, on `host`.

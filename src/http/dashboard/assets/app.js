@@ -77,7 +77,10 @@ async function loadSession() {
   setCsrf(session.csrf_token);
   const who = document.getElementById('who');
   const logout = document.getElementById('logout');
-  who.textContent = session.authenticated && session.tokens_required ? session.name : '';
+  who.textContent = session.authenticated && session.tokens_required
+    ? [session.name, session.role, session.scope].filter(Boolean).join(' · ') : '';
+  // Actions the role may not take are hidden (ui.js `needs`).
+  document.body.dataset.role = session.role || '';
   logout.hidden = !(session.authenticated && session.tokens_required);
   return session;
 }

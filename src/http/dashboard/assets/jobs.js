@@ -1,7 +1,7 @@
 // Jobs: the list (filters and paging in the URL) and a job's page (fields, live status,
 // the log viewer, cancel, duplicate with overrides).
 import { get, post, query } from './api.js';
-import { h, mount, field, showError, clearErrors, status, when, short, table, TERMINAL, button } from './ui.js';
+import { h, mount, field, showError, clearErrors, status, when, short, table, TERMINAL, button, needs } from './ui.js';
 
 const STATUSES = ['queued', 'running', 'completed', 'failed', 'canceled', 'timed_out'];
 
@@ -89,7 +89,7 @@ export async function page(main, { args: [id], go }) {
   const dupServer = h('select', { name: 'server_id' }, h('option', { value: '' }, '(same server)'),
     servers.map((s) => h('option', { value: s.id }, s.name)));
   const dupTimeout = h('input', { type: 'number', name: 'timeout', min: 1, max: 604800, placeholder: `${job.timeout}` });
-  const dupForm = h('form', { class: 'row', id: 'duplicate' }, field('Server', dupServer), field('Timeout (s)', dupTimeout),
+  const dupForm = h('form', { class: 'row', id: 'duplicate', dataset: { needs: 'operator' } }, field('Server', dupServer), field('Timeout (s)', dupTimeout),
     h('button', { type: 'submit' }, 'Duplicate'));
   dupForm.addEventListener('submit', async (ev) => {
     ev.preventDefault();
@@ -105,14 +105,14 @@ export async function page(main, { args: [id], go }) {
   const render = () => {
     main.dataset.jobStatus = job.status;
     mount(info, fields(job, name));
-    mount(actions, TERMINAL.includes(job.status) ? null : button('Cancel', async () => {
+    mount(actions, TERMINAL.includes(job.status) ? null : needs('operator', button('Cancel', async () => {
       if (!window.confirm('Cancel this job? Its remote processes are stopped.')) return;
       try { job = (await post(`jobs/${job.id}/cancel`)).job; render(); } catch (e) { showError(box, e); }
-    }, 'danger'), h('a', { href: `/api/v1/jobs/${job.id}/logs?format=chunks`, class: 'hide-narrow' }, 'Output as JSON'));
+    }, 'danger')), h('a', { href: `/api/v1/jobs/${job.id}/logs?format=chunks`, class: 'hide-narrow' }, 'Output as JSON'));
   };
   render();
   mount(main, h('h1', {}, `Job ${short(job.id)}`), box, actions, info, h('h2', {}, 'Output'), logEl,
-    h('h2', {}, 'Duplicate with overrides'), dupForm);
+    h('h2', { dataset: { needs: 'operator' } }, 'Duplicate with overrides'), dupForm);
 
   let viewer = null;
   let stopped = false;

@@ -1,7 +1,7 @@
 // Runs: the list, and a run's page (the host grid, live from the run's stream; the grouped
 // summary; cancel; rerun failed).
 import { get, post, query } from './api.js';
-import { h, mount, field, showError, status, when, short, table, button } from './ui.js';
+import { h, mount, field, showError, status, when, short, table, button, needs } from './ui.js';
 
 const STATUSES = ['queued', 'running', 'completed', 'failed', 'canceled'];
 const FINISHED = ['completed', 'failed', 'canceled'];
@@ -71,13 +71,13 @@ export async function page(main, { args: [id], go }) {
     mount(hosts, grid(run));
     const done = FINISHED.includes(run.status);
     mount(actions,
-      done ? null : button('Cancel run', async () => {
+      done ? null : needs('operator', button('Cancel run', async () => {
         if (!window.confirm('Cancel this run? Running hosts are stopped, the rest skipped.')) return;
         try { run = await post(`runs/${run.id}/cancel`); render(); } catch (e) { showError(box, e); }
-      }, 'danger'),
-      done && run.status !== 'completed' ? button('Rerun failed', async () => {
+      }, 'danger')),
+      done && run.status !== 'completed' ? needs('operator', button('Rerun failed', async () => {
         try { const r = await post(`runs/${run.id}/rerun`, { only: 'failed' }); go(`runs/${r.id}`); } catch (e) { showError(box, e); }
-      }) : null);
+      })) : null);
   };
   const loadSummary = async () => {
     try { mount(sum, summary(await get(`runs/${run.id}/summary`))); } catch (e) { showError(sum, e); }

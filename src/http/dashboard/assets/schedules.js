@@ -1,6 +1,6 @@
 // Schedules: the list with their next fires in the browser's local time, pause and resume.
 import { get, post, query } from './api.js';
-import { h, mount, showError, when, table, button } from './ui.js';
+import { h, mount, showError, when, table, button, needs } from './ui.js';
 
 export async function list(main) {
   const box = h('div');
@@ -15,9 +15,9 @@ export async function list(main) {
           next = (await get(`schedules/preview${query({ cron: s.cron, timezone: s.timezone, count: 3 })}`)).fires;
         } catch { next = []; }
       }
-      const toggle = button(s.paused ? 'Resume' : 'Pause', async () => {
+      const toggle = needs('admin', button(s.paused ? 'Resume' : 'Pause', async () => {
         try { await post(`schedules/${s.id}/${s.paused ? 'resume' : 'pause'}`); await render(); } catch (e) { showError(box, e); }
-      });
+      }));
       return h('tr', { dataset: { schedule: s.name, paused: String(s.paused) } },
         h('td', {}, s.name),
         h('td', {}, h('a', { href: `#/templates/${encodeURIComponent(s.template)}` }, s.template)),

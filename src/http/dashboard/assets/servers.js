@@ -2,7 +2,7 @@
 // pre-filled, blank means unchanged); the connection test with the host key's fingerprint,
 // and accepting a changed host key deliberately.
 import { get, post, put, del } from './api.js';
-import { h, mount, field, showError, clearErrors, when, table, labels, parsePairs, button } from './ui.js';
+import { h, mount, field, showError, clearErrors, when, table, labels, parsePairs, button, needs } from './ui.js';
 
 export async function list(main) {
   const { servers } = await get('servers');
@@ -14,7 +14,7 @@ export async function list(main) {
     h('td', { class: 'mono hide-narrow' }, s.host_key_fingerprint || '—'),
     h('td', {}, h('a', { href: `#/jobs?server_id=${s.id}` }, 'jobs'))));
   mount(main, h('h1', {}, 'Servers'),
-    h('div', { class: 'actions' }, h('a', { href: '#/servers/new' }, 'New server')),
+    h('div', { class: 'actions' }, h('a', { href: '#/servers/new', dataset: { needs: 'admin' } }, 'New server')),
     table(['Name', 'Address', 'Labels', 'State', 'Host key', ''], rows));
 }
 
@@ -52,7 +52,7 @@ export async function edit(main, { args: [id], go }) {
     field('Private key', f.private_key),
     h('label', { class: 'inline' }, f.is_active, 'Active'),
     box,
-    h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, server ? 'Save' : 'Create')));
+    h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary', dataset: { needs: 'admin' } }, server ? 'Save' : 'Create')));
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     clearErrors(form);
@@ -94,9 +94,9 @@ export async function edit(main, { args: [id], go }) {
         h('dl', { class: 'fields' }, rows.map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]))),
       changed ? h('div', { class: 'card' },
         h('p', {}, 'The server presented a different host key than the one pinned. Accept it only if you know the server was re-installed or its key rotated: otherwise someone may be in the middle.'),
-        button(`Accept the new host key ${r.host_key_fingerprint || ''}`, async () => {
+        needs('admin', button(`Accept the new host key ${r.host_key_fingerprint || ''}`, async () => {
           if (window.confirm(`Pin the new host key ${r.host_key_fingerprint || ''} for ${server.name}? This is audited.`)) await test(true);
-        }, 'danger')) : null);
+        }, 'danger'))) : null);
     } catch (e) { showError(testBox, e); }
   };
 
@@ -104,11 +104,11 @@ export async function edit(main, { args: [id], go }) {
     server ? h('p', { class: 'muted' }, `Created ${when(server.created_at)}, updated ${when(server.updated_at)}. Host key: `,
       h('span', { class: 'mono' }, server.host_key_fingerprint || 'none pinned yet')) : null,
     server ? h('div', { class: 'actions' },
-      button('Test connection', () => test(false)),
-      button('Delete', async () => {
+      needs('operator', button('Test connection', () => test(false))),
+      needs('admin', button('Delete', async () => {
         if (!window.confirm(`Delete server ${server.name}?`)) return;
         try { await del(`servers/${server.id}`); go('servers'); } catch (e) { showError(box, e); }
-      }, 'danger')) : null,
+      }, 'danger'))) : null,
     testBox,
     h('div', { class: 'card' }, form));
 }

@@ -92,6 +92,6 @@ export async function page(main, { args: [name], go }) {
       h('dt', {}, 'Targets'), h('dd', {}, targets(t)),
       h('dt', {}, 'Timeout'), h('dd', {}, `${t.timeout} s`),
       h('dt', {}, 'Updated'), h('dd', {}, when(t.updated_at)))),
-    h('h2', {}, 'Launch'),
-    h('div', { class: 'card' }, t.parameters.length ? null : h('p', { class: 'muted' }, 'No parameters.'), form));
+    h('h2', { dataset: { needs: 'operator' } }, 'Launch'),
+    h('div', { class: 'card', dataset: { needs: 'operator' } }, t.parameters.length ? null : h('p', { class: 'muted' }, 'No parameters.'), form));
 }

@@ -92,6 +92,15 @@ export function parsePairs(text, what) {
 }
 
 /** A button that runs `action` (async), disabled while it runs. */
+/**
+ * Mark `el` as an action that role `role` and those above it may take: the page hides it
+ * from the roles below (the API refuses them anyway). Returns `el`.
+ */
+export function needs(role, el) {
+  if (el) el.dataset.needs = role;
+  return el;
+}
+
 export function button(text, action, cls) {
   const b = h('button', { type: 'button', class: cls });
   b.textContent = text;
