@@ -25,6 +25,10 @@
 //! sup.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! The library acts as `admin` on every server unless told otherwise:
+//! [`Builder::acting_as`] gives it a name, a role and a scope, decided as for a token with
+//! them (a viewer cannot submit; a scope hides and refuses what is outside it).
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -36,8 +40,8 @@ use secrecy::SecretString;
 use tokio::sync::mpsc;
 
 use crate::domain::{
-    Actor, JobKind, JobRequest, JobStatus, OutputStream, RunRequest, ServerPatch, StrategyRequest,
-    TargetsRequest,
+    Access, Actor, JobKind, JobRequest, JobStatus, OutputStream, RunRequest, ServerPatch,
+    StrategyRequest, TargetsRequest,
 };
 pub use crate::domain::{JobId, RunId};
 use crate::engine::follow::{Gone, Sink};
@@ -71,6 +75,7 @@ impl From<StoreError> for Error {
 #[derive(Debug)]
 pub struct Builder {
     settings: Result<Settings, SettingsError>,
+    actor: Actor,
 }
 
 impl Builder {
@@ -110,9 +115,23 @@ impl Builder {
         self
     }
 
+    /// Act as `name` with `access` (a role, and a scope over server labels) instead of as
+    /// `library`, an admin on every server: every call is then allowed, hidden or refused as
+    /// it would be for a token with them, and the audit log names `name`.
+    pub fn acting_as(mut self, name: &str, access: Access) -> Self {
+        self.actor = Actor {
+            name: name.to_string(),
+            peer: None,
+            access,
+        };
+        self
+    }
+
     /// Open the database (migrating it) and start the engine.
     pub async fn build(self) -> Result<Supervisor, Error> {
-        Supervisor::start(self.settings?).await
+        let mut sup = Supervisor::start(self.settings?).await?;
+        sup.actor = self.actor;
+        Ok(sup)
     }
 }
 
@@ -370,6 +389,7 @@ impl NewRun {
 pub struct RunHandle {
     id: RunId,
     engine: Engine,
+    actor: Actor,
 }
 
 /// A piece of one host's output in a run.
@@ -391,28 +411,29 @@ impl RunHandle {
 
     /// The run as stored now (each host with its job).
     pub async fn get(&self) -> Result<Run, Error> {
-        Ok(self.engine.run(&Actor::library(), self.id).await?)
+        Ok(self.engine.run(&self.actor, self.id).await?)
     }
 
     /// Wait until every host has ended; returns the run as it ended.
     pub async fn wait(&self) -> Result<Run, Error> {
+        self.get().await?;
         Ok(self.engine.wait_run(self.id).await?)
     }
 
     /// Cancel: hosts not started are skipped, running ones canceled. Refused when the run
     /// has already ended.
     pub async fn cancel(&self) -> Result<Run, Error> {
-        Ok(self.engine.cancel_run(&Actor::library(), self.id).await?)
+        Ok(self.engine.cancel_run(&self.actor, self.id).await?)
     }
 
     /// Every host's output from the start, live, as one async stream that ends when the run
     /// does (each host's chunks in order; hosts interleaved as they came).
     pub fn output(&self) -> Pin<Box<dyn Stream<Item = RunOutput> + Send>> {
         let (tx, mut rx) = mpsc::channel::<RunOutput>(64);
-        let engine = self.engine.clone();
+        let (engine, actor) = (self.engine.clone(), self.actor.clone());
         let id = self.id;
         tokio::spawn(async move {
-            let Ok(mut run) = engine.run(&Actor::library(), id).await else {
+            let Ok(mut run) = engine.run(&actor, id).await else {
                 return;
             };
             let (events_tx, mut events) = mpsc::channel(64);
@@ -463,6 +484,7 @@ pub struct OutputChunk {
 #[derive(Debug)]
 pub struct Supervisor {
     runtime: Runtime,
+    actor: Actor,
 }
 
 impl Supervisor {
@@ -470,6 +492,7 @@ impl Supervisor {
     pub fn builder() -> Builder {
         Builder {
             settings: Settings::load_from(None, &std::collections::HashMap::new()),
+            actor: Actor::library(),
         }
     }
 
@@ -477,13 +500,17 @@ impl Supervisor {
     pub fn builder_from(settings: Settings) -> Builder {
         Builder {
             settings: Ok(settings),
+            actor: Actor::library(),
         }
     }
 
     /// Start with `settings` as they are: a worker's role (runs jobs, listens on nothing).
     pub async fn start(settings: Settings) -> Result<Supervisor, Error> {
         let runtime = Runtime::start(Arc::new(settings), Role::Worker).await?;
-        Ok(Supervisor { runtime })
+        Ok(Supervisor {
+            runtime,
+            actor: Actor::library(),
+        })
     }
 
     /// The engine: every use case, for what this API does not wrap. Mount the HTTP API in
@@ -496,12 +523,15 @@ impl Supervisor {
 
     /// Create the server named in `server`, or update it if the name exists.
     pub async fn upsert_server(&self, server: NewServer) -> Result<ServerRow, Error> {
-        Ok(self.engine().upsert_server(server.into_patch()).await?)
+        Ok(self
+            .engine()
+            .upsert_server(&self.actor, server.into_patch())
+            .await?)
     }
 
     /// The registered servers, by name.
     pub async fn servers(&self) -> Result<Vec<ServerRow>, Error> {
-        Ok(self.engine().servers(&Actor::library()).await?)
+        Ok(self.engine().servers(&self.actor).await?)
     }
 
     /// Submit a job; it is queued and runs as soon as its server has room.
@@ -510,10 +540,7 @@ impl Supervisor {
         let mut request = job.request;
         request.server_id = Some(server.to_string());
         let kind = job.kind.unwrap_or(JobKind::Command);
-        let submitted = self
-            .engine()
-            .submit(&Actor::library(), kind, request)
-            .await?;
+        let submitted = self.engine().submit(&self.actor, kind, request).await?;
         JobId::of_row(&submitted.job.id)
             .map_err(|_| engine::Error::NotFound(Subject::Job(submitted.job.id)).into())
     }
@@ -525,18 +552,19 @@ impl Supervisor {
 
     /// The job as stored now.
     pub async fn job(&self, id: &JobId) -> Result<JobRow, Error> {
-        Ok(self.engine().job(&Actor::library(), *id).await?)
+        Ok(self.engine().job(&self.actor, *id).await?)
     }
 
     /// Ask a job to stop: a queued job ends `canceled` at once, a running one once its
     /// remote processes are killed. Refused when it has already ended.
     pub async fn cancel(&self, id: &JobId) -> Result<(), Error> {
-        self.engine().cancel(&Actor::library(), *id).await?;
+        self.engine().cancel(&self.actor, *id).await?;
         Ok(())
     }
 
     /// Wait until the job ends; returns its final row (status, exit code, error).
     pub async fn wait(&self, id: &JobId) -> Result<JobRow, Error> {
+        self.job(id).await?;
         Ok(self.engine().wait(*id).await?)
     }
 
@@ -545,14 +573,11 @@ impl Supervisor {
     /// the database.
     pub fn output(&self, id: &JobId) -> Pin<Box<dyn Stream<Item = OutputChunk> + Send>> {
         let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
-        let engine = self.engine().clone();
+        let (engine, actor) = (self.engine().clone(), self.actor.clone());
         let id = *id;
         tokio::spawn(async move {
             // A job another worker runs is heard of only in the database: look there too.
-            if let Ok(task) = engine
-                .follow(&Actor::library(), id, -1, ChunkSink { tx })
-                .await
-            {
+            if let Ok(task) = engine.follow(&actor, id, -1, ChunkSink { tx }).await {
                 task.polling(engine::WAIT_POLL).run().await;
             }
         });
@@ -561,10 +586,7 @@ impl Supervisor {
 
     /// Start a run: one job per target server, admitted as its strategy says.
     pub async fn run(&self, run: NewRun) -> Result<RunHandle, Error> {
-        let started = self
-            .engine()
-            .start_run(&Actor::library(), run.request)
-            .await?;
+        let started = self.engine().start_run(&self.actor, run.request).await?;
         let id = RunId::of_row(&started.row.id)
             .map_err(|_| engine::Error::NotFound(Subject::Run(started.row.id)))?;
         Ok(self.run_handle(id))
@@ -575,6 +597,7 @@ impl Supervisor {
         RunHandle {
             id,
             engine: self.engine().clone(),
+            actor: self.actor.clone(),
         }
     }
 

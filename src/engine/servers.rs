@@ -209,9 +209,22 @@ impl Engine {
         Ok(ServerId(crate::domain::parse_id("id", &row.id)?))
     }
 
-    /// Create the server named in `patch`, or update the one with that name.
-    pub async fn upsert_server(&self, patch: ServerPatch) -> Result<ServerRow, Error> {
-        upsert_server(&self.store, &self.settings, patch).await
+    /// Create the server named in `patch`, or update the one with that name: allowed as a
+    /// create or an update by `actor` would be, and audited as one.
+    pub async fn upsert_server(
+        &self,
+        actor: &Actor,
+        patch: ServerPatch,
+    ) -> Result<ServerRow, Error> {
+        let name = patch.name.clone().unwrap_or_default();
+        match self.store.get_server_by_name(name).await {
+            Ok(row) => {
+                let id = ServerId(crate::domain::parse_id("id", &row.id)?);
+                self.update_server(actor, id, patch).await
+            }
+            Err(StoreError::NotFound) => self.create_server(actor, patch).await,
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// One server, if `actor` reaches it (else it does not exist, as far as the caller can
@@ -400,7 +413,7 @@ impl Engine {
 }
 
 /// Create a server by name, or update the one with that name (fields not given keep their
-/// value). For the library, `[[servers]]` in the settings file and the seed's default
+/// value), as the service itself: `[[servers]]` in the settings file and the seed's default
 /// server.
 async fn upsert_server(
     store: &Store,

@@ -310,3 +310,79 @@ db_test!(
         sup.shutdown().await;
     }
 );
+
+db_test!(
+    a_supervisor_told_to_act_as_a_scoped_operator_is_held_to_it,
+    |db: TestDb| async move {
+        use job_executor::domain::{Access, Role, Selector};
+        let host = TestHost::start().await;
+        let scope = Selector::parse("scope", "env=staging").unwrap();
+        let mut builder = Supervisor::builder().database(&db.url).acting_as(
+            "deployer",
+            Access {
+                role: Role::Operator,
+                scope: Some(scope),
+            },
+        );
+        if let Some((_, key)) = secret_key_env(&db.url) {
+            builder = builder.secret_key(key);
+        }
+        let sup = builder.build().await.unwrap();
+        let server = |name: &str, env: &str| {
+            NewServer::with_key(name, &host.host, &host.user, &host.keys.ed25519_openssh)
+                .port(host.port)
+                .label("env", env)
+        };
+        // An operator registers no server; the engine, asked as the library, does.
+        let refused = sup.upsert_server(server("stg", "staging")).await;
+        assert!(
+            matches!(&refused, Err(Error::Engine(job_executor::engine::Error::Forbidden(m))) if m == "operator tokens cannot create servers"),
+            "{refused:?}"
+        );
+        let engine = sup.engine();
+        for (name, env) in [("stg", "staging"), ("prd", "prod")] {
+            let patch = server(name, env).into_patch();
+            engine
+                .upsert_server(&Actor::library(), patch)
+                .await
+                .unwrap();
+        }
+        let names: Vec<String> = (sup.servers().await.unwrap().into_iter())
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, vec!["stg"]);
+        let job = sup.run_command("stg", "echo in-scope").await.unwrap();
+        assert!(sup.wait(&job).await.unwrap().succeeded());
+        let refused = sup.run_command("prd", "echo outside").await;
+        assert!(
+            matches!(&refused, Err(Error::Engine(job_executor::engine::Error::Forbidden(m))) if m.ends_with("prd")),
+            "{refused:?}"
+        );
+        // A job on production, submitted as the library, is not there for the supervisor.
+        let prd = engine.server_id_of("prd").await.unwrap();
+        let request = JobRequest {
+            command: Some("true".into()),
+            server_id: Some(prd.to_string()),
+            ..Default::default()
+        };
+        let other = (engine
+            .submit(&Actor::library(), JobKind::Command, request)
+            .await)
+            .unwrap()
+            .job;
+        let other = JobId::of_row(&other.id).unwrap();
+        for result in [
+            sup.job(&other).await.map(drop),
+            sup.wait(&other).await.map(drop),
+        ] {
+            assert!(
+                matches!(
+                    result,
+                    Err(Error::Engine(job_executor::engine::Error::NotFound(_)))
+                ),
+                "{result:?}"
+            );
+        }
+        sup.shutdown().await;
+    }
+);
