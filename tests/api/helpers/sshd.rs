@@ -316,9 +316,16 @@ impl TestHost {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn sshd");
+            let pid = child.id();
             self.port = port;
             self.inner = Some(Inner::OpenSsh { child });
-            if wait_for_banner(port, Duration::from_secs(5)).await {
+            // A banner alone may come from another test's server that took the port first
+            // (our sshd then exits, unable to bind): sshd writes its pid file only once it
+            // listens, so the banner counts only with our pid there.
+            let pid_file = dir.join("sshd.pid");
+            if wait_for_banner(port, Duration::from_secs(5)).await
+                && wait_for_pid_file(&pid_file, pid, Duration::from_secs(5)).await
+            {
                 return;
             }
             self.kill();
@@ -398,6 +405,19 @@ impl Drop for TestHost {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Whether `file` comes to hold `pid` within `bound`.
+async fn wait_for_pid_file(file: &Path, pid: u32, bound: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < bound {
+        let written = std::fs::read_to_string(file).unwrap_or_default();
+        if written.trim().parse::<u32>().ok() == Some(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
 }
 
 async fn wait_for_banner(port: u16, bound: Duration) -> bool {
