@@ -805,6 +805,30 @@ async fn shown(b: &Browser, css: &str) -> bool {
     b.eval(&js).await == json!(true)
 }
 
+/// Log out; wait for the login form.
+async fn log_out(b: &Browser) {
+    click(b, "#logout").await;
+    b.wait_until("document.querySelector('#login')", WAIT).await;
+}
+
+/// Who the header says is logged in.
+async fn who(b: &Browser) -> String {
+    let js = "return document.querySelector('#who').innerText";
+    b.eval(js).await.as_str().unwrap_or_default().to_string()
+}
+
+/// What the page of a running job at `url` offers: Cancel, Duplicate, and Submit in the menu.
+async fn offered(b: &Browser, url: &str) -> [bool; 3] {
+    b.goto(url).await;
+    let running = "document.querySelector('main').dataset.jobStatus === 'running'";
+    b.wait_until(running, WAIT).await;
+    [
+        shown(b, ".actions button.danger").await,
+        shown(b, "#duplicate").await,
+        shown(b, "#nav a[href='#/submit']").await,
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_offers_what_the_role_may_do_and_shows_only_the_scope() {
     let Some(b) = Browser::start().await else {
@@ -844,45 +868,19 @@ async fn the_dashboard_offers_what_the_role_may_do_and_shows_only_the_scope() {
     let job = job["id"].as_str().unwrap().to_string();
     let job_page = app.url(&format!("/#/jobs/{job}"));
 
-    // The admin is offered everything on the running job's page.
+    // The admin is offered every action on the running job's page, a viewer none.
     log_in(&b, &app, admin).await;
-    b.goto(&job_page).await;
-    b.wait_until(
-        "document.querySelector('main').dataset.jobStatus === 'running'",
-        WAIT,
-    )
-    .await;
-    assert!(shown(&b, ".actions button.danger").await, "cancel");
-    assert!(shown(&b, "#duplicate").await);
-    assert!(shown(&b, "#nav a[href='#/submit']").await);
-    click(&b, "#logout").await;
-    b.wait_until("document.querySelector('#login')", WAIT).await;
-
-    // A viewer reads the same page, and is offered no action.
+    assert_eq!(offered(&b, &job_page).await, [true; 3]);
+    log_out(&b).await;
     log_in(&b, &app, viewer).await;
-    let who = b
-        .eval("return document.querySelector('#who').innerText")
-        .await;
-    assert_eq!(who, json!("dash · viewer"));
-    assert!(!shown(&b, "#nav a[href='#/submit']").await);
-    b.goto(&job_page).await;
-    b.wait_until(
-        "document.querySelector('main').dataset.jobStatus === 'running'",
-        WAIT,
-    )
-    .await;
-    assert!(!shown(&b, ".actions button.danger").await, "cancel");
-    assert!(!shown(&b, "#duplicate").await);
+    assert_eq!(who(&b).await, "dash · viewer");
+    assert_eq!(offered(&b, &job_page).await, [false; 3]);
     b.screenshot("job-as-viewer").await;
-    click(&b, "#logout").await;
-    b.wait_until("document.querySelector('#login')", WAIT).await;
+    log_out(&b).await;
 
     // A token scoped to staging: the production job is not there.
     log_in(&b, &app, scoped).await;
-    let who = b
-        .eval("return document.querySelector('#who').innerText")
-        .await;
-    assert_eq!(who, json!("ci-staging · operator · env=staging"));
+    assert_eq!(who(&b).await, "ci-staging · operator · env=staging");
     assert!(shown(&b, "#nav a[href='#/submit']").await);
     b.goto(&job_page).await;
     b.wait_until("document.querySelector('main .error')", WAIT)
