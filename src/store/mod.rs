@@ -7,6 +7,71 @@
 //! Where the two backends need different SQL (claims with `FOR UPDATE SKIP LOCKED`, say),
 //! match on [`DbConnection`]; everything else is written once against the multi-backend.
 
+/// The queries every definition kept under a unique name (templates, schedules, webhooks)
+/// makes the same way: insert, get by id or name, list by name, replace whole. A name
+/// already taken is a conflict that names it. Invoked in the module of `$table`, with
+/// `diesel::prelude::*`, `Store`, `StoreError` and `conflict_on_unique` in scope.
+macro_rules! named_rows {
+    ($what:literal, $table:ident, $row:ty, $insert:ident, $get:ident, $list:ident, $update:ident) => {
+        fn taken(name: &str) -> String {
+            format!(concat!("a ", $what, " named {:?} already exists"), name)
+        }
+
+        impl Store {
+            #[doc = concat!("Insert a ", $what, ".")]
+            pub async fn $insert(&self, row: $row) -> Result<$row, StoreError> {
+                self.run(move |conn| {
+                    diesel::insert_into($table::table)
+                        .values(&row)
+                        .execute(conn)
+                        .map_err(|e| conflict_on_unique(e, || taken(&row.name)))?;
+                    Ok(row)
+                })
+                .await
+            }
+
+            #[doc = concat!("A ", $what, " by id or by name.")]
+            pub async fn $get(&self, name_or_id: String) -> Result<$row, StoreError> {
+                self.run(move |conn| {
+                    $table::table
+                        .filter($table::id.eq(&name_or_id).or($table::name.eq(&name_or_id)))
+                        .select(<$row>::as_select())
+                        .first(conn)
+                        .optional()?
+                        .ok_or(StoreError::NotFound)
+                })
+                .await
+            }
+
+            #[doc = concat!("Every ", $what, ", by name.")]
+            pub async fn $list(&self) -> Result<Vec<$row>, StoreError> {
+                self.run(|conn| {
+                    Ok($table::table
+                        .order($table::name.asc())
+                        .select(<$row>::as_select())
+                        .load(conn)?)
+                })
+                .await
+            }
+
+            #[doc = concat!("Replace a ", $what, "'s row whole (the caller keeps its id and creation time).")]
+            pub async fn $update(&self, row: $row) -> Result<$row, StoreError> {
+                self.run(move |conn| {
+                    let n = diesel::update($table::table.find(&row.id))
+                        .set(&row)
+                        .execute(conn)
+                        .map_err(|e| conflict_on_unique(e, || taken(&row.name)))?;
+                    if n == 0 {
+                        return Err(StoreError::NotFound);
+                    }
+                    Ok(row)
+                })
+                .await
+            }
+        }
+    };
+}
+
 mod audit;
 mod jobs;
 mod models;

@@ -65,9 +65,15 @@ pub struct FireRow {
     pub claimed_at: i64,
 }
 
-fn taken(name: &str) -> String {
-    format!("a schedule named {name:?} already exists")
-}
+named_rows!(
+    "schedule",
+    schedules,
+    ScheduleRow,
+    insert_schedule,
+    get_schedule,
+    list_schedules,
+    update_schedule
+);
 
 impl Store {
     /// Seal a schedule's secret parameter values.
@@ -86,61 +92,6 @@ impl Store {
     ) -> Result<BTreeMap<String, String>, StoreError> {
         let aad = format!("schedules/{}/params", row.id);
         open_env(&self.keyring, &aad, row.sealed_params.as_deref())
-    }
-
-    /// Insert a schedule.
-    pub async fn insert_schedule(&self, row: ScheduleRow) -> Result<ScheduleRow, StoreError> {
-        self.run(move |conn| {
-            diesel::insert_into(schedules::table)
-                .values(&row)
-                .execute(conn)
-                .map_err(|e| conflict_on_unique(e, || taken(&row.name)))?;
-            Ok(row)
-        })
-        .await
-    }
-
-    /// A schedule by id or name.
-    pub async fn get_schedule(&self, name_or_id: String) -> Result<ScheduleRow, StoreError> {
-        self.run(move |conn| {
-            schedules::table
-                .filter(
-                    schedules::id
-                        .eq(&name_or_id)
-                        .or(schedules::name.eq(&name_or_id)),
-                )
-                .select(ScheduleRow::as_select())
-                .first(conn)
-                .optional()?
-                .ok_or(StoreError::NotFound)
-        })
-        .await
-    }
-
-    /// Every schedule, by name.
-    pub async fn list_schedules(&self) -> Result<Vec<ScheduleRow>, StoreError> {
-        self.run(|conn| {
-            Ok(schedules::table
-                .order(schedules::name.asc())
-                .select(ScheduleRow::as_select())
-                .load(conn)?)
-        })
-        .await
-    }
-
-    /// Replace a schedule's row.
-    pub async fn update_schedule(&self, row: ScheduleRow) -> Result<ScheduleRow, StoreError> {
-        self.run(move |conn| {
-            let n = diesel::update(schedules::table.find(&row.id))
-                .set(&row)
-                .execute(conn)
-                .map_err(|e| conflict_on_unique(e, || taken(&row.name)))?;
-            if n == 0 {
-                return Err(StoreError::NotFound);
-            }
-            Ok(row)
-        })
-        .await
     }
 
     /// Delete a schedule and its fires.

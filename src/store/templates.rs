@@ -30,66 +30,17 @@ pub struct TemplateRow {
     pub updated_at: i64,
 }
 
-fn taken(name: &str) -> String {
-    format!("a template named {name:?} already exists")
-}
+named_rows!(
+    "template",
+    templates,
+    TemplateRow,
+    insert_template,
+    get_template,
+    list_templates,
+    update_template
+);
 
 impl Store {
-    /// Insert a template.
-    pub async fn insert_template(&self, row: TemplateRow) -> Result<TemplateRow, StoreError> {
-        self.run(move |conn| {
-            diesel::insert_into(templates::table)
-                .values(&row)
-                .execute(conn)
-                .map_err(|e| conflict_on_unique(e, || taken(&row.name)))?;
-            Ok(row)
-        })
-        .await
-    }
-
-    /// A template by id or by name.
-    pub async fn get_template(&self, name_or_id: String) -> Result<TemplateRow, StoreError> {
-        self.run(move |conn| {
-            templates::table
-                .filter(
-                    templates::id
-                        .eq(&name_or_id)
-                        .or(templates::name.eq(&name_or_id)),
-                )
-                .select(TemplateRow::as_select())
-                .first(conn)
-                .optional()?
-                .ok_or(StoreError::NotFound)
-        })
-        .await
-    }
-
-    /// Every template, by name.
-    pub async fn list_templates(&self) -> Result<Vec<TemplateRow>, StoreError> {
-        self.run(|conn| {
-            Ok(templates::table
-                .order(templates::name.asc())
-                .select(TemplateRow::as_select())
-                .load(conn)?)
-        })
-        .await
-    }
-
-    /// Replace a template's definition (its id and creation time stay).
-    pub async fn update_template(&self, row: TemplateRow) -> Result<TemplateRow, StoreError> {
-        self.run(move |conn| {
-            let n = diesel::update(templates::table.find(&row.id))
-                .set(&row)
-                .execute(conn)
-                .map_err(|e| conflict_on_unique(e, || taken(&row.name)))?;
-            if n == 0 {
-                return Err(StoreError::NotFound);
-            }
-            Ok(row)
-        })
-        .await
-    }
-
     /// Delete a template; runs it launched keep its id.
     pub async fn delete_template(&self, id: String) -> Result<(), StoreError> {
         self.run(move |conn| {

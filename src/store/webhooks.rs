@@ -11,13 +11,19 @@ use super::schema::{webhook_deliveries, webhooks};
 use super::{Attempt, Store, StoreError, conflict_on_unique};
 use crate::domain::Micros;
 
-fn taken(name: &str) -> String {
-    format!("a webhook named {name:?} already exists")
-}
-
 fn secret_aad(id: &str) -> String {
     format!("webhooks/{id}/secret")
 }
+
+named_rows!(
+    "webhook",
+    webhooks,
+    WebhookRow,
+    insert_webhook,
+    get_webhook,
+    list_webhooks,
+    update_webhook
+);
 
 impl Store {
     /// Seal a webhook's signing secret.
@@ -34,61 +40,6 @@ impl Store {
             row.sealed_secret.as_deref(),
         )?;
         Ok(map.remove("secret"))
-    }
-
-    /// Insert a webhook.
-    pub async fn insert_webhook(&self, row: WebhookRow) -> Result<WebhookRow, StoreError> {
-        self.run(move |conn| {
-            diesel::insert_into(webhooks::table)
-                .values(&row)
-                .execute(conn)
-                .map_err(|e| conflict_on_unique(e, || taken(&row.name)))?;
-            Ok(row)
-        })
-        .await
-    }
-
-    /// A webhook by id or name.
-    pub async fn get_webhook(&self, name_or_id: String) -> Result<WebhookRow, StoreError> {
-        self.run(move |conn| {
-            webhooks::table
-                .filter(
-                    webhooks::id
-                        .eq(&name_or_id)
-                        .or(webhooks::name.eq(&name_or_id)),
-                )
-                .select(WebhookRow::as_select())
-                .first(conn)
-                .optional()?
-                .ok_or(StoreError::NotFound)
-        })
-        .await
-    }
-
-    /// Every webhook, by name.
-    pub async fn list_webhooks(&self) -> Result<Vec<WebhookRow>, StoreError> {
-        self.run(move |conn| {
-            Ok(webhooks::table
-                .order(webhooks::name)
-                .select(WebhookRow::as_select())
-                .load(conn)?)
-        })
-        .await
-    }
-
-    /// Replace a webhook's row.
-    pub async fn update_webhook(&self, row: WebhookRow) -> Result<WebhookRow, StoreError> {
-        self.run(move |conn| {
-            let n = diesel::update(webhooks::table.find(&row.id))
-                .set(&row)
-                .execute(conn)
-                .map_err(|e| conflict_on_unique(e, || taken(&row.name)))?;
-            if n == 0 {
-                return Err(StoreError::NotFound);
-            }
-            Ok(row)
-        })
-        .await
     }
 
     /// Delete a webhook and its deliveries.
