@@ -107,6 +107,8 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let mut app = App::start(settings, role).await.context("cannot start")?;
+    // The API listens (for the roles that have one) and the database is open and migrated.
+    sd_notify("READY=1");
     // SIGHUP: read the settings again and apply what can change while jobs run.
     let reloader = app.reloader();
     let file = cli.config.clone();
@@ -144,10 +146,43 @@ async fn main() -> anyhow::Result<()> {
     tokio::select! {
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
+            sd_notify("STOPPING=1");
             app.stop().await;
         }
         _ = app.wait() => {}
     }
+    Ok(())
+}
+
+/// Tell the service manager the service's state (`READY=1`, `STOPPING=1`): what a systemd
+/// unit of `Type=notify` waits for (`config/job-executor.service`). Only when
+/// `NOTIFY_SOCKET` is set; a failure to tell is logged, and the service goes on.
+fn sd_notify(state: &str) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = notify_to(&socket, state) {
+        tracing::warn!(error = %e, "cannot tell the service manager {state:?}");
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn notify_to(socket: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let sender = UnixDatagram::unbound()?;
+    // `@name` is a socket in the abstract namespace, anything else a path.
+    let addr = match socket.as_bytes().strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(socket)?,
+    };
+    sender.send_to_addr(state.as_bytes(), &addr)?;
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn notify_to(_socket: &std::ffi::OsStr, _state: &str) -> std::io::Result<()> {
     Ok(())
 }
 

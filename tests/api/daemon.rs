@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::helpers::procs::{Service, free_port};
-use crate::helpers::{TEST_SECRET_KEY, TestHost};
+use crate::helpers::{TEST_SECRET_KEY, TestHost, in_ci};
 
 /// The servers the daemon lists.
 async fn list_servers(d: &Service, token: Option<&str>) -> Vec<Value> {
@@ -726,4 +726,88 @@ async fn webhooks_from_the_file_are_applied_by_name_and_their_pending_deliveries
     assert!(out.contains("[webhook_delivery]"), "{out}");
     let lines = out.lines().count();
     assert_eq!(lines, 1, "{out}");
+}
+
+/// The next datagram on `socket`, within `bound`.
+fn datagram(socket: &std::os::unix::net::UnixDatagram, bound: Duration) -> String {
+    socket.set_read_timeout(Some(bound)).unwrap();
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("a datagram in time");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_manager_hears_ready_once_it_listens_and_stopping_when_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    let port = free_port();
+    let db = dir.path().join("jobs.db").display().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let notify = socket_path.display().to_string();
+    let svc = Service::start(
+        &["serve"],
+        &[
+            ("DATABASE_URL", &db),
+            ("JOBEXEC__HTTP__ADDR", &addr),
+            ("NOTIFY_SOCKET", &notify),
+        ],
+        port,
+        None,
+    )
+    .await;
+    assert_eq!(datagram(&socket, Duration::from_secs(10)), "READY=1");
+    let (status, _) = svc.call(reqwest::Method::GET, "/health", None, None).await;
+    assert_eq!(status, 200);
+    let status = Command::new("kill")
+        .args(["-TERM", &svc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(datagram(&socket, Duration::from_secs(10)), "STOPPING=1");
+}
+
+#[test]
+fn the_unit_file_is_one_systemd_accepts() {
+    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
+        assert!(
+            !in_ci(),
+            "CI=true but systemd-analyze is missing: .ci/run installs systemd"
+        );
+        eprintln!("systemd-analyze is not installed: the unit file is not verified");
+        return;
+    };
+    assert!(out.status.success());
+    // As installed, but starting the binary built here (verify checks that it exists).
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/job-executor.service"
+    ))
+    .unwrap();
+    for needed in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "User=job-executor",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "StateDirectory=job-executor",
+        "PrivateTmp=yes",
+    ] {
+        assert!(unit.contains(needed), "the unit lacks {needed}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("job-executor.service");
+    let unit = unit.replace(
+        "/usr/local/bin/job-executor",
+        env!("CARGO_BIN_EXE_job-executor"),
+    );
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
 }
