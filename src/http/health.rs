@@ -1,4 +1,6 @@
-//! `GET /health`: is the database reachable, which queue is in use.
+//! `GET /health`: is the database reachable, which queue is in use. `GET /health/ready`:
+//! may this process be sent work now (the database answers and, where a broker is
+//! configured, the broker is connected), for orchestrators and load balancers.
 
 use actix_web::get;
 use actix_web::{HttpResponse, web};
@@ -69,6 +71,55 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         version: env!("CARGO_PKG_VERSION"),
     };
     if h.database.is_ok() {
+        HttpResponse::Ok().json(view)
+    } else {
+        HttpResponse::ServiceUnavailable().json(view)
+    }
+}
+
+/// `GET /health/ready`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Readiness)]
+pub struct ReadyView {
+    /// `ready`, or `not ready`.
+    #[schema(example = "ready")]
+    status: &'static str,
+    /// Whether the database answers.
+    database: bool,
+    /// Whether the broker is connected; null when no broker is configured.
+    #[schema(required = true)]
+    broker: Option<bool>,
+}
+
+/// Readiness
+///
+/// 200 when this process can take work now: the database answers and, where RabbitMQ is
+/// configured, the broker is connected; 503 until then. `/health` is liveness and says
+/// what is down. Needs no token; says nothing secret.
+#[utoipa::path(
+    operation_id = "ready",
+    tag = "health",
+    security(()),
+    responses(
+        (status = 200, description = "Ready.", body = ReadyView),
+        (status = 503, description = "Not ready: the database or the broker is not reachable.", body = ReadyView),
+    )
+)]
+#[get(
+    "/health/ready",
+    wrap = "actix_web::middleware::from_fn(super::auth::loopback_guard)",
+    wrap = "actix_web::middleware::from_fn(super::metrics::track)"
+)]
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let h = state.engine.health().await;
+    let broker = (h.queue == "rabbitmq").then_some(h.queue_connected);
+    let ready = h.database.is_ok() && broker != Some(false);
+    let view = ReadyView {
+        status: if ready { "ready" } else { "not ready" },
+        database: h.database.is_ok(),
+        broker,
+    };
+    if ready {
         HttpResponse::Ok().json(view)
     } else {
         HttpResponse::ServiceUnavailable().json(view)

@@ -182,6 +182,7 @@ pub fn register(cfg: &mut ServiceConfig) {
     cfg.service(api)
         // Outside /api/v1: no token (scrapers send none); they show nothing secret.
         .service(health::health)
+        .service(health::ready)
         .service(metrics::scrape);
 }
 

@@ -538,6 +538,15 @@ async fn an_api_started_before_the_broker_works_once_it_comes_up() {
     let (_, health) = api.call(reqwest::Method::GET, "/health", None).await;
     assert_eq!(health["queue"], "rabbitmq");
     assert_eq!(health["queue_connected"], false, "{health}");
+    // Alive, but not ready: the broker it is configured with is away.
+    let (status, ready) = api.call(reqwest::Method::GET, "/health/ready", None).await;
+    assert_eq!(
+        (status, &ready),
+        (
+            503,
+            &json!({"status": "not ready", "database": true, "broker": false})
+        )
+    );
     let server = api.add_server(&host).await;
     // Accepted while the broker is away, and run: workers poll the database meanwhile.
     let early = api.submit(&server, "echo early").await;
@@ -547,6 +556,14 @@ async fn an_api_started_before_the_broker_works_once_it_comes_up() {
     assert_eq!(job["worker"], "w1");
     drop(restart);
     api.wait_broker().await;
+    let (status, ready) = api.call(reqwest::Method::GET, "/health/ready", None).await;
+    assert_eq!(
+        (status, &ready),
+        (
+            200,
+            &json!({"status": "ready", "database": true, "broker": true})
+        )
+    );
     let late = api.submit(&server, "echo late").await;
     api.wait_status(&late, &["completed"], Duration::from_secs(30))
         .await;

@@ -13,6 +13,13 @@ db_test!(health_reports_database_and_queue, |db: TestDb| async move {
         crate::helpers::Db::Postgres => "postgres",
     };
     assert_eq!(body["database_backend"], backend);
+    // Ready: the database answers and no broker is configured.
+    let (status, body) = app.get("/health/ready").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"status": "ready", "database": true, "broker": null})
+    );
     app.stop().await;
 });
 
