@@ -70,7 +70,12 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         queue_connected: h.queue_connected,
         version: env!("CARGO_PKG_VERSION"),
     };
-    if h.database.is_ok() {
+    answer(h.database.is_ok(), view)
+}
+
+/// 200 with `view` when `ok`, else 503 with it.
+fn answer(ok: bool, view: impl Serialize) -> HttpResponse {
+    if ok {
         HttpResponse::Ok().json(view)
     } else {
         HttpResponse::ServiceUnavailable().json(view)
@@ -119,9 +124,5 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         database: h.database.is_ok(),
         broker,
     };
-    if ready {
-        HttpResponse::Ok().json(view)
-    } else {
-        HttpResponse::ServiceUnavailable().json(view)
-    }
+    answer(ready, view)
 }
