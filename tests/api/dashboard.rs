@@ -122,9 +122,8 @@ db_test!(
         let (_, doc) = app.get("/api/v1/openapi.json").await;
         let paths = doc["paths"].as_object().unwrap();
         assert!(
-            paths
-                .keys()
-                .all(|p| p.starts_with("/api/v1") || p == "/health" || p == "/metrics"),
+            paths.keys().all(|p| p.starts_with("/api/v1")
+                || matches!(p.as_str(), "/health" | "/health/ready" | "/metrics")),
             "{:?}",
             paths.keys()
         );
