@@ -18,7 +18,7 @@ use crate::domain::{
     FieldError, HostStatus, JobId, NewRun, RunId, RunRequest, RunStatus, Targets, TargetsRequest,
 };
 use crate::events::JobEvent;
-use crate::store::{Run, RunFilter, RunRow, StoreError};
+use crate::store::{Run, RunFilter, RunRow, ServerRow, StoreError};
 
 /// How often each process advances the runs that have not ended, whatever it heard.
 pub(crate) const SWEEP: Duration = Duration::from_secs(2);
@@ -83,9 +83,7 @@ impl Engine {
         rerun_of: Option<String>,
         origin: Origin,
     ) -> Result<Run, Error> {
-        let hosts = self.resolve_targets(&new.targets).await?;
-        // Refused whole, before anything is stored, when a target is outside the scope.
-        self.may_start_on(actor, &hosts).await?;
+        let hosts = self.resolve_targets(actor, &new.targets).await?;
         new.strategy.validate(hosts.len())?;
         let s = new.strategy;
         let id = (origin.run_id.clone()).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
@@ -125,16 +123,20 @@ impl Engine {
     }
 
     /// The servers a run's targets name, as `(id, name)` in run order: the active servers a
-    /// selector matches (by name), or the listed ones (each once, active).
-    async fn resolve_targets(&self, targets: &Targets) -> Result<Vec<(String, String)>, Error> {
+    /// selector matches (by name), or the listed ones (each once, active). Refused whole,
+    /// before anything is stored, when one is outside `actor`'s scope.
+    async fn resolve_targets(
+        &self,
+        actor: &Actor,
+        targets: &Targets,
+    ) -> Result<Vec<(String, String)>, Error> {
         let invalid =
             |field: &'static str, message: String| Error::Invalid(FieldError::new(field, message));
         match targets {
             Targets::Selector(sel) => {
-                let hosts: Vec<(String, String)> = (self.store.list_servers().await?)
+                let hosts: Vec<ServerRow> = (self.store.list_servers().await?)
                     .into_iter()
                     .filter(|s| s.is_active && sel.matches(&s.labels()))
-                    .map(|s| (s.id, s.name))
                     .collect();
                 if hosts.is_empty() {
                     return Err(invalid(
@@ -142,7 +144,7 @@ impl Engine {
                         format!("{sel} matches no active server"),
                     ));
                 }
-                Ok(hosts)
+                self.may_start_on(actor, hosts).await
             }
             Targets::Servers(list) => {
                 let mut seen = HashSet::new();
@@ -174,9 +176,9 @@ impl Engine {
                             format!("server {} is listed twice", row.name),
                         ));
                     }
-                    hosts.push((row.id, row.name));
+                    hosts.push(row);
                 }
-                Ok(hosts)
+                self.may_start_on(actor, hosts).await
             }
         }
     }

@@ -57,22 +57,21 @@ impl Engine {
         }
     }
 
-    /// Refused whole (403, recorded as `access.denied`) when any of `hosts` (`(id, name)`)
-    /// is outside `actor`'s scope; the message names those servers.
+    /// `hosts` as `(id, name)`, or refused whole (403, recorded as `access.denied`) when
+    /// any of them is outside `actor`'s scope; the message names those servers.
     pub(crate) async fn may_start_on(
         &self,
         actor: &Actor,
-        hosts: &[(String, String)],
-    ) -> Result<(), Error> {
-        let Some(scope) = &actor.access.scope else {
-            return Ok(());
-        };
-        let reach = self.reach(actor).await?;
-        let outside: Vec<&str> = (hosts.iter())
-            .filter(|(id, _)| !reach.has(id))
-            .map(|(_, name)| name.as_str())
-            .collect();
-        self.refuse_outside(actor, scope, &outside).await
+        hosts: Vec<ServerRow>,
+    ) -> Result<Vec<(String, String)>, Error> {
+        if let Some(scope) = &actor.access.scope {
+            let outside: Vec<&str> = (hosts.iter())
+                .filter(|row| !scope.matches(&row.labels()))
+                .map(|row| row.name.as_str())
+                .collect();
+            self.refuse_outside(actor, scope, &outside).await?;
+        }
+        Ok(hosts.into_iter().map(|row| (row.id, row.name)).collect())
     }
 
     /// Refused (403, recorded) when `row`, a server `actor` would start work on, is outside
