@@ -107,28 +107,7 @@ fn tokens_file(viewer_role: &str) -> String {
 
 /// `method path` with `token` (and `{}` as the body of a change): the status and body.
 async fn call(app: &TestApp, method: &str, path: &str, token: &str) -> (u16, Value) {
-    let client = reqwest::Client::new();
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let changes = method != reqwest::Method::GET;
-    let mut req = client
-        .request(method, app.url(path))
-        .bearer_auth(token)
-        .timeout(std::time::Duration::from_secs(10));
-    if changes {
-        req = req.json(&json!({}));
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    // A stream (SSE) that was allowed is not read to its end.
-    if resp
-        .headers()
-        .get("content-type")
-        .is_some_and(|v| v.to_str().unwrap_or("").starts_with("text/event-stream"))
-    {
-        return (status, Value::Null);
-    }
-    let text = resp.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    crate::scopes::call(app, token, method, path, &json!({})).await
 }
 
 /// An instance of a route pattern: ids that name nothing, names that do not exist.

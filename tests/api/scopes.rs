@@ -27,9 +27,15 @@ fn tokens_file() -> String {
     )
 }
 
-/// `method path` as `token` with `body`: the status and the JSON body (`null` for a stream
-/// that was allowed, which is not read to its end).
-async fn call(app: &TestApp, token: &str, method: &str, path: &str, body: &Value) -> (u16, Value) {
+/// `method path` as `token` with `body` (for a change): the status and the JSON body (`null`
+/// for a stream that was allowed, which is not read to its end).
+pub async fn call(
+    app: &TestApp,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> (u16, Value) {
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let mut req = reqwest::Client::new()
         .request(method.clone(), app.url(path))
