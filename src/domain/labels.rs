@@ -195,6 +195,24 @@ mod tests {
     }
 
     #[test]
+    fn nothing_matches_no_server_whatever_its_labels() {
+        let nothing = Selector::nothing();
+        let with = |pairs: &[(&str, &str)]| -> Labels {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        for labels in [
+            with(&[]),
+            with(&[("unreadable", "x")]),
+            with(&[("env", "prod")]),
+        ] {
+            assert!(!nothing.matches(&labels), "{labels:?}");
+        }
+    }
+
+    #[test]
     fn every_term_form_matches_as_documented() {
         let web_prod = labels(&[("role", "web"), ("env", "prod")]);
         let web_dev = labels(&[("role", "web"), ("env", "dev"), ("canary", "")]);
