@@ -2,8 +2,11 @@
 //! in the same run. `cargo bench --bench engine` (add `-- --quick` for a short run).
 //!
 //! Figures:
-//! 1. trivial jobs per second through the HTTP API, beside OpenSSH ControlMaster running
-//!    `true` at 10-way parallelism and one fresh connection per job (what the seed does);
+//! 1. trivial jobs per second through the HTTP API of a `job-executor serve` process, and
+//!    that process's CPU per job, beside OpenSSH ControlMaster running `true` at 10-way
+//!    parallelism, one fresh connection per job (what the seed does), and a raw pool of
+//!    channels on the service's own SSH client with the service's pool shape; then the same
+//!    through `api` and two `worker` processes over RabbitMQ and PostgreSQL;
 //! 2. submit → running latency, p50 and p99;
 //! 3. MB/s of one job printing 200 MB;
 //! 4. memory per running job, over 1000 concurrent `sleep` jobs;
@@ -18,15 +21,23 @@
 //! 7. retention: a prune of 1,000,000 output chunks (1000 old finished jobs of 1000 chunks
 //!    of 100 bytes, seeded straight into the database): its duration and rows/s, and the
 //!    submit → running p50/p99 of trivial jobs submitted one at a time while it runs, beside
-//!    the same with no prune, in the same run.
+//!    the same with no prune, in the same run;
+//! 8. over a 50 ms round trip (a delaying TCP proxy in front of the same sshd): one warm job
+//!    submit → completed, and 50 jobs on 10 slots, beside a fresh `ssh host true` and
+//!    ControlMaster's `ssh -S`, in milliseconds and in round trips.
 //!
-//! `JOBEXEC_BENCH_ONLY=sse cargo bench --bench engine` runs phase 5 alone,
-//! `JOBEXEC_BENCH_ONLY=runs` phase 6, `JOBEXEC_BENCH_ONLY=prune` phase 7.
+//! `JOBEXEC_BENCH_ONLY=rate cargo bench --bench engine` runs phase 1 alone,
+//! `JOBEXEC_BENCH_ONLY=sse` phase 5, `JOBEXEC_BENCH_ONLY=runs` phase 6,
+//! `JOBEXEC_BENCH_ONLY=prune` phase 7, `JOBEXEC_BENCH_ONLY=link` phase 8.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
 #[path = "../tests/api/helpers/mod.rs"]
 mod helpers;
+#[path = "engine/link.rs"]
+mod link;
+#[path = "engine/rate.rs"]
+mod rate;
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -48,6 +59,11 @@ fn rss_kib() -> u64 {
 }
 
 fn ssh_args(host: &TestHost, control: &str) -> Vec<String> {
+    ssh_args_on(host, host.port, control)
+}
+
+/// The `ssh` arguments to reach `host`'s sshd at `port` (itself, or a proxy in front of it).
+fn ssh_args_on(host: &TestHost, port: u16, control: &str) -> Vec<String> {
     vec![
         "-q".into(),
         "-o".into(),
@@ -61,7 +77,7 @@ fn ssh_args(host: &TestHost, control: &str) -> Vec<String> {
         "-i".into(),
         host.dir.path().join("id_ed25519").display().to_string(),
         "-p".into(),
-        host.port.to_string(),
+        port.to_string(),
         format!("{}@{}", host.user, host.host),
     ]
 }
@@ -226,10 +242,6 @@ async fn wait_idle_on(app: &Http, bound: Duration) {
 }
 
 /// `n` trivial jobs submitted over HTTP by 16 clients; jobs per second until all are done.
-async fn api_rate(app: &TestApp, server: &str, n: usize) -> f64 {
-    api_rate_on(&Http::of(app), server, n).await
-}
-
 async fn api_rate_on(app: &Http, server: &str, n: usize) -> f64 {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
@@ -518,12 +530,17 @@ async fn distributed_rate(host: &TestHost, n: usize, cm: f64, single: f64) {
     let server: serde_json::Value = r.json().await.unwrap();
     let server = server["id"].as_str().unwrap().to_string();
     let _ = api_rate_on(&http, &server, 100).await; // warm the pools
+    let pids = [_api.pid(), _w1.pid(), _w2.pid()];
+    let cpu = || pids.iter().map(|&p| rate::cpu_secs(p)).sum::<f64>();
+    let before = cpu();
     let rate = api_rate_on(&http, &server, n).await;
+    let cpu_ms = (cpu() - before) * 1000.0 / n as f64;
     println!(
-        "ours      api + 2 workers (RabbitMQ, PostgreSQL)  {rate:>9.1} jobs/s  ({:.2}x ControlMaster, {:.2}x single process; target >= 1x ControlMaster)",
+        "ours      api + 2 workers (RabbitMQ, PostgreSQL)  {rate:>9.1} jobs/s  ({:.2}x ControlMaster, {:.2}x single process; target >= 1.5x ControlMaster)",
         rate / cm,
         rate / single
     );
+    println!("ours        CPU of the three processes per job      {cpu_ms:>9.3} ms");
 }
 
 /// The soft limit on open files of this process (`Max open files` in /proc/self/limits).
@@ -1250,8 +1267,9 @@ async fn main() {
         .filter(|o| !o.is_empty());
     assert!(
         only.as_deref()
-            .is_none_or(|o| o == "sse" || o == "runs" || o == "prune"),
-        "JOBEXEC_BENCH_ONLY={only:?}: the phases that run alone are `sse`, `runs` and `prune`"
+            .is_none_or(|o| ["rate", "link", "sse", "runs", "prune"].contains(&o)),
+        "JOBEXEC_BENCH_ONLY={only:?}: the phases that run alone are `rate`, `link`, `sse`, \
+         `runs` and `prune`"
     );
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 5 } else { 1 };
@@ -1287,25 +1305,39 @@ async fn main() {
         "job-executor engine benchmark (sshd on 127.0.0.1:{} as {}, SQLite)",
         host.port, host.user
     );
-    if only.is_none() {
+    if only.as_deref().is_none_or(|o| o == "rate") {
         let cm = control_master_rate(&host, 1000 / scale);
         println!("baseline  ControlMaster `true`, 10-way           {cm:>9.1} runs/s");
         let fresh = fresh_connection_rate(&host, 300 / scale).await;
         println!("baseline  fresh connection per job, 10-way       {fresh:>9.1} runs/s");
-        let _ = api_rate(&app, &server, 100).await; // warm the pool
-        let ours = api_rate(&app, &server, 2000 / scale).await;
+        let conns = rate::SLOTS / rate::CHANNELS_PER_CONNECTION;
+        let per = rate::CHANNELS_PER_CONNECTION;
+        let raw = rate::raw_pool_rate(&host, 4000 / scale, conns, per).await;
         println!(
-            "ours      trivial jobs through the HTTP API       {ours:>9.1} jobs/s  ({:.2}x ControlMaster; target >= 1.5x)",
-            ours / cm
+            "baseline  raw pool, {conns} connections x {per} channels    {raw:>9.1} runs/s  (the service's SSH client, no HTTP or database)"
         );
+        let serve = rate::Serve::start(&host).await;
+        let _ = serve.rate(200).await; // warm the pool
+        let (ours, cpu_ms) = serve.rate(4000 / scale).await;
+        println!(
+            "ours      trivial jobs through the HTTP API       {ours:>9.1} jobs/s  ({:.2}x ControlMaster, target >= 3x; {:.2} of the raw pool)",
+            ours / cm,
+            ours / raw
+        );
+        println!(
+            "ours        CPU of the serve process per job       {cpu_ms:>9.3} ms  (target <= 0.4 ms)"
+        );
+        drop(serve);
         distributed_rate(&host, 2000 / scale, cm, ours).await;
+    }
+    if only.is_none() {
         let (p50, p99) = latency(&app, &server, 300 / scale).await;
         println!(
-            "ours      submit -> running latency              p50 {p50:.2} ms, p99 {p99:.2} ms  (target p50 < 10 ms)"
+            "ours      submit -> running latency              p50 {p50:.2} ms, p99 {p99:.2} ms  (target p50 < 1 ms, p99 < 5 ms)"
         );
         let mbps = output_rate(&app, &server, 200).await;
         println!(
-            "ours      one job printing 200 MB                {mbps:>9.1} MB/s  (target > 100 MB/s)"
+            "ours      one job printing 200 MB                {mbps:>9.1} MB/s  (target >= 400 MB/s)"
         );
         let (status, _) = app
             .put(
@@ -1317,8 +1349,11 @@ async fn main() {
         let n = 1000 / scale;
         let per_job = memory_per_job(&app, &server, n).await;
         println!(
-            "ours      memory per running job ({n} x sleep)    {per_job:>9.1} KiB  (target < 50 KB)"
+            "ours      memory per running job ({n} x sleep)    {per_job:>9.1} KiB  (target <= 24 KiB)"
         );
+    }
+    if only.as_deref().is_none_or(|o| o == "link") {
+        link::link_phase(&app, &host, if quick { 5 } else { 15 }).await;
     }
     if only.as_deref().is_none_or(|o| o == "sse") {
         sse_fan_out(&app, &host, 1000 / scale).await;

@@ -135,6 +135,10 @@ impl Proc {
     }
 
     /// Send SIGTERM (a polite stop) and wait up to `bound` for the process to exit.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn terminate(&mut self, bound: std::time::Duration) -> Option<std::process::ExitStatus> {
         let pid = self.child.id().to_string();
         // A plain positive pid: no `--` needed.
