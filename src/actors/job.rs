@@ -6,9 +6,10 @@
 //! `failed`.
 //!
 //! ```text
-//! started ─▶ lease a channel (retry connects, bounded) ─▶ exec ─▶ Started{pgid} ─▶ output…
-//!    │ cancel / timeout at any point: before the command started → end at once;
-//!    │ after → TERM the group, KILL after the grace, over a fresh channel
+//! started ─▶ lease a channel (retry connects, bounded) ─▶ exec + stdin ─▶ Started{pgid} ─▶ output…
+//!    │ cancel / timeout at any point: before the exec → end at once; after it (the command
+//!    │ may have started) → wait for the group, TERM it, KILL after the grace, over a fresh
+//!    │ channel
 //!    ▼
 //! finish (conditional update) ─▶ status event ─▶ JobEnded to the dispatcher ─▶ stop
 //! ```

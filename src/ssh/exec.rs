@@ -9,13 +9,27 @@
 //! 2. prints one preamble line on stdout: `JOBEXEC <pgid> [<tmpfile>]`, where `<pgid>` is the
 //!    shell's own pid (`$$`): sshd makes the shell of every exec channel a session and
 //!    process-group leader, so that is the id of the job's process group;
-//! 3. waits on a gate: `IFS= read -r _gate` reads one line from stdin.
+//! 3. (scripts, and commands with secret parameters) reads a gate: `IFS= read -r _gate`
+//!    reads one line from stdin, which orders what follows on stdin (secret values, then a
+//!    script's bytes). A plain command reads nothing: its stdin is at EOF from the start.
 //!
-//! [`run`] reads and strips the preamble, emits [`ExecEvent::Started`], and only then writes
-//! the gate line (for scripts followed by exactly the script's bytes, which `head -c` copies
-//! into the temporary file) and EOF. The caller therefore knows the process group, and can
-//! kill it ([`kill_group`]), before the user's code starts; a job whose connection fails
-//! before `Started` has not run anything of the user's.
+//! [`run`] writes the stdin (the gate line and secret values; for scripts, then exactly the
+//! script's bytes, which `head -c` copies into the temporary file) and EOF right behind the
+//! exec request, without waiting for the preamble. A plain command has no stdin to write, so
+//! once the channel is open it costs one round trip; the others wait one more for sshd to open
+//! the session's window (it does once the command has started). `run` reads and strips the
+//! preamble and emits [`ExecEvent::Started`] before any of the job's output.
+//!
+//! The user's code may therefore start before the client has seen the preamble. What the
+//! client relies on instead:
+//! - any failure after the exec request counts as "may have run": the worker never runs
+//!   such a job again on its own (only a job submitted `retry_safe` is queued again when its
+//!   worker is lost);
+//! - a cancel or a timeout that comes before `Started` waits for the preamble (or the
+//!   channel's end) and then kills the group, so it reaches the process group whenever the
+//!   command started;
+//! - a channel that closes without a preamble ran none of the user's code: a channel's data
+//!   comes before its end, and the preamble comes before the user's code.
 //!
 //! Commands end with `eval '<line>'` in the bootstrap shell, so the user's line keeps the pid
 //! (and the process group), its exit status is the user's own, and a syntax error in it is
@@ -333,7 +347,7 @@ async fn emit(events: &mpsc::Sender<ExecEvent>, event: ExecEvent) {
 
 /// Run the job on `channel`, sending events as they come. Returns when the channel closes.
 ///
-/// Events: first [`ExecEvent::Started`] (before any of the user's code runs), then the job's
+/// Events: first [`ExecEvent::Started`] (before any of the job's output), then the job's
 /// stdout and stderr chunks as the server sends them. Output that login scripts print before
 /// the bootstrap's preamble is passed on as stdout right after `Started`.
 ///
@@ -341,9 +355,9 @@ async fn emit(events: &mpsc::Sender<ExecEvent>, event: ExecEvent) {
 /// background processes holding its output open therefore lasts until they end or are killed).
 /// Errors: an invalid job ([`SshError::Build`], the reason from [`build`]; validate with it
 /// first to report such jobs as the user's mistake); otherwise [`SshError::Protocol`] unless
-/// the transport itself failed: the server refused the exec request; the bootstrap ended or sent something else before its
-/// preamble (nothing of the user's ran); the connection was lost before the command finished
-/// (it may have run, wholly or partly). `run` sees only a channel, so these errors name the
+/// the transport itself failed: the server refused the exec request; the bootstrap ended or
+/// sent something else before its preamble (nothing of the user's ran); the connection was
+/// lost after the exec request (the command may have run, wholly or partly). `run` sees only a channel, so these errors name the
 /// host as "the remote host". A receiver of `events` that is dropped does not stop the job:
 /// its output is then discarded.
 ///
@@ -351,8 +365,8 @@ async fn emit(events: &mpsc::Sender<ExecEvent>, event: ExecEvent) {
 /// receiver that falls behind holds up this channel and, once russh's per-channel buffer is
 /// full, the other channels of the same connection too.
 ///
-/// Dropping the returned future asks the server to close the channel; that stops a job still
-/// waiting on its gate but not one already running: use [`kill_group`] for that.
+/// Dropping the returned future asks the server to close the channel; that does not stop a
+/// job already running: use [`kill_group`] for that.
 pub async fn run(
     channel: Channel<Msg>,
     job: &RemoteJob,
@@ -371,87 +385,109 @@ pub async fn run_in(
     let (line, payload) = build_for(job, login_shell_posix)?;
     let (mut rx, tx) = channel.split();
     let mut tx = CloseOnDrop(Some(tx));
-    let exec = tx.half()?.exec(true, line).await;
-    exec.map_err(|e| classify_russh(UNKNOWN_ADDR, e))?;
-
-    // Phase 1: up to the preamble. Nothing of the user's has run.
-    let mut out = Vec::new();
-    let mut err = Vec::new();
-    let mut exit = None;
-    let found = loop {
-        let seen = out.len() + err.len();
-        if seen > PREAMBLE_LIMIT {
-            let failure =
-                format!("no preamble from the remote bootstrap after {seen} bytes of output");
-            return Err(protocol(UNKNOWN_ADDR, failure));
-        }
-        let failure = match rx.wait().await {
-            Some(ChannelMsg::Data { data }) => {
-                out.extend_from_slice(&data);
-                match scan_preamble(&out) {
-                    Scan::Found {
-                        preamble,
-                        noise,
-                        rest,
-                    } => break (preamble, noise, rest),
-                    Scan::Malformed(line) => {
-                        format!("the remote bootstrap sent a malformed preamble: {line:?}")
-                    }
-                    Scan::NotYet => continue,
-                }
-            }
-            Some(ChannelMsg::ExtendedData { data, .. }) => {
-                err.extend_from_slice(&data);
-                continue;
-            }
-            Some(ChannelMsg::Failure) => "the server refused to run the command".to_string(),
-            Some(msg @ (ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. })) => {
-                exit = exit_of(&msg);
-                continue;
-            }
-            Some(ChannelMsg::Close) | None => {
-                let end = match &exit {
-                    Some(ExecEnd::Exited(code)) => format!(" (exit status {code})"),
-                    Some(ExecEnd::Signaled(sig)) => format!(" (signal {sig})"),
-                    None => String::new(),
-                };
-                let said = Some(snippet(&err, 300)).filter(|s| !s.is_empty());
-                let said = said.map(|s| format!(": {s}")).unwrap_or_default();
-                format!("the channel closed before the remote bootstrap started{end}{said}")
-            }
-            Some(_) => continue,
-        };
-        return Err(protocol(UNKNOWN_ADDR, failure));
-    };
-
-    let (preamble, noise, rest) = found;
-    let (pgid, tmpfile) = (preamble.pgid, preamble.tmpfile);
-    emit(&events, ExecEvent::Started { pgid, tmpfile }).await;
-    for (event, bytes) in [
-        (ExecEvent::Stdout as fn(Vec<u8>) -> ExecEvent, noise),
-        (ExecEvent::Stderr, err),
-        (ExecEvent::Stdout, rest),
-    ] {
-        if !bytes.is_empty() {
-            emit(&events, event(bytes)).await;
-        }
-    }
-
-    // Phase 2: open the gate (and send the script), then relay until the channel closes.
-    {
+    let exit = {
         let half = tx.half()?;
+        let exec = half.exec(true, line).await;
+        exec.map_err(|e| classify_russh(UNKNOWN_ADDR, e))?;
+        // The stdin (gate line, secrets, script) goes right behind the exec request, in the same
+        // flight: no round trip waits for the preamble. From here on the command may have started.
+        // It is written while the channel is read, never before: a large script waits on the
+        // window, which the reading side keeps open.
         let feed = async {
-            half.data_bytes(payload).await?;
+            if !payload.is_empty() {
+                half.data_bytes(payload).await?;
+            }
             half.eof().await
         };
         tokio::pin!(feed);
         let mut fed = false;
+
+        // Phase 1: up to the preamble, which the bootstrap prints before any of the user's code.
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let mut exit = None;
+        let found = loop {
+            let seen = out.len() + err.len();
+            if seen > PREAMBLE_LIMIT {
+                let failure =
+                    format!("no preamble from the remote bootstrap after {seen} bytes of output");
+                return Err(protocol(UNKNOWN_ADDR, failure));
+            }
+            let msg = tokio::select! {
+                done = &mut feed, if !fed => {
+                    fed = true;
+                    if let Err(e) = done {
+                        // The read side will say how the channel ended.
+                        tracing::debug!(error = %e, "writing the job's stdin failed");
+                    }
+                    continue;
+                }
+                msg = rx.wait() => msg,
+            };
+            let failure = match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    out.extend_from_slice(&data);
+                    match scan_preamble(&out) {
+                        Scan::Found {
+                            preamble,
+                            noise,
+                            rest,
+                        } => break (preamble, noise, rest),
+                        Scan::Malformed(line) => {
+                            format!("the remote bootstrap sent a malformed preamble: {line:?}")
+                        }
+                        Scan::NotYet => continue,
+                    }
+                }
+                Some(ChannelMsg::ExtendedData { data, .. }) => {
+                    err.extend_from_slice(&data);
+                    continue;
+                }
+                Some(ChannelMsg::Failure) => "the server refused to run the command".to_string(),
+                Some(msg @ (ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. })) => {
+                    exit = exit_of(&msg);
+                    continue;
+                }
+                // The channel's data comes before its end: a channel that ended without the
+                // preamble never printed it, so none of the user's code ran.
+                Some(ChannelMsg::Close) => {
+                    let end = match &exit {
+                        Some(ExecEnd::Exited(code)) => format!(" (exit status {code})"),
+                        Some(ExecEnd::Signaled(sig)) => format!(" (signal {sig})"),
+                        None => String::new(),
+                    };
+                    let said = Some(snippet(&err, 300)).filter(|s| !s.is_empty());
+                    let said = said.map(|s| format!(": {s}")).unwrap_or_default();
+                    format!("the channel closed before the remote bootstrap started{end}{said}")
+                }
+                // The connection went with the command sent: it may have started.
+                None => {
+                    "the connection was lost after the command was sent (it may have run)".into()
+                }
+                Some(_) => continue,
+            };
+            return Err(protocol(UNKNOWN_ADDR, failure));
+        };
+
+        let (preamble, noise, rest) = found;
+        let (pgid, tmpfile) = (preamble.pgid, preamble.tmpfile);
+        emit(&events, ExecEvent::Started { pgid, tmpfile }).await;
+        for (event, bytes) in [
+            (ExecEvent::Stdout as fn(Vec<u8>) -> ExecEvent, noise),
+            (ExecEvent::Stderr, err),
+            (ExecEvent::Stdout, rest),
+        ] {
+            if !bytes.is_empty() {
+                emit(&events, event(bytes)).await;
+            }
+        }
+
+        // Phase 2: relay until the channel closes (and finish writing the stdin).
         loop {
             tokio::select! {
                 done = &mut feed, if !fed => {
                     fed = true;
                     if let Err(e) = done {
-                        // The read side will say how the channel ended.
                         tracing::debug!(error = %e, "writing the job's stdin failed");
                     }
                 }
@@ -468,7 +504,8 @@ pub async fn run_in(
                 }
             }
         }
-    }
+        exit
+    };
     tx.disarm();
     exit.ok_or_else(|| {
         protocol(
@@ -670,7 +707,8 @@ fn cd_command(cwd: &str) -> String {
 /// the stdin payload. Pure; unit-tested.
 ///
 /// The exec line is `exec /bin/sh -c '<bootstrap>'` (see the module documentation); the payload
-/// is the gate line (`"\n"`), followed for scripts by the script's bytes. Errors name the field
+/// is empty for a plain command, else the gate line (`"\n"`) and the secret values, followed
+/// for scripts by the script's bytes. Errors name the field
 /// at fault: an environment name outside `[A-Za-z_][A-Za-z0-9_]*`, a shell that is not an
 /// absolute path, an empty working directory or command, or a NUL character in any text that
 /// goes into the command line.
@@ -735,7 +773,16 @@ pub fn build_for(
             if line.trim().is_empty() {
                 return Err(BuildError::EmptyCommand);
             }
-            let mut parts = vec!["printf 'JOBEXEC %s\\n' \"$$\"".to_string(), gate];
+            let mut parts = vec!["printf 'JOBEXEC %s\\n' \"$$\"".to_string()];
+            // Nothing to read when no secret follows: no stdin byte to wait for. (sshd opens a
+            // session's window only once its command has started, so any stdin costs a round
+            // trip; a plain command needs none, and its stdin is at EOF from the start.)
+            let stdin = if secrets.is_empty() {
+                Vec::new()
+            } else {
+                parts.push(gate);
+                stdin
+            };
             let fail = format!("exit {BOOTSTRAP_FAILED}");
             parts.extend(
                 secrets

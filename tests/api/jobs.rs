@@ -154,6 +154,59 @@ db_test!(
     }
 );
 
+db_test!(
+    a_cancel_at_any_moment_of_the_start_leaves_no_process_of_the_job,
+    |db: TestDb| async move {
+        // The job's stdin goes with its exec request, so its command may start before the
+        // worker has seen the process group: a cancel that comes in that window must still
+        // reach the group. Cancels sent 0..8 ms after the submission land before the lease,
+        // in the window, and after the start; in every case a command that ran leaves no
+        // process behind, and one that did not run is said to have been canceled before it
+        // started.
+        let (app, _host, server) =
+            TestApp::with_host(&db, &[("JOBEXEC__JOBS__KILL_GRACE_SECS", "1")]).await;
+        let dir = crate::helpers::shared_dir();
+        for i in 0..16u64 {
+            let flag = dir.path().join(format!("ran-{i}"));
+            let id = submit(
+                &app,
+                json!({"command": format!("trap '' TERM; touch '{}'; sleep 300", flag.display()),
+                       "server_id": server}),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_micros(500 * (i % 16))).await;
+            let (status, body) = app
+                .post(&format!("/api/v1/jobs/{id}/cancel"), &json!({}))
+                .await;
+            assert!(status == 200 || status == 409, "{body}");
+            let job = wait_done(&app, &id, Duration::from_secs(15)).await;
+            assert_eq!(job["status"], "canceled", "{job}");
+            let error = job["error"].as_str().unwrap();
+            if error.contains("before it started") {
+                assert!(!flag.exists(), "the command ran, yet: {job}");
+                continue;
+            }
+            // The group is recorded as the worker learns it, beside the run.
+            let start = Instant::now();
+            let pgid = loop {
+                if let Some(pgid) = recorded_pgid(&db, &id) {
+                    break pgid;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "no group recorded: {job}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            assert!(
+                no_group_left(pgid).await,
+                "processes of group {pgid} survive the cancel ({error})"
+            );
+        }
+        app.stop().await;
+    }
+);
+
 db_test!(timeout_ends_timed_out_and_kills, |db: TestDb| async move {
     let (app, _host, server) =
         TestApp::with_host(&db, &[("JOBEXEC__JOBS__KILL_GRACE_SECS", "1")]).await;
@@ -379,6 +432,11 @@ db_test!(
 );
 
 fn job_pgid(db: &TestDb, id: &str) -> i64 {
+    recorded_pgid(db, id).expect("the job's process group was recorded")
+}
+
+/// The process group recorded for job `id`, if one was.
+fn recorded_pgid(db: &TestDb, id: &str) -> Option<i64> {
     use diesel::prelude::*;
     #[derive(QueryableByName)]
     struct Pg {
@@ -397,7 +455,6 @@ fn job_pgid(db: &TestDb, id: &str) -> i64 {
         }
     };
     row.remote_pgid
-        .expect("the job's process group was recorded")
 }
 
 /// True once no process is left in group `pgid` (waits up to 3 s).

@@ -190,7 +190,7 @@ async fn command_job_streams_output_env_cwd_and_exit_code() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn started_comes_before_the_users_code_runs() {
+async fn the_stdin_goes_with_the_exec_and_started_comes_before_any_output() {
     let host = TestHost::start().await;
     let client = connect_to(&host).await;
     let dir = tempfile::tempdir().unwrap();
@@ -198,28 +198,36 @@ async fn started_comes_before_the_users_code_runs() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let flag = dir.path().join("ran");
-    let job = command(&format!("touch '{}'", flag.display()));
+    let job = command(&format!("touch '{}'; echo done", flag.display()));
     let channel = exec::open_channel(&client).await.unwrap();
-    // A full events buffer holds `run` at its `Started` event: the remote side must be waiting
-    // on its gate then, with nothing of the user's run.
+    // A full events buffer holds `run` at its `Started` event, before it has handed on the
+    // preamble: the command runs all the same, since its stdin (the gate) went with the exec
+    // request instead of waiting for the preamble to come back.
     let (tx, mut rx) = mpsc::channel(1);
     tx.send(ExecEvent::Stdout(b"placeholder".to_vec()))
         .await
         .unwrap();
     let running = tokio::spawn(async move { exec::run(channel, &job, tx).await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!flag.exists(), "the user's command ran before Started");
+    let start = Instant::now();
+    while !flag.exists() {
+        assert!(
+            start.elapsed() < JOB_BOUND,
+            "the command did not run while the client held its preamble"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         rx.recv().await,
         Some(ExecEvent::Stdout(b"placeholder".to_vec()))
     );
-    assert!(matches!(rx.recv().await, Some(ExecEvent::Started { .. })));
+    // Started, with the group, comes before the job's first output.
+    assert!(matches!(rx.recv().await, Some(ExecEvent::Started { pgid, .. }) if pgid > 1));
+    assert_eq!(rx.recv().await, Some(ExecEvent::Stdout(b"done\n".to_vec())));
     let end = tokio::time::timeout(JOB_BOUND, running)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(end, Ok(ExecEnd::Exited(0)));
-    assert!(flag.exists(), "the command ran after Started");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -571,7 +579,8 @@ fn build_quotes_everything_and_keeps_scripts_off_the_command_line() {
     let (line, payload) = exec::build(&job).unwrap();
     assert!(line.starts_with("exec /bin/sh -c '"), "{line}");
     assert!(line.ends_with('\''), "{line}");
-    assert_eq!(payload, b"\n");
+    // A plain command reads no stdin: nothing to send, so nothing waits on sshd's window.
+    assert!(payload.is_empty(), "{payload:?}");
     // `export X='a'\''b'` inside the bootstrap, whose every ' is quoted again.
     let export = r"export X='a'\''b'".replace('\'', r"'\''");
     assert!(line.contains(&export), "{line}");

@@ -26,7 +26,7 @@
 //!   a failure reply, as OpenSSH does).
 //!
 //! With [`StandInConfig::forge_stray_messages`] it also plays a hostile server: in the middle
-//! of each job (when the client opens the job's gate) it sends messages for channel ids the
+//! of each job (when the client's first stdin byte or EOF comes) it sends messages for channel ids the
 //! client never opened (see [`forge_stray_messages`]).
 //!
 //! Dropping [`StandIn`] stops accepting, disconnects the sessions and kills the
@@ -608,9 +608,14 @@ impl Handler for Conn {
     async fn channel_eof(
         &mut self,
         channel: ChannelId,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some(st) = self.channels.get_mut(&channel) {
+            // A plain command sends no stdin, only EOF, right behind its exec request.
+            if self.shared.forge_stray_messages && st.started && !st.forged {
+                st.forged = true;
+                forge_stray_messages(session)?;
+            }
             st.client_eof = true;
             st.stdin = None;
         }
