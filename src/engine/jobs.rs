@@ -13,7 +13,7 @@ use crate::domain::{FieldError, JobId, JobKind, JobRequest, JobSpec, JobStatus};
 use crate::events::JobEvent;
 use crate::queue::rabbit::ControlMsg;
 use crate::store::{
-    CancelOutcome, ChunkPlace, ChunkRow, JobFilter, JobRow, OutputExtent, StoreError,
+    AuditEntry, CancelOutcome, ChunkPlace, ChunkRow, JobFilter, JobRow, OutputExtent, StoreError,
 };
 
 /// A submission's result.
@@ -86,15 +86,18 @@ impl Engine {
         let mut spec = JobSpec::from_request(kind, request, &self.settings.jobs.limits())?;
         // A key names the caller's own earlier job, never another caller's.
         spec.idempotency_key = spec.idempotency_key.map(|k| scoped_key(&actor.name, &k));
+        let by = actor.clone();
+        let audit = move |job: &JobRow| {
+            let detail = json!({ "kind": job.kind, "server_id": job.server_id });
+            AuditEntry::by(&by, "job.submit", "job", &job.id, detail)
+        };
         let (job, created) = self
             .store
-            .insert_job(spec, server.clone(), None)
+            .insert_job(spec, server.clone(), None, audit)
             .await
             .map_err(Error::store(|| Subject::Server(server)))?;
         if created {
             self.announce(&job).await;
-            let detail = json!({ "kind": job.kind, "server_id": job.server_id });
-            self.audit(actor, "job.submit", &job.id, detail).await;
         }
         Ok(Submitted { job, created })
     }
@@ -196,14 +199,18 @@ impl Engine {
             }
             spec.timeout_secs = t;
         }
+        let by = actor.clone();
+        let audit = move |job: &JobRow| {
+            let detail =
+                json!({ "duplicated_from": job.duplicated_from, "server_id": job.server_id });
+            AuditEntry::by(&by, "job.duplicate", "job", &job.id, detail)
+        };
         let (job, _) = self
             .store
-            .insert_job(spec, server.clone(), Some(original.id.clone()))
+            .insert_job(spec, server.clone(), Some(original.id.clone()), audit)
             .await
             .map_err(Error::store(|| Subject::Server(server)))?;
         self.announce(&job).await;
-        let detail = json!({ "duplicated_from": original.id, "server_id": job.server_id });
-        self.audit(actor, "job.duplicate", &job.id, detail).await;
         Ok(Duplicated { original, job })
     }
 

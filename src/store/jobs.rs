@@ -250,6 +250,24 @@ pub(super) fn new_job_row(
     }
 }
 
+/// `$update … RETURNING` the whole job row (`None` when it changed no row), on the
+/// connection's own backend: one statement where an update and a read were two. (The
+/// multi-backend connection cannot carry the returning clause of a `Selectable` row.)
+macro_rules! returning_job {
+    ($conn:expr, $update:expr) => {
+        match $conn {
+            super::DbConnection::Sqlite(c) => $update
+                .returning(JobRow::as_returning())
+                .get_result(c)
+                .optional(),
+            super::DbConnection::Pg(c) => $update
+                .returning(JobRow::as_returning())
+                .get_result(c)
+                .optional(),
+        }
+    };
+}
+
 fn find(conn: &mut super::DbConnection, id: &str) -> Result<JobRow, StoreError> {
     jobs::table
         .find(id)
@@ -259,24 +277,20 @@ fn find(conn: &mut super::DbConnection, id: &str) -> Result<JobRow, StoreError> 
         .ok_or(StoreError::NotFound)
 }
 
-/// The job after a conditional update that changed `n` rows: `None` when it changed none.
-fn if_changed(
-    conn: &mut super::DbConnection,
-    id: &str,
-    n: usize,
-) -> Result<Option<JobRow>, StoreError> {
-    (n == 1).then(|| find(conn, id)).transpose()
-}
-
 impl Store {
-    /// Insert a queued job. With an idempotency key already used, returns the first job and
-    /// `false` (nothing inserted).
-    pub async fn insert_job(
+    /// Insert a queued job, and the audit record `audit` makes of it in the same transaction
+    /// (one commit per submission, not two). With an idempotency key already used, returns
+    /// the first job and `false` (nothing inserted, nothing recorded).
+    pub async fn insert_job<A>(
         &self,
         spec: JobSpec,
         server_id: String,
         duplicated_from: Option<String>,
-    ) -> Result<(JobRow, bool), StoreError> {
+        audit: A,
+    ) -> Result<(JobRow, bool), StoreError>
+    where
+        A: FnOnce(&JobRow) -> super::AuditEntry + Send + 'static,
+    {
         self.run(move |conn| {
             super::write_tx(conn, |conn| {
                 if let Some(key) = &spec.idempotency_key {
@@ -303,6 +317,7 @@ impl Store {
                                 .into()
                         })
                     })?;
+                super::audit::insert(conn, audit(&row))?;
                 Ok((row, true))
             })
         })
@@ -401,7 +416,7 @@ impl Store {
     ) -> Result<Option<JobRow>, StoreError> {
         self.run(move |conn| {
             let now = Micros::now().0;
-            let n = diesel::update(
+            let update = diesel::update(
                 jobs::table
                     .find(&id)
                     .filter(jobs::status.eq(JobStatus::Queued))
@@ -413,9 +428,8 @@ impl Store {
                 jobs::lease_expires_at.eq(Some(lease_until.0)),
                 jobs::started_at.eq(Some(now)),
                 jobs::attempts.eq(jobs::attempts + 1),
-            ))
-            .execute(conn)?;
-            if_changed(conn, &id, n)
+            ));
+            Ok(returning_job!(conn, update)?)
         })
         .await
     }
@@ -429,7 +443,7 @@ impl Store {
     ) -> Result<Option<JobRow>, StoreError> {
         self.run(move |conn| {
             super::write_tx(conn, |conn| {
-                let n = diesel::update(
+                let update = diesel::update(
                     jobs::table
                         .find(&id)
                         .filter(jobs::status.eq_any(JobStatus::sources_of(finish.status))),
@@ -440,9 +454,8 @@ impl Store {
                     jobs::error.eq(finish.error),
                     jobs::finished_at.eq(Some(Micros::now().0)),
                     jobs::lease_expires_at.eq(None::<i64>),
-                ))
-                .execute(conn)?;
-                let row = if_changed(conn, &id, n)?;
+                ));
+                let row = returning_job!(conn, update)?;
                 if let Some(row) = &row {
                     super::outbox::job_ended(conn, row)?;
                 }
