@@ -250,24 +250,6 @@ pub(super) fn new_job_row(
     }
 }
 
-/// `$update … RETURNING` the whole job row (`None` when it changed no row), on the
-/// connection's own backend: one statement where an update and a read were two. (The
-/// multi-backend connection cannot carry the returning clause of a `Selectable` row.)
-macro_rules! returning_job {
-    ($conn:expr, $update:expr) => {
-        match $conn {
-            super::DbConnection::Sqlite(c) => $update
-                .returning(JobRow::as_returning())
-                .get_result(c)
-                .optional(),
-            super::DbConnection::Pg(c) => $update
-                .returning(JobRow::as_returning())
-                .get_result(c)
-                .optional(),
-        }
-    };
-}
-
 fn find(conn: &mut super::DbConnection, id: &str) -> Result<JobRow, StoreError> {
     jobs::table
         .find(id)
@@ -275,6 +257,17 @@ fn find(conn: &mut super::DbConnection, id: &str) -> Result<JobRow, StoreError> 
         .first(conn)
         .optional()?
         .ok_or(StoreError::NotFound)
+}
+
+/// The job after a conditional update that changed `n` rows: `None` when it changed none.
+/// (Not `UPDATE … RETURNING`: measured on SQLite, that made a trivial job cost 0.25 ms more
+/// of the service's CPU than the update and this read by primary key.)
+fn if_changed(
+    conn: &mut super::DbConnection,
+    id: &str,
+    n: usize,
+) -> Result<Option<JobRow>, StoreError> {
+    (n == 1).then(|| find(conn, id)).transpose()
 }
 
 impl Store {
@@ -429,7 +422,8 @@ impl Store {
                 jobs::started_at.eq(Some(now)),
                 jobs::attempts.eq(jobs::attempts + 1),
             ));
-            Ok(returning_job!(conn, update)?)
+            let n = update.execute(conn)?;
+            if_changed(conn, &id, n)
         })
         .await
     }
@@ -455,7 +449,8 @@ impl Store {
                     jobs::finished_at.eq(Some(Micros::now().0)),
                     jobs::lease_expires_at.eq(None::<i64>),
                 ));
-                let row = returning_job!(conn, update)?;
+                let n = update.execute(conn)?;
+                let row = if_changed(conn, &id, n)?;
                 if let Some(row) = &row {
                     super::outbox::job_ended(conn, row)?;
                 }
