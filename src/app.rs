@@ -13,6 +13,7 @@ use actix_web::{App as ActixApp, HttpServer, web};
 use crate::engine::{self, Engine, Role, Runtime, apply_servers};
 use crate::http::{self, AppState};
 use crate::settings::{Settings, loopback_only};
+use crate::store::{Store, StoreError};
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,22 +57,48 @@ pub struct App {
 }
 
 impl App {
-    /// Open the database (applying migrations), register the servers the settings name, and
-    /// start the engine and the HTTP server (unless the role is `worker`).
+    /// Listen (unless the role is `worker`), open the database (applying migrations),
+    /// register the servers the settings name, and start the engine and the HTTP API.
+    ///
+    /// The address is bound first. A database that cannot be reached yet (down, starting
+    /// up) is waited for, with the API answering meanwhile: `/health` and `/health/ready`
+    /// 503, every other path 503 `unavailable`; once it is up the full API takes over the
+    /// same socket. What waiting cannot mend (a certificate, TLS, authentication) ends the
+    /// start with the reason. Returns once the full API serves.
     pub async fn start(settings: Settings, role: Role) -> Result<App, StartError> {
         let settings = Arc::new(settings);
         let tokens = http::auth::Tokens::from_settings(&settings.auth.tokens)?;
-        if role != Role::Worker {
+        let listens = role != Role::Worker;
+        let (listener, tls) = if listens {
             require_tokens_beyond_loopback(&settings.http.addr, &tokens)?;
-        }
+            let tls = tls_config(&settings.http)?;
+            (Some(bind(&settings.http.addr).await?), tls)
+        } else {
+            (None, None)
+        };
+        let store = match Store::open(&settings).await {
+            // Not reachable yet: answer 503 on the socket while waiting for it.
+            Err(StoreError::Unavailable(_)) => {
+                let waiting = match &listener {
+                    Some(listener) => Some(Waiting::start(listener, tls.clone(), &settings)?),
+                    None => None,
+                };
+                let store = engine::open_store_waiting(&settings).await;
+                if let Some(waiting) = waiting {
+                    waiting.stop().await;
+                }
+                store?
+            }
+            opened => opened.map_err(engine::StartError::from)?,
+        };
         let grace = Duration::from_secs(settings.http.shutdown_grace_secs);
         let (runtime, (addr, handle, state)) =
-            Runtime::start_with(settings, role, move |engine| async move {
+            Runtime::start_on(settings, store, role, move |engine| async move {
                 let state = AppState::with_tokens(engine, tokens);
-                if role == Role::Worker {
+                let Some(listener) = listener else {
                     return Ok::<_, StartError>((None, None, state));
-                }
-                let (addr, handle) = serve(&state)?;
+                };
+                let (addr, handle) = serve(&state, listener, tls)?;
                 Ok((Some(addr), Some(handle), state))
             })
             .await?;
@@ -120,8 +147,38 @@ impl App {
     }
 }
 
-/// Bind and start the HTTP server of `state` (on the engine's actix system).
-fn serve(state: &AppState) -> Result<(SocketAddr, actix_web::dev::ServerHandle), StartError> {
+/// Bind the API's address (a backlog of 2048, as actix binds).
+async fn bind(addr: &str) -> Result<std::net::TcpListener, StartError> {
+    let failed = |source| StartError::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    let mut last = std::io::Error::other("the address resolves to nothing");
+    for a in tokio::net::lookup_host(addr).await.map_err(failed)? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        };
+        let bound = socket.and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(a)?;
+            s.listen(2048)
+        });
+        match bound.and_then(|l| l.into_std()) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = e,
+        }
+    }
+    Err(failed(last))
+}
+
+/// Start the HTTP API of `state` on `listener` (on the engine's actix system).
+fn serve(
+    state: &AppState,
+    listener: std::net::TcpListener,
+    tls: Option<rustls::ServerConfig>,
+) -> Result<(SocketAddr, actix_web::dev::ServerHandle), StartError> {
     let settings = state.engine.settings().clone();
     let data = web::Data::new(state.clone());
     let server = HttpServer::new(move || {
@@ -142,26 +199,90 @@ fn serve(state: &AppState) -> Result<(SocketAddr, actix_web::dev::ServerHandle),
     } else {
         server
     };
-    let bound = match tls_config(&settings.http)? {
-        Some(config) => server.bind_rustls_0_23(&settings.http.addr, config),
-        None => server.bind(&settings.http.addr),
-    };
-    let server = bound.map_err(|source| StartError::Bind {
+    let bind_error = |source| StartError::Bind {
         addr: settings.http.addr.clone(),
         source,
-    })?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| StartError::Bind {
-            addr: settings.http.addr.clone(),
-            source: std::io::Error::other("no address was bound"),
-        })?;
-    let server = server.run();
+    };
+    let addr = listener.local_addr().map_err(bind_error)?;
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config),
+        None => server.listen(listener),
+    }
+    .map_err(bind_error)?
+    .run();
     let handle = server.handle();
     actix_web::rt::spawn(server);
     Ok((addr, handle))
+}
+
+/// The API of a process waiting for its database ([`http::configure_waiting`]), on
+/// an actix system of its own thread, until [`Waiting::stop`].
+struct Waiting {
+    handle: actix_web::dev::ServerHandle,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Waiting {
+    fn start(
+        listener: &std::net::TcpListener,
+        tls: Option<rustls::ServerConfig>,
+        settings: &Settings,
+    ) -> Result<Waiting, StartError> {
+        let addr = settings.http.addr.clone();
+        let failed = |source| StartError::Bind {
+            addr: addr.clone(),
+            source,
+        };
+        let listener = listener.try_clone().map_err(failed)?;
+        let waiting = http::Waiting {
+            backend: match settings.database.kind() {
+                crate::settings::DatabaseKind::Sqlite(_) => "sqlite",
+                crate::settings::DatabaseKind::Postgres(_) => "postgres",
+            },
+            broker: settings.rabbitmq.enabled(),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("job-executor-waiting".into())
+            .spawn(move || {
+                actix_rt::System::new().block_on(async move {
+                    let server = HttpServer::new(move || {
+                        ActixApp::new().configure(|cfg| http::configure_waiting(cfg, waiting))
+                    })
+                    .disable_signals()
+                    .workers(1)
+                    .shutdown_timeout(1);
+                    let server = match tls {
+                        Some(config) => server.listen_rustls_0_23(listener, config),
+                        None => server.listen(listener),
+                    };
+                    match server {
+                        Ok(server) => {
+                            let server = server.run();
+                            let _ = tx.send(Ok(server.handle()));
+                            let _ = server.await;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
+                });
+            })
+            .map_err(failed)?;
+        let handle = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the waiting API's thread died"))
+            .and_then(|r| r)
+            .map_err(failed)?;
+        Ok(Waiting { handle, thread })
+    }
+
+    /// Stop answering (requests in flight finish first); the socket stays open and
+    /// connections wait in its backlog for the full API.
+    async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
+    }
 }
 
 /// The TLS server configuration when `http.tls_cert` and `http.tls_key` are set.

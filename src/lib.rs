@@ -58,11 +58,13 @@
 //!   OpenAPI document is collected from the same registration; auth, limits, metrics
 //!   middleware; [`error`] maps engine errors to statuses and JSON.
 //! - [`supervisor`]: the library API ([`Supervisor`]): a builder and one-line delegations.
-//! - [`app`]: wires a role (engine, HTTP server) and reloads settings ([`App`]).
+//! - [`app`]: wires a role (engine, HTTP server) and reloads settings ([`App`]); the API
+//!   listens before the database is up and answers 503 until it is.
 //! - [`actors`]: the dispatcher, a pool actor per host, an actor per job, the output writer.
-//! - [`queue`]: the in-process queue and RabbitMQ (jobs, cancels, events), [`events`] the
-//!   in-process event bus.
-//! - [`store`]: diesel over SQLite or PostgreSQL, chosen at run time; migrations embedded.
+//! - [`queue`]: the in-process queue and RabbitMQ (jobs, cancels, events; `amqps://` on
+//!   rustls), [`events`] the in-process event bus.
+//! - [`store`]: diesel over SQLite or PostgreSQL, chosen at run time; migrations embedded;
+//!   libpq with TLS (`sslmode`, `sslrootcert` in the URL).
 //! - [`ssh`]: connect, verify host keys, authenticate, classify failures; remote process
 //!   groups in [`ssh::exec`]. [`secrets`]: the keyring that seals stored credentials.
 //! - [`settings`]: the settings tree, loaded in layers (defaults, file, environment);

@@ -106,7 +106,15 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let mut app = App::start(settings, role).await.context("cannot start")?;
+    // Each layer's message holds the one below it: the message alone, not the chain (which
+    // would say the same thing once per layer).
+    let mut app = match App::start(settings, role).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("job-executor: cannot start: {e}");
+            std::process::exit(1);
+        }
+    };
     // The API listens (for the roles that have one) and the database is open and migrated.
     sd_notify("READY=1");
     // SIGHUP: read the settings again and apply what can change while jobs run.

@@ -592,8 +592,12 @@ pub struct DatabaseSettings {
 /// `[rabbitmq]`
 #[derive(Debug, Clone, Deserialize)]
 pub struct RabbitSettings {
-    /// AMQP URL; empty for none.
+    /// AMQP URL (`amqp://`, or `amqps://` for TLS); empty for none.
     pub url: SecretString,
+    /// `amqps://`: a PEM file of CA certificates trusted beside the system's roots (a
+    /// private CA); empty for the system's roots alone.
+    #[serde(default)]
+    pub ca_file: String,
     /// The jobs queue.
     pub jobs_queue: String,
     /// The control (cancel) fanout exchange.

@@ -56,7 +56,7 @@ pub use jobs::{Canceled, Duplicated, Submitted};
 pub use retention::{PruneError, PruneReport, Pruner};
 pub use run_follow::{RunEvent, RunFollow};
 pub use runs::{OutputGroup, RerunOnly};
-pub use runtime::{Role, Runtime, StartError};
+pub use runtime::{Role, Runtime, StartError, open_store_waiting};
 pub use schedules::{Schedule, ScheduleRequest, check_schedule};
 pub use servers::{Tested, apply_servers, ensure_default_server};
 pub use sessions::SESSION_IDLE;

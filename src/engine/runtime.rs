@@ -22,7 +22,7 @@ use crate::actors::job::JobDeps;
 use crate::actors::messages::Drain;
 use crate::events::EventBus;
 use crate::queue::bridge::{self, Duties};
-use crate::queue::rabbit::{RabbitBroker, Roles};
+use crate::queue::rabbit::{self, RabbitBroker, Roles};
 use crate::queue::{JobQueue, MemoryQueue};
 use crate::settings::Settings;
 use crate::store::{Store, StoreError};
@@ -63,6 +63,9 @@ pub enum StartError {
     /// A `[retention]` value is invalid.
     #[error("[retention] {0}")]
     Retention(crate::domain::FieldError),
+    /// The broker's settings cannot be used (`rabbitmq.ca_file`, the URL's scheme).
+    #[error("[rabbitmq] {0}")]
+    Broker(rabbit::TlsError),
     /// The runtime thread died before the engine was ready.
     #[error("the engine thread failed to start: {0}")]
     Thread(String),
@@ -105,8 +108,25 @@ impl Runtime {
         F: FnOnce(Engine) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + 'static,
     {
-        settings.retention.policy().map_err(StartError::Retention)?;
         let store = Store::open(&settings).await.map_err(StartError::from)?;
+        Self::start_on(settings, store, role, extra).await
+    }
+
+    /// Like [`Runtime::start_with`], on a store the caller opened (see [`open_store_waiting`]).
+    pub async fn start_on<T, E, F, Fut>(
+        settings: Arc<Settings>,
+        store: Store,
+        role: Role,
+        extra: F,
+    ) -> Result<(Runtime, T), E>
+    where
+        T: Send + 'static,
+        E: From<StartError> + Send + 'static,
+        F: FnOnce(Engine) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + 'static,
+    {
+        settings.retention.policy().map_err(StartError::Retention)?;
+        let broker_tls = rabbit::tls_config(&settings.rabbitmq).map_err(StartError::Broker)?;
         tracing::info!(
             database = %settings.database.redacted_url(),
             backend = store.backend().as_str(),
@@ -122,7 +142,7 @@ impl Runtime {
             .spawn(move || {
                 let system = actix_rt::System::new();
                 system.block_on(async move {
-                    let engine = assemble(settings, store, role);
+                    let engine = assemble(settings, store, role, broker_tls);
                     if let Err(e) = engine.apply_declared(&engine.settings).await {
                         let _ = ready_tx.send(Err(E::from(e)));
                         return;
@@ -181,8 +201,36 @@ impl Runtime {
     }
 }
 
+/// Open the database, waiting while it cannot be reached (down, starting up, its host not
+/// answering yet): a process started before its database listens, answers
+/// `/health/ready` with 503 meanwhile (see `app`) and goes on once it is up. What waiting
+/// cannot mend (a certificate, TLS, authentication; [`StoreError::Refused`]) ends the wait
+/// at once with the reason. Each new reason is logged; the wait doubles from 0.25 s to 5 s.
+pub async fn open_store_waiting(settings: &Settings) -> Result<Store, StartError> {
+    let mut wait = Duration::from_millis(250);
+    let mut said = String::new();
+    loop {
+        match Store::open(settings).await {
+            Ok(store) => return Ok(store),
+            Err(StoreError::Unavailable(reason)) => {
+                if reason != said {
+                    tracing::warn!(
+                        database = %settings.database.redacted_url(),
+                        error = %reason,
+                        "waiting for the database"
+                    );
+                    said = reason;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// The broker, the queue, the bridge and the dispatcher of `role` (on the actix system).
-fn assemble(settings: Arc<Settings>, store: Store, role: Role) -> Engine {
+fn assemble(settings: Arc<Settings>, store: Store, role: Role, broker_tls: rabbit::Tls) -> Engine {
     let events = EventBus::default();
     let broker = settings.rabbitmq.enabled().then(|| {
         let prefetch = u16::try_from(settings.worker.concurrency).unwrap_or(u16::MAX);
@@ -193,7 +241,7 @@ fn assemble(settings: Arc<Settings>, store: Store, role: Role) -> Engine {
         };
         let name = format!("job-executor {role:?} {}", settings.worker.worker_id());
         tracing::info!(broker = %settings.rabbitmq.redacted_url(), "using RabbitMQ");
-        RabbitBroker::start(settings.rabbitmq.clone(), roles, name)
+        RabbitBroker::start(settings.rabbitmq.clone(), broker_tls, roles, name)
     });
     let queue: Arc<dyn JobQueue> = match &broker {
         Some(b) => b.clone(),

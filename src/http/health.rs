@@ -126,3 +126,53 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     };
     answer(ready, view)
 }
+
+/// What a process that is still waiting for its database says (see `app`): `/health` and
+/// `/health/ready` answer 503 with their usual bodies, every other path 503 with the error
+/// body (`unavailable`). Made from the settings alone: there is no engine yet.
+#[derive(Debug, Clone, Copy)]
+pub struct Waiting {
+    /// `sqlite` or `postgres`.
+    pub backend: &'static str,
+    /// Whether a broker is configured.
+    pub broker: bool,
+}
+
+/// The routes of a [`Waiting`] process.
+pub fn configure_waiting(cfg: &mut web::ServiceConfig, waiting: Waiting) {
+    cfg.app_data(web::Data::new(waiting))
+        .route("/health", web::get().to(waiting_health))
+        .route("/health/ready", web::get().to(waiting_ready))
+        .default_service(web::to(waiting_other));
+}
+
+async fn waiting_health(waiting: web::Data<Waiting>) -> HttpResponse {
+    answer(
+        false,
+        HealthView {
+            status: "unavailable",
+            database: "error: database unreachable".into(),
+            database_backend: waiting.backend,
+            queue: if waiting.broker { "rabbitmq" } else { "memory" },
+            queue_connected: false,
+            version: env!("CARGO_PKG_VERSION"),
+        },
+    )
+}
+
+async fn waiting_ready(waiting: web::Data<Waiting>) -> HttpResponse {
+    answer(
+        false,
+        ReadyView {
+            status: "not ready",
+            database: false,
+            broker: waiting.broker.then_some(false),
+        },
+    )
+}
+
+async fn waiting_other() -> Result<HttpResponse, crate::error::ApiError> {
+    Err(crate::error::ApiError::Unavailable(
+        "the service is starting: its database is not reachable yet".into(),
+    ))
+}

@@ -35,6 +35,7 @@ mod whoami;
 use std::sync::{Arc, LazyLock};
 
 pub use body::{JsonBody, OptionalJsonBody};
+pub use health::{Waiting, configure_waiting};
 
 use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};

@@ -88,6 +88,7 @@ struct Live {
 /// The broker connection of one process. Cheap to clone (an `Arc`).
 pub struct RabbitBroker {
     settings: RabbitSettings,
+    tls: Tls,
     live: RwLock<Option<Live>>,
     up: AtomicBool,
     jobs_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Delivered>>>,
@@ -117,18 +118,105 @@ enum SessionError {
     #[error("connect timed out")]
     Timeout,
     /// The broker refused or failed a step (connect, channel, declare, consume).
-    #[error(transparent)]
+    #[error("{}", explain(.0))]
     Broker(#[from] lapin::Error),
+}
+
+/// lapin's error, with what a TLS refusal means for the settings.
+fn explain(e: &lapin::Error) -> String {
+    let text = e.to_string();
+    let hint = if text.contains("UnknownIssuer") {
+        "the broker's certificate is not signed by a CA in rabbitmq.ca_file or the \
+         system's roots: an unknown CA"
+    } else if text.contains("NotValidForName") {
+        "the URL's host is not among the names of the broker's certificate"
+    } else if text.contains("certificate") || text.contains("InvalidCertificate") {
+        "the broker's certificate was refused"
+    } else {
+        return text;
+    };
+    format!("{text} ({hint})")
+}
+
+/// How `amqps://` trusts the broker: the system's roots, and the CA certificates of
+/// `rabbitmq.ca_file` when set. Made once at start ([`tls_config`]).
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    /// The PEM text of `rabbitmq.ca_file`.
+    ca_pem: Option<String>,
+}
+
+/// Why the broker's TLS settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// `ca_file` cannot be read, or holds no usable certificate.
+    #[error("ca_file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `ca_file` is set for a plain-text URL.
+    #[error(
+        "ca_file is set ({path}) but the URL is not amqps://: the connection would be plain \
+         text. Use an amqps:// URL (TLS), or unset ca_file"
+    )]
+    NotTls {
+        /// The file.
+        path: String,
+    },
+}
+
+/// Read and check `rabbitmq.ca_file` (every certificate in it must parse), and refuse it
+/// beside a plain `amqp://` URL.
+pub fn tls_config(settings: &RabbitSettings) -> Result<Tls, TlsError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let path = settings.ca_file.trim();
+    if path.is_empty() {
+        return Ok(Tls::default());
+    }
+    let url = settings.url.expose_secret().trim();
+    if !url.is_empty() && !url.starts_with("amqps://") {
+        return Err(TlsError::NotTls { path: path.into() });
+    }
+    let bad = |reason: String| TlsError::CaFile {
+        path: path.into(),
+        reason,
+    };
+    let pem = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad(
+            "holds no certificate (-----BEGIN CERTIFICATE-----)".into()
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("a certificate that cannot be used as a CA: {e}")))?;
+    }
+    Ok(Tls { ca_pem: Some(pem) })
 }
 
 impl RabbitBroker {
     /// Start the supervisor on the current runtime; returns at once (the broker may be down).
-    pub fn start(settings: RabbitSettings, roles: Roles, name: String) -> Arc<RabbitBroker> {
+    pub fn start(
+        settings: RabbitSettings,
+        tls: Tls,
+        roles: Roles,
+        name: String,
+    ) -> Arc<RabbitBroker> {
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let broker = Arc::new(RabbitBroker {
             settings,
+            tls,
             live: RwLock::new(None),
             up: AtomicBool::new(false),
             jobs_rx: std::sync::Mutex::new(Some(jobs_rx)),
@@ -200,11 +288,19 @@ impl RabbitBroker {
         sinks: &Sinks,
     ) -> Result<Connection, SessionError> {
         let s = &self.settings;
+        // `amqps://` is TLS (rustls) with the certificate and host name checked; lapin never
+        // falls back to plain text.
+        let tls = lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: self.tls.ca_pem.clone(),
+        };
         let conn = tokio::time::timeout(
             Duration::from_secs(10),
-            Connection::connect(
+            Connection::connect_with_config(
                 s.url.expose_secret(),
                 ConnectionProperties::default().with_connection_name(name.into()),
+                tls,
+                lapin::runtime::default_runtime()?,
             ),
         )
         .await

@@ -73,6 +73,7 @@ macro_rules! named_rows {
 }
 
 mod audit;
+mod connect;
 mod jobs;
 mod models;
 mod outbox;
@@ -156,6 +157,10 @@ pub enum StoreError {
     /// No connection could be had: the database is down or the pool is exhausted.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The database refused the connection for a reason waiting does not mend: its
+    /// certificate, TLS, authentication, a database or role that does not exist, a bad URL.
+    #[error("the database refused the connection: {0}")]
+    Refused(String),
     /// Any other database error.
     #[error("database error: {0}")]
     Database(#[from] diesel::result::Error),
@@ -261,7 +266,35 @@ impl Store {
                 create_private_file(&path)?;
                 (path, Backend::Sqlite)
             }
-            DatabaseKind::Postgres(url) => (url, Backend::Postgres),
+            DatabaseKind::Postgres(url) => {
+                let url = connect::libpq_url(&url, settings.connect_timeout_secs)?;
+                let redact = |e: StoreError| match e {
+                    StoreError::Unavailable(m) => {
+                        StoreError::Unavailable(redact_pool_error(&m, settings))
+                    }
+                    StoreError::Refused(m) => StoreError::Refused(redact_pool_error(&m, settings)),
+                    other => other,
+                };
+                match connect::probe(&url).map_err(redact)? {
+                    Some(version) => tracing::info!(
+                        database = %settings.redacted_url(),
+                        tls = %version,
+                        "the PostgreSQL connection is encrypted"
+                    ),
+                    None if connect::plain_asked(&url) => tracing::info!(
+                        database = %settings.redacted_url(),
+                        "the PostgreSQL connection is plain text, as sslmode=disable asks"
+                    ),
+                    None => tracing::warn!(
+                        database = %settings.redacted_url(),
+                        "the PostgreSQL connection is NOT encrypted (plain text): the URL's \
+                         sslmode allows that (libpq's default, prefer, falls back to plain \
+                         text when the server offers no TLS); set sslmode=verify-full (or \
+                         require) to refuse it"
+                    ),
+                }
+                (url, Backend::Postgres)
+            }
         };
         let manager = ConnectionManager::<DbConnection>::new(url);
         let pool = Pool::builder()

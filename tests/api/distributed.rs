@@ -12,7 +12,7 @@ use crate::helpers::{Db, TestDb, TestHost, shared_dir};
 use crate::stream::{self, Target};
 
 /// Tests here stop and start the shared broker: one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The api process and an HTTP client for it.
 struct Api {

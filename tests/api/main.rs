@@ -31,4 +31,5 @@ mod ssh_exec;
 mod ssh_test;
 mod stream;
 mod templates;
+mod tls;
 mod webhooks;
