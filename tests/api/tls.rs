@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::procs::{Service, Vhost, free_port};
-use crate::helpers::{TEST_SECRET_KEY, TestHost, in_ci};
+use crate::helpers::procs::{Proc, Service, Vhost, free_port};
+use crate::helpers::{Db, TEST_SECRET_KEY, TestDb, TestHost, in_ci};
 
 /// A certificate authority made for one test.
 struct Ca {
@@ -486,25 +486,24 @@ async fn rabbitmq_over_amqps_runs_jobs_with_the_right_ca_and_is_refused_with_a_w
         .replace("127.0.0.1:5672", &format!("localhost:{proxy}"));
     let host = TestHost::start().await;
 
-    // The CA that signed the listener's certificate: connected, and a job goes through it.
-    let db = dir.path().join("jobs.db").display().to_string();
+    // The CA that signed the listener's certificate: an api and a worker connect through
+    // it (publish and confirm, the jobs queue, the control and the events exchanges), and a
+    // job goes from one to the other.
+    let Some(pg) = TestDb::create(Db::Postgres) else {
+        return;
+    };
+    let tls_env = [
+        ("RABBITMQ_URL", amqps.as_str()),
+        ("JOBEXEC__RABBITMQ__CA_FILE", ca_file.as_str()),
+    ];
     let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let svc = Service::start(
-        &["serve"],
-        &[
-            ("DATABASE_URL", db.as_str()),
-            ("RABBITMQ_URL", amqps.as_str()),
-            ("JOBEXEC__RABBITMQ__CA_FILE", ca_file.as_str()),
-            ("JOBEXEC__HTTP__ADDR", addr.as_str()),
-        ],
-        port,
-        None,
-    )
-    .await;
-    let ready = wait_for(&svc, "/health/ready", 200, Duration::from_secs(30)).await;
+    let _api = Proc::spawn_with("api", "api", &pg, &vhost, port, &tls_env);
+    let _worker = Proc::spawn_with("worker", "w1", &pg, &vhost, free_port(), &tls_env);
+    let api = Service::attach(port).await;
+    let ready = wait_for(&api, "/health/ready", 200, Duration::from_secs(30)).await;
     assert_eq!(ready["broker"], true, "{ready}");
-    let (status, server) = svc
+    vhost.wait_consumers(1).await;
+    let (status, server) = api
         .call_json(
             reqwest::Method::POST,
             "/api/v1/servers",
@@ -517,7 +516,7 @@ async fn rabbitmq_over_amqps_runs_jobs_with_the_right_ca_and_is_refused_with_a_w
         )
         .await;
     assert_eq!(status, 201, "{server}");
-    let (status, job) = svc
+    let (status, job) = api
         .call_json(
             reqwest::Method::POST,
             "/api/v1/jobs",
@@ -529,15 +528,36 @@ async fn rabbitmq_over_amqps_runs_jobs_with_the_right_ca_and_is_refused_with_a_w
     let path = format!("/api/v1/jobs/{}", job["id"].as_str().unwrap());
     let start = Instant::now();
     let job = loop {
-        let (_, job) = svc.call_json(reqwest::Method::GET, &path, None, None).await;
+        let (_, job) = api.call_json(reqwest::Method::GET, &path, None, None).await;
         if job["status"] == "completed" {
             break job;
         }
         assert!(start.elapsed() < Duration::from_secs(30), "{job}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(job["exit_code"], 0, "{job}");
-    drop(svc);
+    assert_eq!(
+        (&job["exit_code"], &job["worker"]),
+        (&json!(0), &json!("w1")),
+        "{job}"
+    );
+    // Published through the broker (confirmed), not found by the database poll.
+    {
+        use diesel::{Connection, RunQueryDsl};
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            published: bool,
+        }
+        let mut c = diesel::PgConnection::establish(&pg.url).unwrap();
+        let r: Row = diesel::sql_query(format!(
+            "SELECT published FROM jobs WHERE id = '{}'",
+            job["id"].as_str().unwrap()
+        ))
+        .get_result(&mut c)
+        .unwrap();
+        assert!(r.published, "{job}");
+    }
+    let db = dir.path().join("jobs.db").display().to_string();
 
     // A CA that did not sign it: never connected, not ready, and the log says why.
     let other = Ca::new("another CA").write(dir.path(), "other-ca.pem");

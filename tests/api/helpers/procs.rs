@@ -177,7 +177,8 @@ pub fn free_port() -> u16 {
 /// own port, with an HTTP client for it. The seed's and our variables that the test runner's
 /// own environment may hold are removed first.
 pub struct Service {
-    child: Child,
+    /// `None` for a process started otherwise ([`Service::attach`]).
+    child: Option<Child>,
     pub base: String,
     pub client: reqwest::Client,
 }
@@ -215,11 +216,30 @@ impl Service {
             .stderr(stderr)
             .spawn()
             .expect("spawn job-executor");
-        let svc = Service {
-            child,
+        Service {
+            child: Some(child),
             base: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
-        };
+        }
+        .answering(args)
+        .await
+    }
+
+    /// A client for a `job-executor` started otherwise (a [`Proc`]) on `port`, once its
+    /// `/health` answers.
+    pub async fn attach(port: u16) -> Service {
+        Service {
+            child: None,
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+        }
+        .answering(&[])
+        .await
+    }
+
+    /// This, once `/health` answers (whatever it says).
+    async fn answering(self, args: &[&str]) -> Service {
+        let svc = self;
         let start = std::time::Instant::now();
         while svc
             .client
@@ -238,7 +258,11 @@ impl Service {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        // Never 0 (a signal to pid 0 goes to the whole process group).
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("a Service started here has a pid")
     }
 
     /// Send a request (with a bearer token and a JSON body when given): status and body text.
@@ -275,7 +299,9 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
