@@ -119,7 +119,10 @@ const REFUSALS: &[&str] = &[
 
 /// [`StoreError::Unavailable`] or [`StoreError::Refused`] for libpq's `msg` (see [`probe`]).
 fn classify(msg: &str, url: &str) -> StoreError {
-    if !REFUSALS.iter().any(|m| msg.contains(m)) {
+    // A connection cut during the handshake (a server going down or coming up) is not a
+    // refusal of the settings.
+    let cut = msg.contains("SSL SYSCALL error") || msg.contains("closed the connection");
+    if cut || !REFUSALS.iter().any(|m| msg.contains(m)) {
         return StoreError::Unavailable(msg.to_string());
     }
     let hint = if msg.contains("does not match host name") {
@@ -175,6 +178,12 @@ mod tests {
         assert!(matches!(classify(down, ""), StoreError::Unavailable(_)));
         let starting = "FATAL:  the database system is starting up";
         assert!(matches!(classify(starting, ""), StoreError::Unavailable(_)));
+        let cut = "connection to server at \"h\" (10.0.0.1), port 5432 failed: SSL SYSCALL \
+                   error: EOF detected";
+        assert!(matches!(classify(cut, ""), StoreError::Unavailable(_)));
+        let auth = "connection to server at \"h\", port 5432 failed: FATAL:  password \
+                    authentication failed for user \"jobs\"";
+        assert!(matches!(classify(auth, ""), StoreError::Refused(_)));
         let name = "connection to server at \"127.0.0.1\", port 5 failed: server certificate for \
                     \"localhost\" does not match host name \"127.0.0.1\"";
         let StoreError::Refused(msg) = classify(name, "") else {
