@@ -89,30 +89,16 @@ impl std::fmt::Debug for Runtime {
 impl Runtime {
     /// Start the engine for `role`.
     pub async fn start(settings: Arc<Settings>, role: Role) -> Result<Runtime, StartError> {
+        let store = Store::open(&settings).await?;
         let (runtime, ()) =
-            Self::start_with(settings, role, |_| async { Ok::<_, StartError>(()) }).await?;
+            Self::start_on(settings, store, role, |_| async { Ok::<_, StartError>(()) }).await?;
         Ok(runtime)
     }
 
-    /// Start the engine for `role`, then run `extra` on its actix system with the engine
-    /// (the HTTP server is started there); returns what `extra` made. If `extra` fails the
+    /// Start the engine for `role` on a store the caller opened ([`Store::open`], or
+    /// [`open_store_waiting`]), then run `extra` on its actix system with the engine (the
+    /// HTTP server is started there); returns what `extra` made. If `extra` fails the
     /// engine stops and its error is returned.
-    pub async fn start_with<T, E, F, Fut>(
-        settings: Arc<Settings>,
-        role: Role,
-        extra: F,
-    ) -> Result<(Runtime, T), E>
-    where
-        T: Send + 'static,
-        E: From<StartError> + Send + 'static,
-        F: FnOnce(Engine) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + 'static,
-    {
-        let store = Store::open(&settings).await.map_err(StartError::from)?;
-        Self::start_on(settings, store, role, extra).await
-    }
-
-    /// Like [`Runtime::start_with`], on a store the caller opened (see [`open_store_waiting`]).
     pub async fn start_on<T, E, F, Fut>(
         settings: Arc<Settings>,
         store: Store,

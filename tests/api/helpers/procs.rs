@@ -184,7 +184,8 @@ pub struct Service {
 }
 
 impl Service {
-    /// Start `job-executor ARGS` listening on `port`; its output goes to `log` (or nowhere).
+    /// Start `job-executor ARGS` listening on 127.0.0.1:`port`; its output goes to `log` (or
+    /// nowhere).
     /// Returns once `/health` answers.
     pub async fn start(
         args: &[&str],
@@ -210,6 +211,8 @@ impl Service {
             .env_remove("JOBEXEC_API_TOKENS")
             .env_remove("JOBEXEC_SECRET_KEY")
             .env("RUST_LOG", "error")
+            // Where the caller waits for it (`env` may say the same).
+            .env("JOBEXEC__HTTP__ADDR", format!("127.0.0.1:{port}"))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)
