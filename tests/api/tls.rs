@@ -175,6 +175,11 @@ impl PgCluster {
     }
 
     fn start(&self) {
+        self.start_with("")
+    }
+
+    /// Start with server `options` (`pg_ctl -o`, e.g. `-c ssl=off`).
+    fn start_with(&self, options: &str) {
         let log = self.dir.path().join("log");
         let out = self
             .tool("pg_ctl")
@@ -182,7 +187,7 @@ impl PgCluster {
             .arg(self.data())
             .arg("-l")
             .arg(&log)
-            .args(["-w", "-t", "30", "start"])
+            .args(["-o", options, "-w", "-t", "30", "start"])
             .output()
             .unwrap();
         assert!(
@@ -241,13 +246,11 @@ impl Drop for PgCluster {
 /// Run `job-executor serve` with `env` to its end (at most 30 s): its exit status and what
 /// it printed.
 fn run_to_exit(env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let port = free_port().to_string();
-    let addr = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_job-executor"))
         .arg("serve")
         .env_remove("DATABASE_URL")
         .env_remove("RABBITMQ_URL")
-        .env("JOBEXEC__HTTP__ADDR", &addr)
+        .env("JOBEXEC__HTTP__ADDR", format!("127.0.0.1:{}", free_port()))
         .env("JOBEXEC__SECRETS__KEY", TEST_SECRET_KEY)
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())
@@ -303,13 +306,11 @@ async fn postgres_with_verify_full_is_encrypted_and_a_wrong_name_or_ca_is_refuse
         &format!("sslmode=verify-full&sslrootcert={ca}"),
     );
     let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
     let log = dir.path().join("serve.log");
     let svc = Service::start(
         &["serve"],
         &[
             ("DATABASE_URL", url.as_str()),
-            ("JOBEXEC__HTTP__ADDR", addr.as_str()),
             ("JOBEXEC__SECRETS__KEY", TEST_SECRET_KEY),
             ("RUST_LOG", "info"),
         ],
@@ -377,17 +378,48 @@ async fn postgres_with_verify_full_is_encrypted_and_a_wrong_name_or_ca_is_refuse
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_tls_is_refused_under_require_and_a_plain_fallback_is_not_silent() {
+    let Some(pg) = PgCluster::init() else { return };
+    pg.start_with("-c ssl=off");
+    // TLS required: refused, saying so.
+    let (code, text) = run_to_exit(&[("DATABASE_URL", &pg.url("127.0.0.1", "sslmode=require"))]);
+    assert!(code.is_some_and(|c| c != 0), "{code:?}: {text}");
+    assert!(text.contains("server does not support SSL"), "{text}");
+    // libpq's default (prefer) falls back to plain text: it runs, and the log says so.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let port = free_port();
+    let url = pg.url("127.0.0.1", "");
+    let svc = Service::start(
+        &["serve"],
+        &[
+            ("DATABASE_URL", url.as_str()),
+            ("JOBEXEC__SECRETS__KEY", TEST_SECRET_KEY),
+            ("RUST_LOG", "warn"),
+        ],
+        port,
+        Some(&log),
+    )
+    .await;
+    wait_for(&svc, "/health/ready", 200, Duration::from_secs(30)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("the PostgreSQL connection is NOT encrypted")
+            && text.contains("sslmode=verify-full"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_started_before_its_database_listens_and_is_ready_once_it_is_up() {
     let Some(pg) = PgCluster::init() else { return };
     let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
     let url = pg.url("127.0.0.1", "sslmode=require");
     // The database is not running yet.
     let svc = Service::start(
         &["serve"],
         &[
             ("DATABASE_URL", url.as_str()),
-            ("JOBEXEC__HTTP__ADDR", addr.as_str()),
             ("JOBEXEC__SECRETS__KEY", TEST_SECRET_KEY),
         ],
         port,
@@ -562,7 +594,6 @@ async fn rabbitmq_over_amqps_runs_jobs_with_the_right_ca_and_is_refused_with_a_w
     // A CA that did not sign it: never connected, not ready, and the log says why.
     let other = Ca::new("another CA").write(dir.path(), "other-ca.pem");
     let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
     let log = dir.path().join("wrong-ca.log");
     let svc = Service::start(
         &["serve"],
@@ -570,7 +601,6 @@ async fn rabbitmq_over_amqps_runs_jobs_with_the_right_ca_and_is_refused_with_a_w
             ("DATABASE_URL", db.as_str()),
             ("RABBITMQ_URL", amqps.as_str()),
             ("JOBEXEC__RABBITMQ__CA_FILE", other.as_str()),
-            ("JOBEXEC__HTTP__ADDR", addr.as_str()),
             ("RUST_LOG", "warn"),
         ],
         port,
