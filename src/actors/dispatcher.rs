@@ -127,7 +127,11 @@ impl Dispatcher {
                 .into_actor(self)
                 .map(|ids, _, ctx| {
                     for job_id in ids {
-                        ctx.notify(Delivery { job_id, ack: None });
+                        ctx.notify(Delivery {
+                            job_id,
+                            known: None,
+                            ack: None,
+                        });
                     }
                 }),
         );
@@ -284,9 +288,10 @@ impl StreamHandler<Delivery> for Dispatcher {
 impl Handler<Delivery> for Dispatcher {
     type Result = ();
 
-    /// Read the job; wait (FIFO) for a slot on its server, then in this worker; claim it;
-    /// acknowledge the delivery; start the job's actor.
-    fn handle(&mut self, Delivery { job_id, ack }: Delivery, ctx: &mut Self::Context) {
+    /// Read the job (unless the delivery carries it); wait (FIFO) for a slot on its server,
+    /// then in this worker; claim it; acknowledge the delivery; start the job's actor.
+    fn handle(&mut self, delivery: Delivery, ctx: &mut Self::Context) {
+        let Delivery { job_id, known, ack } = delivery;
         if self.draining
             || !self.runs_jobs
             || self.running.contains_key(&job_id)
@@ -298,6 +303,20 @@ impl Handler<Delivery> for Dispatcher {
         }
         let number = self.next_delivery;
         self.next_delivery += 1;
+        if let Some(known) = known {
+            // Carried from the submit in this process: the claim checks it is still queued.
+            let queued = Some(*known);
+            self.read.insert(
+                number,
+                Read {
+                    job_id,
+                    queued,
+                    ack,
+                },
+            );
+            self.admit(ctx);
+            return;
+        }
         ctx.spawn(
             read_queued(self.deps.store.clone(), job_id.clone())
                 .into_actor(self)

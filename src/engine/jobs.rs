@@ -13,7 +13,8 @@ use crate::domain::{FieldError, JobId, JobKind, JobRequest, JobSpec, JobStatus};
 use crate::events::JobEvent;
 use crate::queue::rabbit::ControlMsg;
 use crate::store::{
-    AuditEntry, CancelOutcome, ChunkPlace, ChunkRow, JobFilter, JobRow, OutputExtent, StoreError,
+    AuditEntry, CancelOutcome, ChunkPlace, ChunkRow, JobFilter, JobRow, OutputExtent, Placement,
+    ServerKey, ServerRow, StoreError,
 };
 
 /// A submission's result.
@@ -82,8 +83,15 @@ impl Engine {
         request: JobRequest,
     ) -> Result<Submitted, Error> {
         self.allow(actor, Action::Submit).await?;
-        let server = (self.resolve_server(actor, request.server_id.as_deref())).await?;
-        let mut spec = JobSpec::from_request(kind, request, &self.settings.jobs.limits())?;
+        let server = request.server_id.clone();
+        let mut spec = match JobSpec::from_request(kind, request, &self.settings.jobs.limits()) {
+            Ok(spec) => spec,
+            Err(e) => {
+                // A server the job could not go to is said first, as it always was.
+                self.resolve_server(actor, server.as_deref()).await?;
+                return Err(e.into());
+            }
+        };
         // A key names the caller's own earlier job, never another caller's.
         spec.idempotency_key = spec.idempotency_key.map(|k| scoped_key(&actor.name, &k));
         let by = actor.clone();
@@ -91,13 +99,11 @@ impl Engine {
             let detail = json!({ "kind": job.kind, "server_id": job.server_id });
             AuditEntry::by(&by, "job.submit", "job", &job.id, detail)
         };
-        let (job, created) = self
-            .store
-            .insert_job(spec, server.clone(), None, audit)
-            .await
-            .map_err(Error::store(|| Subject::Server(server)))?;
+        let (job, created, cap) = self
+            .place(actor, server.as_deref(), spec, None, audit)
+            .await?;
         if created {
-            self.announce(&job).await;
+            self.announce(&job, Some(cap)).await;
         }
         Ok(Submitted { job, created })
     }
@@ -185,13 +191,12 @@ impl Engine {
     ) -> Result<Duplicated, Error> {
         self.allow(actor, Action::Duplicate).await?;
         let original = self.job(actor, id).await?;
-        let server = self
-            .resolve_server(actor, Some(server.unwrap_or(&original.server_id)))
-            .await?;
+        let server = server.unwrap_or(&original.server_id).to_string();
         let mut spec = original.spec();
         if let Some(t) = timeout {
             let max = self.settings.jobs.max_timeout_secs;
             if !(1..=max).contains(&t) {
+                self.resolve_server(actor, Some(&server)).await?;
                 return Err(Error::Invalid(FieldError::new(
                     "timeout",
                     format!("{t} is out of range (1-{max} seconds)"),
@@ -205,12 +210,9 @@ impl Engine {
                 json!({ "duplicated_from": job.duplicated_from, "server_id": job.server_id });
             AuditEntry::by(&by, "job.duplicate", "job", &job.id, detail)
         };
-        let (job, _) = self
-            .store
-            .insert_job(spec, server.clone(), Some(original.id.clone()), audit)
-            .await
-            .map_err(Error::store(|| Subject::Server(server)))?;
-        self.announce(&job).await;
+        let from = Some(original.id.clone());
+        let (job, _, cap) = self.place(actor, Some(&server), spec, from, audit).await?;
+        self.announce(&job, Some(cap)).await;
         Ok(Duplicated { original, job })
     }
 
@@ -328,47 +330,98 @@ impl Engine {
         }
     }
 
-    /// The server a job goes to: the one named, or the configured default; it must exist,
-    /// be active and be in `actor`'s scope.
-    async fn resolve_server(
-        &self,
-        actor: &Actor,
-        server_id: Option<&str>,
-    ) -> Result<String, Error> {
-        let missing = |e: StoreError, message: String| match e {
-            StoreError::NotFound => Error::Invalid(FieldError::new("server_id", message)),
-            other => Error::Store(other),
+    /// The server a job goes to: the one named (`server_id` must be a UUID), or the
+    /// configured default.
+    fn server_key(&self, server_id: Option<&str>) -> Result<ServerKey, Error> {
+        Ok(match server_id.filter(|s| !s.is_empty()) {
+            Some(raw) => ServerKey::Id(crate::domain::parse_id("server_id", raw)?),
+            None => ServerKey::Name(self.settings.default_server.name.clone()),
+        })
+    }
+
+    /// The 422 for a server that does not exist.
+    fn missing_server(key: &ServerKey) -> Error {
+        let message = match key {
+            ServerKey::Id(id) => format!("server {id} does not exist"),
+            ServerKey::Name(_) => "is required (no default server is configured)".into(),
         };
-        let row = match server_id.filter(|s| !s.is_empty()) {
-            Some(raw) => {
-                let id = crate::domain::parse_id("server_id", raw)?;
-                self.store
-                    .get_server(id)
-                    .await
-                    .map_err(|e| missing(e, format!("server {id} does not exist")))?
-            }
-            None => {
-                let name = self.settings.default_server.name.clone();
-                self.store.get_server_by_name(name).await.map_err(|e| {
-                    missing(e, "is required (no default server is configured)".into())
-                })?
-            }
-        };
+        Error::Invalid(FieldError::new("server_id", message))
+    }
+
+    /// `Ok` when a job may go to `row`: it is active, and in `actor`'s scope (a refusal
+    /// outside it is recorded).
+    async fn may_go_to(&self, actor: &Actor, row: &ServerRow) -> Result<(), Error> {
         if !row.is_active {
             return Err(Error::Invalid(FieldError::new(
                 "server_id",
                 format!("server {} ({}) is not active", row.id, row.name),
             )));
         }
-        self.may_start_on_server(actor, &row).await?;
-        Ok(row.id)
+        self.may_start_on_server(actor, row).await
     }
 
-    /// Hand a new job to the queue. The row is the truth: if the queue is down the job stays
-    /// queued and is announced again later, so the submit still succeeds.
-    pub(super) async fn announce(&self, row: &JobRow) {
+    /// The server a job would go to (see [`Engine::server_key`]), checked as
+    /// [`Engine::may_go_to`] does, when no job is stored (the request is refused for
+    /// another reason, which the server's own refusal goes before).
+    async fn resolve_server(&self, actor: &Actor, server_id: Option<&str>) -> Result<(), Error> {
+        let key = self.server_key(server_id)?;
+        let found = match &key {
+            ServerKey::Id(id) => self.store.get_server(*id).await,
+            ServerKey::Name(name) => self.store.get_server_by_name(name.clone()).await,
+        };
+        let row = found.map_err(|e| match e {
+            StoreError::NotFound => Self::missing_server(&key),
+            other => Error::Store(other),
+        })?;
+        self.may_go_to(actor, &row).await
+    }
+
+    /// Store `spec` queued on the server `server_id` names (see [`Engine::server_key`]),
+    /// if a job may go there ([`Engine::may_go_to`]), in one write with its server's read
+    /// and its audit record: the job, whether this call stored it (an idempotency key may
+    /// name an earlier one), and its server's `max_concurrent_jobs`.
+    async fn place<A>(
+        &self,
+        actor: &Actor,
+        server_id: Option<&str>,
+        spec: JobSpec,
+        duplicated_from: Option<String>,
+        audit: A,
+    ) -> Result<(JobRow, bool, usize), Error>
+    where
+        A: FnOnce(&JobRow) -> AuditEntry + Send + 'static,
+    {
+        let key = self.server_key(server_id)?;
+        let scope = actor.access.scope.clone();
+        let accept = move |row: &ServerRow| {
+            row.is_active && scope.as_ref().is_none_or(|s| s.matches(&row.labels()))
+        };
+        let placed = self
+            .store
+            .insert_job(spec, key.clone(), accept, duplicated_from, audit)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => Self::missing_server(&key),
+                other => Error::Store(other),
+            })?;
+        match placed {
+            Placement::Placed { job, created, cap } => Ok((*job, created, cap)),
+            Placement::Refused(row) => {
+                self.may_go_to(actor, &row).await?;
+                // The check refused the row, so `may_go_to` did too; never reached.
+                Err(Self::missing_server(&key))
+            }
+        }
+    }
+
+    /// Hand a new job to the queue, with its row and its server's cap (`cap`) when the
+    /// caller has them: an in-process worker then need not read them back. The row is the
+    /// truth: if the queue is down the job stays queued and is announced again later, so the
+    /// submit still succeeds.
+    pub(super) async fn announce(&self, row: &JobRow, cap: Option<usize>) {
         tracing::info!(job_id = %row.id, server_id = %row.server_id, kind = %row.kind, "job queued");
-        match self.queue.publish(row.id.clone()).await {
+        let known = cap.map(|cap| Box::new((row.clone(), cap)));
+        match self.queue.publish(row.id.clone(), known).await {
             Ok(()) if self.broker.is_some() => {
                 let store = self.store.clone();
                 let id = row.id.clone();
@@ -383,6 +436,7 @@ impl Engine {
                 // database.
                 self.dispatcher.do_send(Delivery {
                     job_id: row.id.clone(),
+                    known: None,
                     ack: None,
                 });
             }

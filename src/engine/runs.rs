@@ -188,7 +188,7 @@ impl Engine {
     pub async fn advance_run(&self, id: &str) -> Result<(), Error> {
         let advanced = self.store.advance_run(id.to_string()).await?;
         for job in &advanced.admitted {
-            self.announce(job).await;
+            self.announce(job, None).await;
             self.events
                 .publish(JobEvent::Status(std::sync::Arc::new(job.clone())));
         }

@@ -123,7 +123,7 @@ pub fn spawn(
                     );
                 }
                 for id in ids {
-                    if broker.publish(id.clone()).await.is_ok() {
+                    if broker.publish(id.clone(), None).await.is_ok() {
                         let _ = store.mark_published(id).await;
                     }
                 }

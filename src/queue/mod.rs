@@ -9,6 +9,8 @@ use std::sync::Mutex;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
+use crate::store::JobRow;
+
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
 #[error("queue unavailable: {0}")]
@@ -24,9 +26,16 @@ pub type Ack = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 pub struct Delivered {
     /// The job.
     pub job_id: String,
+    /// The job as it was stored queued, and its server's `max_concurrent_jobs`, when the
+    /// publisher is this process and carried them: the consumer need not read them back.
+    /// The claim still checks the row, so a stale copy can never run a job twice.
+    pub known: Option<Known>,
     /// How to acknowledge it, for queues that want it.
     pub ack: Option<Ack>,
 }
+
+/// A queued job's row and its server's cap, carried with a delivery inside one process.
+pub type Known = Box<(JobRow, usize)>;
 
 impl std::fmt::Debug for Delivered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -40,8 +49,14 @@ impl std::fmt::Debug for Delivered {
 pub trait JobQueue: Send + Sync + 'static {
     /// `memory` or `rabbitmq`, for `/health`.
     fn kind(&self) -> &'static str;
-    /// Announce that a job is ready.
-    fn publish(&self, job_id: String) -> BoxFuture<'_, Result<(), QueueError>>;
+    /// Announce that a job is ready. `known` is the row just stored and its server's cap:
+    /// an in-process queue carries it to the consumer, a broker drops it (the worker reads
+    /// the row).
+    fn publish(
+        &self,
+        job_id: String,
+        known: Option<Known>,
+    ) -> BoxFuture<'_, Result<(), QueueError>>;
     /// The consumer side: job ids as they become ready. Taken once, by the dispatcher.
     fn take_consumer(&self) -> Option<mpsc::UnboundedReceiver<Delivered>>;
     /// Whether the queue can take messages now.
@@ -72,10 +87,18 @@ impl JobQueue for MemoryQueue {
         "memory"
     }
 
-    fn publish(&self, job_id: String) -> BoxFuture<'_, Result<(), QueueError>> {
+    fn publish(
+        &self,
+        job_id: String,
+        known: Option<Known>,
+    ) -> BoxFuture<'_, Result<(), QueueError>> {
         let sent = self
             .tx
-            .send(Delivered { job_id, ack: None })
+            .send(Delivered {
+                job_id,
+                known,
+                ack: None,
+            })
             .map_err(|_| QueueError("the in-memory queue is closed".into()));
         Box::pin(async move { sent })
     }

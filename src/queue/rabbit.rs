@@ -355,7 +355,12 @@ impl RabbitBroker {
                         })
                     });
                     let ack = Some(ack);
-                    if tx.send(Delivered { job_id, ack }).is_err() {
+                    let delivered = Delivered {
+                        job_id,
+                        known: None,
+                        ack,
+                    };
+                    if tx.send(delivered).is_err() {
                         return;
                     }
                 }
@@ -508,7 +513,12 @@ impl JobQueue for RabbitBroker {
         "rabbitmq"
     }
 
-    fn publish(&self, job_id: String) -> BoxFuture<'_, Result<(), QueueError>> {
+    /// The row carried in `known` stays here: a worker elsewhere reads the row itself.
+    fn publish(
+        &self,
+        job_id: String,
+        _known: Option<super::Known>,
+    ) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(async move {
             self.confirmed(
                 String::new(),

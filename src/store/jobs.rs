@@ -154,12 +154,20 @@ pub struct ChunkPlace {
 
 /// How far job `id`'s stored output reaches (its last chunk's seq and end).
 fn extent_of(conn: &mut super::DbConnection, id: &str) -> QueryResult<OutputExtent> {
-    let last: Option<(i64, i64, Vec<u8>)> = job_output::table
+    // The largest seq, then its chunk by key: no bound `LIMIT` (see [`find`]).
+    let last_seq: Option<i64> = job_output::table
         .filter(job_output::job_id.eq(id))
-        .order(job_output::seq.desc())
-        .select((job_output::seq, job_output::byte_offset, job_output::data))
-        .first(conn)
-        .optional()?;
+        .select(diesel::dsl::max(job_output::seq))
+        .get_result(conn)?;
+    let last: Option<(i64, i64, Vec<u8>)> = match last_seq {
+        Some(seq) => job_output::table
+            .filter(job_output::job_id.eq(id))
+            .filter(job_output::seq.eq(seq))
+            .select((job_output::seq, job_output::byte_offset, job_output::data))
+            .get_result(conn)
+            .optional()?,
+        None => None,
+    };
     Ok(last.map_or(
         OutputExtent {
             last_seq: -1,
@@ -250,19 +258,47 @@ pub(super) fn new_job_row(
     }
 }
 
+/// The job `id`. `get_result`, not `first`: a unique key needs no `LIMIT`, and SQLite
+/// re-prepares a statement whose `LIMIT` is a bound parameter every time it is bound anew
+/// (diesel binds `first`'s), which made this lookup cost a parse on every call.
 fn find(conn: &mut super::DbConnection, id: &str) -> Result<JobRow, StoreError> {
     jobs::table
         .find(id)
         .select(JobRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?
         .ok_or(StoreError::NotFound)
 }
 
-/// The job after a conditional update that changed `n` rows: `None` when it changed none.
-/// (Not `UPDATE … RETURNING`: measured on SQLite, that made a trivial job cost 0.25 ms more
-/// of the service's CPU than the update and this read by primary key.)
-fn if_changed(
+/// The server a new job goes to: by id, or by name (the configured default).
+#[derive(Debug, Clone)]
+pub enum ServerKey {
+    /// A server's id.
+    Id(uuid::Uuid),
+    /// A server's name.
+    Name(String),
+}
+
+/// What [`Store::insert_job`] did.
+#[derive(Debug)]
+pub enum Placement {
+    /// The job is stored queued (`created`), or an earlier job had its idempotency key
+    /// (`created` false: nothing new was stored). `cap` is its server's
+    /// `max_concurrent_jobs`.
+    Placed {
+        /// The job.
+        job: Box<JobRow>,
+        /// Whether this call stored it.
+        created: bool,
+        /// Its server's `max_concurrent_jobs`.
+        cap: usize,
+    },
+    /// The server's row, which the caller's check refused: nothing was stored.
+    Refused(Box<super::ServerRow>),
+}
+
+/// The job after an update of it that changed `n` rows: `None` when it changed none.
+fn changed(
     conn: &mut super::DbConnection,
     id: &str,
     n: usize,
@@ -271,47 +307,61 @@ fn if_changed(
 }
 
 impl Store {
-    /// Insert a queued job, and the audit record `audit` makes of it in the same transaction
-    /// (one commit per submission, not two). With an idempotency key already used, returns
-    /// the first job and `false` (nothing inserted, nothing recorded).
-    pub async fn insert_job<A>(
+    /// Insert a queued job on the server `server` names, if `accept` takes that server's
+    /// row, and the audit record `audit` makes of the job, in one write (one commit per
+    /// submission: the server's read, the job and its record). With an idempotency key
+    /// already used, returns the first job and `false` (nothing inserted, nothing recorded).
+    /// `NotFound` when no server is so named.
+    pub async fn insert_job<A, C>(
         &self,
         spec: JobSpec,
-        server_id: String,
+        server: ServerKey,
+        accept: C,
         duplicated_from: Option<String>,
         audit: A,
-    ) -> Result<(JobRow, bool), StoreError>
+    ) -> Result<Placement, StoreError>
     where
         A: FnOnce(&JobRow) -> super::AuditEntry + Send + 'static,
+        C: FnOnce(&super::ServerRow) -> bool + Send + 'static,
     {
-        self.run(move |conn| {
-            super::write_tx(conn, |conn| {
-                if let Some(key) = &spec.idempotency_key {
-                    let existing = jobs::table
-                        .filter(jobs::idempotency_key.eq(key))
-                        .select(JobRow::as_select())
-                        .first(conn)
-                        .optional()?;
-                    if let Some(row) = existing {
-                        return Ok((row, false));
-                    }
+        self.write(move |conn| {
+            let target = match &server {
+                ServerKey::Id(id) => super::servers::find(conn, &id.to_string())?,
+                ServerKey::Name(name) => super::servers::find_by_name(conn, name)?,
+            };
+            if !accept(&target) {
+                return Ok(Placement::Refused(Box::new(target)));
+            }
+            let cap = usize::try_from(target.max_concurrent_jobs).unwrap_or(1);
+            if let Some(key) = &spec.idempotency_key {
+                let existing = jobs::table
+                    .filter(jobs::idempotency_key.eq(key))
+                    .select(JobRow::as_select())
+                    .get_result(conn)
+                    .optional()?;
+                if let Some(job) = existing {
+                    return Ok(Placement::Placed {
+                        job: Box::new(job),
+                        created: false,
+                        cap,
+                    });
                 }
-                let exists: i64 = servers::table.find(&server_id).count().get_result(conn)?;
-                if exists == 0 {
-                    return Err(StoreError::NotFound);
-                }
-                let row = new_job_row(spec, server_id, duplicated_from);
-                diesel::insert_into(jobs::table)
-                    .values(&row)
-                    .execute(conn)
-                    .map_err(|e| {
-                        super::conflict_on_unique(e, || {
-                            "a job with this idempotency_key was submitted at the same time; retry"
-                                .into()
-                        })
-                    })?;
-                super::audit::insert(conn, audit(&row))?;
-                Ok((row, true))
+            }
+            let row = new_job_row(spec, target.id, duplicated_from);
+            diesel::insert_into(jobs::table)
+                .values(&row)
+                .execute(conn)
+                .map_err(|e| {
+                    super::conflict_on_unique(e, || {
+                        "a job with this idempotency_key was submitted at the same time; retry"
+                            .into()
+                    })
+                })?;
+            super::audit::insert(conn, audit(&row))?;
+            Ok(Placement::Placed {
+                job: Box::new(row),
+                created: true,
+                cap,
             })
         })
         .await
@@ -352,7 +402,7 @@ impl Store {
                 .filter(jobs::id.eq(&id))
                 .filter(jobs::status.eq(JobStatus::Queued))
                 .select((JobRow::as_select(), servers::max_concurrent_jobs))
-                .first(conn)
+                .get_result(conn)
                 .optional()?)
         })
         .await
@@ -407,23 +457,15 @@ impl Store {
         worker: String,
         lease_until: Micros,
     ) -> Result<Option<JobRow>, StoreError> {
-        self.run(move |conn| {
-            let now = Micros::now().0;
-            let update = diesel::update(
-                jobs::table
-                    .find(&id)
-                    .filter(jobs::status.eq(JobStatus::Queued))
-                    .filter(jobs::cancel_requested.eq(false)),
-            )
-            .set((
-                jobs::status.eq(JobStatus::Running),
-                jobs::worker.eq(Some(worker)),
-                jobs::lease_expires_at.eq(Some(lease_until.0)),
-                jobs::started_at.eq(Some(now)),
-                jobs::attempts.eq(jobs::attempts + 1),
-            ));
-            let n = update.execute(conn)?;
-            if_changed(conn, &id, n)
+        self.write_plain(move |conn| {
+            let claim = super::hot::Claim {
+                id: &id,
+                worker: &worker,
+                lease_until: lease_until.0,
+                now: Micros::now().0,
+            };
+            let n = super::hot::execute(conn, claim)?;
+            changed(conn, &id, n)
         })
         .await
     }
@@ -435,27 +477,20 @@ impl Store {
         id: String,
         finish: Finish,
     ) -> Result<Option<JobRow>, StoreError> {
-        self.run(move |conn| {
-            super::write_tx(conn, |conn| {
-                let update = diesel::update(
-                    jobs::table
-                        .find(&id)
-                        .filter(jobs::status.eq_any(JobStatus::sources_of(finish.status))),
-                )
-                .set((
-                    jobs::status.eq(finish.status),
-                    jobs::exit_code.eq(finish.exit_code),
-                    jobs::error.eq(finish.error),
-                    jobs::finished_at.eq(Some(Micros::now().0)),
-                    jobs::lease_expires_at.eq(None::<i64>),
-                ));
-                let n = update.execute(conn)?;
-                let row = if_changed(conn, &id, n)?;
-                if let Some(row) = &row {
-                    super::outbox::job_ended(conn, row)?;
-                }
-                Ok(row)
-            })
+        self.write(move |conn| {
+            let end = super::hot::Finish::new(
+                &id,
+                finish.status,
+                finish.exit_code,
+                finish.error.as_deref(),
+                Micros::now().0,
+            );
+            let n = super::hot::execute(conn, end)?;
+            let row = changed(conn, &id, n)?;
+            if let Some(row) = &row {
+                super::outbox::job_ended(conn, row)?;
+            }
+            Ok(row)
         })
         .await
     }
@@ -507,10 +542,8 @@ impl Store {
 
     /// Record the remote process group of a running job.
     pub async fn set_remote_pgid(&self, id: String, pgid: i64) -> Result<(), StoreError> {
-        self.run(move |conn| {
-            diesel::update(jobs::table.find(&id))
-                .set(jobs::remote_pgid.eq(Some(pgid)))
-                .execute(conn)?;
+        self.write_plain(move |conn| {
+            super::hot::execute(conn, super::hot::SetPgid { id: &id, pgid })?;
             Ok(())
         })
         .await
@@ -554,60 +587,59 @@ impl Store {
         if chunks.is_empty() && !truncated {
             return Ok(());
         }
-        self.run(move |conn| {
-            super::write_tx(conn, |conn| {
-                let bytes: i64 = chunks.iter().map(|c| c.data.len() as i64).sum();
-                let next = chunks.last().map(|c| c.seq + 1);
-                // Each chunk starts where the one before it ends (one writer per job, so
-                // the chunks come in sequence order).
-                let mut offset = extent_of(conn, &id)?.end;
-                let placed: Vec<PlacedChunk<'_>> = chunks
-                    .iter()
-                    .map(|c| {
-                        let start = offset;
-                        offset += c.data.len() as i64;
-                        PlacedChunk {
-                            job_id: &c.job_id,
-                            seq: c.seq,
-                            stream: c.stream,
-                            data: &c.data,
-                            at: c.at,
-                            byte_offset: start,
+        self.write(move |conn| {
+            let bytes: i64 = chunks.iter().map(|c| c.data.len() as i64).sum();
+            let next = chunks.last().map(|c| c.seq + 1);
+            // Each chunk starts where the one before it ends (one writer per job, so
+            // the chunks come in sequence order).
+            let mut offset = extent_of(conn, &id)?.end;
+            let placed: Vec<PlacedChunk<'_>> = chunks
+                .iter()
+                .map(|c| {
+                    let start = offset;
+                    offset += c.data.len() as i64;
+                    PlacedChunk {
+                        job_id: &c.job_id,
+                        seq: c.seq,
+                        stream: c.stream,
+                        data: &c.data,
+                        at: c.at,
+                        byte_offset: start,
+                    }
+                })
+                .collect();
+            // Batch inserts are backend-specific in diesel: one statement per 200 chunks.
+            for part in placed.chunks(200) {
+                match conn {
+                    super::DbConnection::Pg(c) => diesel::insert_into(job_output::table)
+                        .values(part)
+                        .execute(c)?,
+                    // Diesel's SQLite batch insert opens a transaction of its own;
+                    // inside ours, insert row by row (the statement is cached).
+                    super::DbConnection::Sqlite(c) => {
+                        for row in part {
+                            diesel::insert_into(job_output::table)
+                                .values(row)
+                                .execute(c)?;
                         }
-                    })
-                    .collect();
-                // Batch inserts are backend-specific in diesel: one statement per 200 chunks.
-                for part in placed.chunks(200) {
-                    match conn {
-                        super::DbConnection::Pg(c) => diesel::insert_into(job_output::table)
-                            .values(part)
-                            .execute(c)?,
-                        // Diesel's SQLite batch insert opens a transaction of its own;
-                        // inside ours, insert row by row (the statement is cached).
-                        super::DbConnection::Sqlite(c) => {
-                            for row in part {
-                                diesel::insert_into(job_output::table)
-                                    .values(row)
-                                    .execute(c)?;
-                            }
-                            part.len()
-                        }
-                    };
-                }
-                diesel::update(jobs::table.find(&id))
-                    .set((
-                        jobs::output_bytes.eq(jobs::output_bytes + bytes),
-                        jobs::output_truncated.eq(jobs::output_truncated
+                        part.len()
+                    }
+                };
+            }
+            diesel::update(jobs::table.find(&id))
+                .set((
+                    jobs::output_bytes.eq(jobs::output_bytes + bytes),
+                    jobs::output_truncated
+                        .eq(jobs::output_truncated
                             .or(truncated.into_sql::<diesel::sql_types::Bool>())),
-                    ))
+                ))
+                .execute(conn)?;
+            if let Some(next) = next {
+                diesel::update(jobs::table.find(&id).filter(jobs::next_seq.lt(next)))
+                    .set(jobs::next_seq.eq(next))
                     .execute(conn)?;
-                if let Some(next) = next {
-                    diesel::update(jobs::table.find(&id).filter(jobs::next_seq.lt(next)))
-                        .set(jobs::next_seq.eq(next))
-                        .execute(conn)?;
-                }
-                Ok(())
-            })
+            }
+            Ok(())
         })
         .await
     }

@@ -74,6 +74,7 @@ macro_rules! named_rows {
 
 mod audit;
 mod connect;
+mod hot;
 mod jobs;
 mod models;
 mod outbox;
@@ -86,11 +87,13 @@ mod sessions;
 mod templates;
 mod types;
 mod webhooks;
+mod writer;
 pub use servers::{UpdateError, Updated};
 
 pub use audit::{AuditEntry, AuditFilter, AuditRow};
 pub use jobs::{
     CancelOutcome, ChunkPlace, ChunkRow, Finish, JobFilter, JobRow, LostJob, OutputExtent,
+    Placement, ServerKey,
 };
 pub use models::{ServerRow, server_secrets};
 pub use outbox::{Attempt, DeliveryRow, WebhookRow, envelope};
@@ -203,6 +206,8 @@ pub struct Store {
     pool: Pool<ConnectionManager<DbConnection>>,
     backend: Backend,
     keyring: std::sync::Arc<Keyring>,
+    /// SQLite's group-committing writer ([`Store::write`]); `None` on PostgreSQL.
+    writer: Option<std::sync::Arc<writer::Writer>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -296,19 +301,37 @@ impl Store {
                 (url, Backend::Postgres)
             }
         };
+        let pragmas = SqlitePragmas {
+            busy_timeout_ms: settings.busy_timeout_ms,
+        };
+        let writer = match backend {
+            Backend::Sqlite => {
+                use diesel::Connection;
+                let mut conn = SqliteConnection::establish(&url)
+                    .map(DbConnection::Sqlite)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                pragmas
+                    .on_acquire(&mut conn)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                Some(std::sync::Arc::new(writer::Writer::start(conn)?))
+            }
+            Backend::Postgres => None,
+        };
         let manager = ConnectionManager::<DbConnection>::new(url);
         let pool = Pool::builder()
             .max_size(settings.pool_size.max(1))
             .connection_timeout(Duration::from_secs(settings.connect_timeout_secs.max(1)))
-            .connection_customizer(Box::new(SqlitePragmas {
-                busy_timeout_ms: settings.busy_timeout_ms,
-            }))
+            .connection_customizer(Box::new(pragmas))
+            // A SQLite connection cannot break; a PostgreSQL one is tested before use (a
+            // server restarted since is replaced, not handed out).
+            .test_on_check_out(backend == Backend::Postgres)
             .build(manager)
             .map_err(|e| StoreError::Unavailable(redact_pool_error(&e.to_string(), settings)))?;
         let store = Store {
             pool,
             backend,
             keyring,
+            writer,
         };
         if backend == Backend::Sqlite {
             store.incremental_vacuum_blocking();

@@ -37,11 +37,25 @@ fn name_taken(name: &str) -> String {
     format!("a server named {name:?} already exists")
 }
 
-fn find(conn: &mut super::DbConnection, id: &str) -> Result<ServerRow, StoreError> {
+pub(super) fn find(conn: &mut super::DbConnection, id: &str) -> Result<ServerRow, StoreError> {
+    // `get_result`, not `first`: see `jobs::find`.
     servers::table
         .find(id)
         .select(ServerRow::as_select())
-        .first(conn)
+        .get_result(conn)
+        .optional()?
+        .ok_or(StoreError::NotFound)
+}
+
+/// The server named `name`.
+pub(super) fn find_by_name(
+    conn: &mut super::DbConnection,
+    name: &str,
+) -> Result<ServerRow, StoreError> {
+    servers::table
+        .filter(servers::name.eq(name))
+        .select(ServerRow::as_select())
+        .get_result(conn)
         .optional()?
         .ok_or(StoreError::NotFound)
 }
@@ -80,15 +94,7 @@ impl Store {
 
     /// One server by name.
     pub async fn get_server_by_name(&self, name: String) -> Result<ServerRow, StoreError> {
-        self.run(move |conn| {
-            servers::table
-                .filter(servers::name.eq(name))
-                .select(ServerRow::as_select())
-                .first(conn)
-                .optional()?
-                .ok_or(StoreError::NotFound)
-        })
-        .await
+        self.run(move |conn| find_by_name(conn, &name)).await
     }
 
     /// All servers, by name.

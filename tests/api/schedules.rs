@@ -476,6 +476,11 @@ fn execute(db: &TestDb, sql: &str) {
     match db.kind() {
         Db::Sqlite => {
             let mut c = diesel::SqliteConnection::establish(&db.url).unwrap();
+            // The service writes meanwhile: wait for its lock as the service's own
+            // connections do, instead of failing at once.
+            diesel::sql_query("PRAGMA busy_timeout = 10000")
+                .execute(&mut c)
+                .unwrap();
             diesel::sql_query(sql).execute(&mut c).unwrap();
         }
         Db::Postgres => {

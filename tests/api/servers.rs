@@ -350,6 +350,10 @@ async fn delete_is_refused_while_jobs_are_queued_or_running() {
     let id = created["id"].as_str().unwrap().to_string();
     // The job routes arrive with the engine; put a queued job in the table directly.
     let mut conn = SqliteConnection::establish(&db.url).unwrap();
+    // Wait for the service's write lock, as its own connections do.
+    diesel::sql_query("PRAGMA busy_timeout = 10000")
+        .execute(&mut conn)
+        .unwrap();
     diesel::sql_query(format!(
         "INSERT INTO jobs (id, kind, command, server_id, timeout_secs, status, created_at) \
          VALUES ('{}', 'command', 'true', '{id}', 60, 'queued', 0)",
