@@ -165,10 +165,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
     {
-        match &self.writer {
-            Some(writer) => writer.write(f).await,
-            None => self.run(move |conn| super::write_tx(conn, f)).await,
-        }
+        self.write_in(f, true).await
     }
 
     /// [`Store::write`] for a write whose statements need no transaction around them (one
@@ -179,8 +176,19 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.write_in(f, false).await
+    }
+
+    /// `f` through the writer on SQLite; on PostgreSQL on the pool, in a transaction when
+    /// `transaction` says so.
+    async fn write_in<T, F>(&self, f: F, transaction: bool) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
+    {
         match &self.writer {
             Some(writer) => writer.write(f).await,
+            None if transaction => self.run(move |conn| super::write_tx(conn, f)).await,
             None => self.run(f).await,
         }
     }
@@ -193,20 +201,15 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
     {
-        let writer = self;
+        let stopped = || StoreError::Unavailable("the database writer has stopped".into());
         let (reply, answer) = oneshot::channel();
         let staged = Box::new(Write {
             f: Some(f),
             out: None,
             reply,
         });
-        writer
-            .tx
-            .send(staged)
-            .map_err(|_| StoreError::Unavailable("the database writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the database writer has stopped".into()))?
+        self.tx.send(staged).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 

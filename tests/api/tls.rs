@@ -292,6 +292,18 @@ async fn wait_for(svc: &Service, path: &str, status: u16, bound: Duration) -> Va
     }
 }
 
+/// `serve` on the database at `url`, logging at `level` to `log`, once it is ready.
+async fn serve_ready(url: &str, level: &str, log: &std::path::Path) -> Service {
+    let env = [
+        ("DATABASE_URL", url),
+        ("JOBEXEC__SECRETS__KEY", TEST_SECRET_KEY),
+        ("RUST_LOG", level),
+    ];
+    let svc = Service::start(&["serve"], &env, free_port(), Some(log)).await;
+    wait_for(&svc, "/health/ready", 200, Duration::from_secs(30)).await;
+    svc
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_with_verify_full_is_encrypted_and_a_wrong_name_or_ca_is_refused_with_why() {
     let Some(pg) = PgCluster::init() else { return };
@@ -305,20 +317,8 @@ async fn postgres_with_verify_full_is_encrypted_and_a_wrong_name_or_ca_is_refuse
         "localhost",
         &format!("sslmode=verify-full&sslrootcert={ca}"),
     );
-    let port = free_port();
     let log = dir.path().join("serve.log");
-    let svc = Service::start(
-        &["serve"],
-        &[
-            ("DATABASE_URL", url.as_str()),
-            ("JOBEXEC__SECRETS__KEY", TEST_SECRET_KEY),
-            ("RUST_LOG", "info"),
-        ],
-        port,
-        Some(&log),
-    )
-    .await;
-    wait_for(&svc, "/health/ready", 200, Duration::from_secs(30)).await;
+    let svc = serve_ready(&url, "info", &log).await;
     let (status, server) = svc
         .call_json(
             reqwest::Method::POST,
@@ -388,20 +388,7 @@ async fn a_server_without_tls_is_refused_under_require_and_a_plain_fallback_is_n
     // libpq's default (prefer) falls back to plain text: it runs, and the log says so.
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("serve.log");
-    let port = free_port();
-    let url = pg.url("127.0.0.1", "");
-    let svc = Service::start(
-        &["serve"],
-        &[
-            ("DATABASE_URL", url.as_str()),
-            ("JOBEXEC__SECRETS__KEY", TEST_SECRET_KEY),
-            ("RUST_LOG", "warn"),
-        ],
-        port,
-        Some(&log),
-    )
-    .await;
-    wait_for(&svc, "/health/ready", 200, Duration::from_secs(30)).await;
+    let _svc = serve_ready(&pg.url("127.0.0.1", ""), "warn", &log).await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains("the PostgreSQL connection is NOT encrypted")
