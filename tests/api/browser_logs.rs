@@ -286,6 +286,12 @@ async fn the_stream_filters_hide_stderr_or_stdout_lines() {
     s.open(&id).await;
     s.wait_state("done", Duration::from_secs(10)).await;
     let b = &s.browser;
+    // `done` says the job ended; its lines may still be on their way from the range read.
+    b.wait_until(
+        "document.querySelectorAll('#log .log-line').length >= 6",
+        Duration::from_secs(10),
+    )
+    .await;
     let mut all = s.lines().await;
     all.sort();
     assert_eq!(all, ["err-1", "err-2", "err-3", "out-1", "out-2", "out-3"]);
