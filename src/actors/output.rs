@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::domain::{Micros, OutputStream};
 use crate::events::{EventBus, JobEvent};
 use crate::ssh::exec::ExecEvent;
-use crate::store::{ChunkRow, Store};
+use crate::store::{NewChunk, Store};
 
 /// Where the remote job runs, once known.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,12 +86,12 @@ struct State {
     job_key: Arc<str>,
     store: Store,
     seq: i64,
-    batch: Vec<ChunkRow>,
+    batch: Vec<NewChunk>,
     batch_bytes: usize,
     stored_bytes: u64,
     head_limit: u64,
     tail_limit: u64,
-    tail: VecDeque<ChunkRow>,
+    tail: VecDeque<NewChunk>,
     tail_bytes: u64,
     first_dropped_seq: Option<i64>,
     in_flight: Option<JoinHandle<Result<(), String>>>,
@@ -116,14 +116,13 @@ impl State {
             job_id: self.job_key.clone(),
             seq,
             stream,
-            data: data.clone(),
+            data: Arc::clone(&data),
             at,
         });
-        let row = ChunkRow {
-            job_id: self.job_id.clone(),
+        let row = NewChunk {
             seq,
             stream: stream.code(),
-            data: data.to_vec(),
+            data,
             at,
         };
         if self.first_dropped_seq.is_none() && self.stored_bytes + len <= self.head_limit {
@@ -197,11 +196,10 @@ impl State {
                     "\n[job-executor: output over the cap; {omitted} bytes omitted here]\n"
                 );
                 // The marker takes the number of the first dropped chunk (never in the tail).
-                rows.push(ChunkRow {
-                    job_id: self.job_id.clone(),
+                rows.push(NewChunk {
                     seq: first,
                     stream: OutputStream::Stderr.code(),
-                    data: marker.into_bytes(),
+                    data: marker.into_bytes().into(),
                     at: Micros::now().0,
                 });
             }

@@ -122,7 +122,21 @@ impl ChunkRow {
     }
 }
 
-/// A chunk as inserted: a [`ChunkRow`] and where it starts in the combined output.
+/// An output chunk to store: what [`Store::append_output`] takes. Its bytes are shared
+/// with the event that published them, not copied.
+#[derive(Debug, Clone)]
+pub struct NewChunk {
+    /// Sequence number, shared by stdout and stderr.
+    pub seq: i64,
+    /// 0 stdout, 1 stderr.
+    pub stream: i16,
+    /// The bytes.
+    pub data: std::sync::Arc<[u8]>,
+    /// When it arrived.
+    pub at: i64,
+}
+
+/// A chunk as inserted: a [`NewChunk`] of a job and where it starts in the combined output.
 #[derive(Debug, Insertable)]
 #[diesel(table_name = job_output)]
 struct PlacedChunk<'a> {
@@ -581,7 +595,7 @@ impl Store {
     pub async fn append_output(
         &self,
         id: String,
-        chunks: Vec<ChunkRow>,
+        chunks: Vec<NewChunk>,
         truncated: bool,
     ) -> Result<(), StoreError> {
         if chunks.is_empty() && !truncated {
@@ -599,7 +613,7 @@ impl Store {
                     let start = offset;
                     offset += c.data.len() as i64;
                     PlacedChunk {
-                        job_id: &c.job_id,
+                        job_id: &id,
                         seq: c.seq,
                         stream: c.stream,
                         data: &c.data,

@@ -94,8 +94,8 @@ pub use servers::{UpdateError, Updated};
 
 pub use audit::{AuditEntry, AuditFilter, AuditRow};
 pub use jobs::{
-    CancelOutcome, ChunkPlace, ChunkRow, Finish, JobFilter, JobRow, LostJob, OutputExtent,
-    Placement, ServerKey,
+    CancelOutcome, ChunkPlace, ChunkRow, Finish, JobFilter, JobRow, LostJob, NewChunk,
+    OutputExtent, Placement, ServerKey,
 };
 pub use models::{ServerRow, server_secrets};
 pub use outbox::{Attempt, DeliveryRow, WebhookRow, envelope};
@@ -193,8 +193,10 @@ impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SqlitePragmas {
         if let DbConnection::Sqlite(c) = conn {
             c.batch_execute(&format!(
                 "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; \
-                 PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-                self.busy_timeout_ms
+                 PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                 PRAGMA wal_autocheckpoint = {};",
+                self.busy_timeout_ms,
+                writer::WAL_BOUND_PAGES,
             ))
             .map_err(diesel::r2d2::Error::QueryError)?;
         }
@@ -309,13 +311,19 @@ impl Store {
         let writer = match backend {
             Backend::Sqlite => {
                 use diesel::Connection;
-                let mut conn = SqliteConnection::establish(&url)
-                    .map(DbConnection::Sqlite)
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                pragmas
-                    .on_acquire(&mut conn)
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                Some(std::sync::Arc::new(writer::Writer::start(conn)?))
+                let open = || {
+                    let mut conn = SqliteConnection::establish(&url)
+                        .map(DbConnection::Sqlite)
+                        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                    pragmas
+                        .on_acquire(&mut conn)
+                        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                    Ok::<_, StoreError>(conn)
+                };
+                Some(std::sync::Arc::new(writer::Writer::start(
+                    open()?,
+                    open()?,
+                )?))
             }
             Backend::Postgres => None,
         };

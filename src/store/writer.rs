@@ -8,11 +8,20 @@
 //! with a transaction of its own — its write is durable before the answer comes (a claim is
 //! committed before its job starts), and a write that fails rolls back alone.
 //!
+//! A second thread, the checkpointer, copies the WAL back into the database file on a
+//! connection of its own, a moment after the writes that grew it: a commit only appends
+//! to the WAL, where SQLite would otherwise run the checkpoint inside the commit that
+//! crossed its threshold — a stall of milliseconds for whoever waits on that group, and for
+//! a job's 32 MiB of output a second full write on the writer's thread. The connections keep
+//! SQLite's own automatic checkpoint only as a bound ([`WAL_BOUND_PAGES`]) the WAL reaches
+//! if the checkpointer cannot keep up.
+//!
 //! On PostgreSQL a write is a transaction on a pooled connection, as before: its server
 //! commits concurrent transactions on its own.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
+use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 use tokio::sync::oneshot;
@@ -21,6 +30,14 @@ use super::{DbConnection, Store, StoreError};
 
 /// The most writes one group commits.
 const MAX_GROUP: usize = 128;
+
+/// The WAL's size, in pages, past which a connection's commit checkpoints it itself
+/// (SQLite's `wal_autocheckpoint`; its default is 1000). The checkpointer runs long before.
+pub(super) const WAL_BOUND_PAGES: u32 = 16_384;
+
+/// How long the checkpointer lets writes gather after a commit before it checkpoints them:
+/// one checkpoint (and its `fsync` of the database file) per pause, not per commit.
+const CHECKPOINT_PAUSE: Duration = Duration::from_millis(50);
 
 /// The writer of a SQLite store.
 pub(super) struct Writer {
@@ -34,14 +51,36 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
-    /// Start the writer thread on `conn`; it ends when the last [`Store`] clone is dropped.
-    pub(super) fn start(conn: DbConnection) -> Result<Self, StoreError> {
+    /// Start the writer thread on `conn` and the checkpointer on `checkpoints`; both end
+    /// when the last [`Store`] clone is dropped.
+    pub(super) fn start(conn: DbConnection, checkpoints: DbConnection) -> Result<Self, StoreError> {
+        let cannot =
+            |e: std::io::Error| StoreError::Unavailable(format!("cannot start the writer: {e}"));
+        let (grew, wal) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint(checkpoints, &wal))
+            .map_err(cannot)?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || serve(conn, &rx))
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
+            .spawn(move || serve(conn, &rx, &grew))
+            .map_err(cannot)?;
         Ok(Self { tx })
+    }
+}
+
+/// Checkpoint the WAL a pause after each commit that grew it (commits during the pause
+/// share the checkpoint), until the writer is gone. A `PASSIVE` checkpoint takes no lock a
+/// writer or a reader waits on: it copies what no reader still needs, and the WAL starts
+/// over once all of it is copied.
+fn checkpoint(mut conn: DbConnection, grew: &mpsc::Receiver<()>) {
+    while grew.recv().is_ok() {
+        std::thread::sleep(CHECKPOINT_PAUSE);
+        while grew.try_recv().is_ok() {}
+        if let Err(e) = conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE)") {
+            tracing::warn!(error = %e, "cannot checkpoint the database's WAL");
+        }
     }
 }
 
@@ -99,8 +138,13 @@ where
     }
 }
 
-/// Take writes as they come and commit them in groups, until every sender is gone.
-fn serve(mut conn: DbConnection, rx: &mpsc::Receiver<Box<dyn Staged>>) {
+/// Take writes as they come and commit them in groups, until every sender is gone; tell
+/// the checkpointer (`grew`) after each group.
+fn serve(
+    mut conn: DbConnection,
+    rx: &mpsc::Receiver<Box<dyn Staged>>,
+    grew: &mpsc::SyncSender<()>,
+) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -110,6 +154,8 @@ fn serve(mut conn: DbConnection, rx: &mpsc::Receiver<Box<dyn Staged>>) {
             }
         }
         commit(&mut conn, group);
+        // Full: a checkpoint is due already.
+        let _ = grew.try_send(());
     }
 }
 
@@ -313,6 +359,44 @@ mod tests {
         for n in 0..50 {
             store.write(insert(n)).await.unwrap();
             assert_eq!(count(&store).await.len() as i64, n + 1);
+        }
+    }
+
+    /// The checkpointer copies committed writes into the database file a moment later:
+    /// 4 MB written through the writer (a WAL of about 1,000 pages, far below the commits'
+    /// own bound of [`WAL_BOUND_PAGES`]) reach the file itself, with no commit waiting on it.
+    #[tokio::test]
+    async fn the_checkpointer_moves_the_wal_into_the_database_file() {
+        let db = TestDb::sqlite();
+        let store = db.open().await;
+        store
+            .write(|conn| {
+                conn.batch_execute("CREATE TABLE w_blob (n INTEGER PRIMARY KEY, b BLOB)")?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let file = || std::fs::metadata(&db.url).unwrap().len();
+        let before = file();
+        for n in 0..64 {
+            store
+                .write(move |conn| {
+                    conn.batch_execute(&format!(
+                        "INSERT INTO w_blob (n, b) VALUES ({n}, randomblob(65536))"
+                    ))?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while file() < before + 4_000_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file is still {} bytes (was {before}): nothing checkpointed it",
+                file()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
