@@ -100,7 +100,7 @@ struct State {
 
 impl State {
     /// Number, publish and keep one chunk; flush when the batch is large.
-    fn take(&mut self, stream: OutputStream, data: Vec<u8>, events: &EventBus) {
+    fn take(&mut self, stream: OutputStream, data: Arc<[u8]>, events: &EventBus) {
         let seq = self.seq;
         self.seq += 1;
         let at = Micros::now().0;
@@ -111,7 +111,6 @@ impl State {
             OutputStream::Stderr => "stderr",
         };
         crate::metrics::OUTPUT_BYTES.inc_by([name], len);
-        let data: Arc<[u8]> = data.into();
         events.publish(JobEvent::Output {
             job_id: self.job_key.clone(),
             seq,

@@ -57,6 +57,7 @@
 //! short backoff.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use russh::client::Msg;
@@ -111,10 +112,11 @@ pub enum ExecEvent {
         /// The temporary file holding a script (script jobs only); pass it to [`kill_group`].
         tmpfile: Option<String>,
     },
-    /// Bytes the job wrote on stdout, unchanged and unbuffered.
-    Stdout(Vec<u8>),
+    /// Bytes the job wrote on stdout, unchanged and unbuffered (shared, not copied, by
+    /// whoever passes them on).
+    Stdout(Arc<[u8]>),
     /// Bytes the job wrote on stderr, unchanged and unbuffered.
-    Stderr(Vec<u8>),
+    Stderr(Arc<[u8]>),
 }
 
 /// How a job ended.
@@ -473,12 +475,12 @@ pub async fn run_in(
         let (pgid, tmpfile) = (preamble.pgid, preamble.tmpfile);
         emit(&events, ExecEvent::Started { pgid, tmpfile }).await;
         for (event, bytes) in [
-            (ExecEvent::Stdout as fn(Vec<u8>) -> ExecEvent, noise),
+            (ExecEvent::Stdout as fn(Arc<[u8]>) -> ExecEvent, noise),
             (ExecEvent::Stderr, err),
             (ExecEvent::Stdout, rest),
         ] {
             if !bytes.is_empty() {
-                emit(&events, event(bytes)).await;
+                emit(&events, event(bytes.into())).await;
             }
         }
 
@@ -492,9 +494,9 @@ pub async fn run_in(
                     }
                 }
                 msg = rx.wait() => match msg {
-                    Some(ChannelMsg::Data { data }) => emit(&events, ExecEvent::Stdout(data.to_vec())).await,
+                    Some(ChannelMsg::Data { data }) => emit(&events, ExecEvent::Stdout(Arc::from(&data[..]))).await,
                     Some(ChannelMsg::ExtendedData { data, .. }) => {
-                        emit(&events, ExecEvent::Stderr(data.to_vec())).await
+                        emit(&events, ExecEvent::Stderr(Arc::from(&data[..]))).await
                     }
                     Some(msg @ (ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. })) => {
                         exit = exit_of(&msg);

@@ -60,7 +60,7 @@ impl Outcome {
         self.events
             .iter()
             .filter_map(|e| match e {
-                ExecEvent::Stdout(b) => Some(b.as_slice()),
+                ExecEvent::Stdout(b) => Some(&b[..]),
                 _ => None,
             })
             .flatten()
@@ -77,7 +77,7 @@ impl Outcome {
             .events
             .iter()
             .filter_map(|e| match e {
-                ExecEvent::Stderr(b) => Some(b.as_slice()),
+                ExecEvent::Stderr(b) => Some(&b[..]),
                 _ => None,
             })
             .flatten()
@@ -204,7 +204,7 @@ async fn the_stdin_goes_with_the_exec_and_started_comes_before_any_output() {
     // preamble: the command runs all the same, since its stdin (the gate) went with the exec
     // request instead of waiting for the preamble to come back.
     let (tx, mut rx) = mpsc::channel(1);
-    tx.send(ExecEvent::Stdout(b"placeholder".to_vec()))
+    tx.send(ExecEvent::Stdout(b"placeholder"[..].into()))
         .await
         .unwrap();
     let running = tokio::spawn(async move { exec::run(channel, &job, tx).await });
@@ -218,11 +218,11 @@ async fn the_stdin_goes_with_the_exec_and_started_comes_before_any_output() {
     }
     assert_eq!(
         rx.recv().await,
-        Some(ExecEvent::Stdout(b"placeholder".to_vec()))
+        Some(ExecEvent::Stdout(b"placeholder"[..].into()))
     );
     // Started, with the group, comes before the job's first output.
     assert!(matches!(rx.recv().await, Some(ExecEvent::Started { pgid, .. }) if pgid > 1));
-    assert_eq!(rx.recv().await, Some(ExecEvent::Stdout(b"done\n".to_vec())));
+    assert_eq!(rx.recv().await, Some(ExecEvent::Stdout(b"done\n"[..].into())));
     let end = tokio::time::timeout(JOB_BOUND, running)
         .await
         .unwrap()
@@ -263,7 +263,7 @@ async fn script_job_runs_from_a_private_temp_file_that_is_removed() {
     let mut stdout = Vec::new();
     while !String::from_utf8_lossy(&stdout).contains("ready\n") {
         match tokio::time::timeout(JOB_BOUND, rx.recv()).await.unwrap() {
-            Some(ExecEvent::Stdout(b)) => stdout.extend(b),
+            Some(ExecEvent::Stdout(b)) => stdout.extend_from_slice(&b),
             Some(other) => panic!("unexpected {other:?}"),
             None => panic!("ended before ready: {:?}", String::from_utf8_lossy(&stdout)),
         }
@@ -283,7 +283,7 @@ async fn script_job_runs_from_a_private_temp_file_that_is_removed() {
 
     while let Some(event) = tokio::time::timeout(JOB_BOUND, rx.recv()).await.unwrap() {
         match event {
-            ExecEvent::Stdout(b) => stdout.extend(b),
+            ExecEvent::Stdout(b) => stdout.extend_from_slice(&b),
             ExecEvent::Stderr(b) => panic!("stderr: {}", String::from_utf8_lossy(&b)),
             other => panic!("unexpected {other:?}"),
         }
@@ -380,7 +380,7 @@ async fn output_bytes_pass_through_unchanged() {
         .events
         .iter()
         .filter_map(|e| match e {
-            ExecEvent::Stderr(b) => Some(b.clone()),
+            ExecEvent::Stderr(b) => Some(b.iter().copied()),
             _ => None,
         })
         .flatten()
