@@ -65,7 +65,7 @@
 //!   rustls), [`events`] the in-process event bus.
 //! - [`store`]: diesel over SQLite or PostgreSQL, chosen at run time; migrations embedded;
 //!   libpq with TLS (`sslmode`, `sslrootcert` in the URL); SQLite's writes committed in
-//!   groups by one writer thread.
+//!   groups by one writer thread, its WAL checkpointed by another.
 //! - [`ssh`]: connect, verify host keys, authenticate, classify failures; remote process
 //!   groups in [`ssh::exec`]. [`secrets`]: the keyring that seals stored credentials.
 //! - [`settings`]: the settings tree, loaded in layers (defaults, file, environment);

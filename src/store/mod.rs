@@ -4,7 +4,8 @@
 //! rows and domain values; nothing outside this module builds SQL. Diesel is synchronous, so
 //! reads run on tokio's blocking pool through [`Store::run`]; the writes every job makes
 //! (its insert, claim, process group, output and end) go through `Store::write`, which on
-//! SQLite commits them in groups on one writer thread (see `writer`).
+//! SQLite commits them in groups on one writer thread, and a checkpointer thread copies the
+//! WAL into the database file after them (see `writer`).
 //!
 //! Where the two backends need different SQL (claims with `FOR UPDATE SKIP LOCKED`, say),
 //! match on [`DbConnection`]; everything else is written once against the multi-backend.

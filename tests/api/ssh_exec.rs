@@ -222,7 +222,10 @@ async fn the_stdin_goes_with_the_exec_and_started_comes_before_any_output() {
     );
     // Started, with the group, comes before the job's first output.
     assert!(matches!(rx.recv().await, Some(ExecEvent::Started { pgid, .. }) if pgid > 1));
-    assert_eq!(rx.recv().await, Some(ExecEvent::Stdout(b"done\n"[..].into())));
+    assert_eq!(
+        rx.recv().await,
+        Some(ExecEvent::Stdout(b"done\n"[..].into()))
+    );
     let end = tokio::time::timeout(JOB_BOUND, running)
         .await
         .unwrap()
