@@ -84,26 +84,48 @@ fn ssh_args_on(host: &TestHost, port: u16, control: &str) -> Vec<String> {
     ]
 }
 
+/// An OpenSSH ControlMaster connection to `host`'s sshd (or a proxy in front of it) at
+/// `port`, on the socket `name` in the host's directory; stopped (`ssh -O exit`) when dropped.
+struct ControlMaster {
+    /// The `ssh` arguments that go through it.
+    args: Vec<String>,
+}
+
+impl ControlMaster {
+    /// Start the master with `extra` options (`-c cipher`, say) and wait until it is up.
+    fn start(host: &TestHost, port: u16, name: &str, extra: &[&str]) -> Self {
+        let control = host.dir.path().join(name).display().to_string();
+        let args = ssh_args_on(host, port, &control);
+        let mut master: Vec<String> = ["-o", "ControlMaster=yes", "-o", "ControlPersist=120"]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string())
+            .collect();
+        master.extend(args.iter().cloned());
+        let ok = Command::new("ssh")
+            .args(&master)
+            .arg("true")
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ControlMaster could not start");
+        ControlMaster { args }
+    }
+}
+
+impl Drop for ControlMaster {
+    fn drop(&mut self) {
+        let _ = Command::new("ssh")
+            .args(&self.args)
+            .args(["-O", "exit"])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// `n` runs of `true` over a ControlMaster connection, 10 at a time: runs per second.
 fn control_master_rate(host: &TestHost, n: usize) -> f64 {
-    let control = host.dir.path().join("cm.sock").display().to_string();
-    let mut master = ssh_args(host, &control);
-    master.splice(
-        0..0,
-        [
-            "-o".to_string(),
-            "ControlMaster=yes".into(),
-            "-o".into(),
-            "ControlPersist=120".into(),
-        ],
-    );
-    let ok = Command::new("ssh")
-        .args(&master)
-        .arg("true")
-        .status()
-        .unwrap();
-    assert!(ok.success(), "ControlMaster could not start");
-    let args = Arc::new(ssh_args(host, &control));
+    let master = ControlMaster::start(host, host.port, "cm.sock", &[]);
+    let args = Arc::new(master.args.clone());
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let threads: Vec<_> = (0..10)
@@ -126,13 +148,7 @@ fn control_master_rate(host: &TestHost, n: usize) -> f64 {
     for t in threads {
         t.join().unwrap();
     }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    let _ = Command::new("ssh")
-        .args(args.iter())
-        .args(["-O", "exit"])
-        .stderr(Stdio::null())
-        .status();
-    rate
+    n as f64 / start.elapsed().as_secs_f64()
 }
 
 fn host_key_line(host: &TestHost) -> String {
@@ -450,30 +466,14 @@ async fn output_rate(app: &TestApp, server: &str, mb: usize) -> f64 {
 /// OpenSSH printing `mb` MB over a ControlMaster connection into `/dev/null`, with its own
 /// cipher choice or `cipher`: MB/s, the median of three.
 fn control_master_output_rate(host: &TestHost, mb: usize, cipher: Option<&str>) -> f64 {
-    let control = host.dir.path().join("cm-out.sock").display().to_string();
-    let mut master = ssh_args(host, &control);
-    let mut opts = vec![
-        "-o".to_string(),
-        "ControlMaster=yes".into(),
-        "-o".into(),
-        "ControlPersist=120".into(),
-    ];
-    if let Some(c) = cipher {
-        opts.extend(["-c".to_string(), c.to_string()]);
-    }
-    master.splice(0..0, opts);
-    let ok = Command::new("ssh")
-        .args(&master)
-        .arg("true")
-        .status()
-        .unwrap();
-    assert!(ok.success(), "ControlMaster could not start");
-    let args = ssh_args(host, &control);
+    let extra: Vec<&str> = cipher.map(|c| vec!["-c", c]).unwrap_or_default();
+    let master = ControlMaster::start(host, host.port, "cm-out.sock", &extra);
+    let args = &master.args;
     let mut rates = Vec::new();
     for _ in 0..3 {
         let start = Instant::now();
         let st = Command::new("ssh")
-            .args(&args)
+            .args(args)
             .arg(format!("head -c {} /dev/zero", mb * 1_000_000))
             .stdout(Stdio::null())
             .status()
@@ -481,11 +481,6 @@ fn control_master_output_rate(host: &TestHost, mb: usize, cipher: Option<&str>) 
         assert!(st.success());
         rates.push(mb as f64 / start.elapsed().as_secs_f64());
     }
-    let _ = Command::new("ssh")
-        .args(&args)
-        .args(["-O", "exit"])
-        .stderr(Stdio::null())
-        .status();
     quantile(&rates, 0.5)
 }
 

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use super::helpers::{TestApp, TestHost};
-use super::{quantile, ssh_args_on};
+use super::{ControlMaster, quantile, ssh_args_on};
 
 /// One way of the link.
 pub const ONE_WAY: Duration = Duration::from_millis(25);
@@ -173,7 +173,6 @@ pub async fn link_phase(app: &TestApp, host: &TestHost, runs: usize) {
         rtt * 1000.0
     );
 
-    let control = host.dir.path().join("link-cm.sock").display().to_string();
     let fresh_args = ssh_args_on(host, port, "none");
     let fresh = median_of(runs.min(3), || {
         let a = fresh_args.clone();
@@ -185,18 +184,8 @@ pub async fn link_phase(app: &TestApp, host: &TestHost, runs: usize) {
         fresh * 1000.0,
         fresh / rtt
     );
-    let mut master = ssh_args_on(host, port, &control);
-    master.splice(
-        0..0,
-        [
-            "-o".to_string(),
-            "ControlMaster=yes".into(),
-            "-o".into(),
-            "ControlPersist=120".into(),
-        ],
-    );
-    ssh_once(&master);
-    let cm_args = ssh_args_on(host, port, &control);
+    let master = ControlMaster::start(host, port, "link-cm.sock", &[]);
+    let cm_args = master.args.clone();
     let cm_one = median_of(runs, || {
         let a = cm_args.clone();
         async move { ssh_once(&a) }
@@ -213,11 +202,7 @@ pub async fn link_phase(app: &TestApp, host: &TestHost, runs: usize) {
         cm_batch,
         cm_batch / rtt
     );
-    let _ = Command::new("ssh")
-        .args(&cm_args)
-        .args(["-O", "exit"])
-        .stderr(Stdio::null())
-        .status();
+    drop(master);
 
     let (open, exec) = our_client_once(host, port, runs).await;
     println!(

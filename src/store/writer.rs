@@ -266,6 +266,17 @@ mod tests {
     use super::super::tests::TestDb;
     use super::*;
 
+    /// Create a table of the test's own, through the writer.
+    async fn create(store: &Store, sql: &'static str) {
+        store
+            .write(move |conn| {
+                conn.batch_execute(sql)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
     /// A write that inserts `n` into the test's own table.
     fn insert(n: i64) -> impl FnOnce(&mut DbConnection) -> Result<i64, StoreError> + Send {
         move |conn| {
@@ -303,13 +314,7 @@ mod tests {
             store.writer.is_some(),
             "SQLite stores write through the writer"
         );
-        store
-            .write(|conn| {
-                conn.batch_execute("CREATE TABLE w_test (n INTEGER PRIMARY KEY)")?;
-                Ok(())
-            })
-            .await
-            .unwrap();
+        create(&store, "CREATE TABLE w_test (n INTEGER PRIMARY KEY)").await;
         let mut writes = Vec::new();
         for n in [1, 2, 2, 3] {
             let store = store.clone();
@@ -349,13 +354,7 @@ mod tests {
     async fn an_answered_write_is_committed() {
         let db = TestDb::sqlite();
         let store = db.open().await;
-        store
-            .write(|conn| {
-                conn.batch_execute("CREATE TABLE w_test (n INTEGER PRIMARY KEY)")?;
-                Ok(())
-            })
-            .await
-            .unwrap();
+        create(&store, "CREATE TABLE w_test (n INTEGER PRIMARY KEY)").await;
         for n in 0..50 {
             store.write(insert(n)).await.unwrap();
             assert_eq!(count(&store).await.len() as i64, n + 1);
@@ -369,13 +368,11 @@ mod tests {
     async fn the_checkpointer_moves_the_wal_into_the_database_file() {
         let db = TestDb::sqlite();
         let store = db.open().await;
-        store
-            .write(|conn| {
-                conn.batch_execute("CREATE TABLE w_blob (n INTEGER PRIMARY KEY, b BLOB)")?;
-                Ok(())
-            })
-            .await
-            .unwrap();
+        create(
+            &store,
+            "CREATE TABLE w_blob (n INTEGER PRIMARY KEY, b BLOB)",
+        )
+        .await;
         let file = || std::fs::metadata(&db.url).unwrap().len();
         let before = file();
         for n in 0..64 {
