@@ -118,7 +118,7 @@ fn cipher_order() -> &'static [russh::cipher::Name] {
 }
 
 /// The CPU has AES and carry-less multiply instructions (what AES-GCM runs fast on).
-fn hardware_aes() -> bool {
+pub fn hardware_aes() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("aes")
@@ -353,6 +353,7 @@ pub struct Connection {
 pub struct Client {
     handle: Arc<Handle<KeyVerifier>>,
     addr: SocketAddr,
+    cipher: Arc<std::sync::OnceLock<russh::cipher::Name>>,
 }
 
 /// What a command run with [`Client::execute`] printed on stdout, and its exit status.
@@ -365,6 +366,11 @@ pub struct Executed {
 }
 
 impl Client {
+    /// The cipher the connection's key exchange agreed on (`aes256-gcm@openssh.com`, …).
+    pub fn cipher(&self) -> Option<&str> {
+        self.cipher.get().map(AsRef::as_ref)
+    }
+
     /// Open a session channel (once; [`exec::open_channel`] retries refusals).
     pub async fn channel_open_session(&self) -> Result<Channel<Msg>, russh::Error> {
         self.handle.channel_open_session().await
@@ -411,6 +417,8 @@ impl Client {
 struct KeyVerifier {
     expected: Option<PublicKey>,
     seen: Option<oneshot::Sender<PublicKey>>,
+    /// The cipher the first key exchange agreed on.
+    cipher: Arc<std::sync::OnceLock<russh::cipher::Name>>,
 }
 
 /// Handler methods for channels the server opens, each refusing the channel (the reply is
@@ -450,6 +458,16 @@ impl russh::client::Handler for KeyVerifier {
             .is_some_and(|k| k.key_data() == key.key_data()))
     }
 
+    async fn kex_done(
+        &mut self,
+        _: Option<&[u8]>,
+        names: &russh::Names,
+        _: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let _ = self.cipher.set(names.cipher);
+        Ok(())
+    }
+
     // Channels are only ever opened by us: every kind the server may open towards the client
     // is refused (dropping the reply refuses), where russh's defaults accept them.
     refuse_channels! {
@@ -483,6 +501,7 @@ pub async fn probe_host_key(target: &SshTarget, opts: &SshOptions) -> Result<Pub
         let handler = KeyVerifier {
             expected: None,
             seen: Some(tx),
+            cipher: Arc::default(),
         };
         let config = Arc::new(opts.russh_config());
         let ended = russh::client::connect(config, sockaddr, handler).await;
@@ -624,9 +643,11 @@ async fn handshake_and_login(
     let addr = target.addr();
     let attempt = async {
         let sockaddr = resolve(target).await?;
+        let cipher = Arc::default();
         let handler = KeyVerifier {
             expected: Some(key.clone()),
             seen: None,
+            cipher: Arc::clone(&cipher),
         };
         let mut handle = russh::client::connect(Arc::new(opts.russh_config()), sockaddr, handler)
             .await
@@ -635,6 +656,7 @@ async fn handshake_and_login(
         Ok(Client {
             handle: Arc::new(handle),
             addr: sockaddr,
+            cipher,
         })
     };
     match tokio::time::timeout(remaining, attempt).await {
@@ -830,6 +852,7 @@ mod tests {
         let mut check = KeyVerifier {
             expected: Some(host.public_key().clone()),
             seen: None,
+            cipher: Arc::default(),
         };
         let refused = check
             .check_server_key(&PublicKeyOrCertificate::Certificate(certificate))

@@ -148,6 +148,20 @@ impl Drop for Reaper {
     }
 }
 
+/// On a CPU with AES instructions the connection is encrypted with AES-GCM (hardware on both
+/// ends), elsewhere with ChaCha20-Poly1305.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cipher_is_aes_gcm_where_the_cpu_has_aes() {
+    let host = TestHost::start().await;
+    let client = connect_to(&host).await;
+    let expected = if job_executor::ssh::hardware_aes() {
+        "aes256-gcm@openssh.com"
+    } else {
+        "chacha20-poly1305@openssh.com"
+    };
+    assert_eq!(client.cipher(), Some(expected));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_job_streams_output_env_cwd_and_exit_code() {
     let host = TestHost::start().await;
