@@ -3,9 +3,10 @@
 //! Owns the connection pool, the embedded migrations and every query. Callers get plain
 //! rows and domain values; nothing outside this module builds SQL. Diesel is synchronous, so
 //! reads run on tokio's blocking pool through [`Store::run`]; the writes every job makes
-//! (its insert, claim, process group, output and end) go through `Store::write`, which on
+//! (its insert, claim, output and end) go through `Store::write`, which on
 //! SQLite commits them in groups on one writer thread, and a checkpointer thread copies the
-//! WAL into the database file after them (see `writer`).
+//! WAL into the database file after them (see `writer`). On PostgreSQL a pooled connection
+//! is tested before it is handed out only if it has not answered for a moment (see `pool`).
 //!
 //! Where the two backends need different SQL (claims with `FOR UPDATE SKIP LOCKED`, say),
 //! match on [`DbConnection`]; everything else is written once against the multi-backend.
@@ -81,6 +82,7 @@ mod hot;
 mod jobs;
 mod models;
 mod outbox;
+mod pool;
 mod retention;
 mod runs;
 mod schedules;
@@ -113,6 +115,7 @@ use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use pool::{Manager, Pooled};
 
 use crate::secrets::{Keyring, SecretsError};
 use crate::settings::{DatabaseKind, DatabaseSettings, Settings};
@@ -205,10 +208,16 @@ impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SqlitePragmas {
     }
 }
 
+impl CustomizeConnection<Pooled, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut Pooled) -> Result<(), diesel::r2d2::Error> {
+        CustomizeConnection::<DbConnection, _>::on_acquire(self, conn)
+    }
+}
+
 /// The database: a pool of connections and the queries over it. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool<ConnectionManager<DbConnection>>,
+    pool: Pool<Manager>,
     backend: Backend,
     keyring: std::sync::Arc<Keyring>,
     /// SQLite's group-committing writer ([`Store::write`]); `None` on PostgreSQL.
@@ -328,13 +337,14 @@ impl Store {
             }
             Backend::Postgres => None,
         };
-        let manager = ConnectionManager::<DbConnection>::new(url);
+        let manager = Manager(ConnectionManager::<DbConnection>::new(url));
         let pool = Pool::builder()
             .max_size(settings.pool_size.max(1))
             .connection_timeout(Duration::from_secs(settings.connect_timeout_secs.max(1)))
             .connection_customizer(Box::new(pragmas))
-            // A SQLite connection cannot break; a PostgreSQL one is tested before use (a
-            // server restarted since is replaced, not handed out).
+            // A SQLite connection cannot break; a PostgreSQL one is tested before use unless
+            // it answered just now (a server restarted since is replaced, not handed out:
+            // see `pool`).
             .test_on_check_out(backend == Backend::Postgres)
             .build(manager)
             .map_err(|e| StoreError::Unavailable(redact_pool_error(&e.to_string(), settings)))?;
@@ -359,7 +369,7 @@ impl Store {
     /// is logged: the database works without it, its prunes just do not shrink the file.
     fn incremental_vacuum_blocking(&self) {
         let done = self.conn().map_err(|e| e.to_string()).and_then(|mut conn| {
-            let DbConnection::Sqlite(c) = &mut *conn else {
+            let DbConnection::Sqlite(c) = &mut **conn else {
                 return Ok(());
             };
             let value = |c: &mut SqliteConnection, sql| {
@@ -395,7 +405,7 @@ impl Store {
         self.backend
     }
 
-    fn conn(&self) -> Result<PooledConnection<ConnectionManager<DbConnection>>, StoreError> {
+    fn conn(&self) -> Result<PooledConnection<Manager>, StoreError> {
         Ok(self.pool.get()?)
     }
 
@@ -408,7 +418,7 @@ impl Store {
         let mut last = String::new();
         for attempt in 0..5u64 {
             let mut conn = self.conn()?;
-            let applied = match &mut *conn {
+            let applied = match &mut **conn {
                 DbConnection::Sqlite(c) => c
                     .run_pending_migrations(SQLITE_MIGRATIONS)
                     .map(|v| v.iter().map(|m| m.to_string()).collect::<Vec<_>>()),
@@ -450,7 +460,9 @@ impl Store {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = store.conn()?;
-            f(&mut conn)
+            let out = f(&mut conn);
+            conn.used(out.is_ok());
+            out
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("database task failed: {e}")))?

@@ -51,3 +51,51 @@ db_test!(
         }
     }
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_server_closed_is_replaced() {
+    use diesel::prelude::*;
+    let Some(db) = TestDb::create(crate::helpers::Db::Postgres) else {
+        return;
+    };
+    let settings = crate::helpers::test_settings(&db.url, &[("JOBEXEC__DATABASE__POOL_SIZE", "2")]);
+    let store = job_executor::store::Store::open(&settings).await.unwrap();
+    let name = db.url.rsplit('/').next().unwrap().to_string();
+    let mut admin = diesel::PgConnection::establish(&crate::helpers::postgres_admin_url()).unwrap();
+    let mut terminate = || {
+        diesel::sql_query(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .execute(&mut admin)
+        .unwrap()
+    };
+    // Idle for longer than a connection stays fresh: tested on checkout, replaced, and the
+    // caller never sees the closed one.
+    store.ping().await.unwrap();
+    assert!(terminate() >= 1);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for _ in 0..4 {
+        store
+            .ping()
+            .await
+            .expect("a closed idle connection is replaced");
+    }
+    // Closed just after it answered: handed out untested, so one call may fail; that
+    // failure has the connection tested at its next checkout, and the calls after succeed.
+    store.ping().await.unwrap();
+    terminate();
+    let failed = {
+        let mut failed = 0;
+        for _ in 0..3 {
+            failed += usize::from(store.ping().await.is_err());
+        }
+        failed
+    };
+    assert!(failed <= 2, "{failed} calls failed on a pool of 2");
+    for _ in 0..4 {
+        store
+            .ping()
+            .await
+            .expect("the closed connections were replaced");
+    }
+}
