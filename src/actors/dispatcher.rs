@@ -23,6 +23,7 @@ use super::job::{JobActor, JobDeps};
 use super::messages::{AcquireSlot, CancelJob, Delivery, Drain, HostError, JobEnded, StopReason};
 use crate::domain::Micros;
 use crate::events::JobEvent;
+use crate::queue::bridge;
 use crate::queue::rabbit::{ControlMsg, RabbitBroker};
 use crate::queue::{Ack, JobQueue};
 use crate::settings::Settings;
@@ -116,24 +117,38 @@ impl Dispatcher {
     }
 
     /// Look in the database for queued jobs no delivery brought (the broker was away, a
-    /// message was lost, the process restarted): they are delivered to ourselves.
+    /// message was lost, the process restarted): they are delivered to ourselves. While the
+    /// broker is up, only those it never confirmed (see [`bridge::OUTBOX_MIN_AGE`]) and
+    /// those queued for longer than [`LOST_AFTER`]: the others are in its durable queue, and
+    /// taking them here too would only have every worker race for a backlog the broker is
+    /// delivering.
     fn poll_queued(&mut self, ctx: &mut Context<Self>) {
         if self.draining || !self.runs_jobs {
             return;
         }
         let store = self.deps.store.clone();
+        let broker_up = self.broker.as_ref().is_some_and(|b| b.is_up());
         ctx.spawn(
-            async move { store.queued_job_ids(200).await.unwrap_or_default() }
-                .into_actor(self)
-                .map(|ids, _, ctx| {
-                    for job_id in ids {
-                        ctx.notify(Delivery {
-                            job_id,
-                            known: None,
-                            ack: None,
-                        });
-                    }
-                }),
+            async move {
+                let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+                let ids = if broker_up {
+                    let (unconfirmed, lost) = (micros(bridge::OUTBOX_MIN_AGE), micros(LOST_AFTER));
+                    store.undelivered_job_ids(unconfirmed, lost, 200).await
+                } else {
+                    store.queued_job_ids(200).await
+                };
+                ids.unwrap_or_default()
+            }
+            .into_actor(self)
+            .map(|ids, _, ctx| {
+                for job_id in ids {
+                    ctx.notify(Delivery {
+                        job_id,
+                        known: None,
+                        ack: None,
+                    });
+                }
+            }),
         );
     }
 
@@ -333,6 +348,10 @@ impl Handler<Delivery> for Dispatcher {
     }
 }
 
+/// How long a confirmed job may stay queued before a worker's poll takes it anyway (its
+/// message may have been lost: acknowledged after a claim that failed, say).
+const LOST_AFTER: Duration = Duration::from_secs(30);
+
 /// A delivery whose job has been read.
 struct Read {
     job_id: String,
@@ -353,7 +372,7 @@ impl Dispatcher {
         {
             self.next_admitted += 1;
             // Made now, so the slot request is in the host's mailbox in delivery order.
-            let claim = self.wait_and_claim(queued);
+            let claim = self.wait_and_claim(queued, ack.is_some());
             ctx.spawn(
                 claim
                     .into_actor(self)
@@ -406,11 +425,13 @@ impl Dispatcher {
         }
     }
 
-    /// Wait for a slot on the job's server, then for one in this worker, and claim the job.
-    /// `None` when it was not queued any more, its host is gone, or another worker won it.
+    /// Wait for a slot on the job's server, then for one in this worker, and claim the job
+    /// (`delivered`: a broker delivery brought it). `None` when it was not queued any more,
+    /// its host is gone, or another worker won it.
     fn wait_and_claim(
         &mut self,
         queued: Option<(JobRow, usize)>,
+        delivered: bool,
     ) -> impl Future<Output = Option<Claimed>> + use<> {
         // The server's slot first: a job waiting for a busy server must not hold one of this
         // worker's slots meanwhile. Asked for now (not when the future first runs), so the
@@ -434,7 +455,7 @@ impl Dispatcher {
             let host_slot = request.await.ok()?.ok()?;
             let worker_slot = slots.acquire_owned().await.ok()?;
             let row = match store
-                .claim_job(row.id.clone(), worker, lease_until(lease))
+                .claim_job(row.id.clone(), worker, lease_until(lease), delivered)
                 .await
             {
                 Ok(Some(claimed)) => claimed,

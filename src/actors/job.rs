@@ -170,6 +170,8 @@ enum Ending {
     Stopped {
         /// The command had started.
         started: bool,
+        /// Its process group, if the bootstrap reported it.
+        pgid: Option<i64>,
     },
     /// The run future panicked.
     Panicked(Box<dyn std::any::Any + Send>),
@@ -179,13 +181,16 @@ impl Ending {
     fn finish(self, job_id: &str, reason: StopReason) -> Finish {
         match self {
             Ending::Ran(finish) => finish,
-            Ending::Stopped { started } => {
+            Ending::Stopped { started, pgid } => {
                 let when = if started { "" } else { " before it started" };
                 let error = match reason {
                     StopReason::Canceled => format!("canceled by request{when}"),
                     StopReason::Shutdown => format!("canceled: the worker shut down{when}"),
                 };
-                ended(JobStatus::Canceled, None, error)
+                Finish {
+                    remote_pgid: pgid,
+                    ..ended(JobStatus::Canceled, None, error)
+                }
             }
             Ending::Panicked(panic) => {
                 let what = panic
@@ -213,6 +218,7 @@ fn ended(status: JobStatus, exit_code: Option<i32>, error: impl Into<String>) ->
         status,
         exit_code,
         error,
+        remote_pgid: None,
     }
 }
 
@@ -274,7 +280,7 @@ async fn run(
     let (lease, channel) = loop {
         attempt += 1;
         let got = tokio::select! {
-            _ = cancel.cancelled() => return Ending::Stopped { started: false },
+            _ = cancel.cancelled() => return Ending::Stopped { started: false, pgid: None },
             _ = tokio::time::sleep_until(deadline) => return Ending::Ran(timed_out()),
             got = async {
                 let lease = host.send(Checkout).await??;
@@ -317,6 +323,7 @@ async fn run(
             status: JobStatus::Completed,
             exit_code: Some(0),
             error: None,
+            remote_pgid: None,
         }),
         Outcome::Ran(Ok(ExecEnd::Exited(code))) => {
             let error = format!("the command exited with status {code}");
@@ -357,20 +364,36 @@ async fn run(
             }
             match timeout_finish {
                 Some(f) => Ending::Ran(f),
-                None => Ending::Stopped { started },
+                None => Ending::Stopped {
+                    started,
+                    pgid: None,
+                },
             }
         }
     };
     drop(exec_run);
     drop(lease);
     let report = writer.await.unwrap_or_default();
-    if let Some(e) = report.store_error
-        && let Ending::Ran(finish) = &ending
-        && finish.status == JobStatus::Completed
-    {
-        return Ending::Ran(failed(format!(
-            "the command succeeded but its output could not be stored: {e}"
-        )));
+    let ending = match ending {
+        Ending::Ran(finish) if finish.status == JobStatus::Completed => match report.store_error {
+            Some(e) => Ending::Ran(failed(format!(
+                "the command succeeded but its output could not be stored: {e}"
+            ))),
+            None => Ending::Ran(finish),
+        },
+        other => other,
+    };
+    // The process group goes with the end: a job that ended within the writer's hold
+    // had it written nowhere else.
+    match ending {
+        Ending::Ran(finish) => Ending::Ran(Finish {
+            remote_pgid: report.pgid,
+            ..finish
+        }),
+        Ending::Stopped { started, .. } => Ending::Stopped {
+            started,
+            pgid: report.pgid,
+        },
+        panicked => panicked,
     }
-    ending
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Micros, OutputStream};
 use crate::events::{EventBus, JobEvent};
@@ -38,9 +39,18 @@ pub struct WriterReport {
     pub truncated: bool,
     /// A database write failed (the job's output is incomplete).
     pub store_error: Option<String>,
+    /// The remote process group, if the bootstrap reported it.
+    pub pgid: Option<i64>,
 }
 
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+/// How long a job must have been running before its process group is written on its own.
+/// What needs it there is a lost worker's reaper (to kill a group the worker left behind).
+/// It goes with the job's first output, if that comes sooner (so a job whose output can be
+/// seen has it recorded), or with its end (see [`WriterReport::pgid`]): a short job costs
+/// no write for it.
+const PGID_HOLD: Duration = Duration::from_millis(50);
 const FLUSH_BYTES: usize = 256 * 1024;
 
 /// Start the writer of `job_id`, numbering from `first_seq` (the job's `next_seq`: a job
@@ -76,6 +86,8 @@ pub fn spawn(
         first_dropped_seq: None,
         in_flight: None,
         report: WriterReport::default(),
+        pgid_hold: CancellationToken::new(),
+        pgid_sent: false,
     };
     let task = tokio::spawn(state.run(events, rx, group_tx));
     (tx, group_rx, task)
@@ -96,6 +108,11 @@ struct State {
     first_dropped_seq: Option<i64>,
     in_flight: Option<JoinHandle<Result<(), String>>>,
     report: WriterReport,
+    /// Cancelled when the process group went with a flush, or the reader is done: the
+    /// group's own write (after [`PGID_HOLD`]) is then not needed.
+    pgid_hold: CancellationToken,
+    /// The process group went with a flush.
+    pgid_sent: bool,
 }
 
 impl State {
@@ -173,15 +190,25 @@ impl State {
         self.batch_bytes = 0;
         let store = self.store.clone();
         let id = self.job_id.clone();
+        let pgid = self.take_pgid();
         self.in_flight = Some(tokio::spawn(async move {
             store
-                .append_output(id, batch, false)
+                .append_output(id, batch, false, pgid)
                 .await
                 .map_err(|e| e.to_string())
         }));
     }
 
+    /// The process group, the first time a flush can carry it.
+    fn take_pgid(&mut self) -> Option<i64> {
+        let pgid = self.report.pgid.filter(|_| !self.pgid_sent)?;
+        self.pgid_sent = true;
+        self.pgid_hold.cancel();
+        Some(pgid)
+    }
+
     async fn finish(mut self) -> WriterReport {
+        self.pgid_hold.cancel();
         if let Some(handle) = self.in_flight.take() {
             self.flushed(handle.await);
         }
@@ -207,7 +234,7 @@ impl State {
         if (!rows.is_empty() || self.report.truncated)
             && let Err(e) = self
                 .store
-                .append_output(self.job_id.clone(), rows, self.report.truncated)
+                .append_output(self.job_id.clone(), rows, self.report.truncated, None)
                 .await
         {
             self.report.store_error = Some(e.to_string());
@@ -233,10 +260,16 @@ impl State {
                     None => break,
                     Some(ExecEvent::Started { pgid, tmpfile }) => {
                         let _ = group.send(Some(RemoteGroup { pgid, tmpfile }));
-                        let store = self.store.clone();
-                        let id = self.job_id.clone();
+                        self.report.pgid = Some(pgid);
+                        let (store, id) = (self.store.clone(), self.job_id.clone());
+                        let hold = self.pgid_hold.clone();
                         tokio::spawn(async move {
-                            let _ = store.set_remote_pgid(id, pgid).await;
+                            tokio::select! {
+                                _ = hold.cancelled() => {}
+                                _ = tokio::time::sleep(PGID_HOLD) => {
+                                    let _ = store.set_remote_pgid(id, pgid).await;
+                                }
+                            }
                         });
                     }
                     Some(ExecEvent::Stdout(data)) => self.take(OutputStream::Stdout, data, &events),

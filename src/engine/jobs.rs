@@ -422,14 +422,11 @@ impl Engine {
         tracing::info!(job_id = %row.id, server_id = %row.server_id, kind = %row.kind, "job queued");
         let known = cap.map(|cap| Box::new((row.clone(), cap)));
         match self.queue.publish(row.id.clone(), known).await {
-            Ok(()) if self.broker.is_some() => {
-                let store = self.store.clone();
-                let id = row.id.clone();
-                tokio::spawn(async move {
-                    let _ = store.mark_published(id).await;
-                });
+            Ok(()) => {
+                if let Some(published) = &self.published {
+                    published.record(row.id.clone());
+                }
             }
-            Ok(()) => {}
             Err(e) => {
                 tracing::warn!(job_id = %row.id, error = %e, "job stays queued until the broker is back (outbox)");
                 // A worker in this process (serve) can take it at once; others poll the

@@ -81,6 +81,8 @@ pub struct Engine {
     events: EventBus,
     dispatcher: Addr<Dispatcher>,
     broker: Option<Arc<RabbitBroker>>,
+    /// Where jobs the broker confirmed are recorded (processes that accept jobs, on RabbitMQ).
+    published: Option<crate::queue::bridge::Published>,
 }
 
 impl std::fmt::Debug for Engine {

@@ -233,7 +233,7 @@ fn assemble(settings: Arc<Settings>, store: Store, role: Role, broker_tls: rabbi
         Some(b) => b.clone(),
         None => Arc::new(MemoryQueue::default()),
     };
-    if let Some(b) = &broker {
+    let published = broker.as_ref().and_then(|b| {
         let duties = Duties {
             forward_events: role.runs_jobs(),
             receive_events: role == Role::Api,
@@ -245,8 +245,8 @@ fn assemble(settings: Arc<Settings>, store: Store, role: Role, broker_tls: rabbi
             store.clone(),
             events.clone(),
             settings.rabbitmq.poll_secs,
-        );
-    }
+        )
+    });
     let deps = JobDeps {
         store: store.clone(),
         events: events.clone(),
@@ -262,6 +262,7 @@ fn assemble(settings: Arc<Settings>, store: Store, role: Role, broker_tls: rabbi
         events,
         dispatcher,
         broker,
+        published,
     }
 }
 

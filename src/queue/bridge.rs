@@ -4,18 +4,21 @@
 //!   so every api process can stream any job;
 //! - api processes feed events from the exchange into their local bus;
 //! - the outbox: processes that accept jobs publish the queued jobs the broker has not
-//!   confirmed (it was away when they were submitted), once it is back.
+//!   confirmed (it was away when they were submitted), once it is back; and record, in
+//!   batches, which jobs the broker did confirm ([`Published`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::broadcast;
+use futures::FutureExt;
+use tokio::sync::{broadcast, mpsc};
 
 use super::JobQueue;
 use super::rabbit::{RabbitBroker, WireEvent};
 use crate::domain::OutputStream;
 use crate::events::{EventBus, JobEvent};
-use crate::store::Store;
+use crate::store::{JobRow, Store};
 
 /// Which of the duties a process takes on.
 #[derive(Debug, Clone, Copy)]
@@ -28,14 +31,88 @@ pub struct Duties {
     pub outbox: bool,
 }
 
-/// Start `duties`.
+/// How long a confirmed job waits to be marked published, with the others confirmed
+/// meanwhile. Most jobs are claimed within it, and a claimed job needs no mark: the outbox
+/// only looks at queued ones, and only once they are [`OUTBOX_MIN_AGE`] old.
+pub const MARK_EVERY: Duration = Duration::from_millis(250);
+
+/// How old an unpublished queued job must be for the outbox to publish it (and a worker's
+/// poll to take it while the broker is up): older than any confirmation still waiting for
+/// its mark ([`MARK_EVERY`]).
+pub const OUTBOX_MIN_AGE: Duration = Duration::from_secs(1);
+
+/// Where the jobs the broker confirmed are recorded: marked published in one statement per
+/// [`MARK_EVERY`], if still queued. A mark lost (the process died first) only means that
+/// the outbox publishes the job again; a second message for a job is harmless (only one
+/// claim wins).
+#[derive(Debug, Clone)]
+pub struct Published(mpsc::UnboundedSender<String>);
+
+impl Published {
+    /// Record that the broker confirmed `job_id`'s message.
+    pub fn record(&self, job_id: String) {
+        let _ = self.0.send(job_id);
+    }
+
+    /// Mark what was recorded, every [`MARK_EVERY`].
+    fn start(store: Store) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            while rx.recv_many(&mut ids, 4096).await > 0 {
+                tokio::time::sleep(MARK_EVERY).await;
+                while rx
+                    .recv_many(&mut ids, 4096)
+                    .now_or_never()
+                    .is_some_and(|n| n > 0)
+                {}
+                if let Err(e) = store.mark_published(std::mem::take(&mut ids)).await {
+                    tracing::debug!(error = %e, "cannot mark jobs published; the outbox will publish them again");
+                }
+            }
+        });
+        Self(tx)
+    }
+}
+
+/// The rows of the jobs whose status changed in `batch`, read in one query, each with the
+/// place of its job's last status event there: a job whose status changed twice in one
+/// batch is published once, as it is now, where its last change was (after the output
+/// that came before it).
+async fn status_rows(
+    store: &Store,
+    batch: &[(WireEvent, Vec<u8>)],
+) -> HashMap<String, (usize, Arc<JobRow>)> {
+    let mut last = HashMap::new();
+    for (place, (ev, _)) in batch.iter().enumerate() {
+        if let WireEvent::Status { job_id } = ev {
+            last.insert(job_id.clone(), place);
+        }
+    }
+    if last.is_empty() {
+        return HashMap::new();
+    }
+    let rows = match store.get_jobs(last.keys().cloned().collect()).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            // Streams catch up from the database when they next read it.
+            tracing::debug!(error = %e, "cannot read the jobs whose status changed");
+            Vec::new()
+        }
+    };
+    rows.into_iter()
+        .filter_map(|row| Some((row.id.clone(), (*last.get(&row.id)?, Arc::new(row)))))
+        .collect()
+}
+
+/// Start `duties`; a process with the outbox duty gets where to record confirmations.
 pub fn spawn(
     duties: Duties,
     broker: Arc<RabbitBroker>,
     store: Store,
     events: EventBus,
     poll_secs: u64,
-) {
+) -> Option<Published> {
     if duties.forward_events {
         let mut rx = events.subscribe();
         let b = broker.clone();
@@ -79,55 +156,64 @@ pub fn spawn(
         let store = store.clone();
         let events = events.clone();
         tokio::spawn(async move {
-            while let Some((ev, body)) = rx.recv().await {
-                match ev {
-                    WireEvent::Output {
-                        job_id,
-                        seq,
-                        stream,
-                        at,
-                    } => events.publish(JobEvent::Output {
-                        job_id: Arc::from(job_id.as_str()),
-                        seq,
-                        stream: OutputStream::from_code(stream),
-                        data: body.into(),
-                        at,
-                    }),
-                    WireEvent::Status { job_id } => {
-                        if let Ok(id) = uuid::Uuid::parse_str(&job_id)
-                            && let Ok(row) = store.get_job(id).await
-                        {
-                            events.publish(JobEvent::Status(Arc::new(row)));
+            let mut batch = Vec::new();
+            while rx.recv_many(&mut batch, 512).await > 0 {
+                let rows = status_rows(&store, &batch).await;
+                for (place, (ev, body)) in batch.drain(..).enumerate() {
+                    match ev {
+                        WireEvent::Output {
+                            job_id,
+                            seq,
+                            stream,
+                            at,
+                        } => events.publish(JobEvent::Output {
+                            job_id: Arc::from(job_id.as_str()),
+                            seq,
+                            stream: OutputStream::from_code(stream),
+                            data: body.into(),
+                            at,
+                        }),
+                        WireEvent::Status { job_id } => {
+                            if let Some((last, row)) = rows.get(&job_id)
+                                && *last == place
+                            {
+                                events.publish(JobEvent::Status(row.clone()));
+                            }
                         }
                     }
                 }
             }
         });
     }
-    if duties.outbox {
-        tokio::spawn(async move {
-            let every = Duration::from_secs(poll_secs.max(1));
-            loop {
-                tokio::time::sleep(every).await;
-                if !broker.is_up() {
-                    continue;
-                }
-                let ids = store
-                    .unpublished_job_ids(1_000_000, 500)
-                    .await
-                    .unwrap_or_default();
-                if !ids.is_empty() {
-                    tracing::info!(
-                        count = ids.len(),
-                        "publishing jobs the broker missed (outbox)"
-                    );
-                }
-                for id in ids {
-                    if broker.publish(id.clone(), None).await.is_ok() {
-                        let _ = store.mark_published(id).await;
-                    }
+    if !duties.outbox {
+        return None;
+    }
+    let published = Published::start(store.clone());
+    let marks = published.clone();
+    tokio::spawn(async move {
+        let every = Duration::from_secs(poll_secs.max(1));
+        let min_age = i64::try_from(OUTBOX_MIN_AGE.as_micros()).unwrap_or(i64::MAX);
+        loop {
+            tokio::time::sleep(every).await;
+            if !broker.is_up() {
+                continue;
+            }
+            let ids = store
+                .unpublished_job_ids(min_age, 500)
+                .await
+                .unwrap_or_default();
+            if !ids.is_empty() {
+                tracing::info!(
+                    count = ids.len(),
+                    "publishing jobs the broker missed (outbox)"
+                );
+            }
+            for id in ids {
+                if broker.publish(id.clone(), None).await.is_ok() {
+                    marks.record(id);
                 }
             }
-        });
-    }
+        }
+    });
+    Some(published)
 }

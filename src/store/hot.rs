@@ -4,17 +4,18 @@
 //! Diesel prepares every `UPDATE` it builds anew each time (a changeset may change shape
 //! from one call to the next), and on SQLite compiling this table's updates (their foreign
 //! keys, their indexes) costs more than running them. These have a fixed text and a static
-//! query id, so each connection's statement cache prepares them once.
+//! query id, so each connection's statement cache prepares them once. The claim and the
+//! end return the row they changed ([`returning`]), so no read follows them.
 
 use diesel::backend::Backend;
 use diesel::pg::Pg;
-use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::serialize::ToSql;
-use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text, Untyped};
 use diesel::sqlite::Sqlite;
-use diesel::{QueryResult, RunQueryDsl};
+use diesel::{OptionalExtension, QueryResult, RunQueryDsl};
 
-use super::DbConnection;
+use super::{DbConnection, JobRow};
 use crate::domain::JobStatus;
 
 /// Run `query` on whichever backend `conn` is: the number of rows it changed.
@@ -29,6 +30,45 @@ where
     }
 }
 
+/// `query` and the row it changed, if it changed one (`RETURNING *`: one round trip, not
+/// an update and a read).
+pub(super) fn returning<Q>(conn: &mut DbConnection, query: Q) -> QueryResult<Option<JobRow>>
+where
+    Q: QueryFragment<Pg> + QueryFragment<Sqlite> + QueryId,
+{
+    let query = Returning(query);
+    match conn {
+        DbConnection::Pg(c) => query.get_result(c).optional(),
+        DbConnection::Sqlite(c) => query.get_result(c).optional(),
+    }
+}
+
+/// An update with `RETURNING *`, whose row is read by column name.
+struct Returning<Q>(Q);
+
+impl<Q: QueryId> QueryId for Returning<Q> {
+    type QueryId = Returning<Q::QueryId>;
+    const HAS_STATIC_QUERY_ID: bool = Q::HAS_STATIC_QUERY_ID;
+}
+
+impl<Q, DB> QueryFragment<DB> for Returning<Q>
+where
+    DB: Backend,
+    Q: QueryFragment<DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        self.0.walk_ast(out.reborrow())?;
+        out.push_sql(" RETURNING *");
+        Ok(())
+    }
+}
+
+impl<Q> Query for Returning<Q> {
+    type SqlType = Untyped;
+}
+
+impl<Q, Conn> RunQueryDsl<Conn> for Returning<Q> {}
+
 /// Claim a queued job whose cancel was not asked for: it is `running`, held by `worker`
 /// until `lease_until`, started `now`, one attempt more.
 pub(super) struct Claim<'a> {
@@ -40,6 +80,8 @@ pub(super) struct Claim<'a> {
     pub lease_until: i64,
     /// Now.
     pub now: i64,
+    /// A broker delivery brought it: it is marked published (it went through the broker).
+    pub delivered: bool,
 }
 
 impl<DB> QueryFragment<DB> for Claim<'_>
@@ -47,6 +89,8 @@ where
     DB: Backend,
     str: ToSql<Text, DB>,
     i64: ToSql<BigInt, DB>,
+    bool: ToSql<Bool, DB>,
+    DB: diesel::sql_types::HasSqlType<Bool>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         out.push_sql("UPDATE jobs SET status = 'running', worker = ");
@@ -55,7 +99,9 @@ where
         out.push_bind_param::<BigInt, i64>(&self.lease_until)?;
         out.push_sql(", started_at = ");
         out.push_bind_param::<BigInt, i64>(&self.now)?;
-        out.push_sql(", attempts = attempts + 1 WHERE id = ");
+        out.push_sql(", published = (published OR ");
+        out.push_bind_param::<Bool, bool>(&self.delivered)?;
+        out.push_sql("), attempts = attempts + 1 WHERE id = ");
         out.push_bind_param::<Text, str>(self.id)?;
         out.push_sql(" AND status = 'queued' AND cancel_requested = FALSE");
         Ok(())
@@ -63,8 +109,8 @@ where
 }
 
 /// End a job, if its status is still one of `from` (at most two: see
-/// [`JobStatus::sources_of`]): `status`, its exit code and error, finished `now`, its lease
-/// let go.
+/// [`JobStatus::sources_of`]): `status`, its exit code and error, its process group (if
+/// given), finished `now`, its lease let go.
 pub(super) struct Finish<'a> {
     /// The job.
     pub id: &'a str,
@@ -76,6 +122,8 @@ pub(super) struct Finish<'a> {
     pub exit_code: Option<i32>,
     /// Why it failed.
     pub error: Option<&'a str>,
+    /// Its process group, if known (`None` keeps the stored one).
+    pub pgid: Option<i64>,
     /// Now.
     pub now: i64,
 }
@@ -87,6 +135,7 @@ impl<'a> Finish<'a> {
         to: JobStatus,
         exit_code: Option<i32>,
         error: Option<&'a str>,
+        pgid: Option<i64>,
         now: i64,
     ) -> Self {
         let sources = JobStatus::sources_of(to);
@@ -102,6 +151,7 @@ impl<'a> Finish<'a> {
             status: to.as_str(),
             exit_code,
             error,
+            pgid,
             now,
         }
     }
@@ -121,7 +171,9 @@ where
         out.push_bind_param::<Nullable<Integer>, Option<i32>>(&self.exit_code)?;
         out.push_sql(", error = ");
         out.push_bind_param::<Nullable<Text>, Option<&str>>(&self.error)?;
-        out.push_sql(", finished_at = ");
+        out.push_sql(", remote_pgid = COALESCE(");
+        out.push_bind_param::<Nullable<BigInt>, Option<i64>>(&self.pgid)?;
+        out.push_sql(", remote_pgid), finished_at = ");
         out.push_bind_param::<BigInt, i64>(&self.now)?;
         out.push_sql(", lease_expires_at = NULL WHERE id = ");
         out.push_bind_param::<Text, str>(self.id)?;

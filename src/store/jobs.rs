@@ -9,7 +9,7 @@ use super::{Store, StoreError};
 use crate::domain::{JobId, JobKind, JobSpec, JobStatus, Micros, OutputStream, ServerId};
 
 /// A `jobs` row.
-#[derive(Debug, Clone, Default, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Default, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = jobs)]
 pub struct JobRow {
     /// UUID (v7: ordered by creation).
@@ -244,6 +244,9 @@ pub struct Finish {
     pub exit_code: Option<i32>,
     /// Why, for anything but success.
     pub error: Option<String>,
+    /// The remote process group, if it is known (a job that ended soon after it started
+    /// has it written here, with its end); `None` keeps what is stored.
+    pub remote_pgid: Option<i64>,
 }
 
 /// A new queued job's row.
@@ -309,15 +312,6 @@ pub enum Placement {
     },
     /// The server's row, which the caller's check refused: nothing was stored.
     Refused(Box<super::ServerRow>),
-}
-
-/// The job after an update of it that changed `n` rows: `None` when it changed none.
-fn changed(
-    conn: &mut super::DbConnection,
-    id: &str,
-    n: usize,
-) -> Result<Option<JobRow>, StoreError> {
-    (n == 1).then(|| find(conn, id)).transpose()
 }
 
 impl Store {
@@ -403,6 +397,20 @@ impl Store {
         self.run(move |conn| find(conn, &id.to_string())).await
     }
 
+    /// The jobs of `ids` that exist, in one query.
+    pub async fn get_jobs(&self, ids: Vec<String>) -> Result<Vec<JobRow>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(move |conn| {
+            Ok(jobs::table
+                .filter(jobs::id.eq_any(&ids))
+                .select(JobRow::as_select())
+                .load(conn)?)
+        })
+        .await
+    }
+
     /// A job that is still queued, with its server's `max_concurrent_jobs`, in one query
     /// (what the dispatcher needs for every delivery). `None` when the job has moved on or
     /// its server is gone.
@@ -464,12 +472,15 @@ impl Store {
     }
 
     /// Claim a queued job for `worker` until `lease_until`: one conditional update; only the
-    /// winner gets the row back.
+    /// winner gets the row back. A job a broker delivery brought (`delivered`) is marked
+    /// published by the same update (the mark of [`Store::mark_published`] only reaches jobs
+    /// still queued).
     pub async fn claim_job(
         &self,
         id: String,
         worker: String,
         lease_until: Micros,
+        delivered: bool,
     ) -> Result<Option<JobRow>, StoreError> {
         self.write_plain(move |conn| {
             let claim = super::hot::Claim {
@@ -477,9 +488,9 @@ impl Store {
                 worker: &worker,
                 lease_until: lease_until.0,
                 now: Micros::now().0,
+                delivered,
             };
-            let n = super::hot::execute(conn, claim)?;
-            changed(conn, &id, n)
+            Ok(super::hot::returning(conn, claim)?)
         })
         .await
     }
@@ -497,10 +508,10 @@ impl Store {
                 finish.status,
                 finish.exit_code,
                 finish.error.as_deref(),
+                finish.remote_pgid,
                 Micros::now().0,
             );
-            let n = super::hot::execute(conn, end)?;
-            let row = changed(conn, &id, n)?;
+            let row = super::hot::returning(conn, end)?;
             if let Some(row) = &row {
                 super::outbox::job_ended(conn, row)?;
             }
@@ -591,14 +602,16 @@ impl Store {
         .await
     }
 
-    /// Append output chunks and advance the job's counters, in one transaction.
+    /// Append output chunks and advance the job's counters (and record its process group,
+    /// `pgid`, when given), in one transaction.
     pub async fn append_output(
         &self,
         id: String,
         chunks: Vec<NewChunk>,
         truncated: bool,
+        pgid: Option<i64>,
     ) -> Result<(), StoreError> {
-        if chunks.is_empty() && !truncated {
+        if chunks.is_empty() && !truncated && pgid.is_none() {
             return Ok(());
         }
         self.write(move |conn| {
@@ -640,14 +653,18 @@ impl Store {
                     }
                 };
             }
-            diesel::update(jobs::table.find(&id))
-                .set((
-                    jobs::output_bytes.eq(jobs::output_bytes + bytes),
-                    jobs::output_truncated
-                        .eq(jobs::output_truncated
-                            .or(truncated.into_sql::<diesel::sql_types::Bool>())),
-                ))
-                .execute(conn)?;
+            let counters = (
+                jobs::output_bytes.eq(jobs::output_bytes + bytes),
+                jobs::output_truncated
+                    .eq(jobs::output_truncated.or(truncated.into_sql::<diesel::sql_types::Bool>())),
+            );
+            let job = diesel::update(jobs::table.find(&id));
+            match pgid {
+                Some(pgid) => job
+                    .set((counters.0, counters.1, jobs::remote_pgid.eq(pgid)))
+                    .execute(conn)?,
+                None => job.set(counters).execute(conn)?,
+            };
             if let Some(next) = next {
                 diesel::update(jobs::table.find(&id).filter(jobs::next_seq.lt(next)))
                     .set(jobs::next_seq.eq(next))
@@ -743,12 +760,50 @@ impl Store {
         .await
     }
 
-    /// Record that the broker confirmed a job's message.
-    pub async fn mark_published(&self, id: String) -> Result<(), StoreError> {
+    /// Queued jobs the broker may not deliver: unpublished and older than
+    /// `unconfirmed_micros`, or older than `lost_micros` whatever they say (a message lost
+    /// after its confirm: a claim that failed, say). Oldest first, at most `limit`.
+    pub async fn undelivered_job_ids(
+        &self,
+        unconfirmed_micros: i64,
+        lost_micros: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
         self.run(move |conn| {
-            diesel::update(jobs::table.find(&id))
+            let now = Micros::now().0;
+            Ok(jobs::table
+                .filter(jobs::status.eq(JobStatus::Queued))
+                .filter(
+                    (jobs::published
+                        .eq(false)
+                        .and(jobs::created_at.lt(now - unconfirmed_micros)))
+                    .or(jobs::created_at.lt(now - lost_micros)),
+                )
+                .order(jobs::id.asc())
+                .limit(limit)
+                .select(jobs::id)
+                .load(conn)?)
+        })
+        .await
+    }
+
+    /// Record that the broker confirmed the messages of `ids`: those still queued are
+    /// marked published (one that has moved on needs no mark; the outbox only looks at
+    /// queued jobs).
+    pub async fn mark_published(&self, ids: Vec<String>) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.run(move |conn| {
+            for some in ids.chunks(1000) {
+                diesel::update(
+                    jobs::table
+                        .filter(jobs::id.eq_any(some))
+                        .filter(jobs::status.eq(JobStatus::Queued)),
+                )
                 .set(jobs::published.eq(true))
                 .execute(conn)?;
+            }
             Ok(())
         })
         .await

@@ -186,7 +186,7 @@ db_test!(
                 assert!(!flag.exists(), "the command ran, yet: {job}");
                 continue;
             }
-            // The group is recorded as the worker learns it, beside the run.
+            // The group is recorded: a moment after the worker learns it, or with the end.
             let start = Instant::now();
             let pgid = loop {
                 if let Some(pgid) = recorded_pgid(&db, &id) {
@@ -480,6 +480,53 @@ async fn no_group_left(pgid: i64) -> bool {
     }
     false
 }
+
+db_test!(
+    a_jobs_process_group_is_recorded_with_its_output_its_end_or_a_moment_after_it_starts,
+    |db: TestDb| async move {
+        // What a lost worker's reaper kills. A job that prints has it with its first
+        // output; a short silent one with its end; a silent one that goes on, within a
+        // moment of its start (not at once: that would be one write more per short job).
+        let (app, _host, server) = TestApp::with_host(&db, &[]).await;
+        let printing = submit(
+            &app,
+            json!({"command": "echo up; sleep 30", "server_id": server}),
+        )
+        .await;
+        wait_running(&app, &printing).await;
+        assert!(job_pgid(&db, &printing) > 1);
+        let short = submit(&app, json!({"command": "true", "server_id": server})).await;
+        let job = wait_done(&app, &short, Duration::from_secs(15)).await;
+        assert_eq!(job["status"], "completed", "{job}");
+        assert!(job_pgid(&db, &short) > 1);
+        let silent = submit(&app, json!({"command": "sleep 30", "server_id": server})).await;
+        let start = Instant::now();
+        let pgid = loop {
+            let (_, job) = app.get(&format!("/api/v1/jobs/{silent}")).await;
+            assert!(
+                job["status"] == "queued" || job["status"] == "running",
+                "{job}"
+            );
+            if let Some(pgid) = recorded_pgid(&db, &silent) {
+                break pgid;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no group recorded while it runs: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(pgid > 1);
+        for id in [&printing, &silent] {
+            let (status, body) = app
+                .post(&format!("/api/v1/jobs/{id}/cancel"), &json!({}))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            wait_done(&app, id, Duration::from_secs(15)).await;
+        }
+        app.stop().await;
+    }
+);
 
 db_test!(
     output_over_the_cap_keeps_head_and_tail,
