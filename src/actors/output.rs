@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Micros, OutputStream};
 use crate::events::{EventBus, JobEvent};
@@ -86,8 +85,7 @@ pub fn spawn(
         first_dropped_seq: None,
         in_flight: None,
         report: WriterReport::default(),
-        pgid_hold: CancellationToken::new(),
-        pgid_sent: false,
+        pgid_due: None,
     };
     let task = tokio::spawn(state.run(events, rx, group_tx));
     (tx, group_rx, task)
@@ -108,11 +106,9 @@ struct State {
     first_dropped_seq: Option<i64>,
     in_flight: Option<JoinHandle<Result<(), String>>>,
     report: WriterReport,
-    /// Cancelled when the process group went with a flush, or the reader is done: the
-    /// group's own write (after [`PGID_HOLD`]) is then not needed.
-    pgid_hold: CancellationToken,
-    /// The process group went with a flush.
-    pgid_sent: bool,
+    /// When the process group, known and not yet written, is written on its own (at the
+    /// first flush tick [`PGID_HOLD`] after it was learnt, unless output carried it first).
+    pgid_due: Option<tokio::time::Instant>,
 }
 
 impl State {
@@ -199,16 +195,29 @@ impl State {
         }));
     }
 
-    /// The process group, the first time a flush can carry it.
+    /// The process group, if it is known and not yet written (then it is, by the caller).
     fn take_pgid(&mut self) -> Option<i64> {
-        let pgid = self.report.pgid.filter(|_| !self.pgid_sent)?;
-        self.pgid_sent = true;
-        self.pgid_hold.cancel();
-        Some(pgid)
+        self.pgid_due.take()?;
+        self.report.pgid
+    }
+
+    /// Write the process group on its own once it is due (no output carried it).
+    fn write_pgid_when_due(&mut self) {
+        if self
+            .pgid_due
+            .is_some_and(|due| due <= tokio::time::Instant::now())
+            && let Some(pgid) = self.take_pgid()
+        {
+            let (store, id) = (self.store.clone(), self.job_id.clone());
+            tokio::spawn(async move {
+                let _ = store.set_remote_pgid(id, pgid).await;
+            });
+        }
     }
 
     async fn finish(mut self) -> WriterReport {
-        self.pgid_hold.cancel();
+        // The end records the group (see `WriterReport::pgid`).
+        self.pgid_due = None;
         if let Some(handle) = self.in_flight.take() {
             self.flushed(handle.await);
         }
@@ -261,21 +270,15 @@ impl State {
                     Some(ExecEvent::Started { pgid, tmpfile }) => {
                         let _ = group.send(Some(RemoteGroup { pgid, tmpfile }));
                         self.report.pgid = Some(pgid);
-                        let (store, id) = (self.store.clone(), self.job_id.clone());
-                        let hold = self.pgid_hold.clone();
-                        tokio::spawn(async move {
-                            tokio::select! {
-                                _ = hold.cancelled() => {}
-                                _ = tokio::time::sleep(PGID_HOLD) => {
-                                    let _ = store.set_remote_pgid(id, pgid).await;
-                                }
-                            }
-                        });
+                        self.pgid_due = Some(tokio::time::Instant::now() + PGID_HOLD);
                     }
                     Some(ExecEvent::Stdout(data)) => self.take(OutputStream::Stdout, data, &events),
                     Some(ExecEvent::Stderr(data)) => self.take(OutputStream::Stderr, data, &events),
                 },
-                _ = tick.tick() => self.maybe_flush(),
+                _ = tick.tick() => {
+                    self.maybe_flush();
+                    self.write_pgid_when_due();
+                }
             }
         }
         self.finish().await
