@@ -130,10 +130,8 @@ impl Dispatcher {
         let broker_up = self.broker.as_ref().is_some_and(|b| b.is_up());
         ctx.spawn(
             async move {
-                let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
                 let ids = if broker_up {
-                    let (unconfirmed, lost) = (micros(bridge::OUTBOX_MIN_AGE), micros(LOST_AFTER));
-                    store.undelivered_job_ids(unconfirmed, lost, 200).await
+                    (store.undelivered_job_ids(bridge::OUTBOX_MIN_AGE, Some(LOST_AFTER), 200)).await
                 } else {
                     store.queued_job_ids(200).await
                 };

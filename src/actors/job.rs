@@ -168,9 +168,8 @@ enum Ending {
     Ran(Finish),
     /// Stopped by the token; the actor, which holds the reason, words it.
     Stopped {
-        /// The command had started.
-        started: bool,
-        /// Its process group, if the bootstrap reported it.
+        /// Its process group, if the bootstrap reported it: then the command may have
+        /// started (the bootstrap reports it just before).
         pgid: Option<i64>,
     },
     /// The run future panicked.
@@ -181,8 +180,12 @@ impl Ending {
     fn finish(self, job_id: &str, reason: StopReason) -> Finish {
         match self {
             Ending::Ran(finish) => finish,
-            Ending::Stopped { started, pgid } => {
-                let when = if started { "" } else { " before it started" };
+            Ending::Stopped { pgid } => {
+                let when = if pgid.is_some() {
+                    ""
+                } else {
+                    " before it started"
+                };
                 let error = match reason {
                     StopReason::Canceled => format!("canceled by request{when}"),
                     StopReason::Shutdown => format!("canceled: the worker shut down{when}"),
@@ -280,7 +283,7 @@ async fn run(
     let (lease, channel) = loop {
         attempt += 1;
         let got = tokio::select! {
-            _ = cancel.cancelled() => return Ending::Stopped { started: false, pgid: None },
+            _ = cancel.cancelled() => return Ending::Stopped { pgid: None },
             _ = tokio::time::sleep_until(deadline) => return Ending::Ran(timed_out()),
             got = async {
                 let lease = host.send(Checkout).await??;
@@ -351,7 +354,6 @@ async fn run(
                     _ = tokio::time::sleep(bound) => None,
                 },
             };
-            let started = known.is_some();
             if let Some(g) = known
                 && let Err(e) =
                     exec::kill_group(&lease.client, g.pgid, grace, g.tmpfile.as_deref()).await
@@ -364,36 +366,29 @@ async fn run(
             }
             match timeout_finish {
                 Some(f) => Ending::Ran(f),
-                None => Ending::Stopped {
-                    started,
-                    pgid: None,
-                },
+                // The writer's report says whether the group came.
+                None => Ending::Stopped { pgid: None },
             }
         }
     };
     drop(exec_run);
     drop(lease);
     let report = writer.await.unwrap_or_default();
-    let ending = match ending {
-        Ending::Ran(finish) if finish.status == JobStatus::Completed => match report.store_error {
-            Some(e) => Ending::Ran(failed(format!(
-                "the command succeeded but its output could not be stored: {e}"
-            ))),
-            None => Ending::Ran(finish),
-        },
-        other => other,
-    };
-    // The process group goes with the end: a job that ended within the writer's hold
-    // had it written nowhere else.
+    // The process group goes with the end: a short job had it written nowhere else.
     match ending {
-        Ending::Ran(finish) => Ending::Ran(Finish {
-            remote_pgid: report.pgid,
-            ..finish
-        }),
-        Ending::Stopped { started, .. } => Ending::Stopped {
-            started,
-            pgid: report.pgid,
-        },
+        Ending::Ran(finish) => {
+            let finish = match report.store_error {
+                Some(e) if finish.status == JobStatus::Completed => failed(format!(
+                    "the command succeeded but its output could not be stored: {e}"
+                )),
+                _ => finish,
+            };
+            Ending::Ran(Finish {
+                remote_pgid: report.pgid,
+                ..finish
+            })
+        }
+        Ending::Stopped { .. } => Ending::Stopped { pgid: report.pgid },
         panicked => panicked,
     }
 }

@@ -183,6 +183,12 @@ impl Micros {
         Self(chrono::Utc::now().timestamp_micros())
     }
 
+    /// The wall-clock time `d` ago.
+    pub fn ago(d: std::time::Duration) -> Self {
+        let d = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        Self(Self::now().0.saturating_sub(d))
+    }
+
     /// RFC 3339 with microseconds, in UTC.
     pub fn to_rfc3339(self) -> String {
         chrono::DateTime::from_timestamp_micros(self.0)

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use tokio::sync::{broadcast, mpsc};
 
 use super::JobQueue;
@@ -61,11 +60,9 @@ impl Published {
             let mut ids = Vec::new();
             while rx.recv_many(&mut ids, 4096).await > 0 {
                 tokio::time::sleep(MARK_EVERY).await;
-                while rx
-                    .recv_many(&mut ids, 4096)
-                    .now_or_never()
-                    .is_some_and(|n| n > 0)
-                {}
+                while let Ok(id) = rx.try_recv() {
+                    ids.push(id);
+                }
                 if let Err(e) = store.mark_published(std::mem::take(&mut ids)).await {
                     tracing::debug!(error = %e, "cannot mark jobs published; the outbox will publish them again");
                 }
@@ -192,14 +189,13 @@ pub fn spawn(
     let marks = published.clone();
     tokio::spawn(async move {
         let every = Duration::from_secs(poll_secs.max(1));
-        let min_age = i64::try_from(OUTBOX_MIN_AGE.as_micros()).unwrap_or(i64::MAX);
         loop {
             tokio::time::sleep(every).await;
             if !broker.is_up() {
                 continue;
             }
             let ids = store
-                .unpublished_job_ids(min_age, 500)
+                .undelivered_job_ids(OUTBOX_MIN_AGE, None, 500)
                 .await
                 .unwrap_or_default();
             if !ids.is_empty() {

@@ -740,44 +740,27 @@ impl Store {
         .await
     }
 
-    /// Queued jobs not yet handed to the broker (the outbox), older than `min_age_micros`.
-    pub async fn unpublished_job_ids(
-        &self,
-        min_age_micros: i64,
-        limit: i64,
-    ) -> Result<Vec<String>, StoreError> {
-        self.run(move |conn| {
-            let before = Micros::now().0 - min_age_micros;
-            Ok(jobs::table
-                .filter(jobs::status.eq(JobStatus::Queued))
-                .filter(jobs::published.eq(false))
-                .filter(jobs::created_at.lt(before))
-                .order(jobs::id.asc())
-                .limit(limit)
-                .select(jobs::id)
-                .load(conn)?)
-        })
-        .await
-    }
-
-    /// Queued jobs the broker may not deliver: unpublished and older than
-    /// `unconfirmed_micros`, or older than `lost_micros` whatever they say (a message lost
-    /// after its confirm: a claim that failed, say). Oldest first, at most `limit`.
+    /// Queued jobs the broker may not deliver, oldest first, at most `limit`: unpublished
+    /// and older than `unconfirmed` (what the outbox publishes), and, with `lost`, any older
+    /// than that whatever they say (a message lost after its confirm: acknowledged after a
+    /// claim that failed, say).
     pub async fn undelivered_job_ids(
         &self,
-        unconfirmed_micros: i64,
-        lost_micros: i64,
+        unconfirmed: std::time::Duration,
+        lost: Option<std::time::Duration>,
         limit: i64,
     ) -> Result<Vec<String>, StoreError> {
         self.run(move |conn| {
-            let now = Micros::now().0;
+            let unconfirmed_before = Micros::ago(unconfirmed).0;
+            // With no `lost`, no job is old enough.
+            let lost_before = lost.map_or(i64::MIN, |d| Micros::ago(d).0);
             Ok(jobs::table
                 .filter(jobs::status.eq(JobStatus::Queued))
                 .filter(
                     (jobs::published
                         .eq(false)
-                        .and(jobs::created_at.lt(now - unconfirmed_micros)))
-                    .or(jobs::created_at.lt(now - lost_micros)),
+                        .and(jobs::created_at.lt(unconfirmed_before)))
+                    .or(jobs::created_at.lt(lost_before)),
                 )
                 .order(jobs::id.asc())
                 .limit(limit)

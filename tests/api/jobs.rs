@@ -187,17 +187,7 @@ db_test!(
                 continue;
             }
             // The group is recorded: a moment after the worker learns it, or with the end.
-            let start = Instant::now();
-            let pgid = loop {
-                if let Some(pgid) = recorded_pgid(&db, &id) {
-                    break pgid;
-                }
-                assert!(
-                    start.elapsed() < Duration::from_secs(5),
-                    "no group recorded: {job}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            };
+            let pgid = wait_recorded_pgid(&db, &id).await;
             assert!(
                 no_group_left(pgid).await,
                 "processes of group {pgid} survive the cancel ({error})"
@@ -457,6 +447,21 @@ fn recorded_pgid(db: &TestDb, id: &str) -> Option<i64> {
     row.remote_pgid
 }
 
+/// The process group recorded for job `id`, waited for (up to 5 s).
+async fn wait_recorded_pgid(db: &TestDb, id: &str) -> i64 {
+    let start = Instant::now();
+    loop {
+        if let Some(pgid) = recorded_pgid(db, id) {
+            return pgid;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no group recorded for {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// True once no process is left in group `pgid` (waits up to 3 s).
 /// Whether every process of the group is gone within a few seconds. A zombie counts as gone:
 /// it is dead, only not yet reaped by its parent (under load, or under a PID 1 that is slow
@@ -500,23 +505,10 @@ db_test!(
         assert_eq!(job["status"], "completed", "{job}");
         assert!(job_pgid(&db, &short) > 1);
         let silent = submit(&app, json!({"command": "sleep 30", "server_id": server})).await;
-        let start = Instant::now();
-        let pgid = loop {
-            let (_, job) = app.get(&format!("/api/v1/jobs/{silent}")).await;
-            assert!(
-                job["status"] == "queued" || job["status"] == "running",
-                "{job}"
-            );
-            if let Some(pgid) = recorded_pgid(&db, &silent) {
-                break pgid;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "no group recorded while it runs: {job}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        assert!(pgid > 1);
+        assert!(wait_recorded_pgid(&db, &silent).await > 1);
+        // Recorded while it runs (it sleeps for 30 s), not by its end.
+        let (_, job) = app.get(&format!("/api/v1/jobs/{silent}")).await;
+        assert_eq!(job["status"], "running", "{job}");
         for id in [&printing, &silent] {
             let (status, body) = app
                 .post(&format!("/api/v1/jobs/{id}/cancel"), &json!({}))
