@@ -1,11 +1,13 @@
 //! `Dispatcher`: one per process, the only bridge between the queue and the job actors.
 //!
 //! Owns the jobs running in this process (their actors, their worker slots), the deliveries
-//! in hand, and one `HostActor` per server. For each delivery: read the job; wait (FIFO) for
-//! a slot on its server and in this worker; claim it with one conditional update (only the
-//! winner runs it); start its `JobActor`. A job waiting for a slot stays `queued`. A
-//! heartbeat renews the leases of running jobs, picks up cancels requested through the
-//! database, and fails jobs whose worker was lost.
+//! in hand, the caps of the servers it has run jobs on, and one `HostActor` per server. For
+//! each delivery: learn the job's server and that server's cap (from the delivery and the
+//! caps kept here, or by reading the job); wait (FIFO) for a slot on its server and in this
+//! worker; claim it with one conditional update (only the winner runs it); start its
+//! `JobActor`. A job waiting for a slot stays `queued`. A heartbeat renews the leases of
+//! running jobs, picks up cancels requested through the database, fails jobs whose worker
+//! was lost, and reads the caps kept here afresh.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use crate::domain::Micros;
 use crate::events::JobEvent;
 use crate::queue::bridge;
 use crate::queue::rabbit::{ControlMsg, RabbitBroker};
-use crate::queue::{Ack, JobQueue};
+use crate::queue::{Ack, JobQueue, Route};
 use crate::settings::Settings;
 use crate::ssh::SshOptions;
 use crate::store::{JobRow, Store};
@@ -44,9 +46,13 @@ pub struct Dispatcher {
     /// Stops that came for a job in hand: it may be claimed (and shown running) before its
     /// actor starts, and the stop is passed on then.
     early_stops: HashMap<String, StopReason>,
-    /// Deliveries read, waiting for the earlier ones' reads: slots are asked for in delivery
-    /// order, whatever order the reads finish in (a server's FIFO holds under load).
+    /// Deliveries routed, waiting for the earlier ones' reads: slots are asked for in
+    /// delivery order, whatever order the reads finish in (a server's FIFO holds under load).
     read: BTreeMap<u64, Read>,
+    /// The `max_concurrent_jobs` of the servers deliveries went to, as last read (by a
+    /// delivery's read, or the heartbeat): a delivery that names its server needs no read.
+    /// A change of a server's cap reaches this worker within a heartbeat.
+    caps: HashMap<String, usize>,
     /// The number the next delivery gets.
     next_delivery: u64,
     /// The delivery whose slot request goes next.
@@ -100,6 +106,7 @@ impl Dispatcher {
             pending: HashSet::new(),
             early_stops: HashMap::new(),
             read: BTreeMap::new(),
+            caps: HashMap::new(),
             next_delivery: 0,
             next_admitted: 0,
             broker: None,
@@ -142,7 +149,7 @@ impl Dispatcher {
                 for job_id in ids {
                     ctx.notify(Delivery {
                         job_id,
-                        known: None,
+                        route: None,
                         ack: None,
                     });
                 }
@@ -182,8 +189,16 @@ impl Dispatcher {
         let worker = self.worker_id.clone();
         let ids: Vec<String> = self.running.keys().cloned().collect();
         let until = lease_until(self.lease());
+        let servers: Vec<String> = self.caps.keys().cloned().collect();
         ctx.spawn(
             async move {
+                let caps = match store.server_caps(servers).await {
+                    Ok(caps) => Some(caps),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot read the servers' caps");
+                        None
+                    }
+                };
                 let cancels = match store.renew_leases(worker, ids, until).await {
                     Ok(c) => c,
                     Err(e) => {
@@ -220,12 +235,16 @@ impl Dispatcher {
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot reap expired leases"),
                 }
-                cancels
+                (cancels, caps)
             }
             .into_actor(self)
-            .map(|cancels, act, _| {
+            .map(|(cancels, caps), act, _| {
                 for job_id in cancels {
                     act.stop_job(job_id, StopReason::Canceled);
+                }
+                if let Some(caps) = caps {
+                    // A server gone is forgotten: its next delivery reads its job.
+                    act.caps = caps.into_iter().map(|(id, cap)| (id, cap_of(cap))).collect();
                 }
             }),
         );
@@ -301,10 +320,11 @@ impl StreamHandler<Delivery> for Dispatcher {
 impl Handler<Delivery> for Dispatcher {
     type Result = ();
 
-    /// Read the job (unless the delivery carries it); wait (FIFO) for a slot on its server,
-    /// then in this worker; claim it; acknowledge the delivery; start the job's actor.
+    /// Route the delivery (read the job, unless the delivery names its server and the cap
+    /// is known); wait (FIFO) for a slot on its server, then in this worker; claim it;
+    /// acknowledge the delivery; start the job's actor.
     fn handle(&mut self, delivery: Delivery, ctx: &mut Self::Context) {
-        let Delivery { job_id, known, ack } = delivery;
+        let Delivery { job_id, route, ack } = delivery;
         if self.draining
             || !self.runs_jobs
             || self.running.contains_key(&job_id)
@@ -316,27 +336,31 @@ impl Handler<Delivery> for Dispatcher {
         }
         let number = self.next_delivery;
         self.next_delivery += 1;
-        if let Some(known) = known {
-            // Carried from the submit in this process: the claim checks it is still queued.
-            let queued = Some(*known);
-            self.read.insert(
-                number,
-                Read {
-                    job_id,
-                    queued,
-                    ack,
-                },
-            );
+        let known = route.and_then(|Route { server_id, cap }| {
+            let cap = cap.or_else(|| self.caps.get(&server_id).copied())?;
+            Some(Target { server_id, cap })
+        });
+        if let Some(target) = known {
+            // The claim checks that the job is still queued, and on this server.
+            let read = Read {
+                job_id,
+                target: Some(target),
+                ack,
+            };
+            self.read.insert(number, read);
             self.admit(ctx);
             return;
         }
         ctx.spawn(
-            read_queued(self.deps.store.clone(), job_id.clone())
+            read_route(self.deps.store.clone(), job_id.clone())
                 .into_actor(self)
-                .map(move |queued, act, ctx| {
+                .map(move |target, act, ctx| {
+                    if let Some(t) = &target {
+                        act.caps.insert(t.server_id.clone(), t.cap);
+                    }
                     let read = Read {
                         job_id,
-                        queued,
+                        target,
                         ack,
                     };
                     act.read.insert(number, read);
@@ -350,12 +374,18 @@ impl Handler<Delivery> for Dispatcher {
 /// message may have been lost: acknowledged after a claim that failed, say).
 const LOST_AFTER: Duration = Duration::from_secs(30);
 
-/// A delivery whose job has been read.
+/// A delivery routed: its job's server is known, or the job is not queued any more.
 struct Read {
     job_id: String,
-    /// The job, if it is still queued, and its server's `max_concurrent_jobs`.
-    queued: Option<(JobRow, usize)>,
+    /// Where the job goes (`None`: it was not queued when it was read).
+    target: Option<Target>,
     ack: Option<Ack>,
+}
+
+/// A queued job's server and that server's `max_concurrent_jobs`.
+struct Target {
+    server_id: String,
+    cap: usize,
 }
 
 impl Dispatcher {
@@ -364,13 +394,13 @@ impl Dispatcher {
     fn admit(&mut self, ctx: &mut Context<Self>) {
         while let Some(Read {
             job_id,
-            queued,
+            target,
             ack,
         }) = self.read.remove(&self.next_admitted)
         {
             self.next_admitted += 1;
             // Made now, so the slot request is in the host's mailbox in delivery order.
-            let claim = self.wait_and_claim(queued, ack.is_some());
+            let claim = self.wait_and_claim(job_id.clone(), target, ack.is_some());
             ctx.spawn(
                 claim
                     .into_actor(self)
@@ -391,10 +421,18 @@ impl Dispatcher {
     }
 }
 
-/// The job, if it is still queued, and its server's `max_concurrent_jobs`.
-async fn read_queued(store: Store, job_id: String) -> Option<(JobRow, usize)> {
-    let (row, max_jobs) = store.queued_job_with_cap(job_id).await.ok()??;
-    Some((row, usize::try_from(max_jobs).unwrap_or(1)))
+/// The job's server and its cap, if the job is still queued.
+async fn read_route(store: Store, job_id: String) -> Option<Target> {
+    let (server_id, cap) = store.queued_job_route(job_id).await.ok()??;
+    Some(Target {
+        server_id,
+        cap: cap_of(cap),
+    })
+}
+
+/// A stored `max_concurrent_jobs` as a slot count.
+fn cap_of(max_concurrent_jobs: i32) -> usize {
+    usize::try_from(max_concurrent_jobs).unwrap_or(1)
 }
 
 async fn acknowledge(ack: Option<Ack>) {
@@ -424,23 +462,24 @@ impl Dispatcher {
     }
 
     /// Wait for a slot on the job's server, then for one in this worker, and claim the job
-    /// (`delivered`: a broker delivery brought it). `None` when it was not queued any more,
-    /// its host is gone, or another worker won it.
+    /// (`delivered`: a broker delivery brought it). `None` when it was not queued any more
+    /// (or not on that server), its host is gone, or another worker won it.
     fn wait_and_claim(
         &mut self,
-        queued: Option<(JobRow, usize)>,
+        job_id: String,
+        target: Option<Target>,
         delivered: bool,
     ) -> impl Future<Output = Option<Claimed>> + use<> {
         // The server's slot first: a job waiting for a busy server must not hold one of this
         // worker's slots meanwhile. Asked for now (not when the future first runs), so the
         // requests reach the host in the order of the calls.
-        let asked = queued.as_ref().and_then(|(row, max_jobs)| {
-            let host = self.host(&row.server_id, *max_jobs)?;
+        let asked = target.and_then(|Target { server_id, cap }| {
+            let host = self.host(&server_id, cap)?;
             let request = host.send(AcquireSlot {
-                max_jobs: *max_jobs,
-                job_id: row.id.clone(),
+                max_jobs: cap,
+                job_id: job_id.clone(),
             });
-            Some((host, request))
+            Some((host, request, server_id))
         });
         let slots = self.slots.clone();
         let store = self.deps.store.clone();
@@ -448,18 +487,16 @@ impl Dispatcher {
         let worker = self.worker_id.clone();
         let lease = self.lease();
         async move {
-            let (row, _) = queued?;
-            let (host, request) = asked?;
+            let (host, request, server_id) = asked?;
             let host_slot = request.await.ok()?.ok()?;
             let worker_slot = slots.acquire_owned().await.ok()?;
-            let row = match store
-                .claim_job(row.id.clone(), worker, lease_until(lease), delivered)
-                .await
-            {
+            let until = lease_until(lease);
+            let claimed = store.claim_job(job_id.clone(), server_id, worker, until, delivered);
+            let row = match claimed.await {
                 Ok(Some(claimed)) => claimed,
                 Ok(None) => return None,
                 Err(e) => {
-                    tracing::warn!(job_id = %row.id, error = %e, "claim failed");
+                    tracing::warn!(job_id = %job_id, error = %e, "claim failed");
                     return None;
                 }
             };

@@ -11,6 +11,7 @@ use super::{Actor, Engine, Error, Subject};
 use crate::actors::messages::{CancelJob, Delivery, StopReason};
 use crate::domain::{FieldError, JobId, JobKind, JobRequest, JobSpec, JobStatus};
 use crate::events::JobEvent;
+use crate::queue::Route;
 use crate::queue::rabbit::ControlMsg;
 use crate::store::{
     AuditEntry, CancelOutcome, ChunkPlace, ChunkRow, JobFilter, JobRow, OutputExtent, Placement,
@@ -414,14 +415,21 @@ impl Engine {
         }
     }
 
-    /// Hand a new job to the queue, with its row and its server's cap (`cap`) when the
-    /// caller has them: an in-process worker then need not read them back. The row is the
-    /// truth: if the queue is down the job stays queued and is announced again later, so the
-    /// submit still succeeds.
+    /// Hand a new job to the queue, with its server and that server's cap (`cap`) when the
+    /// caller has it: a worker then need not read the job before it waits for a slot. The
+    /// row is the truth: if the queue is down the job stays queued and is announced again
+    /// later, so the submit still succeeds.
     pub(super) async fn announce(&self, row: &JobRow, cap: Option<usize>) {
         tracing::info!(job_id = %row.id, server_id = %row.server_id, kind = %row.kind, "job queued");
-        let known = cap.map(|cap| Box::new((row.clone(), cap)));
-        match self.queue.publish(row.id.clone(), known).await {
+        let route = Route {
+            server_id: row.server_id.clone(),
+            cap,
+        };
+        match self
+            .queue
+            .publish(row.id.clone(), Some(route.clone()))
+            .await
+        {
             Ok(()) => {
                 if let Some(published) = &self.published {
                     published.record(row.id.clone());
@@ -433,7 +441,7 @@ impl Engine {
                 // database.
                 self.dispatcher.do_send(Delivery {
                     job_id: row.id.clone(),
-                    known: None,
+                    route: Some(route),
                     ack: None,
                 });
             }

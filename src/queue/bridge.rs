@@ -72,17 +72,19 @@ impl Published {
     }
 }
 
-/// The rows of the jobs whose status changed in `batch`, read in one query, each with the
-/// place of its job's last status event there: a job whose status changed twice in one
-/// batch is published once, as it is now, where its last change was (after the output
-/// that came before it).
+/// The rows of the jobs whose status changed in `batch` and whose event did not carry the
+/// row (an older worker's), read in one query, each with the place of its job's last such
+/// event there: a job whose status changed twice in one batch is published once, as it is
+/// now, where its last change was (after the output that came before it).
 async fn status_rows(
     store: &Store,
     batch: &[(WireEvent, Vec<u8>)],
 ) -> HashMap<String, (usize, Arc<JobRow>)> {
     let mut last = HashMap::new();
-    for (place, (ev, _)) in batch.iter().enumerate() {
-        if let WireEvent::Status { job_id } = ev {
+    for (place, (ev, body)) in batch.iter().enumerate() {
+        if let WireEvent::Status { job_id } = ev
+            && body.is_empty()
+        {
             last.insert(job_id.clone(), place);
         }
     }
@@ -132,13 +134,12 @@ pub fn spawn(
                         b.publish_event(&ev, data.to_vec()).await;
                     }
                     Ok(JobEvent::Status(row)) => {
-                        b.publish_event(
-                            &WireEvent::Status {
-                                job_id: row.id.clone(),
-                            },
-                            Vec::new(),
-                        )
-                        .await;
+                        // The row goes with the event: no api reads it back.
+                        let body = serde_json::to_vec(&*row).unwrap_or_default();
+                        let ev = WireEvent::Status {
+                            job_id: row.id.clone(),
+                        };
+                        b.publish_event(&ev, body).await;
                     }
                     // Streams that miss events catch up from the database.
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
@@ -170,6 +171,17 @@ pub fn spawn(
                             data: body.into(),
                             at,
                         }),
+                        WireEvent::Status { job_id } if !body.is_empty() => {
+                            match serde_json::from_slice::<JobRow>(&body) {
+                                Ok(row) if row.id == job_id => {
+                                    events.publish(JobEvent::Status(Arc::new(row)));
+                                }
+                                // Streams catch up from the database when they next read it.
+                                _ => {
+                                    tracing::debug!(%job_id, "a status event with an unreadable row")
+                                }
+                            }
+                        }
                         WireEvent::Status { job_id } => {
                             if let Some((last, row)) = rows.get(&job_id)
                                 && *last == place

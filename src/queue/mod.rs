@@ -1,6 +1,7 @@
 //! The queue: how "job X is ready" travels from the API to a worker.
 //!
-//! The database is the truth; the queue only carries job ids, so losing a message delays a
+//! The database is the truth; the queue only carries job ids (and the server each goes to),
+//! so losing a message delays a
 //! job but never loses it (queued rows are re-published at start). [`JobQueue`] is the
 //! seam where RabbitMQ slots in beside the in-memory queue of `serve`.
 
@@ -8,8 +9,6 @@ use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
-
-use crate::store::JobRow;
 
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,21 +25,30 @@ pub type Ack = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 pub struct Delivered {
     /// The job.
     pub job_id: String,
-    /// The job as it was stored queued, and its server's `max_concurrent_jobs`, when the
-    /// publisher is this process and carried them: the consumer need not read them back.
-    /// The claim still checks the row, so a stale copy can never run a job twice.
-    pub known: Option<Known>,
+    /// Where it goes, when the publisher said (a job never changes server): a consumer
+    /// that knows the server's cap need not read the job before it waits for a slot. The
+    /// claim checks the row (and that it is on this server), so a stale or wrong route can
+    /// never run a job twice, or anywhere else.
+    pub route: Option<Route>,
     /// How to acknowledge it, for queues that want it.
     pub ack: Option<Ack>,
 }
 
-/// A queued job's row and its server's cap, carried with a delivery inside one process.
-pub type Known = Box<(JobRow, usize)>;
+/// Where a queued job goes, as its publisher knew it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The job's server.
+    pub server_id: String,
+    /// That server's `max_concurrent_jobs`, as the submit read it: carried inside one
+    /// process only (a broker message names the server, and each worker keeps the caps).
+    pub cap: Option<usize>,
+}
 
 impl std::fmt::Debug for Delivered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Delivered")
             .field("job_id", &self.job_id)
+            .field("route", &self.route)
             .finish()
     }
 }
@@ -49,13 +57,12 @@ impl std::fmt::Debug for Delivered {
 pub trait JobQueue: Send + Sync + 'static {
     /// `memory` or `rabbitmq`, for `/health`.
     fn kind(&self) -> &'static str;
-    /// Announce that a job is ready. `known` is the row just stored and its server's cap:
-    /// an in-process queue carries it to the consumer, a broker drops it (the worker reads
-    /// the row).
+    /// Announce that a job is ready, with where it goes when the caller knows: an in-process
+    /// queue carries the route whole, a broker names the server in the message.
     fn publish(
         &self,
         job_id: String,
-        known: Option<Known>,
+        route: Option<Route>,
     ) -> BoxFuture<'_, Result<(), QueueError>>;
     /// The consumer side: job ids as they become ready. Taken once, by the dispatcher.
     fn take_consumer(&self) -> Option<mpsc::UnboundedReceiver<Delivered>>;
@@ -90,13 +97,13 @@ impl JobQueue for MemoryQueue {
     fn publish(
         &self,
         job_id: String,
-        known: Option<Known>,
+        route: Option<Route>,
     ) -> BoxFuture<'_, Result<(), QueueError>> {
         let sent = self
             .tx
             .send(Delivered {
                 job_id,
-                known,
+                route,
                 ack: None,
             })
             .map_err(|_| QueueError("the in-memory queue is closed".into()));

@@ -6,10 +6,11 @@
 //! publishing fails fast (the job row stays queued and unpublished: the outbox publishes it
 //! later) and workers find work by polling the database.
 //!
-//! - jobs: a durable quorum queue; persistent messages carrying a job id; publisher confirms
-//!   awaited per message (many in flight at once: each submit awaits its own); consumers
-//!   with manual acks and a prefetch of the worker's concurrency. The dispatcher acks after
-//!   its claim attempt, never after the job, so `consumer_timeout` never bites.
+//! - jobs: a durable quorum queue; persistent messages carrying a job id (and its server, in
+//!   a `server_id` header); publisher confirms awaited per message (many in flight at once:
+//!   each submit awaits its own); consumers with manual acks and a prefetch of the worker's
+//!   concurrency. The dispatcher acks after its claim attempt, never after the job, so
+//!   `consumer_timeout` never bites.
 //! - control: a fanout exchange; every worker binds an exclusive queue; cancels go to all.
 //! - events: a topic exchange keyed `job.<id>`; workers publish output and status, every api
 //!   process binds an exclusive queue to `job.#` and feeds its local event bus. Events are
@@ -30,7 +31,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer
 use secrecy::ExposeSecret;
 use tokio::sync::{RwLock, mpsc};
 
-use super::{Delivered, JobQueue, QueueError};
+use super::{Delivered, JobQueue, QueueError, Route};
 use crate::settings::RabbitSettings;
 
 /// A message on the control exchange.
@@ -48,7 +49,8 @@ pub enum ControlMsg {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WireEvent {
-    /// The job's status changed: read the row.
+    /// The job's status changed: the body is the row as JSON (empty from an older
+    /// worker: read the row).
     Status {
         /// The job.
         job_id: String,
@@ -348,6 +350,7 @@ impl RabbitBroker {
             tokio::spawn(async move {
                 while let Some(Ok(delivery)) = consumer.next().await {
                     let job_id = String::from_utf8_lossy(&delivery.data).trim().to_string();
+                    let route = route_of(&delivery.properties);
                     let acker = delivery.acker.clone();
                     let ack: super::Ack = Box::new(move || {
                         Box::pin(async move {
@@ -355,11 +358,7 @@ impl RabbitBroker {
                         })
                     });
                     let ack = Some(ack);
-                    let delivered = Delivered {
-                        job_id,
-                        known: None,
-                        ack,
-                    };
+                    let delivered = Delivered { job_id, route, ack };
                     if tx.send(delivered).is_err() {
                         return;
                     }
@@ -407,8 +406,14 @@ impl RabbitBroker {
     /// Publish a cancel to every worker (confirmed).
     pub async fn publish_control(&self, msg: &ControlMsg) -> Result<(), QueueError> {
         let body = serde_json::to_vec(msg).map_err(|e| QueueError(e.to_string()))?;
-        self.confirmed(self.settings.control_exchange.clone(), String::new(), body)
-            .await
+        let properties = BasicProperties::default().with_delivery_mode(2);
+        self.confirmed(
+            self.settings.control_exchange.clone(),
+            String::new(),
+            body,
+            properties,
+        )
+        .await
     }
 
     /// Publish an event (transient, unconfirmed, never waits for the broker).
@@ -438,11 +443,13 @@ impl RabbitBroker {
             .await;
     }
 
+    /// Publish `body` persistent (`properties` say so) and wait for the broker's confirm.
     async fn confirmed(
         &self,
         exchange: String,
         key: String,
         body: Vec<u8>,
+        properties: BasicProperties,
     ) -> Result<(), QueueError> {
         let confirm = {
             let live = self.live.read().await;
@@ -455,7 +462,7 @@ impl RabbitBroker {
                     key.as_str().into(),
                     BasicPublishOptions::default(),
                     &body,
-                    BasicProperties::default().with_delivery_mode(2),
+                    properties,
                 )
                 .await
                 .map_err(|e| QueueError(e.to_string()))?
@@ -470,6 +477,22 @@ impl RabbitBroker {
             Err(QueueError("the broker refused the message (nack)".into()))
         }
     }
+}
+
+/// The header of a job message that names the job's server.
+const SERVER_HEADER: &str = "server_id";
+
+/// The route a job message names (its server), if it names one.
+fn route_of(properties: &BasicProperties) -> Option<Route> {
+    let value = properties.headers().as_ref()?.inner().get(SERVER_HEADER)?;
+    let AMQPValue::LongString(server) = value else {
+        return None;
+    };
+    let server_id = std::str::from_utf8(server.as_bytes()).ok()?.to_string();
+    Some(Route {
+        server_id,
+        cap: None,
+    })
 }
 
 /// A consumer of `queue` on `ch`: with a prefetch, acknowledged by hand;
@@ -513,17 +536,29 @@ impl JobQueue for RabbitBroker {
         "rabbitmq"
     }
 
-    /// The row carried in `known` stays here: a worker elsewhere reads the row itself.
+    /// The message is the job id; its server, when known, goes in the `server_id` header
+    /// (the cap stays here: each worker keeps its own). A consumer that ignores the header
+    /// (an older one) reads the job, as before.
     fn publish(
         &self,
         job_id: String,
-        _known: Option<super::Known>,
+        route: Option<Route>,
     ) -> BoxFuture<'_, Result<(), QueueError>> {
+        let mut properties = BasicProperties::default().with_delivery_mode(2);
+        if let Some(route) = route {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                SERVER_HEADER.into(),
+                AMQPValue::LongString(route.server_id.as_str().into()),
+            );
+            properties = properties.with_headers(headers);
+        }
         Box::pin(async move {
             self.confirmed(
                 String::new(),
                 self.settings.jobs_queue.clone(),
                 job_id.into_bytes(),
+                properties,
             )
             .await
         })

@@ -109,7 +109,15 @@ impl Store {
 
 /// Write `entry` on `conn` (inside the caller's transaction, when it has one).
 pub(super) fn insert(conn: &mut super::DbConnection, entry: AuditEntry) -> Result<(), StoreError> {
-    let row = AuditRow {
+    diesel::insert_into(audit_log::table)
+        .values(&row_of(entry))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// The record `entry` makes, with its id and time.
+pub(super) fn row_of(entry: AuditEntry) -> AuditRow {
+    AuditRow {
         id: uuid::Uuid::now_v7().to_string(),
         at: Micros::now().0,
         actor: entry.actor,
@@ -118,9 +126,5 @@ pub(super) fn insert(conn: &mut super::DbConnection, entry: AuditEntry) -> Resul
         target_kind: entry.target_kind.to_string(),
         target_id: entry.target_id,
         detail: entry.detail.to_string(),
-    };
-    diesel::insert_into(audit_log::table)
-        .values(&row)
-        .execute(conn)?;
-    Ok(())
+    }
 }

@@ -69,11 +69,59 @@ impl<Q> Query for Returning<Q> {
 
 impl<Q, Conn> RunQueryDsl<Conn> for Returning<Q> {}
 
-/// Claim a queued job whose cancel was not asked for: it is `running`, held by `worker`
-/// until `lease_until`, started `now`, one attempt more.
+/// Two inserts as one statement on PostgreSQL (`WITH first AS (INSERT …) INSERT …`): atomic
+/// without a transaction around them, in one round trip.
+pub(super) struct Both<A, B>(pub A, pub B);
+
+impl<A, B> QueryFragment<Pg> for Both<A, B>
+where
+    A: QueryFragment<Pg>,
+    B: QueryFragment<Pg>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("WITH first AS (");
+        self.0.walk_ast(out.reborrow())?;
+        out.push_sql(") ");
+        self.1.walk_ast(out.reborrow())
+    }
+}
+
+impl<A, B> QueryId for Both<A, B> {
+    type QueryId = ();
+    // Prepared once per text, like the inserts it holds.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<A, B, Conn> RunQueryDsl<Conn> for Both<A, B> {}
+
+/// An update of `jobs` that changes nothing while a webhook is active: a job's end with no
+/// webhook to tell needs no transaction around it (see [`super::Store::finish_job`]).
+pub(super) struct UnlessHooks<Q>(pub Q);
+
+impl<Q: QueryId> QueryId for UnlessHooks<Q> {
+    type QueryId = UnlessHooks<Q::QueryId>;
+    const HAS_STATIC_QUERY_ID: bool = Q::HAS_STATIC_QUERY_ID;
+}
+
+impl<Q, DB> QueryFragment<DB> for UnlessHooks<Q>
+where
+    DB: Backend,
+    Q: QueryFragment<DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        self.0.walk_ast(out.reborrow())?;
+        out.push_sql(" AND NOT EXISTS (SELECT 1 FROM webhooks WHERE active)");
+        Ok(())
+    }
+}
+
+/// Claim a queued job on `server` whose cancel was not asked for: it is `running`, held by
+/// `worker` until `lease_until`, started `now`, one attempt more.
 pub(super) struct Claim<'a> {
     /// The job.
     pub id: &'a str,
+    /// Its server, as the worker's slot was taken for.
+    pub server: &'a str,
     /// The worker claiming it.
     pub worker: &'a str,
     /// The lease's end.
@@ -103,6 +151,8 @@ where
         out.push_bind_param::<Bool, bool>(&self.delivered)?;
         out.push_sql("), attempts = attempts + 1 WHERE id = ");
         out.push_bind_param::<Text, str>(self.id)?;
+        out.push_sql(" AND server_id = ");
+        out.push_bind_param::<Text, str>(self.server)?;
         out.push_sql(" AND status = 'queued' AND cancel_requested = FALSE");
         Ok(())
     }

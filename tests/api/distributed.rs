@@ -716,3 +716,85 @@ async fn sigterm_drains_a_worker_and_leaves_nothing_running() {
         assert!(!group_alive(pgid), "group {pgid} survived the drain");
     }
 }
+
+/// A broker message names its job's server, and a worker keeps that server's cap instead of
+/// reading the job: a change of `max_concurrent_jobs` still reaches the worker within a
+/// heartbeat (1 s here), down as well as up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_cap_change_reaches_a_worker_that_keeps_it() {
+    let Some(Setup {
+        _serial,
+        db,
+        vhost,
+        host,
+    }) = setup().await
+    else {
+        return;
+    };
+    let api = Api::start(&db, &vhost).await;
+    let _w1 = Proc::spawn("worker", "w1", &db, &vhost, free_port());
+    vhost.wait_consumers(1).await;
+    let server = api.add_server(&host).await;
+    // The worker learns the cap (40) with its first job there.
+    let first = api.submit(&server, "true").await;
+    let done = api.wait_status(&first, &["completed"], Duration::from_secs(30));
+    done.await;
+
+    let set_cap = |cap: i64| {
+        let path = format!("/api/v1/servers/{server}");
+        let body = json!({"max_concurrent_jobs": cap});
+        let api = &api;
+        async move {
+            let (status, row) = api.call(reqwest::Method::PUT, &path, Some(body)).await;
+            assert_eq!(status, 200, "{row}");
+        }
+    };
+    let running = || async {
+        let path = format!("/api/v1/jobs?status=running&server_id={server}");
+        let (_, list) = api.call(reqwest::Method::GET, &path, None).await;
+        list["jobs"].as_array().map_or(0, Vec::len)
+    };
+
+    set_cap(1).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(api.submit(&server, "sleep 0.5").await);
+    }
+    let (start, mut most) = (Instant::now(), 0);
+    loop {
+        most = most.max(running().await);
+        let mut ended = 0;
+        for id in &ids {
+            ended += usize::from(api.job(id).await["status"] == "completed");
+        }
+        if ended == ids.len() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "jobs did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(most, 1, "a cap lowered to 1 let {most} jobs run at once");
+
+    set_cap(3).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(api.submit(&server, "sleep 3").await);
+    }
+    let start = Instant::now();
+    while running().await < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "a cap raised to 3 did not let 3 jobs run at once"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in &ids {
+        api.wait_status(id, &["completed"], Duration::from_secs(30))
+            .await;
+    }
+}
