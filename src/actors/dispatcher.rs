@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,7 +21,9 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::host::{self, HostActor, PoolLimits};
 use super::job::{JobActor, JobDeps};
-use super::messages::{AcquireSlot, CancelJob, Delivery, Drain, HostError, JobEnded, StopReason};
+use super::messages::{
+    AcquireSlot, Admitted, CancelJob, Delivery, Drain, HostError, JobEnded, StopReason,
+};
 use crate::domain::Micros;
 use crate::events::JobEvent;
 use crate::queue::bridge;
@@ -401,22 +402,30 @@ impl Dispatcher {
             self.next_admitted += 1;
             // Made now, so the slot request is in the host's mailbox in delivery order.
             let claim = self.wait_and_claim(job_id.clone(), target, ack.is_some());
-            ctx.spawn(
-                claim
-                    .into_actor(self)
-                    // The claim is committed (or lost) before the delivery is acknowledged.
-                    .then(|claimed, act, _| acknowledge(ack).map(|()| claimed).into_actor(act))
-                    .map(move |claimed, act, ctx| {
-                        act.pending.remove(&job_id);
-                        let early_stop = act.early_stops.remove(&job_id);
-                        if let Some(claimed) = claimed {
-                            act.start(claimed, ctx);
-                            if let Some(reason) = early_stop {
-                                act.stop_job(job_id, reason);
-                            }
-                        }
-                    }),
-            );
+            // A task of its own (see [`Admitted`]), which reports back when it is over.
+            let dispatcher = ctx.address();
+            actix::spawn(async move {
+                let claimed = claim.await;
+                // The claim is committed (or lost) before the delivery is acknowledged.
+                acknowledge(ack).await;
+                dispatcher.do_send(Admitted { job_id, claimed });
+            });
+        }
+    }
+}
+
+impl Handler<Admitted<Claimed>> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: Admitted<Claimed>, ctx: &mut Self::Context) {
+        let Admitted { job_id, claimed } = msg;
+        self.pending.remove(&job_id);
+        let early_stop = self.early_stops.remove(&job_id);
+        if let Some(claimed) = claimed {
+            self.start(claimed, ctx);
+            if let Some(reason) = early_stop {
+                self.stop_job(job_id, reason);
+            }
         }
     }
 }

@@ -54,6 +54,23 @@ pub struct JobEnded {
     pub job_id: String,
 }
 
+/// A delivery's wait for its slots and its claim are over (sent to the dispatcher by the
+/// task that waited): start the job if this worker won it. Generic over what a claim wins,
+/// which only the dispatcher knows. The waits are tasks of their own, not futures in the
+/// dispatcher's context, which polls every future it holds on each wake: with a backlog of
+/// thousands waiting for slots, that made each event cost thousands of polls.
+#[derive(Debug)]
+pub struct Admitted<C> {
+    /// The job.
+    pub job_id: String,
+    /// The job as claimed and its slots; `None`: it was not claimed here.
+    pub claimed: Option<C>,
+}
+
+impl<C: 'static> Message for Admitted<C> {
+    type Result = ();
+}
+
 /// Stop taking jobs; let running ones finish within `grace`, then cancel them.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
