@@ -483,8 +483,8 @@ fn failure_kind(e: &HostError) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Actor, ServerDraft, ServerPatch};
-    use crate::store::tests::TestDb;
+    use crate::domain::Actor;
+    use crate::store::tests::{TestDb, server_draft};
 
     const WINNER: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
@@ -496,17 +496,7 @@ mod tests {
     async fn a_first_connection_that_lost_the_pin_race_stops_before_authenticating() {
         let db = TestDb::sqlite();
         let store = db.open().await;
-        let input = ServerPatch {
-            name: Some("web-1".into()),
-            hostname: Some("127.0.0.1".into()),
-            user: Some("deploy".into()),
-            password: Some("hunter2".to_string().into()),
-            ..Default::default()
-        };
-        let row = store
-            .insert_server(ServerDraft::create(input, 1).unwrap())
-            .await
-            .unwrap();
+        let row = store.insert_server(server_draft()).await.unwrap();
         let id = uuid::Uuid::parse_str(&row.id).unwrap();
         let winner = russh::keys::PublicKey::from_openssh(WINNER).unwrap();
         let loser = russh::keys::PublicKey::from_openssh(

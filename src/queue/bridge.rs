@@ -104,6 +104,45 @@ async fn status_rows(
         .collect()
 }
 
+/// Publish on the local bus the events of `batch` (drained), in their order: output as it
+/// came, a status with the row its event carried (or, from an older worker, the row read
+/// back by [`status_rows`]).
+async fn feed(store: &Store, events: &EventBus, batch: &mut Vec<(WireEvent, Vec<u8>)>) {
+    let rows = status_rows(store, batch).await;
+    for (place, (ev, body)) in batch.drain(..).enumerate() {
+        match ev {
+            WireEvent::Output {
+                job_id,
+                seq,
+                stream,
+                at,
+            } => events.publish(JobEvent::Output {
+                job_id: Arc::from(job_id.as_str()),
+                seq,
+                stream: OutputStream::from_code(stream),
+                data: body.into(),
+                at,
+            }),
+            WireEvent::Status { job_id } if !body.is_empty() => {
+                match serde_json::from_slice::<JobRow>(&body) {
+                    Ok(row) if row.id == job_id => {
+                        events.publish(JobEvent::Status(Arc::new(row)));
+                    }
+                    // Streams catch up from the database when they next read it.
+                    _ => tracing::debug!(%job_id, "a status event with an unreadable row"),
+                }
+            }
+            WireEvent::Status { job_id } => {
+                if let Some((last, row)) = rows.get(&job_id)
+                    && *last == place
+                {
+                    events.publish(JobEvent::Status(row.clone()));
+                }
+            }
+        }
+    }
+}
+
 /// Start `duties`; a process with the outbox duty gets where to record confirmations.
 pub fn spawn(
     duties: Duties,
@@ -156,41 +195,7 @@ pub fn spawn(
         tokio::spawn(async move {
             let mut batch = Vec::new();
             while rx.recv_many(&mut batch, 512).await > 0 {
-                let rows = status_rows(&store, &batch).await;
-                for (place, (ev, body)) in batch.drain(..).enumerate() {
-                    match ev {
-                        WireEvent::Output {
-                            job_id,
-                            seq,
-                            stream,
-                            at,
-                        } => events.publish(JobEvent::Output {
-                            job_id: Arc::from(job_id.as_str()),
-                            seq,
-                            stream: OutputStream::from_code(stream),
-                            data: body.into(),
-                            at,
-                        }),
-                        WireEvent::Status { job_id } if !body.is_empty() => {
-                            match serde_json::from_slice::<JobRow>(&body) {
-                                Ok(row) if row.id == job_id => {
-                                    events.publish(JobEvent::Status(Arc::new(row)));
-                                }
-                                // Streams catch up from the database when they next read it.
-                                _ => {
-                                    tracing::debug!(%job_id, "a status event with an unreadable row")
-                                }
-                            }
-                        }
-                        WireEvent::Status { job_id } => {
-                            if let Some((last, row)) = rows.get(&job_id)
-                                && *last == place
-                            {
-                                events.publish(JobEvent::Status(row.clone()));
-                            }
-                        }
-                    }
-                }
+                feed(&store, &events, &mut batch).await;
             }
         });
     }
@@ -224,4 +229,93 @@ pub fn spawn(
         }
     });
     Some(published)
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::RunQueryDsl;
+
+    use super::*;
+    use crate::domain::JobStatus;
+    use crate::store::tests::TestDb;
+
+    fn row(id: &str, status: JobStatus) -> JobRow {
+        JobRow {
+            id: id.into(),
+            server_id: "s".into(),
+            env: "{}".into(),
+            status,
+            sealed_env: Some(b"sealed secret".to_vec()),
+            ..JobRow::default()
+        }
+    }
+
+    /// A status event carries its row, without the sealed environment, and the api
+    /// publishes it as carried; an older worker's empty status event has its row read back
+    /// (once per batch, at its last place); output stays where it came; a body naming
+    /// another job is dropped.
+    #[tokio::test]
+    async fn an_api_publishes_the_rows_status_events_carry_and_reads_the_others() {
+        let db = TestDb::sqlite();
+        let store = db.open().await;
+        let stored = row(&uuid::Uuid::now_v7().to_string(), JobStatus::Running);
+        let insert = stored.clone();
+        store
+            .run(move |conn| {
+                diesel::insert_into(crate::store::schema::jobs::table)
+                    .values(&insert)
+                    .execute(conn)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let carried = row(&uuid::Uuid::now_v7().to_string(), JobStatus::Completed);
+        let body = serde_json::to_vec(&carried).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&body).contains("sealed"),
+            "the sealed environment left the process: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let status = |id: &str| WireEvent::Status { job_id: id.into() };
+        let output = WireEvent::Output {
+            job_id: stored.id.clone(),
+            seq: 0,
+            stream: 0,
+            at: 0,
+        };
+        let mut batch = vec![
+            (status(&stored.id), Vec::new()),
+            (output, b"hi".to_vec()),
+            (status(&stored.id), Vec::new()),
+            (status(&carried.id), body.clone()),
+            (status(&stored.id), body),
+        ];
+        let events = EventBus::default();
+        let mut rx = events.subscribe();
+        feed(&store, &events, &mut batch).await;
+        assert!(batch.is_empty());
+
+        let mut seen = Vec::new();
+        while let Ok(event) = rx.try_recv() {
+            seen.push(match event {
+                JobEvent::Output { job_id, data, .. } => {
+                    format!("output {job_id} {}", String::from_utf8_lossy(&data))
+                }
+                JobEvent::Status(row) => {
+                    if row.id == carried.id {
+                        assert_eq!(row.sealed_env, None);
+                    }
+                    format!("status {} {}", row.id, row.status)
+                }
+            });
+        }
+        assert_eq!(
+            seen,
+            vec![
+                format!("output {} hi", stored.id),
+                format!("status {} running", stored.id),
+                format!("status {} completed", carried.id),
+            ]
+        );
+    }
 }

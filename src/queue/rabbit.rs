@@ -383,15 +383,10 @@ impl RabbitBroker {
             let tx = sinks.events.clone();
             tokio::spawn(async move {
                 while let Some(Ok(delivery)) = consumer.next().await {
-                    let header = delivery
-                        .properties
-                        .headers()
-                        .as_ref()
-                        .and_then(|h| h.inner().get("event").cloned());
-                    let Some(AMQPValue::LongString(text)) = header else {
+                    let Some(text) = header_text(&delivery.properties, EVENT_HEADER) else {
                         continue;
                     };
-                    if let Ok(ev) = serde_json::from_slice::<WireEvent>(text.as_bytes())
+                    if let Ok(ev) = serde_json::from_slice::<WireEvent>(text)
                         && tx.send((ev, delivery.data)).is_err()
                     {
                         return;
@@ -406,12 +401,11 @@ impl RabbitBroker {
     /// Publish a cancel to every worker (confirmed).
     pub async fn publish_control(&self, msg: &ControlMsg) -> Result<(), QueueError> {
         let body = serde_json::to_vec(msg).map_err(|e| QueueError(e.to_string()))?;
-        let properties = BasicProperties::default().with_delivery_mode(2);
         self.confirmed(
             self.settings.control_exchange.clone(),
             String::new(),
             body,
-            properties,
+            None,
         )
         .await
     }
@@ -423,14 +417,9 @@ impl RabbitBroker {
         let job_id = match ev {
             WireEvent::Status { job_id } | WireEvent::Output { job_id, .. } => job_id,
         };
-        let Ok(header) = serde_json::to_string(ev) else {
+        let Ok(described) = serde_json::to_string(ev) else {
             return;
         };
-        let mut headers = FieldTable::default();
-        headers.insert(
-            "event".into(),
-            AMQPValue::LongString(header.as_str().into()),
-        );
         let _ = live
             .events
             .basic_publish(
@@ -438,19 +427,23 @@ impl RabbitBroker {
                 format!("job.{job_id}").as_str().into(),
                 BasicPublishOptions::default(),
                 &body,
-                BasicProperties::default().with_headers(headers),
+                BasicProperties::default().with_headers(header(EVENT_HEADER, &described)),
             )
             .await;
     }
 
-    /// Publish `body` persistent (`properties` say so) and wait for the broker's confirm.
+    /// Publish `body` persistent, with `headers`, and wait for the broker's confirm.
     async fn confirmed(
         &self,
         exchange: String,
         key: String,
         body: Vec<u8>,
-        properties: BasicProperties,
+        headers: Option<FieldTable>,
     ) -> Result<(), QueueError> {
+        let mut properties = BasicProperties::default().with_delivery_mode(2);
+        if let Some(headers) = headers {
+            properties = properties.with_headers(headers);
+        }
         let confirm = {
             let live = self.live.read().await;
             let Some(live) = live.as_ref() else {
@@ -479,18 +472,32 @@ impl RabbitBroker {
     }
 }
 
+/// The header of an event message that describes the event ([`WireEvent`], as JSON).
+const EVENT_HEADER: &str = "event";
+
 /// The header of a job message that names the job's server.
 const SERVER_HEADER: &str = "server_id";
 
+/// Headers holding one text, `value` under `name`.
+fn header(name: &str, value: &str) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(name.into(), AMQPValue::LongString(value.into()));
+    headers
+}
+
+/// The text of header `name`, if the message has one.
+fn header_text<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a [u8]> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(text) => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
 /// The route a job message names (its server), if it names one.
 fn route_of(properties: &BasicProperties) -> Option<Route> {
-    let value = properties.headers().as_ref()?.inner().get(SERVER_HEADER)?;
-    let AMQPValue::LongString(server) = value else {
-        return None;
-    };
-    let server_id = std::str::from_utf8(server.as_bytes()).ok()?.to_string();
+    let server = header_text(properties, SERVER_HEADER)?;
     Some(Route {
-        server_id,
+        server_id: std::str::from_utf8(server).ok()?.to_string(),
         cap: None,
     })
 }
@@ -544,21 +551,13 @@ impl JobQueue for RabbitBroker {
         job_id: String,
         route: Option<Route>,
     ) -> BoxFuture<'_, Result<(), QueueError>> {
-        let mut properties = BasicProperties::default().with_delivery_mode(2);
-        if let Some(route) = route {
-            let mut headers = FieldTable::default();
-            headers.insert(
-                SERVER_HEADER.into(),
-                AMQPValue::LongString(route.server_id.as_str().into()),
-            );
-            properties = properties.with_headers(headers);
-        }
+        let headers = route.map(|r| header(SERVER_HEADER, &r.server_id));
         Box::pin(async move {
             self.confirmed(
                 String::new(),
                 self.settings.jobs_queue.clone(),
                 job_id.into_bytes(),
-                properties,
+                headers,
             )
             .await
         })

@@ -970,10 +970,10 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::TestDb;
+    use super::super::tests::{TestDb, server_draft};
     use super::super::{AuditEntry, AuditFilter, WebhookRow};
     use super::*;
-    use crate::domain::{Actor, ServerDraft, ServerPatch};
+    use crate::domain::Actor;
 
     fn spec(key: Option<&str>) -> JobSpec {
         JobSpec {
@@ -1032,17 +1032,7 @@ mod tests {
     /// only the second records a delivery.
     async fn a_job_is_stored_with_its_record_and_ends_once_with_or_without_webhooks(db: TestDb) {
         let store = db.open().await;
-        let patch = ServerPatch {
-            name: Some("web-1".into()),
-            hostname: Some("127.0.0.1".into()),
-            user: Some("deploy".into()),
-            password: Some("hunter2".to_string().into()),
-            ..Default::default()
-        };
-        let server = store
-            .insert_server(ServerDraft::create(patch, 1).unwrap())
-            .await
-            .unwrap();
+        let server = store.insert_server(server_draft()).await.unwrap();
 
         let Placement::Placed { job, created, cap } = submit(&store, &server.id, Some("k")).await
         else {
@@ -1068,24 +1058,19 @@ mod tests {
         );
 
         let id = uuid::Uuid::parse_str(&server.id).unwrap();
-        store
-            .update_server(id, |mut d| {
-                d.is_active = false;
+        let set_active = |is_active| {
+            let update = store.update_server(id, move |mut d| {
+                d.is_active = is_active;
                 Ok(d)
-            })
-            .await
-            .unwrap();
+            });
+            async move { update.await.unwrap() }
+        };
+        set_active(false).await;
         assert!(matches!(
             submit(&store, &server.id, None).await,
             Placement::Refused(_)
         ));
-        store
-            .update_server(id, |mut d| {
-                d.is_active = true;
-                Ok(d)
-            })
-            .await
-            .unwrap();
+        set_active(true).await;
         assert_eq!(submits(&store).await.len(), 1, "a refused job was recorded");
 
         // A claim for another server takes nothing.

@@ -619,6 +619,18 @@ pub(crate) mod tests {
         }
     }
 
+    /// A valid server, `web-1` on 127.0.0.1 with a password: what the store's tests store.
+    pub(crate) fn server_draft() -> crate::domain::ServerDraft {
+        let input = crate::domain::ServerPatch {
+            name: Some("web-1".into()),
+            hostname: Some("127.0.0.1".into()),
+            user: Some("deploy".into()),
+            password: Some("hunter2".to_string().into()),
+            ..Default::default()
+        };
+        crate::domain::ServerDraft::create(input, 1).unwrap()
+    }
+
     impl Drop for TestDb {
         fn drop(&mut self) {
             let admin = std::env::var("JOBEXEC_TEST_POSTGRES_URL").unwrap_or(PG_ADMIN.into());

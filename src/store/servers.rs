@@ -275,20 +275,9 @@ impl Store {
 mod tests {
     use std::time::Duration;
 
-    use super::super::tests::TestDb;
+    use super::super::tests::{TestDb, server_draft as draft};
     use super::*;
     use crate::domain::ServerPatch;
-
-    fn draft() -> ServerDraft {
-        let input = ServerPatch {
-            name: Some("web-1".into()),
-            hostname: Some("127.0.0.1".into()),
-            user: Some("deploy".into()),
-            password: Some("hunter2".to_string().into()),
-            ..Default::default()
-        };
-        ServerDraft::create(input, 1).unwrap()
-    }
 
     /// Finding 6: an update that read the row before a first-use pin committed does not
     /// write the pin away (on PostgreSQL the update locks the row it read).
