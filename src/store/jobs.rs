@@ -423,11 +423,8 @@ impl Store {
             let target = target_of(conn, &server, spec.idempotency_key.as_deref())?;
             place(conn, target, accept, spec, duplicated_from, audit)
         };
-        match self.backend {
-            super::Backend::Sqlite => self.write(work).await,
-            // No transaction around the read and the insert (see above).
-            super::Backend::Postgres => self.run(work).await,
-        }
+        // No transaction around the read and the insert on PostgreSQL (see above).
+        self.write_plain(work).await
     }
 
     /// How many jobs are in each status, every status listed (0 when none): one `GROUP BY`
